@@ -1,0 +1,83 @@
+"""The library's exception tree.
+
+The library raises these; only the CLI turns them into exit codes and the
+data plane turns the upstream ones into HTTP status codes (each carries the
+status it maps to, as h11's protocol errors carry an error_status_hint).
+"""
+
+from __future__ import annotations
+
+
+class ZerodownError(Exception):
+    """Base of every error zerodown raises on purpose."""
+
+
+class ConfigError(ZerodownError):
+    """A config file, key or value is wrong. Names where and why."""
+
+    def __init__(self, reason: str, *, file: str | None = None, key: str | None = None) -> None:
+        self.reason = reason
+        self.file = file
+        self.key = key
+        where = ": ".join(part for part in (file, key) if part)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class IllegalTransition(ZerodownError):
+    """A state machine was asked for a move its table does not allow."""
+
+
+class DataPlaneError(ZerodownError):
+    """The data plane could not do what it was asked."""
+
+
+class Unsupported(DataPlaneError):
+    """A driver cannot do this operation at all (said out loud, never skipped)."""
+
+
+class ProxyError(ZerodownError):
+    """An error on the request path; `status` is the HTTP status the client gets."""
+
+    status = 502
+
+
+class BadRequest(ProxyError):
+    """The client's request is malformed or ambiguous; it never reaches an app."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class NoHealthyTarget(ProxyError):
+    status = 503
+
+
+class UpstreamConnectError(ProxyError):
+    """Could not open (or reuse) a connection to a target before sending anything."""
+
+    status = 502
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+
+
+class UpstreamProtocolError(ProxyError):
+    """The target answered with something that is not valid HTTP/1.x."""
+
+    status = 502
+
+
+class QueueTimeout(ProxyError):
+    """Every target was at max connections for longer than the queue deadline."""
+
+    status = 503
+
+
+class DeployError(ZerodownError):
+    """A deploy could not finish."""
+
+
+class HealthGateTimeout(DeployError):
+    """Instances did not become healthy before their deadline."""

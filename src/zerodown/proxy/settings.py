@@ -1,0 +1,51 @@
+"""Process-wide limits and timeouts of the embedded data plane.
+
+Each has a named default; the config layer fills a ProxySettings from the
+`[proxy]` table. Sizes are bytes, durations seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEADER_TIMEOUT = 10.0  # a client must send a whole request head within this
+BODY_TIMEOUT = 60.0  # longest gap between two reads of a request body
+KEEPALIVE_TIMEOUT = 75.0  # an idle client connection is closed after this
+MAX_HEADER_SIZE = 16 * 1024  # request line + headers; beyond: 431
+MAX_URI_SIZE = 8 * 1024  # beyond: 414
+MAX_BODY_SIZE = 0  # 0: unlimited (bodies are streamed, never buffered whole)
+CONNECT_TIMEOUT = 5.0  # opening an upstream connection; beyond: next target or 502/504
+READ_TIMEOUT = 60.0  # longest wait for the next upstream byte; beyond: 504
+# Shorter than the idle timeout of common app servers (uvicorn and node 5 s)
+# so the proxy, not the app, closes idle upstream connections most of the time.
+UPSTREAM_IDLE_TIMEOUT = 4.0
+UPSTREAM_MAX_IDLE = 1024  # idle keep-alive connections kept per target
+MAX_CONNS_PER_TARGET = 0  # 0: unlimited; else requests queue for a free slot
+QUEUE_TIMEOUT = 5.0  # how long a request may wait for a slot before 503
+SHUTDOWN_TIMEOUT = 30.0  # graceful stop: how long in-flight requests may finish
+RETRY_BUDGET_RATIO = 0.2  # retries stay under this share of requests
+RETRY_BUDGET_MIN = 10  # ...but this many retries per second are always allowed
+DRAIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    max_header_size: int = MAX_HEADER_SIZE
+    max_uri_size: int = MAX_URI_SIZE
+    max_body_size: int = MAX_BODY_SIZE
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+    upstream_idle_timeout: float = UPSTREAM_IDLE_TIMEOUT
+    upstream_max_idle: int = UPSTREAM_MAX_IDLE
+    max_conns_per_target: int = MAX_CONNS_PER_TARGET
+    queue_timeout: float = QUEUE_TIMEOUT
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT
+    retry_budget_ratio: float = RETRY_BUDGET_RATIO
+    retry_budget_min: int = RETRY_BUDGET_MIN
+    # Client addresses (CIDRs) whose X-Forwarded-* headers are kept and extended;
+    # from anyone else they are replaced, so a client cannot spoof its address.
+    trusted_proxies: tuple[str, ...] = ()
+    access_log: str | None = None  # path, "-" for stdout, None for off

@@ -1,0 +1,162 @@
+"""The routing table: everything the data plane needs, and nothing more.
+
+The orchestrator (or the config, for fixed upstreams) builds a RoutingTable;
+the data plane obeys it. It is a value: replaced whole, never edited in place,
+so a data plane can swap it atomically while traffic flows. Durations are
+seconds (float); the config layer turns "1s"-style strings into these.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TargetState = Literal["ready", "draining", "down"]
+PoolName = Literal["stable", "canary"]
+BalanceName = Literal["round_robin", "least_conn", "ip_hash", "hash", "random_two", "least_time"]
+WebSocketDrain = Literal["keep", "close"]
+
+DEFAULT_WEIGHT = 1
+MAX_WEIGHT = 1000
+DEFAULT_TRIES = 3
+DEFAULT_RETRY_TIMEOUT = 10.0
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port"); raise ValueError naming what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} in {address!r} is out of range 1-65535")
+    return host, number
+
+
+class TargetSpec(_Value):
+    address: str
+    weight: int = Field(default=DEFAULT_WEIGHT, ge=0, le=MAX_WEIGHT)
+    state: TargetState = "ready"
+    version: str | None = None  # the release label, for stats and X-Version-free reporting
+
+    @field_validator("address")
+    @classmethod
+    def _valid_address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+
+class PoolSpec(_Value):
+    targets: tuple[TargetSpec, ...] = ()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, targets: tuple[TargetSpec, ...]) -> tuple[TargetSpec, ...]:
+        seen = [t.address for t in targets]
+        dupes = sorted({a for a in seen if seen.count(a) > 1})
+        if dupes:
+            raise ValueError(f"target listed twice in one pool: {', '.join(dupes)}")
+        return targets
+
+
+class CohortRule(_Value):
+    """Requests whose header or cookie has one of `values` always go to `pool`."""
+
+    header: str | None = None
+    cookie: str | None = None
+    values: tuple[str, ...]
+    pool: PoolName
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CohortRule:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("a cohort rule names exactly one of header or cookie")
+        return self
+
+
+class Split(_Value):
+    """How traffic divides between the stable and canary pools."""
+
+    canary_weight: float = Field(default=0.0, ge=0.0, le=100.0)  # percent of traffic
+    cohorts: tuple[CohortRule, ...] = ()
+    # Sticky assignment: the pool a client got is remembered in this cookie so
+    # one client does not flip between versions as the weight moves.
+    sticky_cookie: str | None = None
+
+
+class HealthSpec(_Value):
+    path: str = "/health"
+    interval: float = Field(default=1.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0)
+    rise: int = Field(default=2, ge=1)
+    fall: int = Field(default=3, ge=1)
+    expect_status: tuple[int, ...] = (200,)  # empty: any 2xx or 3xx
+
+
+class PassiveHealthSpec(_Value):
+    """Outlier detection from real traffic (Envoy-style ejection)."""
+
+    consecutive_errors: int = Field(default=5, ge=1)  # connect errors or 5xx in a row
+    base_ejection_time: float = Field(default=10.0, gt=0)
+    max_ejection_time: float = Field(default=300.0, gt=0)
+    max_ejection_percent: float = Field(default=50.0, ge=0, le=100)
+
+
+class ServiceSpec(_Value):
+    name: str
+    host: str = "*"  # exact, "*.example.com", or "*" for any
+    path: str = "/"  # longest prefix wins
+    strip_prefix: bool = False
+    balance: BalanceName = "round_robin"
+    hash_key: str = "path"  # for balance="hash": "path", "ip", "header:NAME", "cookie:NAME"
+    stable: PoolSpec = PoolSpec()
+    canary: PoolSpec = PoolSpec()
+    split: Split = Split()
+    health: HealthSpec | None = HealthSpec()
+    passive: PassiveHealthSpec | None = PassiveHealthSpec()
+    slow_start: float = Field(default=0.0, ge=0)  # seconds for a returning target to reach weight
+    tries: int = Field(default=DEFAULT_TRIES, ge=1, le=20)
+    retry_timeout: float = Field(default=DEFAULT_RETRY_TIMEOUT, gt=0)
+    websocket_drain: WebSocketDrain = "keep"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"route path {path!r} must start with '/'")
+        return path
+
+    @field_validator("hash_key")
+    @classmethod
+    def _known_key(cls, key: str) -> str:
+        kind, _, name = key.partition(":")
+        if kind in ("path", "ip") and not name:
+            return key
+        if kind in ("header", "cookie") and name:
+            return key
+        raise ValueError(f"hash_key {key!r} is not path, ip, header:NAME or cookie:NAME")
+
+
+class RoutingTable(_Value):
+    services: tuple[ServiceSpec, ...] = ()
+
+    @field_validator("services")
+    @classmethod
+    def _unique_routes(cls, services: tuple[ServiceSpec, ...]) -> tuple[ServiceSpec, ...]:
+        names = [s.name for s in services]
+        routes = [(s.host.lower(), s.path) for s in services]
+        for label, items in (("service name", names), ("route", routes)):
+            dupes = {str(i) for i in items if items.count(i) > 1}
+            if dupes:
+                raise ValueError(f"{label} used twice: {', '.join(sorted(dupes))}")
+        return services
+
+    def service(self, name: str) -> ServiceSpec | None:
+        return next((s for s in self.services if s.name == name), None)
