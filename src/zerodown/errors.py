@@ -59,6 +59,10 @@ class UpstreamConnectError(ProxyError):
     status = 502
 
 
+class UpstreamReset(UpstreamConnectError):
+    """The target closed or reset the connection before the response was complete."""
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
 

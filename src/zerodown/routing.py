@@ -160,3 +160,27 @@ class RoutingTable(_Value):
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)
+
+
+def with_target_state(
+    table: RoutingTable, service: str, address: str, state: TargetState
+) -> RoutingTable:
+    """A copy of `table` with one target's state changed (in whichever pool holds it)."""
+    services = []
+    for spec in table.services:
+        if spec.name == service:
+            spec = spec.model_copy(
+                update={
+                    "stable": _pool_with_state(spec.stable, address, state),
+                    "canary": _pool_with_state(spec.canary, address, state),
+                }
+            )
+        services.append(spec)
+    return table.model_copy(update={"services": tuple(services)})
+
+
+def _pool_with_state(pool: PoolSpec, address: str, state: TargetState) -> PoolSpec:
+    targets = tuple(
+        t.model_copy(update={"state": state}) if t.address == address else t for t in pool.targets
+    )
+    return pool.model_copy(update={"targets": targets})

@@ -1,0 +1,1 @@
+"""Data planes, picked by the name the config uses."""

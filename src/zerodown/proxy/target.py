@@ -9,21 +9,26 @@ so in-flight counts, health and idle connections carry over.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from zerodown.errors import IllegalTransition
 from zerodown.proxy.health import TargetHealth
 from zerodown.routing import parse_address
 
+if TYPE_CHECKING:
+    from zerodown.proxy.metrics import TargetMetrics
+    from zerodown.proxy.upstream import ConnectionPool
+
 AdminState = Literal["adding", "ready", "down", "draining", "gone"]
 
 # adding -> ready <-> down, any live state -> draining -> gone. A drain can be
-# called off (a rollback puts the old release back), so draining -> ready.
+# called off (a rollback puts the old release back), so draining -> ready or
+# down. Nothing comes back from gone: a removed address returns as a new Target.
 TRANSITIONS: Final[dict[AdminState, frozenset[AdminState]]] = {
     "adding": frozenset({"ready", "down", "draining", "gone"}),
     "ready": frozenset({"down", "draining", "gone"}),
     "down": frozenset({"ready", "draining", "gone"}),
-    "draining": frozenset({"ready", "gone"}),
+    "draining": frozenset({"ready", "down", "gone"}),
     "gone": frozenset(),
 }
 
@@ -44,10 +49,12 @@ def transition(current: AdminState, new: AdminState) -> AdminState:
 class Target:
     __slots__ = (
         "address",
+        "connections",
         "ewma",
         "health",
         "host",
         "in_flight",
+        "metrics",
         "port",
         "state",
         "version",
@@ -70,6 +77,9 @@ class Target:
         self.in_flight = 0
         self.ewma = 0.0  # seconds; 0 until the first response
         self.health = health if health is not None else TargetHealth()
+        # Set by the data plane that owns the target; None in pure tests.
+        self.connections: ConnectionPool | None = None
+        self.metrics: TargetMetrics | None = None
 
     def __repr__(self) -> str:
         return (

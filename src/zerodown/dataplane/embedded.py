@@ -1,0 +1,44 @@
+"""The embedded data plane: zerodown's own proxy, in this process."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.proxy.server import ProxyServer
+from zerodown.proxy.settings import ProxySettings
+from zerodown.routing import RoutingTable
+
+
+class EmbeddedDataPlane(DataPlane):
+    def __init__(self, settings: ProxySettings, table: RoutingTable | None = None) -> None:
+        self.server = ProxyServer(settings, table)
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedDataPlane {self.server!r}>"
+
+    async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        await self.server.start(listen)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        await self.server.stop(timeout)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return self.server.addresses
+
+    async def apply(self, table: RoutingTable) -> None:
+        await self.server.apply(table)
+
+    def routing(self) -> RoutingTable:
+        return self.server.routing()
+
+    async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
+        return await self.server.drain(service, address, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return self.server.stats()
+
+    def prometheus(self) -> str:
+        return self.server.prometheus()

@@ -1,0 +1,319 @@
+"""The client side of the proxy: an asyncio Protocol around httptools' request
+parser, one per client connection.
+
+Requests are answered in the order they arrived (RFC 9112 §9.3.2): each
+parsed head becomes an Exchange in a queue, and only the first one runs.
+While a later one waits, reading stops, so a pipelining client cannot make
+us buffer more than one read. After a 101 the connection becomes a tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from zerodown.errors import BadRequest, ProxyError
+from zerodown.proxy import http
+from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.router import strip_prefix
+
+if TYPE_CHECKING:
+    from zerodown.proxy.server import ProxyServer
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.forwarded = http.Forwarded("")
+        self.queue: collections.deque[Exchange] = collections.deque()
+        self.reading: Exchange | None = None  # the exchange whose body is being parsed
+        self.tunnel: Exchange | None = None
+        self.write_paused = False
+        self.closing = False  # no more requests: answer what is queued, then close
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._pauses: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.client_ip} queue={len(self.queue)} closing={self.closing}>"
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.forwarded = http.Forwarded(self.client_ip, trusted=self.server.is_trusted(self.client_ip))
+        self.server.connections.add(self)
+        self._arm(self.settings.header_timeout, self._header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_data(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            context = exc.__context__
+            self._protocol_error(context if isinstance(context, BadRequest) else BadRequest(str(exc)))
+        except httptools.HttpParserError as exc:
+            self._protocol_error(BadRequest(f"malformed request: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.server.connections.discard(self)
+        self.closing = True
+        for exchange in self.queue:
+            exchange.client_lost()
+        self.queue.clear()
+        self.transport = None
+        self.server.connection_closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue:
+            self.queue[0].client_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue:
+            self.queue[0].client_write_paused(False)
+
+    # -- httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        if not self.queue:  # from keep-alive idle to "a head is arriving"
+            self._arm(self.settings.header_timeout, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.settings.max_uri_size:
+            raise BadRequest("request URI too long", status=414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size + len(self._url) > self.settings.max_header_size:
+            raise BadRequest("request header fields too large", status=431)
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        head = http.read_head(
+            parser.get_method(),
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            parser.should_keep_alive(),
+        )
+        exchange = self._new_exchange(head)
+        self.reading = exchange
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            self._disarm()
+            exchange.start()
+        else:
+            self.pause_reading("pipeline")
+        if head.has_body:
+            self._arm(self.settings.body_timeout, self._body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        assert self.reading is not None
+        self._touch_body_timer()
+        self.reading.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.reading = self.reading, None
+        if exchange is not None:
+            exchange.end_body()
+        if self.queue and self.queue[0] is exchange:
+            self._disarm()
+
+    # -- building an exchange --------------------------------------------------
+
+    def _new_exchange(self, head: http.RequestHead) -> Exchange:
+        error: ProxyError | None = None
+        limit = self.settings.max_body_size
+        if limit and head.content_length is not None and head.content_length > limit:
+            error = BadRequest("request body too large", status=413)
+        if head.method == b"CONNECT":
+            error = BadRequest("CONNECT is not supported", status=501)
+        host, path = _routing_host_path(head)
+        service = self.server.router.match(host, path.partition(b"?")[0])
+        if service is None and error is None:
+            error = BadRequest("no service for this host and path", status=404)
+        if error is not None:
+            self.closing = True  # the body (if any) will not be read: the connection ends here
+        elif service is not None and service.spec.strip_prefix:
+            path = strip_prefix(service.prefix, path)
+        return Exchange(self, head, service, path, error)
+
+    # -- called by exchanges ---------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def write_lines(self, parts: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
+    def keep_alive_allowed(self, exchange: Exchange) -> bool:
+        return not self.closing and not self.server.stopping
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if not self.queue or self.queue[0] is not exchange:
+            return  # the connection was lost: queue already cleared
+        self.queue.popleft()
+        self.server.log_access(self, exchange)
+        keep = exchange.keep_alive and exchange.body_done and self.keep_alive_allowed(exchange)
+        if not keep:
+            self._finish()
+            return
+        if self.queue:
+            self.queue[0].start()
+            if self.write_paused:
+                self.queue[0].client_write_paused(True)
+        else:
+            self._arm(self.settings.keepalive_timeout, self.close)
+        self.resume_reading("pipeline")
+
+    def _finish(self) -> None:
+        """No more responses on this connection: flush what was written, then close."""
+        self.closing = True
+        if self.queue:  # pipelined requests after a closing response are not answered
+            for waiting in self.queue:
+                waiting.client_lost()
+            self.queue.clear()
+        self.close()
+
+    def become_tunnel(self, exchange: Exchange) -> None:
+        self.tunnel = exchange
+        self._disarm()
+        self.resume_reading("pipeline")
+        self.resume_reading("body")
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pause_reading()
+        self._pauses.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their response."""
+        self.closing = True
+        if not self.queue and self.tunnel is None:
+            self.close()
+
+    # -- errors and timers -----------------------------------------------------
+
+    def _protocol_error(self, error: BadRequest) -> None:
+        """Refuse the request in order: after what is queued, answer, then close."""
+        self.closing = True
+        self.pause_reading("error")
+        if self.reading is not None:
+            self.reading.body_error(error)  # mid-body: the upstream must not get the rest
+            return
+        exchange = Exchange(self, _placeholder_head(), None, b"/", error)
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            exchange.start()
+
+    def _upgrade_requested(self, early: bytes) -> None:
+        # The parser is done with this connection; what follows belongs to the
+        # tunnel if the target agrees to switch, else the connection closes.
+        self.closing = True
+        self.pause_reading("pipeline")
+        if early and self.queue:
+            self.queue[-1].pending.append(early)
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        if self.queue:
+            return
+        self.write(http.error_response(408))
+        self.server.rejected[408] = self.server.rejected.get(408, 0) + 1
+        self.close()
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        if self._pauses:  # we stopped reading, not the client: not its delay
+            self._arm(self.settings.body_timeout, self._body_timeout)
+            return
+        if self.reading is not None:
+            self._protocol_error(BadRequest("request body timed out", status=408))
+
+    def _touch_body_timer(self) -> None:
+        # Re-arming a timer per chunk is cheap next to the chunk itself.
+        if self._timer is not None:
+            self._arm(self.settings.body_timeout, self._body_timeout)
+
+    def _arm(self, delay: float, callback: object) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, callback)  # type: ignore[arg-type]
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _placeholder_head() -> http.RequestHead:
+    return http.RequestHead(b"GET", b"/", b"1.1", [], keep_alive=False)
+
+
+def _routing_host_path(head: http.RequestHead) -> tuple[str, bytes]:
+    """Host and origin-form path; an absolute-form target (RFC 9112 §3.2.2) wins over Host."""
+    url = head.url
+    if url[:1] == b"/":
+        return http.host_name(head.host), url
+    if url == b"*":
+        return http.host_name(head.host), b"*"
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        raise BadRequest("invalid request target") from None
+    if parsed.schema not in (b"http", b"https") or not parsed.host:
+        raise BadRequest("invalid request target")
+    path = parsed.path or b"/"
+    if parsed.query:
+        path += b"?" + parsed.query
+    return parsed.host.decode("ascii", "replace").lower(), path
+
+
+def is_trusted(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -1,0 +1,517 @@
+"""One request/response cycle through the proxy, with its retries.
+
+An Exchange is created when a request head has been read. It picks a pool
+and a target, sends the request, streams the response back and decides,
+after a failure, whether another attempt is safe (retry.may_retry). Bodies
+are streamed both ways with back-pressure; a request body is also kept for
+replay while it is small, so an idempotent request can be retried after its
+bytes were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from itertools import count
+from typing import TYPE_CHECKING, Final
+
+from zerodown.errors import (
+    BadRequest,
+    NoHealthyTarget,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from zerodown.proxy import http
+from zerodown.proxy.retry import Attempt, is_keepalive_race, may_retry
+
+if TYPE_CHECKING:
+    from zerodown.proxy.client import ClientConnection
+    from zerodown.proxy.service import Choice, Service
+    from zerodown.proxy.target import Target
+    from zerodown.proxy.upstream import UpstreamConnection
+
+# A request body up to this size is kept after sending, so an idempotent
+# request can be replayed on another target; larger ones are not retried.
+REPLAY_LIMIT: Final = 64 * 1024
+# Buffered request body before we stop reading from the client.
+BODY_HIGH_WATER: Final = 64 * 1024
+
+_ID_PREFIX: Final = os.urandom(6).hex().encode()
+_ids = count(1)
+
+
+def new_request_id() -> bytes:
+    """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""
+    return b"%s-%x" % (_ID_PREFIX, next(_ids))
+
+
+class AttemptFailed(Exception):
+    def __init__(self, error: ProxyError, attempt: Attempt, target_fault: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempt = attempt
+        self.target_fault = target_fault  # counts against the target's passive health
+
+
+class Exchange:
+    def __init__(
+        self,
+        client: ClientConnection,
+        head: http.RequestHead,
+        service: Service | None,
+        path: bytes,
+        error: ProxyError | None = None,
+    ) -> None:
+        self.client = client
+        self.head = head
+        self.service = service
+        self.path = path  # what the target sees: origin-form, prefix stripped if asked
+        self.error = error  # set when the request is refused before it is sent anywhere
+        self.request_id = head.request_id or new_request_id()
+        self.loop = client.loop
+        self.task: asyncio.Task[None] | None = None
+        # request body
+        self.body_done = not head.has_body
+        self.body_received = 0
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.pending_size = 0
+        self.replay: list[bytes] | None = [] if head.idempotent else None
+        self.replay_size = 0
+        self.continue_sent = False
+        # the attempt in progress
+        self.target: Target | None = None
+        self.conn: UpstreamConnection | None = None
+        self.sent = False
+        self.responded = False  # any byte of the response reached the client
+        self.keep_alive = head.keep_alive
+        self.upgraded = False
+        self.drain_cancelled = False
+        self.aborted = False  # the client broke protocol mid-body: never retry, answer `error`
+        self.status = 0
+        self.started = 0.0
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._done_waiter: asyncio.Future[None] | None = None
+        self._rechunk = False
+        self._close_delimited = False  # the upstream body ends when it closes (no length, not chunked)
+        self._upstream_keep_alive = True
+        self._last_read = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.set_cookie: bytes | None = None
+
+    def __repr__(self) -> str:
+        target = self.target.address if self.target else None
+        return f"<Exchange {self.head.method.decode()} {self.path!r} target={target}>"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.task = self.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        self.started = self.loop.time()
+        try:
+            if self.error is not None:
+                raise self.error
+            assert self.service is not None
+            await self._proxy(self.service)
+        except ProxyError as exc:
+            self._fail(self.error if self.aborted and self.error is not None else exc)
+        finally:
+            self._stop_watchdog()
+            self.client.exchange_done(self)
+
+    def _fail(self, exc: ProxyError) -> None:
+        """Tell the client: a status if nothing was sent yet, else cut the connection."""
+        self.keep_alive = False
+        target = self.target
+        if target is not None and target.metrics is not None and self._target_failed(exc):
+            target.metrics.fail(_failure_kind(exc))
+        if self.responded:
+            self.client.abort()
+            return
+        self.status = exc.status
+        self.client.write(http.error_response(exc.status, request_id=self.request_id))
+        self.responded = True
+
+    def _target_failed(self, exc: ProxyError) -> bool:
+        return not (self.aborted or self.drain_cancelled or isinstance(exc, BadRequest))
+
+    # -- choosing targets and retrying ---------------------------------------
+
+    async def _proxy(self, service: Service) -> None:
+        choice = service.choose(self.head, self.client.client_ip, self.path)
+        self.set_cookie = choice.set_cookie
+        deadline = self.loop.time() + service.spec.retry_timeout
+        tried: list[Target] = []
+        raced = False
+        service.budget.record_request(self.loop.time())
+        while True:
+            target = self._pick(service, choice, tried)
+            if target is None:
+                raise NoHealthyTarget(f"no healthy target for service {service.name}")
+            try:
+                await self._attempt(service, target, fresh=raced)
+                return
+            except AttemptFailed as failure:
+                if failure.target_fault:
+                    service.observe(target, ok=False)
+                if self._may_race_retry(failure, raced):
+                    raced = True  # the keep-alive race: once more, same target, new connection
+                    continue
+                tried.append(target)
+                if not self._may_retry(service, failure, tried, deadline):
+                    raise failure.error from None
+                if target.metrics is not None:
+                    target.metrics.retry()
+                raced = False
+
+    def _pick(self, service: Service, choice: Choice, tried: list[Target]) -> Target | None:
+        target = choice.pool.balancer.pick(choice.key, tried)
+        if target is None:
+            # Prefer a target with a free connection slot; queue only when all are full.
+            fallback = service.fallback(choice.pool)
+            if fallback is not None:
+                target = fallback.balancer.pick(choice.key, tried)
+        return target
+
+    def _may_race_retry(self, failure: AttemptFailed, raced: bool) -> bool:
+        return (
+            not raced
+            and not self.drain_cancelled
+            and not self.aborted
+            and is_keepalive_race(failure.attempt)
+            and may_retry(failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable)
+        )
+
+    def _may_retry(
+        self, service: Service, failure: AttemptFailed, tried: list[Target], deadline: float
+    ) -> bool:
+        now = self.loop.time()
+        return (
+            not self.drain_cancelled
+            and not self.aborted
+            and may_retry(failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable)
+            and len(tried) < service.spec.tries
+            and now < deadline
+            and service.budget.try_spend(now)
+        )
+
+    @property
+    def _replayable(self) -> bool:
+        return self.replay is not None or not self.head.has_body
+
+    # -- one attempt -----------------------------------------------------------
+
+    async def _attempt(self, service: Service, target: Target, *, fresh: bool) -> None:
+        assert target.connections is not None and target.metrics is not None
+        self.target = target
+        target.in_flight += 1
+        target.metrics.request()
+        started = self.loop.time()
+        self._head_waiter = self._done_waiter = None
+        try:
+            conn = await self._connect(target, fresh)
+            if self.aborted and self.error is not None:
+                raise self.error
+            self._send_request(conn)
+            await self._await_response(conn)
+        finally:
+            target.in_flight -= 1
+            self._release(target)
+            if target.in_flight == 0 and target.state != "ready":
+                self.client.server.target_idle(target)
+        elapsed = self.loop.time() - started
+        target.record_response_time(elapsed)
+        target.metrics.response(self.status, elapsed)
+        service.observe(target, ok=self.status < 500)
+
+    async def _connect(self, target: Target, fresh: bool) -> UpstreamConnection:
+        assert target.connections is not None
+        try:
+            conn = await target.connections.acquire(fresh=fresh)
+        except (UpstreamConnectError, UpstreamTimeout) as exc:
+            raise AttemptFailed(exc, Attempt(sent=False, responded=False, reused=False), True) from None
+        except ProxyError as exc:  # queue timeout: the target is busy, not broken
+            raise AttemptFailed(exc, Attempt(sent=False, responded=False, reused=False), False) from None
+        self.conn = conn
+        conn.begin(self, head_request=self.head.method == b"HEAD")
+        return conn
+
+    def _send_request(self, conn: UpstreamConnection) -> None:
+        if self.head.expect_continue and not self.continue_sent and not self.body_done:
+            self.continue_sent = True
+            self.client.write(http.CONTINUE_100)
+        parts = http.upstream_head(self.head, self.path, self.client.forwarded, self.request_id)
+        for piece in self.replay or ():
+            parts += self._frame(piece)
+        conn.writelines(parts)
+        self.sent = True
+        self._flush_pending()
+
+    async def _await_response(self, conn: UpstreamConnection) -> None:
+        self._head_waiter = self.loop.create_future()
+        self._done_waiter = self.loop.create_future()
+        try:
+            async with asyncio.timeout(self.client.settings.read_timeout):
+                await self._head_waiter
+        except TimeoutError:
+            conn.abort()
+            raise self._attempt_failed(UpstreamTimeout("upstream read timed out"), conn, True) from None
+        except (ConnectionError, OSError, UpstreamProtocolError) as exc:
+            raise self._attempt_failed(_as_proxy_error(exc), conn, True) from None
+        if not self.upgraded:
+            self._start_watchdog()
+        try:
+            await self._done_waiter
+        except (ConnectionError, OSError, ProxyError) as exc:
+            # The response was under way: the client cannot get a clean answer now.
+            raise self._attempt_failed(_as_proxy_error(exc), conn, True) from None
+
+    def _attempt_failed(
+        self, error: ProxyError, conn: UpstreamConnection, target_fault: bool
+    ) -> AttemptFailed:
+        attempt = Attempt(sent=self.sent, responded=self.responded, reused=conn.reused)
+        if is_keepalive_race(attempt) and not isinstance(error, UpstreamTimeout):
+            target_fault = False
+        return AttemptFailed(error, attempt, target_fault and not self.drain_cancelled)
+
+    def _release(self, target: Target) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None or target.connections is None:
+            return
+        waiter = self._done_waiter
+        clean = waiter is not None and waiter.done() and not waiter.cancelled() and not waiter.exception()
+        reusable = clean and self.body_done and self._upstream_keep_alive and not self.upgraded
+        if not clean:
+            conn.abort()
+        target.connections.release(conn, reusable=reusable)
+
+    # -- request body (called by the client connection) ------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        self.body_received += len(data)
+        limit = self.client.settings.max_body_size
+        if limit and self.body_received > limit:
+            raise BadRequest("request body too large", status=413)
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.conn is not None and self.sent:
+            self._flush_pending()
+        elif self.pending_size > BODY_HIGH_WATER:
+            self.client.pause_reading("body")
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.conn is not None and self.sent:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        parts: list[bytes] = []
+        while self.pending:
+            piece = self.pending.popleft()
+            parts += self._frame(piece)
+            self._keep_for_replay(piece)
+        self.pending_size = 0
+        if self.body_done and self.head.chunked:
+            parts.append(http.LAST_CHUNK)
+        if parts:
+            conn.writelines(parts)
+        self.client.resume_reading("body")
+
+    def _frame(self, piece: bytes) -> list[bytes]:
+        return http.chunk(piece) if self.head.chunked else [piece]
+
+    def _keep_for_replay(self, piece: bytes) -> None:
+        if self.replay is None:
+            return
+        self.replay_size += len(piece)
+        if self.replay_size > REPLAY_LIMIT:
+            self.replay = None  # too big to hold: this request is no longer retryable once sent
+        else:
+            self.replay.append(piece)
+
+    def body_error(self, exc: BadRequest) -> None:
+        """The client's body broke the protocol mid-stream: never forward the rest."""
+        self.keep_alive = False
+        self.aborted = True
+        self.error = exc
+        self.pending.clear()
+        self._settle(self._head_waiter, exc)
+        if self.conn is not None:
+            self.conn.abort()
+
+    # -- ResponseSink (called by the upstream connection) ----------------------
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        waiter = self._head_waiter
+        if status == 101 and self.head.upgrade is None:
+            self._settle(waiter, UpstreamProtocolError("101 to a request that did not ask to upgrade"))
+            return
+        self.status = status
+        self._upstream_keep_alive = keep_alive
+        self.client.write_lines(self._response_head(status, reason, headers))
+        self.responded = True
+        self._settle(waiter, None)
+
+    def _response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> list[bytes]:
+        framing = self._framing(status, headers)
+        extra = [b"Set-Cookie: ", self.set_cookie, b"\r\n"] if self.set_cookie else None
+        return http.response_head(
+            status,
+            reason,
+            headers,
+            version=self.head.version,
+            framing=framing,
+            keep_alive=self.keep_alive and self.client.keep_alive_allowed(self),
+            request_id=self.request_id,
+            extra=extra,
+        )
+
+    def _framing(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """Decide how the body is framed towards the client (RFC 9112 §6.3)."""
+        if self.head.method == b"HEAD" or status in (204, 304) or status == 101:
+            return b""
+        names = {name.lower() for name, _ in headers}
+        if b"content-length" in names:
+            return b""
+        self._close_delimited = b"transfer-encoding" not in names
+        if self.head.version == b"1.1":
+            self._rechunk = True
+            return b"Transfer-Encoding: chunked\r\n"
+        self.keep_alive = False  # HTTP/1.0 client: the end of the body is the close
+        return b""
+
+    def on_response_body(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        if self._rechunk:
+            self.client.write_lines(http.chunk(data))
+        else:
+            self.client.write(data)
+
+    def on_response_complete(self) -> None:
+        if self._rechunk:
+            self.client.write(http.LAST_CHUNK)
+        self._settle(self._done_waiter, None)
+
+    def on_upgraded(self, rest: bytes) -> None:
+        self.upgraded = True
+        self.keep_alive = False
+        self.client.become_tunnel(self)
+        if rest:
+            self.client.write(rest)
+
+    def on_upstream_lost(self, exc: Exception) -> None:
+        if self.upgraded:
+            self.client.close()
+            self._settle(self._done_waiter, None)
+            return
+        if self._close_delimited and self.responded:
+            # RFC 9112 §6.3 item 8: a body with no length ends with the close.
+            self._upstream_keep_alive = False
+            self.on_response_complete()
+            return
+        error = exc if isinstance(exc, Exception) else ConnectionResetError()
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._settle(self._head_waiter, error)
+        else:
+            self._settle(self._done_waiter, error)
+
+    def pause_request_body(self) -> None:
+        self.client.pause_reading("upstream")
+
+    def resume_request_body(self) -> None:
+        self.client.resume_reading("upstream")
+
+    # -- client side events ----------------------------------------------------
+
+    def client_write_paused(self, paused: bool) -> None:
+        """Back-pressure: a slow client slows the upstream read, not our memory."""
+        if self.conn is not None:
+            if paused:
+                self.conn.pause_reading()
+            else:
+                self.conn.resume_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.write(data)
+
+    def client_lost(self) -> None:
+        if self.conn is not None:
+            self.conn.abort()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def cancel_for_drain(self) -> None:
+        """The drain deadline passed: end this exchange now (504 if nothing was sent yet)."""
+        self.drain_cancelled = True
+        if self.target is not None and self.target.metrics is not None:
+            self.target.metrics.fail("cancelled")
+        if self.upgraded:
+            self.client.close()
+        error = UpstreamTimeout("target drained before the response finished")
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._settle(self._head_waiter, error)
+        elif self._done_waiter is not None:
+            self._settle(self._done_waiter, error)
+        if self.conn is not None:
+            self.conn.abort()
+
+    # -- internals -------------------------------------------------------------
+
+    def _settle(self, waiter: asyncio.Future[None] | None, error: Exception | None) -> None:
+        if waiter is None or waiter.done():
+            return
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+    def _start_watchdog(self) -> None:
+        self._last_read = self.loop.time()
+        self._watchdog = self.loop.call_later(self.client.settings.read_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # One timer per response, re-armed lazily, instead of one per chunk.
+        timeout = self.client.settings.read_timeout
+        idle_for = self.loop.time() - self._last_read
+        if idle_for < timeout or self.client.write_paused:
+            self._watchdog = self.loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
+            return
+        self._watchdog = None
+        self._settle(self._done_waiter, UpstreamTimeout("upstream read timed out"))
+        if self.conn is not None:
+            self.conn.abort()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+
+def _as_proxy_error(exc: BaseException) -> ProxyError:
+    if isinstance(exc, ProxyError):
+        return exc
+    return UpstreamReset(f"upstream connection lost: {exc}")
+
+
+def _failure_kind(exc: ProxyError) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamProtocolError):
+        return "protocol"
+    if isinstance(exc, UpstreamReset):
+        return "reset"
+    if isinstance(exc, UpstreamConnectError):
+        return "connect"
+    return "other"

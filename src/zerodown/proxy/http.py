@@ -1,0 +1,301 @@
+"""Sans-IO HTTP/1.1 pieces of the proxy: what a request head means, whether
+it is safe to forward, and the bytes of the heads we write.
+
+Framing ambiguities are where request smuggling lives (RFC 9112 §6.3, §11.2),
+so anything llhttp lets through that could be read two ways is refused here
+with a BadRequest, before a single byte reaches an app.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+from zerodown.errors import BadRequest
+
+# RFC 9110 §7.6.1: hop-by-hop fields, never forwarded; plus the ones a
+# Connection header names. Proxy-Connection is not standard but common.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Set by the proxy itself from what it saw; incoming ones are kept only from
+# trusted proxies (see Forwarded).
+FORWARDED_HEADERS: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+)
+# RFC 9110 §9.2.2. A retry may repeat these; never the others once sent.
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+REASONS: Final[dict[int, bytes]] = {
+    100: b"Continue",
+    400: b"Bad Request",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# RFC 3986 host: reg-name / IPv4 / [IPv6], optional :port. Anything else
+# (spaces, '@', '/', control bytes) is refused: a Host an app would parse
+# differently from the proxy is a routing bypass.
+_HOST_RE: Final = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{1,5})?$")
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What the proxy needs to know of one request, read in one pass."""
+
+    method: bytes
+    url: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    host: bytes = b""
+    content_length: int | None = None
+    chunked: bool = False
+    expect_continue: bool = False
+    upgrade: bytes | None = None  # the Upgrade value when the client asked to switch
+    request_id: bytes | None = None
+    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT_METHODS
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header (name in lower case); a slow path, not per header."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+def read_head(
+    method: bytes, url: bytes, version: str, headers: list[tuple[bytes, bytes]], keep_alive: bool
+) -> RequestHead:
+    """Build a RequestHead from parser output, refusing what is ambiguous."""
+    if version not in ("1.1", "1.0"):
+        raise BadRequest(f"unsupported protocol version {version}")
+    head = RequestHead(method, url, version.encode(), headers, keep_alive)
+    hosts = 0
+    for name, value in headers:
+        key = name.lower()
+        if key == b"host":
+            hosts += 1
+            head.host = value
+        elif key == b"content-length":
+            head.content_length = _content_length(value)
+        elif key == b"transfer-encoding":
+            head.chunked = _chunked(value)
+        elif key == b"connection":
+            head.connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
+        elif key == b"expect":
+            head.expect_continue = _expect(value)
+        elif key == b"upgrade":
+            head.upgrade = value
+        elif key == b"x-request-id":
+            head.request_id = value
+    _check_host(head, hosts)
+    if head.upgrade is not None and b"upgrade" not in head.connection_tokens:
+        head.upgrade = None  # RFC 9110 §7.8: Upgrade without Connection: upgrade is ignored
+    return head
+
+
+def _content_length(value: bytes) -> int:
+    # llhttp already refuses two Content-Length lines; a comma list in one
+    # line ("5, 5") is the other way to send two (RFC 9112 §6.3 item 5).
+    if not value.isdigit():
+        raise BadRequest("invalid Content-Length")
+    return int(value)
+
+
+def _chunked(value: bytes) -> bool:
+    # Only "chunked" is understood; llhttp refuses chunked-not-last, we also
+    # refuse any other coding rather than forward something we cannot frame.
+    if value.strip().lower() != b"chunked":
+        raise BadRequest("unsupported Transfer-Encoding", status=501)
+    return True
+
+
+def _expect(value: bytes) -> bool:
+    if value.strip().lower() != b"100-continue":
+        raise BadRequest("unsupported Expect", status=417)
+    return True
+
+
+def _check_host(head: RequestHead, hosts: int) -> None:
+    # RFC 9112 §3.2: exactly one Host in HTTP/1.1; a second one is ambiguous.
+    if hosts > 1:
+        raise BadRequest("more than one Host header")
+    if hosts == 0 and head.version == b"1.1":
+        raise BadRequest("missing Host header")
+    if not _HOST_RE.match(head.host):
+        raise BadRequest("invalid Host header")
+
+
+def host_name(host: bytes) -> str:
+    """The Host header without its port, lower case, for routing."""
+    if host.startswith(b"["):
+        return host[: host.find(b"]") + 1].decode("ascii").lower()
+    return host.rpartition(b":")[0].decode("ascii").lower() if b":" in host else host.decode(
+        "ascii"
+    ).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What the proxy adds about the client hop."""
+
+    client_ip: str
+    proto: bytes = b"http"
+    trusted: bool = False  # keep and extend incoming X-Forwarded-* from this peer
+
+
+def upstream_head(
+    head: RequestHead, path: bytes, forwarded: Forwarded, request_id: bytes
+) -> list[bytes]:
+    """The request head sent to a target, as pieces for writelines()."""
+    drop = HOP_BY_HOP | head.connection_tokens
+    incoming_xff = None
+    incoming: dict[bytes, bytes] = {}
+    parts = [head.method, b" ", path, b" HTTP/1.1\r\n"]
+    for name, value in head.headers:
+        key = name.lower()
+        if key in drop or key == b"expect":
+            continue  # the proxy answers 100-continue itself
+        if key in FORWARDED_HEADERS:
+            if key == b"x-forwarded-for":
+                incoming_xff = value if incoming_xff is None else incoming_xff + b", " + value
+            else:
+                incoming[key] = value
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    parts += _forwarded_lines(head, forwarded, incoming_xff, incoming, request_id)
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if head.upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return parts
+
+
+def _forwarded_lines(
+    head: RequestHead,
+    forwarded: Forwarded,
+    incoming_xff: bytes | None,
+    incoming: dict[bytes, bytes],
+    request_id: bytes,
+) -> list[bytes]:
+    ip = forwarded.client_ip.encode()
+    if forwarded.trusted:
+        xff = ip if incoming_xff is None else incoming_xff + b", " + ip
+        proto = incoming.get(b"x-forwarded-proto", forwarded.proto)
+        fhost = incoming.get(b"x-forwarded-host", head.host)
+    else:
+        xff, proto, fhost = ip, forwarded.proto, head.host
+    lines = [b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n"]
+    if fhost:
+        lines += (b"X-Forwarded-Host: ", fhost, b"\r\n")
+    lines += (b"X-Request-ID: ", request_id, b"\r\n")
+    return lines
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    version: bytes,
+    framing: bytes,
+    keep_alive: bool,
+    request_id: bytes,
+    extra: list[bytes] | None = None,
+) -> list[bytes]:
+    """The response head sent to the client, as pieces for writelines().
+
+    `framing` is the header line that frames the body as the proxy sends it
+    (b"" when the upstream's Content-Length is passed through or there is no body).
+    """
+    connection_tokens = _connection_tokens(headers)
+    drop = HOP_BY_HOP | connection_tokens | {b"x-request-id"}
+    # Always our own version in the status line (RFC 9110 §6.2); `version`
+    # is the client's, which decides how keep-alive is spelled.
+    parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in drop:
+            parts += (name, b": ", value, b"\r\n")
+    parts += (b"X-Request-ID: ", request_id, b"\r\n", framing)
+    if extra:
+        parts += extra
+    if status == 101:
+        parts.append(b"Connection: upgrade\r\n")
+        upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), None)
+        if upgrade is not None:
+            parts += (b"Upgrade: ", upgrade, b"\r\n")
+    elif keep_alive:
+        if version == b"1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+    else:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return parts
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def error_response(
+    status: int,
+    *,
+    request_id: bytes | None = None,
+    close: bool = True,
+    extra: bytes = b"",
+) -> bytes:
+    """A short text/plain response the proxy writes itself."""
+    reason = REASONS.get(status, b"Error")
+    body = b"%d %s\n" % (status, reason)
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
+        status,
+        reason,
+        len(body),
+    )
+    if request_id is not None:
+        head += b"X-Request-ID: " + request_id + b"\r\n"
+    if close:
+        head += b"Connection: close\r\n"
+    return head + extra + b"\r\n" + body
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body (RFC 9112 §7.1)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"

@@ -1,0 +1,239 @@
+"""The embedded data plane's process-level object: listening sockets, the
+routing table in force, draining, stats and graceful stop.
+
+A table swap is one attribute assignment on the event loop's thread, so a
+request sees either the old router or the new one, never a mix; requests
+already in flight keep the Target they picked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import sys
+import time
+from typing import IO, Any
+
+from zerodown.dataplane.base import DrainResult
+from zerodown.errors import DataPlaneError
+from zerodown.proxy.client import ClientConnection, is_trusted
+from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.metrics import pool_entry, render_prometheus, target_entry
+from zerodown.proxy.router import Router
+from zerodown.proxy.service import Service
+from zerodown.proxy.settings import ProxySettings
+from zerodown.proxy.target import Target
+from zerodown.routing import RoutingTable, parse_address, with_target_state
+
+LISTEN_BACKLOG = 4096
+
+
+def bind_socket(address: str) -> socket.socket:
+    """A listening TCP socket for "host:port" (port 0 picks a free one)."""
+    host, port = parse_address(address) if not address.endswith(":0") else (address[:-2], 0)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class ProxyServer:
+    def __init__(self, settings: ProxySettings, table: RoutingTable | None = None) -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.table = RoutingTable()
+        self.services: dict[str, Service] = {}
+        self.router: Router[Service] = Router([])
+        self.connections: set[ClientConnection] = set()
+        self.stopping = False
+        self.rejected: dict[int, int] = {}
+        self._servers: list[asyncio.Server] = []
+        self._sockets: list[socket.socket] = []
+        self._trusted_nets = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        self._trusted_cache: dict[str, bool] = {}
+        self._drain_waiters: dict[Target, asyncio.Future[None]] = {}
+        self._closed_event = asyncio.Event()
+        self._access_log: IO[str] | None = None
+        self._apply_now(table or RoutingTable())
+
+    def __repr__(self) -> str:
+        return f"<ProxyServer {self.addresses} services={list(self.services)}>"
+
+    # -- listening -------------------------------------------------------------
+
+    async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        self._open_access_log()
+        for item in listen:
+            sock = bind_socket(item) if isinstance(item, str) else item
+            self._sockets.append(sock)
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG
+            )
+            self._servers.append(server)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for sock in self._sockets]
+
+    def is_trusted(self, ip: str) -> bool:
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            trusted = is_trusted(ip, self._trusted_nets)
+            if len(self._trusted_cache) < 65536:
+                self._trusted_cache[ip] = trusted
+        return trusted
+
+    # -- the routing table -----------------------------------------------------
+
+    async def apply(self, table: RoutingTable) -> None:
+        self._apply_now(table)
+
+    def _apply_now(self, table: RoutingTable) -> None:
+        old = self.services
+        try:
+            new = {spec.name: Service(spec, self.settings, old.get(spec.name)) for spec in table.services}
+        except Exception as exc:  # an illegal target move: the old table stays in force
+            raise DataPlaneError(f"routing table refused: {exc}") from exc
+        self.router = Router(list(new.values()))
+        self.services = new
+        self.table = table
+        for name, service in old.items():
+            for checker in service.retire(new.get(name)):
+                self.loop.create_task(checker.stop())
+        for name, service in new.items():
+            service.start(old.get(name))
+        for target in list(self._drain_waiters):
+            self.target_idle(target)
+
+    def routing(self) -> RoutingTable:
+        return self.table
+
+    # -- draining --------------------------------------------------------------
+
+    async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
+        started = time.monotonic()
+        target = self._find(service, address)
+        self._apply_now(with_target_state(self.table, service, address, "draining"))
+        assert target.connections is not None
+        target.connections.close_idle()
+        if self.services[service].spec.websocket_drain == "close":
+            self._cancel_busy(target, tunnels_only=True)
+        completed = await self._wait_idle(target, timeout)
+        cancelled = 0 if completed else self._cancel_busy(target, tunnels_only=False)
+        return DrainResult(service, address, completed, cancelled, time.monotonic() - started)
+
+    def _find(self, service: str, address: str) -> Target:
+        found = self.services.get(service)
+        target = found.targets_by_address().get(address) if found else None
+        if target is None:
+            raise DataPlaneError(f"no target {address} in service {service}")
+        return target
+
+    async def _wait_idle(self, target: Target, timeout: float) -> bool:
+        if target.in_flight == 0:
+            return True
+        waiter = self._drain_waiters.setdefault(target, self.loop.create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except TimeoutError:
+            return target.in_flight == 0
+        finally:
+            self._drain_waiters.pop(target, None)
+
+    def target_idle(self, target: Target) -> None:
+        """Called when a request on `target` ends; wakes a drain waiting for it."""
+        if target.in_flight == 0 and self._drain_waiters:
+            waiter = self._drain_waiters.get(target)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _cancel_busy(self, target: Target, *, tunnels_only: bool) -> int:
+        assert target.connections is not None
+        cancelled = 0
+        for conn in list(target.connections.busy):
+            sink = conn.sink
+            if isinstance(sink, Exchange) and (sink.upgraded or not tunnels_only):
+                sink.cancel_for_drain()
+                cancelled += 1
+        return cancelled
+
+    # -- stats -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        services: dict[str, Any] = {}
+        for name, service in self.services.items():
+            pools = {}
+            for pool in (service.stable, service.canary):
+                entries = {t.address: target_entry(t) for t in pool.targets}
+                pools[pool.name] = pool_entry(entries)
+            services[name] = {"pools": pools, "canary_weight": service.spec.split.canary_weight}
+        return {
+            "services": services,
+            "connections": len(self.connections),
+            "rejected": {str(status): n for status, n in sorted(self.rejected.items())},
+        }
+
+    def prometheus(self) -> str:
+        return render_prometheus(self.stats())
+
+    def log_access(self, client: ClientConnection, exchange: Exchange) -> None:
+        if exchange.target is None and exchange.status >= 400:
+            self.rejected[exchange.status] = self.rejected.get(exchange.status, 0) + 1
+        if self._access_log is None:
+            return
+        entry = {
+            "time": time.time(),
+            "client": client.client_ip,
+            "method": exchange.head.method.decode("latin-1"),
+            "path": exchange.path.decode("latin-1"),
+            "status": exchange.status,
+            "target": exchange.target.address if exchange.target else None,
+            "duration": round(self.loop.time() - exchange.started, 6),
+            "request_id": exchange.request_id.decode("latin-1"),
+        }
+        self._access_log.write(json.dumps(entry) + "\n")
+
+    def _open_access_log(self) -> None:
+        path = self.settings.access_log
+        if path == "-":
+            self._access_log = sys.stdout
+        elif path:
+            self._access_log = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the server
+
+    # -- stopping --------------------------------------------------------------
+
+    def connection_closed(self) -> None:
+        if self.stopping and not self.connections:
+            self._closed_event.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish up to `timeout`, then cut the rest."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._closed_event.wait(), timeout)
+            except TimeoutError:
+                for conn in list(self.connections):
+                    conn.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        await self._close_services()
+        if self._access_log is not None and self._access_log is not sys.stdout:
+            self._access_log.close()
+
+    async def _close_services(self) -> None:
+        for service in self.services.values():
+            for checker in service.retire(None):
+                await checker.stop()
+        self.services = {}

@@ -1,0 +1,257 @@
+"""A service at run time: its pools of live Targets, how a request picks a
+pool (canary split, cohorts, stickiness) and a target (the balancer), and
+what a response teaches it (passive health).
+
+A Service is rebuilt from its ServiceSpec on every routing-table change; the
+Targets, their connections, health, metrics and checkers carry over by
+address, so a table swap loses no state and no idle connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from zerodown.proxy.balancer import Balancer, make_balancer
+from zerodown.proxy.checker import HealthChecker
+from zerodown.proxy.health import TargetHealth, may_eject
+from zerodown.proxy.http import RequestHead
+from zerodown.proxy.metrics import TargetMetrics
+from zerodown.proxy.retry import RetryBudget
+from zerodown.proxy.settings import ProxySettings
+from zerodown.proxy.target import Target
+from zerodown.proxy.upstream import ConnectionPool
+from zerodown.routing import PoolName, PoolSpec, ServiceSpec
+
+Clock = Callable[[], float]
+
+
+class Pool:
+    """The targets of one release behind a service, and the balancer over them."""
+
+    __slots__ = ("balancer", "name", "targets")
+
+    def __init__(self, name: PoolName, targets: list[Target], balancer: Balancer) -> None:
+        self.name = name
+        self.targets = targets
+        self.balancer = balancer
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name} {self.targets!r}>"
+
+    @property
+    def available(self) -> bool:
+        return any(t.available for t in self.targets)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Where one request goes first, and the sticky cookie to set, if any."""
+
+    pool: Pool
+    key: str
+    set_cookie: bytes | None = None
+
+
+def parse_cookies(header: bytes | None) -> dict[bytes, bytes]:
+    cookies: dict[bytes, bytes] = {}
+    if header:
+        for part in header.split(b";"):
+            name, _, value = part.strip().partition(b"=")
+            cookies.setdefault(name, value)
+    return cookies
+
+
+class Service:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        settings: ProxySettings,
+        previous: Service | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.host = spec.host
+        self.path = spec.path
+        self.prefix = spec.path.encode()
+        self.settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        # The budget outlives table swaps: a swap must not reset retry accounting.
+        self.budget = previous.budget if previous else RetryBudget(
+            settings.retry_budget_ratio, settings.retry_budget_min
+        )
+        known = previous.targets_by_address() if previous else {}
+        self.checkers: dict[Target, HealthChecker] = {}
+        self.stable = self._build_pool("stable", spec.stable, known, previous)
+        self.canary = self._build_pool("canary", spec.canary, known, previous)
+        self._needs_cookies = bool(
+            spec.split.sticky_cookie
+            or any(rule.cookie for rule in spec.split.cohorts)
+            or spec.hash_key.startswith("cookie:")
+        )
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name} {self.host}{self.path} {self.stable!r} {self.canary!r}>"
+
+    # -- building ------------------------------------------------------------
+
+    def _build_pool(
+        self,
+        name: PoolName,
+        spec: PoolSpec,
+        known: dict[str, Target],
+        previous: Service | None,
+    ) -> Pool:
+        same_health = previous is not None and _health_key(previous.spec) == _health_key(self.spec)
+        targets = []
+        for target_spec in spec.targets:
+            target = known.get(target_spec.address)
+            if target is None:
+                target = self._new_target(target_spec.address, target_spec.weight)
+            elif not same_health:
+                target.health = self._new_health()
+            target.weight = target_spec.weight
+            target.version = target_spec.version
+            target.set_state(target_spec.state)
+            targets.append(target)
+            self._keep_checker(target, previous if same_health else None)
+        balancer = make_balancer(self.spec.balance, targets, clock=self._clock)
+        return Pool(name, targets, balancer)
+
+    def _new_health(self) -> TargetHealth:
+        return TargetHealth(self.spec.health, self.spec.passive, self.spec.slow_start)
+
+    def _new_target(self, address: str, weight: int) -> Target:
+        target = Target(address, weight=weight, health=self._new_health())
+        target.connections = ConnectionPool(target, self.settings)
+        target.metrics = TargetMetrics()
+        return target
+
+    def _keep_checker(self, target: Target, previous: Service | None) -> None:
+        spec = self.spec.health
+        if spec is None:
+            return
+        old = previous.checkers.get(target) if previous else None
+        if old is None:
+            clock = self._clock
+            old = HealthChecker(
+                target.host, target.port, spec, lambda ok: target.health.on_check(ok, clock())
+            )
+        self.checkers[target] = old
+
+    def targets(self) -> Iterator[Target]:
+        yield from self.stable.targets
+        yield from self.canary.targets
+
+    def targets_by_address(self) -> dict[str, Target]:
+        return {t.address: t for t in self.targets()}
+
+    def start(self, previous: Service | None) -> None:
+        """Start checkers this service owns that the previous one did not."""
+        old = set(previous.checkers.values()) if previous else set()
+        for checker in self.checkers.values():
+            if checker not in old:
+                checker.start()
+
+    def retire(self, successor: Service | None) -> list[HealthChecker]:
+        """Mark targets the successor dropped as gone; return checkers to stop."""
+        kept = successor.targets_by_address() if successor else {}
+        keep_checkers = set(successor.checkers.values()) if successor else set()
+        for target in self.targets():
+            if kept.get(target.address) is not target:
+                target.set_state("gone")
+                if target.connections is not None:
+                    target.connections.close()
+        return [c for c in self.checkers.values() if c not in keep_checkers]
+
+    # -- per request ---------------------------------------------------------
+
+    def choose(self, head: RequestHead, client_ip: str, path: bytes) -> Choice:
+        cookies = parse_cookies(head.header(b"cookie")) if self._needs_cookies else {}
+        pool, set_cookie = self._choose_pool(head, cookies)
+        return Choice(pool, self._balance_key(head, cookies, client_ip, path), set_cookie)
+
+    def _choose_pool(self, head: RequestHead, cookies: dict[bytes, bytes]) -> tuple[Pool, bytes | None]:
+        split = self.spec.split
+        if not self.canary.targets:
+            return self.stable, None
+        for rule in split.cohorts:
+            value = head.header(rule.header.lower().encode()) if rule.header else cookies.get(
+                (rule.cookie or "").encode()
+            )
+            if value is not None and value.decode("latin-1") in rule.values:
+                return self._pool(rule.pool), None
+        sticky = split.sticky_cookie.encode() if split.sticky_cookie else None
+        remembered = cookies.get(sticky) if sticky else None
+        if remembered in (b"stable", b"canary"):
+            pool = self._pool("canary" if remembered == b"canary" else "stable")
+            if pool.available:
+                return pool, None
+        pool = self.canary if self._rng.random() * 100 < split.canary_weight else self.stable
+        if not pool.available:
+            pool = self.stable if pool is self.canary else self.canary
+        cookie = sticky + b"=" + pool.name.encode() + b"; Path=/; HttpOnly" if sticky else None
+        return pool, cookie
+
+    def _pool(self, name: PoolName) -> Pool:
+        return self.canary if name == "canary" else self.stable
+
+    def _balance_key(
+        self, head: RequestHead, cookies: dict[bytes, bytes], client_ip: str, path: bytes
+    ) -> str:
+        balance = self.spec.balance
+        if balance == "ip_hash":
+            return client_ip
+        if balance != "hash":
+            return ""
+        kind, _, name = self.spec.hash_key.partition(":")
+        if kind == "ip":
+            return client_ip
+        if kind == "header":
+            return (head.header(name.lower().encode()) or b"").decode("latin-1")
+        if kind == "cookie":
+            return cookies.get(name.encode(), b"").decode("latin-1")
+        return path.partition(b"?")[0].decode("latin-1")
+
+    def fallback(self, pool: Pool) -> Pool | None:
+        """The other pool, when the chosen one has nothing left to try."""
+        other = self.stable if pool is self.canary else self.canary
+        return other if other.targets else None
+
+    def observe(self, target: Target, ok: bool) -> None:
+        """Passive health: a connect error or 5xx counts against the target."""
+        now = self._clock()
+        if target.health.on_response(ok, now) and may_eject(self._peers(target), now):
+            target.health.eject(now)
+            if target.metrics is not None:
+                target.metrics.eject()
+            until = target.health.ejected_until
+            if self.spec.health is None and until is not None:
+                # No active checks to bring it back: the passing of time must.
+                clock = self._clock
+                asyncio.get_running_loop().call_later(
+                    until - now, lambda: target.health.tick(clock())
+                )
+
+    def _peers(self, target: Target) -> list[TargetHealth]:
+        # Only admin-ready targets count: a draining one is leaving anyway and
+        # must not make "never eject the last serving target" believe it has a spare.
+        pool = self.canary if target in self.canary.targets else self.stable
+        return [t.health for t in pool.targets if t.state == "ready"]
+
+
+def all_targets(services: Iterable[Service]) -> Iterator[tuple[Service, Target]]:
+    for service in services:
+        for target in service.targets():
+            yield service, target
+
+
+def _health_key(spec: ServiceSpec) -> tuple[object, ...]:
+    return (spec.health, spec.passive, spec.slow_start)

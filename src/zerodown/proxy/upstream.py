@@ -1,0 +1,339 @@
+"""Connections to targets: one asyncio Protocol per connection around an
+httptools response parser, and a keep-alive pool per target.
+
+The pool's bookkeeping is synchronous (as httpcore's is); the only awaits
+are the connect itself and a wait for a free slot when max_conns is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING, Protocol, cast
+
+import httptools
+
+from zerodown.errors import QueueTimeout, UpstreamConnectError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from zerodown.proxy.settings import ProxySettings
+    from zerodown.proxy.target import Target
+
+
+class ResponseSink(Protocol):
+    """What an UpstreamConnection reports to the exchange that is using it."""
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_upgraded(self, rest: bytes) -> None: ...
+    def on_upstream_lost(self, exc: Exception) -> None: ...
+    def pause_request_body(self) -> None: ...
+    def resume_request_body(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_headers",
+        "_idle_handle",
+        "_parser",
+        "_reason",
+        "_skip_body",
+        "idle_since",
+        "pool",
+        "reused",
+        "sink",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.reused = False
+        self.tunnel = False  # after a 101, bytes pass through unparsed
+        self.idle_since = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._skip_body = False
+
+    def __repr__(self) -> str:
+        state = "busy" if self.sink is not None else "idle"
+        return f"<UpstreamConnection {self.pool.target.address} {state} reused={self.reused}>"
+
+    # -- used by the exchange ------------------------------------------------
+
+    def begin(self, sink: ResponseSink, *, head_request: bool) -> None:
+        """Start one request/response cycle on this connection."""
+        self.sink = sink
+        self._skip_body = head_request
+        self._headers = []
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            assert self.sink is not None
+            self.sink.on_response_body(data)
+            return
+        if self.sink is None:
+            # Bytes on an idle connection: the app broke protocol. Never reuse it.
+            self.pool.discard(self)
+            self.abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_idle_timer()
+        self.pool.discard(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_upstream_lost(exc or ConnectionResetError("upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.pause_request_body()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.resume_request_body()
+
+    # -- httptools callbacks -------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim responses (100, 103) are not forwarded: the proxy answers
+            # Expect itself and strips it upstream, so they carry nothing we need.
+            self._headers, self._reason = [], b""
+            return
+        assert self.sink is not None
+        headers, reason = self._headers, self._reason
+        self._headers, self._reason = [], b""
+        self.sink.on_response_head(status, reason, headers, self._parser.should_keep_alive())
+        if self._skip_body and self.sink is not None:
+            # A HEAD response has no body whatever its Content-Length says;
+            # httptools cannot be told so, so finish here and use a fresh parser.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if (100 <= status < 200 and status != 101) or self.sink is None:
+            return
+        self._complete()
+
+    # -- internals -----------------------------------------------------------
+
+    def _complete(self) -> None:
+        sink, self.sink = self.sink, None
+        assert sink is not None
+        sink.on_response_complete()
+
+    def _upgraded(self, rest: bytes) -> None:
+        self.tunnel = True
+        assert self.sink is not None
+        self.sink.on_upgraded(rest)
+
+    def _fail(self, exc: Exception) -> None:
+        sink, self.sink = self.sink, None
+        self.pool.discard(self)
+        self.abort()
+        if sink is not None:
+            sink.on_upstream_lost(exc)
+
+    def start_idle_timer(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.idle_since = loop.time()
+        self._idle_handle = loop.call_at(self.idle_since + timeout, self._idle_expired)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def _idle_expired(self) -> None:
+        self._idle_handle = None
+        self.pool.discard(self)
+        self.close()
+
+
+class ConnectionPool:
+    """Keep-alive connections to one target, and its max-connections slots."""
+
+    def __init__(self, target: Target, settings: ProxySettings) -> None:
+        self.target = target
+        self.settings = settings
+        self.idle: collections.deque[UpstreamConnection] = collections.deque()
+        self.busy: set[UpstreamConnection] = set()
+        self.connecting = 0
+        self.closed = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.opened = 0  # connections opened over the pool's life, for stats and tests
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionPool {self.target.address} idle={len(self.idle)} "
+            f"busy={len(self.busy)} connecting={self.connecting}>"
+        )
+
+    @property
+    def full(self) -> bool:
+        limit = self.settings.max_conns_per_target
+        return limit > 0 and len(self.busy) + self.connecting >= limit
+
+    async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection for one request: the most recently used idle one, or a new one."""
+        if self.full:
+            await self._wait_for_slot()
+        if not fresh:
+            conn = self._take_idle()
+            if conn is not None:
+                return conn
+        return await self._connect()
+
+    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
+        self.busy.discard(conn)
+        self._wake_waiter()
+        settings = self.settings
+        if (
+            not reusable
+            or self.closed
+            or conn.transport is None
+            or conn.transport.is_closing()
+            or len(self.idle) >= settings.upstream_max_idle
+            or self.target.state in ("draining", "gone")
+        ):
+            conn.close()
+            return
+        conn.resume_reading()
+        conn.reused = True
+        conn.start_idle_timer(settings.upstream_idle_timeout)
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Forget a connection that closed or broke (called from the protocol)."""
+        if conn in self.busy:
+            self.busy.discard(conn)
+            self._wake_waiter()
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self) -> None:
+        while self.idle:
+            conn = self.idle.pop()
+            conn._cancel_idle_timer()
+            conn.close()
+
+    def close(self) -> None:
+        """The target left the table: close idle connections now, busy ones on release."""
+        self.closed = True
+        self.close_idle()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(QueueTimeout("target removed while waiting"))
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        # LIFO: the warmest connection is the least likely to be closed by the app.
+        while self.idle:
+            conn = self.idle.pop()
+            conn._cancel_idle_timer()
+            if conn.transport is not None and not conn.transport.is_closing():
+                self.busy.add(conn)
+                return conn
+        return None
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        self.connecting += 1
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.target.host, self.target.port
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"connect to {self.target.address} timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectError(f"connect to {self.target.address}: {exc}") from exc
+        finally:
+            self.connecting -= 1
+        self.opened += 1
+        self.busy.add(conn)
+        return conn
+
+    async def _wait_for_slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.queue_timeout
+        while self.full:
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                raise QueueTimeout(f"{self.target.address} at max connections") from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _wake_waiter(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
