@@ -122,7 +122,7 @@ class Service:
             target.set_state(target_spec.state)
             targets.append(target)
             self._keep_checker(target, previous if same_health else None)
-        balancer = make_balancer(self.spec.balance, targets, clock=self._clock)
+        balancer = make_balancer(self.spec.balance, targets, clock=self._clock, rng=self._rng)
         return Pool(name, targets, balancer)
 
     def _new_health(self) -> TargetHealth:
