@@ -29,7 +29,8 @@ ConfigOption = Annotated[
 
 def _fail(exc: ZerodownError) -> typer.Exit:
     code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE
-    typer.echo(f"zerodown: {exc}", err=True)
+    for line in str(exc).splitlines():  # several config problems: one prefixed line each
+        typer.echo(f"zerodown: {line}", err=True)
     return typer.Exit(code)
 
 

@@ -1,0 +1,42 @@
+"""Named defaults of the keys that have no home elsewhere.
+
+Data-plane limits live in `zerodown.proxy.settings` and routing defaults in
+`zerodown.routing`; the config models import those instead of repeating them.
+What is here belongs to the listeners and to orchestration (deploys).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# [proxy]
+LISTEN = ("127.0.0.1:8080",)
+WORKERS = 1
+ADMIN = "127.0.0.1:9900"  # loopback: the admin API must be opened on purpose
+STATE_DIR = ".zerodown"
+
+# [services.NAME] orchestration
+STRATEGY: Final = "rolling"
+INSTANCES = 1
+CWD = "."
+STOP_GRACE = 10.0  # SIGTERM → SIGKILL
+DEPLOY_TIMEOUT = 60.0  # deadline of one health gate
+PORTS = (20000, 29999)  # where instances zerodown starts get their ports
+
+# rolling: add one new instance before removing an old one, so capacity never drops
+MAX_SURGE = 1
+MAX_UNAVAILABLE = 0
+
+# blue_green
+SCALE_DOWN_DELAY = 600.0  # blue kept warm so `rollback` in this window is instant
+PREVIEW_HEADER = "X-Zerodown-Preview"
+
+# canary
+CANARY_STEPS = ((10.0, 30.0), (50.0, 30.0))  # (weight %, pause seconds)
+ERROR_RATE_THRESHOLD = 0.05  # canary error rate above stable's by more than this: breach
+P99_THRESHOLD = 1.5  # canary p99 above this multiple of stable's: breach
+MIN_REQUESTS = 100  # fewer canary requests in a step: "inconclusive", never "pass"
+STICKY_COOKIE = "zerodown_pool"
+
+# recreate
+MAX_PAUSE = 30.0  # longest a request is held while the old release is replaced

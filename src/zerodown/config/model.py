@@ -1,0 +1,55 @@
+"""The whole file: `[proxy]` plus `[services.NAME]`, and what the data plane gets from it."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import field_validator
+
+from zerodown.config.fields import Table, problem
+from zerodown.config.proxy import ProxyConfig
+from zerodown.config.service import ServiceConfig
+from zerodown.proxy.settings import ProxySettings
+from zerodown.routing import RoutingTable
+
+# Names end up in URLs (/v1/...), CLI arguments and log paths (state_dir/logs/NAME/...).
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+class Config(Table):
+    proxy: ProxyConfig = ProxyConfig()
+    services: dict[str, ServiceConfig] = {}
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, services: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        _check_names(services)
+        _check_routes(services)
+        return services
+
+    def proxy_settings(self) -> ProxySettings:
+        return self.proxy.settings()
+
+    def routing_table(self) -> RoutingTable:
+        """Fixed `upstreams` become the stable pool; orchestrated services start empty."""
+        return RoutingTable(services=tuple(s.spec(n) for n, s in self.services.items()))
+
+
+def _check_names(services: dict[str, ServiceConfig]) -> None:
+    for name in services:
+        if not _SERVICE_NAME.fullmatch(name):
+            reason = (
+                "a service name is letters, digits, '-' and '_', starting with a letter or digit"
+            )
+            raise problem(reason, name)
+
+
+def _check_routes(services: dict[str, ServiceConfig]) -> None:
+    # Two services on one route: the router would pick one silently; say which two.
+    seen: dict[tuple[str, str], str] = {}
+    for name, service in services.items():
+        route = (service.route.host, service.route.path)
+        if route in seen:
+            reason = f"same route (host {route[0]!r}, path {route[1]!r}) as service {seen[route]!r}"
+            raise problem(reason, name, "route")
+        seen[route] = name

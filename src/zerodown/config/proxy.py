@@ -1,0 +1,57 @@
+"""`[proxy]`: the listeners and every limit of the embedded data plane."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field
+
+from zerodown.config import defaults
+from zerodown.config.fields import Cidr, Listener, NotEmpty, Size, Table, Timeout
+from zerodown.proxy import settings as s
+from zerodown.proxy.settings import ProxySettings
+
+
+def _workers(value: Any) -> Any:
+    # Checked here rather than as a union so a bad value gets one message, not one per branch.
+    if value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise ValueError(f'expected a whole number >= 1 or "auto", got {value!r}')
+
+
+class ProxyConfig(Table):
+    listen: Annotated[tuple[Listener, ...], NotEmpty] = Field(default=defaults.LISTEN, strict=False)
+    workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = defaults.WORKERS
+    admin: Listener = defaults.ADMIN
+    state_dir: str = defaults.STATE_DIR
+
+    # One key per ProxySettings field, same name (a unit test holds them in step).
+    header_timeout: Timeout = s.HEADER_TIMEOUT
+    body_timeout: Timeout = s.BODY_TIMEOUT
+    keepalive_timeout: Timeout = s.KEEPALIVE_TIMEOUT
+    max_header_size: Size = Field(default=s.MAX_HEADER_SIZE, gt=0)
+    max_uri_size: Size = Field(default=s.MAX_URI_SIZE, gt=0)
+    max_body_size: Size = s.MAX_BODY_SIZE
+    connect_timeout: Timeout = s.CONNECT_TIMEOUT
+    read_timeout: Timeout = s.READ_TIMEOUT
+    upstream_idle_timeout: Timeout = s.UPSTREAM_IDLE_TIMEOUT
+    upstream_max_idle: int = Field(default=s.UPSTREAM_MAX_IDLE, ge=0)
+    max_conns_per_target: int = Field(default=s.MAX_CONNS_PER_TARGET, ge=0)
+    queue_timeout: Timeout = s.QUEUE_TIMEOUT
+    shutdown_timeout: Timeout = s.SHUTDOWN_TIMEOUT
+    retry_budget_ratio: float = Field(default=s.RETRY_BUDGET_RATIO, ge=0, le=1)
+    retry_budget_min: int = Field(default=s.RETRY_BUDGET_MIN, ge=0)
+    trusted_proxies: tuple[Cidr, ...] = Field(default=(), strict=False)
+    access_log: str | None = None
+
+    def worker_count(self) -> int:
+        """`workers`, with "auto" resolved to one per core."""
+        if self.workers == "auto":
+            return os.cpu_count() or 1
+        return self.workers
+
+    def settings(self) -> ProxySettings:
+        names = (f.name for f in dataclasses.fields(ProxySettings))
+        return ProxySettings(**{name: getattr(self, name) for name in names})

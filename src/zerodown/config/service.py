@@ -1,0 +1,199 @@
+"""`[services.NAME]`: how one service is routed, balanced, checked and deployed.
+
+Defaults and bounds shared with the routing spec are taken from it
+(`same_as`), so the file and the data plane cannot disagree on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from zerodown.config import defaults
+from zerodown.config.fields import (
+    Address,
+    Duration,
+    Table,
+    Timeout,
+    UrlPath,
+    check_template,
+    problem,
+    same_as,
+    table_or_false,
+)
+from zerodown.config.strategy import (
+    BlueGreenConfig,
+    CanaryConfig,
+    RecreateConfig,
+    RollingConfig,
+    StrategyName,
+)
+from zerodown.proxy.settings import DRAIN_TIMEOUT
+from zerodown.routing import (
+    BalanceName,
+    HealthSpec,
+    PassiveHealthSpec,
+    PoolSpec,
+    ServiceSpec,
+    TargetSpec,
+    WebSocketDrain,
+)
+
+# What a deploy fills into `command` and `cwd` (DESIGN: user-facing contract).
+COMMAND_PLACEHOLDERS = ("port", "version")
+CWD_PLACEHOLDERS = ("version",)
+
+
+class RouteConfig(Table):
+    host: str = same_as(ServiceSpec, "host")
+    path: UrlPath = same_as(ServiceSpec, "path")
+    strip_prefix: bool = same_as(ServiceSpec, "strip_prefix")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        # The router knows three forms; anything else would silently never match.
+        if host == "*" or (host and "*" not in host.removeprefix("*.")):
+            return host.lower()
+        raise ValueError(f"host {host!r} is an exact name, '*.example.com' or '*'")
+
+
+class UpstreamConfig(Table):
+    address: Address
+    weight: int = same_as(TargetSpec, "weight")
+
+
+def _upstreams(value: Any) -> Any:
+    # "host:port" is shorthand for { address = "host:port" } with the default weight.
+    if not isinstance(value, list):
+        return value
+    for i, item in enumerate(value):
+        if not isinstance(item, str | Mapping):
+            raise problem(f'expected "host:port" or {{ address, weight }}, got {item!r}', i)
+    return [{"address": item} if isinstance(item, str) else item for item in value]
+
+
+def _port_range(value: Any) -> tuple[int, int]:
+    low, sep, high = value.partition("-") if isinstance(value, str) else ("", "", "")
+    if not (sep and low.isdigit() and high.isdigit()):
+        raise ValueError(f'expected a range like "20000-29999", got {value!r}')
+    first, last = int(low), int(high)
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"range {value!r} must be within 1-65535, low end first")
+    return first, last
+
+
+class HealthConfig(Table):
+    path: UrlPath = same_as(HealthSpec, "path")
+    interval: Timeout = same_as(HealthSpec, "interval")
+    timeout: Timeout = same_as(HealthSpec, "timeout")
+    rise: int = same_as(HealthSpec, "rise")
+    fall: int = same_as(HealthSpec, "fall")
+    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = Field(
+        default=HealthSpec().expect_status, strict=False
+    )
+
+    def spec(self) -> HealthSpec:
+        return HealthSpec(**self.model_dump())
+
+
+class PassiveConfig(Table):
+    consecutive_errors: int = same_as(PassiveHealthSpec, "consecutive_errors")
+    base_ejection_time: Timeout = same_as(PassiveHealthSpec, "base_ejection_time")
+    max_ejection_time: Timeout = same_as(PassiveHealthSpec, "max_ejection_time")
+    max_ejection_percent: float = same_as(PassiveHealthSpec, "max_ejection_percent")
+
+    def spec(self) -> PassiveHealthSpec:
+        return PassiveHealthSpec(**self.model_dump())
+
+
+class ServiceConfig(Table):
+    # routing and balancing
+    route: RouteConfig = RouteConfig()
+    balance: BalanceName = same_as(ServiceSpec, "balance")
+    hash_key: str = same_as(ServiceSpec, "hash_key")
+    upstreams: Annotated[tuple[UpstreamConfig, ...] | None, BeforeValidator(_upstreams)] = Field(
+        default=None, strict=False
+    )
+    health: Annotated[HealthConfig | None, BeforeValidator(table_or_false)] = HealthConfig()
+    passive: Annotated[PassiveConfig | None, BeforeValidator(table_or_false)] = PassiveConfig()
+    slow_start: Duration = same_as(ServiceSpec, "slow_start")
+    tries: int = same_as(ServiceSpec, "tries")
+    retry_timeout: Timeout = same_as(ServiceSpec, "retry_timeout")
+    websocket_drain: WebSocketDrain = same_as(ServiceSpec, "websocket_drain")
+
+    # orchestration (a service zerodown runs itself, with `command`)
+    strategy: StrategyName = defaults.STRATEGY
+    instances: int = Field(default=defaults.INSTANCES, ge=1)
+    command: str | None = None
+    cwd: str = defaults.CWD
+    env: dict[str, str] = {}
+    drain_timeout: Timeout = DRAIN_TIMEOUT
+    stop_grace: Duration = defaults.STOP_GRACE
+    deploy_timeout: Timeout = defaults.DEPLOY_TIMEOUT
+    ports: Annotated[tuple[int, int], BeforeValidator(_port_range)] = defaults.PORTS
+    rolling: RollingConfig = RollingConfig()
+    blue_green: BlueGreenConfig = BlueGreenConfig()
+    canary: CanaryConfig = CanaryConfig()
+    recreate: RecreateConfig = RecreateConfig()
+
+    @field_validator("hash_key")
+    @classmethod
+    def _hash_key(cls, key: str) -> str:
+        kind, _, name = key.partition(":")
+        if (kind in ("path", "ip") and not name) or (kind in ("header", "cookie") and name):
+            return key
+        raise ValueError(f"{key!r} is not path, ip, header:NAME or cookie:NAME")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique(
+        cls, upstreams: tuple[UpstreamConfig, ...] | None
+    ) -> tuple[UpstreamConfig, ...] | None:
+        if upstreams == ():
+            raise ValueError('must not be empty; list at least one "host:port"')
+        addresses = [u.address for u in upstreams or ()]
+        for i, address in enumerate(addresses):
+            if address in addresses[:i]:
+                raise problem(f"{address} is listed twice", i, "address")
+        return upstreams
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, command: str | None) -> str | None:
+        return None if command is None else check_template(command, COMMAND_PLACEHOLDERS)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, cwd: str) -> str:
+        return check_template(cwd, CWD_PLACEHOLDERS)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServiceConfig:
+        # Fixed upstreams and instances zerodown runs would fight over the stable pool.
+        if (self.upstreams is None) == (self.command is None):
+            said = "are both set" if self.command else "are both missing"
+            reason = f"`upstreams` and `command` {said}; a service has exactly one"
+            raise problem(f"{reason} (fixed addresses, or instances zerodown runs)")
+        return self
+
+    def spec(self, name: str) -> ServiceSpec:
+        """The routing spec of this service; orchestrated services start with an empty pool."""
+        targets = tuple(
+            TargetSpec(address=u.address, weight=u.weight) for u in self.upstreams or ()
+        )
+        return ServiceSpec(
+            name=name,
+            **self.route.model_dump(),
+            balance=self.balance,
+            hash_key=self.hash_key,
+            stable=PoolSpec(targets=targets),
+            health=self.health.spec() if self.health else None,
+            passive=self.passive.spec() if self.passive else None,
+            slow_start=self.slow_start,
+            tries=self.tries,
+            retry_timeout=self.retry_timeout,
+            websocket_drain=self.websocket_drain,
+        )
