@@ -12,7 +12,8 @@ import os
 import signal
 
 from zerodown.config import Config
-from zerodown.control.admin import AdminServer, create_admin_app, require_token_for
+from zerodown.control.admin import AdminServer, create_admin_app
+from zerodown.control.auth import require_token_for
 from zerodown.dataplane.embedded import EmbeddedDataPlane
 from zerodown.routing import parse_address
 

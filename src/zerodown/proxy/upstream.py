@@ -169,8 +169,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if (100 <= status < 200 and status != 101) or self.sink is None:
+        # 1xx heads are not the response; a 101 is followed by HttpParserUpgrade
+        # and becomes a tunnel instead of completing.
+        if 100 <= self._parser.get_status_code() < 200 or self.sink is None:
             return
         self._complete()
 
