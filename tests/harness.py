@@ -98,7 +98,9 @@ def parse_responses(raw: bytes, head_requests: int = 0) -> list[Response]:
             parser.feed_data(rest)
         except httptools.HttpParserUpgrade as up:
             msg = collector.messages[0]
-            responses.append(Response(parser.get_status_code(), msg["headers"], rest[up.args[0]:], rest))
+            responses.append(
+                Response(parser.get_status_code(), msg["headers"], rest[up.args[0] :], rest)
+            )
             return responses
         msg = collector.messages[0]
         status = parser.get_status_code()
@@ -125,7 +127,9 @@ def _message_length(raw: bytes) -> int:
 # -- client --------------------------------------------------------------------
 
 
-async def exchange(port: int, raw: bytes, *, read_until_close: bool = True, host: str = "127.0.0.1") -> bytes:
+async def exchange(
+    port: int, raw: bytes, *, read_until_close: bool = True, host: str = "127.0.0.1"
+) -> bytes:
     """Send raw bytes, return everything the proxy sent back until it closed."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(raw)
@@ -182,7 +186,11 @@ class KeepAliveClient:
             self.writer.close()
 
     async def request(
-        self, method: str = "GET", path: str = "/", body: bytes = b"", headers: dict[str, str] | None = None
+        self,
+        method: str = "GET",
+        path: str = "/",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> Response:
         assert self.reader is not None and self.writer is not None
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
@@ -242,9 +250,7 @@ class Action:
 
 def ok(body: bytes = b"ok", status: int = 200, headers: dict[str, str] | None = None) -> bytes:
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    return (
-        f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
-    )
+    return f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
 @dataclass

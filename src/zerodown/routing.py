@@ -151,9 +151,9 @@ class RoutingTable(_Value):
     @classmethod
     def _unique_routes(cls, services: tuple[ServiceSpec, ...]) -> tuple[ServiceSpec, ...]:
         names = [s.name for s in services]
-        routes = [(s.host.lower(), s.path) for s in services]
+        routes = [f"{s.host.lower()}{s.path}" for s in services]
         for label, items in (("service name", names), ("route", routes)):
-            dupes = {str(i) for i in items if items.count(i) > 1}
+            dupes = {i for i in items if items.count(i) > 1}
             if dupes:
                 raise ValueError(f"{label} used twice: {', '.join(sorted(dupes))}")
         return services

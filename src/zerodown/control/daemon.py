@@ -29,11 +29,15 @@ class Daemon:
         self.admin: AdminServer | None = None
 
     async def start(self) -> None:
-        self.dataplane = EmbeddedDataPlane(self.config.proxy_settings(), self.config.routing_table())
+        self.dataplane = EmbeddedDataPlane(
+            self.config.proxy_settings(), self.config.routing_table()
+        )
         await self.dataplane.start(list(self.config.proxy.listen))
-        host, port = parse_address(self.config.proxy.admin) if not self.config.proxy.admin.endswith(
-            ":0"
-        ) else (self.config.proxy.admin[:-2], 0)
+        host, port = (
+            parse_address(self.config.proxy.admin)
+            if not self.config.proxy.admin.endswith(":0")
+            else (self.config.proxy.admin[:-2], 0)
+        )
         self.admin = AdminServer(create_admin_app(self.dataplane, self.token), host, port)
         await self.admin.start()
 
@@ -59,4 +63,6 @@ class Daemon:
     def announce(self) -> None:
         assert self.dataplane is not None and self.admin is not None
         listen = ", ".join(f"{h}:{p}" for h, p in self.dataplane.addresses)
-        print(f"zerodown: proxy on {listen}; admin on {self.admin.host}:{self.admin.port}", flush=True)
+        print(
+            f"zerodown: proxy on {listen}; admin on {self.admin.host}:{self.admin.port}", flush=True
+        )

@@ -55,7 +55,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
-        self.forwarded = http.Forwarded(self.client_ip, trusted=self.server.is_trusted(self.client_ip))
+        self.forwarded = http.Forwarded(
+            self.client_ip, trusted=self.server.is_trusted(self.client_ip)
+        )
         self.server.connections.add(self)
         self._arm(self.settings.header_timeout, self._header_timeout)
 
@@ -69,7 +71,9 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade_requested(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             context = exc.__context__
-            self._protocol_error(context if isinstance(context, BadRequest) else BadRequest(str(exc)))
+            self._protocol_error(
+                context if isinstance(context, BadRequest) else BadRequest(str(exc))
+            )
         except httptools.HttpParserError as exc:
             self._protocol_error(BadRequest(f"malformed request: {exc}"))
 

@@ -96,7 +96,9 @@ class Exchange:
         self._head_waiter: asyncio.Future[None] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
         self._rechunk = False
-        self._close_delimited = False  # the upstream body ends when it closes (no length, not chunked)
+        self._close_delimited = (
+            False  # the upstream body ends when it closes (no length, not chunked)
+        )
         self._upstream_keep_alive = True
         self._last_read = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -184,7 +186,9 @@ class Exchange:
             and not self.drain_cancelled
             and not self.aborted
             and is_keepalive_race(failure.attempt)
-            and may_retry(failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable)
+            and may_retry(
+                failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable
+            )
         )
 
     def _may_retry(
@@ -194,7 +198,9 @@ class Exchange:
         return (
             not self.drain_cancelled
             and not self.aborted
-            and may_retry(failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable)
+            and may_retry(
+                failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable
+            )
             and len(tried) < service.spec.tries
             and now < deadline
             and service.budget.try_spend(now)
@@ -234,9 +240,13 @@ class Exchange:
         try:
             conn = await target.connections.acquire(fresh=fresh)
         except (UpstreamConnectError, UpstreamTimeout) as exc:
-            raise AttemptFailed(exc, Attempt(sent=False, responded=False, reused=False), True) from None
+            raise AttemptFailed(
+                exc, Attempt(sent=False, responded=False, reused=False), True
+            ) from None
         except ProxyError as exc:  # queue timeout: the target is busy, not broken
-            raise AttemptFailed(exc, Attempt(sent=False, responded=False, reused=False), False) from None
+            raise AttemptFailed(
+                exc, Attempt(sent=False, responded=False, reused=False), False
+            ) from None
         self.conn = conn
         conn.begin(self, head_request=self.head.method == b"HEAD")
         return conn
@@ -260,7 +270,9 @@ class Exchange:
                 await self._head_waiter
         except TimeoutError:
             conn.abort()
-            raise self._attempt_failed(UpstreamTimeout("upstream read timed out"), conn, True) from None
+            raise self._attempt_failed(
+                UpstreamTimeout("upstream read timed out"), conn, True
+            ) from None
         except (ConnectionError, OSError, UpstreamProtocolError) as exc:
             raise self._attempt_failed(_as_proxy_error(exc), conn, True) from None
         if not self.upgraded:
@@ -284,7 +296,12 @@ class Exchange:
         if conn is None or target.connections is None:
             return
         waiter = self._done_waiter
-        clean = waiter is not None and waiter.done() and not waiter.cancelled() and not waiter.exception()
+        clean = (
+            waiter is not None
+            and waiter.done()
+            and not waiter.cancelled()
+            and not waiter.exception()
+        )
         reusable = clean and self.body_done and self._upstream_keep_alive and not self.upgraded
         if not clean:
             conn.abort()
@@ -353,7 +370,9 @@ class Exchange:
     ) -> None:
         waiter = self._head_waiter
         if status == 101 and self.head.upgrade is None:
-            self._settle(waiter, UpstreamProtocolError("101 to a request that did not ask to upgrade"))
+            self._settle(
+                waiter, UpstreamProtocolError("101 to a request that did not ask to upgrade")
+            )
             return
         self.status = status
         self._upstream_keep_alive = keep_alive

@@ -56,7 +56,9 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # RFC 3986 host: reg-name / IPv4 / [IPv6], optional :port. Anything else
 # (spaces, '@', '/', control bytes) is refused: a Host an app would parse
 # differently from the proxy is a routing bypass.
-_HOST_RE: Final = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{1,5})?$")
+_HOST_RE: Final = re.compile(
+    rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{1,5})?$"
+)
 
 
 @dataclass(slots=True)
@@ -159,9 +161,11 @@ def host_name(host: bytes) -> str:
     """The Host header without its port, lower case, for routing."""
     if host.startswith(b"["):
         return host[: host.find(b"]") + 1].decode("ascii").lower()
-    return host.rpartition(b":")[0].decode("ascii").lower() if b":" in host else host.decode(
-        "ascii"
-    ).lower()
+    return (
+        host.rpartition(b":")[0].decode("ascii").lower()
+        if b":" in host
+        else host.decode("ascii").lower()
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,9 @@ class ProxyServer:
         self.rejected: dict[int, int] = {}
         self._servers: list[asyncio.Server] = []
         self._sockets: list[socket.socket] = []
-        self._trusted_nets = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        self._trusted_nets = [
+            ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
+        ]
         self._trusted_cache: dict[str, bool] = {}
         self._drain_waiters: dict[Target, asyncio.Future[None]] = {}
         self._closed_event = asyncio.Event()
@@ -96,7 +98,10 @@ class ProxyServer:
     def _apply_now(self, table: RoutingTable) -> None:
         old = self.services
         try:
-            new = {spec.name: Service(spec, self.settings, old.get(spec.name)) for spec in table.services}
+            new = {
+                spec.name: Service(spec, self.settings, old.get(spec.name))
+                for spec in table.services
+            }
         except Exception as exc:  # an illegal target move: the old table stays in force
             raise DataPlaneError(f"routing table refused: {exc}") from exc
         self.router = Router(list(new.values()))

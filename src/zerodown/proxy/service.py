@@ -84,8 +84,10 @@ class Service:
         self._clock = clock
         self._rng = rng or random.Random()
         # The budget outlives table swaps: a swap must not reset retry accounting.
-        self.budget = previous.budget if previous else RetryBudget(
-            settings.retry_budget_ratio, settings.retry_budget_min
+        self.budget: RetryBudget = (
+            previous.budget
+            if previous
+            else RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         )
         known = previous.targets_by_address() if previous else {}
         self.checkers: dict[Target, HealthChecker] = {}
@@ -178,13 +180,17 @@ class Service:
         pool, set_cookie = self._choose_pool(head, cookies)
         return Choice(pool, self._balance_key(head, cookies, client_ip, path), set_cookie)
 
-    def _choose_pool(self, head: RequestHead, cookies: dict[bytes, bytes]) -> tuple[Pool, bytes | None]:
+    def _choose_pool(
+        self, head: RequestHead, cookies: dict[bytes, bytes]
+    ) -> tuple[Pool, bytes | None]:
         split = self.spec.split
         if not self.canary.targets:
             return self.stable, None
         for rule in split.cohorts:
-            value = head.header(rule.header.lower().encode()) if rule.header else cookies.get(
-                (rule.cookie or "").encode()
+            value = (
+                head.header(rule.header.lower().encode())
+                if rule.header
+                else cookies.get((rule.cookie or "").encode())
             )
             if value is not None and value.decode("latin-1") in rule.values:
                 return self._pool(rule.pool), None

@@ -268,10 +268,8 @@ class ConnectionPool:
         if conn in self.busy:
             self.busy.discard(conn)
             self._wake_waiter()
-        try:
+        if conn in self.idle:
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def close_idle(self) -> None:
         while self.idle:
@@ -337,4 +335,3 @@ class ConnectionPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-
