@@ -304,6 +304,9 @@ class Exchange:
         )
         reusable = clean and self.body_done and self._upstream_keep_alive and not self.upgraded
         if not clean:
+            # Detach first: this attempt is over, so the close must not report
+            # to us (a waiter nobody awaits would log "exception never retrieved").
+            conn.sink = None
             conn.abort()
         target.connections.release(conn, reusable=reusable)
 

@@ -28,6 +28,9 @@ from zerodown.routing import PoolName, PoolSpec, ServiceSpec
 
 Clock = Callable[[], float]
 
+# Shortest re-arm of an ejection timer: above the loop's timer resolution (1 ms).
+MIN_TICK_DELAY = 0.002
+
 
 class Pool:
     """The targets of one release behind a service, and the balancer over them."""
@@ -238,13 +241,27 @@ class Service:
             target.health.eject(now)
             if target.metrics is not None:
                 target.metrics.eject()
-            until = target.health.ejected_until
-            if self.spec.health is None and until is not None:
+            if self.spec.health is None:
                 # No active checks to bring it back: the passing of time must.
-                clock = self._clock
-                asyncio.get_running_loop().call_later(
-                    until - now, lambda: target.health.tick(clock())
-                )
+                self._return_when_due(target)
+
+    def _return_when_due(self, target: Target) -> None:
+        """Tick `target` once its ejection is over, by our clock, not the loop's.
+
+        The loop's timers (uvloop rounds to whole milliseconds and caches its
+        time) can fire a hair before `ejected_until`; a tick then is a no-op,
+        so re-arm instead of leaving the target out for good.
+        """
+        until = target.health.ejected_until
+        if target.health.state != "ejected" or until is None:
+            return
+        now = self._clock()
+        if now >= until:
+            target.health.tick(now)
+            return
+        asyncio.get_running_loop().call_later(
+            max(until - now, MIN_TICK_DELAY), self._return_when_due, target
+        )
 
     def _peers(self, target: Target) -> list[TargetHealth]:
         # Only admin-ready targets count: a draining one is leaving anyway and
