@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from zerodown.errors import BadRequest, ProxyError
+from zerodown.errors import BadRequest
 from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.router import strip_prefix
@@ -42,6 +42,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._in_head = True  # between a message's first byte and its headers' end
+        self._head_bytes = 0
         self._pauses: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -65,8 +67,17 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.tunnel_data(data)
             return
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            # httptools gathers a header that spans reads in Python before
+            # on_header sees it: bound the head by raw bytes too, or one endless
+            # header line would grow without limit.
+            if self._in_head and self._head_bytes > self.settings.max_header_size:
+                raise BadRequest("request header fields too large", status=431)
+        except BadRequest as exc:
+            self._protocol_error(exc)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade_requested(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
@@ -76,6 +87,12 @@ class ClientConnection(asyncio.Protocol):
             )
         except httptools.HttpParserError as exc:
             self._protocol_error(BadRequest(f"malformed request: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        # A client may half-close after sending its request (HTTP/1.0 style):
+        # keep the write side open until what it asked for is answered.
+        self.closing = True
+        return True if self.queue else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -103,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._in_head = True
         if not self.queue:  # from keep-alive idle to "a head is arriving"
             self._arm(self.settings.header_timeout, self._header_timeout)
 
@@ -118,6 +136,8 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
         parser = self._parser
         head = http.read_head(
             parser.get_method(),
@@ -152,21 +172,28 @@ class ClientConnection(asyncio.Protocol):
     # -- building an exchange --------------------------------------------------
 
     def _new_exchange(self, head: http.RequestHead) -> Exchange:
-        error: ProxyError | None = None
+        error = self._refusal(head)
+        service = None
+        path = head.url
+        if error is None:
+            host, path = _routing_host_path(head)
+            service = self.server.router.match(host, path.partition(b"?")[0])
+            if service is None:
+                error = BadRequest("no service for this host and path", status=404)
+            elif service.spec.strip_prefix:
+                path = strip_prefix(service.prefix, path)
+        if error is not None and head.has_body:
+            self.closing = True  # the body will not be read: the connection ends here
+        return Exchange(self, head, service, path, error)
+
+    def _refusal(self, head: http.RequestHead) -> BadRequest | None:
+        """Requests refused on their head alone, before any routing."""
+        if head.method == b"CONNECT":
+            return BadRequest("CONNECT is not supported", status=501)
         limit = self.settings.max_body_size
         if limit and head.content_length is not None and head.content_length > limit:
-            error = BadRequest("request body too large", status=413)
-        if head.method == b"CONNECT":
-            error = BadRequest("CONNECT is not supported", status=501)
-        host, path = _routing_host_path(head)
-        service = self.server.router.match(host, path.partition(b"?")[0])
-        if service is None and error is None:
-            error = BadRequest("no service for this host and path", status=404)
-        if error is not None:
-            self.closing = True  # the body (if any) will not be read: the connection ends here
-        elif service is not None and service.spec.strip_prefix:
-            path = strip_prefix(service.prefix, path)
-        return Exchange(self, head, service, path, error)
+            return BadRequest("request body too large", status=413)
+        return None
 
     # -- called by exchanges ---------------------------------------------------
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 # A request body up to this size is kept after sending, so an idempotent
 # request can be replayed on another target; larger ones are not retried.
 REPLAY_LIMIT: Final = 64 * 1024
+# Statuses after which the client connection is closed: the request stream
+# itself was bad, so nothing after it can be parsed with confidence.
+CLOSING_STATUSES: Final = frozenset({400, 408, 413, 414, 417, 431, 501})
 # Buffered request body before we stop reading from the client.
 BODY_HIGH_WATER: Final = 64 * 1024
 
@@ -128,15 +131,27 @@ class Exchange:
 
     def _fail(self, exc: ProxyError) -> None:
         """Tell the client: a status if nothing was sent yet, else cut the connection."""
-        self.keep_alive = False
         target = self.target
         if target is not None and target.metrics is not None and self._target_failed(exc):
             target.metrics.fail(_failure_kind(exc))
         if self.responded:
+            self.keep_alive = False
             self.client.abort()
             return
+        # After a protocol error the stream cannot be trusted; after our own
+        # 404/502/503/504 to a fully read request it can, as nginx keeps it.
+        self.keep_alive = (
+            self.keep_alive
+            and self.body_done
+            and not self.aborted
+            and exc.status not in CLOSING_STATUSES
+            and self.client.keep_alive_allowed(self)
+        )
         self.status = exc.status
-        self.client.write(http.error_response(exc.status, request_id=self.request_id))
+        response = http.error_response(
+            exc.status, request_id=self.request_id, close=not self.keep_alive
+        )
+        self.client.write(response)
         self.responded = True
 
     def _target_failed(self, exc: ProxyError) -> bool:
@@ -150,11 +165,13 @@ class Exchange:
         deadline = self.loop.time() + service.spec.retry_timeout
         tried: list[Target] = []
         raced = False
+        last_error: ProxyError | None = None
         service.budget.record_request(self.loop.time())
         while True:
             target = self._pick(service, choice, tried)
             if target is None:
-                raise NoHealthyTarget(f"no healthy target for service {service.name}")
+                # Every candidate failed: the client learns why the last one did.
+                raise last_error or NoHealthyTarget(f"no healthy target for {service.name}")
             try:
                 await self._attempt(service, target, fresh=raced)
                 return
@@ -165,6 +182,7 @@ class Exchange:
                     raced = True  # the keep-alive race: once more, same target, new connection
                     continue
                 tried.append(target)
+                last_error = failure.error
                 if not self._may_retry(service, failure, tried, deadline):
                     raise failure.error from None
                 if target.metrics is not None:
