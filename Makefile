@@ -1,0 +1,54 @@
+# zerodown: `make demo` to see it, `make test` to prove it.
+#
+# `make test` works on a fresh clone of a fresh Debian (as root, or with
+# sudo): it creates .venv, installs zerodown with its test extras, installs
+# the system packages the suite drives when their binaries are missing, then
+# runs ruff, mypy and the whole pytest suite. Set-up steps are stamped, so a
+# second `make test` goes straight to the checks.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+# apt-get must never run twice at once (venv and check-system may both call it).
+.NOTPARALLEL:
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.zerodown-installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv check-system lint test demo
+
+help:
+	@echo "make demo          two demo app instances behind 'zerodown serve' on 127.0.0.1:8080"
+	@echo "make test          set up, then ruff check, mypy and the whole test suite"
+	@echo "make lint          ruff check, ruff format --check, mypy"
+	@echo "make venv          $(VENV) with zerodown installed editable, extras test and redis"
+	@echo "make check-system  install nginx, haproxy, redis-server, wrk, curl when missing"
+
+venv: $(INSTALLED)
+
+$(BIN)/python:
+	scripts/make-venv $(VENV)
+
+# Reinstalled whenever pyproject.toml changes (dependencies, entry points).
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,redis]'
+	touch $@
+
+# Fails, naming the binary, when one is still missing after the install attempt.
+check-system:
+	@scripts/system-deps
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: venv check-system
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/zerodown demo

@@ -1,0 +1,3 @@
+from zerodown.demo.server import main
+
+main()

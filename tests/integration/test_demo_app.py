@@ -1,0 +1,310 @@
+"""The demo app as a real process on a free port (`--port 0`), and `zerodown demo`.
+
+Deadlines, not sleeps: every wait is bounded and no test asserts on time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from zerodown.demo.process import AppProcess, read_line, spawn_app, stop_process
+from zerodown.demo.run import run_demo
+
+DEADLINE = 10.0
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., AppProcess]]:
+    """spawn(*flags, version="v1"): a demo app on a free port, killed after the test."""
+    started: list[AppProcess] = []
+
+    def start(*flags: str, version: str = "v1", timeout: float = DEADLINE) -> AppProcess:
+        started.append(spawn_app(version, *flags, timeout=timeout))
+        return started[-1]
+
+    yield start
+    for app in started:
+        stop_process(app.proc, 0)
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[AppProcess]:
+    """One instance shared by the tests that only ask it questions."""
+    shared = spawn_app("v1", timeout=DEADLINE)
+    yield shared
+    stop_process(shared.proc, 0)
+
+
+def request(
+    app: AppProcess,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[http.client.HTTPResponse, bytes]:
+    conn = http.client.HTTPConnection(app.host, app.port, timeout=DEADLINE)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def test_root_answers_its_version_in_body_and_header(app: AppProcess) -> None:
+    response, body = request(app, "GET", "/")
+    assert (response.status, body) == (200, b"v1\n")
+    assert response.headers["X-Version"] == "v1"
+    assert response.headers["Content-Type"].startswith("text/plain")
+
+
+def test_every_response_carries_x_version(app: AppProcess) -> None:
+    for method, path in [("GET", "/health"), ("GET", "/status?code=404"), ("HEAD", "/")]:
+        response, _ = request(app, method, path)
+        assert response.headers["X-Version"] == "v1", (method, path)
+
+
+def test_health(app: AppProcess) -> None:
+    response, body = request(app, "GET", "/health")
+    assert (response.status, body) == (200, b"ok")
+
+
+def test_echo_streams_a_5_mb_body_back_with_its_content_type(app: AppProcess) -> None:
+    payload = os.urandom(5 * 1024 * 1024)
+    response, body = request(app, "POST", "/echo", payload, {"Content-Type": "application/x-test"})
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/x-test"
+    assert response.headers["Content-Length"] == str(len(payload))
+    assert body == payload
+
+
+def test_echo_of_a_chunked_body_on_any_path(app: AppProcess) -> None:
+    conn = http.client.HTTPConnection(app.host, app.port, timeout=DEADLINE)
+    chunks = [b"a" * 1000, b"b" * 70_000, b"c"]
+    conn.request("PUT", "/anything", body=iter(chunks), encode_chunked=True)
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"".join(chunks))
+    assert response.headers["Transfer-Encoding"] == "chunked"
+    conn.close()
+
+
+@pytest.mark.parametrize("code", [200, 201, 404, 500, 503])
+def test_status_with_body(app: AppProcess, code: int) -> None:
+    response, body = request(app, "GET", f"/status?code={code}")
+    assert (response.status, body) == (code, f"{code}\n".encode())
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_status_without_body(app: AppProcess, code: int) -> None:
+    response, body = request(app, "GET", f"/status?code={code}")
+    assert (response.status, body) == (code, b"")
+    assert response.headers["Content-Length"] is None
+    assert response.headers["Transfer-Encoding"] is None
+
+
+@pytest.mark.parametrize("query", ["code=abc", "code=99", "code=600"])
+def test_bad_status_query_is_400(app: AppProcess, query: str) -> None:
+    response, _ = request(app, "GET", f"/status?{query}")
+    assert response.status == 400
+
+
+def test_headers_returns_what_it_received_as_json(app: AppProcess) -> None:
+    conn = http.client.HTTPConnection(app.host, app.port, timeout=DEADLINE)
+    conn.putrequest("GET", "/headers", skip_host=True)
+    conn.putheader("Host", "example.test")
+    conn.putheader("X-Request-ID", "abc-123")
+    conn.putheader("X-Forwarded-For", "10.0.0.1")
+    conn.putheader("X-Forwarded-For", "10.0.0.2")
+    conn.endheaders()
+    response = conn.getresponse()
+    seen = json.loads(response.read())
+    conn.close()
+    assert response.headers["Content-Type"] == "application/json"
+    assert seen["host"] == "example.test"
+    assert seen["x-request-id"] == "abc-123"
+    assert seen["x-forwarded-for"] == "10.0.0.1, 10.0.0.2"
+
+
+def test_request_shows_the_request_line_and_raw_headers(app: AppProcess) -> None:
+    _, body = request(app, "GET", "/request?a=1", headers={"X-A": "1"})
+    seen = json.loads(body)
+    assert seen["method"] == "GET"
+    assert seen["path"] == "/request"
+    assert seen["query_string"] == "a=1"
+    assert seen["http_version"] == "1.1"
+    assert ["x-a", "1"] in seen["headers"]
+
+
+def test_bytes_streams_n_bytes_of_the_pattern(app: AppProcess) -> None:
+    n = 3 * 65536 + 123
+    response, body = request(app, "GET", f"/bytes?n={n}")
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(n)
+    assert body == bytes(i % 256 for i in range(n))
+
+
+def test_head_has_headers_but_no_body(app: AppProcess) -> None:
+    response, body = request(app, "HEAD", "/bytes?n=1000000")
+    assert (response.status, response.headers["Content-Length"], body) == (200, "1000000", b"")
+
+
+def test_slow_answers_200(app: AppProcess) -> None:
+    response, body = request(app, "GET", "/slow?ms=50")
+    assert (response.status, body) == (200, b"v1\n")
+
+
+def test_websocket_echo(app: AppProcess) -> None:
+    with ws_connect(f"ws://{app.address}/ws", open_timeout=DEADLINE) as ws:
+        assert ws.response is not None
+        assert ws.response.headers["X-Version"] == "v1"
+        ws.send("hello")
+        assert ws.recv(timeout=DEADLINE) == "hello"
+        ws.send(b"\x00\x01binary")
+        assert ws.recv(timeout=DEADLINE) == b"\x00\x01binary"
+
+
+def test_error_rate_1_fails_everything_but_health(spawn: Callable[..., AppProcess]) -> None:
+    app = spawn("--error-rate", "1", version="v9")
+    for path in ["/", "/slow?ms=1", "/headers"]:
+        response, body = request(app, "GET", path)
+        assert (response.status, body) == (500, b"injected error\n")
+        assert response.headers["X-Version"] == "v9"
+    assert request(app, "GET", "/health")[0].status == 200
+
+
+def test_latency_still_answers(spawn: Callable[..., AppProcess]) -> None:
+    app = spawn("--latency", "20")
+    assert [request(app, "GET", "/")[0].status for _ in range(3)] == [200, 200, 200]
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(
+    spawn: Callable[..., AppProcess],
+) -> None:
+    app = spawn()
+    slow = socket.create_connection((app.host, app.port), timeout=DEADLINE)
+    slow.sendall(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: demo\r\n\r\n")
+    # A round trip on another connection: the app has accepted and parsed the
+    # slow request by the time this one is answered (one event loop, FIFO).
+    assert request(app, "GET", "/health")[0].status == 200
+    app.proc.send_signal(signal.SIGTERM)
+
+    response = http.client.HTTPResponse(slow)
+    response.begin()
+    assert (response.status, response.read()) == (200, b"v1\n")
+    assert response.headers["Connection"] == "close"  # shutting down: no keep-alive
+    slow.close()
+    assert app.proc.wait(DEADLINE) == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((app.host, app.port), timeout=DEADLINE)
+
+
+def test_sigterm_when_idle_exits_0(spawn: Callable[..., AppProcess]) -> None:
+    app = spawn()
+    assert request(app, "GET", "/")[0].status == 200
+    assert app.stop() == 0
+
+
+def test_sigterm_during_the_startup_delay_exits_0_without_listening() -> None:
+    command = [sys.executable, "-m", "zerodown.demo", "--port", "0", "--version", "v1"]
+    with subprocess.Popen(
+        [*command, "--startup-delay", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            # Its stop handler is in place once it says it is starting.
+            assert b"starting" in proc.stderr.readline()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(DEADLINE) == 0
+            assert proc.stdout.read() == b""  # never printed its listening line
+        finally:
+            stop_process(proc, 0)
+
+
+def test_startup_delay_then_listens(spawn: Callable[..., AppProcess]) -> None:
+    app = spawn("--startup-delay", "0.2", timeout=DEADLINE + 0.2)
+    assert request(app, "GET", "/health")[0].status == 200
+
+
+def test_ignore_sigterm_keeps_serving_until_sigint(spawn: Callable[..., AppProcess]) -> None:
+    app = spawn("--ignore-sigterm")
+    app.proc.send_signal(signal.SIGTERM)
+    # Had SIGTERM been honoured, the listener would close while this sleeps.
+    assert request(app, "GET", "/slow?ms=300")[0].status == 200
+    assert request(app, "GET", "/")[0].status == 200
+    assert app.proc.poll() is None
+    app.proc.send_signal(signal.SIGINT)
+    assert app.proc.wait(DEADLINE) == 0
+
+
+# -- zerodown demo ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_zerodown_demo_serves_v1_through_the_proxy_and_stops_on_ctrl_c() -> None:
+    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    code = f"from zerodown.demo.run import run_demo\nrun_demo(listen={listen!r}, admin={admin!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        welcome = read_lines_until(proc, "Ctrl-C stops everything")
+        instances = re.findall(r"(127\.0\.0\.1:\d+) \(v1\)", welcome)
+        assert len(instances) == 2, welcome
+
+        host, port = listen.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=DEADLINE)
+        for _ in range(4):
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"v1\n")
+            assert response.headers["X-Version"] == "v1"
+        conn.close()
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(DEADLINE * 4) == 0
+        for address in [listen, *instances]:
+            assert_refused(address)
+    finally:
+        stop_process(proc, 0)
+
+
+def read_lines_until(proc: subprocess.Popen[bytes], marker: str) -> str:
+    """Everything `proc` prints up to the line containing `marker`, within the deadline."""
+    lines = []
+    while True:
+        line = read_line(proc, DEADLINE * 2)
+        lines.append(line)
+        if marker in line:
+            return "\n".join(lines)
+
+
+def test_run_demo_returns_after_its_duration_and_leaves_nothing_running() -> None:
+    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    out = io.StringIO()
+    run_demo(0.5, listen=listen, admin=admin, out=out)
+    instances = re.findall(r"(127\.0\.0\.1:\d+) \(v1\)", out.getvalue())
+    assert len(instances) == 2, out.getvalue()
+    for address in [listen, *instances]:
+        assert_refused(address)
+
+
+def assert_refused(address: str) -> None:
+    host, port = address.split(":")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=DEADLINE)
