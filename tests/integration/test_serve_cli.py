@@ -1,0 +1,162 @@
+"""`zerodown serve` as a user runs it: a real process, a TOML file, and the
+tools people point at a proxy (curl, wrk, a WebSocket client)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from zerodown.demo.process import spawn_app
+
+START_DEADLINE = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[dict[str, object]]:
+    apps = [spawn_app(version) for version in ("v1", "v2")]
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "zerodown.toml"
+    upstreams = ", ".join(f'"{app.host}:{app.port}"' for app in apps)
+    config.write_text(
+        f"""
+[proxy]
+listen = ["127.0.0.1:{listen}"]
+admin = "127.0.0.1:{admin}"
+
+[services.web]
+route = {{ host = "*", path = "/" }}
+upstreams = [{upstreams}]
+health = {{ path = "/health", interval = "200ms" }}
+"""
+    )
+    env = {**os.environ, "ZERODOWN_TOKEN": "sekret"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerodown", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        wait_listening(listen, proc)
+        wait_listening(admin, proc)
+        yield {"proc": proc, "listen": listen, "admin": admin}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(START_DEADLINE)
+        for app in apps:
+            app.stop()
+
+
+def test_curl_reaches_both_versions_with_a_request_id(served: dict[str, object]) -> None:
+    versions = []
+    for _ in range(4):
+        out = subprocess.run(
+            ["curl", "-s", "-i", f"http://127.0.0.1:{served['listen']}/"],
+            capture_output=True,
+            check=True,
+            timeout=START_DEADLINE,
+        ).stdout.decode()
+        assert out.startswith("HTTP/1.1 200")
+        assert re.search(r"(?im)^x-request-id: \S+", out)
+        versions.append(re.search(r"(?im)^x-version: (\S+)", out).group(1))  # type: ignore[union-attr]
+    assert sorted(versions) == ["v1", "v1", "v2", "v2"]
+
+
+def test_wrk_load_has_no_errors(served: dict[str, object]) -> None:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c20", "-d1s", f"http://127.0.0.1:{served['listen']}/"],
+        capture_output=True,
+        check=True,
+        timeout=START_DEADLINE,
+    ).stdout.decode()
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    assert total > 100
+    assert "Non-2xx" not in out
+    assert "Socket errors" not in out
+
+
+def test_websocket_client_echoes_through_serve(served: dict[str, object]) -> None:
+    async def talk() -> list[str | bytes]:
+        url = f"ws://127.0.0.1:{served['listen']}/ws"
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send("hello")
+            first = await ws.recv()
+            await ws.send(b"x" * 200_000)
+            second = await ws.recv()
+        return [first, second]
+
+    first, second = asyncio.run(asyncio.wait_for(talk(), START_DEADLINE))
+    assert first == "hello"
+    assert second == b"x" * 200_000
+
+
+def test_admin_needs_the_token_and_reports_stats(served: dict[str, object]) -> None:
+    url = f"http://127.0.0.1:{served['admin']}/v1/stats"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=START_DEADLINE)
+    assert refused.value.code == 401
+    subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{served['listen']}/"], check=True
+    )
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer sekret"})
+    with urllib.request.urlopen(request, timeout=START_DEADLINE) as response:
+        stats = json.load(response)
+    totals = stats["services"]["web"]["pools"]["stable"]["totals"]
+    assert totals["requests"] >= 1
+    assert totals["available"] == 2
+
+
+def test_sigterm_stops_serve_with_exit_0(served: dict[str, object]) -> None:
+    proc = served["proc"]
+    assert isinstance(proc, subprocess.Popen)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(START_DEADLINE) == 0
+
+
+def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "zerodown.toml"
+    config.write_text(
+        '[proxy]\nlisten = ["127.0.0.1:0"]\n\n[services.web]\nupstreams = ["127.0.0.1:9"]\n'
+        'health = { path = "/health", intervall = "1s" }\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "zerodown", "serve", "-c", str(config)],
+        capture_output=True,
+        timeout=START_DEADLINE,
+    )
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert str(config) in err
+    assert "services.web.health.intervall" in err
+    assert "interval" in err
