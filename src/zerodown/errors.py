@@ -85,3 +85,23 @@ class DeployError(ZerodownError):
 
 class HealthGateTimeout(DeployError):
     """Instances did not become healthy before their deadline."""
+
+
+class DeployBusy(DeployError):
+    """Another deploy of the same service holds the lock."""
+
+
+class UnknownService(DeployError):
+    """No service of that name is configured (or it has no `command` to deploy)."""
+
+
+class NotDeployable(DeployError):
+    """The request cannot be carried out now: nothing to promote, no release to roll back to, …"""
+
+
+class DeployAborted(DeployError):
+    """Stopped by `zerodown abort`."""
+
+
+class CanaryBreach(DeployError):
+    """The canary judge found the new release worse than the stable one."""
