@@ -109,6 +109,15 @@ class PassiveHealthSpec(_Value):
     max_ejection_percent: float = Field(default=50.0, ge=0, le=100)
 
 
+class HoldSpec(_Value):
+    """While no target can serve (a recreate deploy's gap), requests wait up to
+    `timeout` for one, or, with `maintenance_html`, get that page with 503 at once."""
+
+    timeout: float = Field(default=30.0, gt=0)
+    maintenance_html: str | None = None
+    retry_after: int = Field(default=5, ge=0)  # seconds, for the maintenance page
+
+
 class ServiceSpec(_Value):
     name: str
     host: str = "*"  # exact, "*.example.com", or "*" for any
@@ -125,6 +134,7 @@ class ServiceSpec(_Value):
     tries: int = Field(default=DEFAULT_TRIES, ge=1, le=20)
     retry_timeout: float = Field(default=DEFAULT_RETRY_TIMEOUT, gt=0)
     websocket_drain: WebSocketDrain = "keep"
+    hold: HoldSpec | None = None
 
     @field_validator("path")
     @classmethod

@@ -131,6 +131,11 @@ class Exchange:
 
     def _fail(self, exc: ProxyError) -> None:
         """Tell the client: a status if nothing was sent yet, else cut the connection."""
+        if isinstance(exc, Maintenance):
+            self.status = exc.status
+            self.client.write(exc.response(self.request_id))
+            self.responded = True
+            return
         target = self.target
         if target is not None and target.metrics is not None and self._target_failed(exc):
             target.metrics.fail(_failure_kind(exc))
@@ -169,6 +174,9 @@ class Exchange:
         service.budget.record_request(self.loop.time())
         while True:
             target = self._pick(service, choice, tried)
+            if target is None and not tried and service.spec.hold is not None:
+                service, choice = await self._hold(service)
+                continue
             if target is None:
                 # Every candidate failed: the client learns why the last one did.
                 raise last_error or NoHealthyTarget(f"no healthy target for {service.name}")
@@ -188,6 +196,18 @@ class Exchange:
                 if target.metrics is not None:
                     target.metrics.retry()
                 raced = False
+
+    async def _hold(self, service: Service) -> tuple[Service, Choice]:
+        """Nothing can serve now: wait for a target (recreate) or show maintenance."""
+        hold = service.spec.hold
+        assert hold is not None
+        if hold.maintenance_html is not None:
+            raise Maintenance(hold.maintenance_html, hold.retry_after)
+        server = self.client.server
+        found = await server.wait_for_target(service.name, self.loop.time() + hold.timeout)
+        if found is None:
+            raise NoHealthyTarget(f"no target for {service.name} within the hold timeout")
+        return found, found.choose(self.head, self.client.client_ip, self.path)
 
     def _pick(self, service: Service, choice: Choice, tried: list[Target]) -> Target | None:
         target = choice.pool.balancer.pick(choice.key, tried)
@@ -537,6 +557,23 @@ class Exchange:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+
+
+class Maintenance(ProxyError):
+    """The service is being recreated and shows a maintenance page."""
+
+    status = 503
+
+    def __init__(self, html: str, retry_after: int) -> None:
+        super().__init__("maintenance")
+        self.html = html.encode()
+        self.retry_after = retry_after
+
+    def response(self, request_id: bytes) -> bytes:
+        extra = b"Retry-After: %d\r\nContent-Type: text/html; charset=utf-8\r\n" % self.retry_after
+        return http.error_response(
+            503, request_id=request_id, close=False, extra=extra, body=self.html
+        )
 
 
 def _as_proxy_error(exc: BaseException) -> ProxyError:

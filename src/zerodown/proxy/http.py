@@ -281,15 +281,14 @@ def error_response(
     request_id: bytes | None = None,
     close: bool = True,
     extra: bytes = b"",
+    body: bytes | None = None,
 ) -> bytes:
-    """A short text/plain response the proxy writes itself."""
+    """A short response the proxy writes itself (text/plain unless `extra` says otherwise)."""
     reason = REASONS.get(status, b"Error")
-    body = b"%d %s\n" % (status, reason)
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
-        status,
-        reason,
-        len(body),
-    )
+    if body is None:
+        body = b"%d %s\n" % (status, reason)
+        extra = b"Content-Type: text/plain\r\n" + extra
+    head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (status, reason, len(body))
     if request_id is not None:
         head += b"X-Request-ID: " + request_id + b"\r\n"
     if close:

@@ -9,6 +9,7 @@ already in flight keep the Target they picked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
@@ -28,6 +29,7 @@ from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable, parse_address, with_target_state
 
 LISTEN_BACKLOG = 4096
+HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
 
 
 def bind_socket(address: str) -> socket.socket:
@@ -59,6 +61,7 @@ class ProxyServer:
         ]
         self._trusted_cache: dict[str, bool] = {}
         self._drain_waiters: dict[Target, asyncio.Future[None]] = {}
+        self._table_changed: asyncio.Future[None] = self.loop.create_future()
         self._closed_event = asyncio.Event()
         self._access_log: IO[str] | None = None
         self._apply_now(table or RoutingTable())
@@ -114,6 +117,26 @@ class ProxyServer:
             service.start(old.get(name))
         for target in list(self._drain_waiters):
             self.target_idle(target)
+        changed, self._table_changed = self._table_changed, self.loop.create_future()
+        changed.set_result(None)
+
+    async def wait_for_target(self, name: str, deadline: float) -> Service | None:
+        """Hold a request until service `name` has a target that can serve, or the deadline.
+
+        Woken by every table change; health may bring a target back between
+        changes, so it also looks again every HOLD_POLL seconds.
+        """
+        while True:
+            service = self.services.get(name)
+            if service is not None and (service.stable.available or service.canary.available):
+                return service
+            remaining = deadline - self.loop.time()
+            if remaining <= 0 or self.stopping:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._table_changed), min(remaining, HOLD_POLL)
+                )
 
     def routing(self) -> RoutingTable:
         return self.table
