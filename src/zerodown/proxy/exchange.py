@@ -92,6 +92,7 @@ class Exchange:
         self.responded = False  # any byte of the response reached the client
         self.keep_alive = head.keep_alive
         self.upgraded = False
+        self.attempting: Target | None = None  # the target of the attempt under way, if any
         self.drain_cancelled = False
         self.aborted = False  # the client broke protocol mid-body: never retry, answer `error`
         self.status = 0
@@ -252,7 +253,7 @@ class Exchange:
 
     async def _attempt(self, service: Service, target: Target, *, fresh: bool) -> None:
         assert target.connections is not None and target.metrics is not None
-        self.target = target
+        self.target = self.attempting = target
         target.in_flight += 1
         target.metrics.request()
         started = self.loop.time()
@@ -261,9 +262,17 @@ class Exchange:
             conn = await self._connect(target, fresh)
             if self.aborted and self.error is not None:
                 raise self.error
+            if self.drain_cancelled:
+                # Cut at a drain deadline while it waited for a connection slot
+                # (or was connecting): the draining target must not get it now.
+                error = UpstreamTimeout("target drained before the request was sent")
+                raise AttemptFailed(
+                    error, Attempt(sent=False, responded=False, reused=False), False
+                )
             self._send_request(conn)
             await self._await_response(conn)
         finally:
+            self.attempting = None
             target.in_flight -= 1
             self._release(target)
             if target.in_flight == 0 and target.state != "ready":

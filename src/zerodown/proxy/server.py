@@ -182,12 +182,16 @@ class ProxyServer:
                 waiter.set_result(None)
 
     def _cancel_busy(self, target: Target, *, tunnels_only: bool) -> int:
-        assert target.connections is not None
+        # Every exchange with an attempt on `target`, not only those holding
+        # one of its connections: one still waiting for a slot (or connecting)
+        # is in flight there too. Only the head of a client's queue runs.
         cancelled = 0
-        for conn in list(target.connections.busy):
-            sink = conn.sink
-            if isinstance(sink, Exchange) and (sink.upgraded or not tunnels_only):
-                sink.cancel_for_drain()
+        for client in list(self.connections):
+            exchange = client.queue[0] if client.queue else None
+            if exchange is None or exchange.attempting is not target:
+                continue
+            if exchange.upgraded or not tunnels_only:
+                exchange.cancel_for_drain()
                 cancelled += 1
         return cancelled
 
