@@ -1,0 +1,37 @@
+"""Persistence of the control plane: the `Store` seam and its SQLite default."""
+
+from zerodown.store.base import (
+    BUSY_TIMEOUT,
+    STALE_AFTER,
+    DeployRecord,
+    EventRecord,
+    JournalEntry,
+    JournalPhase,
+    LockRecord,
+    NotFound,
+    ReleaseRecord,
+    ReleaseStatus,
+    Store,
+    StoreError,
+    local_owner,
+)
+from zerodown.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SqliteStore
+
+__all__ = [
+    "BUSY_TIMEOUT",
+    "DB_FILENAME",
+    "SCHEMA_VERSION",
+    "STALE_AFTER",
+    "DeployRecord",
+    "EventRecord",
+    "JournalEntry",
+    "JournalPhase",
+    "LockRecord",
+    "NotFound",
+    "ReleaseRecord",
+    "ReleaseStatus",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "local_owner",
+]
