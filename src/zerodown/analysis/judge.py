@@ -9,7 +9,9 @@ The rules are the ones docs/config.md promises:
 - `error_rate_threshold`: fail when the canary's error rate exceeds the
   stable pool's by more than this (a difference of rates, 0-1);
 - `p99_threshold`: fail when the canary's p99 latency exceeds this multiple
-  of the stable pool's;
+  of the stable pool's, and by at least P99_NOISE_FLOOR: at millisecond
+  latencies one histogram bucket of scheduling noise doubles a p99, which is
+  not evidence of a slower release;
 - `min_requests`: with fewer canary requests there is no verdict
   ("inconclusive"), never "pass" (and never "fail": a few unlucky requests
   are not evidence either).
@@ -23,6 +25,9 @@ from fractions import Fraction
 from typing import Any, Final, Literal
 
 from zerodown.proxy.metrics import BUCKET_LABELS, Histogram
+
+# Seconds the canary p99 must exceed the stable p99 by, on top of the ratio.
+P99_NOISE_FLOOR = 0.05
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -158,6 +163,8 @@ def _error_breach(canary: Sample, stable: Sample, threshold: float) -> str | Non
 
 def _latency_breach(canary: Sample, stable: Sample, threshold: float) -> str | None:
     if stable.p99 <= 0 or Fraction(canary.p99) <= Fraction(threshold) * Fraction(stable.p99):
+        return None
+    if canary.p99 - stable.p99 < P99_NOISE_FLOOR:
         return None
     return (
         f"p99 {canary.p99:.3f}s on canary vs {stable.p99:.3f}s on stable, "

@@ -40,3 +40,4 @@ STICKY_COOKIE = "zerodown_pool"
 
 # recreate
 MAX_PAUSE = 30.0  # longest a request is held while the old release is replaced
+WARMUP = 0.0  # extra seconds after the health gate before an instance takes traffic

@@ -133,6 +133,7 @@ class ServiceConfig(Table):
     drain_timeout: Timeout = DRAIN_TIMEOUT
     stop_grace: Duration = defaults.STOP_GRACE
     deploy_timeout: Timeout = defaults.DEPLOY_TIMEOUT
+    warmup: Duration = defaults.WARMUP
     ports: Annotated[tuple[int, int], BeforeValidator(_port_range)] = defaults.PORTS
     rolling: RollingConfig = RollingConfig()
     blue_green: BlueGreenConfig = BlueGreenConfig()

@@ -1,0 +1,369 @@
+"""Runs one deploy: the steps of a plan, each journaled before and after it
+runs, and the rollback when any of them fails.
+
+A step handler is picked by the step's kind from a dict. Every wait has a
+deadline from the service's config (deploy_timeout, drain_timeout,
+stop_grace). The old release keeps serving until a step moves traffic, and
+a failure at any point puts it back: a failed deploy leaves the old release
+serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from zerodown.analysis.judge import Sample, judge
+from zerodown.deploy.fleet import Fleet
+from zerodown.deploy.model import (
+    Analyze,
+    DeployState,
+    Drain,
+    Hold,
+    Instance,
+    KeepWarm,
+    Outcome,
+    Pause,
+    Plan,
+    Release,
+    Role,
+    SetTraffic,
+    Start,
+    Step,
+    Stop,
+    WaitHealthy,
+)
+from zerodown.errors import CanaryBreach, DeployAborted, DeployError, ZerodownError
+
+if TYPE_CHECKING:
+    from zerodown.deploy.orchestrator import Orchestrator
+
+log = logging.getLogger("zerodown.deploy")
+
+JUDGE_EVERY = 1.0  # seconds between canary checks during a pause
+
+
+def step_json(step: Step) -> str:
+    return json.dumps(dataclasses.asdict(step))
+
+
+class Deployment:
+    """One run of a plan for one service."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        fleet: Fleet,
+        deploy_id: int,
+        new: Release,
+        old: str | None,
+        plan: Plan,
+    ) -> None:
+        self.orch = orchestrator
+        self.fleet = fleet
+        self.id = deploy_id
+        self.new = new
+        self.old = old
+        self.plan = plan
+        self.state: DeployState = "pending"
+        self.step_index = -1
+        self.waiting_for_promote = False
+        self.failure: DeployError | None = (
+            None  # set from outside (crash, abort): raised at the next check
+        )
+        self._promoted = asyncio.Event()
+        self._running = asyncio.Event()  # cleared by pause(), set by resume()
+        self._running.set()
+        self._wake = asyncio.Event()
+        self._baseline: tuple[Sample, Sample] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Deployment #{self.id} {self.fleet.name} {self.old}->{self.new.version} {self.state}>"
+        )
+
+    # -- control from outside -------------------------------------------------------
+
+    def promote(self) -> None:
+        self._promoted.set()
+        self._wake.set()
+
+    def abort(self) -> None:
+        self.failure = DeployAborted("aborted by request")
+        self._running.set()
+        self._wake.set()
+
+    def fail(self, error: DeployError) -> None:
+        if self.failure is None:
+            self.failure = error
+        self._wake.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    # -- the run ------------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        try:
+            for index, step in enumerate(self.plan.steps):
+                await self._checkpoint()
+                await self._run_step(index, step)
+            await self._checkpoint()
+        except DeployAborted as exc:
+            return await self._give_up("aborted", exc)
+        except ZerodownError as exc:
+            return await self._give_up("rolled_back", exc)
+        except Exception as exc:  # a bug must still leave the old release serving
+            log.exception("deploy %s crashed", self.id)
+            return await self._give_up("rolled_back", DeployError(f"internal error: {exc!r}"))
+        await self._succeed()
+        return "succeeded"
+
+    async def _run_step(self, index: int, step: Step) -> None:
+        self.step_index = index
+        self._set_state(STATE_OF_STEP[step.kind])
+        self.orch.store.journal(self.id, index, step_json(step), "before")
+        self.orch.bus.publish(
+            self.fleet.name, self.id, "step", index=index, step=dataclasses.asdict(step)
+        )
+        try:
+            await HANDLERS[step.kind](self, step)
+        except BaseException as exc:
+            self.orch.store.journal(self.id, index, step_json(step), "failed", str(exc))
+            raise
+        self.orch.store.journal(self.id, index, step_json(step), "after")
+
+    async def _checkpoint(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        if not self._running.is_set():
+            self._set_state("paused")
+            await self._running.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    def _set_state(self, state: DeployState) -> None:
+        self.state = state
+        self.orch.store.set_deploy_state(self.id, state)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def version(self, role: Role) -> str:
+        if role == "new":
+            return self.new.version
+        if self.old is None:
+            raise DeployError("the plan names an old release, but none is serving")
+        return self.old
+
+    def _alive(self, instance: Instance) -> bool:
+        return instance.state not in ("crashed", "stopped") and self.failure is None
+
+    # -- step handlers -----------------------------------------------------------------
+
+    async def _start(self, step: Start) -> None:
+        release = (
+            self.new
+            if step.role == "new"
+            else self.orch.release(self.fleet.name, self.version("old"))
+        )
+        await self.orch.start_instances(self.fleet, release, step.count)
+
+    async def _wait_healthy(self, step: WaitHealthy) -> None:
+        pending = [
+            i for i in self.fleet.of_version(self.version(step.role)) if i.state == "starting"
+        ]
+        await self.orch.gate(self.fleet, pending, alive=self._alive)
+
+    async def _set_traffic(self, step: SetTraffic) -> None:
+        fleet, new = self.fleet, self.new.version
+        if step.mode == "pool" or step.new_weight >= 100:
+            fleet.pool_mode()
+            fleet.route(fleet.ready(new))
+            if step.mode == "split" and self.old is not None:
+                fleet.start_draining(fleet.serving(self.old))  # the atomic switch
+        else:
+            fleet.canary_version = new if step.new_weight > 0 else None
+            fleet.canary_weight = step.new_weight
+            fleet.preview_version = new if step.preview else None
+            if fleet.canary_version or fleet.preview_version:
+                fleet.route(fleet.ready(new))
+        await self.orch.apply()
+        self._baseline = self._samples()
+        self.orch.bus.publish(fleet.name, self.id, "traffic", split=fleet.traffic())
+
+    async def _pause(self, step: Pause) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if step.seconds is None else loop.time() + step.seconds
+        self.waiting_for_promote = step.seconds is None
+        self._promoted.clear()  # stays set after a promote: Analyze reads it
+        try:
+            while not self._promoted.is_set():
+                await self._checkpoint()
+                remaining = JUDGE_EVERY if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    return
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), min(remaining, JUDGE_EVERY))
+                except TimeoutError:
+                    self._judge(final=False)
+        finally:
+            self.waiting_for_promote = False
+
+    async def _analyze(self, step: Analyze) -> None:
+        """A final verdict for this canary step. "inconclusive" is never a pass:
+        wait for enough requests up to deploy_timeout, then roll back. A manual
+        `promote` during the preceding pause is a person's verdict and stands."""
+        if self._promoted.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fleet.config.deploy_timeout
+        while self._judge(final=True) == "inconclusive":
+            if loop.time() >= deadline:
+                raise CanaryBreach("too few canary requests for a verdict before deploy_timeout")
+            await self._checkpoint()
+            await asyncio.sleep(JUDGE_EVERY)
+
+    async def _drain(self, step: Drain) -> None:
+        version = self.version(step.role)
+        routed = [i for i in self.fleet.of_version(version) if i.id in self.fleet.routed]
+        routed.sort(key=lambda i: i.id not in self.fleet.draining)  # already leaving go first
+        await self.orch.drain(self.fleet, routed[: step.count])
+
+    async def _stop(self, step: Stop) -> None:
+        version = self.version(step.role)
+        idle = [i for i in self.fleet.of_version(version) if i.id not in self.fleet.routed]
+        await self.orch.stop_instances(self.fleet, idle[: step.count])
+
+    async def _hold(self, step: Hold) -> None:
+        self.fleet.hold = step.on
+        await self.orch.apply()
+
+    async def _keep_warm(self, step: KeepWarm) -> None:
+        old = self.version("old")
+        leaving = [i for i in self.fleet.of_version(old) if i.id in self.fleet.routed]
+        await self.orch.drain(self.fleet, leaving)
+        self.orch.keep_warm(self.fleet, old, step.seconds)
+
+    # -- the canary judge --------------------------------------------------------------
+
+    def _samples(self) -> tuple[Sample, Sample]:
+        pools = self.orch.dataplane.stats()["services"].get(self.fleet.name, {}).get("pools", {})
+        return (
+            Sample.from_pool(pools.get("canary", {}).get("totals", {})),
+            Sample.from_pool(pools.get("stable", {}).get("totals", {})),
+        )
+
+    def _judge(self, *, final: bool) -> str:
+        if self._baseline is None or self.fleet.canary_version is None:
+            return "pass"  # no canary pool in traffic: nothing to compare
+        canary_now, stable_now = self._samples()
+        canary = canary_now.since(self._baseline[0])
+        stable = stable_now.since(self._baseline[1])
+        settings = self.fleet.config.canary
+        verdict = judge(
+            canary,
+            stable,
+            error_rate_threshold=settings.error_rate_threshold,
+            p99_threshold=settings.p99_threshold,
+            min_requests=settings.min_requests,
+        )
+        if verdict.verdict == "fail":
+            raise CanaryBreach(verdict.reason)
+        if final:
+            self.orch.bus.publish(
+                self.fleet.name, self.id, "analysis", verdict=verdict.verdict, reason=verdict.reason
+            )
+        return verdict.verdict
+
+    # -- endings ---------------------------------------------------------------------------
+
+    async def _succeed(self) -> None:
+        fleet = self.fleet
+        fleet.pool_mode()
+        fleet.current = self.new.version
+        await self.orch.apply()
+        self.orch.store.set_current(fleet.name, self.new.version)
+        self.orch.store.finish_deploy(self.id, "succeeded", "")
+        self.orch.prune(fleet.name)
+        self.orch.bus.publish(fleet.name, self.id, "finished", outcome="succeeded")
+
+    async def _give_up(self, outcome: Outcome, cause: ZerodownError) -> Outcome:
+        self._set_state("rolling_back")
+        self.orch.bus.publish(self.fleet.name, self.id, "rolling_back", reason=str(cause))
+        try:
+            restored = await self._restore_old()
+        except ZerodownError as exc:
+            log.error("rollback of deploy %s failed: %s", self.id, exc)
+            restored = False
+            cause = DeployError(f"{cause}; and the rollback failed: {exc}")
+        if not restored and outcome == "rolled_back":
+            outcome = "failed"
+        self.orch.store.mark_failed(self.fleet.name, self.new.version)
+        self.orch.store.finish_deploy(self.id, outcome, str(cause))
+        self.orch.bus.publish(
+            self.fleet.name, self.id, "finished", outcome=outcome, reason=str(cause)
+        )
+        return outcome
+
+    async def _restore_old(self) -> bool:
+        """Old release back to full strength and in traffic; new one drained and stopped.
+
+        Returns False when there was no old release to restore (a first deploy)."""
+        fleet, orch = self.fleet, self.orch
+        fleet.pool_mode()
+        new_instances = fleet.of_version(self.new.version)
+        fleet.start_draining(new_instances)
+        if self.old is not None:
+            await self._restore_capacity(self.old)
+        fleet.hold = False
+        await orch.apply()
+        await orch.drain(fleet, [i for i in new_instances if i.id in fleet.routed])
+        await orch.stop_instances(fleet, fleet.of_version(self.new.version))
+        return self.old is not None
+
+    async def _restore_capacity(self, old: str) -> None:
+        fleet, orch = self.fleet, self.orch
+        orch.cancel_warm(fleet, old)
+        fleet.route(fleet.ready(old))  # undo any drain of the old release
+        await orch.apply()
+        missing = fleet.config.instances - len(fleet.ready(old))
+        if missing > 0:
+            started = await orch.start_instances(fleet, orch.release(fleet.name, old), missing)
+            await orch.gate(fleet, started, alive=lambda i: i.state not in ("crashed", "stopped"))
+            fleet.route(started)
+            await orch.apply()
+
+
+Handler = Callable[[Deployment, Any], Awaitable[None]]
+
+HANDLERS: dict[str, Handler] = {
+    "start": Deployment._start,
+    "wait_healthy": Deployment._wait_healthy,
+    "set_traffic": Deployment._set_traffic,
+    "pause": Deployment._pause,
+    "analyze": Deployment._analyze,
+    "drain": Deployment._drain,
+    "stop": Deployment._stop,
+    "hold": Deployment._hold,
+    "keep_warm": Deployment._keep_warm,
+}
+
+STATE_OF_STEP: dict[str, DeployState] = {
+    "start": "starting",
+    "wait_healthy": "gating",
+    "set_traffic": "shifting",
+    "pause": "paused",
+    "analyze": "analyzing",
+    "drain": "draining",
+    "stop": "draining",
+    "hold": "shifting",
+    "keep_warm": "draining",
+}

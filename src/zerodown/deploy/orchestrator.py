@@ -1,0 +1,505 @@
+"""The control plane: deploys, rollbacks and supervision of every service
+that zerodown runs (those with a `command`).
+
+It decides; the data plane obeys the RoutingTable it builds; the runtime
+starts and stops processes. Deploy runs are Deployments (executor.py); this
+module owns what outlives one: fleets, the lock, the store, crash handling,
+warm releases, and recovery after the daemon itself was killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from zerodown.config import Config
+from zerodown.config.service import ServiceConfig
+from zerodown.config.strategy import StrategyName
+from zerodown.dataplane.base import DataPlane
+from zerodown.deploy.control import View
+from zerodown.deploy.events import EventBus
+from zerodown.deploy.executor import Deployment, step_json
+from zerodown.deploy.fleet import Fleet
+from zerodown.deploy.gate import wait_healthy
+from zerodown.deploy.model import (
+    Drain,
+    Instance,
+    Plan,
+    Release,
+    SetTraffic,
+    Stop,
+)
+from zerodown.deploy.strategies import Situation, plan
+from zerodown.errors import DeployBusy, DeployError, NotDeployable, UnknownService
+from zerodown.routing import RoutingTable
+from zerodown.runtime.backoff import Backoff
+from zerodown.runtime.base import Runtime
+from zerodown.store.base import DeployRecord, Store, local_owner
+
+log = logging.getLogger("zerodown.deploy")
+
+KEEP_RELEASES = 5  # releases kept per service, besides the current and the previous one
+HEARTBEAT_EVERY = 10.0  # seconds between lock heartbeats while a deploy runs
+RETIRE_RETRY = 1.0  # seconds before a warm release's stop is tried again while a deploy runs
+
+RuntimeFactory = Callable[[str, ServiceConfig], Runtime]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        config: Config,
+        dataplane: DataPlane,
+        store: Store,
+        runtime_for: RuntimeFactory,
+    ) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.store = store
+        self.bus = EventBus(store)
+        self.owner = local_owner()
+        self.fleets: dict[str, Fleet] = {}
+        self.runtimes: dict[str, Runtime] = {}
+        for name, service in config.services.items():
+            if service.command is None:
+                continue  # fixed upstreams: a plain proxy, nothing to run
+            self.fleets[name] = Fleet(name, service, maintenance_html=_maintenance(service))
+            runtime = runtime_for(name, service)
+            runtime.on_exit(self._on_exit)
+            self.runtimes[name] = runtime
+        self.deployments: dict[str, Deployment] = {}
+        self._finished: dict[int, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._warm: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._backoff: dict[str, Backoff] = {}
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<Orchestrator services={list(self.fleets)} deploying={list(self.deployments)}>"
+
+    # -- life --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take back what a previous daemon left running, then serve the current releases."""
+        for record in self.store.unfinished_deploys():
+            reason = "the daemon stopped during this deploy; the current release was restored"
+            self.store.finish_deploy(record.id, "rolled_back", reason)
+            self.bus.publish(
+                record.service, record.id, "finished", outcome="rolled_back", reason=reason
+            )
+        for fleet in self.fleets.values():
+            await self._recover(fleet)
+        await self.apply()
+
+    async def close(self, *, stop_instances: bool) -> None:
+        """Stop deploying; with stop_instances, stop every instance we run."""
+        self._closing = True
+        for deployment in list(self.deployments.values()):
+            deployment.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        for handle in self._warm.values():
+            handle.cancel()
+        if stop_instances:
+            for fleet in self.fleets.values():
+                await self.stop_instances(fleet, list(fleet.instances))
+        for runtime in self.runtimes.values():
+            close = getattr(runtime, "close", None)
+            if close is not None:
+                await close()
+        self.bus.close()
+
+    async def _recover(self, fleet: Fleet) -> None:
+        runtime = self.runtimes[fleet.name]
+        records = self.store.instances(fleet.name)
+        adopted = await runtime.adopt(records)
+        adopted_ids = {i.id for i in adopted}
+        for record in records:
+            if record.id not in adopted_ids:
+                self.store.remove_instance(record.id)
+        fleet.current = self.store.current(fleet.name)
+        fleet.instances = list(adopted)
+        strays = [i for i in adopted if i.version != fleet.current]
+        await self.stop_instances(fleet, strays)  # a half-done deploy's instances
+        if fleet.current is None:
+            return
+        for instance in fleet.instances:
+            instance.state = "starting"  # re-gate what we adopted before routing it
+        missing = fleet.config.instances - len(fleet.instances)
+        if missing > 0:
+            await self.start_instances(fleet, self.release(fleet.name, fleet.current), missing)
+        await self.gate(fleet, list(fleet.instances), alive=_alive)
+        fleet.route(fleet.ready(fleet.current))
+
+    # -- the routing table -------------------------------------------------------------
+
+    def table(self) -> RoutingTable:
+        static = self.config.routing_table()
+        services = tuple(
+            self.fleets[spec.name].spec() if spec.name in self.fleets else spec
+            for spec in static.services
+        )
+        return RoutingTable(services=services)
+
+    async def apply(self) -> None:
+        await self.dataplane.apply(self.table())
+
+    # -- deploy, rollback and friends (ControlPlane) ------------------------------------
+
+    async def deploy(self, service: str, version: str, strategy: StrategyName | None = None) -> int:
+        fleet = self._fleet(service)
+        if version == fleet.current:
+            raise NotDeployable(f"{service} {version} is already the current release")
+        release = self._new_release(fleet, version)
+        situation = Situation(
+            old_instances=len(fleet.serving(fleet.current or "")), desired=fleet.config.instances
+        )
+        chosen = strategy or fleet.config.strategy
+        return self._launch(fleet, release, plan(chosen, situation, fleet.config))
+
+    async def rollback(self, service: str, to: str | None = None) -> int:
+        fleet = self._fleet(service)
+        if service in self.deployments:
+            raise NotDeployable(f"a deploy of {service} is running: use `zerodown abort {service}`")
+        target = to or self.store.previous(service)
+        if target is None:
+            raise NotDeployable(f"{service} has no previous release to roll back to")
+        if target == fleet.current:
+            raise NotDeployable(f"{service} {target} is already the current release")
+        release = self.store.release(service, target)
+        if release is None:
+            raise NotDeployable(f"{service} has no release {target}")
+        warm = len(fleet.ready(target))
+        if warm >= fleet.config.instances and fleet.current is not None:
+            # Still running from a blue-green keep-warm window: switch back at once.
+            old = len(fleet.of_version(fleet.current))
+            steps = (SetTraffic("split", 100.0), Drain("old", old), Stop("old", old))
+            return self._launch(fleet, release, Plan("blue_green", steps))
+        situation = Situation(
+            old_instances=len(fleet.serving(fleet.current or "")), desired=fleet.config.instances
+        )
+        return self._launch(fleet, release, plan(fleet.config.strategy, situation, fleet.config))
+
+    def _launch(self, fleet: Fleet, release: Release, deploy_plan: Plan) -> int:
+        if fleet.name in self.deployments:
+            raise DeployBusy(f"a deploy of {fleet.name} is already running")
+        plan_json = json.dumps([json.loads(step_json(s)) for s in deploy_plan.steps])
+        deploy_id = self.store.begin_deploy(
+            fleet.name, release.version, deploy_plan.strategy, plan_json
+        )
+        lock = self.store.acquire_lock(fleet.name, self.owner, deploy_id)
+        if lock is None:
+            holder = self.store.lock(fleet.name)
+            reason = f"locked by {holder.owner if holder else 'another deploy'}"
+            self.store.finish_deploy(deploy_id, "failed", reason)
+            raise DeployBusy(f"a deploy of {fleet.name} is already running ({reason})")
+        deployment = Deployment(self, fleet, deploy_id, release, fleet.current, deploy_plan)
+        self.deployments[fleet.name] = deployment
+        self._finished[deploy_id] = asyncio.get_running_loop().create_future()
+        self._spawn(self._run(deployment))
+        self.bus.publish(
+            fleet.name, deploy_id, "started", version=release.version, strategy=deploy_plan.strategy
+        )
+        return deploy_id
+
+    async def _run(self, deployment: Deployment) -> None:
+        name = deployment.fleet.name
+        heartbeat = self._spawn(self._heartbeat(name))
+        try:
+            await deployment.run()
+        finally:
+            heartbeat.cancel()
+            self.deployments.pop(name, None)
+            self.store.release_lock(name, self.owner)
+            done = self._finished.pop(deployment.id, None)
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    async def _heartbeat(self, service: str) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            self.store.heartbeat(service, self.owner)
+
+    async def wait(self, deploy_id: int, timeout: float | None = None) -> View | None:
+        done = self._finished.get(deploy_id)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+        return self.deploy_view(deploy_id)
+
+    def promote(self, service: str) -> None:
+        self._running(service).promote()
+
+    def abort(self, service: str) -> None:
+        self._running(service).abort()
+
+    def pause(self, service: str) -> None:
+        self._running(service).pause()
+
+    def resume(self, service: str) -> None:
+        self._running(service).resume()
+
+    def _running(self, service: str) -> Deployment:
+        self._fleet(service)
+        deployment = self.deployments.get(service)
+        if deployment is None:
+            raise NotDeployable(f"no deploy of {service} is running")
+        return deployment
+
+    def _fleet(self, service: str) -> Fleet:
+        fleet = self.fleets.get(service)
+        if fleet is None:
+            known = ", ".join(sorted(self.fleets)) or "none"
+            raise UnknownService(f"no deployable service {service!r} (deployable: {known})")
+        return fleet
+
+    def _new_release(self, fleet: Fleet, version: str) -> Release:
+        config = fleet.config
+        assert config.command is not None
+        release = Release(
+            service=fleet.name,
+            version=version,
+            command=config.command,
+            cwd=config.cwd,
+            env=tuple(sorted(config.env.items())),
+        )
+        self.store.add_release(release)
+        return release
+
+    def release(self, service: str, version: str) -> Release:
+        release = self.store.release(service, version)
+        if release is None:
+            raise DeployError(f"{service} has no release {version} on record")
+        return release
+
+    def prune(self, service: str) -> None:
+        protect = {v for v in (self.store.current(service), self.store.previous(service)) if v}
+        protect |= {i.version for i in self.fleets[service].instances}
+        self.store.prune(service, KEEP_RELEASES, protect)
+
+    # -- doing things to instances (used by Deployment) ----------------------------------
+
+    async def start_instances(self, fleet: Fleet, release: Release, count: int) -> list[Instance]:
+        started = await self.runtimes[fleet.name].start(release, count)
+        for instance in started:
+            fleet.instances.append(instance)
+            self.store.save_instance(instance)
+        self.bus.publish(
+            fleet.name,
+            None,
+            "instances_started",
+            version=release.version,
+            ids=[i.id for i in started],
+        )
+        return started
+
+    async def gate(
+        self, fleet: Fleet, instances: list[Instance], alive: Callable[[Instance], bool]
+    ) -> None:
+        health = fleet.config.health
+        await wait_healthy(
+            instances,
+            health.spec() if health else None,
+            fleet.config.deploy_timeout,
+            alive,
+            warmup=fleet.config.warmup,
+        )
+        for instance in instances:
+            instance.state = "ready"
+            self.store.save_instance(instance)
+
+    async def drain(self, fleet: Fleet, instances: list[Instance]) -> None:
+        if not instances:
+            return
+        fleet.start_draining(instances)
+        await self.apply()
+        timeout = fleet.config.drain_timeout
+        results = await asyncio.gather(
+            *(
+                self.dataplane.drain(fleet.name, i.address, timeout)
+                for i in instances
+                if i.id in fleet.routed
+            )
+        )
+        fleet.unroute(instances)
+        await self.apply()
+        cut = sum(r.cancelled for r in results)
+        self.bus.publish(fleet.name, None, "drained", ids=[i.id for i in instances], cancelled=cut)
+
+    async def stop_instances(self, fleet: Fleet, instances: list[Instance]) -> None:
+        if not instances:
+            return
+        grace = fleet.config.stop_grace
+        for instance in instances:
+            instance.state = "stopped"  # before the signal: its exit is expected, not a crash
+        await asyncio.gather(*(self.runtimes[fleet.name].stop(i, grace) for i in instances))
+        for instance in instances:
+            fleet.forget(instance)
+            self.store.remove_instance(instance.id)
+        self.bus.publish(fleet.name, None, "instances_stopped", ids=[i.id for i in instances])
+
+    def keep_warm(self, fleet: Fleet, version: str, seconds: float) -> None:
+        """The old release stays up for `seconds` so a rollback can switch back at once."""
+        loop = asyncio.get_running_loop()
+        self._warm[(fleet.name, version)] = loop.call_later(
+            seconds, lambda: self._spawn(self._retire(fleet, version))
+        )
+
+    def cancel_warm(self, fleet: Fleet, version: str) -> None:
+        handle = self._warm.pop((fleet.name, version), None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _retire(self, fleet: Fleet, version: str) -> None:
+        self._warm.pop((fleet.name, version), None)
+        if version == fleet.current:
+            return  # rolled back to it since: it serves again
+        if fleet.name in self.deployments:
+            # A deploy (perhaps a rollback to this very release) decides now; look again later.
+            self.keep_warm(fleet, version, RETIRE_RETRY)
+            return
+        idle = [i for i in fleet.of_version(version) if i.id not in fleet.routed]
+        await self.stop_instances(fleet, idle)
+
+    # -- crashes -------------------------------------------------------------------------
+
+    def _on_exit(self, instance: Instance, code: int | None) -> None:
+        fleet = self.fleets.get(instance.service)
+        if fleet is None or self._closing:
+            return
+        known = fleet.find(instance.id)
+        if known is None or known.state == "stopped":
+            return
+        known.state = "crashed"
+        self.bus.publish(
+            fleet.name, None, "instance_crashed", id=known.id, version=known.version, code=code
+        )
+        fleet.forget(known)
+        self.store.remove_instance(known.id)
+        self._spawn(self.apply())  # out of the table at once
+        deployment = self.deployments.get(fleet.name)
+        if deployment is not None and known.version == deployment.new.version:
+            deployment.fail(
+                DeployError(f"instance {known.id} of {known.version} crashed (exit {code})")
+            )
+        elif deployment is None and known.version == fleet.current:
+            self._spawn(self._replace(fleet, known.version))
+
+    async def _replace(self, fleet: Fleet, version: str) -> None:
+        """Restart a crashed instance of the current release, with back-off."""
+        backoff = self._backoff.setdefault(fleet.name, Backoff())
+        now = time.monotonic()
+        if backoff.crash_loop(now):
+            self.bus.publish(fleet.name, None, "crash_loop", version=version)
+            return
+        await asyncio.sleep(backoff.next_delay(now))
+        if version != fleet.current or fleet.name in self.deployments or self._closing:
+            return
+        if len(fleet.ready(version)) >= fleet.config.instances:
+            return
+        try:
+            started = await self.start_instances(fleet, self.release(fleet.name, version), 1)
+            await self.gate(fleet, started, alive=_alive)
+        except DeployError as exc:
+            self.bus.publish(fleet.name, None, "restart_failed", version=version, reason=str(exc))
+            return
+        fleet.route(started)
+        await self.apply()
+
+    # -- views -----------------------------------------------------------------------------
+
+    def deploy_view(self, deploy_id: int) -> View | None:
+        record = self.store.deploy(deploy_id)
+        return None if record is None else self._deploy_view(record)
+
+    def _deploy_view(self, record: DeployRecord) -> View:
+        steps = [
+            {
+                "index": entry.step_index,
+                "kind": json.loads(entry.step_json).get("kind"),
+                "step": json.loads(entry.step_json),
+                "phase": entry.phase,
+                "detail": entry.detail,
+                "at": entry.at,
+            }
+            for entry in self.store.journal_entries(record.id)
+        ]
+        return {
+            "id": record.id,
+            "service": record.service,
+            "version": record.version,
+            "strategy": record.strategy,
+            "state": record.state,
+            "outcome": record.outcome,
+            "reason": record.reason,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "steps": steps,
+        }
+
+    def status(self, service: str | None = None) -> list[View]:
+        fleets = [self._fleet(service)] if service else list(self.fleets.values())
+        return [self._status(fleet) for fleet in fleets]
+
+    def _status(self, fleet: Fleet) -> View:
+        deployment = self.deployments.get(fleet.name)
+        instances = [
+            {
+                "id": i.id,
+                "version": i.version,
+                "address": i.address,
+                "state": "draining" if i.id in fleet.draining else i.state,
+                "routed": i.id in fleet.routed,
+            }
+            for i in fleet.instances
+        ]
+        return {
+            "service": fleet.name,
+            "current": fleet.current,
+            "deploying": self.deploy_view(deployment.id) if deployment else None,
+            "instances": instances,
+            "traffic": fleet.traffic(),
+            "paused": bool(deployment and deployment.waiting_for_promote),
+        }
+
+    def releases(self, service: str) -> list[View]:
+        self._fleet(service)
+        return [
+            {
+                "version": r.version,
+                "status": r.status,
+                "created_at": r.created_at,
+                "last_deployed_at": r.last_deployed_at,
+            }
+            for r in self.store.releases(service)
+        ]
+
+    def events(self, after: int = 0, service: str | None = None) -> AsyncIterator[View]:
+        return self.bus.follow(after, service)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _alive(instance: Instance) -> bool:
+    return instance.state not in ("crashed", "stopped")
+
+
+def _maintenance(service: ServiceConfig) -> str | None:
+    page = service.recreate.maintenance_page
+    if page is None:
+        return None
+    with open(page, encoding="utf-8") as source:
+        return source.read()
