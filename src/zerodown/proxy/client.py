@@ -206,7 +206,14 @@ class ClientConnection(asyncio.Protocol):
             self.transport.writelines(parts)
 
     def keep_alive_allowed(self, exchange: Exchange) -> bool:
-        return not self.closing and not self.server.stopping
+        """May the connection stay open after `exchange`'s response?
+
+        A half-close or a refused request ends the connection, but only after
+        the requests read in full ahead of it are answered, in order.
+        """
+        if self.server.stopping:
+            return False
+        return not self.closing or any(waiting is not exchange for waiting in self.queue)
 
     def exchange_done(self, exchange: Exchange) -> None:
         if not self.queue or self.queue[0] is not exchange:
@@ -339,6 +346,11 @@ def _routing_host_path(head: http.RequestHead) -> tuple[str, bytes]:
     path = parsed.path or b"/"
     if parsed.query:
         path += b"?" + parsed.query
+    # We route by this authority, so the target must see it as Host too: a
+    # proxy replaces the client's Host (RFC 9112 §3.2.2), or an app would act
+    # on a host the routing never checked.
+    host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
+    http.replace_host(head, host if parsed.port is None else b"%s:%d" % (host, parsed.port))
     return parsed.host.decode("ascii", "replace").lower(), path
 
 

@@ -134,7 +134,7 @@ class Exchange:
         """Tell the client: a status if nothing was sent yet, else cut the connection."""
         if isinstance(exc, Maintenance):
             self.status = exc.status
-            self.client.write(exc.response(self.request_id))
+            self.client.write(exc.response(self.request_id, head_only=self._head_only))
             self.responded = True
             return
         target = self.target
@@ -155,10 +155,17 @@ class Exchange:
         )
         self.status = exc.status
         response = http.error_response(
-            exc.status, request_id=self.request_id, close=not self.keep_alive
+            exc.status,
+            request_id=self.request_id,
+            close=not self.keep_alive,
+            head_only=self._head_only,
         )
         self.client.write(response)
         self.responded = True
+
+    @property
+    def _head_only(self) -> bool:
+        return self.head.method == b"HEAD"
 
     def _target_failed(self, exc: ProxyError) -> bool:
         return not (self.aborted or self.drain_cancelled or isinstance(exc, BadRequest))
@@ -173,10 +180,11 @@ class Exchange:
         raced = False
         last_error: ProxyError | None = None
         service.budget.record_request(self.loop.time())
+        target = self._pick(service, choice, tried)
         while True:
-            target = self._pick(service, choice, tried)
             if target is None and not tried and service.spec.hold is not None:
                 service, choice = await self._hold(service)
+                target = self._pick(service, choice, tried)
                 continue
             if target is None:
                 # Every candidate failed: the client learns why the last one did.
@@ -194,8 +202,14 @@ class Exchange:
                 last_error = failure.error
                 if not self._may_retry(service, failure, tried, deadline):
                     raise failure.error from None
-                if target.metrics is not None:
-                    target.metrics.retry()
+                failed, target = target, self._pick(service, choice, tried)
+                # Spend the budget and count a retry only when there is a next
+                # target: with none left nothing is retried, and a phantom retry
+                # would both inflate the stats and starve real retries of budget.
+                if target is None or not service.budget.try_spend(self.loop.time()):
+                    raise failure.error from None
+                if failed.metrics is not None:
+                    failed.metrics.retry()
                 raced = False
 
     async def _hold(self, service: Service) -> tuple[Service, Choice]:
@@ -242,7 +256,6 @@ class Exchange:
             )
             and len(tried) < service.spec.tries
             and now < deadline
-            and service.budget.try_spend(now)
         )
 
     @property
@@ -434,6 +447,8 @@ class Exchange:
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> list[bytes]:
         framing = self._framing(status, headers)
+        # What the head announces is what exchange_done will do.
+        self.keep_alive = self.keep_alive and self.client.keep_alive_allowed(self)
         extra = [b"Set-Cookie: ", self.set_cookie, b"\r\n"] if self.set_cookie else None
         return http.response_head(
             status,
@@ -441,7 +456,7 @@ class Exchange:
             headers,
             version=self.head.version,
             framing=framing,
-            keep_alive=self.keep_alive and self.client.keep_alive_allowed(self),
+            keep_alive=self.keep_alive,
             request_id=self.request_id,
             extra=extra,
         )
@@ -453,10 +468,15 @@ class Exchange:
         names = {name.lower() for name, _ in headers}
         if b"content-length" in names:
             return b""
-        self._close_delimited = b"transfer-encoding" not in names
+        codings = _transfer_codings(headers)
+        # RFC 9112 §6.3 item 7: unless chunked is the last coding, the body
+        # runs to the close, whatever else Transfer-Encoding says.
+        self._close_delimited = not codings or codings[-1] != b"chunked"
         if self.head.version == b"1.1":
             self._rechunk = True
-            return b"Transfer-Encoding: chunked\r\n"
+            # We undo only the chunking; any other coding is the client's to undo.
+            kept = [coding for coding in codings if coding != b"chunked"]
+            return b"Transfer-Encoding: " + b", ".join([*kept, b"chunked"]) + b"\r\n"
         self.keep_alive = False  # HTTP/1.0 client: the end of the body is the close
         return b""
 
@@ -578,11 +598,27 @@ class Maintenance(ProxyError):
         self.html = html.encode()
         self.retry_after = retry_after
 
-    def response(self, request_id: bytes) -> bytes:
+    def response(self, request_id: bytes, *, head_only: bool = False) -> bytes:
         extra = b"Retry-After: %d\r\nContent-Type: text/html; charset=utf-8\r\n" % self.retry_after
         return http.error_response(
-            503, request_id=request_id, close=False, extra=extra, body=self.html
+            503,
+            request_id=request_id,
+            close=False,
+            extra=extra,
+            body=self.html,
+            head_only=head_only,
         )
+
+
+def _transfer_codings(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The transfer codings of a response, in the order they were applied."""
+    return [
+        coding.strip().lower()
+        for name, value in headers
+        if name.lower() == b"transfer-encoding"
+        for coding in value.split(b",")
+        if coding.strip()
+    ]
 
 
 def _as_proxy_error(exc: BaseException) -> ProxyError:

@@ -108,8 +108,12 @@ def read_head(
             hosts += 1
             head.host = value
         elif key == b"content-length":
+            if head.content_length is not None:
+                raise BadRequest("more than one Content-Length")
             head.content_length = _content_length(value)
         elif key == b"transfer-encoding":
+            if head.chunked:
+                raise BadRequest("chunked applied twice")  # RFC 9112 §6.1
             head.chunked = _chunked(value)
         elif key == b"connection":
             head.connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
@@ -119,7 +123,15 @@ def read_head(
             head.upgrade = value
         elif key == b"x-request-id":
             head.request_id = value
+    if head.chunked and head.content_length is not None:
+        # RFC 9112 §6.1: the classic smuggling pair. llhttp refuses it too, but
+        # this is the one place that decides what may be forwarded.
+        raise BadRequest("both Content-Length and Transfer-Encoding")
     _check_host(head, hosts)
+    if head.chunked and head.version == b"1.0":
+        # RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding, so its framing is
+        # suspect: serve this request, then close, whatever Connection says.
+        head.keep_alive = False
     if head.upgrade is not None and b"upgrade" not in head.connection_tokens:
         head.upgrade = None  # RFC 9110 §7.8: Upgrade without Connection: upgrade is ignored
     return head
@@ -155,6 +167,14 @@ def _check_host(head: RequestHead, hosts: int) -> None:
         raise BadRequest("missing Host header")
     if not _HOST_RE.match(head.host):
         raise BadRequest("invalid Host header")
+
+
+def replace_host(head: RequestHead, authority: bytes) -> None:
+    """Make `authority` the request's one Host (for an absolute-form target)."""
+    head.headers = [(b"Host", authority)] + [
+        (name, value) for name, value in head.headers if name.lower() != b"host"
+    ]
+    head.host = authority
 
 
 def host_name(host: bytes) -> str:
@@ -282,8 +302,13 @@ def error_response(
     close: bool = True,
     extra: bytes = b"",
     body: bytes | None = None,
+    head_only: bool = False,
 ) -> bytes:
-    """A short response the proxy writes itself (text/plain unless `extra` says otherwise)."""
+    """A short response the proxy writes itself (text/plain unless `extra` says otherwise).
+
+    `head_only` for an answer to HEAD: the same head, no body (RFC 9110 §9.3.2),
+    or a client reads our body as the start of its next response.
+    """
     reason = REASONS.get(status, b"Error")
     if body is None:
         body = b"%d %s\n" % (status, reason)
@@ -293,7 +318,7 @@ def error_response(
         head += b"X-Request-ID: " + request_id + b"\r\n"
     if close:
         head += b"Connection: close\r\n"
-    return head + extra + b"\r\n" + body
+    return head + extra + b"\r\n" + (b"" if head_only else body)
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from zerodown.errors import QueueTimeout, UpstreamConnectError, UpstreamTimeout
+from zerodown.errors import (
+    QueueTimeout,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from zerodown.proxy.settings import ProxySettings
@@ -119,7 +124,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             self._upgraded(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            self._fail(exc)
+            # Translate at the edge: the exchange only knows ProxyErrors and
+            # socket errors, and a raw parser error would escape it, leaving the
+            # client with no answer (or, mid-body, a kept-alive connection whose
+            # next response would be read as the rest of this one).
+            reason = f"invalid response from {self.pool.target.address}: {exc}"
+            self._fail(UpstreamProtocolError(reason))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
