@@ -1,20 +1,67 @@
-"""The `zerodown` command: parses, calls the library, prints. Nothing else.
+"""The `zerodown` command: parses, calls the admin API or the library, prints. Nothing else.
 
-Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad config.
+Exit codes (EXIT_CODES below is the text `--help` shows):
+0 success, 1 failure at run time (daemon unreachable, refused), 2 bad usage
+or bad config; a deploy or rollback that was followed to its end: 3 rolled
+back, 4 failed, 5 aborted, 6 still running when --timeout ran out; 130 the
+user stopped following (Ctrl-C) and the deploy runs on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 import uvloop
 
+from zerodown.config.strategy import StrategyName
+from zerodown.control.client import AdminError
 from zerodown.errors import ConfigError, ZerodownError
 
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from zerodown.control.client import AdminClient
+    from zerodown.deploy.control import View
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_ROLLED_BACK: Final = 3
+EXIT_FAILED: Final = 4
+EXIT_ABORTED: Final = 5
+EXIT_TIMEOUT: Final = 6
+EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+OUTCOME_EXIT: Final = {
+    "succeeded": EXIT_OK,
+    "rolled_back": EXIT_ROLLED_BACK,
+    "failed": EXIT_FAILED,
+    "aborted": EXIT_ABORTED,
+}
+# Refusals that mean the command line was wrong (an unknown service, a bad
+# version), as opposed to a state of the daemon (busy, nothing to promote).
+USAGE_STATUSES: Final = frozenset({400, 404})
+# The longest long poll the admin API allows (zerodown.control.admin.WAIT_MAX);
+# a longer --timeout polls again.
+LONG_POLL_MAX: Final = 300.0
+
+EXIT_CODES: Final = """\
+Exit codes:
+  0    the new release serves all traffic (with --no-wait: the deploy started)
+  1    any other error, e.g. the daemon cannot be reached, another deploy runs
+  2    bad config or usage (unknown service, bad version or option)
+  3    rolled back
+  4    failed
+  5    aborted
+  6    --timeout ran out; the deploy runs on
+  130  interrupted (Ctrl-C); the deploy runs on
+"""
 
 app = typer.Typer(
     add_completion=False,
@@ -25,13 +72,45 @@ app = typer.Typer(
 ConfigOption = Annotated[
     Path, typer.Option("-c", "--config", help="Config file.", show_default=True)
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts and CI.")]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait", help="Follow the deploy to its outcome (exit code tells which)."
+    ),
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0,
+        help="Stop waiting after this many seconds (exit 6; the deploy runs on). "
+        "Default: until it ends.",
+    ),
+]
+StrategyOption = Annotated[
+    StrategyName | None,
+    typer.Option("--strategy", help="Override the service's configured strategy for this deploy."),
+]
 
 
 def _fail(exc: ZerodownError) -> typer.Exit:
-    code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE
     for line in str(exc).splitlines():  # several config problems: one prefixed line each
         typer.echo(f"zerodown: {line}", err=True)
-    return typer.Exit(code)
+    status = exc.status if isinstance(exc, AdminError) else None
+    if status == 401:
+        typer.echo("zerodown: set ZERODOWN_TOKEN to the daemon's token", err=True)
+    usage = isinstance(exc, ConfigError) or status in USAGE_STATUSES
+    return typer.Exit(EXIT_CONFIG if usage else EXIT_FAILURE)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn the library's errors into a message and an exit code (the CLI's one job there)."""
+    try:
+        yield
+    except ZerodownError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()
@@ -60,6 +139,217 @@ def demo(
         run_demo(duration=duration)
     except ZerodownError as exc:
         raise _fail(exc) from None
+
+
+# -- deploys ------------------------------------------------------------------------
+
+
+@app.command(epilog=EXIT_CODES)
+def deploy(
+    service: Annotated[str, typer.Argument(help="The service, as named in the config.")],
+    version: Annotated[str, typer.Argument(help="The version label of the new release.")],
+    config: ConfigOption = Path("zerodown.toml"),
+    strategy: StrategyOption = None,
+    wait: WaitOption = True,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = None,
+) -> None:
+    """Deploy VERSION of SERVICE beside the running one, then shift traffic by the strategy.
+
+    Exits 0 only when the new release serves all traffic. On a terminal a live
+    view shows the steps, instances and traffic split; with --json, or when
+    the output is not a terminal, one DeployView is printed as JSON at the end.
+    """
+    with _errors():
+        client = _client(config)
+        deploy_id = client.deploy(service, version, strategy)
+        _conclude(client, deploy_id, wait=wait, as_json=as_json, timeout=timeout)
+
+
+@app.command(epilog=EXIT_CODES)
+def rollback(
+    service: Annotated[str, typer.Argument(help="The service, as named in the config.")],
+    config: ConfigOption = Path("zerodown.toml"),
+    to: Annotated[
+        str | None, typer.Option("--to", help="The release to go back to (default: previous).")
+    ] = None,
+    wait: WaitOption = True,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = None,
+) -> None:
+    """Go back to the previous release of SERVICE (instant while it is still warm)."""
+    with _errors():
+        client = _client(config)
+        deploy_id = client.rollback(service, to)
+        _conclude(client, deploy_id, wait=wait, as_json=as_json, timeout=timeout)
+
+
+@app.command()
+def promote(
+    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
+) -> None:
+    """End the running deploy's pause (a manual canary step) and go on."""
+    _act(config, service, "promote", "promoted")
+
+
+@app.command()
+def abort(
+    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
+) -> None:
+    """Stop the running deploy of SERVICE and roll it back."""
+    _act(config, service, "abort", "aborting the deploy; it rolls back")
+
+
+@app.command()
+def pause(
+    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
+) -> None:
+    """Hold the running deploy of SERVICE before its next step, until `zerodown resume`."""
+    _act(config, service, "pause", "the deploy holds before its next step")
+
+
+@app.command()
+def resume(
+    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
+) -> None:
+    """Let a paused deploy of SERVICE go on."""
+    _act(config, service, "resume", "resumed")
+
+
+# -- state --------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None,
+    config: ConfigOption = Path("zerodown.toml"),
+    as_json: JsonOption = False,
+) -> None:
+    """Each service's current version, instances, traffic split and running deploy."""
+    from zerodown.control.progress import status_table
+
+    with _errors():
+        views = _client(config).status(service)
+    if as_json:
+        _print_json(views[0] if service is not None else views)
+    else:
+        _console().print(status_table(views))
+
+
+@app.command()
+def releases(
+    service: Annotated[str, typer.Argument()],
+    config: ConfigOption = Path("zerodown.toml"),
+    as_json: JsonOption = False,
+) -> None:
+    """The releases of SERVICE the daemon keeps, and which one is current."""
+    from zerodown.control.progress import releases_table
+
+    with _errors():
+        views = _client(config).releases(service)
+    if as_json:
+        _print_json(views)
+    else:
+        _console().print(releases_table(views))
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _client(config: Path) -> AdminClient:
+    from zerodown.config import load_config
+    from zerodown.control.client import AdminClient
+
+    return AdminClient.from_config(load_config(config))
+
+
+def _act(config: Path, service: str, action: str, said: str) -> None:
+    with _errors():
+        getattr(_client(config), action)(service)
+    typer.echo(f"{service}: {said}")
+
+
+def _conclude(
+    client: AdminClient, deploy_id: int, *, wait: bool, as_json: bool, timeout: float | None
+) -> None:
+    """Report a started deploy; with `wait`, follow it and exit by its outcome."""
+    if not wait:
+        _started(client.deploy_view(deploy_id), as_json)
+        return
+    console = _console()
+    live = console.is_terminal and not as_json
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        view = (
+            _follow(client, deploy_id, console, deadline)
+            if live
+            else _wait(client, deploy_id, deadline)
+        )
+    except KeyboardInterrupt:
+        view = client.deploy_view(deploy_id)
+        typer.echo(f"zerodown: stopped following; {_runs_on(view)}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _outcome(view, console if live else None)
+
+
+def _started(view: View, as_json: bool) -> None:
+    if as_json:
+        _print_json(view)
+    else:
+        what = f"deploy {view['id']} of {view['service']} {view['version']}"
+        typer.echo(f"{what} started; {_watch(view['service'])}")
+
+
+def _follow(client: AdminClient, deploy_id: int, console: Console, deadline: float | None) -> View:
+    from zerodown.control.progress import follow
+
+    return follow(client, deploy_id, console, deadline)
+
+
+def _wait(client: AdminClient, deploy_id: int, deadline: float | None) -> View:
+    """Long polls until the deploy has an outcome or `deadline` (monotonic) passes."""
+    while True:
+        left = LONG_POLL_MAX if deadline is None else max(0.0, deadline - time.monotonic())
+        view = client.wait(deploy_id, min(left, LONG_POLL_MAX))
+        if view["outcome"] is not None or (deadline is not None and time.monotonic() >= deadline):
+            return view
+
+
+def _outcome(view: View, console: Console | None) -> None:
+    """Print the end of a followed deploy and exit with the code its outcome maps to."""
+    from zerodown.control.progress import outcome_line
+
+    if console is None:
+        _print_json(view)
+    outcome = view["outcome"]
+    code = EXIT_TIMEOUT if outcome is None else OUTCOME_EXIT.get(outcome, EXIT_FAILURE)
+    if code == EXIT_OK:
+        if console is not None:
+            # highlight=False: rich would colour the numbers in the line one by one
+            console.print(outcome_line(view), style="bold green", highlight=False)
+    elif outcome is None:
+        typer.echo(f"zerodown: --timeout ran out; {_runs_on(view)}", err=True)
+    else:
+        typer.echo(f"zerodown: {outcome_line(view)}", err=True)
+    raise typer.Exit(code)
+
+
+def _runs_on(view: View) -> str:
+    return f"deploy {view['id']} runs on (state {view['state']}): {_watch(view['service'])}"
+
+
+def _watch(service: str) -> str:
+    return f"`zerodown status {service}` to watch, `zerodown abort {service}` to stop it"
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The admin API: a data plane's routing table, stats and metrics over HTTP.
+"""The admin API: the data plane's routing table, stats and metrics, and the
+control plane's deploys, over HTTP.
 
     GET  /v1/health    {"ok": true}; liveness, never needs the token
     GET  /v1/routing   the RoutingTable in force
@@ -6,6 +7,19 @@
     GET  /v1/stats     counters (shape documented in zerodown.proxy.metrics)
     GET  /metrics      the same counters, Prometheus text format 0.0.4
     GET  /openapi.json
+
+    POST /v1/services/{service}/deploys   {"version", "strategy"?} -> 202 {"deploy_id", "url"}
+    GET  /v1/deploys/{id}                 DeployView
+    GET  /v1/deploys/{id}/wait?timeout=S  DeployView once it has an outcome, or at S (<= 300)
+    GET  /v1/status                       [StatusView]
+    GET  /v1/services/{service}/status    StatusView
+    GET  /v1/services/{service}/releases  [ReleaseView]
+    POST /v1/services/{service}/rollback  {"to"?} -> 202 {"deploy_id", "url"}
+    POST /v1/services/{service}/promote | abort | pause | resume -> {"ok": true}
+    GET  /v1/events?after=ID&service=S    Server-Sent Events, one per EventView
+
+The views are the dicts zerodown.deploy.control documents. Without a
+control plane (a plain proxy) the deploy routes answer 503.
 
 Errors are always `{"error": "<one line>", "detail": ...}`. Bad input is 400,
 not FastAPI's 422: the house rule is that bad client input is a 400. Its
@@ -21,31 +35,41 @@ on loopback (`require_token_for`, checked at start by the daemon), and it
 answers only requests whose Host is loopback (a DNS-rebinding guard).
 
 `AdminServer` runs the app with uvicorn on the *current* event loop, beside
-the data plane, because the handlers read the data plane's live state.
+the data plane, because the handlers read the data plane's live state. Its
+stop() ends open event streams first (`end_streams`), so they cannot hold
+the daemon's shutdown for the whole graceful timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Final
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from zerodown import __version__
+from zerodown.config.strategy import StrategyName
 from zerodown.control.auth import BearerAuth, LoopbackHostOnly, require_token_for
 from zerodown.dataplane.base import DataPlane
+from zerodown.deploy.control import ControlPlane, View
 from zerodown.errors import (
     ConfigError,
     DataPlaneError,
+    DeployBusy,
+    DeployError,
     IllegalTransition,
+    NotDeployable,
+    UnknownService,
     Unsupported,
     ZerodownError,
 )
@@ -54,8 +78,10 @@ from zerodown.routing import RoutingTable
 __all__ = [
     "ERROR_STATUS",
     "PROMETHEUS_CONTENT_TYPE",
+    "SSE_KEEPALIVE",
     "AdminServer",
     "create_admin_app",
+    "end_streams",
     "require_token_for",
 ]
 
@@ -65,6 +91,12 @@ JSON_TYPE: Final = "application/json"
 # First match wins, so subclasses come before their bases.
 ERROR_STATUS: Final[tuple[tuple[type[ZerodownError], int], ...]] = (
     (ConfigError, 400),
+    (UnknownService, 404),
+    (DeployBusy, 409),
+    (NotDeployable, 409),
+    # The request was well-formed but the deploy cannot go ahead (a health
+    # gate that already failed, a release that cannot be built, ...).
+    (DeployError, 422),
     (IllegalTransition, 409),
     (Unsupported, 501),
     (DataPlaneError, 503),
@@ -76,14 +108,31 @@ STARTUP_TIMEOUT: Final = 10.0  # seconds for uvicorn to start serving the bound 
 # uvicorn waits for them forever.
 SHUTDOWN_TIMEOUT: Final = 5
 
+WAIT_DEFAULT: Final = 30.0  # seconds a long poll on a deploy waits unless told
+# A long poll holds a connection and a task; past this a client polls again.
+WAIT_MAX: Final = 300.0
+# Seconds between SSE comments on an idle stream: proxies and load balancers
+# close connections idle for ~60 s, and a client that went away is only
+# noticed when a write to it fails.
+SSE_KEEPALIVE: Final = 15.0
+SSE_TYPE: Final = "text/event-stream"
+ACTIONS: Final = ("promote", "abort", "pause", "resume")
 
-def create_admin_app(dataplane: DataPlane, token: str | None) -> FastAPI:
-    """The admin API over `dataplane`; `token` None or empty leaves it open."""
+
+def create_admin_app(
+    dataplane: DataPlane, token: str | None, control: ControlPlane | None = None
+) -> FastAPI:
+    """The admin API over `dataplane` and `control`; `token` None or empty leaves it open.
+
+    `control` None (a plain proxy, no orchestrator) makes the deploy routes answer 503.
+    """
     # No /docs or /redoc: they load their scripts from a CDN and cannot send
     # the bearer token anyway. /openapi.json is enough for tools.
     app = FastAPI(title="zerodown admin", version=__version__, docs_url=None, redoc_url=None)
+    app.state.closing = asyncio.Event()  # see end_streams()
     _add_error_handlers(app)
     _add_routes(app, dataplane)
+    _add_deploy_routes(app, control)
     if token:
         app.add_middleware(BearerAuth, token=token)
     else:
@@ -116,6 +165,182 @@ def _add_routes(app: FastAPI, dataplane: DataPlane) -> None:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(dataplane.prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+# -- deploys ---------------------------------------------------------------------
+
+# Versions end up in paths (state_dir/logs/<service>/<version>/) and command
+# lines: no separators, no leading dot (".." would climb out of the log dir).
+VERSION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=128, pattern=VERSION_PATTERN)
+    strategy: StrategyName | None = None  # None: the service's configured strategy
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = Field(default=None, min_length=1, max_length=128, pattern=VERSION_PATTERN)
+
+
+class DeployAccepted(BaseModel):
+    deploy_id: int
+    url: str  # where to follow it: GET this, or this + "/wait"
+
+
+class Done(BaseModel):
+    ok: bool = True
+
+
+def _add_deploy_routes(app: FastAPI, control: ControlPlane | None) -> None:
+    # Registered even without a control plane, so the API (and /openapi.json)
+    # has one shape and a client hears "no control plane" rather than 404.
+    def plane() -> ControlPlane:
+        if control is None:
+            raise HTTPException(503, "no control plane")
+        return control
+
+    @app.post("/v1/services/{service}/deploys", status_code=202)
+    async def deploy(service: str, body: DeployRequest, response: Response) -> DeployAccepted:
+        deploy_id = await plane().deploy(service, body.version, body.strategy)
+        return _accepted(deploy_id, response)
+
+    @app.get("/v1/deploys/{deploy_id}")
+    async def deploy_view(deploy_id: int) -> View:
+        return _found(plane().deploy_view(deploy_id), deploy_id)
+
+    @app.get("/v1/deploys/{deploy_id}/wait")
+    async def wait(
+        deploy_id: int, timeout: Annotated[float, Query(ge=0, le=WAIT_MAX)] = WAIT_DEFAULT
+    ) -> View:
+        return _found(await plane().wait(deploy_id, timeout), deploy_id)
+
+    @app.get("/v1/status")
+    async def status_all() -> list[View]:
+        return plane().status()
+
+    @app.get("/v1/services/{service}/status")
+    async def status(service: str) -> View:
+        return plane().status(service)[0]
+
+    @app.get("/v1/services/{service}/releases")
+    async def releases(service: str) -> list[View]:
+        return plane().releases(service)
+
+    @app.post("/v1/services/{service}/rollback", status_code=202)
+    async def rollback(
+        service: str, response: Response, body: RollbackRequest | None = None
+    ) -> DeployAccepted:
+        deploy_id = await plane().rollback(service, body.to if body else None)
+        return _accepted(deploy_id, response)
+
+    for action in ACTIONS:
+        _add_action(app, action, plane)
+
+    @app.get("/v1/events", response_class=StreamingResponse)
+    async def events(
+        after: Annotated[int | None, Query(ge=0)] = None,
+        service: str | None = None,
+        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    ) -> StreamingResponse:
+        source = plane()
+        if service is not None:
+            source.status(service)  # an unknown name is a 404 now, not a silent stream
+        # An EventSource that reconnects says where it was in Last-Event-ID.
+        start = after if after is not None else (last_event_id or 0)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        stream = _sse(source.events(start, service), _closing(app))
+        return StreamingResponse(stream, media_type=SSE_TYPE, headers=headers)
+
+
+def end_streams(app: ASGIApp) -> None:
+    """End the app's open event streams (AdminServer.stop does this first).
+
+    An event stream never ends by itself, so without this uvicorn's shutdown
+    would wait SHUTDOWN_TIMEOUT for it and then cancel it with a traceback.
+    """
+    closing = getattr(getattr(app, "state", None), "closing", None)
+    if isinstance(closing, asyncio.Event):
+        closing.set()
+
+
+def _closing(app: FastAPI) -> asyncio.Event:
+    closing: asyncio.Event = app.state.closing
+    return closing
+
+
+def _add_action(app: FastAPI, action: str, plane: Callable[[], ControlPlane]) -> None:
+    """POST /v1/services/{service}/<action>: promote, abort, pause or resume."""
+
+    async def act(service: str) -> Done:
+        getattr(plane(), action)(service)
+        return Done()
+
+    app.post(f"/v1/services/{{service}}/{action}", name=action, operation_id=action)(act)
+
+
+def _accepted(deploy_id: int, response: Response) -> DeployAccepted:
+    url = f"/v1/deploys/{deploy_id}"
+    response.headers["Location"] = url
+    return DeployAccepted(deploy_id=deploy_id, url=url)
+
+
+def _found(view: View | None, deploy_id: int) -> View:
+    if view is None:
+        raise HTTPException(404, f"no deploy {deploy_id}")
+    return view
+
+
+async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIterator[str]:
+    """The events as SSE messages, a keep-alive comment when none came for a while,
+    until the source ends or the server is stopping (`closing`).
+
+    The next event is awaited in its own task and never cancelled by the
+    keep-alive timer: cancelling `anext()` of an async generator would close it.
+    """
+    stop: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
+    pending: asyncio.Future[View] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait(
+                {pending, stop}, timeout=SSE_KEEPALIVE, return_when=asyncio.FIRST_COMPLETED
+            )
+            if pending in done:
+                next_event, pending = pending, None
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    return
+                yield _sse_message(event)
+            elif stop in done:
+                return  # ending the response lets uvicorn stop without waiting us out
+            else:
+                yield ": keep-alive\n\n"
+    finally:
+        stop.cancel()
+        await _close(events, pending)
+
+
+def _sse_message(event: View) -> str:
+    # json.dumps never emits a raw newline, so the data fits the one line SSE needs.
+    data = json.dumps(event, separators=(",", ":"))
+    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n"
+
+
+async def _close(events: AsyncIterator[View], pending: asyncio.Future[View] | None) -> None:
+    """Stop the source when the client went away or the stream ended."""
+    if pending is not None:
+        pending.cancel()
+        await asyncio.wait({pending})  # let the cancel land before closing the generator
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -238,6 +463,7 @@ class AdminServer:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close the socket."""
         if self._server is not None and self._task is not None:
+            end_streams(self.app)
             self._server.should_exit = True
             # uvicorn's own shutdown is bounded by SHUTDOWN_TIMEOUT; the extra
             # second covers its exit polling. A server that already crashed

@@ -1,0 +1,268 @@
+"""How the CLI shows deploys and services on a terminal (rich).
+
+`follow()` is the live view of one deploy: its steps as they happen, the
+service's instances with their state, and the traffic split per version.
+It polls the admin API (a long poll of POLL_INTERVAL on the deploy, then
+the service's status) rather than reading the event stream: the two views
+already hold everything shown, and a poll that fails says so at once where a
+stream could stall silently.
+
+The render functions are pure (views in, renderables out), so tests check
+them without a terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from zerodown.control.client import AdminClient
+from zerodown.deploy.control import View
+
+__all__ = [
+    "POLL_INTERVAL",
+    "follow",
+    "latest_steps",
+    "outcome_line",
+    "releases_table",
+    "render_deploy",
+    "status_table",
+]
+
+POLL_INTERVAL: Final = 0.5  # seconds between refreshes of the live view
+SHOWN_STEPS: Final = 12  # the live view keeps the latest steps; --json has them all
+BAR_WIDTH: Final = 30
+
+_STATE_STYLE: Final = {
+    "ready": "green",
+    "starting": "yellow",
+    "draining": "cyan",
+    "stopped": "dim",
+    "crashed": "bold red",
+}
+# The journal writes "before" when a step starts and "after" when it is done.
+_PHASE_WORD: Final = {"before": "running", "after": "done", "failed": "failed"}
+_PHASE_STYLE: Final = {"before": "yellow", "after": "green", "failed": "bold red"}
+_OUTCOME_STYLE: Final = {
+    "succeeded": "bold green",
+    "rolled_back": "bold yellow",
+    "failed": "bold red",
+    "aborted": "bold red",
+}
+
+
+def follow(
+    client: AdminClient, deploy_id: int, console: Console, deadline: float | None = None
+) -> View:
+    """Show the deploy live until it has an outcome or `deadline` (monotonic) passes.
+
+    Returns the last DeployView seen; its `outcome` is None if the deadline came first.
+    """
+    view = client.deploy_view(deploy_id)
+    with Live(console=console, refresh_per_second=4, auto_refresh=False) as live:
+        while True:
+            status = client.status(view["service"])[0]
+            live.update(render_deploy(view, status), refresh=True)
+            if view["outcome"] is not None or _past(deadline):
+                return view
+            # A long poll, not a sleep: the outcome shows the moment it is known.
+            view = client.wait(deploy_id, _next_wait(deadline))
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _next_wait(deadline: float | None) -> float:
+    if deadline is None:
+        return POLL_INTERVAL
+    return max(0.0, min(POLL_INTERVAL, deadline - time.monotonic()))
+
+
+# -- one deploy ---------------------------------------------------------------------
+
+
+def render_deploy(view: View, status: View | None = None) -> RenderableType:
+    """The live view: a headline, the latest steps, instances and traffic."""
+    parts: list[RenderableType] = [_headline(view), _steps(view)]
+    if status is not None:
+        instances, traffic = status.get("instances", []), status.get("traffic", {})
+        parts += ["", _instances(instances), "", _traffic(traffic)]
+        if status.get("paused"):
+            hint = f"paused: `zerodown promote {view['service']}` goes on"
+            parts.append(Text(hint, style="bold yellow"))
+    return Group(*parts)
+
+
+def outcome_line(view: View) -> str:
+    """One line for the end of a deploy: what happened and why."""
+    what = f"deploy {view['id']} of {view['service']} {view['version']}"
+    outcome = view.get("outcome")
+    if outcome is None:
+        return f"{what} is still running (state {view['state']})"
+    if outcome == "succeeded":
+        return f"{what} succeeded: {view['version']} serves all traffic ({_elapsed(view)})"
+    reason = view.get("reason") or "no reason given"
+    return f"{what} {outcome.replace('_', ' ')}: {reason}"
+
+
+def _headline(view: View) -> Text:
+    text = Text()
+    text.append(f"deploy {view['id']}  ", style="bold")
+    text.append(f"{view['service']} → {view['version']}", style="bold cyan")
+    text.append(f"  {view.get('strategy') or ''}  ")
+    outcome = view.get("outcome")
+    state = outcome or view.get("state", "")
+    text.append(str(state), style=_OUTCOME_STYLE.get(str(outcome), "bold"))
+    text.append(f"  {_elapsed(view)}", style="dim")
+    return text
+
+
+def _steps(view: View) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    for name in ("#", "step", "phase", "detail", "at"):
+        table.add_column(name, style="dim" if name in ("#", "at") else None)
+    started = view.get("started_at") or 0.0
+    for step in latest_steps(view.get("steps", []))[-SHOWN_STEPS:]:
+        at = step.get("at")
+        offset = f"+{at - started:.1f}s" if isinstance(at, int | float) and started else ""
+        phase = str(step.get("phase") or "")
+        table.add_row(
+            str(step.get("index", "")),
+            _step_text(step),
+            Text(_PHASE_WORD.get(phase, phase), style=_PHASE_STYLE.get(phase, "")),
+            _text(step.get("detail")),
+            offset,
+        )
+    return table
+
+
+def latest_steps(entries: Sequence[View]) -> list[View]:
+    """One entry per step: the journal has a "before" and an "after" (or "failed") for each."""
+    latest: dict[Any, View] = {}
+    for entry in entries:
+        latest[entry.get("index")] = entry  # dicts keep first-insertion order: plan order
+    return list(latest.values())
+
+
+def _step_text(entry: View) -> str:
+    """ "set_traffic mode=split new_weight=10": the kind, then what the strategy set."""
+    step = entry.get("step")
+    kind = str(entry.get("kind") or "")
+    if not isinstance(step, dict):
+        return _text(step) or kind
+    params = {k: v for k, v in step.items() if k != "kind"}
+    return " ".join([str(step.get("kind", kind)), _text(params)]).strip()
+
+
+def _instances(instances: Sequence[View]) -> Table:
+    table = Table("instance", "version", "address", "state", "routed", box=None, pad_edge=False)
+    for instance in instances:
+        state = str(instance.get("state", ""))
+        table.add_row(
+            str(instance.get("id", "")),
+            str(instance.get("version", "")),
+            str(instance.get("address", "")),
+            Text(state, style=_STATE_STYLE.get(state, "")),
+            "yes" if instance.get("routed") else "",
+        )
+    return table
+
+
+def _traffic(traffic: dict[str, float]) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column("version", style="bold")
+    table.add_column("share")
+    table.add_column("percent", justify="right")
+    for version, percent in traffic.items():
+        filled = round(BAR_WIDTH * max(0.0, min(100.0, percent)) / 100)
+        bar = Text("█" * filled, style="cyan") + Text("░" * (BAR_WIDTH - filled), style="dim")
+        table.add_row(version, bar, f"{percent:g}%")
+    return table
+
+
+# -- services and releases -----------------------------------------------------------
+
+
+def status_table(views: Sequence[View]) -> Table:
+    """`zerodown status`: one row per service."""
+    table = Table("service", "current", "instances", "traffic", "deploying")
+    for view in views:
+        deploying = view.get("deploying")
+        table.add_row(
+            view["service"],
+            view.get("current") or "-",
+            _instance_lines(view.get("instances", [])),
+            _split(view.get("traffic", {})),
+            _deploying(deploying, paused=bool(view.get("paused"))),
+        )
+    return table
+
+
+def releases_table(views: Sequence[View]) -> Table:
+    """`zerodown releases SERVICE`: newest first, as the API lists them."""
+    table = Table("version", "status", "created", "last deployed")
+    for view in views:
+        status = str(view.get("status", ""))
+        style = {"current": "bold green", "failed": "red", "retired": "dim"}.get(status, "")
+        table.add_row(
+            str(view.get("version", "")),
+            Text(status, style=style),
+            _when(view.get("created_at")),
+            _when(view.get("last_deployed_at")),
+        )
+    return table
+
+
+def _instance_lines(instances: Sequence[View]) -> Text:
+    lines = Text()
+    for i, instance in enumerate(instances):
+        state = str(instance.get("state", ""))
+        lines.append("\n" if i else "")
+        lines.append(f"{instance.get('version', '')} {instance.get('address', '')} ")
+        lines.append(state, style=_STATE_STYLE.get(state, ""))
+    return lines if instances else Text("-")
+
+
+def _split(traffic: dict[str, float]) -> str:
+    return " / ".join(f"{version} {percent:g}%" for version, percent in traffic.items()) or "-"
+
+
+def _deploying(view: View | None, *, paused: bool) -> Text:
+    if view is None:
+        return Text("-")
+    text = Text(f"#{view['id']} {view['version']} {view.get('state', '')}")
+    if paused:
+        text.append(" (paused: promote)", style="bold yellow")
+    return text
+
+
+# -- formatting -------------------------------------------------------------------
+
+
+def _elapsed(view: View) -> str:
+    started = view.get("started_at")
+    if not isinstance(started, int | float):
+        return ""
+    end = view.get("finished_at") or time.time()
+    return f"{max(0.0, end - started):.1f}s"
+
+
+def _when(stamp: Any) -> str:
+    if not isinstance(stamp, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)

@@ -1,0 +1,390 @@
+"""The CLI verbs in-process (typer's CliRunner) against a real admin API.
+
+The admin API is AdminServer + FakeControl from the admin deploy tests,
+served from a background thread with its own event loop, so the CLI's
+blocking client talks to it over a real socket exactly as it would to
+`zerodown serve`. What is checked is the CLI's contract: exit codes per
+outcome, JSON that parses, the messages on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+from rich.console import Console
+from typer.testing import CliRunner
+
+from harness import DEADLINE
+from integration.test_admin_deploy import (
+    RELEASES,
+    STATUS,
+    STEPS,
+    TOKEN,
+    FakeControl,
+    deploy_view,
+    make_app,
+)
+from zerodown import cli
+from zerodown.control import admin as admin_module
+from zerodown.control.admin import AdminServer
+from zerodown.control.client import AdminClient, admin_url, parse_sse
+from zerodown.control.progress import (
+    latest_steps,
+    outcome_line,
+    releases_table,
+    render_deploy,
+    status_table,
+)
+from zerodown.errors import ConfigError, DeployBusy, NotDeployable
+
+runner = CliRunner()
+
+
+@dataclass
+class Daemon:
+    """Where the CLI finds the fake daemon: a config file naming its admin port."""
+
+    control: FakeControl
+    config: Path
+    port: int
+
+    def zerodown(self, *args: str, token: str | None = TOKEN, **env: str) -> Any:
+        """Run `zerodown ARGS -c CONFIG` in-process; the result has exit_code, stdout, stderr."""
+        environ: dict[str, str | None] = {"ZERODOWN_TOKEN": token, **env}
+        return runner.invoke(cli.app, [*args, "-c", str(self.config)], env=environ)
+
+
+@contextlib.contextmanager
+def serving(control: FakeControl) -> Iterator[int]:
+    """AdminServer with `control` on its own loop in a background thread; yields its port."""
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = AdminServer(make_app(control), "127.0.0.1", 0)
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(DEADLINE)
+        yield server.port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(DEADLINE)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(DEADLINE)
+        loop.close()
+
+
+def write_config(directory: Path, port: int) -> Path:
+    config = directory / "zerodown.toml"
+    config.write_text(f'[proxy]\nadmin = "127.0.0.1:{port}"\n')
+    return config
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    control = FakeControl()
+    with serving(control) as port:
+        yield Daemon(control, write_config(tmp_path, port), port)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- deploy ----------------------------------------------------------------------
+
+
+def test_deploy_that_succeeds_exits_0_with_its_view_as_json(daemon: Daemon) -> None:
+    result = daemon.zerodown("deploy", "web", "v2")
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)  # not a terminal: one DeployView, as JSON
+    assert (view["id"], view["version"], view["outcome"]) == (1, "v2", "succeeded")
+    assert view["steps"] == STEPS
+    assert result.stderr == ""
+    assert daemon.control.calls[0] == ("deploy", "web", "v2", None)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [("rolled_back", 3), ("failed", 4), ("aborted", 5)],
+)
+def test_deploy_exit_code_tells_the_outcome_and_stderr_the_reason(
+    daemon: Daemon, outcome: str, code: int
+) -> None:
+    daemon.control.outcome = outcome
+    daemon.control.reason = "canary error rate 31% above 5%"
+    result = daemon.zerodown("deploy", "web", "v2", "--json", "--strategy", "canary")
+    assert result.exit_code == code, result.output
+    assert json.loads(result.stdout)["outcome"] == outcome
+    said = outcome.replace("_", " ")
+    assert result.stderr == (
+        f"zerodown: deploy 1 of web v2 {said}: canary error rate 31% above 5%\n"
+    )
+    assert daemon.control.calls[0] == ("deploy", "web", "v2", "canary")
+
+
+def test_deploy_still_running_at_the_timeout_exits_6(daemon: Daemon) -> None:
+    daemon.control.outcome = None
+    result = daemon.zerodown("deploy", "web", "v2", "--timeout", "0.1")
+    assert result.exit_code == 6, result.output
+    assert json.loads(result.stdout)["outcome"] is None
+    assert "--timeout ran out; deploy 1 runs on (state shifting)" in result.stderr
+    assert "`zerodown abort web`" in result.stderr
+    waits = [call for call in daemon.control.calls if call[0] == "wait"]
+    assert waits and all(call[2] <= 0.1 for call in waits)
+
+
+def test_deploy_no_wait_returns_at_once(daemon: Daemon) -> None:
+    daemon.control.outcome = None
+    result = daemon.zerodown("deploy", "web", "v2", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("deploy 1 of web v2 started; `zerodown status web`")
+    result = daemon.zerodown("deploy", "web", "v3", "--no-wait", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["id"] == 2
+    assert not [call for call in daemon.control.calls if call[0] == "wait"]
+
+
+def test_deploy_live_view_on_a_terminal(daemon: Daemon) -> None:
+    result = daemon.zerodown("deploy", "web", "v2", TTY_COMPATIBLE="1", COLUMNS="120")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "deploy 1" in out and "web → v2" in out
+    assert "start role=new count=2" in out
+    assert "set_traffic mode=split new_weight=10.0" in out
+    assert "web-v2-1" in out and "starting" in out
+    assert "90%" in out and "10%" in out
+    assert "deploy 1 of web v2 succeeded: v2 serves all traffic" in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+
+
+def test_refusals_exit_1_or_2_with_the_servers_message(daemon: Daemon) -> None:
+    daemon.control.refuse["deploy"] = DeployBusy("deploy 3 of web (v2) is running")
+    result = daemon.zerodown("deploy", "web", "v4")
+    assert (result.exit_code, result.stderr) == (1, "zerodown: deploy 3 of web (v2) is running\n")
+    del daemon.control.refuse["deploy"]
+    result = daemon.zerodown("deploy", "api", "v2")  # an unknown service is a usage error
+    assert (result.exit_code, result.stderr) == (2, "zerodown: no service named 'api'\n")
+    result = daemon.zerodown("deploy", "web", "../v2")
+    assert result.exit_code == 2
+    assert "version" in result.stderr
+
+
+def test_bad_strategy_is_refused_by_the_cli(daemon: Daemon) -> None:
+    result = daemon.zerodown("deploy", "web", "v2", "--strategy", "yolo")
+    assert result.exit_code == 2
+    assert daemon.control.calls == []
+
+
+def test_wrong_token_exits_1_and_names_the_variable(daemon: Daemon) -> None:
+    result = daemon.zerodown("status", token="wrong")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "zerodown: missing or wrong bearer token\n"
+        "zerodown: set ZERODOWN_TOKEN to the daemon's token\n"
+    )
+
+
+def test_unreachable_daemon_exits_1_with_the_hint(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    for verb in (["deploy", "web", "v2"], ["status"], ["promote", "web"]):
+        result = runner.invoke(cli.app, [*verb, "-c", str(config)])
+        assert result.exit_code == 1, verb
+        assert result.stderr == (
+            f"zerodown: cannot reach zerodown at http://127.0.0.1:{port}: "
+            "is `zerodown serve` running?\n"
+        )
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["status", "-c", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 2
+    assert "file not found" in result.stderr
+    config = tmp_path / "zerodown.toml"
+    config.write_text('[proxy]\nadmin = "127.0.0.1:0"\n')
+    result = runner.invoke(cli.app, ["status", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "proxy.admin: port 0 cannot be reached from the CLI" in result.stderr
+
+
+# -- rollback and the running deploy -------------------------------------------------
+
+
+def test_rollback_follows_like_deploy(daemon: Daemon) -> None:
+    result = daemon.zerodown("rollback", "web", "--to", "v0")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["version"] == "v0"
+    daemon.control.outcome = "failed"
+    daemon.control.reason = "v1 not healthy within 60s"
+    result = daemon.zerodown("rollback", "web")
+    assert result.exit_code == 4
+    assert [c for c in daemon.control.calls if c[0] == "rollback"] == [
+        ("rollback", "web", "v0"),
+        ("rollback", "web", None),
+    ]
+
+
+def test_rollback_with_nothing_to_go_back_to_exits_1(daemon: Daemon) -> None:
+    daemon.control.refuse["rollback"] = NotDeployable("no release before v1")
+    result = daemon.zerodown("rollback", "web")
+    assert (result.exit_code, result.stderr) == (1, "zerodown: no release before v1\n")
+
+
+@pytest.mark.parametrize("verb", ["promote", "abort", "pause", "resume"])
+def test_actions(daemon: Daemon, verb: str) -> None:
+    result = daemon.zerodown(verb, "web")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("web: ")
+    daemon.control.refuse[verb] = NotDeployable("no deploy of web is running")
+    result = daemon.zerodown(verb, "web")
+    assert (result.exit_code, result.stderr) == (1, "zerodown: no deploy of web is running\n")
+    assert daemon.control.calls == [(verb, "web"), (verb, "web")]
+
+
+# -- status and releases -----------------------------------------------------------
+
+
+def test_status_json(daemon: Daemon) -> None:
+    result = daemon.zerodown("status", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [STATUS]
+    result = daemon.zerodown("status", "web", "--json")
+    assert json.loads(result.stdout) == STATUS  # one service: one object
+
+
+def test_status_table(daemon: Daemon) -> None:
+    result = daemon.zerodown("status", COLUMNS="120")
+    assert result.exit_code == 0, result.output
+    for text in ("web", "v1", "127.0.0.1:9002", "starting", "v1 90% / v2 10%"):
+        assert text in result.stdout, text
+
+
+def test_releases(daemon: Daemon) -> None:
+    result = daemon.zerodown("releases", "web", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == RELEASES
+    result = daemon.zerodown("releases", "web")
+    assert "current" in result.stdout and "previous" in result.stdout
+    assert daemon.zerodown("releases", "api").exit_code == 2
+
+
+def test_help_documents_the_exit_codes() -> None:
+    for verb in ("deploy", "rollback"):
+        result = runner.invoke(cli.app, [verb, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0
+        for line in ("3    rolled back", "4    failed", "5    aborted", "6    --timeout"):
+            assert line in result.stdout, (verb, line)
+
+
+def test_long_poll_cap_matches_the_server() -> None:
+    assert cli.LONG_POLL_MAX == admin_module.WAIT_MAX
+
+
+# -- the client's pure parts ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listener", "url"),
+    [
+        ("127.0.0.1:9900", "http://127.0.0.1:9900"),
+        ("0.0.0.0:9900", "http://127.0.0.1:9900"),
+        ("[::1]:9900", "http://[::1]:9900"),
+        ("[::]:9900", "http://[::1]:9900"),
+        ("localhost:9900", "http://localhost:9900"),
+    ],
+)
+def test_admin_url(listener: str, url: str) -> None:
+    assert admin_url(listener) == url
+
+
+def test_admin_url_refuses_port_0() -> None:
+    with pytest.raises(ConfigError, match="port 0"):
+        admin_url("127.0.0.1:0")
+
+
+def test_from_config_takes_the_token_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zerodown.config import parse_config
+
+    config = parse_config('[proxy]\nadmin = "127.0.0.1:9911"\n')
+    monkeypatch.setenv("ZERODOWN_TOKEN", "t0k")
+    client = AdminClient.from_config(config)
+    assert (client.base_url, client.token) == ("http://127.0.0.1:9911", "t0k")
+    monkeypatch.setenv("ZERODOWN_TOKEN", "")
+    assert AdminClient.from_config(config).token is None
+    assert repr(client) == "<AdminClient http://127.0.0.1:9911 token=set>"
+
+
+def test_parse_sse() -> None:
+    lines = [
+        ": keep-alive",
+        "",
+        "id: 1",
+        "event: step",
+        "data: {}",
+        "",
+        "id: 2",
+        "data:first",
+        "data: second",
+        "retry: 10",
+        "x-unknown: ignored",
+        "",
+        "data: unterminated",  # no blank line: the stream ended mid-message
+    ]
+    assert list(parse_sse(lines)) == [
+        {"id": "1", "event": "step", "data": "{}"},
+        {"id": "2", "data": "first\nsecond", "retry": "10"},
+    ]
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def rendered(renderable: Any) -> str:
+    console = Console(record=True, width=120, force_terminal=False)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_latest_steps_keeps_one_entry_per_step_in_plan_order() -> None:
+    assert [(s["index"], s["phase"]) for s in latest_steps(STEPS)] == [(0, "after"), (1, "before")]
+
+
+def test_render_deploy() -> None:
+    view = deploy_view(7, "web", "v2", "canary", None, None)
+    text = rendered(render_deploy(view, {**STATUS, "paused": True}))
+    assert "deploy 7" in text and "web → v2" in text and "canary" in text and "shifting" in text
+    assert "start role=new count=2" in text and "done" in text and "+0.5s" in text
+    assert "set_traffic mode=split new_weight=10.0" in text and "running" in text
+    assert "paused: `zerodown promote web` goes on" in text
+    assert "░" in text and "90%" in text
+
+
+def test_outcome_line() -> None:
+    done = deploy_view(7, "web", "v2", "rolling", "succeeded", None)
+    assert outcome_line(done) == "deploy 7 of web v2 succeeded: v2 serves all traffic (2.5s)"
+    failed = deploy_view(7, "web", "v2", "rolling", "rolled_back", "crash loop")
+    assert outcome_line(failed) == "deploy 7 of web v2 rolled back: crash loop"
+    running = deploy_view(7, "web", "v2", "rolling", None, None)
+    assert outcome_line(running) == "deploy 7 of web v2 is still running (state shifting)"
+
+
+def test_status_and_releases_tables() -> None:
+    deploying = deploy_view(7, "web", "v2", "canary", None, None)
+    text = rendered(status_table([{**STATUS, "deploying": deploying, "paused": True}]))
+    assert "#7 v2 shifting (paused: promote)" in text
+    assert "v1 127.0.0.1:9001 ready" in text
+    text = rendered(releases_table(RELEASES))
+    assert "v2" in text and "current" in text
