@@ -114,13 +114,23 @@ def _errors() -> Iterator[None]:
 
 
 @app.command()
-def serve(config: ConfigOption = Path("zerodown.toml")) -> None:
+def serve(
+    config: ConfigOption = Path("zerodown.toml"),
+    keep_instances: Annotated[
+        bool,
+        typer.Option(
+            "--keep-instances/--stop-instances",
+            help="On SIGTERM, leave the apps running for the next `zerodown serve` to adopt "
+            "(upgrading zerodown itself), or stop them (the default).",
+        ),
+    ] = False,
+) -> None:
     """Run the data plane and the control daemon in the foreground (stop: SIGTERM)."""
     from zerodown.config import load_config
     from zerodown.control.daemon import Daemon
 
     try:
-        daemon = Daemon(load_config(config))
+        daemon = Daemon(load_config(config), keep_instances=keep_instances)
         uvloop.run(daemon.run_until_signalled())
     except ZerodownError as exc:
         raise _fail(exc) from None

@@ -5,11 +5,13 @@ HTTP layer stays thin and testable with a stand-in.
 
 Views are JSON-ready dicts with these keys (stable: the CLI and CI scripts read them):
 - DeployView: id, service, version, strategy, state, outcome (null while running),
-  reason, started_at, finished_at (unix seconds), steps: [{index, kind, step, phase, detail, at}]
+  reason (null when there is none), started_at, finished_at (unix seconds),
+  steps: [{index, kind, step, phase, detail, at}]
 - StatusView (one service): service, current (version or null), deploying
   (DeployView or null), instances: [{id, version, address, state}], traffic:
   {version: percent}, paused (bool: a manual pause waits for promote)
-- ReleaseView: version, status ("current" | "previous" | "failed" | "retired"),
+- ReleaseView: version, status ("new" | "current" | "previous" | "failed" | "retired";
+  "new": recorded, never current yet),
   created_at, last_deployed_at
 - EventView: id, service, deploy_id, kind, data (dict), at
 """

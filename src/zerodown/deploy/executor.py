@@ -306,7 +306,8 @@ class Deployment:
             cause = DeployError(f"{cause}; and the rollback failed: {exc}")
         if not restored and outcome == "rolled_back":
             outcome = "failed"
-        self.orch.store.mark_failed(self.fleet.name, self.new.version)
+        if outcome != "aborted":  # stopped by a person is not proof the release is broken
+            self.orch.store.mark_failed(self.fleet.name, self.new.version)
         self.orch.store.finish_deploy(self.id, outcome, str(cause))
         self.orch.bus.publish(
             self.fleet.name, self.id, "finished", outcome=outcome, reason=str(cause)

@@ -157,6 +157,8 @@ class Orchestrator:
         fleet = self._fleet(service)
         if version == fleet.current:
             raise NotDeployable(f"{service} {version} is already the current release")
+        if service in self.deployments:  # before recording anything of the refused deploy
+            raise DeployBusy(f"a deploy of {service} is already running")
         release = self._new_release(fleet, version)
         situation = Situation(
             old_instances=len(fleet.serving(fleet.current or "")), desired=fleet.config.instances
@@ -438,7 +440,7 @@ class Orchestrator:
             "strategy": record.strategy,
             "state": record.state,
             "outcome": record.outcome,
-            "reason": record.reason,
+            "reason": record.reason or None,
             "started_at": record.started_at,
             "finished_at": record.finished_at,
             "steps": steps,
