@@ -308,3 +308,25 @@ def assert_refused(address: str) -> None:
     host, port = address.split(":")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=DEADLINE)
+
+
+def test_error_rate_for_applies_only_to_the_named_version() -> None:
+    flags = ("--error-rate-for", "v5=1.0")
+    broken, healthy = spawn_app("v5", *flags), spawn_app("v4", *flags)
+    try:
+        statuses = {
+            app.version: [_get_status(app.port, "/") for _ in range(5)] for app in (broken, healthy)
+        }
+    finally:
+        broken.stop()
+        healthy.stop()
+    assert statuses == {"v5": [500] * 5, "v4": [200] * 5}
+
+
+def _get_status(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()

@@ -88,6 +88,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--startup-delay", type=_non_negative, default=0.0, metavar="SECONDS")
     parser.add_argument("--error-rate", type=_rate, default=0.0, metavar="R", help="0..1")
+    parser.add_argument(
+        "--error-rate-for",
+        type=_version_rate,
+        action="append",
+        default=[],
+        metavar="VERSION=R",
+        help="the error rate only when running as VERSION (a deploy command template is "
+        "the same for every release, so a demo release built to fail is named here)",
+    )
     parser.add_argument("--latency", type=_non_negative, default=0.0, metavar="MS")
     parser.add_argument("--ignore-sigterm", action="store_true")
     return parser.parse_args(argv)
@@ -95,7 +104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = DemoSettings(args.version, error_rate=args.error_rate, latency_ms=args.latency)
+    error_rate = dict(args.error_rate_for).get(args.version, args.error_rate)
+    settings = DemoSettings(args.version, error_rate=error_rate, latency_ms=args.latency)
     config = uvicorn.Config(
         DemoApp(settings),
         host=args.host,
@@ -128,3 +138,10 @@ def _rate(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
+
+
+def _version_rate(text: str) -> tuple[str, float]:
+    version, sep, rate = text.partition("=")
+    if not sep or not version:
+        raise argparse.ArgumentTypeError(f"{text!r} is not VERSION=RATE")
+    return version, _rate(rate)
