@@ -1,0 +1,233 @@
+"""The downtime report: what a load run saw, aggregated. Pure, no I/O but `write`.
+
+"ok" is every request that got a response below 500 (a 404 is the app's
+answer, not a dropped request); everything else is a failure of one kind.
+Latency percentiles are over answered requests that are not long ones: a
+long request measures the app's sleep, and a few of them would be the p99.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zerodown.verify import chart
+from zerodown.verify.load import FAILURE_KINDS, LoadResult, Sample
+
+BUCKET = 1.0  # seconds per time bucket of the share-over-time series
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Seconds; all 0.0 when nothing was answered."""
+
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+    @classmethod
+    def of(cls, latencies: Iterable[float]) -> Latency:
+        ordered = sorted(latencies)
+        if not ordered:
+            return cls()
+        p50, p90, p99 = (percentile(ordered, p) for p in PERCENTILES)
+        return cls(p50, p90, p99, ordered[-1])
+
+    def items(self) -> list[tuple[str, float]]:
+        return [("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("max", self.max)]
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """The requests that started in [start, start + bucket)."""
+
+    start: float
+    ok: Mapping[str, int]  # successful requests per version
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.ok.values()) + self.failed
+
+    def share(self, version: str) -> float:
+        return self.ok.get(version, 0) / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSeen:
+    """One version over the whole run: how many successes, first and last start."""
+
+    requests: int
+    first: float
+    last: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """An event on the time axis (e.g. a deploy starting), drawn on the chart."""
+
+    at: float
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    url: str
+    duration: float  # seconds the load ran
+    total: int
+    ok: int
+    failures: Mapping[str, int]  # every kind of FAILURE_KINDS, 0 included
+    reconnects: int
+    statuses: Mapping[int, int]  # responses per status code
+    latency: Latency
+    versions: Mapping[str, VersionSeen]  # in the order they first answered
+    bucket: float
+    buckets: tuple[Bucket, ...]  # contiguous from 0, empty ones included
+    marks: tuple[Mark, ...] = ()
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.ok
+
+    @property
+    def rate(self) -> float:
+        return self.total / self.duration if self.duration > 0 else 0.0
+
+    @classmethod
+    def from_result(
+        cls, result: LoadResult, bucket: float = BUCKET, marks: Sequence[Mark] = ()
+    ) -> Report:
+        if bucket <= 0:
+            raise ValueError("bucket must be positive")
+        samples = sorted(result.samples, key=lambda s: s.start)
+        failures = Counter(s.failure for s in samples if s.failure is not None)
+        return cls(
+            url=result.spec.url,
+            duration=result.elapsed,
+            total=len(samples),
+            ok=len(samples) - failures.total(),
+            failures={kind: failures[kind] for kind in FAILURE_KINDS},
+            reconnects=result.reconnects,
+            statuses=dict(sorted(Counter(s.status for s in samples if s.answered).items())),
+            latency=Latency.of(_timed(samples)),
+            versions=versions_seen(samples),
+            bucket=bucket,
+            buckets=bucketed(samples, bucket, result.elapsed),
+            marks=tuple(marks),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        ms = {name: round(seconds * 1000, 3) for name, seconds in self.latency.items()}
+        return {
+            "url": self.url,
+            "duration": round(self.duration, 3),
+            "total": self.total,
+            "ok": self.ok,
+            "failed": self.failed,
+            "failures": dict(self.failures),
+            "reconnects": self.reconnects,
+            "rate": round(self.rate, 1),
+            "statuses": {str(code): n for code, n in self.statuses.items()},
+            "latency_ms": ms,
+            "versions": {
+                name: {
+                    "requests": seen.requests,
+                    "share": round(seen.requests / self.total, 4) if self.total else 0.0,
+                    "first": round(seen.first, 3),
+                    "last": round(seen.last, 3),
+                }
+                for name, seen in self.versions.items()
+            },
+            "bucket": self.bucket,
+            "buckets": [
+                {"start": round(b.start, 3), "ok": dict(b.ok), "failed": b.failed}
+                for b in self.buckets
+            ],
+            "marks": [{"at": round(m.at, 3), "label": m.label} for m in self.marks],
+        }
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        return "\n".join(
+            [
+                f"{self.url}: {self.total} requests in {self.duration:.1f} s "
+                f"({self.rate:.1f}/s), {self.failed} failed, {self.reconnects} reconnects",
+                f"failures: {_failure_text(self.failures)}",
+                "latency: " + " · ".join(f"{n} {_ms(v)}" for n, v in self.latency.items()),
+                f"versions: {self._versions_text()}",
+            ]
+        )
+
+    def chart_svg(self) -> str:
+        return chart.render(self)
+
+    def write(self, path_prefix: str | Path) -> tuple[Path, Path]:
+        """Write `<prefix>.json` and `<prefix>.svg`; return both paths."""
+        json_path = Path(f"{path_prefix}.json")
+        svg_path = Path(f"{path_prefix}.svg")
+        json_path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        svg_path.write_text(self.chart_svg(), encoding="utf-8")
+        return json_path, svg_path
+
+    def _versions_text(self) -> str:
+        if not self.versions:
+            return "none answered"
+        return " · ".join(
+            f"{name} {seen.requests / self.total:.1%} ({seen.first:.1f} to {seen.last:.1f} s)"
+            for name, seen in self.versions.items()
+        )
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of sorted values: a value that was measured,
+    never an interpolation between two."""
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def versions_seen(samples: Sequence[Sample]) -> dict[str, VersionSeen]:
+    """Successes per version, with first and last start; samples sorted by start."""
+    seen: dict[str, VersionSeen] = {}
+    for s in samples:
+        if s.failure is None:
+            old = seen.get(s.version)
+            first = old.first if old else s.start
+            seen[s.version] = VersionSeen((old.requests if old else 0) + 1, first, s.start)
+    return seen
+
+
+def bucketed(samples: Sequence[Sample], width: float, elapsed: float) -> tuple[Bucket, ...]:
+    """Samples by start time into buckets of `width` seconds covering the whole run."""
+    last = max((s.start for s in samples), default=0.0)
+    count = max(math.ceil(elapsed / width), math.floor(last / width) + 1 if samples else 0)
+    ok: list[Counter[str]] = [Counter() for _ in range(count)]
+    failed = [0] * count
+    for s in samples:
+        index = int(s.start // width)
+        if s.failure is None:
+            ok[index][s.version] += 1
+        else:
+            failed[index] += 1
+    return tuple(Bucket(i * width, dict(ok[i]), failed[i]) for i in range(count))
+
+
+def _timed(samples: Sequence[Sample]) -> list[float]:
+    answered = [s for s in samples if s.answered]
+    short = [s.latency for s in answered if s.kind != "long"]
+    return short or [s.latency for s in answered]  # only long requests: better than nothing
+
+
+def _failure_text(failures: Mapping[str, int]) -> str:
+    seen = [f"{kind} {n}" for kind, n in failures.items() if n]
+    return " · ".join(seen) if seen else "none"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
