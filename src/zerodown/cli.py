@@ -352,6 +352,89 @@ def _watch(service: str) -> str:
     return f"`zerodown status {service}` to watch, `zerodown abort {service}` to stop it"
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def verify(
+    ctx: typer.Context,
+    config: ConfigOption = Path("zerodown.toml"),
+    deploy_to: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--deploy", metavar="SERVICE VERSION", help="Deploy this during the load."),
+    ] = None,
+    strategy: Annotated[StrategyName | None, typer.Option(help="With --deploy.")] = None,
+    url: Annotated[str | None, typer.Option(help="Default: the proxy's first listener.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1)] = 16,
+    rate: Annotated[float | None, typer.Option(help="Requests per second (default: open).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds of load when nothing runs during it.")
+    ] = None,
+    post_ratio: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    long_ratio: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    out: Annotated[Path, typer.Option(help="Writes OUT.json and OUT.svg.")] = Path("verify"),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Drive load through the proxy during a deploy (or `-- COMMAND`) and report every failure.
+
+    Exits 0 only when no request failed and the deploy (or command) succeeded.
+    """
+    from zerodown.config import load_config
+    from zerodown.verify import LoadSpec
+    from zerodown.verify.proof import verify as run_verify
+
+    with _errors():
+        loaded = load_config(config)
+        spec = LoadSpec(
+            url or _proxy_url(loaded.proxy.listen[0]),
+            concurrency=concurrency,
+            rate=rate,
+            duration=None if (deploy_to or ctx.args) else (duration or 10.0),
+            post_ratio=post_ratio,
+            long_ratio=long_ratio,
+        )
+        during = _during(config, deploy_to, strategy, ctx.args)
+        report, outcome = uvloop.run(run_verify(spec, during))
+    report.write(str(out))
+    if as_json:
+        _print_json({"report": report.to_json(), "during": outcome})
+    else:
+        typer.echo(report.summary())
+        typer.echo(f"report: {out}.json, chart: {out}.svg")
+    if report.failed or not _succeeded(outcome):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _proxy_url(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}/"
+
+
+def _during(
+    config: Path,
+    deploy_to: tuple[str, str] | None,
+    strategy: StrategyName | None,
+    command: list[str],
+) -> Any:
+    import functools
+
+    from zerodown.verify.around import deploy_and_wait
+    from zerodown.verify.proof import run_command
+
+    if deploy_to is not None:
+        return functools.partial(deploy_and_wait, _client(config), *deploy_to, strategy)
+    if command:
+        return functools.partial(run_command, command)
+    return None
+
+
+def _succeeded(outcome: Any) -> bool:
+    if outcome is None:
+        return True  # load only
+    if isinstance(outcome, int):
+        return outcome == 0  # a command's exit code
+    return bool(outcome.get("outcome") == "succeeded")
+
+
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
