@@ -139,19 +139,17 @@ def serve(
 @app.command()
 def demo(
     duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+        float | None,
+        typer.Option(help="After the story, serve this many seconds (default: until Ctrl-C)."),
     ] = None,
+    listen: Annotated[str, typer.Option(help="The proxy's address.")] = "127.0.0.1:8080",
+    admin: Annotated[str, typer.Option(help="The admin API's address.")] = "127.0.0.1:9900",
 ) -> None:
-    """The whole story on one machine, no configuration."""
+    """The whole story on one machine: v1, then rolling, blue-green, canary, and a rollback."""
     from zerodown.demo.run import run_demo
 
-    try:
-        run_demo(duration=duration)
-    except ZerodownError as exc:
-        raise _fail(exc) from None
-
-
-# -- deploys ------------------------------------------------------------------------
+    with _errors():
+        run_demo(duration=duration, listen=listen, admin=admin)
 
 
 @app.command(epilog=EXIT_CODES)

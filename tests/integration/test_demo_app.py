@@ -5,21 +5,22 @@ Deadlines, not sleeps: every wait is bounded and no test asserts on time.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from zerodown.demo.process import AppProcess, read_line, spawn_app, stop_process
+from zerodown.demo.process import AppProcess, spawn_app, stop_process
 from zerodown.demo.run import run_demo
 
 DEADLINE = 10.0
@@ -258,50 +259,38 @@ def free_port() -> int:
         return port
 
 
-def test_zerodown_demo_serves_v1_through_the_proxy_and_stops_on_ctrl_c() -> None:
-    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    code = f"from zerodown.demo.run import run_demo\nrun_demo(listen={listen!r}, admin={admin!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    try:
-        welcome = read_lines_until(proc, "Ctrl-C stops everything")
-        instances = re.findall(r"(127\.0\.0\.1:\d+) \(v1\)", welcome)
-        assert len(instances) == 2, welcome
-
-        host, port = listen.split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=DEADLINE)
-        for _ in range(4):
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            assert (response.status, response.read()) == (200, b"v1\n")
-            assert response.headers["X-Version"] == "v1"
-        conn.close()
-
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(DEADLINE * 4) == 0
-        for address in [listen, *instances]:
-            assert_refused(address)
-    finally:
-        stop_process(proc, 0)
-
-
-def read_lines_until(proc: subprocess.Popen[bytes], marker: str) -> str:
-    """Everything `proc` prints up to the line containing `marker`, within the deadline."""
-    lines = []
-    while True:
-        line = read_line(proc, DEADLINE * 2)
-        lines.append(line)
-        if marker in line:
-            return "\n".join(lines)
-
-
-def test_run_demo_returns_after_its_duration_and_leaves_nothing_running() -> None:
+def test_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Path) -> None:
     listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     out = io.StringIO()
-    run_demo(0.5, listen=listen, admin=admin, out=out)
-    instances = re.findall(r"(127\.0\.0\.1:\d+) \(v1\)", out.getvalue())
-    assert len(instances) == 2, out.getvalue()
-    for address in [listen, *instances]:
-        assert_refused(address)
+    told = run_demo(0.1, listen=listen, admin=admin, state_dir=tmp_path, out=out)
+    outcomes = {chapter.version: (chapter.strategy, outcome) for chapter, outcome, _ in told}
+    assert outcomes == {
+        "v2": ("rolling", "succeeded"),
+        "v3": ("blue_green", "succeeded"),
+        "v4": ("canary", "succeeded"),
+        "v5": ("canary", "rolled_back"),
+    }, out.getvalue()
+    reports = {chapter.version: report for chapter, _, report in told}
+    for version in ("v2", "v3", "v4"):
+        assert reports[version].failed == 0, out.getvalue()
+        assert reports[version].total > 100
+        assert (tmp_path / f"web-{version}.svg").exists()
+    # The failing canary: clients saw errors only from its share, and v5 serves nothing now.
+    assert 0 < reports["v5"].failed < reports["v5"].total * 0.3
+    assert_refused(listen)
+    assert not [line for line in _processes() if str(tmp_path) in line or "--version v" in line]
+
+
+def _processes() -> list[str]:
+    """Command lines of demo apps still running (ours carry the tmp path via the config)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "zerodown.demo" in cmdline and "--error-rate-for v5=0.3" in cmdline:
+                    found.append(cmdline)
+    return found
 
 
 def assert_refused(address: str) -> None:

@@ -1,39 +1,65 @@
-"""`zerodown demo`: the demo app behind the embedded proxy, on one machine.
+"""`zerodown demo`: the whole story on one machine, no configuration.
 
-Until deploys exist this is the plain load balancer: two instances of the demo
-app (v1) on free ports and `zerodown serve` in front of them, with a config
-written to a temporary directory. Ctrl-C (or SIGTERM) stops the proxy first,
-so no client sees an instance vanish behind it, then the instances.
+It writes a config for one service run from the demo app, starts
+`zerodown serve`, deploys v1, then, each under `verify` load: v2 rolling,
+v3 blue-green, v4 canary and v5, a release built to fail 30 % of its
+requests, which the canary judge rolls back. It prints the report of each
+deploy (and writes its JSON and chart), then keeps serving until Ctrl-C
+(or `duration` seconds). Stopping stops the daemon, which stops the apps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
-from zerodown.demo.process import AppProcess, DemoError, describe, spawn_app, stop_process
-from zerodown.routing import parse_address
+import uvloop
+
+from zerodown.config.strategy import StrategyName
+from zerodown.control.client import AdminClient, AdminError
+from zerodown.demo.process import DemoError, describe, stop_process
+from zerodown.verify import LoadSpec, Report
+from zerodown.verify.around import deploy_and_wait
+from zerodown.verify.proof import verify
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN = "127.0.0.1:9900"
-DEMO_VERSION = "v1"
-DEMO_INSTANCES = 2
-READY_TIMEOUT = 15.0  # from starting `zerodown serve` to its first 200 through the proxy
-PROXY_STOP_TIMEOUT = 35.0  # above the proxy's own graceful-stop deadline (30 s)
+DEFAULT_STATE_DIR = Path(".zerodown/demo")
+READY_TIMEOUT = 15.0  # from starting `zerodown serve` to its admin API answering
+FIRST_DEPLOY_TIMEOUT = 60.0
+PROXY_STOP_TIMEOUT = 45.0  # above the proxy's graceful stop plus stopping the apps
 POLL_INTERVAL = 0.1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LOAD_CONCURRENCY = 8
+FAILING_VERSION = "v5"
+
+
+@dataclass(frozen=True, slots=True)
+class Chapter:
+    version: str
+    strategy: StrategyName
+    expect: str  # the outcome the story expects
+    what: str
+
+
+STORY = (
+    Chapter("v2", "rolling", "succeeded", "rolling: one new instance in, one old out, twice"),
+    Chapter("v3", "blue_green", "succeeded", "blue-green: the whole green set, then one switch"),
+    Chapter("v4", "canary", "succeeded", "canary: 20 %, then 50 %, judged against stable"),
+    Chapter(FAILING_VERSION, "canary", "rolled_back", "canary of a release failing 30 %"),
+)
 
 
 def run_demo(
@@ -41,127 +67,151 @@ def run_demo(
     *,
     listen: str = DEFAULT_LISTEN,
     admin: str = DEFAULT_ADMIN,
-    instances: int = DEMO_INSTANCES,
+    state_dir: Path = DEFAULT_STATE_DIR,
     stop: threading.Event | None = None,
     out: TextIO | None = None,
-) -> None:
-    """Run until Ctrl-C/SIGTERM, `duration` seconds, or `stop` is set; then stop everything.
+) -> list[tuple[Chapter, str, Report]]:
+    """Tell the story, then serve until Ctrl-C/SIGTERM, `duration`, or `stop`.
 
+    Returns each chapter with the deploy's outcome and the load report.
     Raises DemoError when something does not start or dies while running.
     """
     out = out or sys.stdout
-    apps: list[AppProcess] = []
-    proxy: subprocess.Popen[bytes] | None = None
-    with _interrupt_on_signals(), tempfile.TemporaryDirectory(prefix="zerodown-demo-") as tmp:
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = state_dir / "zerodown.toml"
+    config.write_text(demo_config(listen, admin, state_dir))
+    daemon: subprocess.Popen[bytes] | None = None
+    told: list[tuple[Chapter, str, Report]] = []
+    with _interrupt_on_signals():
         try:
-            for _ in range(instances):
-                apps.append(spawn_app(DEMO_VERSION))
-            config = Path(tmp, "zerodown.toml")
-            upstreams = [app.address for app in apps]
-            config.write_text(demo_config(listen, admin, upstreams, Path(tmp, "state")))
-            proxy = _start_proxy(config)
-            _wait_ready(proxy, listen)
-            out.write(welcome(listen, admin, upstreams))
+            daemon = _start_daemon(config, state_dir)
+            client = AdminClient(f"http://{admin}", os.environ.get("ZERODOWN_TOKEN") or None)
+            _wait_ready(daemon, client)
+            _first_deploy(client, out)
+            for chapter in STORY:
+                told.append(_tell(chapter, client, listen, state_dir, out))
+            out.write(closing(listen, admin, told, state_dir))
             out.flush()
-            _watch([proxy, *(app.proc for app in apps)], duration, stop or threading.Event())
+            _watch(daemon, duration, stop or threading.Event())
         except KeyboardInterrupt:
             pass  # Ctrl-C is how a demo ends
         finally:
-            _stop_all(proxy, apps)
+            if daemon is not None:
+                _stop(daemon)
+    return told
 
 
-def demo_config(listen: str, admin: str, upstreams: Sequence[str], state_dir: Path) -> str:
-    """The zerodown.toml of the demo: one service in front of fixed upstreams."""
-    quoted = ", ".join(json.dumps(address) for address in upstreams)  # a JSON string is TOML
-    return (
-        "[proxy]\n"
-        f"listen = [{json.dumps(listen)}]\n"
-        f"admin = {json.dumps(admin)}\n"
-        f"state_dir = {json.dumps(str(state_dir))}\n"
-        "\n"
-        "[services.web]\n"
-        'route = { host = "*", path = "/" }\n'
-        f"upstreams = [{quoted}]\n"
-        'health = { path = "/health", interval = "1s", timeout = "2s", rise = 2, fall = 3 }\n'
+def demo_config(listen: str, admin: str, state_dir: Path) -> str:
+    """One service, run from the demo app; v5 is built to fail 30 % of its requests."""
+    command = (
+        f"{sys.executable} -m zerodown.demo --port {{port}} --version {{version}} "
+        f"--startup-delay 1 --error-rate-for {FAILING_VERSION}=0.3"
     )
+    return f"""[proxy]
+listen = [{json.dumps(listen)}]
+admin = {json.dumps(admin)}
+state_dir = {json.dumps(str(state_dir / "state"))}
 
+[services.web]
+route = {{ host = "*", path = "/" }}
+command = {json.dumps(command)}
+instances = 2
+health = {{ path = "/health", interval = "250ms", rise = 1 }}
+drain_timeout = "10s"
+stop_grace = "5s"
+blue_green = {{ scale_down_delay = "3s" }}
 
-def welcome(listen: str, admin: str, upstreams: Sequence[str]) -> str:
-    proxy, admin_url = f"http://{listen}", f"http://{admin}"
-    auth = ' -H "Authorization: Bearer $ZERODOWN_TOKEN"' if os.environ.get("ZERODOWN_TOKEN") else ""
-    apps = ", ".join(f"{address} ({DEMO_VERSION})" for address in upstreams)
-    return f"""
-zerodown demo: {len(upstreams)} instances of the demo app behind the embedded proxy
-
-  proxy      {proxy}
-  admin API  {admin_url}
-  instances  {apps}
-
-Try:
-  curl -i {proxy}/                       # X-Version says which release answered
-  curl {proxy}/headers                   # what the app received (X-Forwarded-*, X-Request-ID)
-  curl --data-binary hello {proxy}/echo  # bodies are streamed both ways
-  curl{auth} {admin_url}/v1/routing
-  curl{auth} {admin_url}/v1/stats
-  curl{auth} {admin_url}/metrics
-
-Ctrl-C stops everything.
+[services.web.canary]
+steps = [{{ weight = 20, pause = "3s" }}, {{ weight = 50, pause = "3s" }}]
+min_requests = 50
 """
 
 
-def _stop_all(proxy: subprocess.Popen[bytes] | None, apps: Sequence[AppProcess]) -> None:
-    """The proxy first (it finishes its in-flight requests), then the instances."""
-    procs = [app.proc for app in apps] if proxy is None else [proxy, *(app.proc for app in apps)]
-    try:
-        if proxy is not None:
-            stop_process(proxy, PROXY_STOP_TIMEOUT)
-        for app in apps:
-            app.stop()
-    except KeyboardInterrupt:  # a second Ctrl-C: no more patience
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
-def _start_proxy(config: Path) -> subprocess.Popen[bytes]:
+def _start_daemon(config: Path, state_dir: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "zerodown", "serve", "-c", str(config)]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    log = (state_dir / "serve.log").open("ab")
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+    )
 
 
-def _wait_ready(proxy: subprocess.Popen[bytes], listen: str) -> None:
-    """Return once a GET / through the proxy answers 200; raise if it exits or takes too long."""
-    host, port = parse_address(listen)
+def _wait_ready(daemon: subprocess.Popen[bytes], client: AdminClient) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if proxy.poll() is not None:
-            raise DemoError(f"zerodown serve exited with code {proxy.returncode}")
-        if _get_status(host, port) == 200:
+        if daemon.poll() is not None:
+            raise DemoError(f"zerodown serve exited with code {daemon.returncode}")
+        with contextlib.suppress(AdminError):
+            client.health()
             return
         time.sleep(POLL_INTERVAL)
-    raise DemoError(f"the proxy on {listen} did not answer 200 within {READY_TIMEOUT:g}s")
+    raise DemoError(f"the admin API did not answer within {READY_TIMEOUT:g}s")
 
 
-def _get_status(host: str, port: int) -> int | None:
-    conn = http.client.HTTPConnection(host, port, timeout=1)
+def _first_deploy(client: AdminClient, out: TextIO) -> None:
+    out.write("zerodown demo: deploying web v1 (the first release: straight through the gate)\n")
+    out.flush()
+    view = client.wait(client.deploy("web", "v1"), FIRST_DEPLOY_TIMEOUT)
+    if view.get("outcome") != "succeeded":
+        raise DemoError(f"the first deploy did not succeed: {view.get('reason')}")
+
+
+def _tell(
+    chapter: Chapter, client: AdminClient, listen: str, state_dir: Path, out: TextIO
+) -> tuple[Chapter, str, Report]:
+    out.write(f"\n== web {chapter.version}: {chapter.what}\n")
+    out.flush()
+    spec = LoadSpec(f"http://{listen}/", concurrency=LOAD_CONCURRENCY, post_ratio=0.1)
+    during = functools.partial(deploy_and_wait, client, "web", chapter.version, chapter.strategy)
+    report, view = uvloop.run(verify(spec, during))
+    outcome = str(_outcome(view))
+    prefix = state_dir / f"web-{chapter.version}"
+    report.write(str(prefix))
+    out.write(f"deploy: {outcome} (expected: {chapter.expect})")
+    out.write(f" - {view.get('reason')}\n" if view and view.get("reason") else "\n")
+    out.write(report.summary() + "\n")
+    out.write(f"report: {prefix}.json, chart: {prefix}.svg\n")
+    out.flush()
+    return chapter, outcome, report
+
+
+def _outcome(view: dict[str, Any] | None) -> str | None:
+    return None if view is None else view.get("outcome")
+
+
+def closing(listen: str, admin: str, told: list[tuple[Chapter, str, Report]], where: Path) -> str:
+    rows = "\n".join(
+        f"  {c.version:<4} {c.strategy:<11} {outcome:<12} {r.total:>7} requests, {r.failed} failed"
+        for c, outcome, r in told
+    )
+    return f"""
+zerodown demo: the story so far
+{rows}
+(the failed requests of {FAILING_VERSION} are its canary share until the judge saw enough)
+
+  proxy      http://{listen}/
+  admin API  http://{admin}/v1/status
+  reports    {where}
+
+Try: curl -i http://{listen}/   ·   zerodown -h   ·   Ctrl-C stops everything.
+"""
+
+
+def _stop(daemon: subprocess.Popen[bytes]) -> None:
     try:
-        conn.request("GET", "/")
-        return conn.getresponse().status
-    except OSError:
-        return None  # not listening yet
-    finally:
-        conn.close()
+        stop_process(daemon, PROXY_STOP_TIMEOUT)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more patience
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
 
 
-def _watch(
-    procs: Sequence[subprocess.Popen[bytes]], duration: float | None, stop: threading.Event
-) -> None:
-    """Wait for the end of the demo; a child that exits on its own ends it with DemoError."""
+def _watch(daemon: subprocess.Popen[bytes], duration: float | None, stop: threading.Event) -> None:
+    """Wait for the end of the demo; the daemon exiting on its own ends it with DemoError."""
     deadline = None if duration is None else time.monotonic() + duration
     while not stop.wait(POLL_INTERVAL):
-        for proc in procs:
-            if proc.poll() is not None:
-                raise DemoError(f"{describe(proc)} exited with code {proc.returncode}")
+        if daemon.poll() is not None:
+            raise DemoError(f"{describe(daemon)} exited with code {daemon.returncode}")
         if deadline is not None and time.monotonic() >= deadline:
             return
 
