@@ -8,6 +8,7 @@ seconds (float); the config layer turns "1s"-style strings into these.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -194,3 +195,14 @@ def _pool_with_state(pool: PoolSpec, address: str, state: TargetState) -> PoolSp
         t.model_copy(update={"state": state}) if t.address == address else t for t in pool.targets
     )
     return pool.model_copy(update={"targets": targets})
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    """What a drain ended with: `cancelled` in-flight requests were cut at the deadline."""
+
+    service: str
+    address: str
+    completed: bool
+    cancelled: int
+    seconds: float

@@ -7,21 +7,11 @@ counters back. A driver that cannot do something raises `Unsupported`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
-from zerodown.routing import RoutingTable
+from zerodown.routing import DrainResult, RoutingTable
 
-
-@dataclass(frozen=True, slots=True)
-class DrainResult:
-    """What a drain ended with: `cancelled` in-flight requests were cut at the deadline."""
-
-    service: str
-    address: str
-    completed: bool
-    cancelled: int
-    seconds: float
+__all__ = ["DataPlane", "DrainResult"]
 
 
 class DataPlane(ABC):

@@ -17,7 +17,6 @@ import sys
 import time
 from typing import IO, Any
 
-from zerodown.dataplane.base import DrainResult
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
@@ -26,7 +25,7 @@ from zerodown.proxy.router import Router
 from zerodown.proxy.service import Service
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
-from zerodown.routing import RoutingTable, parse_address, with_target_state
+from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
 
 LISTEN_BACKLOG = 4096
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
@@ -149,10 +148,12 @@ class ProxyServer:
         self._apply_now(with_target_state(self.table, service, address, "draining"))
         assert target.connections is not None
         target.connections.close_idle()
+        cancelled = 0
         if self.services[service].spec.websocket_drain == "close":
-            self._cancel_busy(target, tunnels_only=True)
+            cancelled = self._cancel_busy(target, tunnels_only=True)
         completed = await self._wait_idle(target, timeout)
-        cancelled = 0 if completed else self._cancel_busy(target, tunnels_only=False)
+        if not completed:
+            cancelled += self._cancel_busy(target, tunnels_only=False)
         return DrainResult(service, address, completed, cancelled, time.monotonic() - started)
 
     def _find(self, service: str, address: str) -> Target:
