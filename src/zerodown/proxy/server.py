@@ -20,6 +20,7 @@ from typing import IO, Any
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.listener import Listener
 from zerodown.proxy.metrics import pool_entry, render_prometheus, target_entry
 from zerodown.proxy.router import Router
 from zerodown.proxy.service import Service
@@ -53,7 +54,7 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.stopping = False
         self.rejected: dict[int, int] = {}
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
         self._sockets: list[socket.socket] = []
         self._trusted_nets = [
             ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
@@ -75,10 +76,9 @@ class ProxyServer:
         for item in listen:
             sock = bind_socket(item) if isinstance(item, str) else item
             self._sockets.append(sock)
-            server = await self.loop.create_server(
-                lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG
-            )
-            self._servers.append(server)
+            listener = Listener(sock, lambda: ClientConnection(self), self.loop)
+            listener.start()
+            self._listeners.append(listener)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -249,8 +249,8 @@ class ProxyServer:
         """Stop accepting, let in-flight requests finish up to `timeout`, then cut the rest."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self.stopping = True
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -259,8 +259,6 @@ class ProxyServer:
             except TimeoutError:
                 for conn in list(self.connections):
                     conn.abort()
-        for server in self._servers:
-            await server.wait_closed()
         await self._close_services()
         if self._access_log is not None and self._access_log is not sys.stdout:
             self._access_log.close()
