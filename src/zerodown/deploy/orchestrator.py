@@ -111,9 +111,7 @@ class Orchestrator:
             for fleet in self.fleets.values():
                 await self.stop_instances(fleet, list(fleet.instances))
         for runtime in self.runtimes.values():
-            close = getattr(runtime, "close", None)
-            if close is not None:
-                await close()
+            await runtime.close()
         self.bus.close()
 
     async def _recover(self, fleet: Fleet) -> None:

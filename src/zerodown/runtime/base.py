@@ -35,3 +35,6 @@ class Runtime(ABC):
     async def adopt(self, instances: list[Instance]) -> list[Instance]:
         """After a restart: take back instances still alive (pid and start time
         match); return those adopted. The caller stops or forgets the rest."""
+
+    async def close(self) -> None:  # noqa: B027 - a no-op unless a runtime holds resources
+        """Stop watching; instances keep running (the daemon decides their fate)."""
