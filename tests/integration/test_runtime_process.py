@@ -27,8 +27,8 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import uvloop
 
-from zerodown.deploy.model import Instance, Release
 from zerodown.errors import DeployError
+from zerodown.release import Instance, Release
 from zerodown.runtime import NoFreePort, ProcessRuntime, RuntimeStartError, can_listen, procfs
 from zerodown.runtime.logs import RotatingLog
 

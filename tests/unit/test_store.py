@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from zerodown.deploy.model import Instance, Release
+from zerodown.release import Instance, Release
 from zerodown.store import (
     SCHEMA_VERSION,
     STALE_AFTER,
@@ -600,7 +600,7 @@ def test_two_stores_on_one_file_see_each_other(path: Path) -> None:
 
 OPEN_AND_ADD = """
 import sys
-from zerodown.deploy.model import Release
+from zerodown.release import Release
 from zerodown.store import SqliteStore
 with SqliteStore(sys.argv[1]) as store:
     store.add_release(Release("web", sys.argv[2], "run"))

@@ -13,7 +13,7 @@ import pytest
 
 from zerodown.config.service import ServiceConfig
 from zerodown.config.strategy import StrategyName
-from zerodown.deploy.model import (
+from zerodown.deploy.plan import (
     Analyze,
     Drain,
     Hold,

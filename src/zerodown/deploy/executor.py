@@ -19,17 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from zerodown.analysis.judge import Sample, judge
 from zerodown.deploy.fleet import Fleet
-from zerodown.deploy.model import (
+from zerodown.deploy.plan import (
     Analyze,
-    DeployState,
     Drain,
     Hold,
-    Instance,
     KeepWarm,
-    Outcome,
     Pause,
     Plan,
-    Release,
     Role,
     SetTraffic,
     Start,
@@ -38,6 +34,7 @@ from zerodown.deploy.model import (
     WaitHealthy,
 )
 from zerodown.errors import CanaryBreach, DeployAborted, DeployError, ZerodownError
+from zerodown.release import DeployState, Instance, Outcome, Release
 
 if TYPE_CHECKING:
     from zerodown.deploy.orchestrator import Orchestrator

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zerodown.config.service import ServiceConfig
-from zerodown.deploy.model import Instance
+from zerodown.release import Instance
 from zerodown.routing import (
     CohortRule,
     HoldSpec,

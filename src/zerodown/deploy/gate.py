@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from zerodown.deploy.model import Instance
 from zerodown.errors import DeployError, HealthGateTimeout
 from zerodown.proxy.checker import HealthChecker
+from zerodown.release import Instance
 from zerodown.routing import HealthSpec
 
 GATE_INTERVAL = 0.2  # seconds between probes of one instance while gating

@@ -26,16 +26,10 @@ from zerodown.deploy.events import EventBus
 from zerodown.deploy.executor import Deployment, step_json
 from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.gate import wait_healthy
-from zerodown.deploy.model import (
-    Drain,
-    Instance,
-    Plan,
-    Release,
-    SetTraffic,
-    Stop,
-)
+from zerodown.deploy.plan import Drain, Plan, SetTraffic, Stop
 from zerodown.deploy.strategies import Situation, plan
 from zerodown.errors import DeployBusy, DeployError, NotDeployable, UnknownService
+from zerodown.release import Instance, Release
 from zerodown.routing import RoutingTable
 from zerodown.runtime.backoff import Backoff
 from zerodown.runtime.base import Runtime

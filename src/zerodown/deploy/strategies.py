@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from zerodown.config.service import ServiceConfig
 from zerodown.config.strategy import StrategyName
-from zerodown.deploy.model import (
+from zerodown.deploy.plan import (
     Analyze,
     Drain,
     Hold,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from zerodown.deploy.model import Instance, Release
+from zerodown.release import Instance, Release
 
 ExitCallback = Callable[[Instance, int | None], None]  # instance, exit code (None: unknown)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 from zerodown.config.defaults import PORTS, STOP_GRACE
-from zerodown.deploy.model import Instance, Release
+from zerodown.release import Instance, Release
 from zerodown.runtime import procfs
 from zerodown.runtime.base import ExitCallback, Runtime
 from zerodown.runtime.logs import RotatingLog, pump

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from zerodown.deploy.model import Release
 from zerodown.errors import DeployError
+from zerodown.release import Release
 
 EXIT_POLL: Final = 0.2  # how often liveness is polled where there is no pidfd
 # The daemon's admin credential is not the app's business.

@@ -38,8 +38,8 @@ from types import TracebackType
 from typing import Literal, Self
 
 from zerodown.config.strategy import StrategyName
-from zerodown.deploy.model import DeployState, Instance, Outcome, Release
 from zerodown.errors import ZerodownError
+from zerodown.release import DeployState, Instance, Outcome, Release
 
 ReleaseStatus = Literal["new", "current", "previous", "failed", "retired"]
 JournalPhase = Literal["before", "after", "failed"]

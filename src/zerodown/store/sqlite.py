@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from zerodown.config.strategy import StrategyName
-from zerodown.deploy.model import DeployState, Instance, InstanceState, Outcome, Release
+from zerodown.release import DeployState, Instance, InstanceState, Outcome, Release
 from zerodown.store.base import (
     BUSY_TIMEOUT,
     STALE_AFTER,

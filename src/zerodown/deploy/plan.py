@@ -1,5 +1,5 @@
-"""The deploy vocabulary as values: releases, instances, and the steps a
-strategy plans. Pure data; the executor gives the steps meaning.
+"""The steps a strategy plans, as values. Pure data; the executor gives
+them meaning.
 
 Steps name releases by role, not by instance: "new" is the release being
 deployed, "old" the one serving when the deploy began. The executor keeps
@@ -14,51 +14,6 @@ from typing import Literal
 from zerodown.config.strategy import StrategyName
 
 Role = Literal["old", "new"]
-InstanceState = Literal["starting", "ready", "draining", "stopped", "crashed"]
-DeployState = Literal[
-    "pending",
-    "starting",
-    "gating",
-    "shifting",
-    "analyzing",
-    "paused",
-    "draining",
-    "rolling_back",
-    "succeeded",
-    "rolled_back",
-    "failed",
-    "aborted",
-]
-Outcome = Literal["succeeded", "rolled_back", "failed", "aborted"]
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One deployable version of a service: a label and how to run it."""
-
-    service: str
-    version: str
-    command: str
-    cwd: str = "."
-    env: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class Instance:
-    """One running copy of a release."""
-
-    id: str
-    service: str
-    version: str
-    port: int
-    host: str = "127.0.0.1"
-    pid: int | None = None
-    pid_started: float | None = None  # process start time, to tell a reused pid apart
-    state: InstanceState = "starting"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 # -- steps ---------------------------------------------------------------------
