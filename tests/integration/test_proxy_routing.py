@@ -22,6 +22,7 @@ from harness import (
     ok,
     port_of,
     proxy,
+    read_response,
     request,
     run,
     service,
@@ -461,5 +462,41 @@ def test_put_routing_on_the_admin_api_changes_where_real_traffic_goes() -> None:
             finally:
                 await admin.stop()
                 await plane.stop(1.0)
+
+    run(main())
+
+
+def test_a_request_parsed_before_a_swap_is_routed_by_the_table_in_force_when_it_runs() -> None:
+    """A pipelined request waits behind a slow one; the table changes under it.
+
+    It must be served by the new table's targets, not fail against the pools
+    of the table that was in force when its head was read.
+    """
+    pipelined = b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow(req: Request) -> bytes:
+            if req.path == "/slow":
+                await release.wait()
+            return ok(b"old")
+
+        async with (
+            backends("old", handler=slow) as (old,),
+            backends("new") as (new,),
+            proxy(service(old.address)) as server,
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+            writer.write(pipelined)
+            await until(lambda: len(old.requests) == 1, "the slow request reached old")
+            await server.apply(RoutingTable(services=(service(new.address),)))
+            release.set()
+            first = await read_response(reader)
+            second = await read_response(reader)
+            writer.close()
+        assert (first.status, first.body) == (200, b"old")
+        assert (second.status, second.body) == (200, b"new")
+        assert [r.path for r in new.requests] == ["/next"]
 
     run(main())

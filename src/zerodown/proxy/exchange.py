@@ -123,12 +123,22 @@ class Exchange:
             if self.error is not None:
                 raise self.error
             assert self.service is not None
-            await self._proxy(self.service)
+            await self._proxy(self._current(self.service))
         except ProxyError as exc:
             self._fail(self.error if self.aborted and self.error is not None else exc)
         finally:
             self._stop_watchdog()
             self.client.exchange_done(self)
+
+    def _current(self, service: Service) -> Service:
+        """The service as the table in force now has it.
+
+        The head was routed when it was parsed, but this exchange may start a
+        loop iteration (or, pipelined, a response) later; tables applied in
+        between must count, or it would pick from pools that no longer exist.
+        """
+        current = self.client.server.services.get(service.name)
+        return current if current is not None else service
 
     def _fail(self, exc: ProxyError) -> None:
         """Tell the client: a status if nothing was sent yet, else cut the connection."""
