@@ -386,3 +386,13 @@ async def backends(*names: str, **kwargs: Any) -> AsyncIterator[list[Backend]]:
     finally:
         for b in started:
             await b.stop()
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
+    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.002)

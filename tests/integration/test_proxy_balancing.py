@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
 
 from harness import (
     Backend,
@@ -25,18 +24,9 @@ from harness import (
     request,
     run,
     service,
+    until,
 )
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.002)
 
 
 def weighted(*targets: tuple[str, int], **spec: object) -> ServiceSpec:

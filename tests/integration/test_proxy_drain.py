@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,22 +28,13 @@ from harness import (
     request,
     run,
     service,
+    until,
 )
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.002)
 
 
 def record_loop_errors() -> list[dict[str, Any]]:

@@ -7,9 +7,7 @@ Every wait is a condition polled for a short while (the checker runs every
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Callable
 
 from harness import (
     Backend,
@@ -22,6 +20,7 @@ from harness import (
     request,
     run,
     service,
+    until,
 )
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.target import Target
@@ -35,16 +34,6 @@ from zerodown.routing import (
 )
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.02, timeout=0.2, rise=1, fall=1)
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.002)
 
 
 def target(server: ProxyServer, backend: Backend) -> Target:

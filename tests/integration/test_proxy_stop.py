@@ -35,20 +35,11 @@ from harness import (
     request,
     run,
     service,
+    until,
 )
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from harness import Request, backends, ok, parse_responses, port_of, proxy, run, service
+from harness import Request, backends, ok, parse_responses, port_of, proxy, run, service, until
 from harness import exchange as raw_exchange
 from zerodown.demo.process import AppProcess, spawn_app
 from zerodown.proxy.server import ProxyServer
@@ -29,16 +29,6 @@ def app() -> Iterator[AppProcess]:
     proc = spawn_app("v1")
     yield proc
     proc.stop()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.002)
 
 
 def the_target(server: ProxyServer) -> Target:
