@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.zerodown-installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv check-system lint test demo
+.PHONY: help venv check-system lint test demo bench
 
 help:
 	@echo "make demo          two demo app instances behind 'zerodown serve' on 127.0.0.1:8080"
@@ -52,3 +52,8 @@ test: venv check-system
 
 demo: venv
 	$(BIN)/zerodown demo
+
+# Not part of `make test`: zerodown against nginx and HAProxy (see bench/README.md).
+# About 13 minutes on 2 cores; BENCH_QUICK=1 for a 2-3 minute smoke run.
+bench: venv check-system
+	$(BIN)/python bench/run.py

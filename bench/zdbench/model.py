@@ -1,0 +1,192 @@
+"""What a benchmark run measured, as plain values, and how repetitions fold
+into one row per (mode, connections, proxy). Pure: no I/O, no clock.
+
+A row's req/s, p50, p99 and CPU per request are medians over repetitions (so
+one disturbed repetition moves a row less); errors and timeouts are summed,
+since a target of "no errors" means none in any repetition.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from zdbench.wrk import WrkResult
+
+TIMES = "\N{MULTIPLICATION SIGN}"  # ratios read "0.93" TIMES; spelt out for the linter
+SHARED = "shared"
+OWN_CORE = "own_core"
+MODES = (SHARED, OWN_CORE)
+PROXY_ORDER = {"zerodown": 0, "nginx": 1, "haproxy": 2}  # within one row group
+MODE_TITLES = {
+    SHARED: "shared (nothing pinned)",
+    OWN_CORE: "own core (proxy on CPU 0; wrk and backends on CPU 1)",
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Variant:
+    """One proxy configuration of the matrix: a program and its worker (or thread) count."""
+
+    proxy: str  # "zerodown", "nginx" or "haproxy"
+    workers: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.proxy}-{self.workers}"
+
+    @property
+    def label(self) -> str:
+        unit = "thread" if self.proxy == "haproxy" else "worker"
+        return f"{self.proxy} {self.workers} {unit}{'s' if self.workers > 1 else ''}"
+
+    @classmethod
+    def parse(cls, key: str) -> Variant:
+        proxy, _, workers = key.strip().rpartition("-")
+        if proxy not in ("zerodown", "nginx", "haproxy") or not workers.isdigit():
+            raise ValueError(f"not a proxy variant: {key!r} (as 'zerodown-1', 'nginx-2')")
+        return cls(proxy, int(workers))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One wrk run at one concurrency against one proxy."""
+
+    mode: str
+    variant: Variant
+    conns: int
+    rep: int
+    wrk: WrkResult
+    cpu_us: float | None  # proxy CPU per request, all its processes and threads
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    mode: str
+    variant: Variant
+    conns: int
+    reps: int
+    rps: float
+    p50_us: float | None
+    p99_us: float | None
+    errors: int  # connect, read and write errors and non-2xx/3xx responses
+    timeouts: int
+    cpu_us: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bursts:
+    """1,000 clients connecting at once, several times: one wrk run per burst."""
+
+    variant: Variant
+    conns: int
+    results: tuple[WrkResult, ...]
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.results)
+
+    @property
+    def timeouts(self) -> int:
+        return sum(r.socket.timeout for r in self.results)
+
+    @property
+    def worst_p99_us(self) -> float | None:
+        p99s = [r.p99_us for r in self.results if r.p99_us is not None]
+        return max(p99s) if p99s else None
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(r.rps for r in self.results) if self.results else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Many idle keep-alive client connections held by zerodown, then each served once."""
+
+    wanted: int
+    opened: int
+    served: int  # connections that then got a 200
+    rss_base_kb: int
+    rss_held_kb: int  # all connections open, none has sent a byte
+    rss_served_kb: int  # after each connection was served once and is idle again
+    error: str | None = None
+
+    @property
+    def kb_per_conn(self) -> float | None:
+        """The larger of the two RSS deltas (held, served) per open connection."""
+        if self.opened <= 0:
+            return None
+        return (max(self.rss_held_kb, self.rss_served_kb) - self.rss_base_kb) / self.opened
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One large body streamed through zerodown."""
+
+    direction: str  # "download" (GET /bytes) or "upload" (POST echoed back)
+    size: int  # bytes asked for
+    received: int  # body bytes the client got back
+    seconds: float
+    status: int | None
+    peak_rss_kb: int | None  # the proxy's VmHWM after the transfer
+    base_rss_kb: int | None  # its VmRSS before the first transfer
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200 and self.received == self.size
+
+    @property
+    def mb_per_s(self) -> float | None:
+        return self.received / self.seconds / 1e6 if self.seconds > 0 else None
+
+
+def aggregate(runs: Iterable[Run]) -> list[Row]:
+    """One row per (mode, conns, variant), in the order the groups first appear sorted."""
+    groups: dict[tuple[str, int, Variant], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.mode, run.conns, run.variant), []).append(run)
+    return [_row(key, group) for key, group in sorted(groups.items(), key=_order)]
+
+
+def find(rows: Sequence[Row], mode: str, conns: int, variant: Variant) -> Row | None:
+    for row in rows:
+        if (row.mode, row.conns, row.variant) == (mode, conns, variant):
+            return row
+    return None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, None when either is missing or b is 0."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _row(key: tuple[str, int, Variant], runs: list[Run]) -> Row:
+    mode, conns, variant = key
+    return Row(
+        mode=mode,
+        variant=variant,
+        conns=conns,
+        reps=len(runs),
+        rps=statistics.median(r.wrk.rps for r in runs),
+        p50_us=_median(r.wrk.p50_us for r in runs),
+        p99_us=_median(r.wrk.p99_us for r in runs),
+        errors=sum(r.wrk.errors for r in runs),
+        timeouts=sum(r.wrk.socket.timeout for r in runs),
+        cpu_us=_median(r.cpu_us for r in runs),
+    )
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _order(item: tuple[tuple[str, int, Variant], list[Run]]) -> tuple[int, int, int, int]:
+    (mode, conns, variant), _ = item
+    mode_rank = MODES.index(mode) if mode in MODES else len(MODES)
+    return (mode_rank, conns, variant.workers, PROXY_ORDER.get(variant.proxy, 9))
