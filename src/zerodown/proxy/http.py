@@ -34,6 +34,13 @@ HOP_BY_HOP: Final = frozenset(
 FORWARDED_HEADERS: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
 )
+# What these would become in a CGI/WSGI environ (HTTP_X_FORWARDED_FOR), where
+# "X-Forwarded_For" lands on the same key: a client must not reach them by
+# spelling a dash as an underscore (nginx drops such names by default).
+_ENVIRON_SPOOFABLE: Final = frozenset(
+    name.replace(b"-", b"_")
+    for name in HOP_BY_HOP | FORWARDED_HEADERS | {b"host", b"content-length", b"expect"}
+)
 # RFC 9110 §9.2.2. A retry may repeat these; never the others once sent.
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -44,6 +51,7 @@ REASONS: Final[dict[int, bytes]] = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    417: b"Expectation Failed",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
@@ -117,7 +125,9 @@ def read_head(
             head.chunked = _chunked(value)
         elif key == b"connection":
             head.connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
-        elif key == b"expect":
+        elif key == b"expect" and version == "1.1":
+            # RFC 9110 §10.1.1: an HTTP/1.0 expectation is ignored (and a 1.0
+            # client must never be sent a 1xx, §15.2).
             head.expect_continue = _expect(value)
         elif key == b"upgrade":
             head.upgrade = value
@@ -209,6 +219,8 @@ def upstream_head(
         key = name.lower()
         if key in drop or key == b"expect":
             continue  # the proxy answers 100-continue itself
+        if b"_" in key and key.replace(b"-", b"_") in _ENVIRON_SPOOFABLE:
+            continue
         if key in FORWARDED_HEADERS:
             if key == b"x-forwarded-for":
                 incoming_xff = value if incoming_xff is None else incoming_xff + b", " + value
