@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from harness import backends, port_of, proxy, request, run, service
-
 from zerodown.proxy.settings import ProxySettings
 
 
