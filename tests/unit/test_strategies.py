@@ -385,3 +385,23 @@ def test_recreate_holds_around_the_gap() -> None:
     gap = [m.step for m in fleet.trace if m.serving == 0]
     assert all(m.held for m in fleet.trace if m.serving == 0)
     assert gap == [Drain("old", 2), Stop("old", 2), Start("new", 3), WaitHealthy("new")]
+
+
+@pytest.mark.parametrize(("preview_pause", "pause"), [("manual", None), ("30s", 30.0)])
+def test_blue_green_preview_pause_holds_green_on_the_preview_header_before_the_switch(
+    preview_pause: str, pause: float | None
+) -> None:
+    steps = plan(
+        "blue_green",
+        Situation(old_instances=2, desired=2),
+        config(2, blue_green={"preview_pause": preview_pause}),
+    ).steps
+    preview = steps.index(SetTraffic("split", new_weight=0.0, preview=True))
+    assert steps[preview + 1] == Pause(pause)
+    assert steps[preview + 2] == SetTraffic("split", new_weight=100.0)
+
+
+def test_blue_green_without_preview_pause_switches_right_after_the_preview() -> None:
+    steps = plan("blue_green", Situation(old_instances=2, desired=2), config(2)).steps
+    preview = steps.index(SetTraffic("split", new_weight=0.0, preview=True))
+    assert steps[preview + 1] == SetTraffic("split", new_weight=100.0)

@@ -41,3 +41,5 @@ STICKY_COOKIE = "zerodown_pool"
 # recreate
 MAX_PAUSE = 30.0  # longest a request is held while the old release is replaced
 WARMUP = 0.0  # extra seconds after the health gate before an instance takes traffic
+PREVIEW_PAUSE = 0.0  # blue-green: seconds green is reachable by preview header only
+KEEP_RELEASES = 5  # releases kept per service besides the current and the previous one

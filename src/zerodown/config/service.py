@@ -134,6 +134,7 @@ class ServiceConfig(Table):
     stop_grace: Duration = defaults.STOP_GRACE
     deploy_timeout: Timeout = defaults.DEPLOY_TIMEOUT
     warmup: Duration = defaults.WARMUP
+    keep_releases: int = Field(default=defaults.KEEP_RELEASES, ge=1)
     ports: Annotated[tuple[int, int], BeforeValidator(_port_range)] = defaults.PORTS
     rolling: RollingConfig = RollingConfig()
     blue_green: BlueGreenConfig = BlueGreenConfig()

@@ -31,13 +31,18 @@ class RollingConfig(Table):
         return self
 
 
+def _pause(value: Any) -> Any:
+    return value if value == "manual" else parse_duration(value)
+
+
 class BlueGreenConfig(Table):
     scale_down_delay: Duration = defaults.SCALE_DOWN_DELAY
     preview_header: str = Field(default=defaults.PREVIEW_HEADER, min_length=1)
-
-
-def _pause(value: Any) -> Any:
-    return value if value == "manual" else parse_duration(value)
+    # How long green is reachable only with the preview header before the
+    # switch: "manual" waits for `zerodown promote` (smoke tests in CI), 0 skips.
+    preview_pause: Annotated[float | Literal["manual"], BeforeValidator(_pause)] = (
+        defaults.PREVIEW_PAUSE
+    )
 
 
 class CanaryStep(Table):

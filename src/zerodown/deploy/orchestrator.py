@@ -37,7 +37,6 @@ from zerodown.store.base import DeployRecord, Store, local_owner
 
 log = logging.getLogger("zerodown.deploy")
 
-KEEP_RELEASES = 5  # releases kept per service, besides the current and the previous one
 HEARTBEAT_EVERY = 10.0  # seconds between lock heartbeats while a deploy runs
 RETIRE_RETRY = 1.0  # seconds before a warm release's stop is tried again while a deploy runs
 
@@ -276,7 +275,7 @@ class Orchestrator:
     def prune(self, service: str) -> None:
         protect = {v for v in (self.store.current(service), self.store.previous(service)) if v}
         protect |= {i.version for i in self.fleets[service].instances}
-        self.store.prune(service, KEEP_RELEASES, protect)
+        self.store.prune(service, self.fleets[service].config.keep_releases, protect)
 
     # -- doing things to instances (used by Deployment) ----------------------------------
 

@@ -167,8 +167,11 @@ def _blue_green(situation: Situation, config: ServiceConfig) -> Steps:
         WaitHealthy("new"),
         # Only requests with the preview header reach green: smoke tests before any weight.
         SetTraffic("split", new_weight=0.0, preview=True),
-        SetTraffic("split", new_weight=100.0),  # the switch: one table, applied at once
     ]
+    preview = config.blue_green.preview_pause
+    if preview == "manual" or preview > 0:
+        steps.append(Pause(None if preview == "manual" else preview))
+    steps.append(SetTraffic("split", new_weight=100.0))  # the switch: one table, at once
     if delay > 0:
         steps.append(KeepWarm(delay))  # the executor drains blue now and stops it after delay
     else:
