@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from zerodown.runtime.ports import NoFreePort, PortAllocator
+from zerodown.runtime.ports import NoFreePort, PortAllocator, ephemeral_overlap
 
 
 class Busy:
@@ -112,3 +114,12 @@ def test_allocators_sharing_claims_never_hand_out_each_others_ports() -> None:
     assert api.take() == 100
     with pytest.raises(NoFreePort, match="4 held by instances, the other 0 busy"):
         web.take()
+
+
+def test_ephemeral_overlap_names_the_shared_part_of_the_two_ranges(tmp_path: Path) -> None:
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("32768\t60999\n")
+    assert ephemeral_overlap(20000, 29999, str(ranges)) is None
+    assert ephemeral_overlap(30000, 40000, str(ranges)) == (32768, 40000)
+    assert ephemeral_overlap(60000, 61000, str(ranges)) == (60000, 60999)
+    assert ephemeral_overlap(30000, 40000, str(tmp_path / "missing")) is None

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from zerodown.errors import DeployError
 
 Probe = Callable[[str, int], bool]  # (host, port) -> could an app listen there right now?
+
+# Linux's range for the local port of outgoing connections (connect() without bind()).
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 
 
 class NoFreePort(DeployError):
@@ -48,6 +52,24 @@ def can_listen(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def ephemeral_overlap(
+    first: int, last: int, path: str = EPHEMERAL_RANGE_FILE
+) -> tuple[int, int] | None:
+    """The part of `first..last` the kernel may give to outgoing connections, or None.
+
+    A port from there can be free when the probe looks and taken a moment
+    later by any connect() on the host (the proxy's own, to the very
+    instances it serves), before an app that starts slowly binds it: the app
+    then exits with "address already in use" and the deploy rolls back.
+    """
+    try:
+        low, high = (int(word) for word in Path(path).read_text().split())
+    except (OSError, ValueError):  # not Linux, or no /proc: nothing to compare with
+        return None
+    overlap = (max(first, low), min(last, high))
+    return overlap if overlap[0] <= overlap[1] else None
 
 
 class PortAllocator:

@@ -35,7 +35,7 @@ from zerodown.release import Instance, Release
 from zerodown.runtime import procfs
 from zerodown.runtime.base import ExitCallback, Runtime
 from zerodown.runtime.logs import RotatingLog, pump
-from zerodown.runtime.ports import PortAllocator, Probe, can_listen
+from zerodown.runtime.ports import PortAllocator, Probe, can_listen, ephemeral_overlap
 from zerodown.runtime.spawn import RuntimeStartError, spawn, until_exit
 
 __all__ = ["ProcessRuntime", "RuntimeStartError"]
@@ -102,6 +102,15 @@ class ProcessRuntime(Runtime):
         self.state_dir = Path(state_dir)
         self.host = host
         self.ports = PortAllocator(*port_range, host=host, probe=probe, claimed=_CLAIMED_PORTS)
+        overlap = ephemeral_overlap(*port_range)
+        if overlap is not None:
+            log.warning(
+                "ports %d-%d overlap the kernel's ephemeral range in %d-%d "
+                "(net.ipv4.ip_local_port_range): an outgoing connection may take an "
+                "instance's port before the app binds it; choose ports outside it",
+                *port_range,
+                *overlap,
+            )
         self._log_max_bytes = log_max_bytes
         self._log_backups = log_backups
         self._live: dict[str, _Watched] = {}
