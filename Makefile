@@ -20,11 +20,12 @@ PYTEST_ARGS ?=
 .PHONY: help venv check-system lint test demo bench
 
 help:
-	@echo "make demo          two demo app instances behind 'zerodown serve' on 127.0.0.1:8080"
+	@echo "make demo          the whole story: deploys under load on 127.0.0.1:8080, then serves"
 	@echo "make test          set up, then ruff check, mypy and the whole test suite"
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make venv          $(VENV) with zerodown installed editable, extras test and redis"
 	@echo "make check-system  install nginx, haproxy, redis-server, wrk, curl when missing"
+	@echo "make bench         zerodown vs nginx and HAProxy (BENCH_QUICK=1 for a short run)"
 
 venv: $(INSTALLED)
 

@@ -66,6 +66,7 @@ Exit codes:
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Deploy web services on your own servers without dropping a request.",
 )
 

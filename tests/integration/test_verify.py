@@ -229,6 +229,17 @@ def test_verify_without_during_just_loads(apps: tuple[AppProcess, AppProcess]) -
     assert report.total > 0 and report.failed == 0
 
 
+def test_verify_load_only_runs_for_its_duration(apps: tuple[AppProcess, AppProcess]) -> None:
+    async def scenario() -> tuple[Report, None]:
+        async with proxy(service(apps[0].address)) as server:
+            spec = LoadSpec(url(port_of(server)), concurrency=2, duration=1.5)
+            return await verify(spec, warmup=0.1, cooldown=0.1)
+
+    report, _ = run(scenario())
+    assert report.duration >= 1.5  # not cut at warmup + cooldown
+    assert report.total > 0 and report.failed == 0
+
+
 def test_verify_stops_the_load_when_during_fails(apps: tuple[AppProcess, AppProcess]) -> None:
     async def broken() -> None:
         raise RuntimeError("deploy crashed")

@@ -58,7 +58,11 @@ class Fleet:
     def traffic(self) -> dict[str, float]:
         """Percent of new requests per version, as the table splits it."""
         versions = {
-            i.version for i in self.instances if i.id in self.routed and i.id not in self.draining
+            i.version
+            for i in self.instances
+            if i.id in self.routed
+            and i.id not in self.draining
+            and i.version != self.preview_version  # reached by the preview header only
         }
         if not versions:
             return {}

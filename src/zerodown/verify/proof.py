@@ -48,6 +48,8 @@ async def verify(
             marks.append((clock(), label))
             outcome = await during()
             marks.append((clock(), f"{label} done"))
+        elif spec.duration is not None:
+            await asyncio.wait([load])  # load only: it ends at its own duration
         await asyncio.wait([load], timeout=cooldown)
     except BaseException:
         load.cancel()

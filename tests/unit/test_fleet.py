@@ -1,0 +1,41 @@
+"""The fleet's view of traffic, as `zerodown status` shows it."""
+
+from __future__ import annotations
+
+from zerodown.config.service import ServiceConfig
+from zerodown.deploy.fleet import Fleet
+from zerodown.release import Instance
+
+
+def fleet_with(old: int, new: int) -> tuple[Fleet, list[Instance], list[Instance]]:
+    config = ServiceConfig.model_validate({"command": "app --port {port}", "instances": old})
+    fleet = Fleet("web", config)
+    olds = [Instance(f"o{i}", "web", "v1", 20000 + i, state="ready") for i in range(old)]
+    news = [Instance(f"n{i}", "web", "v2", 21000 + i, state="ready") for i in range(new)]
+    fleet.instances = [*olds, *news]
+    return fleet, olds, news
+
+
+def test_a_preview_takes_no_share_of_ordinary_traffic() -> None:
+    fleet, olds, news = fleet_with(2, 2)
+    fleet.route(olds + news)
+    fleet.preview_version = "v2"  # green reachable by the preview header only
+    assert fleet.traffic() == {"v1": 100.0}
+    assert [t.address for t in fleet.spec().canary.targets] == [n.address for n in news]
+
+
+def test_a_canary_weight_is_its_share_and_the_rest_is_stable() -> None:
+    fleet, olds, news = fleet_with(2, 2)
+    fleet.route(olds + news)
+    fleet.canary_version, fleet.canary_weight = "v2", 20.0
+    assert fleet.traffic() == {"v1": 80.0, "v2": 20.0}
+    assert fleet.spec().split.canary_weight == 20.0
+
+
+def test_draining_instances_take_no_new_traffic() -> None:
+    fleet, olds, news = fleet_with(2, 2)
+    fleet.route(olds + news)
+    fleet.start_draining(olds)
+    assert fleet.traffic() == {"v2": 100.0}
+    states = {t.address: t.state for t in fleet.spec().stable.targets}
+    assert [states[o.address] for o in olds] == ["draining", "draining"]
