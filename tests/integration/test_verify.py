@@ -236,7 +236,7 @@ def test_verify_load_only_runs_for_its_duration(apps: tuple[AppProcess, AppProce
             return await verify(spec, warmup=0.1, cooldown=0.1)
 
     report, _ = run(scenario())
-    assert report.duration >= 1.5  # not cut at warmup + cooldown
+    assert len(report.buckets) >= 2  # 1 s buckets: not cut at warmup + cooldown (0.2 s)
     assert report.total > 0 and report.failed == 0
 
 
