@@ -107,6 +107,9 @@ class Exchange:
         self._last_read = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self.set_cookie: bytes | None = None
+        # Response bytes gathered during one upstream read, written to the
+        # client in one writelines() (one syscall for head + body + end).
+        self._out: list[bytes] = []
 
     def __repr__(self) -> str:
         target = self.target.address if self.target else None
@@ -335,18 +338,22 @@ class Exchange:
     async def _await_response(self, conn: UpstreamConnection) -> None:
         self._head_waiter = self.loop.create_future()
         self._done_waiter = self.loop.create_future()
+        # The watchdog bounds the wait for the head as well as the gaps in
+        # the body: one lazily re-armed timer instead of a timeout per phase.
+        self._start_watchdog()
         try:
-            async with asyncio.timeout(self.client.settings.read_timeout):
-                await self._head_waiter
-        except TimeoutError:
+            await self._head_waiter
+        except UpstreamTimeout:
+            if self.drain_cancelled:
+                raise  # cut by cancel_for_drain, not the watchdog: ends the exchange
             conn.abort()
             raise self._attempt_failed(
                 UpstreamTimeout("upstream read timed out"), conn, True
             ) from None
         except (ConnectionError, OSError, UpstreamProtocolError) as exc:
             raise self._attempt_failed(_as_proxy_error(exc), conn, True) from None
-        if not self.upgraded:
-            self._start_watchdog()
+        if self.upgraded:
+            self._stop_watchdog()
         try:
             await self._done_waiter
         except (ConnectionError, OSError, ProxyError) as exc:
@@ -449,7 +456,8 @@ class Exchange:
             return
         self.status = status
         self._upstream_keep_alive = keep_alive
-        self.client.write_lines(self._response_head(status, reason, headers))
+        self._last_read = self.loop.time()
+        self._out += self._response_head(status, reason, headers)
         self.responded = True
         self._settle(waiter, None)
 
@@ -493,18 +501,26 @@ class Exchange:
     def on_response_body(self, data: bytes) -> None:
         self._last_read = self.loop.time()
         if self._rechunk:
-            self.client.write_lines(http.chunk(data))
+            self._out += http.chunk(data)
         else:
-            self.client.write(data)
+            self._out.append(data)
 
     def on_response_complete(self) -> None:
         if self._rechunk:
-            self.client.write(http.LAST_CHUNK)
+            self._out.append(http.LAST_CHUNK)
+        self.flush_response()
         self._settle(self._done_waiter, None)
+
+    def flush_response(self) -> None:
+        """Write what this upstream read produced (called once per read)."""
+        if self._out:
+            out, self._out = self._out, []
+            self.client.write_lines(out)
 
     def on_upgraded(self, rest: bytes) -> None:
         self.upgraded = True
         self.keep_alive = False
+        self.flush_response()
         self.client.become_tunnel(self)
         if rest:
             self.client.write(rest)
@@ -577,6 +593,7 @@ class Exchange:
             waiter.set_exception(error)
 
     def _start_watchdog(self) -> None:
+        self._stop_watchdog()  # a retry starts over: never two timers for one exchange
         self._last_read = self.loop.time()
         self._watchdog = self.loop.call_later(self.client.settings.read_timeout, self._check_idle)
 
@@ -584,11 +601,17 @@ class Exchange:
         # One timer per response, re-armed lazily, instead of one per chunk.
         timeout = self.client.settings.read_timeout
         idle_for = self.loop.time() - self._last_read
-        if idle_for < timeout or self.client.write_paused:
+        waiting_head = self._head_waiter is not None and not self._head_waiter.done()
+        # A client that stops reading pauses the upstream read: not the target's delay.
+        if idle_for < timeout or (self.client.write_paused and not waiting_head):
             self._watchdog = self.loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
         self._watchdog = None
-        self._settle(self._done_waiter, UpstreamTimeout("upstream read timed out"))
+        error = UpstreamTimeout("upstream read timed out")
+        if waiting_head:
+            self._settle(self._head_waiter, error)
+            return  # _await_response aborts the connection
+        self._settle(self._done_waiter, error)
         if self.conn is not None:
             self.conn.abort()
 

@@ -35,6 +35,7 @@ class ResponseSink(Protocol):
     def on_response_complete(self) -> None: ...
     def on_upgraded(self, rest: bytes) -> None: ...
     def on_upstream_lost(self, exc: Exception) -> None: ...
+    def flush_response(self) -> None: ...
     def pause_request_body(self) -> None: ...
     def resume_request_body(self) -> None: ...
 
@@ -113,12 +114,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             assert self.sink is not None
             self.sink.on_response_body(data)
+            self.sink.flush_response()
             return
         if self.sink is None:
             # Bytes on an idle connection: the app broke protocol. Never reuse it.
             self.pool.discard(self)
             self.abort()
             return
+        sink = self.sink  # kept: completing the response detaches it
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -130,6 +133,9 @@ class UpstreamConnection(asyncio.Protocol):
             # next response would be read as the rest of this one).
             reason = f"invalid response from {self.pool.target.address}: {exc}"
             self._fail(UpstreamProtocolError(reason))
+        finally:
+            if sink is not None:
+                sink.flush_response()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
