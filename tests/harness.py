@@ -396,3 +396,57 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) 
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         await asyncio.sleep(0.002)
+
+
+# -- backends that count what ended or only record ---------------------------------
+
+
+@dataclass
+class ClosingBackend(Backend):
+    """A harness Backend that also counts connections that ended (by either side)."""
+
+    closed: int = 0
+    _closed_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self.closed += 1
+            self._closed_event.set()
+
+
+@dataclass
+class RawBackend:
+    """Records every byte each connection delivered; answers nothing until told."""
+
+    received: list[bytearray] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> RawBackend:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(self.received)
+        self.received.append(bytearray())
+        self.ended.append(False)
+        try:
+            while data := await reader.read(65536):
+                self.received[index] += data
+        except ConnectionError:
+            pass
+        finally:
+            self.ended[index] = True
+            writer.close()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
