@@ -126,12 +126,21 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the data plane and the control daemon in the foreground (stop: SIGTERM)."""
+    """Run the data plane and the control daemon in the foreground.
+
+    SIGTERM or Ctrl-C stops it; SIGUSR2 restarts it without refusing a
+    connection (a new zerodown version or config takes over the sockets).
+    """
     from zerodown.config import load_config
     from zerodown.control.daemon import Daemon
 
     try:
-        daemon = Daemon(load_config(config), keep_instances=keep_instances)
+        keep = "--keep-instances" if keep_instances else "--stop-instances"
+        daemon = Daemon(
+            load_config(config),
+            keep_instances=keep_instances,
+            restart_argv=["serve", "-c", str(config), keep],
+        )
         uvloop.run(daemon.run_until_signalled())
     except ZerodownError as exc:
         raise _fail(exc) from None

@@ -74,14 +74,14 @@ class FakeDataPlane(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         raise Unsupported("the fake does not drain")
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         self.threads.add(threading.get_ident())
         stable = pool_entry({self.target.address: target_entry(self.target)})
         pools = {"stable": stable, "canary": pool_entry({})}
         return {"services": {"web": {"pools": pools}}, "rejected": {"400": 1}}
 
-    def prometheus(self) -> str:
-        return render_prometheus(self.stats())
+    async def prometheus(self) -> str:
+        return render_prometheus(await self.stats())
 
 
 @dataclass
@@ -410,7 +410,7 @@ def test_stats_is_the_dataplane_json() -> None:
             reply = await api.call("GET", "/v1/stats")
             assert reply.status == 200
             stats = reply.json()
-            assert stats == fake.stats()
+            assert stats == await fake.stats()
             target = stats["services"]["web"]["pools"]["stable"]["targets"]["127.0.0.1:9001"]
             assert target["responses"]["2xx"] == 1
         # handlers run on the loop thread, never in FastAPI's thread pool
@@ -427,7 +427,7 @@ def test_metrics_is_prometheus_text() -> None:
             assert reply.status == 200
             assert reply.headers["content-type"] == PROMETHEUS_CONTENT_TYPE
             text = reply.body.decode()
-            assert text == fake.prometheus()
+            assert text == await fake.prometheus()
             labels = 'service="web",pool="stable",target="127.0.0.1:9001",version="v1"'
             assert f"zerodown_requests_total{{{labels}}} 1\n" in text
             assert "# TYPE zerodown_request_duration_seconds histogram\n" in text

@@ -230,10 +230,10 @@ class NullDataPlane(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         raise Unsupported("not in these tests")
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return {}
 
-    def prometheus(self) -> str:
+    async def prometheus(self) -> str:
         return ""
 
 

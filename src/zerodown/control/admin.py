@@ -160,11 +160,12 @@ def _add_routes(app: FastAPI, dataplane: DataPlane) -> None:
 
     @app.get("/v1/stats")
     async def stats() -> dict[str, Any]:
-        return dataplane.stats()
+        return await dataplane.stats()
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(dataplane.prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
+        text = await dataplane.prometheus()
+        return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 # -- deploys ---------------------------------------------------------------------
@@ -425,10 +426,18 @@ class AdminServer:
     and `.port` is the real port as soon as `start()` returns.
     """
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.app = app
         self.host = host
         self._requested_port = port
+        # A socket already listening (handed over by an old generation) is used as is.
+        self._given = sock
         self._sock: socket.socket | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -446,9 +455,12 @@ class AdminServer:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("AdminServer is already started")
-        self._sock = _bind(self.host, self._requested_port)
+        if self._sock is None:
+            self._sock = self._given or _bind(self.host, self._requested_port)
+        # uvicorn closes the sockets it serves when it stops: give it a
+        # duplicate, so `pause` can stop serving and keep the port open.
         self._server = _EmbeddedServer(_uvicorn_config(self.app))
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock.dup()]))
         ready = asyncio.create_task(self._server.ready.wait())
         done, _ = await asyncio.wait(
             {self._task, ready}, timeout=STARTUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -460,8 +472,25 @@ class AdminServer:
             where = f"{self.host}:{self._requested_port}"
             raise DataPlaneError(f"admin API did not start on {where}") from cause
 
+    @property
+    def socket(self) -> socket.socket:
+        if self._sock is None:
+            raise RuntimeError("AdminServer is not started")
+        return self._sock
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close the socket."""
+        await self.pause()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+
+    async def pause(self) -> None:
+        """Stop serving but keep the socket listening: new clients wait in its queue.
+
+        `start` serves again. A hot restart pauses the old generation's API
+        so that nothing (a deploy) starts there while the new one comes up.
+        """
         if self._server is not None and self._task is not None:
             end_streams(self.app)
             self._server.should_exit = True
@@ -470,9 +499,7 @@ class AdminServer:
             # must not stop the rest of the daemon's shutdown.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, SHUTDOWN_TIMEOUT + 1.0)
-        if self._sock is not None:
-            self._sock.close()
-        self._sock, self._server, self._task = None, None, None
+        self._server, self._task = None, None
 
 
 def _uvicorn_config(app: ASGIApp) -> uvicorn.Config:

@@ -5,11 +5,15 @@ the proxy stops accepting, answers keep-alive clients with Connection:
 close, waits for in-flight requests up to its deadline and cuts the rest;
 then the orchestrator stops deploying and, unless told to keep them, stops
 the app instances (after the proxy, so in-flight requests finish on them).
+
+SIGUSR2 is a hot restart (handover.py): a new generation takes the sockets
+over, and this one stops as above but leaves the app instances to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -18,7 +22,9 @@ from zerodown.config import Config
 from zerodown.config.service import ServiceConfig
 from zerodown.control.admin import AdminServer, create_admin_app
 from zerodown.control.auth import require_token_for
-from zerodown.dataplane.embedded import EmbeddedDataPlane
+from zerodown.control.handover import HandoverError, inherited, start_successor
+from zerodown.dataplane.base import ListeningDataPlane
+from zerodown.dataplane.local import local_dataplane
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.routing import parse_address
 from zerodown.runtime.base import Runtime
@@ -27,35 +33,51 @@ from zerodown.store.sqlite import DB_FILENAME, SqliteStore
 
 TOKEN_ENV = "ZERODOWN_TOKEN"
 
+log = logging.getLogger("zerodown.daemon")
+
 
 class Daemon:
     def __init__(
-        self, config: Config, token: str | None = None, *, keep_instances: bool = False
+        self,
+        config: Config,
+        token: str | None = None,
+        *,
+        keep_instances: bool = False,
+        restart_argv: list[str] | None = None,
     ) -> None:
         self.config = config
+        # The `zerodown` arguments a hot restart runs the new generation with
+        # (None: hot restart is off, as in tests that build a Daemon directly).
+        self.restart_argv = restart_argv
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         require_token_for(config.proxy.admin, self.token)
         # On a clean stop, leave the apps running for the next daemon to adopt
         # (an upgrade of zerodown itself), or stop them (a foreground session).
         self.keep_instances = keep_instances
         self.state_dir = Path(config.proxy.state_dir)
-        self.dataplane: EmbeddedDataPlane | None = None
+        self.dataplane: ListeningDataPlane | None = None
         self.store: SqliteStore | None = None
         self.orchestrator: Orchestrator | None = None
         self.admin: AdminServer | None = None
+        self.handed_over_to: int | None = None
 
     async def start(self) -> None:
         config = self.config
-        self.dataplane = EmbeddedDataPlane(config.proxy_settings(), config.routing_table())
-        await self.dataplane.start(list(config.proxy.listen))
+        given = inherited()
+        self.dataplane = local_dataplane(
+            config.proxy_settings(), config.routing_table(), config.proxy.worker_count()
+        )
+        await self.dataplane.start(given.listen if given else list(config.proxy.listen))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
         self.orchestrator = Orchestrator(config, self.dataplane, self.store, self._runtime_for)
         await self.orchestrator.start()
         host, port = _admin_address(config.proxy.admin)
         app = create_admin_app(self.dataplane, self.token, self.orchestrator)
-        self.admin = AdminServer(app, host, port)
+        self.admin = AdminServer(app, host, port, sock=given.admin if given else None)
         await self.admin.start()
+        if given is not None:
+            given.signal_ready()
 
     def _runtime_for(self, name: str, service: ServiceConfig) -> Runtime:
         return ProcessRuntime(self.state_dir, port_range=service.ports)
@@ -71,23 +93,68 @@ class Daemon:
             self.store.close()
 
     async def run_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop cleanly."""
+        """Serve until SIGTERM or SIGINT, or until a hot restart took over; then stop."""
         stop = asyncio.Event()
+        restart = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR2, restart.set)
         try:
             await self.start()
             self.announce()
-            await stop.wait()
+            while not stop.is_set():
+                await _first(stop, restart)
+                if restart.is_set():
+                    restart.clear()
+                    if await self.hand_over():
+                        break
         finally:
             await self.stop()
+
+    async def hand_over(self) -> bool:
+        """Start the next generation on our sockets; True when it serves.
+
+        Refused while a deploy runs (the new generation would find it
+        half-done and roll it back). The admin API pauses meanwhile so that
+        no deploy starts here; if the new generation fails, it serves again.
+        """
+        assert self.dataplane is not None and self.admin is not None
+        assert self.orchestrator is not None
+        if self.restart_argv is None:
+            log.warning("hot restart: not available in this process")
+            return False
+        if self.orchestrator.deployments:
+            busy = ", ".join(self.orchestrator.deployments)
+            log.warning("hot restart refused: a deploy of %s is running", busy)
+            return False
+        await self.admin.pause()
+        sockets = self.dataplane.sockets
+        try:
+            pid = await start_successor(self.restart_argv, sockets, self.admin.socket)
+        except HandoverError as exc:
+            log.error("hot restart failed, serving on: %s", exc)
+            await self.admin.start()
+            return False
+        print(f"zerodown: handed over to pid {pid}; finishing in-flight requests", flush=True)
+        self.handed_over_to = pid
+        self.keep_instances = True  # they are the new generation's now
+        return True
 
     def announce(self) -> None:
         assert self.dataplane is not None and self.admin is not None
         listen = ", ".join(f"{h}:{p}" for h, p in self.dataplane.addresses)
         admin = f"{self.admin.host}:{self.admin.port}"
         print(f"zerodown: proxy on {listen}; admin on {admin}", flush=True)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _admin_address(address: str) -> tuple[str, int]:

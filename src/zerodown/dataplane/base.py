@@ -6,12 +6,13 @@ counters back. A driver that cannot do something raises `Unsupported`.
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from typing import Any
 
 from zerodown.routing import DrainResult, RoutingTable
 
-__all__ = ["DataPlane", "DrainResult"]
+__all__ = ["DataPlane", "DrainResult", "ListeningDataPlane"]
 
 
 class DataPlane(ABC):
@@ -28,9 +29,36 @@ class DataPlane(ABC):
         """Set the target draining and wait until its in-flight work is done or the deadline."""
 
     @abstractmethod
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         """Counters per service, pool and target, JSON-ready."""
 
     @abstractmethod
-    def prometheus(self) -> str:
+    async def prometheus(self) -> str:
         """The same counters in Prometheus text exposition format."""
+
+
+class ListeningDataPlane(DataPlane):
+    """A data plane that zerodown runs itself: it owns listening sockets and stops."""
+
+    @abstractmethod
+    async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        """Listen on "host:port" addresses, or on sockets already listening (a hot restart)."""
+
+    @abstractmethod
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish up to `timeout`, cut the rest."""
+
+    @property
+    @abstractmethod
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where it listens, as (host, port)."""
+
+    @property
+    @abstractmethod
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets, for a hot restart to hand over."""
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes that serve traffic (empty: this one)."""
+        return []

@@ -1,17 +1,20 @@
-"""The embedded data plane: zerodown's own proxy, in this process."""
+"""The embedded data plane: zerodown's own proxy, in this process (`workers = 1`).
+
+`local_dataplane` picks it, or the multi-worker one for `workers` > 1.
+"""
 
 from __future__ import annotations
 
 import socket
 from typing import Any
 
-from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.dataplane.base import DrainResult, ListeningDataPlane
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
 
 
-class EmbeddedDataPlane(DataPlane):
+class EmbeddedDataPlane(ListeningDataPlane):
     def __init__(self, settings: ProxySettings, table: RoutingTable | None = None) -> None:
         self.server = ProxyServer(settings, table)
 
@@ -28,6 +31,10 @@ class EmbeddedDataPlane(DataPlane):
     def addresses(self) -> list[tuple[str, int]]:
         return self.server.addresses
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return self.server.sockets
+
     async def apply(self, table: RoutingTable) -> None:
         await self.server.apply(table)
 
@@ -37,8 +44,8 @@ class EmbeddedDataPlane(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         return await self.server.drain(service, address, timeout)
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return self.server.stats()
 
-    def prometheus(self) -> str:
+    async def prometheus(self) -> str:
         return self.server.prometheus()

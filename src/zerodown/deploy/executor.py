@@ -192,7 +192,7 @@ class Deployment:
             if fleet.canary_version or fleet.preview_version:
                 fleet.route(fleet.ready(new))
         await self.orch.apply()
-        self._baseline = self._samples()
+        self._baseline = await self._samples()
         self.orch.bus.publish(fleet.name, self.id, "traffic", split=fleet.traffic())
 
     async def _pause(self, step: Pause) -> None:
@@ -210,7 +210,7 @@ class Deployment:
                 try:
                     await asyncio.wait_for(self._wake.wait(), min(remaining, JUDGE_EVERY))
                 except TimeoutError:
-                    self._judge(final=False)
+                    await self._judge(final=False)
         finally:
             self.waiting_for_promote = False
 
@@ -222,7 +222,7 @@ class Deployment:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.fleet.config.deploy_timeout
-        while self._judge(final=True) == "inconclusive":
+        while await self._judge(final=True) == "inconclusive":
             if loop.time() >= deadline:
                 raise CanaryBreach("too few canary requests for a verdict before deploy_timeout")
             await self._checkpoint()
@@ -251,17 +251,18 @@ class Deployment:
 
     # -- the canary judge --------------------------------------------------------------
 
-    def _samples(self) -> tuple[Sample, Sample]:
-        pools = self.orch.dataplane.stats()["services"].get(self.fleet.name, {}).get("pools", {})
+    async def _samples(self) -> tuple[Sample, Sample]:
+        stats = await self.orch.dataplane.stats()
+        pools = stats["services"].get(self.fleet.name, {}).get("pools", {})
         return (
             Sample.from_pool(pools.get("canary", {}).get("totals", {})),
             Sample.from_pool(pools.get("stable", {}).get("totals", {})),
         )
 
-    def _judge(self, *, final: bool) -> str:
+    async def _judge(self, *, final: bool) -> str:
         if self._baseline is None or self.fleet.canary_version is None:
             return "pass"  # no canary pool in traffic: nothing to compare
-        canary_now, stable_now = self._samples()
+        canary_now, stable_now = await self._samples()
         canary = canary_now.since(self._baseline[0])
         stable = stable_now.since(self._baseline[1])
         settings = self.fleet.config.canary

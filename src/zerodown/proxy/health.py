@@ -33,7 +33,7 @@ checks the checker's results drive the return and `tick` is a no-op.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from zerodown.errors import IllegalTransition
 from zerodown.routing import HealthSpec, PassiveHealthSpec
@@ -56,6 +56,15 @@ TRANSITIONS: Final[dict[tuple[HealthState, HealthEvent], HealthState]] = {
 # it would get no request at all until the ramp moved, and a weighted balancer
 # with one target left would divide by nothing.
 SLOW_START_FLOOR: Final = 0.1
+
+
+class HealthShare(NamedTuple):
+    """The part of a TargetHealth that workers share (plain values: it crosses processes)."""
+
+    state: HealthState
+    ejected_until: float | None
+    returned_at: float | None
+    times_ejected: int
 
 
 def transition(current: HealthState, event: HealthEvent) -> HealthState:
@@ -191,6 +200,28 @@ class TargetHealth:
         if self.state != "ejected":
             return False
         return self.active is not None or not self._ejection_over(now)
+
+    def shared(self) -> HealthShare:
+        """What other workers need to agree with this one (see `adopt`)."""
+        return HealthShare(self.state, self.ejected_until, self.returned_at, self.times_ejected)
+
+    def adopt(self, share: HealthShare) -> None:
+        """Take the verdict of the process that owns health for all workers.
+
+        With several workers one process runs the checks and hears of every
+        ejection; the others copy its verdict instead of walking the state
+        machine themselves, so all eject and restore a target together. Times
+        are monotonic seconds, which are system-wide on Linux, so an
+        ejection ends at the same instant in every worker.
+        """
+        if share.state != self.state:
+            self.consecutive_failures = 0
+            self.consecutive_passes = 0
+            self.consecutive_errors = 0
+        self.state = share.state
+        self.ejected_until = share.ejected_until
+        self.returned_at = share.returned_at
+        self.times_ejected = share.times_ejected
 
     def _check_passed(self, now: float) -> None:
         self.consecutive_failures = 0

@@ -308,6 +308,60 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
 Samples = dict[str, list[str]]
 
 
+# What a target is, as opposed to what it counted: from the process that owns health.
+STATE_FIELDS: Final = ("state", "health", "serving", "available", "weight", "version")
+
+
+def merge_worker_stats(
+    view: Mapping[str, Any], workers: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Stats over several workers: states from `view`, counters summed over `workers`.
+
+    `view` is the supervisor's stats (it knows every target and the one
+    health verdict, but serves nothing); a target a worker does not know
+    yet counts zero there. Open connections and proxy answers are summed.
+    """
+    workers = list(workers)
+    services: dict[str, Any] = {}
+    for name, service in view["services"].items():
+        pools = {}
+        for pool_name, pool in service["pools"].items():
+            entries = {}
+            for address, entry in pool["targets"].items():
+                theirs = [
+                    found
+                    for w in workers
+                    if (found := _target_of(w, name, pool_name, address)) is not None
+                ]
+                entries[address] = {
+                    **{key: entry[key] for key in STATE_FIELDS},
+                    "in_flight": sum(int(t["in_flight"]) for t in theirs),
+                    **merge(theirs),
+                }
+            pools[pool_name] = pool_entry(entries)
+        services[name] = {**service, "pools": pools}
+    rejected: dict[str, int] = {}
+    for w in workers:
+        for status, count in w.get("rejected", {}).items():
+            rejected[status] = rejected.get(status, 0) + int(count)
+    return {
+        "services": services,
+        "connections": sum(int(w.get("connections", 0)) for w in workers),
+        "rejected": dict(sorted(rejected.items())),
+    }
+
+
+def _target_of(
+    stats: Mapping[str, Any], service: str, pool: str, address: str
+) -> Mapping[str, Any] | None:
+    found: Mapping[str, Any] | None = (
+        (stats.get("services", {}).get(service, {}).get("pools", {}).get(pool, {}))
+        .get("targets", {})
+        .get(address)
+    )
+    return found
+
+
 def render_prometheus(stats: Mapping[str, Any]) -> str:
     """The stats JSON in Prometheus text format; families without samples are left out."""
     samples: Samples = {name: [] for name in FAMILIES}

@@ -20,10 +20,11 @@ from typing import IO, Any
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.health import HealthShare
 from zerodown.proxy.listener import Listener
 from zerodown.proxy.metrics import pool_entry, render_prometheus, target_entry
 from zerodown.proxy.router import Router
-from zerodown.proxy.service import Service
+from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
@@ -45,8 +46,19 @@ def bind_socket(address: str) -> socket.socket:
 
 
 class ProxyServer:
-    def __init__(self, settings: ProxySettings, table: RoutingTable | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        table: RoutingTable | None = None,
+        *,
+        checks: bool = True,
+        on_health: HealthHook | None = None,
+    ) -> None:
         self.settings = settings
+        # A worker of several runs no checks of its own and reports the
+        # verdicts it reaches (passive ejections) through on_health.
+        self._checks = checks
+        self._on_health = on_health
         self.loop = asyncio.get_running_loop()
         self.table = RoutingTable()
         self.services: dict[str, Service] = {}
@@ -64,7 +76,7 @@ class ProxyServer:
         self._table_changed: asyncio.Future[None] = self.loop.create_future()
         self._closed_event = asyncio.Event()
         self._access_log: IO[str] | None = None
-        self._apply_now(table or RoutingTable())
+        self.apply_now(table or RoutingTable())
 
     def __repr__(self) -> str:
         return f"<ProxyServer {self.addresses} services={list(self.services)}>"
@@ -84,6 +96,10 @@ class ProxyServer:
     def addresses(self) -> list[tuple[str, int]]:
         return [sock.getsockname()[:2] for sock in self._sockets]
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._sockets)
+
     def is_trusted(self, ip: str) -> bool:
         trusted = self._trusted_cache.get(ip)
         if trusted is None:
@@ -95,13 +111,20 @@ class ProxyServer:
     # -- the routing table -----------------------------------------------------
 
     async def apply(self, table: RoutingTable) -> None:
-        self._apply_now(table)
+        self.apply_now(table)
 
-    def _apply_now(self, table: RoutingTable) -> None:
+    def apply_now(self, table: RoutingTable) -> None:
+        """Swap the table in this loop iteration; DataPlaneError leaves the old one."""
         old = self.services
         try:
             new = {
-                spec.name: Service(spec, self.settings, old.get(spec.name))
+                spec.name: Service(
+                    spec,
+                    self.settings,
+                    old.get(spec.name),
+                    checks=self._checks,
+                    on_health=self._on_health,
+                )
                 for spec in table.services
             }
         except Exception as exc:  # an illegal target move: the old table stays in force
@@ -140,12 +163,21 @@ class ProxyServer:
     def routing(self) -> RoutingTable:
         return self.table
 
+    def adopt_health(self, service: str, address: str, share: HealthShare) -> bool:
+        """Copy a health verdict reached in another process; False if the target is gone."""
+        found = self.services.get(service)
+        target = found.targets_by_address().get(address) if found else None
+        if found is None or target is None:
+            return False
+        found.adopt_health(target, share)
+        return True
+
     # -- draining --------------------------------------------------------------
 
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         started = time.monotonic()
         target = self._find(service, address)
-        self._apply_now(with_target_state(self.table, service, address, "draining"))
+        self.apply_now(with_target_state(self.table, service, address, "draining"))
         assert target.connections is not None
         target.connections.close_idle()
         cancelled = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from zerodown.proxy.balancer import Balancer, make_balancer
 from zerodown.proxy.checker import HealthChecker
-from zerodown.proxy.health import TargetHealth, may_eject
+from zerodown.proxy.health import HealthShare, TargetHealth, may_eject
 from zerodown.proxy.http import RequestHead
 from zerodown.proxy.metrics import TargetMetrics
 from zerodown.proxy.retry import RetryBudget
@@ -27,6 +27,10 @@ from zerodown.proxy.upstream import ConnectionPool
 from zerodown.routing import PoolName, PoolSpec, ServiceSpec
 
 Clock = Callable[[], float]
+# Told of every health verdict this process reached on its own (a check moved
+# the state, a passive ejection, an ejection's end): (service name, target).
+# Workers use it to keep one verdict across processes; None: nobody listens.
+HealthHook = Callable[[str, Target], None]
 
 # Shortest re-arm of an ejection timer: above the loop's timer resolution (1 ms).
 MIN_TICK_DELAY = 0.002
@@ -77,6 +81,8 @@ class Service:
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        checks: bool = True,
+        on_health: HealthHook | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -86,6 +92,9 @@ class Service:
         self.settings = settings
         self._clock = clock
         self._rng = rng or random.Random()
+        # False in a worker of several: one process checks for all of them.
+        self._checks = checks
+        self._on_health = on_health
         # The budget outlives table swaps: a swap must not reset retry accounting.
         self.budget: RetryBudget = (
             previous.budget
@@ -141,15 +150,25 @@ class Service:
 
     def _keep_checker(self, target: Target, previous: Service | None) -> None:
         spec = self.spec.health
-        if spec is None:
+        if spec is None or not self._checks:
             return
         old = previous.checkers.get(target) if previous else None
         if old is None:
-            clock = self._clock
-            old = HealthChecker(
-                target.host, target.port, spec, lambda ok: target.health.on_check(ok, clock())
-            )
+            old = HealthChecker(target.host, target.port, spec, self._check_reporter(target))
         self.checkers[target] = old
+
+    def _check_reporter(self, target: Target) -> Callable[[bool], None]:
+        # The checker outlives this Service (table swaps keep it), so the
+        # callback holds only what does not change: the clock, name and hook.
+        clock, name, hook = self._clock, self.name, self._on_health
+
+        def report(ok: bool) -> None:
+            before = target.health.state
+            target.health.on_check(ok, clock())
+            if hook is not None and target.health.state != before:
+                hook(name, target)
+
+        return report
 
     def targets(self) -> Iterator[Target]:
         yield from self.stable.targets
@@ -241,6 +260,8 @@ class Service:
             target.health.eject(now)
             if target.metrics is not None:
                 target.metrics.eject()
+            if self._on_health is not None:
+                self._on_health(self.name, target)
             if self.spec.health is None:
                 # No active checks to bring it back: the passing of time must.
                 self._return_when_due(target)
@@ -258,10 +279,18 @@ class Service:
         now = self._clock()
         if now >= until:
             target.health.tick(now)
+            if self._on_health is not None and target.health.state != "ejected":
+                self._on_health(self.name, target)
             return
         asyncio.get_running_loop().call_later(
             max(until - now, MIN_TICK_DELAY), self._return_when_due, target
         )
+
+    def adopt_health(self, target: Target, share: HealthShare) -> None:
+        """Copy a verdict reached elsewhere; an adopted ejection still ends on time."""
+        target.health.adopt(share)
+        if share.state == "ejected" and self.spec.health is None:
+            self._return_when_due(target)
 
     def _peers(self, target: Target) -> list[TargetHealth]:
         # Only admin-ready targets count: a draining one is leaving anyway and

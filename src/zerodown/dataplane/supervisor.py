@@ -1,0 +1,324 @@
+"""The embedded data plane over several worker processes (`[proxy] workers = N`).
+
+The supervisor, in the daemon's process, opens the listening sockets once;
+every worker inherits them and the kernel hands each new connection to one
+worker blocked in accept. That is nginx's model, not SO_REUSEPORT's: a
+REUSEPORT group hashes connections to sockets, and the queue of a socket
+whose worker just died is dropped with everything in it.
+
+The supervisor keeps the routing table and the only copy of health that
+counts. Its own ProxyServer accepts nothing: it holds the table, runs the
+active checks (once for all workers, not N times) and takes the passive
+ejections workers report; every verdict goes to every worker, so all eject
+and restore a target together. A table change is applied here first (a bad
+one is refused before any worker sees it), then by each worker atomically.
+Stats are the workers' counters merged, with the state from here.
+
+A worker that dies is started again, after a short backoff, with the table
+and health in force; the listening sockets never closed, so clients at most
+queue in the backlog meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+import sys
+import time
+from typing import Any, Final
+
+from zerodown.dataplane.base import DrainResult, ListeningDataPlane
+from zerodown.dataplane.channel import Channel, ChannelClosed, Message, RemoteError
+from zerodown.errors import DataPlaneError
+from zerodown.proxy.health import HealthShare
+from zerodown.proxy.metrics import merge_worker_stats, render_prometheus
+from zerodown.proxy.server import ProxyServer, bind_socket
+from zerodown.proxy.settings import ProxySettings
+from zerodown.proxy.target import Target
+from zerodown.routing import RoutingTable
+
+log = logging.getLogger("zerodown.dataplane")
+
+START_TIMEOUT: Final = 30.0  # a worker must be accepting within this
+REQUEST_TIMEOUT: Final = 10.0  # apply, stats: answered at once by a live worker
+STOP_GRACE: Final = 5.0  # beyond the shutdown timeout, before a worker is killed
+RESTART_BASE: Final = 0.1  # seconds before the first restart of a worker...
+RESTART_MAX: Final = 5.0  # ...doubling per crash up to this
+STABLE_AFTER: Final = 30.0  # a worker that ran this long resets the backoff
+
+
+class WorkerProcess:
+    """One worker: its process, its channel and its restart backoff."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.started_at = 0.0
+        self.crashes = 0
+        self.ready = False
+
+    def __repr__(self) -> str:
+        pid = self.process.pid if self.process else None
+        return f"<WorkerProcess {self.index} pid={pid} ready={self.ready}>"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def request(self, op: str, wait: float = REQUEST_TIMEOUT, **fields: Any) -> Any:
+        if self.channel is None or not self.ready:
+            raise ChannelClosed(f"worker {self.index} is not running")
+        return await self.channel.request(op, wait, **fields)
+
+    def notify(self, op: str, **fields: Any) -> None:
+        if self.channel is not None and self.ready:
+            self.channel.notify(op, **fields)
+
+
+class MultiWorkerDataPlane(ListeningDataPlane):
+    def __init__(self, settings: ProxySettings, table: RoutingTable | None, workers: int) -> None:
+        if workers < 2:
+            raise ValueError("a multi-worker data plane needs at least 2 workers")
+        self.settings = settings
+        self.server = ProxyServer(settings, table, on_health=self._own_verdict)
+        self.workers = [WorkerProcess(i) for i in range(workers)]
+        self.stopping = False
+        self._sockets: list[socket.socket] = []
+        self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
+        self._readers: set[asyncio.Task[None]] = set()  # channels, read until the worker exits
+
+    def __repr__(self) -> str:
+        return f"<MultiWorkerDataPlane {self.addresses} workers={self.workers!r}>"
+
+    # -- starting and stopping -------------------------------------------------
+
+    async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        self._sockets = [bind_socket(i) if isinstance(i, str) else i for i in listen]
+        results = await asyncio.gather(
+            *(self._spawn(w) for w in self.workers), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop(0)
+            raise DataPlaneError(f"proxy workers did not start: {failed[0]}")
+        for worker in self.workers:
+            self._watch(worker)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for sock in self._sockets]
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._sockets)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers if w.pid is not None]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop every worker gracefully (in parallel), then close the sockets."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        self.stopping = True
+        for task in self._keepers:
+            task.cancel()
+        await asyncio.gather(*(self._stop_worker(w, timeout) for w in self.workers))
+        for sock in self._sockets:
+            sock.close()
+        await self.server.stop(0)
+
+    async def _stop_worker(self, worker: WorkerProcess, timeout: float) -> None:
+        process = worker.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ChannelClosed, RemoteError, TimeoutError):
+            await worker.request("stop", timeout + STOP_GRACE, timeout=timeout)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            log.warning("proxy worker %s did not exit; killing it", worker.pid)
+            process.kill()
+            await process.wait()
+        if worker.channel is not None:
+            worker.channel.close()
+
+    # -- a worker's life -------------------------------------------------------
+
+    async def _spawn(self, worker: WorkerProcess) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [s.fileno() for s in self._sockets]
+        command = [sys.executable, "-m", "zerodown.dataplane.worker"]
+        command += ["--control-fd", str(theirs.fileno())]
+        for fd in fds:
+            command += ["--listen-fd", str(fd)]
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *command, pass_fds=[theirs.fileno(), *fds], stdin=asyncio.subprocess.DEVNULL
+            )
+        finally:
+            theirs.close()
+        worker.channel = await Channel.over(ours, self._worker_handler(worker))
+        reading = asyncio.get_running_loop().create_task(worker.channel.serve())
+        self._readers.add(reading)
+        reading.add_done_callback(self._readers.discard)
+        worker.started_at = time.monotonic()
+        table = self.server.table
+        try:
+            await worker.channel.request("start", START_TIMEOUT, **self._start_message(table))
+        except BaseException:
+            if worker.process.returncode is None:
+                worker.process.kill()
+            raise
+        # What changed while it started, before it joins the broadcasts (no
+        # await in between: nothing can slip through; the channel keeps order).
+        if self.server.table is not table:
+            worker.channel.notify("apply", table=self.server.table.model_dump(mode="json"))
+        for service, address, share in self._health():
+            worker.channel.notify("health", service=service, address=address, share=share)
+        worker.ready = True
+
+    def _start_message(self, table: RoutingTable) -> dict[str, Any]:
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "table": table.model_dump(mode="json"),
+            "health": self._health(),
+        }
+
+    def _health(self) -> list[tuple[str, str, list[Any]]]:
+        return [
+            (service.name, target.address, list(target.health.shared()))
+            for service in self.server.services.values()
+            for target in service.targets()
+        ]
+
+    def _watch(self, worker: WorkerProcess) -> None:
+        task = asyncio.get_running_loop().create_task(self._keep_running(worker))
+        self._keepers.add(task)
+        task.add_done_callback(self._keepers.discard)
+
+    async def _keep_running(self, worker: WorkerProcess) -> None:
+        """Start `worker` again whenever it dies, until the data plane stops."""
+        while not self.stopping:
+            assert worker.process is not None
+            code = await worker.process.wait()
+            worker.ready = False
+            if worker.channel is not None:
+                worker.channel.close()
+            if self.stopping:
+                return
+            delay = self._restart_delay(worker)
+            log.error(
+                "proxy worker %d (pid %s) exited with %s; restarting in %.1fs",
+                worker.index,
+                worker.pid,
+                code,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn(worker)
+            except (OSError, ChannelClosed, RemoteError, TimeoutError) as exc:
+                log.error("proxy worker %d did not start again: %s", worker.index, exc)
+                worker.started_at = time.monotonic()
+
+    @staticmethod
+    def _restart_delay(worker: WorkerProcess) -> float:
+        if time.monotonic() - worker.started_at >= STABLE_AFTER:
+            worker.crashes = 0
+        worker.crashes += 1
+        return float(min(RESTART_MAX, RESTART_BASE * 2 ** (worker.crashes - 1)))
+
+    # -- health: one verdict for all workers -----------------------------------
+
+    def _worker_handler(self, worker: WorkerProcess) -> Any:
+        def handle(op: str, message: Message) -> None:
+            if op != "health":
+                raise ValueError(f"a worker may not ask {op!r}")
+            self._worker_verdict(message["service"], message["address"], message["share"])
+
+        return handle
+
+    def _worker_verdict(self, service: str, address: str, values: list[Any]) -> None:
+        """A worker decided something about a target (passive health); decide for all.
+
+        An ejection stands if the target is up here (another worker may have
+        ejected it a moment before). A return at the end of an ejection is
+        taken only where no active checks run: with checks, a passing check
+        here brings it back.
+        """
+        share = HealthShare(*values)
+        found = self.server.services.get(service)
+        target = found.targets_by_address().get(address) if found else None
+        if found is None or target is None:
+            return
+        current = target.health.state
+        ejection = share.state == "ejected" and current == "up"
+        timed_return = share.state == "up" and current == "ejected" and found.spec.health is None
+        if ejection or timed_return:
+            self.server.adopt_health(service, address, share)
+            self._broadcast(service, target)
+
+    def _own_verdict(self, service: str, target: Target) -> None:
+        self._broadcast(service, target)
+
+    def _broadcast(self, service: str, target: Target) -> None:
+        share = list(target.health.shared())
+        for worker in self.workers:
+            worker.notify("health", service=service, address=target.address, share=share)
+
+    # -- the DataPlane interface -----------------------------------------------
+
+    async def apply(self, table: RoutingTable) -> None:
+        self.server.apply_now(table)  # refused here: no worker saw it
+        document = table.model_dump(mode="json")
+        await self._each("apply", table=document)
+
+    def routing(self) -> RoutingTable:
+        return self.server.routing()
+
+    async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
+        started = time.monotonic()
+        await self.server.drain(service, address, 0)
+        results = await self._each(
+            "drain", timeout + STOP_GRACE, service=service, address=address, timeout=timeout
+        )
+        done = [DrainResult(**r) for r in results if isinstance(r, dict)]
+        return DrainResult(
+            service,
+            address,
+            all(r.completed for r in done),
+            sum(r.cancelled for r in done),
+            time.monotonic() - started,
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        snapshots = await self._each("stats")
+        merged = merge_worker_stats(self.server.stats(), [s for s in snapshots if s])
+        merged["workers"] = sum(1 for w in self.workers if w.ready)
+        return merged
+
+    async def worker_stats(self) -> list[dict[str, Any]]:
+        """Each running worker's own stats, unmerged (what it knows and counted)."""
+        return [s for s in await self._each("stats") if s]
+
+    async def prometheus(self) -> str:
+        return render_prometheus(await self.stats())
+
+    async def _each(self, op: str, wait: float = REQUEST_TIMEOUT, **fields: Any) -> list[Any]:
+        """Ask every running worker; one that is dead or dies meanwhile is left out.
+
+        A worker started later gets the table and health in force then, so
+        missing one now loses nothing.
+        """
+        replies = await asyncio.gather(
+            *(w.request(op, wait, **fields) for w in self.workers if w.ready),
+            return_exceptions=True,
+        )
+        for reply in replies:
+            if isinstance(reply, RemoteError):
+                raise DataPlaneError(f"a proxy worker refused {op}: {reply}")
+        return [r for r in replies if not isinstance(r, BaseException)]

@@ -1,0 +1,133 @@
+"""One proxy worker process: `python -m zerodown.dataplane.worker`.
+
+The supervisor (supervisor.py) opens the listening sockets and starts each
+worker with them inherited, plus one end of a control channel. The worker
+accepts nothing until the supervisor's `start` gives it the settings, the
+routing table and the health of every target; from then on it obeys:
+
+    apply   {table}                    swap the routing table (atomic, as in one process)
+    health  {service, address, share}  adopt a verdict (notice, no reply)
+    drain   {service, address, timeout}
+    stats                              this worker's counters
+    stop    {timeout}                  graceful stop, then exit
+
+It runs no health checks (the supervisor checks once for all workers) and
+tells the supervisor of every passive ejection it decides, so all workers
+eject and restore a target together. It exits when told to stop, on SIGTERM
+(systemd signals the whole group), or when the channel closes: a worker
+never outlives its supervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import socket
+from typing import Any
+
+import uvloop
+
+from zerodown.dataplane.channel import Channel, Message
+from zerodown.proxy.health import HealthShare
+from zerodown.proxy.server import ProxyServer
+from zerodown.proxy.settings import ProxySettings
+from zerodown.proxy.target import Target
+from zerodown.routing import RoutingTable
+
+STOP_REPLY_GRACE = 1.0  # seconds to let the stop reply leave before the process ends
+
+
+class Worker:
+    def __init__(self, listen_fds: list[int]) -> None:
+        self.listen_fds = listen_fds
+        self.server: ProxyServer | None = None
+        self.channel: Channel | None = None
+        self.done = asyncio.Event()
+        self._stopping = False
+
+    async def run(self, control: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        # Ctrl-C reaches the whole process group; the supervisor decides the order.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(self._stop(None)))
+        self.channel = await Channel.over(control, self._handle)
+        serving = loop.create_task(self.channel.serve())
+        serving.add_done_callback(lambda _: loop.create_task(self._stop(None)))
+        await self.done.wait()
+        await self.channel.flush()
+
+    # -- requests from the supervisor ----------------------------------------
+
+    def _handle(self, op: str, message: Message) -> Any:
+        if op == "start":
+            return self._start(message)
+        server = self._server()
+        if op == "apply":
+            server.apply_now(RoutingTable.model_validate(message["table"]))
+            return None
+        if op == "health":
+            server.adopt_health(message["service"], message["address"], _share(message["share"]))
+            return None
+        if op == "drain":
+            return self._drain(message["service"], message["address"], message["timeout"])
+        if op == "stats":
+            return server.stats()
+        if op == "stop":
+            return self._stop(message.get("timeout"))
+        raise ValueError(f"unknown op {op!r}")
+
+    async def _start(self, message: Message) -> int:
+        settings = ProxySettings(**_settings_fields(message["settings"]))
+        table = RoutingTable.model_validate(message["table"])
+        self.server = ProxyServer(settings, table, checks=False, on_health=self._report)
+        for service, address, share in message["health"]:
+            self.server.adopt_health(service, address, _share(share))
+        await self.server.start([socket.socket(fileno=fd) for fd in self.listen_fds])
+        return len(self.listen_fds)
+
+    async def _drain(self, service: str, address: str, timeout: float) -> dict[str, Any]:
+        result = await self._server().drain(service, address, timeout)
+        return dataclasses.asdict(result)
+
+    async def _stop(self, timeout: float | None) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.server is not None:
+            await self.server.stop(timeout)
+        # The reply to `stop` is sent when this returns; give it a moment to leave.
+        asyncio.get_running_loop().call_later(STOP_REPLY_GRACE / 10, self.done.set)
+
+    def _report(self, service: str, target: Target) -> None:
+        if self.channel is not None:
+            share = list(target.health.shared())
+            self.channel.notify("health", service=service, address=target.address, share=share)
+
+    def _server(self) -> ProxyServer:
+        if self.server is None:
+            raise RuntimeError("worker not started")
+        return self.server
+
+
+def _share(values: list[Any]) -> HealthShare:
+    return HealthShare(*values)
+
+
+def _settings_fields(values: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no tuples; the dataclass is frozen and wants hashable values.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="zerodown-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, action="append", default=[])
+    args = parser.parse_args()
+    control = socket.socket(fileno=args.control_fd)
+    uvloop.run(Worker(args.listen_fd).run(control))
+
+
+if __name__ == "__main__":
+    main()
