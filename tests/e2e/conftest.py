@@ -115,6 +115,29 @@ def marked_processes(mark: str) -> list[AppProcess]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Running, as /proc tells: a zombie (exited, not reaped yet) is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def versions_running(mark: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for proc in marked_processes(mark):
@@ -140,7 +163,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
 class Cluster:
     """One `zerodown serve` with one deployable service `web`, driven through the CLI."""
 
-    def __init__(self, root: Path, mark: str, service: dict[str, str]) -> None:
+    def __init__(
+        self, root: Path, mark: str, service: dict[str, str], proxy: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.mark = mark
         self.listen = free_port()
@@ -148,7 +173,10 @@ class Cluster:
         self.config = root / "zerodown.toml"
         self.log_path = root / "daemon.log"
         self.service = service
+        self.proxy = proxy or {}  # extra `[proxy]` keys, as key -> TOML value
         self.daemon: subprocess.Popen[bytes] | None = None
+        # A hot restart's new generation: not our child, so known by pid only.
+        self.successor: int | None = None
         self.env = {k: v for k, v in os.environ.items() if k != "ZERODOWN_TOKEN"}
         self.config.write_text(self._toml())
 
@@ -162,6 +190,7 @@ class Cluster:
             f'admin = "127.0.0.1:{self.admin}"',
             f"state_dir = {toml_str(str(self.root / 'state'))}",
             'shutdown_timeout = "10s"',
+            *(f"{key} = {value}" for key, value in self.proxy.items()),
             "",
             "[services.web]",
             *(f"{key} = {value}" for key, value in self.service.items()),
@@ -204,6 +233,8 @@ class Cluster:
 
     def stop_daemon(self) -> int | None:
         """SIGTERM and wait; the exit code, or None when it had to be killed."""
+        if self.successor is not None:
+            return self._stop_successor(self.successor)
         if self.daemon is None or self.daemon.poll() is not None:
             return self.daemon.returncode if self.daemon else 0
         self.daemon.send_signal(signal.SIGTERM)
@@ -212,6 +243,19 @@ class Cluster:
         except subprocess.TimeoutExpired:
             self.kill_daemon()
             return None
+
+    def _stop_successor(self, pid: int) -> int | None:
+        """SIGTERM a generation we did not start; 0 once it is gone, None if it had to be killed."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + DAEMON_STOP_TIMEOUT
+        while alive(pid):
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return None
+            time.sleep(POLL)
+        return 0
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -344,17 +388,23 @@ ClusterFactory = Callable[..., Cluster]
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """make_cluster(first="v1", **service_overrides): a running daemon whose first
     deploy (`first`, via the CLI) has succeeded. Overrides replace TOML values of
-    `[services.web]`; `wrapper=True` uses the knob script as the command."""
+    `[services.web]`; `proxy` adds `[proxy]` keys; `wrapper=True` uses the knob
+    script as the command."""
     clusters: list[Cluster] = []
 
-    def make(first: str | None = "v1", wrapper: bool = False, **overrides: str) -> Cluster:
+    def make(
+        first: str | None = "v1",
+        wrapper: bool = False,
+        proxy: dict[str, str] | None = None,
+        **overrides: str,
+    ) -> Cluster:
         root = tmp_path / f"cluster{len(clusters)}"
         root.mkdir()
         mark = uuid.uuid4().hex
         service = default_service(mark) | overrides
         if wrapper:
             service["command"] = wrapper_command(root)
-        cluster = Cluster(root, mark, service)
+        cluster = Cluster(root, mark, service, proxy)
         clusters.append(cluster)
         cluster.start()
         if first is not None:

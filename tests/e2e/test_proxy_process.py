@@ -1,0 +1,113 @@
+"""The proxy process itself under a deploy's load: two workers, and hot restarts.
+
+`zerodown serve` with `workers = 2` deploys under load; then SIGUSR2 hands
+the sockets to a new generation while the load runs, and the new one deploys
+again. Counts, never timings: failed requests, processes in /proc, pids of
+the apps before and after (a hot restart must adopt them, not restart them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    Cluster,
+    ClusterFactory,
+    Load,
+    alive,
+    assert_no_failures,
+    children,
+    wait_for,
+)
+
+HANDOVER_TIMEOUT = 30.0
+
+
+def proxy_workers(daemon: int) -> list[int]:
+    """The daemon's children that are proxy workers (its apps are children too)."""
+    found = []
+    for pid in children(daemon):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"zerodown.dataplane.worker" in cmdline and alive(pid):
+            found.append(pid)
+    return found
+
+
+def admin_json(cluster: Cluster, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.admin}{path}", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def hand_over(cluster: Cluster, old: int) -> int:
+    """SIGUSR2 to generation `old`; wait until it exited; the new generation's pid."""
+    os.kill(old, signal.SIGUSR2)
+
+    def successor() -> int | None:
+        for match in re.finditer(r"handed over to pid (\d+)", cluster.log_path.read_text()):
+            pid = int(match.group(1))
+            if pid != old and pid != cluster.successor:
+                return pid
+        return None
+
+    new = wait_for("a new generation took over", successor, HANDOVER_TIMEOUT)
+    wait_for(f"old generation {old} exited", lambda: not alive(old), HANDOVER_TIMEOUT)
+    return int(new)
+
+
+@pytest.mark.timeout(180)
+def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(proxy={"workers": "2"})
+    assert cluster.daemon is not None
+    first = cluster.daemon.pid
+    workers = wait_for("two proxy workers", lambda: len(proxy_workers(first)) == 2, 10)
+    assert workers
+
+    with Load(cluster.url) as load:
+        cluster.deploy_ok("v2")
+        apps = sorted(p.pid for p in cluster.processes())
+        second = hand_over(cluster, first)
+        cluster.successor = second
+        assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
+        wait_for("the old workers exited", lambda: not any(alive(w) for w in workers), 10)
+        wait_for("two workers in the new generation", lambda: len(proxy_workers(second)) == 2, 10)
+        # The apps were adopted, not restarted: the same processes serve.
+        assert sorted(p.pid for p in cluster.processes()) == apps
+        cluster.deploy_ok("v3")
+
+    report = assert_no_failures(load)
+    assert list(report.versions) == ["v1", "v2", "v3"], report.summary()
+    stats = admin_json(cluster, "/v1/stats")
+    assert stats["workers"] == 2
+    totals = stats["services"]["web"]["pools"]["stable"]["totals"]
+    assert totals["available"] == 2 and totals["targets"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_hot_restart_that_cannot_start_leaves_the_old_generation_serving(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster()
+    assert cluster.daemon is not None
+    good = cluster.config.read_text()
+    cluster.config.write_text(good.replace('shutdown_timeout = "10s"', "workers = 0"))
+    with Load(cluster.url) as load:
+        os.kill(cluster.daemon.pid, signal.SIGUSR2)
+        logged = lambda: "hot restart failed" in cluster.log_tail()  # noqa: E731
+        wait_for("the failed restart logged", logged, 30)
+        assert cluster.daemon.poll() is None
+        assert cluster.get() == (200, "v1")
+    assert_no_failures(load)
+    # The admin API serves again, and deploys still work in the old generation.
+    cluster.config.write_text(good)
+    cluster.deploy_ok("v2")
