@@ -1,10 +1,10 @@
 """The embedded data plane over several worker processes (`[proxy] workers = N`).
 
-The supervisor, in the daemon's process, opens the listening sockets once;
-every worker inherits them and the kernel hands each new connection to one
-worker blocked in accept. That is nginx's model, not SO_REUSEPORT's: a
-REUSEPORT group hashes connections to sockets, and the queue of a socket
-whose worker just died is dropped with everything in it.
+The supervisor, in the daemon's process, opens the listening sockets and
+holds them for as long as it serves; each worker inherits its own share
+(sockets.py: one SO_REUSEPORT socket per worker and address, so the kernel
+spreads connections evenly, and none is ever closed while queued clients
+wait on it).
 
 The supervisor keeps the routing table and the only copy of health that
 counts. Its own ProxyServer accepts nothing: it holds the table, runs the
@@ -32,10 +32,11 @@ from typing import Any, Final
 
 from zerodown.dataplane.base import DrainResult, ListeningDataPlane
 from zerodown.dataplane.channel import Channel, ChannelClosed, Message, RemoteError
+from zerodown.dataplane.sockets import ListenSet
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.metrics import merge_worker_stats, render_prometheus
-from zerodown.proxy.server import ProxyServer, bind_socket
+from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable
@@ -87,7 +88,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         self.server = ProxyServer(settings, table, on_health=self._own_verdict)
         self.workers = [WorkerProcess(i) for i in range(workers)]
         self.stopping = False
-        self._sockets: list[socket.socket] = []
+        self.listening = ListenSet([], workers)
         self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
         self._readers: set[asyncio.Task[None]] = set()  # channels, read until the worker exits
 
@@ -97,7 +98,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     # -- starting and stopping -------------------------------------------------
 
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
-        self._sockets = [bind_socket(i) if isinstance(i, str) else i for i in listen]
+        self.listening = ListenSet.open(listen, len(self.workers))
         results = await asyncio.gather(
             *(self._spawn(w) for w in self.workers), return_exceptions=True
         )
@@ -110,11 +111,11 @@ class MultiWorkerDataPlane(ListeningDataPlane):
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sock.getsockname()[:2] for sock in self._sockets]
+        return self.listening.addresses
 
     @property
     def sockets(self) -> list[socket.socket]:
-        return list(self._sockets)
+        return self.listening.sockets
 
     @property
     def pids(self) -> list[int]:
@@ -127,8 +128,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         for task in self._keepers:
             task.cancel()
         await asyncio.gather(*(self._stop_worker(w, timeout) for w in self.workers))
-        for sock in self._sockets:
-            sock.close()
+        self.listening.close()
         await self.server.stop(0)
 
     async def _stop_worker(self, worker: WorkerProcess, timeout: float) -> None:
@@ -150,7 +150,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
 
     async def _spawn(self, worker: WorkerProcess) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = [s.fileno() for s in self._sockets]
+        fds = [s.fileno() for s in self.listening.for_worker(worker.index)]
         command = [sys.executable, "-m", "zerodown.dataplane.worker"]
         command += ["--control-fd", str(theirs.fileno())]
         for fd in fds:

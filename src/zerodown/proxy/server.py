@@ -33,12 +33,20 @@ LISTEN_BACKLOG = 4096
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
 
 
-def bind_socket(address: str) -> socket.socket:
-    """A listening TCP socket for "host:port" (port 0 picks a free one)."""
+def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket for "host:port" (port 0 picks a free one).
+
+    reuse_port: several sockets share the port and the kernel spreads new
+    connections over them (the multi-worker supervisor's, see there). Off
+    otherwise, so a second zerodown on a taken port fails loudly instead of
+    silently sharing it.
+    """
     host, port = parse_address(address) if not address.endswith(":0") else (address[:-2], 0)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
