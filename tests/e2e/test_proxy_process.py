@@ -44,6 +44,11 @@ def proxy_workers(daemon: int) -> list[int]:
     return found
 
 
+def two_workers(daemon: int) -> list[int] | None:
+    found = proxy_workers(daemon)
+    return found if len(found) == 2 else None
+
+
 def admin_json(cluster: Cluster, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{cluster.admin}{path}", timeout=10) as reply:
         return json.loads(reply.read())
@@ -70,8 +75,7 @@ def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: Cluste
     cluster = make_cluster(proxy={"workers": "2"})
     assert cluster.daemon is not None
     first = cluster.daemon.pid
-    workers = wait_for("two proxy workers", lambda: len(proxy_workers(first)) == 2, 10)
-    assert workers
+    workers: list[int] = wait_for("two proxy workers", lambda: two_workers(first), 10)
 
     with Load(cluster.url) as load:
         cluster.deploy_ok("v2")
@@ -80,7 +84,7 @@ def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: Cluste
         cluster.successor = second
         assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
         wait_for("the old workers exited", lambda: not any(alive(w) for w in workers), 10)
-        wait_for("two workers in the new generation", lambda: len(proxy_workers(second)) == 2, 10)
+        wait_for("two workers in the new generation", lambda: two_workers(second), 10)
         # The apps were adopted, not restarted: the same processes serve.
         assert sorted(p.pid for p in cluster.processes()) == apps
         cluster.deploy_ok("v3")
