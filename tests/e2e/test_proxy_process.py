@@ -97,6 +97,10 @@ def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: Cluste
     assert totals["available"] == 2 and totals["targets"] == 2
 
 
+def failed_restart_logged(cluster: Cluster) -> bool:
+    return "hot restart failed" in cluster.log_tail()
+
+
 @pytest.mark.timeout(120)
 def test_a_hot_restart_that_cannot_start_leaves_the_old_generation_serving(
     make_cluster: ClusterFactory,
@@ -107,11 +111,27 @@ def test_a_hot_restart_that_cannot_start_leaves_the_old_generation_serving(
     cluster.config.write_text(good.replace('shutdown_timeout = "10s"', "workers = 0"))
     with Load(cluster.url) as load:
         os.kill(cluster.daemon.pid, signal.SIGUSR2)
-        logged = lambda: "hot restart failed" in cluster.log_tail()  # noqa: E731
-        wait_for("the failed restart logged", logged, 30)
+        wait_for("the failed restart logged", lambda: failed_restart_logged(cluster), 30)
         assert cluster.daemon.poll() is None
         assert cluster.get() == (200, "v1")
     assert_no_failures(load)
     # The admin API serves again, and deploys still work in the old generation.
     cluster.config.write_text(good)
     cluster.deploy_ok("v2")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_group_stops_every_worker_cleanly(
+    make_cluster: ClusterFactory, sig: signal.Signals
+) -> None:
+    # systemd's stop and a terminal's Ctrl-C signal the whole process group:
+    # the workers leave the order to the daemon, which stops them and exits 0.
+    cluster = make_cluster(first=None, proxy={"workers": "2"})
+    assert cluster.daemon is not None
+    workers: list[int] = wait_for("two proxy workers", lambda: two_workers(cluster.daemon.pid), 10)
+    assert cluster.get()[0] == 503  # nothing deployed yet: the proxy itself answers
+    os.killpg(cluster.daemon.pid, sig)
+    assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
+    wait_for("every worker exited", lambda: not any(alive(w) for w in workers), 10)
+    assert "restarting" not in cluster.log_tail()  # no worker was taken for a crash

@@ -13,9 +13,10 @@ routing table and the health of every target; from then on it obeys:
 
 It runs no health checks (the supervisor checks once for all workers) and
 tells the supervisor of every passive ejection it decides, so all workers
-eject and restore a target together. It exits when told to stop, on SIGTERM
-(systemd signals the whole group), or when the channel closes: a worker
-never outlives its supervisor.
+eject and restore a target together. It exits when told to stop or when the
+channel closes: a worker never outlives its supervisor. SIGINT and SIGTERM
+are the supervisor's to act on (Ctrl-C and systemd signal the whole group);
+a worker stopping on its own would only be started again.
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ class Worker:
 
     async def run(self, control: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        # Ctrl-C reaches the whole process group; the supervisor decides the order.
-        loop.add_signal_handler(signal.SIGINT, lambda: None)
-        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(self._stop(None)))
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the supervisor decides the order
+            loop.add_signal_handler(sig, lambda: None)
         self.channel = await Channel.over(control, self._handle)
         serving = loop.create_task(self.channel.serve())
         serving.add_done_callback(lambda _: loop.create_task(self._stop(None)))
