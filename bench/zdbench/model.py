@@ -143,6 +143,63 @@ class Transfer:
         return self.received / self.seconds / 1e6 if self.seconds > 0 else None
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedDeploy:
+    """One `zerodown deploy`, with wrk as fast as it goes from before it starts to after it ends."""
+
+    strategy: str  # "rolling", "blue_green"
+    version: str  # the new release
+    previous: str  # the release it replaces
+    exit_code: int | None  # the CLI's: 0 when the new release serves all traffic
+    outcome: str | None  # the deploy's, as the daemon tells: "succeeded", "rolled_back", ...
+    reason: str | None
+    deploy_s: float | None  # the daemon's started_at to finished_at
+    started_s: float  # when the CLI was called, seconds into the wrk run
+    returned_s: float  # when it returned, idem
+    wrk: WrkResult | None  # None: wrk did not finish
+    versions: dict[str, int]  # X-Version -> responses ('-': none)
+    statuses: dict[int, int]  # status -> responses
+    running_after: dict[str, int]  # app instances per version when the load stopped
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and self.outcome == "succeeded"
+
+    @property
+    def failed_requests(self) -> int | None:
+        """Errors (connect, read, write, non-2xx/3xx) and timeouts; None without wrk."""
+        return None if self.wrk is None else self.wrk.errors + self.wrk.socket.timeout
+
+    @property
+    def covered(self) -> bool:
+        """The deploy ran wholly inside the load."""
+        return self.wrk is not None and self.returned_s < self.wrk.duration_s
+
+
+@dataclass(frozen=True, slots=True)
+class DeployLoad:
+    """zerodown (its demo app as the service) deploying under a closed-loop wrk."""
+
+    conns: int
+    threads: int  # wrk's
+    workers: int  # [proxy] workers
+    instances: int  # of each release
+    settle_s: float  # load before and after each deploy
+    steady: WrkResult | None = None  # the same load, no deploy: the reference
+    serving_processes: int | None = None  # of the proxy, each ≥ 10 % of its CPU in `steady`
+    deploys: tuple[LoadedDeploy, ...] = ()
+    daemon_exit: int | None = None  # `zerodown serve` on SIGTERM; None: it had to be killed
+    leftovers: int = 0  # app instances still running once it exited (then killed)
+    error: str | None = None  # what stopped the extra before its deploys
+
+    @property
+    def clean(self) -> bool:
+        """Every deploy succeeded, inside the load, without one failed request."""
+        return bool(self.deploys) and all(
+            d.succeeded and d.covered and d.failed_requests == 0 for d in self.deploys
+        )
+
+
 def aggregate(runs: Iterable[Run]) -> list[Row]:
     """One row per (mode, conns, variant), in the order the groups first appear sorted."""
     groups: dict[tuple[str, int, Variant], list[Run]] = {}

@@ -10,6 +10,8 @@ BENCH_MODES=shared,own_core
 BENCH_BURSTS=4          reconnect bursts per proxy (0: skip)
 BENCH_IDLE_CONNS=10000  idle keep-alive connections (0: skip)
 BENCH_STREAM_MB=1024    size of the streamed upload and download (0: skip)
+BENCH_DEPLOY_CONNS=200  wrk connections during the deploys under load (0: skip)
+BENCH_DEPLOY_SETTLE=5   seconds of that load before and after each deploy (quick: 2)
 BENCH_OUT=bench/results where the JSON and markdown go
 """
 
@@ -32,11 +34,16 @@ ENV_KEYS = (
     "BENCH_BURSTS",
     "BENCH_IDLE_CONNS",
     "BENCH_STREAM_MB",
+    "BENCH_DEPLOY_CONNS",
+    "BENCH_DEPLOY_SETTLE",
     "BENCH_OUT",
 )
 START_S = 2.0  # a proxy start, readiness and stop, for the time estimate
 GAP_S = 0.5  # between wrk runs
 BURST_GAP_S = 1.0  # between two reconnect bursts: the last burst's connections close
+DEPLOY_FIXED_S = 4.0  # deploy extra: serve's start, the first deploy, its stop
+DEPLOY_EACH_S = 2.0  # one deploy of the demo app under load, for the time estimate
+DEPLOYS = 2  # rolling, then blue_green
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,8 @@ class Plan:
     burst_s: float
     idle_conns: int
     stream_bytes: int
+    deploy_conns: int
+    deploy_settle_s: float
 
     def variants_for(self, mode: str) -> tuple[Variant, ...]:
         """Own core is the per-core comparison: one worker, on one CPU."""
@@ -74,7 +83,14 @@ class Plan:
         )
         idle = 15.0 if self.idle_conns else 0.0
         stream = self.stream_bytes / 150e6 + 3 if self.stream_bytes else 0.0
-        return starts * per_start + bursts + idle + stream
+        return starts * per_start + bursts + idle + stream + self.deploy_estimate_s()
+
+    def deploy_estimate_s(self) -> float:
+        """The deploy extra: a steady run, then each deploy with its load before and after."""
+        if self.deploy_conns <= 0:
+            return 0.0
+        load = 2 * self.deploy_settle_s
+        return DEPLOY_FIXED_S + load + DEPLOYS * (load + DEPLOY_EACH_S)
 
 
 def order(variants: tuple[Variant, ...], rep: int) -> tuple[Variant, ...]:
@@ -107,6 +123,8 @@ def plan_from_env(env: Mapping[str, str]) -> Plan:
         burst_s=2.0 if quick else 3.0,
         idle_conns=int(_number(env, "BENCH_IDLE_CONNS", 10_000, low=0)),
         stream_bytes=int(_number(env, "BENCH_STREAM_MB", 1024, low=0)) << 20,
+        deploy_conns=int(_number(env, "BENCH_DEPLOY_CONNS", 200, low=0)),
+        deploy_settle_s=_number(env, "BENCH_DEPLOY_SETTLE", 2 if quick else 5, low=1),
     )
 
 

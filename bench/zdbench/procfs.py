@@ -1,4 +1,4 @@
-"""CPU time and memory of a process tree, from /proc.
+"""CPU time and memory of a process tree, and processes by their environment, from /proc.
 
 A proxy under test is a tree: nginx's master and workers, HAProxy's one
 process with threads, zerodown's supervisor and workers. Its CPU is the sum
@@ -6,7 +6,7 @@ over the tree of utime + stime (all threads of a process are in its own
 /proc/<pid>/stat line) plus cutime + cstime: a child that exits during a run
 moves its time into its parent's c-fields, so the total stays monotonic and
 nothing is counted twice. The parsing and the arithmetic are pure; only
-`snapshot`, `tree` and `status_kb` read /proc.
+`snapshot`, `tree`, `status_kb` and `with_environ` read /proc.
 """
 
 from __future__ import annotations
@@ -141,3 +141,22 @@ def set_affinity(pids: Iterable[int], cpus: set[int]) -> None:
                 os.sched_setaffinity(tid, cpus)
             except OSError:
                 continue
+
+
+def with_environ(entry: str) -> dict[int, dict[str, str]]:
+    """pid -> environment of every live process whose environment holds `entry`
+    ('NAME=value'): how the deploy extra finds the app instances it caused,
+    which run in sessions of their own."""
+    needle = entry.encode()
+    found: dict[int, dict[str, str]] = {}
+    for path in PROC.iterdir():
+        if not path.name.isdigit():
+            continue
+        try:
+            items = (path / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if needle in items:
+            pairs = (i.decode(errors="replace").partition("=") for i in items if b"=" in i)
+            found[int(path.name)] = {name: value for name, _, value in pairs}
+    return found

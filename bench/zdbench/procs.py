@@ -54,6 +54,12 @@ class Supervisor:
 
     def run(self, argv: Sequence[str], *, timeout: float, cpus: str | None = None) -> str:
         """Run to completion and return stdout; the group is killed past `timeout`."""
+        return self.call(argv, timeout=timeout, cpus=cpus)[1]
+
+    def call(
+        self, argv: Sequence[str], *, timeout: float, cpus: str | None = None
+    ) -> tuple[int, str]:
+        """As `run`, with the exit code: (code, stdout and stderr)."""
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         proc = subprocess.Popen(
@@ -68,7 +74,7 @@ class Supervisor:
             out, _ = proc.communicate(timeout=timeout)
         finally:
             self.stop(proc)
-        return out.decode(errors="replace")
+        return proc.returncode, out.decode(errors="replace")
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
         """SIGTERM the group, SIGKILL it after `grace`, reap."""

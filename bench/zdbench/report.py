@@ -19,7 +19,9 @@ from zdbench.model import (
     PROXY_ORDER,
     TIMES,
     Bursts,
+    DeployLoad,
     Idle,
+    LoadedDeploy,
     Row,
     Run,
     Transfer,
@@ -28,7 +30,8 @@ from zdbench.model import (
     find,
     ratio,
 )
-from zdbench.targets import Check, check_all
+from zdbench.targets import Check, check_all, deploy_under_load
+from zdbench.wrk import WrkResult
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Report:
     unavailable: Mapping[str, str] = field(default_factory=dict)  # variant key -> why
     not_measured: Mapping[str, str] = field(default_factory=dict)  # what else -> why
     failures: Sequence[str] = ()  # runs that broke (a proxy that would not start, ...)
+    deploy: DeployLoad | None = None  # the deploy-under-load extra
 
     @property
     def rows(self) -> list[Row]:
@@ -51,7 +55,8 @@ class Report:
 
     def checks(self) -> list[Check]:
         conns = sorted({r.conns for r in self.runs})
-        return check_all(self.rows, self.bursts, self.idle, conns, set(self.unavailable))
+        checks = check_all(self.rows, self.bursts, self.idle, conns, set(self.unavailable))
+        return [*checks, deploy_under_load(self.deploy)]
 
 
 def to_json(report: Report) -> str:
@@ -90,6 +95,10 @@ def to_markdown(report: Report) -> str:
     if report.transfers:
         out += ["", "## Large bodies streamed through zerodown (1 worker)", ""]
         out += transfer_table(report.transfers)
+    if report.deploy is not None:
+        d = report.deploy
+        out += ["", f"## A deploy under the highest sustained load (zerodown, {d.workers} workers)"]
+        out += ["", *deploy_lines(d)]
     if report.unavailable or report.not_measured or report.failures:
         out += ["", "## Not measured", ""]
         out += [f"- {Variant.parse(k).label}: {why}" for k, why in report.unavailable.items()]
@@ -218,6 +227,82 @@ def transfer_table(transfers: Sequence[Transfer]) -> list[str]:
             )
         )
     return lines
+
+
+def deploy_lines(load: DeployLoad) -> list[str]:
+    """What ran, one line per wrk run (the steady reference, then each deploy), and
+    anything that went wrong."""
+    out = [
+        f"zerodown's demo app as the service ({load.instances} instances of each release),"
+        f" `[proxy] workers = {load.workers}`. wrk, {load.threads} threads,"
+        f" {load.conns:,} connections in a closed loop (each sends its next request as soon"
+        " as it has an answer: as much load as this machine sustains), from"
+        f" {load.settle_s:g} s before each deploy to {load.settle_s:g} s after the CLI returned;"
+        " the steady run is the same load for as long, with no deploy. Socket errors:"
+        " connect / read / write / timeout (no answer within 2 s)."
+        + _serving(load.serving_processes, load.workers),
+        "",
+        *_header(
+            "deploy", "outcome", "deploy time", "requests", "req/s", "p50", "p99",
+            "socket errors", "non-2xx/3xx", "answered by (X-Version)", "running after",
+        ),
+    ]  # fmt: skip
+    if load.steady is not None:
+        out.append(_cells("none (steady load)", "—", "—", *_wrk_cells(load.steady), "—", "—"))
+    for d in load.deploys:
+        out.append(_deploy_row(d))
+    for d in load.deploys:
+        odd = {s: n for s, n in d.statuses.items() if not 200 <= s < 400}
+        if odd:
+            statuses = ", ".join(f"{s}: {n:,}" for s, n in odd.items())
+            out += ["", f"{d.strategy} {d.version}: responses by status {statuses}."]
+        if d.reason:
+            out += ["", f"{d.strategy} {d.version}: {d.reason}"]
+    if load.error:
+        out += ["", f"Error: {load.error}"]
+    if load.daemon_exit != 0 or load.leftovers:
+        exit_ = "killed" if load.daemon_exit is None else f"exit {load.daemon_exit}"
+        out += ["", f"`zerodown serve` on SIGTERM: {exit_}; instances left: {load.leftovers}."]
+    return out
+
+
+def _serving(processes: int | None, workers: int) -> str:
+    if processes is None:
+        return ""
+    return (
+        f" Proxy processes that served the steady run (each ≥ 10 % of the proxy's CPU):"
+        f" {processes}{'' if processes >= workers else f' of {workers} workers ❌'}."
+    )
+
+
+def _deploy_row(d: LoadedDeploy) -> str:
+    outcome = (d.outcome or "no outcome") + ("" if d.succeeded else f" ❌ (exit {d.exit_code})")
+    if d.wrk is not None and not d.covered:
+        outcome += " ❌ outlasted the load"
+    load = (
+        _wrk_cells(d.wrk) if d.wrk is not None else ["wrk did not finish", *("—" for _ in range(5))]
+    )
+    return _cells(
+        f"{d.strategy} {d.previous} → {d.version}",
+        outcome,
+        _num(d.deploy_s, ".2f", " s"),
+        *load,
+        " · ".join(f"{v if v != '-' else 'no X-Version'} {n:,}" for v, n in d.versions.items())
+        or "—",
+        " · ".join(f"{v} {TIMES} {n}" for v, n in d.running_after.items()) or "none",
+    )
+
+
+def _wrk_cells(r: WrkResult) -> list[str]:
+    s = r.socket
+    return [
+        f"{r.requests:,}",
+        f"{r.rps:,.0f}",
+        fmt_ms(r.p50_us),
+        fmt_ms(r.p99_us),
+        f"{s.connect} / {s.read} / {s.write} / {s.timeout}",
+        f"{r.non_2xx:,}",
+    ]
 
 
 # -- formatting --------------------------------------------------------------------------

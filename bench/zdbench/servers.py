@@ -126,6 +126,20 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, *logs: Path) -> None:
     raise StartError(f"no 200 on port {port} within {READY_TIMEOUT:g}s: {_tails(logs)}")
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, *logs: Path) -> None:
+    """Until the port accepts connections (whatever it answers); StartError as `wait_ready`."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StartError(f"exited with {proc.returncode}: {_tails(logs)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(POLL)
+    raise StartError(f"nothing listening on port {port} within {READY_TIMEOUT:g}s: {_tails(logs)}")
+
+
 def wait_port_free(port: int) -> None:
     deadline = time.monotonic() + PORT_FREE_TIMEOUT
     while time.monotonic() < deadline:

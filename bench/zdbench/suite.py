@@ -1,5 +1,6 @@
 """One benchmark run, start to finish: backends, the proxy matrix in both
-modes, reconnect bursts, idle connections, large bodies; then the report.
+modes, reconnect bursts, idle connections, large bodies, a deploy under
+load; then the report.
 
 Every process is started through one Supervisor, so however the run ends
 (error, Ctrl-C, SIGTERM) `procs.guard` stops them all.
@@ -19,9 +20,9 @@ from typing import Any
 
 import uvloop
 
-from zdbench import clients, procfs
+from zdbench import clients, deploy, procfs
 from zdbench.machine import loadavg, machine_info
-from zdbench.model import OWN_CORE, SHARED, Bursts, Idle, Run, Transfer, Variant
+from zdbench.model import OWN_CORE, SHARED, Bursts, DeployLoad, Idle, Run, Transfer, Variant
 from zdbench.plan import BURST_GAP_S, Plan, order
 from zdbench.procs import RUN_SLACK, StartError, Supervisor, guard
 from zdbench.report import Report
@@ -209,6 +210,41 @@ class Suite:
             self.sup.stop(demo)
         return out
 
+    # -- a deploy under the highest sustained load -------------------------------------------
+
+    def deploys(self) -> DeployLoad | None:
+        conns = self.plan.deploy_conns
+        if conns <= 0:
+            self.not_measured["deploy under load"] = "BENCH_DEPLOY_CONNS=0"
+            return None
+        try:
+            result = deploy.under_load(
+                self.sup,
+                self.work / "deploy",
+                self.ports,
+                conns=conns,
+                threads=self.plan.threads,
+                settle_s=self.plan.deploy_settle_s,
+            )
+        except StartError as exc:
+            self.failures.append(f"deploy under load: `zerodown serve` did not start: {exc}")
+            return None
+        finally:
+            wait_port_free(self.ports.front)
+        if result.error:
+            self.failures.append(f"deploy under load: {result.error}")
+        if result.daemon_exit != 0:
+            how = (
+                "had to be killed" if result.daemon_exit is None else f"exited {result.daemon_exit}"
+            )
+            self.failures.append(f"deploy under load: `zerodown serve` {how} on SIGTERM")
+        if result.leftovers:
+            self.failures.append(
+                f"deploy under load: {result.leftovers} app instance(s) outlived"
+                " `zerodown serve` (killed)"
+            )
+        return result
+
     # -- processes ---------------------------------------------------------------------------
 
     def start_backends(self) -> None:
@@ -282,14 +318,12 @@ def run_suite(plan: Plan, command: str) -> Report:
             ("reconnect bursts", suite.reconnects),
             ("idle connections", suite.idle),
             ("large bodies", suite.stream),
+            ("deploy under load", suite.deploys),
         ]
         results: dict[str, Any] = {}
         for name, step in steps:
             print(f"zdbench: {name}", flush=True)
             results[name] = step()
-    suite.not_measured["deploy under load"] = (
-        "skipped here; the lead adds it through `zerodown verify --deploy`"
-    )
     return Report(
         date=time.strftime("%Y-%m-%d"),
         command=command,
@@ -299,6 +333,7 @@ def run_suite(plan: Plan, command: str) -> Report:
         bursts=suite.bursts,
         idle=results["idle connections"],
         transfers=results["large bodies"],
+        deploy=results["deploy under load"],
         unavailable=suite.unavailable,
         not_measured=suite.not_measured,
         failures=suite.failures,

@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from zdbench.model import OWN_CORE, SHARED, TIMES, Bursts, Idle, Row, Variant, find, ratio
+from zdbench.model import (
+    OWN_CORE,
+    SHARED,
+    TIMES,
+    Bursts,
+    DeployLoad,
+    Idle,
+    LoadedDeploy,
+    Row,
+    Variant,
+    find,
+    ratio,
+)
 
 PASS = "pass"
 FAIL = "fail"
@@ -126,6 +138,34 @@ def idle_memory(idle: Idle | None) -> Check:
     measured = f"{per_conn:.1f} KB ({idle.opened:,} open, {idle.served:,} served 200)"
     ok = per_conn < MAX_KB_PER_IDLE_CONN and idle.opened == idle.wanted == idle.served
     return Check(name, measured, PASS if ok else FAIL)
+
+
+def deploy_under_load(load: DeployLoad | None) -> Check:
+    """Every deploy succeeds inside the closed-loop load, and not one request fails
+    (connect, read or write error, timeout, non-2xx/3xx)."""
+    strategies = ", then ".join(d.strategy for d in load.deploys) if load else ""
+    name = (
+        f"a deploy under the highest sustained load ({strategies or 'rolling, then blue_green'}):"
+        " it succeeds with 0 failed requests"
+    )
+    if load is None:
+        return Check(name, "—", NOT_MEASURED)
+    if not load.deploys:
+        return Check(name, load.error or "no deploy ran", FAIL)
+    measured = "; ".join(_deploy_measured(d) for d in load.deploys)
+    return Check(name, measured, PASS if load.clean else FAIL)
+
+
+def _deploy_measured(d: LoadedDeploy) -> str:
+    took = f" in {d.deploy_s:.1f} s" if d.deploy_s is not None else ""
+    outcome = f"{d.outcome or 'no outcome'}{took}"
+    if d.wrk is None:
+        return f"{d.strategy}: {outcome}, wrk did not finish"
+    inside = "" if d.covered else ", outlasted the load"
+    return (
+        f"{d.strategy}: {outcome}{inside}, {d.failed_requests:,} failed requests"
+        f" ({d.wrk.requests:,} answered)"
+    )
 
 
 def _clean(name: str, errors: int, timeouts: int, p99_ratio: float | None) -> Check:

@@ -3,7 +3,10 @@
 We read wrk's human output (with `--latency`) rather than a Lua `done` hook
 so that the numbers in the report are the ones anyone rerunning wrk by hand
 sees. wrk prints the "Socket errors" and "Non-2xx or 3xx responses" lines
-only when they are not zero, so their absence means 0.
+only when they are not zero, so their absence means 0. The deploy extra
+adds a Lua script (bench/templates/wrk-count.lua) whose `done` hook prints
+its counts after that summary, as `zdbench version V N` and
+`zdbench status S N` lines (`parse_counts`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 TIMEOUT = "2s"  # wrk's own default; a request slower than this counts as a timeout
 
@@ -26,6 +30,7 @@ _SOCKET_ERRORS = re.compile(
 )
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses: ([0-9]+)")
 _RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
+_COUNT = re.compile(r"^zdbench (version|status) (\S+) ([0-9]+)\s*$", re.MULTILINE)
 
 
 class WrkOutputError(ValueError):
@@ -66,7 +71,13 @@ class WrkResult:
 
 
 def wrk_command(
-    url: str, *, connections: int, threads: int, duration_s: float, timeout: str = TIMEOUT
+    url: str,
+    *,
+    connections: int,
+    threads: int,
+    duration_s: float,
+    timeout: str = TIMEOUT,
+    script: Path | None = None,
 ) -> list[str]:
     """wrk's argv; `--latency` for the percentile lines the parser reads."""
     threads = max(1, min(threads, connections))  # wrk refuses fewer connections than threads
@@ -77,6 +88,7 @@ def wrk_command(
         f"-d{duration_s:g}s",
         f"--timeout={timeout}",
         "--latency",
+        *(["-s", str(script)] if script is not None else []),
         url,
     ]
 
@@ -115,6 +127,18 @@ def parse_wrk(text: str) -> WrkResult:
         socket=SocketErrors(*(int(g) for g in socket.groups())) if socket else SocketErrors(),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
     )
+
+
+def parse_counts(text: str) -> tuple[dict[str, int], dict[int, int]]:
+    """What wrk-count.lua printed: responses by X-Version ('-': none), and by status."""
+    versions: dict[str, int] = {}
+    statuses: dict[int, int] = {}
+    for kind, key, count in _COUNT.findall(text):
+        if kind == "version":
+            versions[key] = versions.get(key, 0) + int(count)
+        elif key.isdigit():
+            statuses[int(key)] = statuses.get(int(key), 0) + int(count)
+    return dict(sorted(versions.items())), dict(sorted(statuses.items()))
 
 
 def _split_unit(text: str) -> tuple[float, str]:

@@ -452,7 +452,7 @@ def test_default_and_quick_plans() -> None:
     assert full.estimate_s() < 15 * 60
     quick = plan_from_env({"BENCH_QUICK": "1"})
     assert (quick.duration_s, quick.reps) == (3, 1)
-    assert quick.estimate_s() < 3 * 60
+    assert quick.estimate_s() < 4 * 60  # the deploy-under-load extra adds about 20 s
 
 
 def test_own_core_runs_only_one_worker_variants() -> None:
