@@ -119,7 +119,11 @@ class MultiWorkerDataPlane(ListeningDataPlane):
 
     @property
     def pids(self) -> list[int]:
-        return [w.pid for w in self.workers if w.pid is not None]
+        return [
+            w.process.pid
+            for w in self.workers
+            if w.process is not None and w.process.returncode is None
+        ]
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop every worker gracefully (in parallel), then close the sockets."""
@@ -128,6 +132,8 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         for task in self._keepers:
             task.cancel()
         await asyncio.gather(*(self._stop_worker(w, timeout) for w in self.workers))
+        for worker in self.workers:
+            worker.ready = False  # the keepers that would have said so were cancelled
         self.listening.close()
         await self.server.stop(0)
 

@@ -23,8 +23,9 @@ from zerodown.proxy.metrics import TargetMetrics
 from zerodown.proxy.retry import RetryBudget
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
+from zerodown.proxy.target import transition as admin_transition
 from zerodown.proxy.upstream import ConnectionPool
-from zerodown.routing import PoolName, PoolSpec, ServiceSpec
+from zerodown.routing import PoolName, PoolSpec, ServiceSpec, parse_address
 
 Clock = Callable[[], float]
 # Told of every health verdict this process reached on its own (a check moved
@@ -102,6 +103,7 @@ class Service:
             else RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         )
         known = previous.targets_by_address() if previous else {}
+        _check_buildable(spec, known)
         self.checkers: dict[Target, HealthChecker] = {}
         self.stable = self._build_pool("stable", spec.stable, known, previous)
         self.canary = self._build_pool("canary", spec.canary, known, previous)
@@ -303,6 +305,21 @@ def all_targets(services: Iterable[Service]) -> Iterator[tuple[Service, Target]]
     for service in services:
         for target in service.targets():
             yield service, target
+
+
+def _check_buildable(spec: ServiceSpec, known: dict[str, Target]) -> None:
+    """Raise what building `spec` would raise, before any live Target changes.
+
+    Targets carry over by address, so building the pools changes weight, state
+    and health of objects the table in force still routes with; a table that
+    is refused half-way must not have half-applied itself.
+    """
+    make_balancer(spec.balance, [])
+    for target_spec in (*spec.stable.targets, *spec.canary.targets):
+        parse_address(target_spec.address)
+        target = known.get(target_spec.address)
+        if target is not None:
+            admin_transition(target.state, target_spec.state)
 
 
 def _health_key(spec: ServiceSpec) -> tuple[object, ...]:
