@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -20,6 +21,7 @@ from zerodown.errors import BadRequest
 from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.router import strip_prefix
+from zerodown.proxy.timers import Deadline
 
 if TYPE_CHECKING:
     from zerodown.proxy.server import ProxyServer
@@ -45,7 +47,10 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = True  # between a message's first byte and its headers' end
         self._head_bytes = 0
         self._pauses: set[str] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        # Header, body and keep-alive timeouts take turns on one deadline;
+        # the upstream read timeout of the exchange being answered has its own.
+        self._deadline = Deadline(self.loop)
+        self.watchdog = Deadline(self.loop)
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.client_ip} queue={len(self.queue)} closing={self.closing}>"
@@ -95,7 +100,8 @@ class ClientConnection(asyncio.Protocol):
         return True if self.queue else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline.cancel()
+        self.watchdog.cancel()
         self.server.connections.discard(self)
         self.closing = True
         for exchange in self.queue:
@@ -296,7 +302,6 @@ class ClientConnection(asyncio.Protocol):
             self.queue[-1].pending.append(early)
 
     def _header_timeout(self) -> None:
-        self._timer = None
         if self.queue:
             return
         self.write(http.error_response(408))
@@ -304,7 +309,6 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def _body_timeout(self) -> None:
-        self._timer = None
         if self._pauses:  # we stopped reading, not the client: not its delay
             self._arm(self.settings.body_timeout, self._body_timeout)
             return
@@ -312,18 +316,14 @@ class ClientConnection(asyncio.Protocol):
             self._protocol_error(BadRequest("request body timed out", status=408))
 
     def _touch_body_timer(self) -> None:
-        # Re-arming a timer per chunk is cheap next to the chunk itself.
-        if self._timer is not None:
+        if self._deadline.when:
             self._arm(self.settings.body_timeout, self._body_timeout)
 
-    def _arm(self, delay: float, callback: object) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(delay, callback)  # type: ignore[arg-type]
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._deadline.set(self.loop.time() + delay, callback)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.clear()
 
 
 def _placeholder_head() -> http.RequestHead:

@@ -105,7 +105,7 @@ class Exchange:
         )
         self._upstream_keep_alive = True
         self._last_read = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watching = False  # this exchange has the client connection's watchdog
         self.set_cookie: bytes | None = None
         # Response bytes gathered during one upstream read, written to the
         # client in one writelines() (one syscall for head + body + end).
@@ -285,7 +285,9 @@ class Exchange:
         started = self.loop.time()
         self._head_waiter = self._done_waiter = None
         try:
-            conn = await self._connect(target, fresh)
+            conn = None if fresh else self._reuse_idle(target)
+            if conn is None:
+                conn = await self._connect(target, fresh)
             if self.aborted and self.error is not None:
                 raise self.error
             if self.drain_cancelled:
@@ -308,6 +310,14 @@ class Exchange:
         target.metrics.response(self.status, elapsed)
         service.observe(target, ok=self.status < 500)
 
+    def _reuse_idle(self, target: Target) -> UpstreamConnection | None:
+        """An idle keep-alive connection, taken without an await (the common case)."""
+        assert target.connections is not None
+        conn = target.connections.take_idle_now()
+        if conn is not None:
+            self._use(conn)
+        return conn
+
     async def _connect(self, target: Target, fresh: bool) -> UpstreamConnection:
         assert target.connections is not None
         try:
@@ -320,9 +330,12 @@ class Exchange:
             raise AttemptFailed(
                 exc, Attempt(sent=False, responded=False, reused=False), False
             ) from None
+        self._use(conn)
+        return conn
+
+    def _use(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         conn.begin(self, head_request=self.head.method == b"HEAD")
-        return conn
 
     def _send_request(self, conn: UpstreamConnection) -> None:
         if self.head.expect_continue and not self.continue_sent and not self.body_done:
@@ -331,9 +344,12 @@ class Exchange:
         parts = http.upstream_head(self.head, self.path, self.client.forwarded, self.request_id)
         for piece in self.replay or ():
             parts += self._frame(piece)
+        # A small body usually arrived in the same read as the head: one write
+        # (one syscall, one segment) carries both.
+        parts += self._take_pending()
         conn.writelines(parts)
         self.sent = True
-        self._flush_pending()
+        self.client.resume_reading("body")
 
     async def _await_response(self, conn: UpstreamConnection) -> None:
         self._head_waiter = self.loop.create_future()
@@ -409,6 +425,13 @@ class Exchange:
     def _flush_pending(self) -> None:
         conn = self.conn
         assert conn is not None
+        parts = self._take_pending()
+        if parts:
+            conn.writelines(parts)
+        self.client.resume_reading("body")
+
+    def _take_pending(self) -> list[bytes]:
+        """The unsent body, framed for the upstream, and kept for a replay."""
         parts: list[bytes] = []
         while self.pending:
             piece = self.pending.popleft()
@@ -417,9 +440,7 @@ class Exchange:
         self.pending_size = 0
         if self.body_done and self.head.chunked:
             parts.append(http.LAST_CHUNK)
-        if parts:
-            conn.writelines(parts)
-        self.client.resume_reading("body")
+        return parts
 
     def _frame(self, piece: bytes) -> list[bytes]:
         return http.chunk(piece) if self.head.chunked else [piece]
@@ -464,7 +485,8 @@ class Exchange:
     def _response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> list[bytes]:
-        framing = self._framing(status, headers)
+        names = [name.lower() for name, _ in headers]  # lowered once for both passes
+        framing = self._framing(status, headers, names)
         # What the head announces is what exchange_done will do.
         self.keep_alive = self.keep_alive and self.client.keep_alive_allowed(self)
         extra = [b"Set-Cookie: ", self.set_cookie, b"\r\n"] if self.set_cookie else None
@@ -477,16 +499,18 @@ class Exchange:
             keep_alive=self.keep_alive,
             request_id=self.request_id,
             extra=extra,
+            names=names,
         )
 
-    def _framing(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    def _framing(
+        self, status: int, headers: list[tuple[bytes, bytes]], names: list[bytes]
+    ) -> bytes:
         """Decide how the body is framed towards the client (RFC 9112 §6.3)."""
         if self.head.method == b"HEAD" or status in (204, 304) or status == 101:
             return b""
-        names = {name.lower() for name, _ in headers}
         if b"content-length" in names:
             return b""
-        codings = _transfer_codings(headers)
+        codings = _transfer_codings(headers, names)
         # RFC 9112 §6.3 item 7: unless chunked is the last coding, the body
         # runs to the close, whatever else Transfer-Encoding says.
         self._close_delimited = not codings or codings[-1] != b"chunked"
@@ -593,20 +617,26 @@ class Exchange:
             waiter.set_exception(error)
 
     def _start_watchdog(self) -> None:
-        self._stop_watchdog()  # a retry starts over: never two timers for one exchange
+        # The client connection answers one exchange at a time, so they take
+        # turns on its one watchdog: no timer armed and cancelled per attempt.
+        # A retry starts over, moving the same deadline.
+        self._watching = True
         self._last_read = self.loop.time()
-        self._watchdog = self.loop.call_later(self.client.settings.read_timeout, self._check_idle)
+        self._watch_until(self._last_read + self.client.settings.read_timeout)
+
+    def _watch_until(self, when: float) -> None:
+        self.client.watchdog.set(when, self._check_idle)
 
     def _check_idle(self) -> None:
-        # One timer per response, re-armed lazily, instead of one per chunk.
+        # The deadline is moved lazily: on_response_body only stores the time.
         timeout = self.client.settings.read_timeout
         idle_for = self.loop.time() - self._last_read
         waiting_head = self._head_waiter is not None and not self._head_waiter.done()
         # A client that stops reading pauses the upstream read: not the target's delay.
         if idle_for < timeout or (self.client.write_paused and not waiting_head):
-            self._watchdog = self.loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
+            self._watch_until(self.loop.time() + max(timeout - idle_for, 0.05))
             return
-        self._watchdog = None
+        self._watching = False
         error = UpstreamTimeout("upstream read timed out")
         if waiting_head:
             self._settle(self._head_waiter, error)
@@ -616,9 +646,9 @@ class Exchange:
             self.conn.abort()
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        if self._watching:
+            self._watching = False
+            self.client.watchdog.clear()
 
 
 class Maintenance(ProxyError):
@@ -643,12 +673,12 @@ class Maintenance(ProxyError):
         )
 
 
-def _transfer_codings(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+def _transfer_codings(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> list[bytes]:
     """The transfer codings of a response, in the order they were applied."""
     return [
         coding.strip().lower()
-        for name, value in headers
-        if name.lower() == b"transfer-encoding"
+        for (_, value), name in zip(headers, names, strict=True)
+        if name == b"transfer-encoding"
         for coding in value.split(b",")
         if coding.strip()
     ]

@@ -85,6 +85,9 @@ class RequestHead:
     upgrade: bytes | None = None  # the Upgrade value when the client asked to switch
     request_id: bytes | None = None
     connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    # The header names in lower case, in the order of `headers`: read_head
+    # lowers each once, and upstream_head reuses them.
+    names: list[bytes] = field(default_factory=list)
 
     @property
     def has_body(self) -> bool:
@@ -93,6 +96,11 @@ class RequestHead:
     @property
     def idempotent(self) -> bool:
         return self.method in IDEMPOTENT_METHODS
+
+    def lower_names(self) -> list[bytes]:
+        if len(self.names) != len(self.headers):  # a head not built by read_head
+            self.names = [name.lower() for name, _ in self.headers]
+        return self.names
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a header (name in lower case); a slow path, not per header."""
@@ -110,8 +118,10 @@ def read_head(
         raise BadRequest(f"unsupported protocol version {version}")
     head = RequestHead(method, url, version.encode(), headers, keep_alive)
     hosts = 0
+    names = head.names
     for name, value in headers:
         key = name.lower()
+        names.append(key)
         if key == b"host":
             hosts += 1
             head.host = value
@@ -184,6 +194,7 @@ def replace_host(head: RequestHead, authority: bytes) -> None:
     head.headers = [(b"Host", authority)] + [
         (name, value) for name, value in head.headers if name.lower() != b"host"
     ]
+    head.names = [name.lower() for name, _ in head.headers]
     head.host = authority
 
 
@@ -211,12 +222,11 @@ def upstream_head(
     head: RequestHead, path: bytes, forwarded: Forwarded, request_id: bytes
 ) -> list[bytes]:
     """The request head sent to a target, as pieces for writelines()."""
-    drop = HOP_BY_HOP | head.connection_tokens
+    drop = HOP_BY_HOP | head.connection_tokens if head.connection_tokens else HOP_BY_HOP
     incoming_xff = None
     incoming: dict[bytes, bytes] = {}
     parts = [head.method, b" ", path, b" HTTP/1.1\r\n"]
-    for name, value in head.headers:
-        key = name.lower()
+    for (name, value), key in zip(head.headers, head.lower_names(), strict=True):
         if key in drop or key == b"expect":
             continue  # the proxy answers 100-continue itself
         if b"_" in key and key.replace(b"-", b"_") in _ENVIRON_SPOOFABLE:
@@ -258,6 +268,11 @@ def _forwarded_lines(
     return lines
 
 
+# Never passed on from a response: hop-by-hop fields, and the upstream's own
+# X-Request-ID (ours, the one the upstream was sent, replaces it).
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"x-request-id"}
+
+
 def response_head(
     status: int,
     reason: bytes,
@@ -268,19 +283,24 @@ def response_head(
     keep_alive: bool,
     request_id: bytes,
     extra: list[bytes] | None = None,
+    names: list[bytes] | None = None,
 ) -> list[bytes]:
     """The response head sent to the client, as pieces for writelines().
 
     `framing` is the header line that frames the body as the proxy sends it
     (b"" when the upstream's Content-Length is passed through or there is no body).
+    `names` are the header names in lower case, if the caller has them already.
     """
-    connection_tokens = _connection_tokens(headers)
-    drop = HOP_BY_HOP | connection_tokens | {b"x-request-id"}
+    if names is None:
+        names = [name.lower() for name, _ in headers]
+    drop = _RESPONSE_DROP
+    if b"connection" in names:
+        drop = drop | _connection_tokens(headers, names)
     # Always our own version in the status line (RFC 9110 §6.2); `version`
     # is the client's, which decides how keep-alive is spelled.
-    parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
-    for name, value in headers:
-        if name.lower() not in drop:
+    parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for (name, value), key in zip(headers, names, strict=True):
+        if key not in drop:
             parts += (name, b": ", value, b"\r\n")
     parts += (b"X-Request-ID: ", request_id, b"\r\n", framing)
     if extra:
@@ -299,10 +319,10 @@ def response_head(
     return parts
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def _connection_tokens(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
+    for (_, value), key in zip(headers, names, strict=True):
+        if key == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens)
 

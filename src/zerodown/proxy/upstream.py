@@ -19,6 +19,7 @@ from zerodown.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from zerodown.proxy.timers import Deadline
 
 if TYPE_CHECKING:
     from zerodown.proxy.settings import ProxySettings
@@ -43,11 +44,11 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_headers",
-        "_idle_handle",
+        "_idle",
+        "_loop",
         "_parser",
         "_reason",
         "_skip_body",
-        "idle_since",
         "pool",
         "reused",
         "sink",
@@ -61,8 +62,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink: ResponseSink | None = None
         self.reused = False
         self.tunnel = False  # after a 101, bytes pass through unparsed
-        self.idle_since = 0.0
-        self._idle_handle: asyncio.TimerHandle | None = None
+        # Made by the protocol factory of create_connection: in the loop.
+        self._loop = asyncio.get_running_loop()
+        self._idle = Deadline(self._loop)
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -141,7 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_idle_timer()
+        self._idle.cancel()
         self.pool.discard(self)
         sink, self.sink = self.sink, None
         if sink is not None:
@@ -211,17 +213,12 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_upstream_lost(exc)
 
     def start_idle_timer(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.idle_since = loop.time()
-        self._idle_handle = loop.call_at(self.idle_since + timeout, self._idle_expired)
+        self._idle.set(self._loop.time() + timeout, self._idle_expired)
 
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+    def stop_idle_timer(self) -> None:
+        self._idle.clear()
 
     def _idle_expired(self) -> None:
-        self._idle_handle = None
         self.pool.discard(self)
         self.close()
 
@@ -260,6 +257,10 @@ class ConnectionPool:
                 return conn
         return await self._connect()
 
+    def take_idle_now(self) -> UpstreamConnection | None:
+        """acquire() without the await, when an idle connection and a slot are free."""
+        return None if self.full else self._take_idle()
+
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         self.busy.discard(conn)
         self._wake_waiter()
@@ -290,7 +291,7 @@ class ConnectionPool:
     def close_idle(self) -> None:
         while self.idle:
             conn = self.idle.pop()
-            conn._cancel_idle_timer()
+            conn.stop_idle_timer()
             conn.close()
 
     def close(self) -> None:
@@ -306,7 +307,7 @@ class ConnectionPool:
         # LIFO: the warmest connection is the least likely to be closed by the app.
         while self.idle:
             conn = self.idle.pop()
-            conn._cancel_idle_timer()
+            conn.stop_idle_timer()
             if conn.transport is not None and not conn.transport.is_closing():
                 self.busy.add(conn)
                 return conn
