@@ -388,14 +388,15 @@ ClusterFactory = Callable[..., Cluster]
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """make_cluster(first="v1", **service_overrides): a running daemon whose first
     deploy (`first`, via the CLI) has succeeded. Overrides replace TOML values of
-    `[services.web]`; `proxy` adds `[proxy]` keys; `wrapper=True` uses the knob
-    script as the command."""
+    `[services.web]`; `proxy` adds `[proxy]` keys, `env` variables of the
+    daemon's environment; `wrapper=True` uses the knob script as the command."""
     clusters: list[Cluster] = []
 
     def make(
         first: str | None = "v1",
         wrapper: bool = False,
         proxy: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
         **overrides: str,
     ) -> Cluster:
         root = tmp_path / f"cluster{len(clusters)}"
@@ -405,6 +406,7 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         if wrapper:
             service["command"] = wrapper_command(root)
         cluster = Cluster(root, mark, service, proxy)
+        cluster.env.update(env or {})
         clusters.append(cluster)
         cluster.start()
         if first is not None:

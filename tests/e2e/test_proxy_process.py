@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,26 @@ def test_a_signal_to_the_whole_group_stops_every_worker_cleanly(
     assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
     wait_for("every worker exited", lambda: not any(alive(w) for w in workers), 10)
     assert "restarting" not in cluster.log_tail()  # no worker was taken for a crash
+
+
+@pytest.mark.timeout(90)
+def test_systemd_hears_ready_then_the_new_main_pid_then_stopping(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    # What a `Type=notify`, `NotifyAccess=all` unit needs so that a hot
+    # restart's exit of the first pid is not taken for the end of the service.
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(address)
+        manager.settimeout(HANDOVER_TIMEOUT)
+        cluster = make_cluster(env={"NOTIFY_SOCKET": address})
+        assert cluster.daemon is not None
+        assert manager.recv(4096) == b"READY=1"
+        second = hand_over(cluster, cluster.daemon.pid)
+        cluster.successor = second
+        assert manager.recv(4096) == f"MAINPID={second}\nREADY=1".encode()
+        # The apps do not get the socket: they would speak for zerodown's unit.
+        for app in cluster.processes():
+            assert b"NOTIFY_SOCKET=" not in Path(f"/proc/{app.pid}/environ").read_bytes()
+        assert cluster.stop_daemon() == 0
+        assert manager.recv(4096) == b"STOPPING=1"

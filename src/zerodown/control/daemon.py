@@ -20,6 +20,7 @@ from pathlib import Path
 
 from zerodown.config import Config
 from zerodown.config.service import ServiceConfig
+from zerodown.control import notify
 from zerodown.control.admin import AdminServer, create_admin_app
 from zerodown.control.auth import require_token_for
 from zerodown.control.handover import HandoverError, inherited, start_successor
@@ -76,6 +77,9 @@ class Daemon:
         app = create_admin_app(self.dataplane, self.token, self.orchestrator)
         self.admin = AdminServer(app, host, port, sock=given.admin if given else None)
         await self.admin.start()
+        # Main pid first, then the old generation may exit: systemd must not
+        # see a moment where its main process is gone and no other named.
+        notify.ready(successor=given is not None)
         if given is not None:
             given.signal_ready()
 
@@ -83,6 +87,8 @@ class Daemon:
         return ProcessRuntime(self.state_dir, port_range=service.ports)
 
     async def stop(self) -> None:
+        if self.handed_over_to is None:
+            notify.stopping()  # after a hand-over the service is not stopping
         if self.admin is not None:
             await self.admin.stop()
         if self.dataplane is not None:

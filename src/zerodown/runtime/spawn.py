@@ -22,8 +22,9 @@ from zerodown.errors import DeployError
 from zerodown.release import Release
 
 EXIT_POLL: Final = 0.2  # how often liveness is polled where there is no pidfd
-# The daemon's admin credential is not the app's business.
-WITHHELD_ENV: Final = frozenset({"ZERODOWN_TOKEN"})
+# The daemon's admin credential is not the app's business; nor is systemd's
+# notify socket (an app that used it would speak for zerodown's unit).
+WITHHELD_ENV: Final = frozenset({"ZERODOWN_TOKEN", "NOTIFY_SOCKET"})
 
 _TEMPLATE_ERRORS = (ValueError, LookupError, AttributeError)
 
