@@ -384,6 +384,31 @@ def test_a_killed_worker_is_started_again_with_the_current_table() -> None:
 # -- drain and stop ------------------------------------------------------------------------
 
 
+def test_a_stuck_worker_is_replaced_and_gets_the_table() -> None:
+    # A worker that is alive but cannot answer (stopped here with SIGSTOP)
+    # must not keep routing by an old table: it is killed and started again.
+    async def main() -> None:
+        async with backends("a", "b") as (a, b), plane(service(a.address, b.address)) as dp:
+            stuck, _ = dp.workers
+            stuck_pid = stuck.pid
+            assert stuck_pid is not None
+            dp.request_timeout = 0.5
+            os.kill(stuck_pid, signal.SIGSTOP)
+            await dp.apply(RoutingTable(services=(service(b.address),)))
+            assert dp.routing().service("web") is not None
+            await until(
+                lambda: stuck.ready and stuck.pid not in (None, stuck_pid),
+                "the stuck worker replaced",
+                START_DEADLINE,
+            )
+            snapshots = await dp.worker_stats()
+            assert len(snapshots) == WORKERS
+            assert all(set(targets(s)) == {b.address} for s in snapshots)
+            assert await served_by(port_of(dp), 10) == {"b": 10}
+
+    run(main())
+
+
 def test_drain_waits_for_the_slow_request_in_a_worker() -> None:
     async def main() -> None:
         async with switchables("a", "b") as (a, b):

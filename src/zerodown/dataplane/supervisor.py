@@ -87,6 +87,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         self.settings = settings
         self.server = ProxyServer(settings, table, on_health=self._own_verdict)
         self.workers = [WorkerProcess(i) for i in range(workers)]
+        # How long a live worker may take to answer apply or stats before it
+        # counts as stuck and is replaced.
+        self.request_timeout = REQUEST_TIMEOUT
         self.stopping = False
         self.listening = ListenSet([], workers)
         self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
@@ -314,17 +317,29 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())
 
-    async def _each(self, op: str, wait: float = REQUEST_TIMEOUT, **fields: Any) -> list[Any]:
+    async def _each(self, op: str, wait: float | None = None, **fields: Any) -> list[Any]:
         """Ask every running worker; one that is dead or dies meanwhile is left out.
 
         A worker started later gets the table and health in force then, so
         missing one now loses nothing.
         """
+        asked = [w for w in self.workers if w.ready]
         replies = await asyncio.gather(
-            *(w.request(op, wait, **fields) for w in self.workers if w.ready),
+            *(w.request(op, wait or self.request_timeout, **fields) for w in asked),
             return_exceptions=True,
         )
-        for reply in replies:
-            if isinstance(reply, RemoteError):
-                raise DataPlaneError(f"a proxy worker refused {op}: {reply}")
+        for worker, reply in zip(asked, replies, strict=True):
+            if isinstance(reply, (RemoteError, TimeoutError)):
+                self._replace(worker, f"{op} failed: {type(reply).__name__}: {reply}")
         return [r for r in replies if not isinstance(r, BaseException)]
+
+    def _replace(self, worker: WorkerProcess, why: str) -> None:
+        """A live worker that cannot obey is killed; it restarts on the table in force.
+
+        Raising instead would tell the orchestrator the table was refused,
+        while here and in the other workers it is already in force.
+        """
+        log.error("proxy worker %d (pid %s): %s; replacing it", worker.index, worker.pid, why)
+        worker.ready = False
+        if worker.process is not None and worker.process.returncode is None:
+            worker.process.kill()
