@@ -47,9 +47,13 @@ class ProxyConfig(Table):
     access_log: str | None = None
 
     def worker_count(self) -> int:
-        """`workers`, with "auto" resolved to one per core."""
+        """`workers`, with "auto" resolved to one per core this process may run on.
+
+        The affinity mask, not the machine's count: under `taskset` or a
+        cpuset-limited container, more workers than usable cores only compete.
+        """
         if self.workers == "auto":
-            return os.cpu_count() or 1
+            return len(os.sched_getaffinity(0)) or 1
         return self.workers
 
     def settings(self) -> ProxySettings:
