@@ -85,7 +85,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         if workers < 2:
             raise ValueError("a multi-worker data plane needs at least 2 workers")
         self.settings = settings
-        self.server = ProxyServer(settings, table, on_health=self._own_verdict)
+        self.server = ProxyServer(settings, table, on_health=self._broadcast)
         self.workers = [WorkerProcess(i) for i in range(workers)]
         # How long a live worker may take to answer apply or stats before it
         # counts as stuck and is replaced.
@@ -170,7 +170,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             )
         finally:
             theirs.close()
-        worker.channel = await Channel.over(ours, self._worker_handler(worker))
+        worker.channel = await Channel.over(ours, self._from_worker)
         reading = asyncio.get_running_loop().create_task(worker.channel.serve())
         self._readers.add(reading)
         reading.add_done_callback(self._readers.discard)
@@ -236,6 +236,8 @@ class MultiWorkerDataPlane(ListeningDataPlane):
 
     @staticmethod
     def _restart_delay(worker: WorkerProcess) -> float:
+        # Not runtime.Backoff: the data plane sits below the runtime, and a
+        # worker is never given up on (there is no crash-loop verdict to reach).
         if time.monotonic() - worker.started_at >= STABLE_AFTER:
             worker.crashes = 0
         worker.crashes += 1
@@ -243,13 +245,10 @@ class MultiWorkerDataPlane(ListeningDataPlane):
 
     # -- health: one verdict for all workers -----------------------------------
 
-    def _worker_handler(self, worker: WorkerProcess) -> Any:
-        def handle(op: str, message: Message) -> None:
-            if op != "health":
-                raise ValueError(f"a worker may not ask {op!r}")
-            self._worker_verdict(message["service"], message["address"], message["share"])
-
-        return handle
+    def _from_worker(self, op: str, message: Message) -> None:
+        if op != "health":
+            raise ValueError(f"a worker may not ask {op!r}")
+        self._worker_verdict(message["service"], message["address"], message["share"])
 
     def _worker_verdict(self, service: str, address: str, values: list[Any]) -> None:
         """A worker decided something about a target (passive health); decide for all.
@@ -260,10 +259,10 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         here brings it back.
         """
         share = HealthShare(*values)
-        found = self.server.services.get(service)
-        target = found.targets_by_address().get(address) if found else None
-        if found is None or target is None:
-            return
+        located = self.server.locate(service, address)
+        if located is None:
+            return  # gone from the table since the worker decided
+        found, target = located
         current = target.health.state
         ejection = share.state == "ejected" and current == "up"
         timed_return = share.state == "up" and current == "ejected" and found.spec.health is None
@@ -271,10 +270,8 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             self.server.adopt_health(service, address, share)
             self._broadcast(service, target)
 
-    def _own_verdict(self, service: str, target: Target) -> None:
-        self._broadcast(service, target)
-
     def _broadcast(self, service: str, target: Target) -> None:
+        """Tell every worker the verdict on `target`: ours (checks, timed returns) or adopted."""
         share = list(target.health.shared())
         for worker in self.workers:
             worker.notify("health", service=service, address=target.address, share=share)

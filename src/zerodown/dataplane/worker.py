@@ -37,8 +37,6 @@ from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable
 
-STOP_REPLY_GRACE = 1.0  # seconds to let the stop reply leave before the process ends
-
 
 class Worker:
     def __init__(self, listen_fds: list[int]) -> None:
@@ -68,7 +66,8 @@ class Worker:
             server.apply_now(RoutingTable.model_validate(message["table"]))
             return None
         if op == "health":
-            server.adopt_health(message["service"], message["address"], _share(message["share"]))
+            share = HealthShare(*message["share"])
+            server.adopt_health(message["service"], message["address"], share)
             return None
         if op == "drain":
             return self._drain(message["service"], message["address"], message["timeout"])
@@ -83,7 +82,7 @@ class Worker:
         table = RoutingTable.model_validate(message["table"])
         self.server = ProxyServer(settings, table, checks=False, on_health=self._report)
         for service, address, share in message["health"]:
-            self.server.adopt_health(service, address, _share(share))
+            self.server.adopt_health(service, address, HealthShare(*share))
         await self.server.start([socket.socket(fileno=fd) for fd in self.listen_fds])
         return len(self.listen_fds)
 
@@ -97,8 +96,9 @@ class Worker:
         self._stopping = True
         if self.server is not None:
             await self.server.stop(timeout)
-        # The reply to `stop` is sent when this returns; give it a moment to leave.
-        asyncio.get_running_loop().call_later(STOP_REPLY_GRACE / 10, self.done.set)
+        # The reply to `stop` is written as this returns, in this same step;
+        # `run` then flushes it before the process ends.
+        asyncio.get_running_loop().call_soon(self.done.set)
 
     def _report(self, service: str, target: Target) -> None:
         if self.channel is not None:
@@ -109,10 +109,6 @@ class Worker:
         if self.server is None:
             raise RuntimeError("worker not started")
         return self.server
-
-
-def _share(values: list[Any]) -> HealthShare:
-    return HealthShare(*values)
 
 
 def _settings_fields(values: dict[str, Any]) -> dict[str, Any]:

@@ -171,14 +171,18 @@ class ProxyServer:
     def routing(self) -> RoutingTable:
         return self.table
 
-    def adopt_health(self, service: str, address: str, share: HealthShare) -> bool:
-        """Copy a health verdict reached in another process; False if the target is gone."""
+    def locate(self, service: str, address: str) -> tuple[Service, Target] | None:
+        """Service `service` and its target at `address`, if the table has them."""
         found = self.services.get(service)
         target = found.targets_by_address().get(address) if found else None
-        if found is None or target is None:
-            return False
-        found.adopt_health(target, share)
-        return True
+        return (found, target) if found is not None and target is not None else None
+
+    def adopt_health(self, service: str, address: str, share: HealthShare) -> bool:
+        """Copy a health verdict reached in another process; False if the target is gone."""
+        located = self.locate(service, address)
+        if located is not None:
+            located[0].adopt_health(located[1], share)
+        return located is not None
 
     # -- draining --------------------------------------------------------------
 
@@ -197,11 +201,10 @@ class ProxyServer:
         return DrainResult(service, address, completed, cancelled, time.monotonic() - started)
 
     def _find(self, service: str, address: str) -> Target:
-        found = self.services.get(service)
-        target = found.targets_by_address().get(address) if found else None
-        if target is None:
+        located = self.locate(service, address)
+        if located is None:
             raise DataPlaneError(f"no target {address} in service {service}")
-        return target
+        return located[1]
 
     async def _wait_idle(self, target: Target, timeout: float) -> bool:
         if target.in_flight == 0:
