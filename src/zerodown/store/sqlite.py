@@ -466,7 +466,7 @@ def _connect(path: str) -> sqlite3.Connection:
 
 def _configure(db: sqlite3.Connection, path: str) -> None:
     with _as_store_error():
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _enter_wal(db)
         if mode != "wal" and path != ":memory:":
             raise StoreError(f"{path}: cannot use WAL mode (journal_mode is {mode})")
         # NORMAL, not FULL: in WAL mode a commit then survives a crash or a
@@ -477,6 +477,28 @@ def _configure(db: sqlite3.Connection, path: str) -> None:
         # release either way.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
+
+
+WAL_RETRY = 0.01  # seconds between tries to switch a new file to WAL
+
+
+def _enter_wal(db: sqlite3.Connection) -> str:
+    """Switch to WAL; the journal mode in force after it.
+
+    Two processes opening a new file at once (a hot restart's two
+    generations, say) race to switch it, and SQLite answers the loser
+    "database is locked" at once, without its busy handler. So wait here as
+    the busy timeout would have; the loser then finds WAL already on.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            mode: str = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY)
 
 
 @contextmanager
