@@ -13,6 +13,7 @@ from zerodown.store.base import (
     ReleaseStatus,
     Store,
     StoreError,
+    StoreFileLost,
     local_owner,
 )
 from zerodown.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SqliteStore
@@ -33,5 +34,6 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreFileLost",
     "local_owner",
 ]

@@ -56,6 +56,14 @@ class NotFound(StoreError):
     """The release or deploy named does not exist."""
 
 
+class StoreFileLost(StoreError):
+    """The store's file was deleted or replaced under a running daemon.
+
+    Writes would go to an unlinked inode and vanish at the next start, so
+    the store refuses them instead of losing state without a word.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class ReleaseRecord:
     service: str

@@ -15,6 +15,7 @@ Open one SqliteStore per process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -40,7 +41,10 @@ from zerodown.store.base import (
     ReleaseStatus,
     Store,
     StoreError,
+    StoreFileLost,
 )
+
+log = logging.getLogger("zerodown.store")
 
 DB_FILENAME = "zerodown.sqlite3"  # the store's file name inside state_dir
 SCHEMA_VERSION = 1
@@ -208,6 +212,9 @@ class SqliteStore(Store):
         self._hostname = socket.gethostname()
         self._mutex = threading.RLock()
         self._db = _connect(self.path)
+        # Which file we opened, to notice it deleted or replaced (see _check_file).
+        self._file_id = _file_id(self.path)
+        self._lost: str | None = None  # why writes are refused, once the file is gone
         try:
             self._migrate()
         except BaseException:
@@ -407,6 +414,7 @@ class SqliteStore(Store):
         """One write transaction. IMMEDIATE takes the write lock up front, so a
         read inside it cannot be invalidated by another process before we write."""
         with self._mutex, _as_store_error():
+            self._check_file()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -415,6 +423,24 @@ class SqliteStore(Store):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _check_file(self) -> None:
+        """Refuse to write once our file is no longer the one at `path`.
+
+        A deleted (or replaced) database stays open and writable through its
+        unlinked inode, so every write would seem to work and be gone at the
+        next start. One stat per write is the price of noticing.
+        """
+        moved = self._file_id is not None and _file_id(self.path) != self._file_id
+        if self._lost is None and moved:
+            self._lost = (
+                f"{self.path}: the state database was deleted or replaced while zerodown "
+                "ran; refusing to write state that would be lost at the next start "
+                "(restart zerodown to open the file again)"
+            )
+            log.error("%s", self._lost)
+        if self._lost is not None:
+            raise StoreFileLost(self._lost)
 
     def _one(self, sql: str, *params: object) -> sqlite3.Row | None:
         with self._mutex, _as_store_error():
@@ -462,6 +488,17 @@ def _connect(path: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None for ":memory:" or no file there."""
+    if path == ":memory:":
+        return None
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _configure(db: sqlite3.Connection, path: str) -> None:
