@@ -34,6 +34,7 @@ from zerodown.proxy.target import Target
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
 
 TOKEN = "s3cret-token"
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 DEFAULT = object()  # "use the client's token"
 
 TABLE = RoutingTable(
@@ -127,6 +128,7 @@ class Client:
         sent = {"Authorization": f"Bearer {token}"} if token is not None else {}
         if body is not None:
             body = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if body is not None or method in STATE_CHANGING:
             sent["Content-Type"] = "application/json"
         sent.update(headers or {})
         loop = asyncio.get_running_loop()
@@ -239,6 +241,96 @@ def test_without_a_token_only_loopback_hosts_are_answered(host: str) -> None:
             assert "loopback host" in reply.json()["error"]
             assert (await api.call("GET", "/v1/health", headers={"Host": host})).status == 200
         assert fake.applied == []
+
+    run(scenario())
+
+
+# A page on another origin, as the operator's browser describes it (None: the
+# port of the admin API under test, i.e. a different port on the same host).
+CROSS_SITE = [
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},  # sandboxed iframe, file:// page, some redirects
+    {"Origin": "http://127.0.0.1:1"},  # another port: another origin
+    {"Origin": "https://127.0.0.1:{port}"},  # another scheme
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},
+    {"Sec-Fetch-Site": "same-origin", "Origin": "https://evil.example"},
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_without_a_token_a_cross_site_request_is_refused(headers: dict[str, str]) -> None:
+    async def scenario() -> None:
+        fake = FakeDataPlane()
+        async with admin(fake, token=None) as api:
+            sent = {k: v.format(port=api.port) for k, v in headers.items()}
+            for method, path in (("PUT", "/v1/routing"), ("GET", "/v1/routing")):
+                reply = await api.call(method, path, table_json(), headers=sent)
+                assert reply.status == 403, (method, reply.body)
+                body = reply.json()
+                assert set(body) == {"error", "detail"}
+                assert "cross-" in body["error"]
+                named = sent.get("Sec-Fetch-Site", "same-origin") == "same-origin"
+                assert body["detail"] == (
+                    {"origin": sent["Origin"]}
+                    if named
+                    else {"sec_fetch_site": sent["Sec-Fetch-Site"]}
+                )
+        assert fake.applied == []
+
+    run(scenario())
+
+
+def test_without_a_token_same_origin_and_non_browser_requests_pass() -> None:
+    async def scenario() -> None:
+        fake = FakeDataPlane()
+        async with admin(fake, token=None) as api:
+            own = f"http://127.0.0.1:{api.port}"
+            accepted = [
+                {},  # the CLI, curl: no browser headers at all
+                {"Origin": own, "Sec-Fetch-Site": "same-origin"},
+                {"Origin": own.upper().replace("HTTP", "http")},
+                {"Sec-Fetch-Site": "none"},  # typed into the address bar
+                {"Host": f"localhost:{api.port}", "Origin": f"http://localhost:{api.port}"},
+            ]
+            for headers in accepted:
+                reply = await api.call("PUT", "/v1/routing", table_json(), headers=headers)
+                assert reply.status == 200, (headers, reply.body)
+        assert len(fake.applied) == 5
+
+    run(scenario())
+
+
+# What an HTML form (or a fetch() without a CORS preflight) can send.
+FORM_TYPES = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "text/plain",
+    "",
+]
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+@pytest.mark.parametrize("content_type", FORM_TYPES)
+def test_a_change_without_the_json_type_is_415(content_type: str, token: str | None) -> None:
+    async def scenario() -> None:
+        fake = FakeDataPlane()
+        async with admin(fake, token=token) as api:
+            body = json.dumps(table_json()).encode()
+            headers = {"Content-Type": content_type}
+            reply = await api.call("PUT", "/v1/routing", body, headers=headers)
+            assert reply.status == 415, reply.body
+            shown = content_type or "(none)"
+            assert reply.json() == {
+                "error": f"PUT needs Content-Type: application/json (even without a body), "
+                f"got {shown}",
+                "detail": {"content_type": shown, "expected": "application/json"},
+            }
+            # the type is what counts, parameters and case aside
+            headers = {"Content-Type": "Application/JSON; charset=utf-8"}
+            reply = await api.call("PUT", "/v1/routing", body, headers=headers)
+            assert reply.status == 200, reply.body
+        assert len(fake.applied) == 1
 
     run(scenario())
 

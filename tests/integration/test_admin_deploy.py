@@ -262,10 +262,14 @@ def raw(
     token: str | None = TOKEN,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    """One request as it goes over the wire (blocking; run it in a thread)."""
+    """One request as it goes over the wire (blocking; run it in a thread).
+
+    A POST says it is JSON even without a body, as the CLI does (the server
+    refuses any other type on a change); `headers` may say otherwise.
+    """
     sent = {"Authorization": f"Bearer {token}"} if token else {}
     data = None if body is None else json.dumps(body).encode()
-    if data is not None:
+    if data is not None or method != "GET":
         sent["Content-Type"] = "application/json"
     sent.update(headers or {})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
@@ -536,6 +540,33 @@ def test_every_deploy_route_needs_the_token() -> None:
             refused = await api.refused(anonymous.deploy, "web", "v2")
             assert (refused.status, refused.message) == (401, "missing or wrong bearer token")
         assert fake.calls == []
+
+    run(scenario())
+
+
+def test_without_a_token_a_cross_site_form_cannot_act() -> None:
+    # <form method=POST action="http://127.0.0.1:9900/v1/services/web/abort"> on
+    # any page the operator has open: refused by what the browser says about it
+    # (403), and, from a browser that says nothing, by the form's type (415).
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    browser = {**form, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+    async def scenario() -> None:
+        fake = FakeControl()
+        async with admin(fake, token=None) as api:
+            changes = [(m, p) for m, p, _ in ROUTES if m == "POST"]
+            for method, path in changes:
+                reply = await api.raw(method, path, None, token=None, headers=browser)
+                assert reply.status == 403, (path, reply.body)
+                assert reply.json()["detail"] == {"sec_fetch_site": "cross-site"}
+                reply = await api.raw(method, path, None, token=None, headers=form)
+                assert reply.status == 415, (path, reply.body)
+                assert reply.json()["detail"]["content_type"] == form["Content-Type"]
+            assert fake.calls == []
+            # the CLI's client gets through: it says JSON, with `{}` for no body
+            assert await api(api.client.abort, "web") is None
+            assert await api(api.client.rollback, "web") == 1
+        assert fake.calls == [("abort", "web"), ("rollback", "web", None)]
 
     run(scenario())
 

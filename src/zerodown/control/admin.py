@@ -27,12 +27,17 @@ detail lists pydantic's errors, each naming the field it is about, e.g.
 `services.0.stable.targets.0.weight`. An error the data plane raises while
 applying maps by type (`ERROR_STATUS`).
 
-A body must come with `Content-Type: application/json` (else 415).
+Every POST, PUT, PATCH and DELETE must come with `Content-Type:
+application/json`, even one without a body (else 415): an HTML form on
+another site cannot send that type.
 
 With a token, every path but /v1/health needs `Authorization: Bearer
 <token>` (see auth.py). Without one the API is open, which is only allowed
 on loopback (`require_token_for`, checked at start by the daemon), and it
-answers only requests whose Host is loopback (a DNS-rebinding guard).
+answers only requests whose Host is loopback (a DNS-rebinding guard) and
+that a browser did not send from another origin (`Origin`,
+`Sec-Fetch-Site`: 403), so a web page cannot act through the operator's
+browser.
 
 `AdminServer` runs the app with uvicorn on the *current* event loop, beside
 the data plane, because the handlers read the data plane's live state. Its
@@ -59,7 +64,13 @@ from starlette.types import ASGIApp
 
 from zerodown import __version__
 from zerodown.config.strategy import StrategyName
-from zerodown.control.auth import BearerAuth, LoopbackHostOnly, require_token_for
+from zerodown.control.auth import (
+    BearerAuth,
+    JsonOnly,
+    LoopbackHostOnly,
+    SameOriginOnly,
+    require_token_for,
+)
 from zerodown.dataplane.base import DataPlane
 from zerodown.deploy.control import ControlPlane, View
 from zerodown.errors import (
@@ -133,9 +144,12 @@ def create_admin_app(
     _add_error_handlers(app)
     _add_routes(app, dataplane)
     _add_deploy_routes(app, control)
+    # The last added runs first: who may ask (401/403) before how they asked (415).
+    app.add_middleware(JsonOnly)
     if token:
         app.add_middleware(BearerAuth, token=token)
     else:
+        app.add_middleware(SameOriginOnly)
         app.add_middleware(LoopbackHostOnly)
     return app
 

@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT: Final = 10.0  # seconds for the daemon to answer a plain reques
 # The server sends a comment every 15 s on an idle event stream; three missed
 # ones mean the connection is dead, not quiet.
 EVENTS_READ_TIMEOUT: Final = 45.0
+STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Listening on every address: the daemon is reached on loopback from here.
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
@@ -162,6 +163,10 @@ class AdminClient:
         self, method: str, path: str, *, body: Any = None, timeout: float | None = None
     ) -> Any:
         """One request; its JSON reply, or AdminError with the server's message."""
+        if body is None and method in STATE_CHANGING:
+            # The server wants the JSON type on every change, bodyless or not
+            # (its guard against cross-site forms); `{}` makes the type true.
+            body = {}
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if data is not None:
