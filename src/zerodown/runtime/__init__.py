@@ -10,7 +10,7 @@ from zerodown.runtime.backoff import Backoff
 from zerodown.runtime.base import ExitCallback, Runtime
 from zerodown.runtime.ports import NoFreePort, PortAllocator, can_listen
 from zerodown.runtime.process import ProcessRuntime
-from zerodown.runtime.spawn import RuntimeStartError
+from zerodown.runtime.spawn import InstanceExited, RuntimeStartError
 
 RUNTIMES: dict[str, type[Runtime]] = {"process": ProcessRuntime}
 
@@ -18,6 +18,7 @@ __all__ = [
     "RUNTIMES",
     "Backoff",
     "ExitCallback",
+    "InstanceExited",
     "NoFreePort",
     "PortAllocator",
     "ProcessRuntime",

@@ -36,9 +36,9 @@ from zerodown.runtime import procfs
 from zerodown.runtime.base import ExitCallback, Runtime
 from zerodown.runtime.logs import RotatingLog, pump
 from zerodown.runtime.ports import PortAllocator, Probe, can_listen, ephemeral_overlap
-from zerodown.runtime.spawn import RuntimeStartError, spawn, until_exit
+from zerodown.runtime.spawn import InstanceExited, RuntimeStartError, spawn, until_exit
 
-__all__ = ["ProcessRuntime", "RuntimeStartError"]
+__all__ = ["InstanceExited", "ProcessRuntime", "RuntimeStartError"]
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,19 @@ class ProcessRuntime(Runtime):
     # -- the Runtime interface -------------------------------------------------
 
     async def start(self, release: Release, n: int) -> list[Instance]:
-        """Start `n` instances; if one cannot start, stop those that did and raise."""
-        started: list[Instance] = []
+        """Start `n` instances; if one cannot start, or one already exited,
+        stop those that did and raise (InstanceExited for an exit)."""
+        started: list[_Watched] = []
         try:
             for _ in range(n):
                 started.append(await self._start_one(release))
+                await asyncio.sleep(0)  # let the exit watchers report
+                _raise_on_exit(started, n)
         except Exception:
             # The caller never sees these, so nobody else would ever stop them.
-            await asyncio.gather(*(self.stop(instance, 0) for instance in started))
+            await asyncio.gather(*(self.stop(watched.instance, 0) for watched in started))
             raise
-        return started
+        return [watched.instance for watched in started]
 
     async def stop(self, instance: Instance, grace: float) -> None:
         await self.terminate(instance, grace)
@@ -190,7 +193,7 @@ class ProcessRuntime(Runtime):
 
     # -- starting ----------------------------------------------------------------
 
-    async def _start_one(self, release: Release) -> Instance:
+    async def _start_one(self, release: Release) -> _Watched:
         if self._closed:
             raise RuntimeStartError("the runtime is closed")
         instance_id = f"{release.service}-{release.version}-{secrets.token_hex(3)}"
@@ -215,7 +218,7 @@ class ProcessRuntime(Runtime):
         watched.pump = asyncio.create_task(_capture(watched, spawned.output))
         watched.tasks = [watched.pump, asyncio.create_task(self._watch(watched))]
         self._live[instance.id] = watched
-        return instance
+        return watched
 
     def _open_log(self, release: Release, instance_id: str) -> RotatingLog:
         parts = (release.service, release.version, f"{instance_id}.log")
@@ -301,6 +304,16 @@ class ProcessRuntime(Runtime):
         self.ports.hold(instance.port)
         watched.tasks.append(asyncio.create_task(self._watch(watched)))
         return instance
+
+
+def _raise_on_exit(started: list[_Watched], wanted: int) -> None:
+    """Stop a batch at its first exit. A command that exits at once would
+    otherwise be started `wanted` times over (its port is free again at
+    each exit), and the caller hears of none of them until the batch ends:
+    `instances = 100000` once spawned 41,699 processes so."""
+    for watched in started:
+        if watched.exited.is_set():
+            raise InstanceExited(watched.instance.id, watched.returncode, len(started), wanted)
 
 
 async def _capture(watched: _Watched, output: asyncio.StreamReader) -> None:

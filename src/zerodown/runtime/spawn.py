@@ -33,6 +33,19 @@ class RuntimeStartError(DeployError):
     """An instance could not be started at all: bad command, program not found, bad cwd."""
 
 
+class InstanceExited(RuntimeStartError):
+    """An instance exited while its batch was still being started."""
+
+    def __init__(self, instance_id: str, code: int | None, started: int, wanted: int) -> None:
+        self.instance_id = instance_id
+        self.code = code
+        how = "unknown exit" if code is None else f"exit {code}"
+        super().__init__(
+            f"instance {instance_id} exited ({how}) while its release was starting; "
+            f"stopped after starting {started} of {wanted}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Spawned:
     child: subprocess.Popen[bytes]
