@@ -23,6 +23,23 @@ class ConfigError(ZerodownError):
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
+class StateDirBusy(ConfigError):
+    """Another `zerodown serve` holds the state directory.
+
+    Two daemons on one state_dir would adopt, and then stop, each other's
+    instances. A ConfigError: this run's `proxy.state_dir` cannot be used.
+    """
+
+    def __init__(self, state_dir: str, pid: int | None) -> None:
+        self.pid = pid
+        holder = f"pid {pid}" if pid is not None else "a process whose pid it did not record"
+        super().__init__(
+            f"{state_dir} is in use by another `zerodown serve` ({holder}); "
+            "stop that one, or give this one another state_dir",
+            key="proxy.state_dir",
+        )
+
+
 class IllegalTransition(ZerodownError):
     """A state machine was asked for a move its table does not allow."""
 

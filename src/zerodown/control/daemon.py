@@ -31,6 +31,7 @@ from zerodown.routing import parse_address
 from zerodown.runtime.base import Runtime
 from zerodown.runtime.process import ProcessRuntime
 from zerodown.store.sqlite import DB_FILENAME, SqliteStore
+from zerodown.store.statedir import StateDirLock
 
 TOKEN_ENV = "ZERODOWN_TOKEN"
 
@@ -56,6 +57,7 @@ class Daemon:
         # (an upgrade of zerodown itself), or stop them (a foreground session).
         self.keep_instances = keep_instances
         self.state_dir = Path(config.proxy.state_dir)
+        self.state_lock: StateDirLock | None = None
         self.dataplane: ListeningDataPlane | None = None
         self.store: SqliteStore | None = None
         self.orchestrator: Orchestrator | None = None
@@ -65,6 +67,12 @@ class Daemon:
     async def start(self) -> None:
         config = self.config
         given = inherited()
+        # First of all: a second daemon on this state_dir must leave before it
+        # binds anything or touches an instance (StateDirBusy).
+        if given is not None and given.state_lock_fd is not None:
+            self.state_lock = StateDirLock.inherit(given.state_lock_fd, self.state_dir)
+        else:
+            self.state_lock = StateDirLock.acquire(self.state_dir)
         self.dataplane = local_dataplane(
             config.proxy_settings(), config.routing_table(), config.proxy.worker_count()
         )
@@ -97,6 +105,8 @@ class Daemon:
             await self.orchestrator.close(stop_instances=not self.keep_instances)
         if self.store is not None:
             self.store.close()
+        if self.state_lock is not None:
+            self.state_lock.close()  # last: the next daemon may take over the instances now
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, or until a hot restart took over; then stop."""
@@ -137,7 +147,8 @@ class Daemon:
         await self.admin.pause()
         sockets = self.dataplane.sockets
         try:
-            pid = await start_successor(self.restart_argv, sockets, self.admin.socket)
+            lock = self.state_lock.fd if self.state_lock is not None else None
+            pid = await start_successor(self.restart_argv, sockets, self.admin.socket, lock)
         except HandoverError as exc:
             log.error("hot restart failed, serving on: %s", exc)
             await self.admin.start()

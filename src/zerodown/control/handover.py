@@ -12,9 +12,13 @@ one to adopt. If the new one fails to start, it exits and the old one
 simply goes on serving. nginx's binary upgrade (USR2, then QUIT to the
 old master) and HAProxy's `-x` socket transfer do the same job.
 
+The state directory's lock (store/statedir.py) crosses too: both
+generations hold it until the old one exits, so no third `zerodown serve`
+can take the state directory between them.
+
 What crosses the exec is one environment variable naming the descriptors:
 
-    ZERODOWN_INHERIT={"listen": [5, 6], "admin": 7, "ready": 8}
+    ZERODOWN_INHERIT={"listen": [5, 6], "admin": 7, "ready": 8, "state_lock": 9}
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Inherited:
     listen: list[socket.socket]
     admin: socket.socket
     ready_fd: int
+    state_lock_fd: int | None = None  # the state directory's lock, held with the old one
 
     def signal_ready(self) -> None:
         """Tell the old generation we serve; it stops accepting when it reads this."""
@@ -68,28 +73,38 @@ def inherited() -> Inherited | None:
         listen=[socket.socket(fileno=fd) for fd in fds["listen"]],
         admin=socket.socket(fileno=fds["admin"]),
         ready_fd=int(fds["ready"]),
+        state_lock_fd=fds.get("state_lock"),
     )
 
 
 async def start_successor(
-    argv: list[str], listen: list[socket.socket], admin: socket.socket
+    argv: list[str],
+    listen: list[socket.socket],
+    admin: socket.socket,
+    state_lock_fd: int | None = None,
 ) -> int:
-    """Start `zerodown <argv>` with our sockets; return its pid once it serves.
+    """Start `zerodown <argv>` with our sockets (and our state directory's
+    lock); return its pid once it serves.
 
     Raises HandoverError when it exits or stays silent past READY_TIMEOUT
     (then it is killed): the caller keeps serving as if nothing happened.
     """
     read_end, write_end = os.pipe()
     fds = [s.fileno() for s in listen]
+    given: dict[str, object] = {"listen": fds, "admin": admin.fileno(), "ready": write_end}
+    passed = [*fds, admin.fileno(), write_end]
+    if state_lock_fd is not None:
+        given["state_lock"] = state_lock_fd
+        passed.append(state_lock_fd)
     env = dict(os.environ)
-    env[INHERIT_ENV] = json.dumps({"listen": fds, "admin": admin.fileno(), "ready": write_end})
+    env[INHERIT_ENV] = json.dumps(given)
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "zerodown",
             *argv,
-            pass_fds=[*fds, admin.fileno(), write_end],
+            pass_fds=passed,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
         )
