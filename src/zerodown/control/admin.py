@@ -128,6 +128,9 @@ WAIT_MAX: Final = 300.0
 SSE_KEEPALIVE: Final = 15.0
 SSE_TYPE: Final = "text/event-stream"
 ACTIONS: Final = ("promote", "abort", "pause", "resume")
+# Deploy and event ids are SQLite INTEGERs (signed 64-bit). A larger number
+# names nothing; passed on, it would overflow in the store (a 500).
+MAX_ID: Final = 2**63 - 1
 
 
 def create_admin_app(
@@ -226,13 +229,13 @@ def _add_deploy_routes(app: FastAPI, control: ControlPlane | None) -> None:
 
     @app.get("/v1/deploys/{deploy_id}")
     async def deploy_view(deploy_id: int) -> View:
-        return _found(plane().deploy_view(deploy_id), deploy_id)
+        return _found(plane().deploy_view(_storable(deploy_id)), deploy_id)
 
     @app.get("/v1/deploys/{deploy_id}/wait")
     async def wait(
         deploy_id: int, timeout: Annotated[float, Query(ge=0, le=WAIT_MAX)] = WAIT_DEFAULT
     ) -> View:
-        return _found(await plane().wait(deploy_id, timeout), deploy_id)
+        return _found(await plane().wait(_storable(deploy_id), timeout), deploy_id)
 
     @app.get("/v1/status")
     async def status_all() -> list[View]:
@@ -258,9 +261,9 @@ def _add_deploy_routes(app: FastAPI, control: ControlPlane | None) -> None:
 
     @app.get("/v1/events", response_class=StreamingResponse)
     async def events(
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
         service: str | None = None,
-        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+        last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID)] = None,
     ) -> StreamingResponse:
         source = plane()
         if service is not None:
@@ -302,6 +305,13 @@ def _accepted(deploy_id: int, response: Response) -> DeployAccepted:
     url = f"/v1/deploys/{deploy_id}"
     response.headers["Location"] = url
     return DeployAccepted(deploy_id=deploy_id, url=url)
+
+
+def _storable(deploy_id: int) -> int:
+    """`deploy_id` if the store could hold it; else 404 here, not an OverflowError there."""
+    if not 0 <= deploy_id <= MAX_ID:
+        raise HTTPException(404, f"no deploy {deploy_id}")
+    return deploy_id
 
 
 def _found(view: View | None, deploy_id: int) -> View:

@@ -16,7 +16,9 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from zerodown.config import Config
 from zerodown.config.service import ServiceConfig
@@ -117,7 +119,10 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR2, restart.set)
         try:
-            await self.start()
+            # A signal during start-up (many workers, a slow adoption) stops it
+            # there: start() is cancelled and stop() below undoes what it did.
+            if not await _unless(stop, self.start()):
+                return
             self.announce()
             while not stop.is_set():
                 await _first(stop, restart)
@@ -172,6 +177,27 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for wait in waits:
             wait.cancel()
+
+
+async def _unless(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` to its end, or cancel it once `stop` is set; True if it ended.
+
+    An error of `work` is raised. The cancelled work has finished its own
+    clean-up when this returns, so what runs next sees no half-done step.
+    """
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 def _admin_address(address: str) -> tuple[str, int]:

@@ -168,20 +168,31 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             worker.process = await asyncio.create_subprocess_exec(
                 *command, pass_fds=[theirs.fileno(), *fds], stdin=asyncio.subprocess.DEVNULL
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
+        try:
+            await self._hand_start(worker, ours)
+        except BaseException:
+            # Failed, timed out or cancelled (a SIGTERM during start-up): a
+            # half-started worker is killed and reaped here, so none outlives
+            # its supervisor and stop() finds nothing left to wait for.
+            if worker.process.returncode is None:
+                worker.process.kill()
+            await worker.process.wait()
+            raise
+
+    async def _hand_start(self, worker: WorkerProcess, ours: socket.socket) -> None:
+        """Open the worker's channel and give it the table and health in force."""
         worker.channel = await Channel.over(ours, self._from_worker)
         reading = asyncio.get_running_loop().create_task(worker.channel.serve())
         self._readers.add(reading)
         reading.add_done_callback(self._readers.discard)
         worker.started_at = time.monotonic()
         table = self.server.table
-        try:
-            await worker.channel.request("start", START_TIMEOUT, **self._start_message(table))
-        except BaseException:
-            if worker.process.returncode is None:
-                worker.process.kill()
-            raise
+        await worker.channel.request("start", START_TIMEOUT, **self._start_message(table))
         # What changed while it started, before it joins the broadcasts (no
         # await in between: nothing can slip through; the channel keeps order).
         if self.server.table is not table:
