@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from zerodown.store.base import EventRecord, Store
+from zerodown.store.base import EventRecord, Store, StoreError
 
 SUBSCRIBER_BACKLOG = 1000  # events a slow subscriber may fall behind before it is dropped
+
+log = logging.getLogger("zerodown.deploy")
 
 
 def event_view(record: EventRecord) -> dict[str, Any]:
@@ -29,9 +32,21 @@ class EventBus:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._last_id = 0
 
     def publish(self, service: str, deploy_id: int | None, kind: str, **data: Any) -> None:
-        event_id = self.store.add_event(service, deploy_id, kind, json.dumps(data))
+        """Store the event and push it to live subscribers.
+
+        Events are history, not state: when the store fails, the event is
+        logged and still pushed (with the next id in memory), and whatever
+        published it goes on. A stream resumed later will not see it.
+        """
+        try:
+            event_id = self.store.add_event(service, deploy_id, kind, json.dumps(data))
+        except StoreError as exc:
+            log.error("event %s of %s not stored: %s", kind, service, exc)
+            event_id = self._last_id + 1
+        self._last_id = max(self._last_id, event_id)
         record = EventRecord(event_id, service, deploy_id, kind, json.dumps(data), 0.0)
         view = event_view(record) | {"at": time.time()}
         for queue in list(self._subscribers):

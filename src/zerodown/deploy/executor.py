@@ -6,6 +6,11 @@ deadline from the service's config (deploy_timeout, drain_timeout,
 stop_grace). The old release keeps serving until a step moves traffic, and
 a failure at any point puts it back: a failed deploy leaves the old release
 serving.
+
+A failing store (a full disk, a deleted file) is not such a failure: the
+store is where a rollback is recorded, so the rollback dance (starting
+instances it cannot record) would go wrong in its turn. The deploy stops
+moving traffic at once and settles on what the store knows (`_store_failed`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from zerodown.deploy.plan import (
 )
 from zerodown.errors import CanaryBreach, DeployAborted, DeployError, ZerodownError
 from zerodown.release import DeployState, Instance, Outcome, Release
+from zerodown.store.base import StoreError
 
 if TYPE_CHECKING:
     from zerodown.deploy.orchestrator import Orchestrator
@@ -77,6 +83,7 @@ class Deployment:
         self._running.set()
         self._wake = asyncio.Event()
         self._baseline: tuple[Sample, Sample] | None = None
+        self._cause: ZerodownError | None = None  # why a rollback began, if one did
 
     def __repr__(self) -> str:
         return (
@@ -109,10 +116,18 @@ class Deployment:
 
     async def run(self) -> Outcome:
         try:
+            return await self._run_plan()
+        except StoreError as exc:
+            return await self._store_failed(exc)
+
+    async def _run_plan(self) -> Outcome:
+        try:
             for index, step in enumerate(self.plan.steps):
                 await self._checkpoint()
                 await self._run_step(index, step)
             await self._checkpoint()
+        except StoreError:
+            raise  # see the module docstring: no rollback dance on a failing store
         except DeployAborted as exc:
             return await self._give_up("aborted", exc)
         except ZerodownError as exc:
@@ -294,10 +309,13 @@ class Deployment:
         self.orch.bus.publish(fleet.name, self.id, "finished", outcome="succeeded")
 
     async def _give_up(self, outcome: Outcome, cause: ZerodownError) -> Outcome:
+        self._cause = cause
         self._set_state("rolling_back")
         self.orch.bus.publish(self.fleet.name, self.id, "rolling_back", reason=str(cause))
         try:
             restored = await self._restore_old()
+        except StoreError:
+            raise
         except ZerodownError as exc:
             log.error("rollback of deploy %s failed: %s", self.id, exc)
             restored = False
@@ -339,6 +357,88 @@ class Deployment:
             await orch.gate(fleet, started, alive=lambda i: i.state not in ("crashed", "stopped"))
             fleet.route(started)
             await orch.apply()
+
+    # -- when the store fails -------------------------------------------------------------
+
+    async def _store_failed(self, error: StoreError) -> Outcome:
+        """End the deploy `failed` with traffic where the store says it is.
+
+        No further step runs and nothing is started (the store could not
+        record it: a restart would find an orphan). Traffic goes back to the
+        store's current release if it still has ready instances, else stays
+        on the new release's; every other instance of the deploy is drained
+        and stopped, so no routed target is one the store does not know.
+        """
+        log.error("deploy %s: the state store failed, stopping: %s", self.id, error)
+        self.state = "rolling_back"  # in memory: the store may not take it
+        serving = await self._settle_on_store()
+        reason = f"state store write failed: {_store_message(error)}; traffic left on {serving}"
+        if serving == self.new.version:
+            reason += _record_current(self.orch, self.fleet.name, serving)
+        if self._cause is not None:
+            reason += f" (while rolling back from: {self._cause})"
+        self.state = "failed"
+        self.orch.finish(self.id, "failed", reason)
+        self.orch.bus.publish(self.fleet.name, self.id, "finished", outcome="failed", reason=reason)
+        return "failed"
+
+    async def _settle_on_store(self) -> str:
+        """Route one release's ready, recorded instances; drain and stop the
+        deploy's others. Returns the version left serving ("nothing" if none)."""
+        fleet, orch, new = self.fleet, self.orch, self.new.version
+        known = _recorded_ids(orch, fleet.name)
+        recorded = _recorded_current(orch, fleet.name, self.old)
+        back = [i for i in fleet.ready(recorded) if i.id in known] if recorded else []
+        stay = back or [i for i in fleet.ready(new) if i.id in known]
+        version = stay[0].version if stay else None
+        if version is not None and version != new:
+            orch.cancel_warm(fleet, version)
+        ours = {v for v in (new, self.old) if v is not None}
+        staying = {i.id for i in stay}
+        leaving = [
+            i
+            for i in fleet.instances
+            if i.id not in staying and (i.version in ours or i.id not in known)
+        ]
+        fleet.pool_mode()
+        fleet.hold = False
+        fleet.current = version
+        fleet.route(stay)
+        fleet.start_draining(leaving)
+        await orch.apply()
+        await orch.drain(fleet, [i for i in leaving if i.id in fleet.routed])
+        await orch.stop_instances(fleet, leaving)
+        return version or "nothing"
+
+
+def _store_message(error: StoreError) -> str:
+    # sqlite3's own words ("database or disk is full") without our "store: " prefix.
+    return str(error.__cause__ or error)
+
+
+def _recorded_ids(orch: Orchestrator, service: str) -> set[str]:
+    """Ids of the instances the store knows; when even reads fail, the fleet's
+    (stopping what serves because the store cannot say would be an outage)."""
+    try:
+        return {i.id for i in orch.store.instances(service)}
+    except StoreError:
+        return {i.id for i in orch.fleets[service].instances}
+
+
+def _recorded_current(orch: Orchestrator, service: str, fallback: str | None) -> str | None:
+    try:
+        return orch.store.current(service)
+    except StoreError:
+        return fallback
+
+
+def _record_current(orch: Orchestrator, service: str, version: str) -> str:
+    """Try to make the store agree that `version` serves; say so if it cannot."""
+    try:
+        orch.store.set_current(service, version)
+    except StoreError:
+        return ", which the store could not record as current"
+    return ""
 
 
 Handler = Callable[[Deployment, Any], Awaitable[None]]
