@@ -143,22 +143,28 @@ def test_drain_close_closes_the_tunnel_at_once(app: AppProcess) -> None:
 def test_an_upgrade_the_backend_declines_is_an_ordinary_response() -> None:
     async def main() -> None:
         async def decline(req: Request) -> bytes:
-            return ok(b"no websockets here", status=404)
+            return ok(b"no websockets here: " + req.path.encode(), status=404)
 
         upgrade = (
             b"GET /ws HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n"
             b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         )
+        # Sent at once: the follow-up is held until the answer, then parsed as
+        # the client's next request (as nginx does), not sent as tunnel bytes.
+        follow_up = b"GET /next HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
         async with backends("b", handler=decline) as (b,), proxy(service(b.address)) as server:
-            data = await raw_exchange(port_of(server), upgrade)
+            data = await raw_exchange(port_of(server), upgrade + follow_up)
             assert server.services["web"].stable.targets[0].in_flight == 0
-        (response,) = parse_responses(data)
-        assert (response.status, response.body) == (404, b"no websockets here")
-        assert response.header("upgrade") is None
+        first, second = parse_responses(data)
+        assert (first.status, first.body) == (404, b"no websockets here: /ws")
+        assert first.header("upgrade") is None
+        assert first.header("connection") is None  # the client connection stays open
+        assert (second.status, second.body) == (404, b"no websockets here: /next")
         # The backend was asked to upgrade (hop-by-hop headers kept for Upgrade).
-        (seen,) = b.requests
+        seen, after = b.requests
         assert (seen.header("upgrade") or "").lower() == "websocket"
+        assert (after.path, after.header("upgrade")) == ("/next", None)
 
     run(main())
 

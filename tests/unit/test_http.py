@@ -196,10 +196,21 @@ def test_chunked_twice_in_two_lines_is_refused() -> None:
         (b"[::1]:8080", "[::1]"),
         (b"[::1]", "[::1]"),
         (b"", ""),
+        (b"Example.TEST.", "example.test"),
+        (b"example.test.:8080", "example.test"),
     ],
 )
-def test_host_name_is_lower_case_without_port(host: bytes, name: str) -> None:
+def test_host_name_is_lower_case_without_port_or_trailing_dot(host: bytes, name: str) -> None:
     assert http.host_name(host) == name
+
+
+@pytest.mark.parametrize(
+    "option",
+    [b"content-length", b"host", b"transfer-encoding", b"x-forwarded-for", b"x-request-id"],
+)
+def test_connection_options_never_nominate_framing_or_the_proxys_own_fields(option: bytes) -> None:
+    tokens = http.connection_options(b"close, " + option.upper() + b", X-Custom")
+    assert http.nominated(tokens) == {b"close", b"x-custom"}
 
 
 # -- upstream_head --------------------------------------------------------------

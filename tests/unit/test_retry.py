@@ -59,6 +59,12 @@ def test_keepalive_race_is_a_reused_connection_failing_before_any_answer(
     assert is_keepalive_race(Attempt(sent=sent, responded=responded, reused=reused)) is race
 
 
+@pytest.mark.parametrize("sent", [False, True])
+def test_a_timeout_on_a_reused_connection_is_never_a_keepalive_race(sent: bool) -> None:
+    attempt = Attempt(sent=sent, responded=False, reused=True, closed=False)
+    assert not is_keepalive_race(attempt)
+
+
 def spend(budget: RetryBudget, now: float, n: int) -> int:
     """How many of n retries the budget grants at `now`."""
     return sum(budget.try_spend(now) for _ in range(n))

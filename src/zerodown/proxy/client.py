@@ -4,7 +4,12 @@ parser, one per client connection.
 Requests are answered in the order they arrived (RFC 9112 §9.3.2): each
 parsed head becomes an Exchange in a queue, and only the first one runs.
 While a later one waits, reading stops, so a pipelining client cannot make
-us buffer more than one read. After a 101 the connection becomes a tunnel.
+us buffer more than one read.
+
+An upgrade request stops the parser: the bytes after it are held, not sent
+upstream, until the target answers. On a 101 they open the tunnel; on any
+other answer they are parsed as the client's next request (as nginx and
+HAProxy do), so no byte ever reaches a target outside the request it framed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ class ClientConnection(asyncio.Protocol):
         self.queue: collections.deque[Exchange] = collections.deque()
         self.reading: Exchange | None = None  # the exchange whose body is being parsed
         self.tunnel: Exchange | None = None
+        # The exchange of an upgrade request awaiting its answer, and the bytes
+        # that followed it (held until the target says 101 or not).
+        self.upgrading: Exchange | None = None
+        self._held = b""
+        self._send_timer: asyncio.TimerHandle | None = None
         self.write_paused = False
         self.closing = False  # no more requests: answer what is queued, then close
         self._parser = httptools.HttpRequestParser(self)
@@ -46,6 +56,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_size = 0
         self._in_head = True  # between a message's first byte and its headers' end
         self._head_bytes = 0
+        self._request_line = b""  # the tail of a head with no field yet, for _check_partial_head
         self._pauses: set[str] = set()
         # Header, body and keep-alive timeouts take turns on one deadline;
         # the upstream read timeout of the exchange being answered has its own.
@@ -72,15 +83,15 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.tunnel_data(data)
             return
+        if self.upgrading is not None:
+            self._held += data  # reading is paused; this is what was already under way
+            return
         if self._in_head:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-            # httptools gathers a header that spans reads in Python before
-            # on_header sees it: bound the head by raw bytes too, or one endless
-            # header line would grow without limit.
-            if self._in_head and self._head_bytes > self.settings.max_header_size:
-                raise BadRequest("request header fields too large", status=431)
+            if self._in_head:
+                self._check_partial_head(data)
         except BadRequest as exc:
             self._protocol_error(exc)
         except httptools.HttpParserUpgrade as upgrade:
@@ -93,6 +104,24 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._protocol_error(BadRequest(f"malformed request: {exc}"))
 
+    def _check_partial_head(self, data: bytes) -> None:
+        """Checks on a head that is still arriving (a slow path)."""
+        # httptools gathers a header that spans reads in Python before
+        # on_header sees it: bound the head by raw bytes too, or one endless
+        # header line would grow without limit.
+        if self._head_bytes > self.settings.max_header_size:
+            raise BadRequest("request header fields too large", status=431)
+        if self._headers or not self._url:
+            return
+        # llhttp reads "GET /" + CRLF as an HTTP/0.9 request and waits for
+        # headers that such a client never sends: answer now, not at
+        # header_timeout. The tail of what arrived is kept while the request
+        # line is all there is, bounded by the longest request line.
+        tail = (self._request_line + data)[-(self.settings.max_uri_size + 32) :]
+        self._request_line = tail
+        if _ends_http09_line(tail, self._parser.get_method(), self._url):
+            raise BadRequest("HTTP/0.9 is not supported")
+
     def eof_received(self) -> bool | None:
         # A client may half-close after sending its request (HTTP/1.0 style):
         # keep the write side open until what it asked for is answered.
@@ -102,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
         self.watchdog.cancel()
+        self._stop_send_timer()
         self.server.connections.discard(self)
         self.closing = True
         for exchange in self.queue:
@@ -112,11 +142,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._start_send_timer()
         if self.queue:
             self.queue[0].client_write_paused(True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._stop_send_timer()
         if self.queue:
             self.queue[0].client_write_paused(False)
 
@@ -139,11 +171,17 @@ class ClientConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size + len(self._url) > self.settings.max_header_size:
             raise BadRequest("request header fields too large", status=431)
+        if not self._in_head:
+            # A trailer of a chunked body (RFC 9112 §7.1.2). It is dropped, as
+            # nginx drops it: merged into the head it would reach the app as a
+            # header that no check of ours has seen (Host, Authorization).
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        self._request_line = b""
         parser = self._parser
         head = http.read_head(
             parser.get_method(),
@@ -196,6 +234,10 @@ class ClientConnection(asyncio.Protocol):
         """Requests refused on their head alone, before any routing."""
         if head.method == b"CONNECT":
             return BadRequest("CONNECT is not supported", status=501)
+        if head.upgrade is not None and head.has_body:
+            # llhttp switches at the end of the head, so the body would pass as
+            # tunnel bytes, unframed. WebSocket and h2c upgrades carry no body.
+            return BadRequest("an upgrade request with a body is not supported")
         limit = self.settings.max_body_size
         if limit and head.content_length is not None and head.content_length > limit:
             return BadRequest("request body too large", status=413)
@@ -230,6 +272,9 @@ class ClientConnection(asyncio.Protocol):
         if not keep:
             self._finish()
             return
+        if exchange is self.upgrading:
+            self._upgrade_declined()
+            return
         if self.queue:
             self.queue[0].start()
             if self.write_paused:
@@ -249,9 +294,13 @@ class ClientConnection(asyncio.Protocol):
 
     def become_tunnel(self, exchange: Exchange) -> None:
         self.tunnel = exchange
+        self.upgrading = None
         self._disarm()
-        self.resume_reading("pipeline")
-        self.resume_reading("body")
+        held, self._held = self._held, b""
+        if held:
+            exchange.tunnel_data(held)  # only now, after the target said 101
+        for reason in ("pipeline", "body", "upgrade"):
+            self.resume_reading(reason)
 
     def pause_reading(self, reason: str) -> None:
         if not self._pauses and self.transport is not None:
@@ -267,6 +316,8 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            if self.transport.get_write_buffer_size():
+                self._start_send_timer()  # close waits for the flush: bound it
             self.transport.close()
 
     def abort(self) -> None:
@@ -294,12 +345,28 @@ class ClientConnection(asyncio.Protocol):
             exchange.start()
 
     def _upgrade_requested(self, early: bytes) -> None:
-        # The parser is done with this connection; what follows belongs to the
-        # tunnel if the target agrees to switch, else the connection closes.
-        self.closing = True
-        self.pause_reading("pipeline")
-        if early and self.queue:
-            self.queue[-1].pending.append(early)
+        # llhttp stops at an upgrade for good. What follows belongs to the
+        # tunnel if the target switches; else it is the client's next request,
+        # for a new parser. Either way it waits for the answer.
+        exchange = self.queue[-1] if self.queue else None
+        self.pause_reading("upgrade")
+        self._parser = httptools.HttpRequestParser(self)
+        if exchange is None or exchange.error is not None:
+            self.closing = True  # refused (CONNECT, a body): nothing after it is read
+            return
+        self.upgrading = exchange
+        self._held = early
+
+    def _upgrade_declined(self) -> None:
+        """The target answered the upgrade request without switching: the held
+        bytes are the client's next request."""
+        self.upgrading = None
+        held, self._held = self._held, b""
+        self._arm(self.settings.keepalive_timeout, self.close)
+        self.resume_reading("upgrade")
+        self.resume_reading("pipeline")
+        if held:
+            self.data_received(held)
 
     def _header_timeout(self) -> None:
         if self.queue:
@@ -319,11 +386,34 @@ class ClientConnection(asyncio.Protocol):
         if self._deadline.when:
             self._arm(self.settings.body_timeout, self._body_timeout)
 
+    def _start_send_timer(self) -> None:
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.settings.send_timeout, self._send_timeout)
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timeout(self) -> None:
+        """The client took no bytes for send_timeout: cut it, freeing its upstream."""
+        self._send_timer = None
+        self.abort()
+
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
         self._deadline.set(self.loop.time() + delay, callback)
 
     def _disarm(self) -> None:
         self._deadline.clear()
+
+
+def _ends_http09_line(tail: bytes, method: bytes, url: bytes) -> bool:
+    """Does `tail` hold a request line that ends right after its target?"""
+    line = method + b" " + url
+    at = tail.rfind(line)
+    if at < 0 or (at > 0 and tail[at - 1 : at] not in (b"\r", b"\n")):
+        return False  # not at a line start: not (knowably) this request's line
+    return tail[at + len(line) : at + len(line) + 1] in (b"\r", b"\n")
 
 
 def _placeholder_head() -> http.RequestHead:

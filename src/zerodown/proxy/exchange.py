@@ -335,7 +335,9 @@ class Exchange:
 
     def _use(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.begin(self, head_request=self.head.method == b"HEAD")
+        conn.begin(
+            self, head_request=self.head.method == b"HEAD", upgrade=self.head.upgrade is not None
+        )
 
     def _send_request(self, conn: UpstreamConnection) -> None:
         if self.head.expect_continue and not self.continue_sent and not self.body_done:
@@ -379,8 +381,13 @@ class Exchange:
     def _attempt_failed(
         self, error: ProxyError, conn: UpstreamConnection, target_fault: bool
     ) -> AttemptFailed:
-        attempt = Attempt(sent=self.sent, responded=self.responded, reused=conn.reused)
-        if is_keepalive_race(attempt) and not isinstance(error, UpstreamTimeout):
+        attempt = Attempt(
+            sent=self.sent,
+            responded=self.responded,
+            reused=conn.reused,
+            closed=isinstance(error, UpstreamReset),
+        )
+        if is_keepalive_race(attempt):
             target_fault = False
         return AttemptFailed(error, attempt, target_fault and not self.drain_cancelled)
 
@@ -395,7 +402,11 @@ class Exchange:
             and not waiter.cancelled()
             and not waiter.exception()
         )
-        reusable = clean and self.body_done and self._upstream_keep_alive and not self.upgraded
+        # A connection that was asked to upgrade is never reused, even when the
+        # target declined: it may have switched anyway, or read on as if it had.
+        reusable = (
+            clean and self.body_done and self._upstream_keep_alive and self.head.upgrade is None
+        )
         if not clean:
             # Detach first: this attempt is over, so the close must not report
             # to us (a waiter nobody awaits would log "exception never retrieved").
@@ -470,11 +481,6 @@ class Exchange:
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
     ) -> None:
         waiter = self._head_waiter
-        if status == 101 and self.head.upgrade is None:
-            self._settle(
-                waiter, UpstreamProtocolError("101 to a request that did not ask to upgrade")
-            )
-            return
         self.status = status
         self._upstream_keep_alive = keep_alive
         self._last_read = self.loop.time()

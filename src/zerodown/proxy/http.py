@@ -34,12 +34,46 @@ HOP_BY_HOP: Final = frozenset(
 FORWARDED_HEADERS: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
 )
+# Other fields by which some proxy tells an app who the client is or how it
+# connected. Apps and frameworks believe them (Django's USE_X_FORWARDED_PORT,
+# Rails' X-Real-IP, Express's trust proxy), so a client must not be able to
+# send them itself: they pass only from `trusted_proxies`, else are dropped.
+CLIENT_IDENTITY_HEADERS: Final = frozenset(
+    {
+        b"forwarded",  # RFC 7239
+        b"x-real-ip",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-forwarded-scheme",
+        b"x-forwarded-by",
+        b"x-original-forwarded-for",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+    }
+)
+# RFC 9110 §7.6.1 lets a Connection header name any field as hop-by-hop, but
+# a name that frames the message or that the proxy itself sets is never
+# removed that way: dropping Content-Length while forwarding the body turns
+# the body into a second request on the upstream connection (a desync), and
+# dropping Host or X-Forwarded-For would let a client pick what the app sees.
+# nginx and HAProxy ignore such options too.
+NEVER_NOMINATED: Final = (
+    frozenset({b"host", b"content-length", b"transfer-encoding"})
+    | FORWARDED_HEADERS
+    | CLIENT_IDENTITY_HEADERS
+)
 # What these would become in a CGI/WSGI environ (HTTP_X_FORWARDED_FOR), where
 # "X-Forwarded_For" lands on the same key: a client must not reach them by
 # spelling a dash as an underscore (nginx drops such names by default).
 _ENVIRON_SPOOFABLE: Final = frozenset(
-    name.replace(b"-", b"_")
-    for name in HOP_BY_HOP | FORWARDED_HEADERS | {b"host", b"content-length", b"expect"}
+    name.replace(b"-", b"_") for name in HOP_BY_HOP | NEVER_NOMINATED | {b"expect"}
 )
 # RFC 9110 §9.2.2. A retry may repeat these; never the others once sent.
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -134,7 +168,8 @@ def read_head(
                 raise BadRequest("chunked applied twice")  # RFC 9112 §6.1
             head.chunked = _chunked(value)
         elif key == b"connection":
-            head.connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
+            # Several Connection lines are one list (RFC 9110 §5.3).
+            head.connection_tokens |= connection_options(value)
         elif key == b"expect" and version == "1.1":
             # RFC 9110 §10.1.1: an HTTP/1.0 expectation is ignored (and a 1.0
             # client must never be sent a 1xx, §15.2).
@@ -199,14 +234,17 @@ def replace_host(head: RequestHead, authority: bytes) -> None:
 
 
 def host_name(host: bytes) -> str:
-    """The Host header without its port, lower case, for routing."""
+    """The Host header without its port, lower case, for routing.
+
+    A fully qualified name's trailing dot ("example.com.") names the same
+    host (RFC 1034 §3.1), so it routes as "example.com" does.
+    """
     if host.startswith(b"["):
         return host[: host.find(b"]") + 1].decode("ascii").lower()
-    return (
-        host.rpartition(b":")[0].decode("ascii").lower()
-        if b":" in host
-        else host.decode("ascii").lower()
-    )
+    name = host.rpartition(b":")[0] if b":" in host else host
+    if name.endswith(b"."):
+        name = name[:-1]
+    return name.decode("ascii").lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +256,23 @@ class Forwarded:
     trusted: bool = False  # keep and extend incoming X-Forwarded-* from this peer
 
 
+def connection_options(value: bytes) -> frozenset[bytes]:
+    """The options of one Connection field value, lower case (RFC 9110 §7.6.1)."""
+    return frozenset(t.strip().lower() for t in value.split(b","))
+
+
+def nominated(tokens: frozenset[bytes]) -> frozenset[bytes]:
+    """The fields that Connection options may remove: all but NEVER_NOMINATED."""
+    return tokens - NEVER_NOMINATED if tokens & NEVER_NOMINATED else tokens
+
+
 def upstream_head(
     head: RequestHead, path: bytes, forwarded: Forwarded, request_id: bytes
 ) -> list[bytes]:
     """The request head sent to a target, as pieces for writelines()."""
-    drop = HOP_BY_HOP | head.connection_tokens if head.connection_tokens else HOP_BY_HOP
+    drop = HOP_BY_HOP | nominated(head.connection_tokens) if head.connection_tokens else HOP_BY_HOP
+    if not forwarded.trusted:
+        drop = drop | CLIENT_IDENTITY_HEADERS
     incoming_xff = None
     incoming: dict[bytes, bytes] = {}
     parts = [head.method, b" ", path, b" HTTP/1.1\r\n"]
@@ -271,6 +321,8 @@ def _forwarded_lines(
 # Never passed on from a response: hop-by-hop fields, and the upstream's own
 # X-Request-ID (ours, the one the upstream was sent, replaces it).
 _RESPONSE_DROP: Final = HOP_BY_HOP | {b"x-request-id"}
+# Fields a response's Connection options may not remove (see NEVER_NOMINATED).
+_RESPONSE_KEPT: Final = frozenset({b"content-length"})
 
 
 def response_head(
@@ -295,7 +347,8 @@ def response_head(
         names = [name.lower() for name, _ in headers]
     drop = _RESPONSE_DROP
     if b"connection" in names:
-        drop = drop | _connection_tokens(headers, names)
+        # Never the framing: `framing` was decided from these very fields.
+        drop = drop | (_connection_tokens(headers, names) - _RESPONSE_KEPT)
     # Always our own version in the status line (RFC 9110 §6.2); `version`
     # is the client's, which decides how keep-alive is spelled.
     parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
@@ -323,7 +376,7 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]], names: list[bytes]) -
     tokens: set[bytes] = set()
     for (_, value), key in zip(headers, names, strict=True):
         if key == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+            tokens |= connection_options(value)
     return frozenset(tokens)
 
 

@@ -20,6 +20,8 @@ class Attempt:
     sent: bool  # any byte of the request was written to the target
     responded: bool  # any byte of the response reached the client
     reused: bool  # the attempt ran on a kept-alive connection
+    # The target closed or reset the connection (not a timeout, not a bad answer).
+    closed: bool = True
 
 
 def may_retry(attempt: Attempt, *, idempotent: bool, replayable: bool) -> bool:
@@ -33,8 +35,14 @@ def may_retry(attempt: Attempt, *, idempotent: bool, replayable: bool) -> bool:
 
 
 def is_keepalive_race(attempt: Attempt) -> bool:
-    """The app closed an idle connection just as we reused it: not the target's fault."""
-    return attempt.reused and not attempt.responded
+    """The app closed an idle connection just as we reused it: not the target's fault.
+
+    Only a close or reset before any answer looks like that race. A read
+    timeout means the target took the request and hung: retrying it on the
+    same target would send the request twice and make the client wait twice
+    read_timeout, outside retry_timeout and the budget.
+    """
+    return attempt.reused and not attempt.responded and attempt.closed
 
 
 class RetryBudget:

@@ -16,6 +16,13 @@ MAX_URI_SIZE = 8 * 1024  # beyond: 414
 MAX_BODY_SIZE = 0  # 0: unlimited (bodies are streamed, never buffered whole)
 CONNECT_TIMEOUT = 5.0  # opening an upstream connection; beyond: next target or 502/504
 READ_TIMEOUT = 60.0  # longest wait for the next upstream byte; beyond: 504
+# A client that takes no response bytes for this long is cut off (nginx's
+# send_timeout): else a client that stops reading holds its exchange and an
+# upstream connection for as long as it likes.
+SEND_TIMEOUT = 60.0
+# The upstream's status line and headers; beyond: 502 (nginx answers "upstream
+# sent too big header" past proxy_buffer_size, HAProxy past tune.bufsize).
+MAX_RESPONSE_HEADER_SIZE = 64 * 1024
 # Shorter than the idle timeout of common app servers (uvicorn and node 5 s)
 # so the proxy, not the app, closes idle upstream connections most of the time.
 UPSTREAM_IDLE_TIMEOUT = 4.0
@@ -38,6 +45,8 @@ class ProxySettings:
     max_body_size: int = MAX_BODY_SIZE
     connect_timeout: float = CONNECT_TIMEOUT
     read_timeout: float = READ_TIMEOUT
+    send_timeout: float = SEND_TIMEOUT
+    max_response_header_size: int = MAX_RESPONSE_HEADER_SIZE
     upstream_idle_timeout: float = UPSTREAM_IDLE_TIMEOUT
     upstream_max_idle: int = UPSTREAM_MAX_IDLE
     max_conns_per_target: int = MAX_CONNS_PER_TARGET

@@ -43,12 +43,16 @@ class ResponseSink(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_head_size",
         "_headers",
         "_idle",
+        "_in_head",
         "_loop",
         "_parser",
+        "_raw_head",
         "_reason",
         "_skip_body",
+        "_upgrade",
         "pool",
         "reused",
         "sink",
@@ -69,6 +73,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._skip_body = False
+        self._upgrade = False  # the request asked to switch protocols
+        self._in_head = False  # reading a response head
+        self._head_size = 0  # its fields' bytes so far, bounded by max_response_header_size
+        self._raw_head = 0  # its raw bytes, while it spans reads
 
     def __repr__(self) -> str:
         state = "busy" if self.sink is not None else "idle"
@@ -76,11 +84,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- used by the exchange ------------------------------------------------
 
-    def begin(self, sink: ResponseSink, *, head_request: bool) -> None:
+    def begin(self, sink: ResponseSink, *, head_request: bool, upgrade: bool = False) -> None:
         """Start one request/response cycle on this connection."""
         self.sink = sink
         self._skip_body = head_request
+        self._upgrade = upgrade
         self._headers = []
+        self._in_head = True
+        self._head_size = self._raw_head = 0
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -124,10 +135,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         sink = self.sink  # kept: completing the response detaches it
+        if self._in_head:
+            self._raw_head += len(data)
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                # httptools gathers a header that spans reads before on_header
+                # sees it: bound it by raw bytes, or one endless line grows forever.
+                self._check_head_size(self._raw_head)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgraded(data[upgrade.args[0] :])
+        except UpstreamProtocolError as exc:
+            self._fail(exc)
+        except httptools.HttpParserCallbackError as exc:
+            context = exc.__context__
+            if isinstance(context, UpstreamProtocolError):
+                self._fail(context)
+            else:
+                self._fail(UpstreamProtocolError(f"invalid response: {exc}"))
         except httptools.HttpParserError as exc:
             # Translate at the edge: the exchange only knows ProxyErrors and
             # socket errors, and a raw parser error would escape it, leaving the
@@ -163,6 +188,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer (RFC 9112 §7.1.2): never forwarded, never a header
+        # Counted per field too: a head that arrives in one read is parsed
+        # whole before data_received can look at its raw size.
+        self._head_size += len(name) + len(value) + 4
+        self._check_head_size(self._head_size)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -171,7 +202,16 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100, 103) are not forwarded: the proxy answers
             # Expect itself and strips it upstream, so they carry nothing we need.
             self._headers, self._reason = [], b""
+            self._head_size = self._raw_head = 0
             return
+        if status == 101 and not self._upgrade:
+            # RFC 9110 §15.2.2: a server may switch only when asked. Tunnelling
+            # an unasked switch would hand the client whatever bytes follow
+            # (a forged Set-Cookie, another client's response).
+            raise UpstreamProtocolError(
+                f"{self.pool.target.address} answered 101 to a request that did not ask to upgrade"
+            )
+        self._in_head = False
         assert self.sink is not None
         headers, reason = self._headers, self._reason
         self._headers, self._reason = [], b""
@@ -199,6 +239,14 @@ class UpstreamConnection(asyncio.Protocol):
         sink, self.sink = self.sink, None
         assert sink is not None
         sink.on_response_complete()
+
+    def _check_head_size(self, size: int) -> None:
+        limit = self.pool.settings.max_response_header_size
+        if size > limit:
+            raise UpstreamProtocolError(
+                f"response header from {self.pool.target.address} larger than "
+                f"max_response_header_size ({limit} bytes)"
+            )
 
     def _upgraded(self, rest: bytes) -> None:
         self.tunnel = True
