@@ -8,12 +8,16 @@ instance started)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import socket
 from pathlib import Path
 
 import pytest
 import uvloop
 
+from zerodown.config import load_config
+from zerodown.control.daemon import Daemon
 from zerodown.release import Release
 from zerodown.runtime import InstanceExited, ProcessRuntime, RuntimeStartError
 
@@ -65,3 +69,51 @@ def test_a_batch_that_stays_up_starts_in_full(tmp_path: Path) -> None:
 
     uvloop.run(body())
     assert started_count(state_dir) == 5
+
+
+DEPLOY_CONFIG = """
+[proxy]
+listen = ["127.0.0.1:{listen}"]
+admin = "127.0.0.1:0"
+state_dir = {state_dir}
+
+[services.web]
+route = {{ host = "*", path = "/" }}
+command = "sh -c 'exit 3'"
+instances = {instances}
+ports = "{low}-{high}"
+deploy_timeout = "20s"
+"""
+
+
+def test_a_deploy_fails_at_the_first_exit_with_it(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        listen = sock.getsockname()[1]
+    low, high = window(2 * WANTED // 4)
+    config = tmp_path / "zerodown.toml"
+    state_dir = tmp_path / "state"
+    config.write_text(
+        DEPLOY_CONFIG.format(
+            listen=listen,
+            state_dir=json.dumps(str(state_dir)),
+            instances=WANTED // 8,  # within the ports config allows for it
+            low=low,
+            high=high,
+        )
+    )
+
+    async def body() -> None:
+        daemon = Daemon(load_config(config))
+        await daemon.start()
+        try:
+            assert daemon.orchestrator is not None
+            deploy_id = await daemon.orchestrator.deploy("web", "v1")
+            view = await daemon.orchestrator.wait(deploy_id, DEADLINE)
+        finally:
+            await daemon.stop()
+        assert view is not None and view["outcome"] == "failed", view
+        assert "exited (exit 3) while its release was starting" in view["reason"], view
+
+    uvloop.run(asyncio.wait_for(body(), DEADLINE * 2))
+    assert 1 <= started_count(state_dir) <= MOST_STARTED, started_count(state_dir)
