@@ -31,6 +31,7 @@ from zerodown.config import (
     parse_size,
 )
 from zerodown.config import defaults as d
+from zerodown.config import proxy as proxy_config
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
@@ -167,6 +168,59 @@ def test_proxy_keys_take_durations_sizes_and_cidrs() -> None:
     assert settings.trusted_proxies == ("10.0.0.0/8", "::1/128")
     assert settings.access_log == "-"
     assert config.proxy.worker_count() == len(os.sched_getaffinity(0))  # cores we may use
+
+
+def test_workers_are_bounded_by_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1000 workers once spawned 338 processes (8 GB) on a 2-core machine.
+    monkeypatch.setattr(proxy_config, "usable_cores", lambda: 2)
+    assert d.MAX_WORKERS_PER_CORE == 4
+    assert parse_config("[proxy]\nworkers = 8\n").proxy.worker_count() == 8
+    assert parse_config("[proxy]\nworkers = 'auto'\n").proxy.worker_count() == 2
+    for workers in (9, 1000, 2**64):
+        error = error_of(f"[proxy]\nworkers = {workers}\n")
+        assert error.key == "proxy.workers"
+        assert error.reason == (
+            f"{workers} is over the bound of 8 (4 per usable core, 2 here): "
+            'more workers than cores only compete; "auto" is one per core'
+        )
+    monkeypatch.setattr(proxy_config, "usable_cores", lambda: 16)
+    assert parse_config("[proxy]\nworkers = 64\n").proxy.worker_count() == 64
+    assert error_of("[proxy]\nworkers = 65\n").key == "proxy.workers"
+
+
+def orchestrated(instances: int, ports: str, extra: str = "") -> str:
+    return (
+        f"[services.web]\ncommand = 'app --port {{port}}'\n"
+        f"instances = {instances}\nports = '{ports}'\n{extra}"
+    )
+
+
+def test_instances_must_fit_the_port_range_with_a_deploy_and_a_warm_set() -> None:
+    # instances = 100000 with 5 ports once spawned 41,699 processes.
+    error = error_of(orchestrated(100000, "20000-20004"))
+    assert error.key == "services.web.instances"
+    assert error.reason == (
+        "instances = 100000 needs up to 300000 ports at once (100000 each for the serving "
+        "set and a deploy's new one, and a blue-green set kept warm for "
+        "blue_green.scale_down_delay); ports 20000-20004 has 5"
+    )
+    # 3 sets by default (blue-green keeps the old set warm while the next deploy may run)
+    assert parse_config(orchestrated(3, "20000-20008")).services["web"].ports_needed() == 9
+    assert error_of(orchestrated(3, "20000-20007")).key == "services.web.instances"
+    # without a warm window, a deploy's two sets are the most
+    no_warm = "blue_green = { scale_down_delay = 0 }\n"
+    assert parse_config(orchestrated(3, "20000-20005", no_warm)).services["web"].instances == 3
+    error = error_of(orchestrated(3, "20000-20004", no_warm))
+    assert error.reason == (
+        "instances = 3 needs up to 6 ports at once (3 each for the serving set and a "
+        "deploy's new one); ports 20000-20004 has 5"
+    )
+    # a surge larger than the set adds nothing: new instances never exceed `instances`
+    surge = "rolling = { max_surge = 10 }\n" + no_warm
+    assert parse_config(orchestrated(2, "20000-20003", surge)).services["web"].instances == 2
+    # fixed upstreams need no ports of zerodown's
+    text = "[services.web]\nupstreams = ['a:1']\ninstances = 50\nports = '1-2'\n"
+    assert parse_config(text).services["web"].instances == 50
 
 
 def test_listeners_may_use_port_0_upstreams_may_not() -> None:

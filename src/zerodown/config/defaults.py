@@ -12,6 +12,10 @@ from typing import Final
 # [proxy]
 LISTEN = ("127.0.0.1:8080",)
 WORKERS = 1
+# Workers beyond the usable cores only compete for them; a few per core is
+# already generous, and each costs a whole interpreter (~25 MB) and its
+# start-up. The bound is per core this process may run on (affinity mask).
+MAX_WORKERS_PER_CORE = 4
 ADMIN = "127.0.0.1:9900"  # loopback: the admin API must be opened on purpose
 STATE_DIR = ".zerodown"
 

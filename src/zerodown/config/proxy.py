@@ -14,11 +14,27 @@ from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: the affinity mask, not the machine's count.
+
+    Under `taskset` or a cpuset-limited container, the machine's count is a lie.
+    """
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def _workers(value: Any) -> Any:
     # Checked here rather than as a union so a bad value gets one message, not one per branch.
-    if value == "auto" or (type(value) is int and value >= 1):
+    if value == "auto":
         return value
-    raise ValueError(f'expected a whole number >= 1 or "auto", got {value!r}')
+    if type(value) is not int or value < 1:
+        raise ValueError(f'expected a whole number >= 1 or "auto", got {value!r}')
+    cores, per_core = usable_cores(), defaults.MAX_WORKERS_PER_CORE
+    if value > per_core * cores:
+        raise ValueError(
+            f"{value} is over the bound of {per_core * cores} ({per_core} per usable core, "
+            f'{cores} here): more workers than cores only compete; "auto" is one per core'
+        )
+    return value
 
 
 class ProxyConfig(Table):
@@ -47,13 +63,9 @@ class ProxyConfig(Table):
     access_log: str | None = None
 
     def worker_count(self) -> int:
-        """`workers`, with "auto" resolved to one per core this process may run on.
-
-        The affinity mask, not the machine's count: under `taskset` or a
-        cpuset-limited container, more workers than usable cores only compete.
-        """
+        """`workers`, with "auto" resolved to one per core this process may run on."""
         if self.workers == "auto":
-            return len(os.sched_getaffinity(0)) or 1
+            return usable_cores()
         return self.workers
 
     def settings(self) -> ProxySettings:

@@ -181,6 +181,37 @@ class ServiceConfig(Table):
             raise problem(f"{reason} (fixed addresses, or instances zerodown runs)")
         return self
 
+    @model_validator(mode="after")
+    def _ports_fit(self) -> ServiceConfig:
+        # Checked at load, not at the deploy that runs out of ports half-way
+        # (or spawns instances that all fail to bind).
+        if self.command is None:
+            return self  # fixed upstreams: zerodown starts nothing
+        first, last = self.ports
+        have, need = last - first + 1, self.ports_needed()
+        if need > have:
+            sets = "the serving set and a deploy's new one"
+            if self.blue_green.scale_down_delay > 0:
+                sets += ", and a blue-green set kept warm for blue_green.scale_down_delay"
+            reason = (
+                f"instances = {self.instances} needs up to {need} ports at once "
+                f"({self.instances} each for {sets}); ports {first}-{last} has {have}"
+            )
+            raise problem(reason, "instances")
+        return self
+
+    def ports_needed(self) -> int:
+        """The most instances of this service that can be running at once.
+
+        A deploy runs the serving set and the new one side by side (blue-green
+        and canary start a full new set; rolling's `instances + max_surge`
+        ceiling is never more). After a blue-green switch the old set stays
+        up for `scale_down_delay` and the next deploy may start meanwhile.
+        Any deploy may pick any strategy, so this holds whatever `strategy` says.
+        """
+        sets = 3 if self.blue_green.scale_down_delay > 0 else 2
+        return sets * self.instances
+
     def spec(self, name: str) -> ServiceSpec:
         """The routing spec of this service; orchestrated services start with an empty pool."""
         targets = tuple(
