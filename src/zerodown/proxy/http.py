@@ -256,6 +256,11 @@ class Forwarded:
     trusted: bool = False  # keep and extend incoming X-Forwarded-* from this peer
 
 
+# Request fields never forwarded, from a trusted proxy and from anyone else.
+_TRUSTED_DROP: Final = HOP_BY_HOP
+_UNTRUSTED_DROP: Final = HOP_BY_HOP | CLIENT_IDENTITY_HEADERS
+
+
 def connection_options(value: bytes) -> frozenset[bytes]:
     """The options of one Connection field value, lower case (RFC 9110 §7.6.1)."""
     return frozenset(t.strip().lower() for t in value.split(b","))
@@ -270,9 +275,9 @@ def upstream_head(
     head: RequestHead, path: bytes, forwarded: Forwarded, request_id: bytes
 ) -> list[bytes]:
     """The request head sent to a target, as pieces for writelines()."""
-    drop = HOP_BY_HOP | nominated(head.connection_tokens) if head.connection_tokens else HOP_BY_HOP
-    if not forwarded.trusted:
-        drop = drop | CLIENT_IDENTITY_HEADERS
+    drop = _TRUSTED_DROP if forwarded.trusted else _UNTRUSTED_DROP
+    if head.connection_tokens:
+        drop = drop | nominated(head.connection_tokens)
     incoming_xff = None
     incoming: dict[bytes, bytes] = {}
     parts = [head.method, b" ", path, b" HTTP/1.1\r\n"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 import httptools
 
@@ -43,6 +43,7 @@ class ResponseSink(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_head_limit",
         "_head_size",
         "_headers",
         "_idle",
@@ -77,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False  # reading a response head
         self._head_size = 0  # its fields' bytes so far, bounded by max_response_header_size
         self._raw_head = 0  # its raw bytes, while it spans reads
+        self._head_limit = pool.settings.max_response_header_size
 
     def __repr__(self) -> str:
         state = "busy" if self.sink is not None else "idle"
@@ -139,10 +141,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._raw_head += len(data)
         try:
             self._parser.feed_data(data)
-            if self._in_head:
+            if self._in_head and self._raw_head > self._head_limit:
                 # httptools gathers a header that spans reads before on_header
                 # sees it: bound it by raw bytes, or one endless line grows forever.
-                self._check_head_size(self._raw_head)
+                self._head_too_large()
         except httptools.HttpParserUpgrade as upgrade:
             self._upgraded(data[upgrade.args[0] :])
         except UpstreamProtocolError as exc:
@@ -193,7 +195,8 @@ class UpstreamConnection(asyncio.Protocol):
         # Counted per field too: a head that arrives in one read is parsed
         # whole before data_received can look at its raw size.
         self._head_size += len(name) + len(value) + 4
-        self._check_head_size(self._head_size)
+        if self._head_size > self._head_limit:
+            self._head_too_large()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -240,13 +243,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert sink is not None
         sink.on_response_complete()
 
-    def _check_head_size(self, size: int) -> None:
-        limit = self.pool.settings.max_response_header_size
-        if size > limit:
-            raise UpstreamProtocolError(
-                f"response header from {self.pool.target.address} larger than "
-                f"max_response_header_size ({limit} bytes)"
-            )
+    def _head_too_large(self) -> NoReturn:
+        raise UpstreamProtocolError(
+            f"response header from {self.pool.target.address} larger than "
+            f"max_response_header_size ({self._head_limit} bytes)"
+        )
 
     def _upgraded(self, rest: bytes) -> None:
         self.tunnel = True
