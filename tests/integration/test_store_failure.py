@@ -24,12 +24,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import uvloop
 
 from zerodown.config import load_config
+from zerodown.control import daemon as daemon_module
 from zerodown.control.daemon import Daemon
 from zerodown.deploy.orchestrator import Orchestrator
-from zerodown.store import SqliteStore
+from zerodown.store import SqliteStore, StoreError
 
 DEADLINE = 30.0  # bounds a wait only
 POLL = 0.02
@@ -45,7 +47,7 @@ state_dir = {state_dir}
 route = {{ host = "*", path = "/" }}
 command = {command}
 instances = 1
-strategy = "canary"
+strategy = "{strategy}"
 health = {{ path = "/health", interval = "200ms", rise = 1 }}
 ports = "{low}-{high}"
 drain_timeout = "2s"
@@ -61,7 +63,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(tmp_path: Path) -> tuple[Path, int]:
+def write_config(tmp_path: Path, strategy: str = "canary") -> tuple[Path, int]:
     listen = free_port()
     low = random.randrange(30000, 32768 - 100)
     command = f"{sys.executable} -m zerodown.demo --port {{port}} --version {{version}}"
@@ -71,6 +73,7 @@ def write_config(tmp_path: Path) -> tuple[Path, int]:
             listen=listen,
             state_dir=json.dumps(str(tmp_path / "state")),
             command=json.dumps(command),
+            strategy=strategy,
             low=low,
             high=low + 99,
         )
@@ -201,3 +204,53 @@ async def scenario(orch: Orchestrator, store: SqliteStore, listen: int) -> None:
     assert routed_versions(orch) == {"v3"}
     assert await served(listen) == {"v3"}
     assert store.current("web") == "v3"
+
+
+class FullAtSetCurrent(SqliteStore):
+    """The real store, whose `set_current` fails as on a full disk while `full`:
+    the one write that cannot be made to fail alone by filling the file."""
+
+    full = False
+
+    def set_current(self, service: str, version: str) -> None:
+        if self.full:
+            cause = sqlite3.OperationalError("database or disk is full")
+            raise StoreError(f"store: {cause}") from cause
+        super().set_current(service, version)
+
+
+def test_a_store_failing_once_the_old_release_is_gone_leaves_the_new_one_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, listen = write_config(tmp_path, strategy="rolling")
+    monkeypatch.setattr(daemon_module, "SqliteStore", FullAtSetCurrent)
+
+    async def body() -> None:
+        daemon = Daemon(load_config(config))
+        await daemon.start()
+        try:
+            assert daemon.orchestrator is not None and daemon.store is not None
+            orch, store = daemon.orchestrator, daemon.store
+            assert isinstance(store, FullAtSetCurrent)
+            first = await orch.deploy("web", "v1")
+            assert (await orch.wait(first, DEADLINE) or {})["outcome"] == "succeeded"
+            store.full = True
+            view = await orch.wait(await orch.deploy("web", "v2"), DEADLINE)
+            assert view is not None and view["outcome"] == "failed", view
+            # Rolling stopped v1 before the end: v2 is all that can serve.
+            assert view["reason"] == (
+                "state store write failed: database or disk is full; traffic left on v2, "
+                "which the store could not record as current"
+            )
+            assert orch.fleets["web"].current == "v2" and routed_versions(orch) == {"v2"}
+            assert await served(listen) == {"v2"}
+            store.full = False
+            third = await orch.deploy("web", "v3")
+            assert (await orch.wait(third, DEADLINE) or {})["outcome"] == "succeeded"
+            assert routed_versions(orch) == {"v3"}
+            assert [i.version for i in orch.runtimes["web"].instances()] == ["v3"]
+            assert await served(listen) == {"v3"}
+        finally:
+            await daemon.stop()
+
+    uvloop.run(asyncio.wait_for(body(), DEADLINE * 3))
