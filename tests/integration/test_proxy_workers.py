@@ -381,6 +381,99 @@ def test_a_killed_worker_is_started_again_with_the_current_table() -> None:
     run(main())
 
 
+def requests_in(stats: dict[str, Any]) -> int:
+    return sum(int(t["requests"]) for t in targets(stats).values())
+
+
+def prometheus_requests(text: str) -> int:
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("zerodown_requests_total{")
+    )
+
+
+async def load_both_workers(dp: MultiWorkerDataPlane) -> int:
+    """Send batches until each worker has served some; the number sent.
+
+    Asks each worker directly, so the supervisor's own reads are left alone.
+    """
+    sent = 0
+    while sent < 400:
+        responses = await asyncio.gather(*(request(port_of(dp)) for _ in range(10)))
+        assert [r.status for r in responses] == [200] * 10
+        sent += 10
+        counts = [requests_in(await w.request("stats")) for w in dp.workers]
+        if all(counts):
+            return sent
+    raise AssertionError(f"one worker served nothing of {sent}: {counts}")
+
+
+async def kill_and_wait_restart(dp: MultiWorkerDataPlane, victim: Any) -> None:
+    old_pid = victim.pid
+    os.kill(old_pid, signal.SIGKILL)
+    await until(
+        lambda: victim.ready and victim.pid not in (None, old_pid), "restarted", START_DEADLINE
+    )
+
+
+def test_a_killed_workers_counts_stay_in_the_totals() -> None:
+    # Its counters die with the process; the supervisor keeps the last it read.
+    async def main() -> None:
+        async with backends("a", "b") as (a, b), plane(service(a.address, b.address)) as dp:
+            sent = await load_both_workers(dp)
+            before = await dp.stats()
+            assert requests_in(before) == sent
+            victim = dp.workers[0]
+            assert requests_in(await victim.request("stats")) > 0
+
+            await kill_and_wait_restart(dp, victim)
+
+            after = await dp.stats()
+            assert requests_in(after) == sent
+            assert requests_in(await victim.request("stats")) == 0  # a new generation
+            assert after["workers"] == WORKERS
+            for address in (a.address, b.address):
+                kept, was = targets(after)[address], targets(before)[address]
+                assert kept["requests"] == was["requests"]
+                assert kept["responses"] == was["responses"]
+                assert kept["latency"]["count"] == was["latency"]["count"]
+                assert kept["in_flight"] == 0
+            assert prometheus_requests(await dp.prometheus()) == sent
+            # and it counts on from there
+            assert (await served_by(port_of(dp), 10)).total() == 10
+            assert requests_in(await dp.stats()) == sent + 10
+            assert len(a.requests) + len(b.requests) == sent + 10
+
+    run(main())
+
+
+def test_the_supervisor_polls_counters_so_an_unread_kill_loses_nothing_older() -> None:
+    # Nobody asks for stats before the kill: only the supervisor's poll read them.
+    async def main() -> None:
+        async with backends("a", "b") as (a, b):
+            table = RoutingTable(services=(service(a.address, b.address),))
+            dp = MultiWorkerDataPlane(ProxySettings(), table, WORKERS)
+            dp.stats_poll = 0.05
+            await dp.start(["127.0.0.1:0"])
+            try:
+                sent = await load_both_workers(dp)
+                victim = dp.workers[0]
+                served = requests_in(await victim.request("stats"))
+                await until(
+                    lambda: victim.counted is not None and requests_in(victim.counted) == served,
+                    "the poll read the victim's counters",
+                    5.0,
+                )
+                await kill_and_wait_restart(dp, victim)
+                assert requests_in(await dp.stats()) == sent
+                assert prometheus_requests(await dp.prometheus()) == sent
+            finally:
+                await dp.stop(1.0)
+
+    run(main())
+
+
 # -- drain and stop ------------------------------------------------------------------------
 
 

@@ -12,7 +12,9 @@ active checks (once for all workers, not N times) and takes the passive
 ejections workers report; every verdict goes to every worker, so all eject
 and restore a target together. A table change is applied here first (a bad
 one is refused before any worker sees it), then by each worker atomically.
-Stats are the workers' counters merged, with the state from here.
+Stats are the workers' counters merged, with the state from here; the last
+counters read from a worker that died are kept (counters.py), so totals
+never go back. Every worker is read every STATS_POLL seconds for that.
 
 A worker that dies is started again, after a short backoff, with the table
 and health in force; the listening sockets never closed, so clients at most
@@ -28,10 +30,12 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any, Final
 
 from zerodown.dataplane.base import DrainResult, ListeningDataPlane
 from zerodown.dataplane.channel import Channel, ChannelClosed, Message, RemoteError
+from zerodown.dataplane.counters import RetiredCounters, target_keys
 from zerodown.dataplane.sockets import ListenSet
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
@@ -49,6 +53,10 @@ STOP_GRACE: Final = 5.0  # beyond the shutdown timeout, before a worker is kille
 RESTART_BASE: Final = 0.1  # seconds before the first restart of a worker...
 RESTART_MAX: Final = 5.0  # ...doubling per crash up to this
 STABLE_AFTER: Final = 30.0  # a worker that ran this long resets the backoff
+# How often each worker's counters are read, so that a worker killed without
+# warning loses at most this many seconds of counts. A read is one small
+# message each way per worker: cheap beside the traffic it counts.
+STATS_POLL: Final = 1.0
 
 
 class WorkerProcess:
@@ -61,6 +69,11 @@ class WorkerProcess:
         self.started_at = 0.0
         self.crashes = 0
         self.ready = False
+        # One generation per process; `counted` is the last stats read from
+        # the current one, added to the retired counters when it ends.
+        self.generation = 0
+        self.counted: dict[str, Any] | None = None
+        self.counted_read = 0  # which read (supervisor-wide number) `counted` came from
 
     def __repr__(self) -> str:
         pid = self.process.pid if self.process else None
@@ -90,6 +103,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         # How long a live worker may take to answer apply or stats before it
         # counts as stuck and is replaced.
         self.request_timeout = REQUEST_TIMEOUT
+        self.stats_poll = STATS_POLL
+        self.retired = RetiredCounters()
+        self._reads = 0  # reads of the workers' counters so far
         self.stopping = False
         self.listening = ListenSet([], workers)
         self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
@@ -111,6 +127,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             raise DataPlaneError(f"proxy workers did not start: {failed[0]}")
         for worker in self.workers:
             self._watch(worker)
+        self._keep(self._poll_counters())
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -216,7 +233,11 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         ]
 
     def _watch(self, worker: WorkerProcess) -> None:
-        task = asyncio.get_running_loop().create_task(self._keep_running(worker))
+        self._keep(self._keep_running(worker))
+
+    def _keep(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` until the data plane stops (stop() cancels it)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._keepers.add(task)
         task.add_done_callback(self._keepers.discard)
 
@@ -228,6 +249,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             worker.ready = False
             if worker.channel is not None:
                 worker.channel.close()
+            self._retire(worker)
             if self.stopping:
                 return
             delay = self._restart_delay(worker)
@@ -244,6 +266,31 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             except (OSError, ChannelClosed, RemoteError, TimeoutError) as exc:
                 log.error("proxy worker %d did not start again: %s", worker.index, exc)
                 worker.started_at = time.monotonic()
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """The worker's generation ended: its last counters join the retired ones."""
+        worker.generation += 1  # a read of the old generation still on its way is dropped
+        if worker.counted is not None:
+            self.retired.add(worker.counted)
+        worker.counted = None
+
+    async def _poll_counters(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_poll)
+            await self._read_counters()
+
+    async def _read_counters(self) -> list[dict[str, Any]]:
+        """Every running worker's stats, each kept as its generation's last counters."""
+        self._reads += 1
+        read, generations = self._reads, [w.generation for w in self.workers]
+        answers = [(w, s) for w, s in await self._ask("stats") if s]
+        for worker, snapshot in answers:
+            # Kept only if the generation it counts is still running (else its
+            # last counters are retired already) and no later read (a poll and
+            # a stats() overlap) has been kept: a kept count never goes back.
+            if worker.generation == generations[worker.index] and read > worker.counted_read:
+                worker.counted, worker.counted_read = snapshot, read
+        return [snapshot for _, snapshot in answers]
 
     @staticmethod
     def _restart_delay(worker: WorkerProcess) -> float:
@@ -313,14 +360,20 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         )
 
     async def stats(self) -> dict[str, Any]:
-        snapshots = await self._each("stats")
-        merged = merge_worker_stats(self.server.stats(), [s for s in snapshots if s])
+        """The workers' counters summed: as read now, or last read of one that did
+        not answer, plus those of generations that ended (never less than before).
+        """
+        await self._read_counters()
+        view = self.server.stats()
+        self.retired.keep_only(target_keys(view))
+        counted = [w.counted for w in self.workers if w.counted is not None]
+        merged = merge_worker_stats(view, [*counted, self.retired.stats()])
         merged["workers"] = sum(1 for w in self.workers if w.ready)
         return merged
 
     async def worker_stats(self) -> list[dict[str, Any]]:
         """Each running worker's own stats, unmerged (what it knows and counted)."""
-        return [s for s in await self._each("stats") if s]
+        return await self._read_counters()
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())
@@ -331,6 +384,12 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         A worker started later gets the table and health in force then, so
         missing one now loses nothing.
         """
+        return [reply for _, reply in await self._ask(op, wait, **fields)]
+
+    async def _ask(
+        self, op: str, wait: float | None = None, **fields: Any
+    ) -> list[tuple[WorkerProcess, Any]]:
+        """`_each`, with the worker each reply came from."""
         asked = [w for w in self.workers if w.ready]
         replies = await asyncio.gather(
             *(w.request(op, wait or self.request_timeout, **fields) for w in asked),
@@ -339,7 +398,11 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         for worker, reply in zip(asked, replies, strict=True):
             if isinstance(reply, (RemoteError, TimeoutError)):
                 self._replace(worker, f"{op} failed: {type(reply).__name__}: {reply}")
-        return [r for r in replies if not isinstance(r, BaseException)]
+        return [
+            (worker, reply)
+            for worker, reply in zip(asked, replies, strict=True)
+            if not isinstance(reply, BaseException)
+        ]
 
     def _replace(self, worker: WorkerProcess, why: str) -> None:
         """A live worker that cannot obey is killed; it restarts on the table in force.
