@@ -112,6 +112,13 @@ class UnknownService(DeployError):
     """No service of that name is configured (or it has no `command` to deploy)."""
 
 
+class UnknownRelease(UnknownService):
+    """No release of that version is recorded for the service (`rollback --to`).
+
+    A name the caller got wrong, as an unknown service is: the admin API answers
+    404 and the CLI exits 2 (bad usage), not 1 as for a refusal of the moment."""
+
+
 class NotDeployable(DeployError):
     """The request cannot be carried out now: nothing to promote, no release to roll back to, …"""
 

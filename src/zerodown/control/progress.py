@@ -41,6 +41,7 @@ BAR_WIDTH: Final = 30
 
 _STATE_STYLE: Final = {
     "ready": "green",
+    "standby": "blue",  # kept warm out of traffic: a rollback switches back at once
     "starting": "yellow",
     "draining": "cyan",
     "stopped": "dim",

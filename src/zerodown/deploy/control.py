@@ -8,7 +8,8 @@ Views are JSON-ready dicts with these keys (stable: the CLI and CI scripts read 
   reason (null when there is none), started_at, finished_at (unix seconds),
   steps: [{index, kind, step, phase, detail, at}]
 - StatusView (one service): service, current (version or null), deploying
-  (DeployView or null), instances: [{id, version, address, state}], traffic:
+  (DeployView or null), instances: [{id, version, address, state, routed}] (state
+  "standby": a blue-green release kept warm, out of traffic, after the switch), traffic:
   {version: percent}, paused (bool: a manual pause waits for promote)
 - ReleaseView: version, status ("new" | "current" | "previous" | "failed" | "retired";
   "new": recorded, never current yet),

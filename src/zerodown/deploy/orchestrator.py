@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -29,12 +28,18 @@ from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.gate import wait_healthy
 from zerodown.deploy.plan import Drain, Plan, SetTraffic, Stop
 from zerodown.deploy.strategies import Situation, plan
-from zerodown.errors import DeployBusy, DeployError, NotDeployable, UnknownService
-from zerodown.release import Instance, Outcome, Release
+from zerodown.errors import (
+    DeployBusy,
+    DeployError,
+    NotDeployable,
+    UnknownRelease,
+    UnknownService,
+)
+from zerodown.release import Instance, Release
 from zerodown.routing import RoutingTable
 from zerodown.runtime.backoff import Backoff
 from zerodown.runtime.base import Runtime
-from zerodown.store.base import DeployRecord, Store, StoreError, local_owner
+from zerodown.store.base import DeployRecord, Store, local_owner
 
 log = logging.getLogger("zerodown.deploy")
 
@@ -72,10 +77,6 @@ class Orchestrator:
         self._warm: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._backoff: dict[str, Backoff] = {}
         self._closing = False
-        # Outcomes the store could not record (it failed): deploy id -> outcome,
-        # reason, finished at. Views show these, so `wait` and the CLI still
-        # get the ending.
-        self._unrecorded: dict[int, tuple[Outcome, str, float]] = {}
 
     def __repr__(self) -> str:
         return f"<Orchestrator services={list(self.fleets)} deploying={list(self.deployments)}>"
@@ -173,7 +174,7 @@ class Orchestrator:
             raise NotDeployable(f"{service} {target} is already the current release")
         release = self.store.release(service, target)
         if release is None:
-            raise NotDeployable(f"{service} has no release {target}")
+            raise UnknownRelease(f"{service} has no release {target}")
         warm = len(fleet.ready(target))
         if warm >= fleet.config.instances and fleet.current is not None:
             # Still running from a blue-green keep-warm window: switch back at once.
@@ -215,11 +216,7 @@ class Orchestrator:
         finally:
             heartbeat.cancel()
             self.deployments.pop(name, None)
-            # A lock left behind is taken over once stale; a `wait` never woken
-            # would hold the CLI until its timeout.
-            self._unless_store_fails(
-                "release the deploy lock", self.store.release_lock, name, self.owner
-            )
+            self.store.release_lock(name, self.owner)
             done = self._finished.pop(deployment.id, None)
             if done is not None and not done.done():
                 done.set_result(None)
@@ -227,26 +224,7 @@ class Orchestrator:
     async def _heartbeat(self, service: str) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
-            self._unless_store_fails("heartbeat", self.store.heartbeat, service, self.owner)
-
-    def finish(self, deploy_id: int, outcome: Outcome, reason: str) -> None:
-        """Close a deploy in the store or, when the store fails, in memory, so
-        that its ending still reaches `wait`, `status` and the CLI."""
-        try:
-            self.store.finish_deploy(deploy_id, outcome, reason)
-        except StoreError as exc:
-            log.error(
-                "deploy %s ended %s, but the store could not record it: %s", deploy_id, outcome, exc
-            )
-            self._unrecorded[deploy_id] = (outcome, reason, time.time())
-
-    def _unless_store_fails(self, what: str, write: Callable[..., object], *args: Any) -> None:
-        """A write whose failure must not stop what calls it (bookkeeping, not
-        state a deploy depends on): logged, then forgotten."""
-        try:
-            write(*args)
-        except StoreError as exc:
-            log.error("could not %s in the state store: %s", what, exc)
+            self.store.heartbeat(service, self.owner)
 
     async def wait(self, deploy_id: int, timeout: float | None = None) -> View | None:
         done = self._finished.get(deploy_id)
@@ -309,10 +287,8 @@ class Orchestrator:
 
     async def start_instances(self, fleet: Fleet, release: Release, count: int) -> list[Instance]:
         started = await self.runtimes[fleet.name].start(release, count)
-        # All in the fleet before any is saved: should the store fail, the
-        # fleet still knows every process it has to stop.
-        fleet.instances.extend(started)
         for instance in started:
+            fleet.instances.append(instance)
             self.store.save_instance(instance)
         self.bus.publish(
             fleet.name,
@@ -365,9 +341,7 @@ class Orchestrator:
         await asyncio.gather(*(self.runtimes[fleet.name].stop(i, grace) for i in instances))
         for instance in instances:
             fleet.forget(instance)
-            # A record left of a stopped process is harmless: the next start
-            # finds it dead and drops it.
-            self._unless_store_fails("forget an instance", self.store.remove_instance, instance.id)
+            self.store.remove_instance(instance.id)
         self.bus.publish(fleet.name, None, "instances_stopped", ids=[i.id for i in instances])
 
     def keep_warm(self, fleet: Fleet, version: str, seconds: float) -> None:
@@ -407,7 +381,7 @@ class Orchestrator:
             fleet.name, None, "instance_crashed", id=known.id, version=known.version, code=code
         )
         fleet.forget(known)
-        self._unless_store_fails("forget an instance", self.store.remove_instance, known.id)
+        self.store.remove_instance(known.id)
         self._spawn(self.apply())  # out of the table at once
         deployment = self.deployments.get(fleet.name)
         if deployment is not None and known.version == deployment.new.version:
@@ -442,11 +416,6 @@ class Orchestrator:
 
     def deploy_view(self, deploy_id: int) -> View | None:
         record = self.store.deploy(deploy_id)
-        if record is not None and record.outcome is None and deploy_id in self._unrecorded:
-            outcome, reason, at = self._unrecorded[deploy_id]
-            record = dataclasses.replace(
-                record, state=outcome, outcome=outcome, reason=reason, finished_at=at
-            )
         return None if record is None else self._deploy_view(record)
 
     def _deploy_view(self, record: DeployRecord) -> View:
@@ -485,7 +454,7 @@ class Orchestrator:
                 "id": i.id,
                 "version": i.version,
                 "address": i.address,
-                "state": "draining" if i.id in fleet.draining else i.state,
+                "state": self._shown_state(fleet, i),
                 "routed": i.id in fleet.routed,
             }
             for i in fleet.instances
@@ -498,6 +467,17 @@ class Orchestrator:
             "traffic": fleet.traffic(),
             "paused": bool(deployment and deployment.waiting_for_promote),
         }
+
+    def _shown_state(self, fleet: Fleet, instance: Instance) -> str:
+        """The instance's state as `status` shows it. A blue-green release kept
+        warm after the switch is ready but out of traffic: "standby", so it does
+        not read as a serving instance."""
+        if instance.id in fleet.draining:
+            return "draining"
+        warm = (fleet.name, instance.version) in self._warm
+        if warm and instance.state == "ready" and instance.id not in fleet.routed:
+            return "standby"
+        return instance.state
 
     def releases(self, service: str) -> list[View]:
         self._fleet(service)
