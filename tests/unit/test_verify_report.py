@@ -14,9 +14,10 @@ import pytest
 
 from zerodown.errors import ConfigError
 from zerodown.verify import FAILURE_KINDS, LoadResult, LoadSpec, Mark, Report, Sample
-from zerodown.verify.chart import nice_step
+from zerodown.verify.chart import SHARE, nice_step
 from zerodown.verify.load import Mix, Pacer, Target, build_requests
-from zerodown.verify.report import Latency, percentile
+from zerodown.verify.report import Latency, bucket_for, percentile
+from zerodown.verify.story import deploy_marks, step_label
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -84,7 +85,7 @@ def test_versions_in_order_of_first_answer() -> None:
 
 
 def test_buckets_cover_the_run_with_counts_per_version() -> None:
-    buckets = Report.from_result(DEPLOY).buckets
+    buckets = Report.from_result(DEPLOY, bucket=1.0).buckets
     assert [b.start for b in buckets] == [0.0, 1.0, 2.0]
     assert [dict(b.ok) for b in buckets] == [{"v1": 2}, {"v1": 1, "v2": 2}, {"v2": 1}]
     assert [b.failed for b in buckets] == [0, 2, 0]
@@ -102,20 +103,32 @@ def test_buckets_of_other_widths_and_empty_ones() -> None:
 
 def test_a_sample_after_the_elapsed_time_still_has_a_bucket() -> None:
     # The last requests start just before the stop; rounding must not lose them.
-    report = Report.from_result(result(ok(2.0, "v1"), elapsed=2.0))
+    report = Report.from_result(result(ok(2.0, "v1"), elapsed=2.0), bucket=1.0)
     assert len(report.buckets) == 3 and report.buckets[2].total == 1
+    assert report.buckets[2].width > 0 and report.end > 2.0
 
 
 def test_json() -> None:
     marks = [Mark(1.0, "deploy"), Mark(2.0, "deploy done")]
-    data = json.loads(json.dumps(Report.from_result(DEPLOY, marks=marks).to_json()))
+    data = json.loads(json.dumps(Report.from_result(DEPLOY, bucket=1.0, marks=marks).to_json()))
     assert (data["total"], data["ok"], data["failed"], data["reconnects"]) == (8, 6, 2, 2)
     assert data["failures"]["5xx"] == 1
     assert data["statuses"] == {"200": 6, "502": 1}
     assert data["latency_ms"] == {"p50": 20.0, "p90": 50.0, "p99": 50.0, "max": 50.0}
     assert data["versions"]["v2"] == {"requests": 3, "share": 0.375, "first": 1.7, "last": 2.9}
-    assert data["buckets"][1] == {"start": 1.0, "ok": {"v1": 1, "v2": 2}, "failed": 2}
-    assert data["marks"] == [{"at": 1.0, "label": "deploy"}, {"at": 2.0, "label": "deploy done"}]
+    assert data["buckets"][1] == {
+        "start": 1.0,
+        "width": 1.0,
+        "ok": {"v1": 1, "v2": 2},
+        "failed": 2,
+        "p50_ms": 30.0,  # of 30 and 40 ms: the long request is left out
+        "p99_ms": 40.0,
+    }
+    assert data["marks"] == [
+        {"at": 1.0, "label": "deploy", "tone": "step"},
+        {"at": 2.0, "label": "deploy done", "tone": "step"},
+    ]
+    assert data["during"] is None
 
 
 def test_summary() -> None:
@@ -151,29 +164,92 @@ def legend(root: ET.Element) -> list[str]:
 def test_chart_is_svg_with_a_legend_per_version_and_failures() -> None:
     root = svg(Report.from_result(DEPLOY, marks=[Mark(1.4, "deploy")]))
     assert root.tag == f"{SVG}svg"
-    assert legend(root) == ["version", "v1  37.5% (3)", "v2  37.5% (3)", "failed  25.0% (2)"]
-    title = texts(root)[0]
-    assert "8 requests" in title and "2 failed" in title
+    assert legend(root) == [
+        "version",
+        "v1  37.5% (3)",
+        "v2  37.5% (3)",
+        "failed  25.0% (2)",
+        "p50",
+        "p99",
+    ]
+    subtitle = texts(root)[1]
+    assert "8 requests" in subtitle and "2 failed" in subtitle
     assert "deploy" in texts(root)
-    assert "100%" in texts(root) and "seconds since start" in texts(root)
+    assert "100%" in texts(root) and "seconds" in texts(root)
+
+
+def share_bars(root: ET.Element) -> list[ET.Element]:
+    """The share panel's segments: hover titles that say "N of M"."""
+    return [r for r in root.iter(f"{SVG}rect") if " of " in (r.findtext(f"{SVG}title") or "")]
 
 
 def test_chart_colors_failures_red_and_versions_apart() -> None:
-    root = svg(Report.from_result(DEPLOY))
-    fills = Counter(
-        r.get("fill") for r in root.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None
-    )
+    root = svg(Report.from_result(DEPLOY, bucket=1.0))
+    fills = Counter(r.get("fill") for r in share_bars(root))
     assert fills["#d62728"] == 1  # one bucket had failures
     assert len(fills) == 3  # v1, v2, failed
 
 
 def test_chart_bars_stack_to_the_full_height() -> None:
-    root = svg(Report.from_result(DEPLOY))
-    bars = [r for r in root.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    root = svg(Report.from_result(DEPLOY, bucket=1.0))
     by_x: dict[str, float] = {}
-    for bar in bars:
+    for bar in share_bars(root):
         by_x[bar.get("x", "")] = by_x.get(bar.get("x", ""), 0.0) + float(bar.get("height", "0"))
-    assert len(by_x) == 3 and all(h == pytest.approx(314, abs=0.05) for h in by_x.values())
+    height = SHARE[1] - SHARE[0]
+    assert len(by_x) == 3 and all(h == pytest.approx(height, abs=0.05) for h in by_x.values())
+
+
+def test_bucket_width_follows_the_run_length() -> None:
+    widths = [bucket_for(s) for s in (0.5, 3.0, 4.0, 8.0, 10.0, 20.0, 60.0, 600.0, 1e6)]
+    assert widths == [0.1, 0.1, 0.1, 0.2, 0.25, 0.5, 2.0, 15.0, 60.0]
+    report = Report.from_result(DEPLOY)  # 3 s: 30 buckets of 100 ms
+    assert report.bucket == 0.1 and len(report.buckets) == 30
+
+
+def test_the_last_partial_bucket_is_as_wide_as_the_time_it_covers() -> None:
+    report = Report.from_result(DEPLOY, bucket=0.4)  # 3.0 s: 7 whole buckets and 0.2 s
+    assert [round(b.width, 3) for b in report.buckets] == [0.4] * 7 + [0.2]
+    last = report.buckets[-1]
+    assert (last.total, last.rate) == (1, pytest.approx(5.0))  # 1 request in 0.2 s
+    assert report.end == pytest.approx(3.0)
+    widths = [float(r.get("width", "0")) for r in share_bars(svg(report))]
+    assert widths[-1] == pytest.approx(widths[0] / 2, abs=1.0)  # less the 1 px gap
+
+
+def test_buckets_have_rate_and_latency() -> None:
+    first = Report.from_result(DEPLOY, bucket=1.0).buckets[1]
+    assert first.rate == 5.0
+    assert (first.p50, first.p99) == (0.03, 0.04)  # 30 and 40 ms; the long one left out
+
+
+def test_chart_title_tells_the_deploy_and_how_it_ended() -> None:
+    view = deploy(outcome="rolled_back", reason="error rate 31% on canary")
+    root = svg(Report.from_result(DEPLOY).with_deploy(view))
+    lines = texts(root)
+    assert lines[0] == "web v1 → v2, canary: rolled back"
+    assert lines[1].startswith("8 requests, 2 failed (connect 1, 5xx 1) · 3 req/s")
+    assert lines[2] == "rolled back: error rate 31% on canary"
+    assert {"start", "gate", "shift 20%", "pause (manual)", "promote", "rolled back"} <= set(lines)
+    ok = svg(Report.from_result(DEPLOY).with_deploy(deploy(outcome="succeeded")))
+    assert texts(ok)[0] == "web v1 → v2, canary: succeeded"
+    assert "succeeded:" not in " ".join(texts(ok))  # no reason line
+
+
+def test_chart_of_a_command_and_of_load_only() -> None:
+    assert texts(svg(Report.from_result(DEPLOY).with_command(["./smoke.sh", "a b"], 3)))[0] == (
+        "`./smoke.sh 'a b'`: exit 3"
+    )
+    assert texts(svg(Report.from_result(DEPLOY)))[0] == (
+        "zerodown verify: load on http://127.0.0.1:8080/"
+    )
+
+
+def test_chart_panels_for_share_rate_and_latency() -> None:
+    root = svg(Report.from_result(DEPLOY, bucket=1.0))
+    labels = texts(root)
+    assert {"share of requests", "req/s", "latency", "seconds", "p50", "p99"} <= set(labels)
+    lines = [e for e in root.iter(f"{SVG}polyline")]
+    assert len(lines) == 2  # p50 and p99, unbroken: every bucket had an answer
 
 
 def test_chart_escapes_what_the_server_sent() -> None:
@@ -181,10 +257,76 @@ def test_chart_escapes_what_the_server_sent() -> None:
     assert '<v1 & "friends">  100.0% (1)' in legend(root)
 
 
+def deploy(outcome: str, reason: str | None = None) -> dict[str, object]:
+    """A DeployView of a canary with a manual pause; journal times in unix seconds, the
+    load's origin at 0 (DEPLOY's started_at), so 1.0 is one second into the load."""
+
+    def entry(index: int, phase: str, at: float, **step: object) -> dict[str, object]:
+        return {"index": index, "kind": step["kind"], "step": step, "phase": phase, "at": at}
+
+    return {
+        "id": 3,
+        "service": "web",
+        "version": "v2",
+        "strategy": "canary",
+        "outcome": outcome,
+        "reason": reason,
+        "started_at": 1.0,
+        "finished_at": 2.8,
+        "steps": [
+            entry(0, "before", 1.0, kind="start", role="new", count=2),
+            entry(0, "after", 1.1, kind="start", role="new", count=2),
+            entry(1, "before", 1.1, kind="wait_healthy", role="new"),
+            entry(2, "before", 1.4, kind="set_traffic", mode="split", new_weight=20.0),
+            entry(3, "before", 1.5, kind="pause", seconds=None),
+            entry(3, "after", 2.5, kind="pause", seconds=None),
+        ],
+    }
+
+
+def test_deploy_marks_from_the_journal() -> None:
+    marks = deploy_marks(deploy("rolled_back", "judge"), origin=0.5)
+    assert [(m.at, m.label, m.tone) for m in marks] == [
+        (0.5, "start", "step"),
+        (pytest.approx(0.6), "gate", "step"),
+        (pytest.approx(0.9), "shift 20%", "step"),
+        (1.0, "pause (manual)", "step"),
+        (2.0, "promote", "step"),  # a manual pause ends when a person promotes
+        (pytest.approx(2.3), "rolled back", "failed"),
+    ]
+
+
+def test_step_labels() -> None:
+    steps: list[dict[str, object]] = [
+        {"kind": "set_traffic", "mode": "pool"},
+        {"kind": "set_traffic", "mode": "split", "new_weight": 100.0},
+        {"kind": "set_traffic", "mode": "split", "new_weight": 0.0, "preview": True},
+        {"kind": "pause", "seconds": 30.0},
+        {"kind": "analyze"},
+        {"kind": "drain", "role": "old", "count": 1},
+        {"kind": "stop", "role": "old", "count": 1},
+        {"kind": "start", "role": "old", "count": 1},
+        {"kind": "hold", "on": True},
+        {"kind": "keep_warm", "seconds": 600.0},
+    ]
+    assert [step_label(s) for s in steps] == [
+        "shift",
+        "switch",
+        "preview",
+        "pause 30s",
+        "judge",
+        "drain old",
+        "stop old",
+        "start old",
+        "hold",
+        "keep warm",
+    ]
+
+
 def test_chart_of_nothing() -> None:
     root = svg(Report.from_result(result(elapsed=0.0)))
     assert "no requests" in texts(root)
-    assert legend(root) == ["version"]
+    assert legend(root) == ["version", "p50", "p99"]
 
 
 def test_nice_steps() -> None:

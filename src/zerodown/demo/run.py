@@ -165,6 +165,8 @@ def _tell(
     during = functools.partial(deploy_and_wait, client, "web", chapter.version, chapter.strategy)
     report, view = uvloop.run(verify(spec, during))
     outcome = str(_outcome(view))
+    if view is not None:
+        report = report.with_deploy(view)  # the chart's title and step marks
     prefix = state_dir / f"web-{chapter.version}"
     report.write(str(prefix))
     out.write(f"deploy: {outcome} (expected: {chapter.expect})")

@@ -8,11 +8,12 @@ what it saw (failures by kind, latency, share of traffic by version over time).
 
 from zerodown.verify.load import FAILURE_KINDS, LoadResult, LoadSpec, Sample, run_load
 from zerodown.verify.proof import run_command, verify
-from zerodown.verify.report import Bucket, Latency, Mark, Report, VersionSeen
+from zerodown.verify.report import Bucket, During, Latency, Mark, Report, VersionSeen
 
 __all__ = [
     "FAILURE_KINDS",
     "Bucket",
+    "During",
     "Latency",
     "LoadResult",
     "LoadSpec",

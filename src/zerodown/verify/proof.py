@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from zerodown.verify.load import LoadResult, LoadSpec, clock, run_load
-from zerodown.verify.report import BUCKET, Mark, Report
+from zerodown.verify.report import Mark, Report
 
 T = TypeVar("T")
 
@@ -29,13 +29,14 @@ async def verify(
     warmup: float = WARMUP,
     cooldown: float = COOLDOWN,
     *,
-    bucket: float = BUCKET,
+    bucket: float | None = None,
     label: str = "deploy",
 ) -> tuple[Report, T | None]:
     """Run load around `during()` and return the report with what `during` returned.
 
     `spec.duration` is normally None here: the load lasts warmup + during +
-    cooldown. If `during` raises, the load is cancelled and the error goes up
+    cooldown. `bucket` is the report's time bucket (None: chosen from the run's
+    length). If `during` raises, the load is cancelled and the error goes up
     (a `during` that wants a report either way returns its failure instead).
     """
     stop = asyncio.Event()

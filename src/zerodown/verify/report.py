@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from zerodown.verify import chart
 from zerodown.verify.load import FAILURE_KINDS, LoadResult, Sample
+from zerodown.verify.story import During, Mark, deploy_marks, deploy_told
 
-BUCKET = 1.0  # seconds per time bucket of the share-over-time series
+__all__ = ["Bucket", "During", "Latency", "Mark", "Report", "VersionSeen", "bucket_for"]
+
+# Bucket widths the chart may use, in seconds: round numbers on a time axis.
+BUCKET_WIDTHS = (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
+BUCKETS_WANTED = 40  # enough to see a 2 s switch as several bars, few enough to read
 PERCENTILES = (50, 90, 99)
 
 
@@ -46,15 +52,24 @@ class Latency:
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """The requests that started in [start, start + bucket)."""
+    """The requests that started in [start, start + width). Every bucket is the
+    report's width but the last, which ends with the run."""
 
     start: float
+    width: float
     ok: Mapping[str, int]  # successful requests per version
     failed: int = 0
+    p50: float = 0.0  # seconds, over the bucket's answered short requests (0.0: none)
+    p99: float = 0.0
 
     @property
     def total(self) -> int:
         return sum(self.ok.values()) + self.failed
+
+    @property
+    def rate(self) -> float:
+        """Requests started per second in this bucket."""
+        return self.total / self.width if self.width > 0 else 0.0
 
     def share(self, version: str) -> float:
         return self.ok.get(version, 0) / self.total if self.total else 0.0
@@ -67,14 +82,6 @@ class VersionSeen:
     requests: int
     first: float
     last: float
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """An event on the time axis (e.g. a deploy starting), drawn on the chart."""
-
-    at: float
-    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,8 @@ class Report:
     bucket: float
     buckets: tuple[Bucket, ...]  # contiguous from 0, empty ones included
     marks: tuple[Mark, ...] = ()
+    started_at: float = 0.0  # wall clock at the origin: places journal times on the axis
+    during: During | None = None
 
     @property
     def failed(self) -> int:
@@ -100,10 +109,18 @@ class Report:
     def rate(self) -> float:
         return self.total / self.duration if self.duration > 0 else 0.0
 
+    @property
+    def end(self) -> float:
+        """Seconds the time axis covers: to the end of the last bucket."""
+        last = self.buckets[-1] if self.buckets else None
+        return last.start + last.width if last else self.duration
+
     @classmethod
     def from_result(
-        cls, result: LoadResult, bucket: float = BUCKET, marks: Sequence[Mark] = ()
+        cls, result: LoadResult, bucket: float | None = None, marks: Sequence[Mark] = ()
     ) -> Report:
+        """`bucket` seconds per time bucket; None chooses one from the run's length."""
+        bucket = bucket_for(result.elapsed) if bucket is None else bucket
         if bucket <= 0:
             raise ValueError("bucket must be positive")
         samples = sorted(result.samples, key=lambda s: s.start)
@@ -121,7 +138,20 @@ class Report:
             bucket=bucket,
             buckets=bucketed(samples, bucket, result.elapsed),
             marks=tuple(marks),
+            started_at=result.started_at,
         )
+
+    def with_deploy(self, view: Mapping[str, Any]) -> Report:
+        """This report told as the deploy `view` (a DeployView): title and step marks."""
+        version = str(view.get("version"))
+        previous = next((v for v in self.versions if v not in (version, "-")), None)
+        marks = deploy_marks(view, self.started_at)
+        return replace(self, during=deploy_told(view, previous), marks=tuple(marks) or self.marks)
+
+    def with_command(self, command: Sequence[str], code: int) -> Report:
+        """This report told as `command`, which exited with `code`."""
+        what = f"`{shlex.join(command)}`"
+        return replace(self, during=During(what, f"exit {code}", ok=code == 0))
 
     def to_json(self) -> dict[str, Any]:
         ms = {name: round(seconds * 1000, 3) for name, seconds in self.latency.items()}
@@ -147,10 +177,19 @@ class Report:
             },
             "bucket": self.bucket,
             "buckets": [
-                {"start": round(b.start, 3), "ok": dict(b.ok), "failed": b.failed}
+                {
+                    "start": round(b.start, 3),
+                    "width": round(b.width, 3),
+                    "ok": dict(b.ok),
+                    "failed": b.failed,
+                    "p50_ms": round(b.p50 * 1000, 3),
+                    "p99_ms": round(b.p99 * 1000, 3),
+                }
                 for b in self.buckets
             ],
-            "marks": [{"at": round(m.at, 3), "label": m.label} for m in self.marks],
+            "marks": [{"at": round(m.at, 3), "label": m.label, "tone": m.tone} for m in self.marks],
+            "started_at": round(self.started_at, 3),
+            "during": None if self.during is None else asdict(self.during),
         }
 
     def summary(self) -> str:
@@ -203,19 +242,36 @@ def versions_seen(samples: Sequence[Sample]) -> dict[str, VersionSeen]:
     return seen
 
 
+def bucket_for(duration: float) -> float:
+    """The bucket width for a run of `duration` seconds: the narrowest round
+    width giving at most BUCKETS_WANTED buckets (0.1 s for a few seconds)."""
+    wanted = duration / BUCKETS_WANTED
+    return next((w for w in BUCKET_WIDTHS if w >= wanted), BUCKET_WIDTHS[-1])
+
+
 def bucketed(samples: Sequence[Sample], width: float, elapsed: float) -> tuple[Bucket, ...]:
-    """Samples by start time into buckets of `width` seconds covering the whole run."""
+    """Samples by start time into buckets of `width` seconds covering the whole run;
+    the last one ends with the run (or just after its last sample), not at a whole width."""
     last = max((s.start for s in samples), default=0.0)
-    count = max(math.ceil(elapsed / width), math.floor(last / width) + 1 if samples else 0)
-    ok: list[Counter[str]] = [Counter() for _ in range(count)]
-    failed = [0] * count
+    # `//` both here and for each sample: float division may put 2.0 / 0.1 at 20
+    # but 2.0 // 0.1 at 19, and a sample must land in a bucket that exists.
+    count = max(math.ceil(elapsed / width), int(last // width) + 1 if samples else 0)
+    groups: list[list[Sample]] = [[] for _ in range(count)]
     for s in samples:
-        index = int(s.start // width)
-        if s.failure is None:
-            ok[index][s.version] += 1
-        else:
-            failed[index] += 1
-    return tuple(Bucket(i * width, dict(ok[i]), failed[i]) for i in range(count))
+        groups[int(s.start // width)].append(s)
+    # A sample may start a hair after `elapsed` (the stop races the last sends):
+    # its bucket then ends at that sample, so no request falls outside the axis.
+    end = max(elapsed, math.nextafter(last, math.inf) if samples else 0.0)
+    return tuple(
+        _bucket(i * width, min(width, end - i * width), group) for i, group in enumerate(groups)
+    )
+
+
+def _bucket(start: float, width: float, samples: Sequence[Sample]) -> Bucket:
+    ok = Counter(s.version for s in samples if s.failure is None)
+    timed = sorted(_timed(samples))
+    p50, p99 = (percentile(timed, p) for p in (50, 99)) if timed else (0.0, 0.0)
+    return Bucket(start, width, dict(ok), len(samples) - ok.total(), p50, p99)
 
 
 def _timed(samples: Sequence[Sample]) -> list[float]:
