@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from zerodown.control.client import AdminClient
     from zerodown.deploy.control import View
+    from zerodown.verify import LoadSpec, Report
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -89,10 +91,37 @@ TimeoutOption = Annotated[
         "Default: until it ends.",
     ),
 ]
+ServiceArgument = Annotated[str, typer.Argument(help="The service, as named in the config.")]
 StrategyOption = Annotated[
     StrategyName | None,
     typer.Option("--strategy", help="Override the service's configured strategy for this deploy."),
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from zerodown import __version__
+
+        typer.echo(f"zerodown {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Deploy web services on your own servers without dropping a request."""
+
+
+def _usage(message: str) -> typer.Exit:
+    """A command line that cannot mean anything: one line, exit 2 (click's own code)."""
+    typer.echo(f"zerodown: {message}", err=True)
+    return typer.Exit(EXIT_CONFIG)
 
 
 def _fail(exc: ZerodownError) -> typer.Exit:
@@ -164,7 +193,7 @@ def demo(
 
 @app.command(epilog=EXIT_CODES)
 def deploy(
-    service: Annotated[str, typer.Argument(help="The service, as named in the config.")],
+    service: ServiceArgument,
     version: Annotated[str, typer.Argument(help="The version label of the new release.")],
     config: ConfigOption = Path("zerodown.toml"),
     strategy: StrategyOption = None,
@@ -176,7 +205,8 @@ def deploy(
 
     Exits 0 only when the new release serves all traffic. On a terminal a live
     view shows the steps, instances and traffic split; with --json, or when
-    the output is not a terminal, one DeployView is printed as JSON at the end.
+    the output is not a terminal, the deploy (state, outcome, reason, steps)
+    is printed as one JSON object at the end.
     """
     with _errors():
         client = _client(config)
@@ -186,7 +216,7 @@ def deploy(
 
 @app.command(epilog=EXIT_CODES)
 def rollback(
-    service: Annotated[str, typer.Argument(help="The service, as named in the config.")],
+    service: ServiceArgument,
     config: ConfigOption = Path("zerodown.toml"),
     to: Annotated[
         str | None, typer.Option("--to", help="The release to go back to (default: previous).")
@@ -203,33 +233,25 @@ def rollback(
 
 
 @app.command()
-def promote(
-    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
-) -> None:
+def promote(service: ServiceArgument, config: ConfigOption = Path("zerodown.toml")) -> None:
     """End the running deploy's pause (a manual canary step) and go on."""
     _act(config, service, "promote", "promoted")
 
 
 @app.command()
-def abort(
-    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
-) -> None:
+def abort(service: ServiceArgument, config: ConfigOption = Path("zerodown.toml")) -> None:
     """Stop the running deploy of SERVICE and roll it back."""
     _act(config, service, "abort", "aborting the deploy; it rolls back")
 
 
 @app.command()
-def pause(
-    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
-) -> None:
+def pause(service: ServiceArgument, config: ConfigOption = Path("zerodown.toml")) -> None:
     """Hold the running deploy of SERVICE before its next step, until `zerodown resume`."""
     _act(config, service, "pause", "the deploy holds before its next step")
 
 
 @app.command()
-def resume(
-    service: Annotated[str, typer.Argument()], config: ConfigOption = Path("zerodown.toml")
-) -> None:
+def resume(service: ServiceArgument, config: ConfigOption = Path("zerodown.toml")) -> None:
     """Let a paused deploy of SERVICE go on."""
     _act(config, service, "resume", "resumed")
 
@@ -256,7 +278,7 @@ def status(
 
 @app.command()
 def releases(
-    service: Annotated[str, typer.Argument()],
+    service: ServiceArgument,
     config: ConfigOption = Path("zerodown.toml"),
     as_json: JsonOption = False,
 ) -> None:
@@ -360,46 +382,91 @@ def _watch(service: str) -> str:
     return f"`zerodown status {service}` to watch, `zerodown abort {service}` to stop it"
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# `-- COMMAND...` is taken from the context's extra args, not declared as an
+# argument: click would print one as "[COMMAND]..." in the usage line, without
+# the `--` that keeps the command's own options from being read as verify's.
+@app.command(
+    options_metavar="[OPTIONS] [-- COMMAND...]", context_settings={"allow_extra_args": True}
+)
 def verify(
     ctx: typer.Context,
     config: ConfigOption = Path("zerodown.toml"),
     deploy_to: Annotated[
         tuple[str, str] | None,
-        typer.Option("--deploy", metavar="SERVICE VERSION", help="Deploy this during the load."),
+        typer.Option(
+            "--deploy", metavar="SERVICE VERSION", help="Deploy this release during the load."
+        ),
     ] = None,
-    strategy: Annotated[StrategyName | None, typer.Option(help="With --deploy.")] = None,
-    url: Annotated[str | None, typer.Option(help="Default: the proxy's first listener.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1)] = 16,
-    rate: Annotated[float | None, typer.Option(help="Requests per second (default: open).")] = None,
+    strategy: Annotated[
+        StrategyName | None,
+        typer.Option(help="With --deploy: override the service's strategy for this deploy."),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Where to send the load. Default: the proxy's first listener."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Keep-alive connections sending requests at once.")
+    ] = 16,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Requests per second over all connections. Default: as fast as answered."
+        ),
+    ] = None,
     duration: Annotated[
-        float | None, typer.Option(help="Seconds of load when nothing runs during it.")
+        float | None,
+        typer.Option(help="Seconds of load when no deploy or command runs (default: 10)."),
     ] = None,
-    post_ratio: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
-    long_ratio: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    post_ratio: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of requests that are POSTs with a body."),
+    ] = 0.0,
+    long_ratio: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of requests the app answers slowly, in flight across a drain.",
+        ),
+    ] = 0.0,
     out: Annotated[Path, typer.Option(help="Writes OUT.json and OUT.svg.")] = Path("verify"),
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the report and the deploy's outcome as JSON instead of a summary."
+        ),
+    ] = False,
 ) -> None:
     """Drive load through the proxy during a deploy (or `-- COMMAND`) and report every failure.
 
+    `-- COMMAND...` runs any command under load instead of a deploy; its exit
+    code counts as the outcome. With neither, it sends load for --duration.
+
+    Writes OUT.json (every number) and OUT.svg (a chart of which version
+    served when, request rate and latency, with the deploy's steps marked).
     Exits 0 only when no request failed and the deploy (or command) succeeded.
     """
     from zerodown.config import load_config
     from zerodown.verify import LoadSpec
     from zerodown.verify.proof import verify as run_verify
 
+    command: list[str] = ctx.args
+    _check_verify_args(deploy_to, strategy, command, duration)
     with _errors():
         loaded = load_config(config)
         spec = LoadSpec(
             url or _proxy_url(loaded.proxy.listen[0]),
             concurrency=concurrency,
             rate=rate,
-            duration=None if (deploy_to or ctx.args) else (duration or 10.0),
+            duration=None if (deploy_to or command) else (duration or LOAD_ONLY_DURATION),
             post_ratio=post_ratio,
             long_ratio=long_ratio,
         )
-        during = _during(config, deploy_to, strategy, ctx.args)
+        typer.echo(f"zerodown verify: {_plan(spec, deploy_to, strategy, command)}", err=True)
+        during = _during(config, deploy_to, strategy, command)
         report, outcome = uvloop.run(run_verify(spec, during))
+    report = _told(report, outcome, command)
     report.write(str(out))
     if as_json:
         _print_json({"report": report.to_json(), "during": outcome})
@@ -408,6 +475,52 @@ def verify(
         typer.echo(f"report: {out}.json, chart: {out}.svg")
     if report.failed or not _succeeded(outcome):
         raise typer.Exit(EXIT_FAILURE)
+
+
+LOAD_ONLY_DURATION: Final = 10.0  # seconds of `zerodown verify` with nothing to run
+
+
+def _check_verify_args(
+    deploy_to: tuple[str, str] | None,
+    strategy: StrategyName | None,
+    command: list[str],
+    duration: float | None,
+) -> None:
+    """Refuse what would otherwise be silently ignored: only one thing runs under load."""
+    if deploy_to is not None and command:
+        raise _usage("verify runs either --deploy or a command under load, not both")
+    if strategy is not None and deploy_to is None:
+        raise _usage("verify: --strategy goes with --deploy")
+    if duration is not None and (deploy_to is not None or command):
+        raise _usage(
+            "verify: --duration is for load only; with --deploy or a command, "
+            "the load lasts as long as they run"
+        )
+
+
+def _plan(
+    spec: LoadSpec,
+    deploy_to: tuple[str, str] | None,
+    strategy: StrategyName | None,
+    command: list[str] | None,
+) -> str:
+    """One line on what is about to happen, before seconds of load with no output."""
+    load = f"{spec.concurrency} connections to {spec.url}"
+    if deploy_to is not None:
+        how = f" ({strategy})" if strategy else ""
+        return f"deploying {deploy_to[0]} {deploy_to[1]}{how} under load: {load}"
+    if command:
+        return f"running `{shlex.join(command)}` under load: {load}"
+    return f"no --deploy or command given: load only, {spec.duration:g} s of {load}"
+
+
+def _told(report: Report, outcome: Any, command: list[str]) -> Report:
+    """The report with what ran under load, for the chart's title and step marks."""
+    if isinstance(outcome, dict):
+        return report.with_deploy(outcome)
+    if isinstance(outcome, int):
+        return report.with_command(command, outcome)
+    return report
 
 
 def _proxy_url(listen: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import uvloop
 from rich.console import Console
 from typer.testing import CliRunner
 
+import zerodown
 from harness import DEADLINE
 from integration.test_admin_deploy import (
     RELEASES,
@@ -45,7 +48,7 @@ from zerodown.control.progress import (
     render_deploy,
     status_table,
 )
-from zerodown.errors import ConfigError, DeployBusy, NotDeployable
+from zerodown.errors import ConfigError, DeployBusy, NotDeployable, UnknownRelease
 
 runner = CliRunner()
 
@@ -388,3 +391,82 @@ def test_status_and_releases_tables() -> None:
     assert "v1 127.0.0.1:9001 ready" in text
     text = rendered(releases_table(RELEASES))
     assert "v2" in text and "current" in text
+
+
+# -- help, version and usage ---------------------------------------------------------
+
+
+def commands() -> dict[str, Any]:
+    """The click commands typer builds: the group (for --version) and each verb."""
+    group: Any = typer.main.get_command(cli.app)
+    return {"zerodown": group, **group.commands}
+
+
+def test_version() -> None:
+    result = runner.invoke(cli.app, ["--version"])
+    assert (result.exit_code, result.stdout) == (0, f"zerodown {zerodown.__version__}\n")
+
+
+def test_every_argument_and_option_of_every_command_has_help() -> None:
+    found = {name: [p.name for p in cmd.params] for name, cmd in commands().items()}
+    assert len(found) == 12  # the group and its 11 verbs
+    for name, cmd in commands().items():
+        for param in cmd.params:
+            text = getattr(param, "help", None)
+            assert text and len(text) > 10, f"zerodown {name}: {param.name} has no help"
+    assert "service" in found["promote"] and "concurrency" in found["verify"]
+
+
+def test_help_names_no_internal_types() -> None:
+    for name in commands():
+        args = ["--help"] if name == "zerodown" else [name, "--help"]
+        result = runner.invoke(cli.app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        assert not re.search(r"\b[A-Z]\w*View\b", result.stdout), name
+
+
+def test_verify_usage_shows_the_command_after_dashes() -> None:
+    result = runner.invoke(cli.app, ["verify", "--help"], env={"COLUMNS": "200"})
+    assert "verify [OPTIONS] [-- COMMAND...]" in result.stdout.splitlines()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--deploy", "web", "v2", "--", "sleep", "1"],
+            "verify runs either --deploy or a command under load, not both",
+        ),
+        (["--strategy", "canary"], "verify: --strategy goes with --deploy"),
+        (["--duration", "3", "--", "true"], "verify: --duration is for load only"),
+    ],
+)
+def test_verify_refuses_what_it_would_ignore(args: list[str], message: str) -> None:
+    result = runner.invoke(cli.app, ["verify", *args])
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"zerodown: {message}")
+
+
+def test_verify_with_no_deploy_or_command_says_it_only_loads(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens: every request fails
+    config = write_config(tmp_path, free_port())
+    out = tmp_path / "load"
+    args = ["verify", "-c", str(config), "--url", url, "--duration", "0.3", "--out", str(out)]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 1  # requests failed
+    first = result.stderr.splitlines()[0]
+    assert first == (
+        "zerodown verify: no --deploy or command given: "
+        f"load only, 0.3 s of 16 connections to {url}"
+    )
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["during"] is None and report["failed"] == report["total"] > 0
+
+
+def test_rollback_to_an_unknown_version_exits_2(daemon: Daemon) -> None:
+    # A version that was never deployed is a mistake on the command line, like
+    # an unknown service (README, exit codes): 2, not 1 as for "busy".
+    daemon.control.refuse["rollback"] = UnknownRelease("web has no release v9")
+    result = daemon.zerodown("rollback", "web", "--to", "v9")
+    assert (result.exit_code, result.stderr) == (2, "zerodown: web has no release v9\n")
