@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -35,11 +36,11 @@ from zerodown.errors import (
     UnknownRelease,
     UnknownService,
 )
-from zerodown.release import Instance, Release
+from zerodown.release import Instance, Outcome, Release
 from zerodown.routing import RoutingTable
 from zerodown.runtime.backoff import Backoff
 from zerodown.runtime.base import Runtime
-from zerodown.store.base import DeployRecord, Store, local_owner
+from zerodown.store.base import DeployRecord, Store, StoreError, local_owner
 
 log = logging.getLogger("zerodown.deploy")
 
@@ -77,6 +78,10 @@ class Orchestrator:
         self._warm: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._backoff: dict[str, Backoff] = {}
         self._closing = False
+        # Outcomes the store could not record (it failed): deploy id -> outcome,
+        # reason, finished at. Views show these, so `wait` and the CLI still
+        # get the ending.
+        self._unrecorded: dict[int, tuple[Outcome, str, float]] = {}
 
     def __repr__(self) -> str:
         return f"<Orchestrator services={list(self.fleets)} deploying={list(self.deployments)}>"
@@ -216,7 +221,11 @@ class Orchestrator:
         finally:
             heartbeat.cancel()
             self.deployments.pop(name, None)
-            self.store.release_lock(name, self.owner)
+            # A lock left behind is taken over once stale; a `wait` never woken
+            # would hold the CLI until its timeout.
+            self._unless_store_fails(
+                "release the deploy lock", self.store.release_lock, name, self.owner
+            )
             done = self._finished.pop(deployment.id, None)
             if done is not None and not done.done():
                 done.set_result(None)
@@ -224,7 +233,26 @@ class Orchestrator:
     async def _heartbeat(self, service: str) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
-            self.store.heartbeat(service, self.owner)
+            self._unless_store_fails("heartbeat", self.store.heartbeat, service, self.owner)
+
+    def finish(self, deploy_id: int, outcome: Outcome, reason: str) -> None:
+        """Close a deploy in the store or, when the store fails, in memory, so
+        that its ending still reaches `wait`, `status` and the CLI."""
+        try:
+            self.store.finish_deploy(deploy_id, outcome, reason)
+        except StoreError as exc:
+            log.error(
+                "deploy %s ended %s, but the store could not record it: %s", deploy_id, outcome, exc
+            )
+            self._unrecorded[deploy_id] = (outcome, reason, time.time())
+
+    def _unless_store_fails(self, what: str, write: Callable[..., object], *args: Any) -> None:
+        """A write whose failure must not stop what calls it (bookkeeping, not
+        state a deploy depends on): logged, then forgotten."""
+        try:
+            write(*args)
+        except StoreError as exc:
+            log.error("could not %s in the state store: %s", what, exc)
 
     async def wait(self, deploy_id: int, timeout: float | None = None) -> View | None:
         done = self._finished.get(deploy_id)
@@ -287,8 +315,10 @@ class Orchestrator:
 
     async def start_instances(self, fleet: Fleet, release: Release, count: int) -> list[Instance]:
         started = await self.runtimes[fleet.name].start(release, count)
+        # All in the fleet before any is saved: should the store fail, the
+        # fleet still knows every process it has to stop.
+        fleet.instances.extend(started)
         for instance in started:
-            fleet.instances.append(instance)
             self.store.save_instance(instance)
         self.bus.publish(
             fleet.name,
@@ -341,7 +371,9 @@ class Orchestrator:
         await asyncio.gather(*(self.runtimes[fleet.name].stop(i, grace) for i in instances))
         for instance in instances:
             fleet.forget(instance)
-            self.store.remove_instance(instance.id)
+            # A record left of a stopped process is harmless: the next start
+            # finds it dead and drops it.
+            self._unless_store_fails("forget an instance", self.store.remove_instance, instance.id)
         self.bus.publish(fleet.name, None, "instances_stopped", ids=[i.id for i in instances])
 
     def keep_warm(self, fleet: Fleet, version: str, seconds: float) -> None:
@@ -381,7 +413,7 @@ class Orchestrator:
             fleet.name, None, "instance_crashed", id=known.id, version=known.version, code=code
         )
         fleet.forget(known)
-        self.store.remove_instance(known.id)
+        self._unless_store_fails("forget an instance", self.store.remove_instance, known.id)
         self._spawn(self.apply())  # out of the table at once
         deployment = self.deployments.get(fleet.name)
         if deployment is not None and known.version == deployment.new.version:
@@ -416,6 +448,11 @@ class Orchestrator:
 
     def deploy_view(self, deploy_id: int) -> View | None:
         record = self.store.deploy(deploy_id)
+        if record is not None and record.outcome is None and deploy_id in self._unrecorded:
+            outcome, reason, at = self._unrecorded[deploy_id]
+            record = dataclasses.replace(
+                record, state=outcome, outcome=outcome, reason=reason, finished_at=at
+            )
         return None if record is None else self._deploy_view(record)
 
     def _deploy_view(self, record: DeployRecord) -> View:
