@@ -57,7 +57,7 @@ EXIT_CODES: Final = """\
 Exit codes:
   0    the new release serves all traffic (with --no-wait: the deploy started)
   1    any other error, e.g. the daemon cannot be reached, another deploy runs
-  2    bad config or usage (unknown service, bad version or option)
+  2    bad config or usage (unknown service, bad version or option, --to an unknown one)
   3    rolled back
   4    failed
   5    aborted
