@@ -52,6 +52,7 @@ def served(tmp_path: Path) -> Iterator[dict[str, object]]:
 [proxy]
 listen = ["127.0.0.1:{listen}"]
 admin = "127.0.0.1:{admin}"
+state_dir = "{tmp_path / "state"}"
 
 [services.web]
 route = {{ host = "*", path = "/" }}
