@@ -52,6 +52,8 @@ class ProxyConfig(Table):
     max_body_size: Size = s.MAX_BODY_SIZE
     connect_timeout: Timeout = s.CONNECT_TIMEOUT
     read_timeout: Timeout = s.READ_TIMEOUT
+    send_timeout: Timeout = s.SEND_TIMEOUT
+    max_response_header_size: Size = Field(default=s.MAX_RESPONSE_HEADER_SIZE, gt=0)
     upstream_idle_timeout: Timeout = s.UPSTREAM_IDLE_TIMEOUT
     upstream_max_idle: int = Field(default=s.UPSTREAM_MAX_IDLE, ge=0)
     max_conns_per_target: int = Field(default=s.MAX_CONNS_PER_TARGET, ge=0)
