@@ -7,6 +7,8 @@ status it maps to, as h11's protocol errors carry an error_status_hint).
 
 from __future__ import annotations
 
+import errno
+
 
 class ZerodownError(Exception):
     """Base of every error zerodown raises on purpose."""
@@ -38,6 +40,34 @@ class StateDirBusy(ConfigError):
             "stop that one, or give this one another state_dir",
             key="proxy.state_dir",
         )
+
+
+class ListenError(ConfigError):
+    """An address zerodown was told to listen on cannot be bound.
+
+    A ConfigError, as StateDirBusy is: this run cannot use that address. The
+    message names it and says why, in words (`errno` keeps the number).
+    """
+
+    def __init__(self, address: str, error: OSError) -> None:
+        self.address = address
+        self.errno = error.errno
+        reason = _BIND_REASONS.get(error.errno or 0) or os_reason(error)
+        super().__init__(f"cannot listen on {address}: {reason}")
+
+
+# Why a bind fails, said so that the fix is plain.
+_BIND_REASONS = {
+    errno.EADDRINUSE: "address already in use (another process holds it)",
+    errno.EADDRNOTAVAIL: "address not available (no interface of this machine has it)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+}
+
+
+def os_reason(error: OSError) -> str:
+    """An OSError in words, without Python's "[Errno N]" prefix."""
+    text = (error.strerror or str(error) or type(error).__name__).lower()
+    return f"{text}: {error.filename}" if error.filename else text
 
 
 class IllegalTransition(ZerodownError):

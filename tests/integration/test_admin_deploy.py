@@ -721,6 +721,47 @@ def test_stopping_the_server_ends_open_streams() -> None:
     run(scenario())
 
 
+def test_streams_run_again_after_a_paused_server_serves_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hot restart that fails pauses the API (ending its streams) and starts
+    # it again; a stream opened then must stay open, not end at once.
+    monkeypatch.setattr(admin_module, "SSE_KEEPALIVE", 0.02)
+
+    async def scenario() -> None:
+        fake = FakeControl()
+        fake.hold_open = True
+        server = AdminServer(make_app(fake), "127.0.0.1", 0)
+        await server.start()
+        await server.pause()
+        await server.start()
+        try:
+            after = len(EVENTS)  # nothing to send: only keep-alives while it is open
+            read = await asyncio.to_thread(keepalives, server.port, f"/v1/events?after={after}", 3)
+        finally:
+            await server.stop()
+        assert read.count(": keep-alive") >= 3, read
+
+    run(scenario())
+
+
+def keepalives(port: int, path: str, wanted: int) -> str:
+    """What the stream sends until `wanted` keep-alive comments came, or it ended."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = conn.getresponse()
+        seen = ""
+        while seen.count(": keep-alive") < wanted:
+            line = response.readline().decode()
+            if not line:
+                break  # the stream ended
+            seen += line
+        return seen
+    finally:
+        conn.close()
+
+
 # -- the client without a server ---------------------------------------------------
 
 

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,39 +18,33 @@ from pathlib import Path
 import pytest
 import websockets
 
-from zerodown.demo.process import spawn_app
+from zerodown.demo.process import read_line, spawn_app
 
 START_DEADLINE = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# "zerodown: proxy on 127.0.0.1:X; admin on 127.0.0.1:Y": the ports a serve on
+# port 0 got (no port picked here and bound there later, which could race).
+ANNOUNCE = re.compile(r"proxy on 127\.0\.0\.1:(\d+); admin on 127\.0\.0\.1:(\d+)")
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_DEADLINE
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"nothing listening on {port}")
+def announced_ports(proc: subprocess.Popen[bytes]) -> tuple[int, int]:
+    line = read_line(proc, START_DEADLINE)
+    match = ANNOUNCE.search(line)
+    assert match is not None, line
+    return int(match[1]), int(match[2])
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[dict[str, object]]:
     apps = [spawn_app(version) for version in ("v1", "v2")]
-    listen, admin = free_port(), free_port()
     config = tmp_path / "zerodown.toml"
     upstreams = ", ".join(f'"{app.host}:{app.port}"' for app in apps)
     config.write_text(
         f"""
 [proxy]
-listen = ["127.0.0.1:{listen}"]
-admin = "127.0.0.1:{admin}"
+listen = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
 state_dir = "{tmp_path / "state"}"
 
 [services.web]
@@ -68,8 +61,7 @@ health = {{ path = "/health", interval = "200ms" }}
         env=env,
     )
     try:
-        wait_listening(listen, proc)
-        wait_listening(admin, proc)
+        listen, admin = announced_ports(proc)
         yield {"proc": proc, "listen": listen, "admin": admin}
     finally:
         if proc.poll() is None:
@@ -161,3 +153,81 @@ def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
     assert str(config) in err
     assert "services.web.health.intervall" in err
     assert "interval" in err
+
+
+# -- start-up failures: one line naming what and why, exit 2, no traceback ----------
+
+
+@pytest.fixture
+def held() -> Iterator[socket.socket]:
+    """A port another process holds: bound to port 0 and listening, kept for the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
+
+
+def serve_once(tmp_path: Path, listen: str, admin: str) -> subprocess.CompletedProcess[bytes]:
+    config = tmp_path / "zerodown.toml"
+    config.write_text(
+        f'[proxy]\nlisten = ["{listen}"]\nadmin = "{admin}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n\n'
+        '[services.web]\nupstreams = ["127.0.0.1:9"]\n'
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "zerodown", "serve", "-c", str(config)],
+        capture_output=True,
+        timeout=START_DEADLINE,
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert "Traceback" not in err and "Errno" not in err, err
+    return err.strip()
+
+
+def test_a_busy_proxy_address_is_one_line_naming_it(tmp_path: Path, held: socket.socket) -> None:
+    busy = f"127.0.0.1:{held.getsockname()[1]}"
+    line = one_line(serve_once(tmp_path, busy, "127.0.0.1:0"))
+    assert (
+        line
+        == f"zerodown: cannot listen on {busy}: address already in use (another process holds it)"
+    )
+
+
+def test_a_busy_admin_address_is_one_line_naming_it(tmp_path: Path, held: socket.socket) -> None:
+    busy = f"127.0.0.1:{held.getsockname()[1]}"
+    line = one_line(serve_once(tmp_path, "127.0.0.1:0", busy))
+    assert (
+        line
+        == f"zerodown: cannot listen on {busy}: address already in use (another process holds it)"
+    )
+
+
+def test_an_address_not_of_this_machine_is_one_line(tmp_path: Path) -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no interface has it.
+    line = one_line(serve_once(tmp_path, "192.0.2.7:8080", "127.0.0.1:0"))
+    assert line == (
+        "zerodown: cannot listen on 192.0.2.7:8080: "
+        "address not available (no interface of this machine has it)"
+    )
+
+
+def test_any_other_start_up_os_error_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    config = tmp_path / "zerodown.toml"
+    config.write_text(
+        '[proxy]\nlisten = ["127.0.0.1:0"]\nadmin = "127.0.0.1:0"\n'
+        f'state_dir = "{tmp_path / "file" / "state"}"\n\n'
+        '[services.web]\nupstreams = ["127.0.0.1:9"]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "zerodown", "serve", "-c", str(config)],
+        capture_output=True,
+        timeout=START_DEADLINE,
+    )
+    line = one_line(done)
+    assert line == f"zerodown: cannot start: not a directory: {tmp_path / 'file' / 'state'}"

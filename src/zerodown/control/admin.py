@@ -79,6 +79,7 @@ from zerodown.errors import (
     DeployBusy,
     DeployError,
     IllegalTransition,
+    ListenError,
     NotDeployable,
     UnknownService,
     Unsupported,
@@ -93,6 +94,7 @@ __all__ = [
     "AdminServer",
     "create_admin_app",
     "end_streams",
+    "reopen_streams",
     "require_token_for",
 ]
 
@@ -284,6 +286,13 @@ def end_streams(app: ASGIApp) -> None:
     closing = getattr(getattr(app, "state", None), "closing", None)
     if isinstance(closing, asyncio.Event):
         closing.set()
+
+
+def reopen_streams(app: ASGIApp) -> None:
+    """Let event streams run again after end_streams (AdminServer.start does this)."""
+    closing = getattr(getattr(app, "state", None), "closing", None)
+    if isinstance(closing, asyncio.Event):
+        closing.clear()
 
 
 def _closing(app: FastAPI) -> asyncio.Event:
@@ -481,6 +490,9 @@ class AdminServer:
             raise RuntimeError("AdminServer is already started")
         if self._sock is None:
             self._sock = self._given or _bind(self.host, self._requested_port)
+        # A pause (a hot restart that failed) ended the streams by setting the
+        # flag; left set, every stream opened from now on would end at once.
+        reopen_streams(self.app)
         # uvicorn closes the sockets it serves when it stops: give it a
         # duplicate, so `pause` can stop serving and keep the port open.
         self._server = _EmbeddedServer(_uvicorn_config(self.app))
@@ -548,7 +560,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen()
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(where, exc) from exc
     return sock
