@@ -324,11 +324,17 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def shutdown(self) -> None:
-        """Graceful stop: idle connections close now, busy ones after their response."""
+    def shutdown(self, idle_grace: float = 0.0) -> None:
+        """Graceful stop: a busy connection closes after its response; an idle one
+        after `idle_grace`, in which one more request is answered (with
+        Connection: close). Closing an idle connection at once races with a
+        request already on its way, which its client then sees fail."""
         self.closing = True
         if not self.queue and self.tunnel is None:
-            self.close()
+            if idle_grace > 0:
+                self._arm(idle_grace, self.close)
+            else:
+                self.close()
 
     # -- errors and timers -----------------------------------------------------
 

@@ -288,14 +288,19 @@ class ProxyServer:
         if self.stopping and not self.connections:
             self._closed_event.set()
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish up to `timeout`, then cut the rest."""
+    async def stop(self, timeout: float | None = None, *, idle_grace: float = 0.0) -> None:
+        """Stop accepting, let in-flight requests finish up to `timeout`, then cut the rest.
+
+        `idle_grace`: how long an idle keep-alive connection may still send one
+        request (see ClientConnection.shutdown); a data plane handing over to
+        a successor gives its clients that, so none of them sees a reset.
+        """
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self.stopping = True
         for listener in self._listeners:
             listener.close()
         for conn in list(self.connections):
-            conn.shutdown()
+            conn.shutdown(min(idle_grace, timeout))
         if self.connections:
             try:
                 await asyncio.wait_for(self._closed_event.wait(), timeout)
