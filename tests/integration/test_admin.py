@@ -136,8 +136,10 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def admin(dataplane: DataPlane, token: str | None = TOKEN) -> AsyncIterator[Client]:
-    server = AdminServer(create_admin_app(dataplane, token), "127.0.0.1", 0)
+async def admin(
+    dataplane: DataPlane, token: str | None = TOKEN, control: Any = None
+) -> AsyncIterator[Client]:
+    server = AdminServer(create_admin_app(dataplane, token, control), "127.0.0.1", 0)
     await server.start()
     try:
         yield Client(server.port, token)
@@ -353,7 +355,7 @@ def test_put_routing_roundtrip() -> None:
     new = RoutingTable(
         services=(
             ServiceSpec(
-                name="api",
+                name="web",
                 path="/api",
                 stable=PoolSpec(targets=(TargetSpec(address="127.0.0.1:9101", weight=3),)),
             ),
@@ -368,6 +370,60 @@ def test_put_routing_roundtrip() -> None:
             assert reply.json() == table_json(new)
             assert fake.applied == [new]
             assert (await api.call("GET", "/v1/routing")).json() == table_json(new)
+
+    run(scenario())
+
+
+class RunsWeb:
+    """The one question the routing guard asks a control plane: which services it runs."""
+
+    def status(self, service: str | None = None) -> list[dict[str, Any]]:
+        return [{"service": "web"}]
+
+
+def without_web() -> dict[str, Any]:
+    api = {"name": "api", "path": "/api", "stable": {"targets": [{"address": "127.0.0.1:9101"}]}}
+    return {"services": [api]}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"services": []}, "service 'web' is configured and may not be dropped or renamed"),
+        (without_web(), "service 'web' is configured and may not be dropped or renamed"),
+        (
+            {"services": [*table_json()["services"], without_web()["services"][0]]},
+            "service 'api' is not in the configuration",
+        ),
+    ],
+)
+def test_a_table_without_a_configured_service_is_400_naming_it(
+    body: dict[str, Any], error: str
+) -> None:
+    async def scenario() -> None:
+        fake = FakeDataPlane()
+        async with admin(fake) as api:
+            reply = await api.call("PUT", "/v1/routing", body)
+            assert (reply.status, reply.json()) == (400, {"error": error})
+            assert (await api.call("GET", "/v1/routing")).json() == table_json()
+        assert fake.applied == []
+
+    run(scenario())
+
+
+def test_a_service_zerodown_runs_is_409_unless_unchanged() -> None:
+    async def scenario() -> None:
+        fake = FakeDataPlane()
+        async with admin(fake, control=RunsWeb()) as api:
+            reply = await api.call("PUT", "/v1/routing", with_target(weight=5))
+            assert reply.status == 409
+            error = reply.json()["error"]
+            assert error.startswith("service 'web' is run by zerodown: its pools change by deploy")
+            assert "`zerodown rollback web`" in error
+            assert fake.applied == []
+            unchanged = await api.call("PUT", "/v1/routing", table_json())
+            assert unchanged.status == 200
+        assert fake.applied == [TABLE]
 
     run(scenario())
 

@@ -130,6 +130,21 @@ def test_admin_needs_the_token_and_reports_stats(served: dict[str, object]) -> N
     assert totals["available"] == 2
 
 
+def test_a_routing_table_without_the_configured_service_is_refused(
+    served: dict[str, object],
+) -> None:
+    url = f"http://127.0.0.1:{served['admin']}/v1/routing"
+    headers = {"Authorization": "Bearer sekret", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, b'{"services": []}', headers, method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=START_DEADLINE)
+    assert refused.value.code == 400
+    error = json.load(refused.value)["error"]
+    assert error == "service 'web' is configured and may not be dropped or renamed"
+    with urllib.request.urlopen(f"http://127.0.0.1:{served['listen']}/", timeout=5) as response:
+        assert response.status == 200  # still routed: the table in force is the old one
+
+
 def test_sigterm_stops_serve_with_exit_0(served: dict[str, object]) -> None:
     proc = served["proc"]
     assert isinstance(proc, subprocess.Popen)

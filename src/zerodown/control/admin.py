@@ -3,7 +3,9 @@ control plane's deploys, over HTTP.
 
     GET  /v1/health    {"ok": true}; liveness, never needs the token
     GET  /v1/routing   the RoutingTable in force
-    PUT  /v1/routing   replace it; body is a RoutingTable; answers the table applied
+    PUT  /v1/routing   replace it; body is a RoutingTable; answers the table applied.
+                       Every configured service stays, under its name (400); a service
+                       zerodown runs comes unchanged (409: deploy or roll back instead)
     GET  /v1/stats     counters (shape documented in zerodown.proxy.metrics)
     GET  /metrics      the same counters, Prometheus text format 0.0.4
     GET  /openapi.json
@@ -92,6 +94,7 @@ __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
     "SSE_KEEPALIVE",
     "AdminServer",
+    "check_replacement",
     "create_admin_app",
     "end_streams",
     "reopen_streams",
@@ -147,7 +150,7 @@ def create_admin_app(
     app = FastAPI(title="zerodown admin", version=__version__, docs_url=None, redoc_url=None)
     app.state.closing = asyncio.Event()  # see end_streams()
     _add_error_handlers(app)
-    _add_routes(app, dataplane)
+    _add_routes(app, dataplane, control)
     _add_deploy_routes(app, control)
     # The last added runs first: who may ask (401/403) before how they asked (415).
     app.add_middleware(JsonOnly)
@@ -159,7 +162,7 @@ def create_admin_app(
     return app
 
 
-def _add_routes(app: FastAPI, dataplane: DataPlane) -> None:
+def _add_routes(app: FastAPI, dataplane: DataPlane, control: ControlPlane | None) -> None:
     # Every handler is `async def` on purpose: FastAPI runs plain `def`
     # handlers in a thread pool, and the data plane's state belongs to the
     # event loop thread (a dict resized mid-iteration would crash stats()).
@@ -174,6 +177,8 @@ def _add_routes(app: FastAPI, dataplane: DataPlane) -> None:
 
     @app.put("/v1/routing")
     async def put_routing(table: RoutingTable) -> RoutingTable:
+        run = {view["service"] for view in control.status()} if control is not None else set()
+        check_replacement(dataplane.routing(), table, run)
         await dataplane.apply(table)
         return dataplane.routing()
 
@@ -185,6 +190,36 @@ def _add_routes(app: FastAPI, dataplane: DataPlane) -> None:
     async def metrics() -> PlainTextResponse:
         text = await dataplane.prometheus()
         return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def check_replacement(current: RoutingTable, new: RoutingTable, run: set[str]) -> None:
+    """Refuse a table that the configuration does not allow (HTTPException 400 or 409).
+
+    The table in force has exactly the configured services. A table without
+    one would answer all its requests 503 while `status` showed the old
+    split; one with a service the config lacks would be dropped again at
+    the next deploy. A service zerodown runs (`run`) moves between releases
+    only by deploy and rollback: a table that changes it would be undone by
+    the next step, and status would not show it, so it must come unchanged.
+    Fixed-upstream services may change in anything but their name.
+    """
+    configured = {spec.name: spec for spec in current.services}
+    names = [spec.name for spec in new.services]
+    for name in configured:
+        if name not in names:
+            raise HTTPException(
+                400, f"service {name!r} is configured and may not be dropped or renamed"
+            )
+    for spec in new.services:
+        if spec.name not in configured:
+            raise HTTPException(400, f"service {spec.name!r} is not in the configuration")
+        if spec.name in run and spec != configured[spec.name]:
+            raise HTTPException(
+                409,
+                f"service {spec.name!r} is run by zerodown: its pools change by deploy and "
+                f"rollback (`zerodown deploy {spec.name} VERSION`, "
+                f"`zerodown rollback {spec.name}`); send it unchanged",
+            )
 
 
 # -- deploys ---------------------------------------------------------------------
