@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import random
+import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httptools
@@ -450,3 +456,47 @@ class RawBackend:
     def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+# -- ports for processes that must be told theirs ---------------------------------
+
+# A `zerodown serve` in a test needs its ports written in its config, and
+# across its restarts; port 0 cannot do that. A port from port 0 (the
+# ephemeral range) can be handed by the kernel to any outgoing connection
+# between the pick and the bind, so these come from below the ephemeral
+# range (32768-60999 on Linux) and above the instance ranges the tests use
+# (20000-32767). Each is reserved with a lock file, so test processes running
+# at once never pick the same one, and checked free, so a port someone else
+# holds is skipped.
+RESERVED_PORTS = range(12000, 20000)
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "zerodown-test-ports"
+_held: list[int] = []  # lock file descriptors, held for this process's life
+
+
+def reserved_port() -> int:
+    """A port no other test process picks and nothing listens on now."""
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    start = random.randrange(len(RESERVED_PORTS))
+    for i in range(len(RESERVED_PORTS)):
+        port = RESERVED_PORTS[(start + i) % len(RESERVED_PORTS)]
+        fd = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # another test process has it
+            continue
+        if _bindable(port):
+            _held.append(fd)
+            return port
+        os.close(fd)
+    raise RuntimeError(f"no free port in {RESERVED_PORTS}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

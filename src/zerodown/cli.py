@@ -10,6 +10,7 @@ user stopped following (Ctrl-C) and the deploy runs on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import shlex
@@ -490,18 +491,25 @@ def verify(
 
     Writes OUT.json (every number) and OUT.svg (a chart of which version
     served when, request rate and latency, with the deploy's steps marked).
-    Exits 0 only when no request failed and the deploy (or command) succeeded.
+    Exits 0 only when no request failed and the deploy (or command) succeeded;
+    127 (not found) or 126 (not executable) for a command that cannot run.
     """
     from zerodown.config import load_config
     from zerodown.verify import LoadSpec
+    from zerodown.verify.load import LONG_PATH, POST_PATH
     from zerodown.verify.proof import verify as run_verify
 
     command: list[str] = ctx.args
     _check_verify_args(deploy_to, strategy, command, duration)
+    _check_command(command)
     with _errors():
         loaded = load_config(config)
+        where = _Where(url, {}, "") if url else _where(config, loaded, deploy_to)
         spec = LoadSpec(
-            url or _proxy_url(loaded.proxy.listen[0]),
+            where.url,
+            headers=where.headers,
+            post_path=where.prefix + POST_PATH,
+            long_path=where.prefix + LONG_PATH,
             concurrency=concurrency,
             rate=rate,
             duration=None if (deploy_to or command) else (duration or LOAD_ONLY_DURATION),
@@ -519,10 +527,67 @@ def verify(
         typer.echo(report.summary())
         typer.echo(f"report: {out}.json, chart: {out}.svg")
     if report.failed or not _succeeded(outcome):
+        typer.echo(f"zerodown: verify: {_verdict(report)}", err=True)
         raise typer.Exit(EXIT_FAILURE)
 
 
 LOAD_ONLY_DURATION: Final = 10.0  # seconds of `zerodown verify` with nothing to run
+# As a shell says of a command it cannot run: 127 not found, 126 found but not executable.
+EXIT_NOT_FOUND: Final = 127
+EXIT_NOT_EXECUTABLE: Final = 126
+
+
+def _verdict(report: Report) -> str:
+    """Why verify exits 1, in one line: failed requests, what ran not succeeding, or both."""
+    failed = f"{report.failed} of {report.total} requests failed" if report.failed else ""
+    during = report.during
+    ended = "" if during is None or during.ok else f"the {during.kind} ended {during.outcome}"
+    if during is not None and not during.ok and during.reason:
+        ended += f" ({during.reason})"
+    return "; ".join(part for part in (failed, ended) if part)
+
+
+def _check_command(command: list[str]) -> None:
+    """A command that cannot run is refused before any load, in one line, with a shell's code."""
+    import os
+    import shutil
+
+    if not command:
+        return
+    name = command[0]
+    found = shutil.which(name) if os.sep not in name else name
+    if found is None or not os.path.exists(found):
+        typer.echo(f"zerodown: verify: {name}: command not found", err=True)
+        raise typer.Exit(EXIT_NOT_FOUND)
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        typer.echo(f"zerodown: verify: {name}: not an executable file", err=True)
+        raise typer.Exit(EXIT_NOT_EXECUTABLE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Where:
+    """Where verify's load goes: the URL to connect to, a Host header, the route's prefix."""
+
+    url: str
+    headers: dict[str, str]
+    prefix: str  # the service's path prefix: the load's POSTs and slow GETs go under it
+
+
+def _where(config: Path, loaded: Config, deploy_to: tuple[str, str] | None) -> _Where:
+    """The deployed service's route through the proxy's first listener (host header and
+    path prefix from the routing table in force); without --deploy, the proxy's `/`."""
+    base = _proxy_url(loaded.proxy.listen[0])
+    if deploy_to is None:
+        return _Where(base, {}, "")
+    services = _client(config).routing().get("services", [])
+    spec = next((s for s in services if s.get("name") == deploy_to[0]), None)
+    if spec is None:
+        return _Where(base, {}, "")  # the deploy will say the service is unknown
+    path = str(spec.get("path") or "/")
+    host = str(spec.get("host") or "*")
+    # "*.example.com" matches any one name under it; "*" any host at all.
+    headers = {} if host == "*" else {"Host": host.replace("*", "verify", 1)}
+    return _Where(base.rstrip("/") + path, headers, path.rstrip("/"))
 
 
 def _check_verify_args(

@@ -9,16 +9,30 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import Action, Request, backends, ok, port_of, proxy, run, service
+from harness import (
+    DEADLINE,
+    Action,
+    Request,
+    backends,
+    ok,
+    port_of,
+    proxy,
+    reserved_port,
+    run,
+    service,
+)
+from zerodown.control.client import AdminClient, AdminError
 from zerodown.demo.process import AppProcess, spawn_app
 from zerodown.routing import RoutingTable
 from zerodown.verify import LoadResult, LoadSpec, Report, run_command, run_load, verify
@@ -264,3 +278,83 @@ def test_verify_stops_the_load_when_during_fails(apps: tuple[AppProcess, AppProc
 def test_run_command_returns_the_exit_code() -> None:
     code = run(run_command([sys.executable, "-c", "raise SystemExit(3)"]))
     assert code == 3
+
+
+# -- `zerodown verify --deploy` against a real `zerodown serve` --------------------
+
+
+@pytest.fixture
+def routed_serve(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A serve whose one service is routed at host api.test, path /api, with v1 deployed.
+
+    Version "never" never listens: its deploy times out in the gate and rolls back.
+    """
+    listen, admin = reserved_port(), reserved_port()
+    app = f"{sys.executable} -m zerodown.demo --port {{port}} --version {{version}}"
+    config = tmp_path / "zerodown.toml"
+    config.write_text(
+        f'[proxy]\nlisten = ["127.0.0.1:{listen}"]\nadmin = "127.0.0.1:{admin}"\n'
+        f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n\n"
+        '[services.web]\nroute = { host = "api.test", path = "/api" }\n'
+        f"command = \"sh -c '[ {{version}} = never ] && exec sleep 60; exec {app}'\"\n"
+        'instances = 1\ndeploy_timeout = "2s"\n'
+        'health = { path = "/health", interval = "100ms", rise = 1 }\n'
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "zerodown", "serve", "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        client = AdminClient(f"http://127.0.0.1:{admin}", None, DEADLINE)
+        wait_until(lambda: _answers(client), serve, tmp_path / "serve.log")
+        assert client.wait(client.deploy("web", "v1"), DEADLINE)["outcome"] == "succeeded"
+        yield config, f"http://127.0.0.1:{listen}/api"
+    finally:
+        serve.terminate()
+        serve.wait(DEADLINE)
+        log.close()
+
+
+def _answers(client: AdminClient) -> bool:
+    try:
+        return bool(client.status())
+    except AdminError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def test_verify_deploy_says_it_rolled_back_and_loads_the_service_route(
+    routed_serve: tuple[Path, str], tmp_path: Path
+) -> None:
+    config, where = routed_serve
+    out = tmp_path / "verify"
+    args = ["--deploy", "web", "never", "--concurrency", "2", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "zerodown", "verify", "-c", str(config), *args],
+        capture_output=True,
+        timeout=DEADLINE * 2,
+    )
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 1, stderr
+    first = stdout.splitlines()[0]
+    assert first.startswith("deploy web v1 → never, rolling: rolled back: "), stdout
+    assert "health" in first  # the reason: the gate that timed out
+    assert stderr.splitlines()[-1].startswith("zerodown: verify: the deploy ended rolled back ("), (
+        stderr
+    )
+    # The load went where the service is routed (Host api.test, /api), so v1
+    # answered all of it; at `/` every request would have failed (no route).
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["url"] == where
+    assert report["failed"] == 0 and report["total"] > 0
+    assert set(report["versions"]) == {"v1"}
+    assert report["during"]["outcome"] == "rolled back"

@@ -448,6 +448,25 @@ def test_verify_refuses_what_it_would_ignore(args: list[str], message: str) -> N
     assert result.stderr.startswith(f"zerodown: {message}")
 
 
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [
+        ("nosuchcmd-zerodown", 127, "nosuchcmd-zerodown: command not found"),
+        ("./no/such/file", 127, "./no/such/file: command not found"),
+        ("{tmp}/plain.txt", 126, "{tmp}/plain.txt: not an executable file"),
+    ],
+)
+def test_verify_of_a_command_that_cannot_run_is_one_line_with_a_shells_code(
+    tmp_path: Path, command: str, code: int, message: str
+) -> None:
+    (tmp_path / "plain.txt").write_text("echo hi\n")  # mode 644: not executable
+    command, message = command.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    config = write_config(tmp_path, free_port())  # never reached: refused before any load
+    result = runner.invoke(cli.app, ["verify", "-c", str(config), "--", command, "arg"])
+    assert (result.exit_code, result.stderr) == (code, f"zerodown: verify: {message}\n")
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_verify_with_no_deploy_or_command_says_it_only_loads(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/"  # nothing listens: every request fails
     config = write_config(tmp_path, free_port())

@@ -140,6 +140,18 @@ def test_summary() -> None:
     assert len(text.splitlines()) == 4
 
 
+def test_summary_says_first_how_the_deploy_ended() -> None:
+    # "0 failed · failures: none" alone reads as a success; a rollback must say so.
+    report = Report.from_result(DEPLOY).with_deploy(deploy("rolled_back", "canary p99 3.1x"))
+    lines = report.summary().splitlines()
+    assert lines[0] == "deploy web v1 → v2, canary: rolled back: canary p99 3.1x"
+    assert len(lines) == 5
+    done = Report.from_result(DEPLOY).with_deploy(deploy("succeeded"))
+    assert done.summary().splitlines()[0] == "deploy web v1 → v2, canary: succeeded"
+    ran = Report.from_result(DEPLOY).with_command(["./smoke.sh", "-q"], 3)
+    assert ran.summary().splitlines()[0] == "command `./smoke.sh -q`: exit 3"
+
+
 def test_summary_of_nothing() -> None:
     text = Report.from_result(result(elapsed=1.0)).summary()
     assert "0 requests" in text and "failures: none" in text and "none answered" in text

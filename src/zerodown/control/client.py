@@ -131,8 +131,15 @@ class AdminClient:
         result: list[View] = self._call("GET", f"/v1/services/{_q(service)}/releases")
         return result
 
-    def health(self) -> bool:
-        return bool(self._call("GET", "/v1/health").get("ok"))
+    def health(self) -> View:
+        """`{"ok": true, "pid": N}`: the daemon answers, and which process it is."""
+        result: View = self._call("GET", "/v1/health")
+        return result
+
+    def routing(self) -> View:
+        """The routing table in force, as JSON (services, routes, pools, split)."""
+        result: View = self._call("GET", "/v1/routing")
+        return result
 
     def events(self, after: int = 0, service: str | None = None) -> Generator[View, None, None]:
         """EventViews after id `after`, then live ones until the server ends the stream.

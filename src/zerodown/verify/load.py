@@ -204,8 +204,11 @@ class Pacer:
 
 def build_requests(spec: LoadSpec, target: Target) -> dict[RequestKind, bytes]:
     """The bytes of each kind of request, built once: every request of a kind is the same."""
-    lines = [f"Host: {target.authority}", f"User-Agent: {USER_AGENT}"]
-    lines += [f"{name}: {value}" for name, value in spec.headers.items()]
+    # A Host in `headers` replaces the URL's: the proxy routes by it (a
+    # service on host "api.example.com" is reached at 127.0.0.1 all the same).
+    host = next((v for k, v in spec.headers.items() if k.lower() == "host"), target.authority)
+    lines = [f"Host: {host}", f"User-Agent: {USER_AGENT}"]
+    lines += [f"{name}: {value}" for name, value in spec.headers.items() if name.lower() != "host"]
     head = "".join(f"{line}\r\n" for line in lines)
     post = f"Content-Type: application/json\r\nContent-Length: {len(POST_BODY)}\r\n"
     return {

@@ -151,7 +151,7 @@ class Report:
     def with_command(self, command: Sequence[str], code: int) -> Report:
         """This report told as `command`, which exited with `code`."""
         what = f"`{shlex.join(command)}`"
-        return replace(self, during=During(what, f"exit {code}", ok=code == 0))
+        return replace(self, during=During(what, f"exit {code}", ok=code == 0, kind="command"))
 
     def to_json(self) -> dict[str, Any]:
         ms = {name: round(seconds * 1000, 3) for name, seconds in self.latency.items()}
@@ -193,9 +193,11 @@ class Report:
         }
 
     def summary(self) -> str:
-        """A few lines for a terminal."""
+        """A few lines for a terminal; the first says how what ran under load ended."""
+        told = [] if self.during is None else [_during_line(self.during)]
         return "\n".join(
             [
+                *told,
                 f"{self.url}: {self.total} requests in {self.duration:.1f} s "
                 f"({self.rate:.1f}/s), {self.failed} failed, {self.reconnects} reconnects",
                 f"failures: {_failure_text(self.failures)}",
@@ -278,6 +280,13 @@ def _timed(samples: Sequence[Sample]) -> list[float]:
     answered = [s for s in samples if s.answered]
     short = [s.latency for s in answered if s.kind != "long"]
     return short or [s.latency for s in answered]  # only long requests: better than nothing
+
+
+def _during_line(during: During) -> str:
+    """ "deploy web v1 → v3, blue_green: rolled back: <why>": never only the load's counts,
+    which read as a success when the deploy did not succeed."""
+    line = f"{during.kind} {during.what}: {during.outcome}"
+    return f"{line}: {during.reason}" if during.reason and not during.ok else line
 
 
 def _failure_text(failures: Mapping[str, int]) -> str:

@@ -33,6 +33,7 @@ class During:
     outcome: str  # "succeeded", "rolled back", "exit 0", ...
     ok: bool
     reason: str | None = None  # why it did not succeed (the judge's verdict, ...)
+    kind: Literal["deploy", "command"] = "deploy"
 
 
 def deploy_told(view: Mapping[str, Any], previous: str | None) -> During:
