@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -200,7 +201,8 @@ def test_health_needs_no_token() -> None:
         async with admin(FakeDataPlane()) as api:
             reply = await api.call("GET", "/v1/health", token=None)
             assert reply.status == 200
-            assert reply.json() == {"ok": True}
+            # the pid: a client that started the daemon knows it is its own
+            assert reply.json() == {"ok": True, "pid": os.getpid()}
 
     run(scenario())
 

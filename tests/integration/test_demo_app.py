@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from zerodown.demo.process import AppProcess, spawn_app, stop_process
-from zerodown.demo.run import run_demo
+from harness import reserved_port
+from zerodown.control.client import AdminClient
+from zerodown.demo.process import AppProcess, DemoError, read_line, spawn_app, stop_process
+from zerodown.demo.run import SERVE_LOG, _wait_ready, run_demo
 
 DEADLINE = 10.0
 
@@ -279,6 +281,63 @@ def test_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Path) -
     assert 0 < reports["v5"].failed < reports["v5"].total * 0.3
     assert_refused(listen)
     assert not [line for line in _processes() if str(tmp_path) in line or "--version v" in line]
+
+
+@pytest.fixture
+def users_serve(tmp_path: Path) -> Iterator[tuple[str, AdminClient]]:
+    """A user's own `zerodown serve` with a deployable service `web`, nothing deployed;
+    its admin address (port 0: announced on its first line) and a client of it."""
+    root = tmp_path / "user"
+    root.mkdir()
+    config = root / "zerodown.toml"
+    config.write_text(
+        '[proxy]\nlisten = ["127.0.0.1:0"]\nadmin = "127.0.0.1:0"\n'
+        f"state_dir = {json.dumps(str(root / 'state'))}\n\n"
+        f'[services.web]\ncommand = "{sys.executable} -m zerodown.demo --port {{port}}"\n'
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "zerodown", "serve", "-c", str(config)], stdout=subprocess.PIPE
+    )
+    try:
+        line = read_line(serve, DEADLINE)  # "zerodown: proxy on ...; admin on HOST:PORT"
+        admin = line.rpartition(" admin on ")[2]
+        yield admin, AdminClient(f"http://{admin}", None, DEADLINE)
+    finally:
+        stop_process(serve, DEADLINE)
+
+
+def test_demo_refuses_an_admin_address_another_daemon_holds(
+    tmp_path: Path, users_serve: tuple[str, AdminClient]
+) -> None:
+    admin, user = users_serve
+    listen = f"127.0.0.1:{reserved_port()}"
+    with pytest.raises(DemoError) as refused:
+        run_demo(0.1, listen=listen, admin=admin, state_dir=tmp_path / "demo", out=io.StringIO())
+    message = str(refused.value)
+    assert message.startswith(f"{admin} is in use by another process"), message
+    assert "zerodown demo --listen HOST:PORT --admin HOST:PORT" in message
+    assert user.releases("web") == []  # nothing was deployed into the user's service
+    assert not (tmp_path / "demo" / SERVE_LOG).exists()  # and no demo daemon started
+
+
+def test_demo_drives_only_its_own_child(
+    tmp_path: Path, users_serve: tuple[str, AdminClient]
+) -> None:
+    # The admin address was free when checked, and another daemon answers
+    # there by the time the demo's child should: the pid tells them apart.
+    _, user = users_serve
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(DemoError) as refused:
+            _wait_ready(child, user, tmp_path / SERVE_LOG)
+    finally:
+        stop_process(child, 0)
+    other = user.health()["pid"]
+    assert str(refused.value).startswith(
+        f"{user.base_url} is answered by another zerodown (pid {other}), "
+        f"not the demo's own (pid {child.pid})"
+    )
+    assert user.releases("web") == []
 
 
 def _processes() -> list[str]:

@@ -1,7 +1,7 @@
 """The admin API: the data plane's routing table, stats and metrics, and the
 control plane's deploys, over HTTP.
 
-    GET  /v1/health    {"ok": true}; liveness, never needs the token
+    GET  /v1/health    {"ok": true, "pid": N}; liveness, never needs the token
     GET  /v1/routing   the RoutingTable in force
     PUT  /v1/routing   replace it; body is a RoutingTable; answers the table applied.
                        Every configured service stays, under its name (400); a service
@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Final
@@ -168,8 +169,10 @@ def _add_routes(app: FastAPI, dataplane: DataPlane, control: ControlPlane | None
     # event loop thread (a dict resized mid-iteration would crash stats()).
 
     @app.get("/v1/health")
-    async def health() -> dict[str, bool]:
-        return {"ok": True}
+    async def health() -> dict[str, bool | int]:
+        # The pid lets a client that started this daemon (`zerodown demo`)
+        # tell its own child from another daemon on the same address.
+        return {"ok": True, "pid": os.getpid()}
 
     @app.get("/v1/routing")
     async def get_routing() -> RoutingTable:

@@ -11,10 +11,12 @@ deploy (and writes its JSON and chart), then keeps serving until Ctrl-C
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +43,7 @@ READY_TIMEOUT = 15.0  # from starting `zerodown serve` to its admin API answerin
 FIRST_DEPLOY_TIMEOUT = 60.0
 PROXY_STOP_TIMEOUT = 45.0  # above the proxy's graceful stop plus stopping the apps
 POLL_INTERVAL = 0.1
+SERVE_LOG = "serve.log"  # in state_dir: the daemon's output, kept for when it fails
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 LOAD_CONCURRENCY = 8
 FAILING_VERSION = "v5"
@@ -85,9 +88,10 @@ def run_demo(
     told: list[tuple[Chapter, str, Report]] = []
     with _interrupt_on_signals():
         try:
+            _refuse_busy(listen, admin)
             daemon = _start_daemon(config, state_dir)
             client = AdminClient(f"http://{admin}", os.environ.get("ZERODOWN_TOKEN") or None)
-            _wait_ready(daemon, client)
+            _wait_ready(daemon, client, state_dir / SERVE_LOG)
             _first_deploy(client, out)
             for chapter in STORY:
                 told.append(_tell(chapter, client, listen, state_dir, out))
@@ -128,24 +132,71 @@ min_requests = 50
 """
 
 
+def _refuse_busy(listen: str, admin: str) -> None:
+    """Refuse addresses another process holds, before starting anything.
+
+    The demo deploys into whatever daemon answers on `admin`: a `zerodown
+    serve` of the user's there would get the demo's releases (and hold the
+    demo at its own manual pauses).
+    """
+    for name, address in (("admin", admin), ("listen", listen)):
+        if _held(address):
+            raise DemoError(
+                f"{address} is in use by another process (a `zerodown serve` of yours?); "
+                f"stop it, or give the demo other addresses: "
+                f"zerodown demo --listen HOST:PORT --admin HOST:PORT (--{name} is {address})"
+            )
+
+
+def _held(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def _start_daemon(config: Path, state_dir: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "zerodown", "serve", "-c", str(config)]
-    log = (state_dir / "serve.log").open("ab")
-    return subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-    )
+    # This run's log only, so that its last line is why the daemon stopped.
+    with (state_dir / SERVE_LOG).open("wb") as log:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
 
 
-def _wait_ready(daemon: subprocess.Popen[bytes], client: AdminClient) -> None:
+def _wait_ready(daemon: subprocess.Popen[bytes], client: AdminClient, log: Path) -> None:
+    """Until the admin API answers, and answers as the demo's own child (by pid)."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
-            raise DemoError(f"zerodown serve exited with code {daemon.returncode}")
+            why = _last_line(log)
+            raise DemoError(f"zerodown serve exited with code {daemon.returncode}: {why}")
         with contextlib.suppress(AdminError):
-            client.health()
-            return
+            pid = client.health().get("pid")
+            if pid == daemon.pid:
+                return
+            raise DemoError(
+                f"{client.base_url} is answered by another zerodown (pid {pid}), "
+                f"not the demo's own (pid {daemon.pid}); stop it, or give the demo other "
+                "addresses: zerodown demo --listen HOST:PORT --admin HOST:PORT"
+            )
         time.sleep(POLL_INTERVAL)
     raise DemoError(f"the admin API did not answer within {READY_TIMEOUT:g}s")
+
+
+def _last_line(log: Path) -> str:
+    """The daemon's last words (it says why it stops in one line), for the demo's error."""
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").strip().splitlines()
+        if lines:
+            return lines[-1].removeprefix("zerodown: ")
+    return f"see {log}"
 
 
 def _first_deploy(client: AdminClient, out: TextIO) -> None:
