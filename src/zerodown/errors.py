@@ -83,47 +83,89 @@ class Unsupported(DataPlaneError):
 
 
 class ProxyError(ZerodownError):
-    """An error on the request path; `status` is the HTTP status the client gets."""
+    """An error on the request path; `status` is the HTTP status the client gets.
+
+    `kind` names the failure where an operator looks: the `X-Zerodown-Error`
+    header of the proxy's own 5xx and the access log's `error` field (as
+    HAProxy's termination states and Envoy's response flags do).
+    """
 
     status = 502
+    kind = "proxy_error"
 
 
 class BadRequest(ProxyError):
     """The client's request is malformed or ambiguous; it never reaches an app."""
+
+    kind = "bad_request"
 
     def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.status = status
 
 
+class NoRoute(BadRequest):
+    """No service matches the request's host and path (404)."""
+
+    kind = "no_route"
+
+    def __init__(self, reason: str = "no service for this host and path") -> None:
+        super().__init__(reason, status=404)
+
+
 class NoHealthyTarget(ProxyError):
+    """No target of the service may take the request: none ready, or none at all.
+
+    Health alone never causes it: with every ready target down by health the
+    proxy routes to them anyway (panic, proxy/service.py).
+    """
+
     status = 503
+    kind = "no_healthy_target"
+
+
+class HoldTimeout(NoHealthyTarget):
+    """A request held for a target (a recreate deploy's gap) saw none in time."""
+
+    kind = "hold_timeout"
+
+
+class ShuttingDown(NoHealthyTarget):
+    """The proxy is stopping: a held request will not get a target."""
+
+    kind = "shutting_down"
 
 
 class UpstreamConnectError(ProxyError):
     """Could not open (or reuse) a connection to a target before sending anything."""
 
     status = 502
+    kind = "upstream_connect"
 
 
 class UpstreamReset(UpstreamConnectError):
     """The target closed or reset the connection before the response was complete."""
 
+    kind = "upstream_reset"
+
 
 class UpstreamTimeout(ProxyError):
     status = 504
+    kind = "upstream_timeout"
 
 
 class UpstreamProtocolError(ProxyError):
     """The target answered with something that is not valid HTTP/1.x."""
 
     status = 502
+    kind = "upstream_protocol"
 
 
 class QueueTimeout(ProxyError):
     """Every target was at max connections for longer than the queue deadline."""
 
     status = 503
+    kind = "queue_timeout"
 
 
 class DeployError(ZerodownError):
@@ -132,6 +174,11 @@ class DeployError(ZerodownError):
 
 class HealthGateTimeout(DeployError):
     """Instances did not become healthy before their deadline."""
+
+
+class NotListening(DeployError):
+    """An instance's own processes do not listen on its port: another program
+    holds it, or the app listens elsewhere (its `command` ignores `{port}`)."""
 
 
 class DeployBusy(DeployError):

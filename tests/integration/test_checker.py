@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import uvloop
 
-from zerodown.proxy.checker import HealthChecker
+from zerodown.proxy.checker import CheckResult, HealthChecker
 from zerodown.proxy.health import TargetHealth
 from zerodown.routing import HealthSpec
 
@@ -104,9 +104,13 @@ def closed_port() -> int:
 
 
 async def check(port: int, spec: HealthSpec = FAST) -> tuple[bool, str | None]:
-    checker = HealthChecker("127.0.0.1", port, spec, on_result=lambda ok: None)
+    checker = HealthChecker("127.0.0.1", port, spec, on_result=lambda result: None)
     ok = await checker.check_once()
     return ok, checker.last_error
+
+
+async def probe(port: int, spec: HealthSpec = FAST) -> CheckResult:
+    return await HealthChecker("127.0.0.1", port, spec, on_result=lambda result: None).probe()
 
 
 async def check_status(status: int, spec: HealthSpec = FAST) -> bool:
@@ -139,6 +143,23 @@ def test_a_closed_port_is_not_ok(run: Run) -> None:
     ok, error = run(check(closed_port()))
     assert ok is False
     assert error is not None and "ConnectionRefusedError" in error
+
+
+# A timeout may be a busy app (health.py excuses it while real responses
+# arrive); a refusal, a reset, a bad status or garbage never is.
+def test_probe_tells_a_timeout_from_a_refusal_a_reset_and_a_bad_status(run: Run) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    async def go() -> list[CheckResult]:
+        results = [await probe(closed_port())]
+        for handler in (silent, reset, answer(500), raw(b"nonsense\r\n\r\n"), answer(200)):
+            async with serve(handler) as port:
+                results.append(await probe(port))
+        return results
+
+    assert run(go()) == ["fail", "timeout", "fail", "fail", "fail", "pass"]
 
 
 @pytest.mark.parametrize(("status", "ok"), [(204, True), (200, False), (500, False)])
@@ -211,13 +232,13 @@ def test_a_path_that_would_change_the_request_is_refused(path: str) -> None:
 # --- the loop ---------------------------------------------------------------------
 
 
-async def collect(port: int, n: int, spec: HealthSpec = FAST) -> list[bool]:
+async def collect(port: int, n: int, spec: HealthSpec = FAST) -> list[CheckResult]:
     """Run a checker until it has reported n results; return them."""
-    results: list[bool] = []
+    results: list[CheckResult] = []
     enough = asyncio.Event()
 
-    def on_result(ok: bool) -> None:
-        results.append(ok)
+    def on_result(result: CheckResult) -> None:
+        results.append(result)
         if len(results) >= n:
             enough.set()
 
@@ -232,29 +253,29 @@ async def collect(port: int, n: int, spec: HealthSpec = FAST) -> list[bool]:
 
 
 def test_the_loop_reports_every_round(run: Run) -> None:
-    async def go() -> list[bool]:
+    async def go() -> list[CheckResult]:
         async with serve(answer(200)) as port:
             return await collect(port, 3)
 
-    assert run(go())[:3] == [True, True, True]
+    assert run(go())[:3] == ["pass", "pass", "pass"]
 
 
 def test_the_first_check_runs_at_once(run: Run) -> None:
     # An hour-long interval: a result can only come from the immediate first check.
     slow = FAST.model_copy(update={"interval": 3600.0})
 
-    async def go() -> list[bool]:
+    async def go() -> list[CheckResult]:
         async with serve(answer(200)) as port:
             return await collect(port, 1, slow)
 
-    assert run(go()) == [True]
+    assert run(go()) == ["pass"]
 
 
 def test_the_loop_survives_failures_and_a_raising_callback(run: Run) -> None:
-    calls: list[bool] = []
+    calls: list[CheckResult] = []
 
-    def on_result(ok: bool) -> None:
-        calls.append(ok)
+    def on_result(result: CheckResult) -> None:
+        calls.append(result)
         raise RuntimeError("callback bug")
 
     async def go() -> None:
@@ -266,11 +287,11 @@ def test_the_loop_survives_failures_and_a_raising_callback(run: Run) -> None:
         await checker.stop()
 
     run(go())
-    assert calls[:3] == [False, False, False]
+    assert calls[:3] == ["fail", "fail", "fail"]
 
 
 def test_stop_ends_a_check_in_flight_and_nothing_is_reported_after(run: Run) -> None:
-    results: list[bool] = []
+    results: list[CheckResult] = []
     patient = FAST.model_copy(update={"timeout": 3600.0})
 
     async def go() -> None:
@@ -299,8 +320,8 @@ def test_checker_drives_target_health_down_and_up(run: Run) -> None:
     health = TargetHealth(active=FAST)
     states: list[str] = []
 
-    def on_result(ok: bool) -> None:
-        health.on_check(ok, 0.0)
+    def on_result(result: CheckResult) -> None:
+        health.on_check(result == "pass", 0.0, timed_out=result == "timeout")
         if not states or states[-1] != health.state:
             states.append(health.state)
 

@@ -10,7 +10,9 @@ tolerance bands, never with time.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
+from pathlib import Path
 
 from harness import (
     Backend,
@@ -26,6 +28,7 @@ from harness import (
     service,
     until,
 )
+from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
 
 
@@ -371,3 +374,91 @@ def test_least_time_serves_every_backend_and_gives_the_slow_one_clearly_fewer() 
         assert counts["slow"] * 4 < counts["fast"], counts
 
     run(main())
+
+
+# -- ip_hash behind another load balancer ------------------------------------------------------
+
+# The test's own connections come from 127.0.0.1: that peer is the load balancer in front.
+BEHIND_A_BALANCER = ProxySettings(trusted_proxies=("127.0.0.1/32", "10.0.0.0/8"))
+
+
+async def backend_for_forwarded(port: int, forwarded_for: str) -> str:
+    response = await request(port, headers={"X-Forwarded-For": forwarded_for})
+    assert response.status == 200, response
+    return response.header("x-backend") or "?"
+
+
+def test_ip_hash_behind_a_trusted_balancer_keys_on_the_forwarded_client() -> None:
+    async def main() -> dict[int, set[str]]:
+        async with backends("a", "b", "c") as (a, b, c):
+            spec = service(a.address, b.address, c.address, balance="ip_hash")
+            async with proxy(spec, settings=BEHIND_A_BALANCER) as server:
+                port = port_of(server)
+                placement: dict[int, set[str]] = {}
+                for network in range(1, 61):
+                    for host in (1, 77):  # two clients of one /24
+                        name = await backend_for_forwarded(port, f"198.51.{network}.{host}")
+                        placement.setdefault(network, set()).add(name)
+                return placement
+
+    placement = run(main())
+    assert all(len(names) == 1 for names in placement.values()), placement
+    shares = Counter(next(iter(names)) for names in placement.values())
+    assert set(shares) == {"a", "b", "c"} and min(shares.values()) >= 5, shares
+
+
+def test_ip_hash_takes_the_rightmost_untrusted_forwarded_address() -> None:
+    # nginx realip with real_ip_recursive on: trusted hops (10/8 here) are
+    # skipped from the right; what the client itself wrote further left is not believed.
+    async def main() -> list[str]:
+        async with backends("a", "b", "c") as (a, b, c):
+            spec = service(a.address, b.address, c.address, balance="ip_hash")
+            async with proxy(spec, settings=BEHIND_A_BALANCER) as server:
+                port = port_of(server)
+                chains = [
+                    "203.0.113.7",
+                    "203.0.113.7, 10.1.2.3",
+                    "6.6.6.6, 203.0.113.7, 10.1.2.3, 10.9.9.9",
+                ]
+                names = [await backend_for_forwarded(port, chain) for chain in chains]
+                # Other clients land elsewhere: the forged 6.6.6.6 was not what decided.
+                others = {await backend_for_forwarded(port, f"192.0.{n}.1") for n in range(30)}
+                assert len(others) == 3
+                return names
+
+    assert len(set(run(main()))) == 1
+
+
+def test_ip_hash_ignores_forwarded_for_from_an_untrusted_peer() -> None:
+    async def main() -> None:
+        async with backends("a", "b", "c") as (a, b, c):
+            spec = service(a.address, b.address, c.address, balance="ip_hash")
+            async with proxy(spec) as server:  # no trusted proxies: anyone could forge it
+                port = port_of(server)
+                names = {await backend_for_forwarded(port, f"198.51.{n}.1") for n in range(30)}
+        assert len(names) == 1, names
+
+    run(main())
+
+
+def test_the_access_log_names_the_forwarded_client(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+
+    async def main() -> None:
+        async with backends("a") as (a,):
+            settings = ProxySettings(
+                trusted_proxies=BEHIND_A_BALANCER.trusted_proxies, access_log=str(log)
+            )
+            async with proxy(service(a.address), settings=settings) as server:
+                port = port_of(server)
+                await backend_for_forwarded(port, "6.6.6.6, 203.0.113.7, 10.1.2.3")
+                await backend_for_forwarded(port, "10.0.0.1, 10.0.0.2")  # all trusted: leftmost
+                await backend_for_forwarded(port, "not-an-ip, 10.0.0.2")  # stops at the garbage
+        # What the app is told is unchanged: the whole chain plus the peer.
+        assert (
+            a.requests[0].header("x-forwarded-for") == "6.6.6.6, 203.0.113.7, 10.1.2.3, 127.0.0.1"
+        )
+
+    run(main())
+    clients = [json.loads(line)["client"] for line in log.read_text().splitlines()]
+    assert clients == ["203.0.113.7", "10.0.0.1", "10.0.0.2"]

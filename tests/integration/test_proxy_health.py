@@ -305,7 +305,7 @@ def test_a_single_target_pool_is_never_ejected() -> None:
     run(main())
 
 
-# -- nothing healthy: 503 at once ----------------------------------------------------------
+# -- nothing ready: 503 at once, saying why; nothing healthy: panic -------------------------
 
 
 def test_all_targets_down_in_the_table_answers_503_without_touching_them() -> None:
@@ -322,6 +322,10 @@ def test_all_targets_down_in_the_table_answers_503_without_touching_them() -> No
                 responses = [await request(port_of(server)) for _ in range(5)]
         assert [r.status for r in responses] == [503] * 5
         assert all(r.header("x-request-id") for r in responses)
+        assert {r.body for r in responses} == {
+            b"503 Service Unavailable: no healthy target for web (all 2 targets down)\n"
+        }
+        assert {r.header("x-zerodown-error") for r in responses} == {"no_healthy_target"}
         assert (a.requests, b.requests) == ([], [])
 
     run(main())
@@ -332,12 +336,17 @@ def test_a_service_with_no_targets_at_all_answers_503() -> None:
         async with proxy(ServiceSpec(name="web", health=None)) as server:
             responses = [await request(port_of(server)) for _ in range(3)]
             assert [r.status for r in responses] == [503] * 3
+            assert responses[0].body == (
+                b"503 Service Unavailable: no healthy target for web (it has no targets)\n"
+            )
             assert server.stats()["rejected"] == {"503": 3}
 
     run(main())
 
 
-def test_all_targets_failing_active_checks_answers_503() -> None:
+def test_all_targets_failing_active_checks_still_serve_in_panic_until_one_passes() -> None:
+    # Health that leaves nothing is more likely wrong than every app dead
+    # (Envoy's panic threshold): the ready targets serve, and it shows in stats.
     async def main() -> None:
         a, b = Switchable("a", health=500), Switchable("b", health=500)
         await a.backend.start()
@@ -349,14 +358,16 @@ def test_all_targets_failing_active_checks_answers_503() -> None:
                     lambda: all(t.health.state == "down" for t in server.services["web"].targets()),
                     "both down",
                 )
-                responses = [await request(port_of(server)) for _ in range(5)]
-                assert [r.status for r in responses] == [503] * 5
-                assert traffic(a.backend) == traffic(b.backend) == []
+                responses = [await request(port_of(server)) for _ in range(6)]
+                assert [r.status for r in responses] == [200] * 6
+                assert len(traffic(a.backend)) == len(traffic(b.backend)) == 3
+                assert server.stats()["services"]["web"]["panic"] == 6
 
                 b.health = 200
                 await until(lambda: target(server, b.backend).health.state == "up", "b up")
-                response = await request(port_of(server))
-                assert (response.status, response.body) == (200, b"b")
+                responses = [await request(port_of(server)) for _ in range(4)]
+                assert [(r.status, r.body) for r in responses] == [(200, b"b")] * 4
+                assert server.stats()["services"]["web"]["panic"] == 6  # no panic: b is up
         finally:
             await a.backend.stop()
             await b.backend.stop()

@@ -25,9 +25,9 @@ PASSIVE = PassiveHealthSpec(consecutive_errors=3, base_ejection_time=10.0, max_e
 
 
 def checks(health: TargetHealth, results: str, now: float = 0.0) -> None:
-    """Feed active results written as a string: '+' pass, '-' fail."""
+    """Feed active results written as a string: '+' pass, '-' fail, 't' timed out."""
     for mark in results:
-        health.on_check(mark == "+", now)
+        health.on_check(mark == "+", now, timed_out=mark == "t")
 
 
 def errors(health: TargetHealth, n: int, now: float = 0.0) -> list[bool]:
@@ -127,6 +127,85 @@ def test_rise_and_fall_of_one() -> None:
     assert health.state == "down"
     checks(health, "+")
     assert health.state == "up"
+
+
+# --- a busy target is not a dead one ----------------------------------------------
+
+# interval 1 s + timeout 2 s: an answer within 3 s of a timed-out check excuses it.
+BUSY = HealthSpec(interval=1.0, timeout=2.0, rise=2, fall=3)
+
+
+def answering_at(t: float, active: HealthSpec = BUSY) -> TargetHealth:
+    health = TargetHealth(active=active, passive=PASSIVE)
+    assert health.on_response(True, t) is False
+    return health
+
+
+def test_timed_out_checks_while_it_answers_are_excused_for_ever() -> None:
+    health = answering_at(0.0)
+    for second in range(1, 100):
+        checks(health, "t", now=second + 2.0)
+        health.on_response(True, float(second))  # one answer a second keeps arriving
+    assert health.state == "up"
+    assert health.consecutive_failures == 0
+    assert health.excused == 99
+
+
+def test_a_timed_out_check_with_no_answer_ever_counts() -> None:
+    health = TargetHealth(active=BUSY)
+    checks(health, "ttt", now=5.0)
+    assert health.state == "down"
+    assert health.excused == 0
+
+
+@pytest.mark.parametrize(("answered", "excused"), [(7.0, True), (7.0 - 1e-9, False)])
+def test_the_excuse_lasts_interval_plus_timeout_after_the_last_answer(
+    answered: float, excused: bool
+) -> None:
+    health = answering_at(answered)
+    checks(health, "t", now=10.0)
+    assert health.consecutive_failures == (0 if excused else 1)
+
+
+def test_a_refused_or_bad_check_is_never_excused_however_busy() -> None:
+    health = answering_at(10.0)
+    checks(health, "---", now=10.0)
+    assert health.state == "down"
+
+
+def test_a_5xx_is_no_answer_that_excuses() -> None:
+    health = TargetHealth(active=BUSY, passive=PASSIVE)
+    health.on_response(False, 10.0)
+    checks(health, "ttt", now=10.0)
+    assert health.state == "down"
+
+
+def test_an_excused_timeout_neither_counts_nor_breaks_a_run() -> None:
+    health = answering_at(0.0)
+    checks(health, "--t-", now=1.0)  # two failures, one excused, then the third
+    assert health.state == "down"
+    health.on_response(True, 2.0)  # served in panic while down
+    checks(health, "+t+", now=2.0)  # rise=2: the excused timeout leaves the run at 1
+    assert health.state == "up"
+
+
+def test_a_late_hearer_gets_a_wider_excuse() -> None:
+    # A supervisor hears of its workers' answers up to one poll (here 1 s) late.
+    health = TargetHealth(active=BUSY)
+    health.answered(10.0, lag=1.0)
+    checks(health, "t", now=14.0)
+    assert health.consecutive_failures == 0
+    checks(health, "t", now=14.1)
+    assert health.consecutive_failures == 1
+
+
+def test_without_an_active_spec_the_default_interval_and_timeout_bound_the_excuse() -> None:
+    health = answering_at(0.0, active=HealthSpec())
+    health.active = None
+    checks(health, "t", now=3.0)
+    assert health.state == "up"
+    checks(health, "t", now=3.1)
+    assert health.state == "down"  # fall 1 without a spec
 
 
 # --- passive: consecutive errors --------------------------------------------
@@ -323,4 +402,4 @@ def test_slow_start_after_an_ejection() -> None:
 def test_repr_names_state_and_counters() -> None:
     health = TargetHealth(active=ACTIVE)
     checks(health, "--")
-    assert repr(health) == "<TargetHealth up fails=2 passes=0 errors=0 ejections=0>"
+    assert repr(health) == "<TargetHealth up fails=2 passes=0 errors=0 ejections=0 excused=0>"

@@ -39,7 +39,7 @@ from zerodown.dataplane.counters import RetiredCounters, target_keys
 from zerodown.dataplane.sockets import ListenSet
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
-from zerodown.proxy.metrics import merge_worker_stats, render_prometheus
+from zerodown.proxy.metrics import answered_counts, merge_worker_stats, render_prometheus
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
@@ -106,6 +106,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         self.stats_poll = STATS_POLL
         self.retired = RetiredCounters()
         self._reads = 0  # reads of the workers' counters so far
+        # (worker index, generation) -> its responses below 500 per (service, target) at the
+        # last read: their growth is how health here learns a target answers.
+        self._answered: dict[tuple[int, int], dict[tuple[str, str], int]] = {}
         self.stopping = False
         self.listening = ListenSet([], workers)
         self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
@@ -284,6 +287,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         self._reads += 1
         read, generations = self._reads, [w.generation for w in self.workers]
         answers = [(w, s) for w, s in await self._ask("stats") if s]
+        self._note_answers(answers)
         for worker, snapshot in answers:
             # Kept only if the generation it counts is still running (else its
             # last counters are retired already) and no later read (a poll and
@@ -291,6 +295,27 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             if worker.generation == generations[worker.index] and read > worker.counted_read:
                 worker.counted, worker.counted_read = snapshot, read
         return [snapshot for _, snapshot in answers]
+
+    def _note_answers(self, answers: list[tuple[WorkerProcess, dict[str, Any]]]) -> None:
+        """Tell health which targets answered since the last read of each worker.
+
+        The checks run here, where no request is served, so a busy target's
+        timed-out checks would never be excused (proxy/health.py). A target
+        answered when some worker's count of its responses below 500 grew
+        since that worker's (same generation's) last read; we hear of it up
+        to one poll late, which widens the excuse by as much.
+        """
+        now = time.monotonic()
+        live = {(w.index, w.generation) for w in self.workers}
+        known = {key: counts for key, counts in self._answered.items() if key in live}
+        for worker, snapshot in answers:
+            key = (worker.index, worker.generation)
+            before = known.get(key, {})
+            known[key] = counts = answered_counts(snapshot)
+            for (service, address), n in counts.items():
+                if n > before.get((service, address), 0):
+                    self.server.heard_answers(service, address, now, self.stats_poll)
+        self._answered = known
 
     @staticmethod
     def _restart_delay(worker: WorkerProcess) -> float:

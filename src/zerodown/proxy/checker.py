@@ -2,8 +2,11 @@
 
 One HealthChecker per target. Every `interval` it opens a fresh TCP
 connection, sends `GET spec.path` with `Connection: close`, reads up to the
-end of the response headers and reports ok/not-ok to `on_result`. It decides
-nothing: the caller feeds the result to `TargetHealth.on_check(ok, now)`
+end of the response headers and reports a CheckResult to `on_result`:
+"pass", "fail" (refused, reset, not HTTP, an unexpected status) or "timeout"
+(no answer within `timeout`: dead, or only busy -- health.py tells which from
+the real traffic). It decides nothing: the caller feeds the result to
+`TargetHealth.on_check(ok, now, timed_out=...)`
 ("health checks report, targets decide", as in kamal-proxy). It needs no
 `tick` hook either: with active checks configured, an ejected target returns
 on a passing check, so `on_check` is the only input the state machine needs.
@@ -19,13 +22,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 import httptools
 
 from zerodown.routing import HealthSpec
 
 log = logging.getLogger(__name__)
+
+CheckResult = Literal["pass", "fail", "timeout"]
 
 # Random extra delay per round, as a share of the interval: checkers started
 # together (a whole pool on table apply) drift apart instead of hitting every
@@ -43,7 +48,7 @@ class HealthChecker:
         host: str,
         port: int,
         spec: HealthSpec,
-        on_result: Callable[[bool], None],
+        on_result: Callable[[CheckResult], None],
         host_header: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -81,22 +86,26 @@ class HealthChecker:
 
     async def check_once(self) -> bool:
         """One check; True when the status is expected. Any error or timeout is False."""
+        return await self.probe() == "pass"
+
+    async def probe(self) -> CheckResult:
+        """One check, saying how it failed: a timeout is not a refusal."""
         try:
             async with asyncio.timeout(self.spec.timeout):
                 status = await self._fetch_status()
         except TimeoutError:
-            return self._fail(f"no response within {self.spec.timeout}s")
+            return self._fail(f"no response within {self.spec.timeout}s", "timeout")
         except Exception as exc:  # a check must turn every failure into "not ok"
             return self._fail(f"{type(exc).__name__}: {exc}")
         if not _expected(status, self.spec.expect_status):
             return self._fail(f"status {status}")
         self.last_error = None
-        return True
+        return "pass"
 
     async def _run(self) -> None:
         while True:
             started = self._clock()
-            self._report(await self.check_once())
+            self._report(await self.probe())
             await asyncio.sleep(self._delay(started))
 
     def _delay(self, started: float) -> float:
@@ -106,17 +115,17 @@ class HealthChecker:
         jitter = random.uniform(0.0, JITTER * self.spec.interval)
         return max(0.0, self.spec.interval - elapsed) + jitter
 
-    def _report(self, ok: bool) -> None:
+    def _report(self, result: CheckResult) -> None:
         try:
-            self.on_result(ok)
+            self.on_result(result)
         except Exception:  # a broken callback must not end the checking
             log.exception("health result callback failed for %s", self)
 
-    def _fail(self, reason: str) -> bool:
+    def _fail(self, reason: str, result: CheckResult = "fail") -> CheckResult:
         if reason != self.last_error:
             log.debug("health check %s failed: %s", self, reason)
         self.last_error = reason
-        return False
+        return result
 
     async def _fetch_status(self) -> int:
         reader, writer = await asyncio.open_connection(self.host, self.port)

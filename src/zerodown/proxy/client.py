@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from zerodown.errors import BadRequest
+from zerodown.errors import BadRequest, NoRoute
 from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.router import strip_prefix
@@ -223,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
             host, path = _routing_host_path(head)
             service = self.server.router.match(host, path.partition(b"?")[0])
             if service is None:
-                error = BadRequest("no service for this host and path", status=404)
+                error = NoRoute()
             elif service.spec.strip_prefix:
                 path = strip_prefix(service.prefix, path)
         if error is not None and head.has_body:
@@ -252,6 +252,27 @@ class ClientConnection(asyncio.Protocol):
     def write_lines(self, parts: list[bytes]) -> None:
         if self.transport is not None:
             self.transport.writelines(parts)
+
+    def real_client_ip(self, head: http.RequestHead) -> str:
+        """The client a trusted peer forwards for (nginx's realip, `real_ip_recursive on`).
+
+        Walks X-Forwarded-For from the right, past every trusted address: the
+        first untrusted one is the client, as only the hops we trust could
+        have appended what lies to its right; anything left of it is the
+        client's own say and may be forged. When every hop is trusted, the
+        leftmost is the client. A hop that is not an IP address ends the
+        walk at the last trusted one: it vouched for nothing usable. Only
+        called for a trusted peer, so an untrusted client never costs a parse.
+        """
+        client = self.client_ip
+        for hop in reversed(http.forwarded_for(head)):
+            if not self.server.is_trusted(client):
+                break
+            try:
+                client = str(ipaddress.ip_address(hop))
+            except ValueError:
+                break
+        return client
 
     def keep_alive_allowed(self, exchange: Exchange) -> bool:
         """May the connection stay open after `exchange`'s response?

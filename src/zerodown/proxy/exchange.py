@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Final
 
 from zerodown.errors import (
     BadRequest,
+    HoldTimeout,
     NoHealthyTarget,
     ProxyError,
+    ShuttingDown,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamReset,
@@ -61,6 +63,10 @@ class AttemptFailed(Exception):
 
 
 class Exchange:
+    # Why the proxy answered (or cut) this request itself, for the access log;
+    # a class default so a request that goes well stores nothing.
+    failure: ProxyError | None = None
+
     def __init__(
         self,
         client: ClientConnection,
@@ -75,6 +81,10 @@ class Exchange:
         self.path = path  # what the target sees: origin-form, prefix stripped if asked
         self.error = error  # set when the request is refused before it is sent anywhere
         self.request_id = head.request_id or new_request_id()
+        # Who the client is: the peer, or behind a trusted proxy whom it names.
+        self.client_ip = (
+            client.real_client_ip(head) if client.forwarded.trusted else client.client_ip
+        )
         self.loop = client.loop
         self.task: asyncio.Task[None] | None = None
         # request body
@@ -145,6 +155,7 @@ class Exchange:
 
     def _fail(self, exc: ProxyError) -> None:
         """Tell the client: a status if nothing was sent yet, else cut the connection."""
+        self.failure = exc
         if isinstance(exc, Maintenance):
             self.status = exc.status
             self.client.write(exc.response(self.request_id, head_only=self._head_only))
@@ -167,11 +178,15 @@ class Exchange:
             and self.client.keep_alive_allowed(self)
         )
         self.status = exc.status
+        # Our own 5xx say which failure they are; a 503's body also says why
+        # (its reasons name services, never an address of the network behind).
         response = http.error_response(
             exc.status,
             request_id=self.request_id,
             close=not self.keep_alive,
             head_only=self._head_only,
+            kind=exc.kind.encode() if exc.status >= 500 else None,
+            detail=str(exc) if exc.status == 503 else None,
         )
         self.client.write(response)
         self.responded = True
@@ -186,7 +201,7 @@ class Exchange:
     # -- choosing targets and retrying ---------------------------------------
 
     async def _proxy(self, service: Service) -> None:
-        choice = service.choose(self.head, self.client.client_ip, self.path)
+        choice = service.choose(self.head, self.client_ip, self.path)
         self.set_cookie = choice.set_cookie
         deadline = self.loop.time() + service.spec.retry_timeout
         tried: list[Target] = []
@@ -201,7 +216,7 @@ class Exchange:
                 continue
             if target is None:
                 # Every candidate failed: the client learns why the last one did.
-                raise last_error or NoHealthyTarget(f"no healthy target for {service.name}")
+                raise last_error or NoHealthyTarget(service.unavailable_reason())
             try:
                 await self._attempt(service, target, fresh=raced)
                 return
@@ -233,9 +248,13 @@ class Exchange:
             raise Maintenance(hold.maintenance_html, hold.retry_after)
         server = self.client.server
         found = await server.wait_for_target(service.name, self.loop.time() + hold.timeout)
+        if found is None and server.stopping:
+            raise ShuttingDown(f"no target for {service.name}: the proxy is shutting down")
         if found is None:
-            raise NoHealthyTarget(f"no target for {service.name} within the hold timeout")
-        return found, found.choose(self.head, self.client.client_ip, self.path)
+            raise HoldTimeout(
+                f"no target for {service.name} within the hold timeout ({hold.timeout:g}s)"
+            )
+        return found, found.choose(self.head, self.client_ip, self.path)
 
     def _pick(self, service: Service, choice: Choice, tried: list[Target]) -> Target | None:
         target = choice.pool.balancer.pick(choice.key, tried)
@@ -244,6 +263,10 @@ class Exchange:
             fallback = service.fallback(choice.pool)
             if fallback is not None:
                 target = fallback.balancer.pick(choice.key, tried)
+            if target is None:
+                target = service.panic_pick(choice.pool, tried)
+                if target is not None and target.metrics is not None:
+                    target.metrics.panic()
         return target
 
     def _may_race_retry(self, failure: AttemptFailed, raced: bool) -> bool:
@@ -661,6 +684,7 @@ class Maintenance(ProxyError):
     """The service is being recreated and shows a maintenance page."""
 
     status = 503
+    kind = "maintenance"
 
     def __init__(self, html: str, retry_after: int) -> None:
         super().__init__("maintenance")
@@ -676,6 +700,7 @@ class Maintenance(ProxyError):
             extra=extra,
             body=self.html,
             head_only=head_only,
+            kind=self.kind.encode(),
         )
 
 

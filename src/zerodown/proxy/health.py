@@ -22,6 +22,17 @@ States (HealthState) and the events that move between them:
   Active checks that fail `fall` times while it is ejected turn it `down`, so
   it then needs the full `rise` passes.
 
+A busy target is not a dead one. An app with one synchronous worker (the
+default gunicorn) answers a check only after the requests queued before it,
+so under slow requests its checks time out while it serves every request it
+gets. A check that *timed out* is therefore excused -- it moves nothing, in
+any state -- while the target's real responses (below 500) keep arriving:
+the last one came within `interval + timeout` of the verdict (plus how late
+this process hears of them: 0 where it serves them, the counters' poll period
+in a multi-worker supervisor). Refused connections, resets and bad statuses
+are never excused, and a timeout with no recent answer counts as a failure:
+that is a hung app, and no traffic proves otherwise.
+
 Why `serving` is a plain property of the state and expiry is applied by
 `tick(now)`: the balancer reads `serving` on every request and has no `now`
 there, so it must be one comparison. The price is that something has to call
@@ -85,11 +96,14 @@ class TargetHealth:
 
     __slots__ = (
         "active",
+        "answer_lag",
+        "answered_at",
         "consecutive_errors",
         "consecutive_failures",
         "consecutive_passes",
         "ejected_until",
         "ejections",
+        "excused",
         "passive",
         "returned_at",
         "slow_start",
@@ -114,12 +128,16 @@ class TargetHealth:
         self.times_ejected = 0  # backoff exponent; decays after a quiet period
         self.ejected_until: float | None = None
         self.returned_at: float | None = None  # when it last came back up (slow start t0)
+        # When its last real response below 500 arrived, and how late we hear of one.
+        self.answered_at: float | None = None
+        self.answer_lag = 0.0
+        self.excused = 0  # timed-out checks excused because it was answering, for stats
 
     def __repr__(self) -> str:
         return (
             f"<TargetHealth {self.state} fails={self.consecutive_failures} "
             f"passes={self.consecutive_passes} errors={self.consecutive_errors} "
-            f"ejections={self.ejections}>"
+            f"ejections={self.ejections} excused={self.excused}>"
         )
 
     @property
@@ -127,27 +145,51 @@ class TargetHealth:
         """May this target take traffic, as far as health is concerned."""
         return self.state == "up"
 
-    def on_check(self, ok: bool, now: float) -> None:
-        """Apply one active check result."""
+    def on_check(self, ok: bool, now: float, *, timed_out: bool = False) -> None:
+        """Apply one active check result; `timed_out`: it failed by taking too long.
+
+        A timed-out check while real responses arrive is excused (see the
+        module docstring): it neither counts towards `fall` nor breaks a run
+        of passes towards `rise`.
+        """
         if ok:
             self._check_passed(now)
+        elif timed_out and self.answering(now):
+            self.excused += 1
         else:
             self._check_failed(now)
+
+    def answering(self, now: float) -> bool:
+        """Did a real response arrive recently enough to excuse a timed-out check?"""
+        if self.answered_at is None:
+            return False
+        spec = self.active if self.active is not None else HealthSpec()
+        return now - self.answered_at <= spec.interval + spec.timeout + self.answer_lag
+
+    def answered(self, now: float, lag: float = 0.0) -> None:
+        """Real responses arrived by `now`, seen by a process that hears of them
+        up to `lag` seconds late (a supervisor reading its workers' counters)."""
+        self.answered_at = now
+        self.answer_lag = lag
 
     def on_response(self, ok: bool, now: float) -> bool:
         """Apply one real response; True when the target now wants ejection.
 
-        ok=False is a connect error or a 5xx. The caller decides with
+        ok=False is a connect error or a 5xx; ok=True also records that the
+        target answers (`answering`). The caller decides with
         `may_eject` over the pool and then calls `eject`. The count restarts
         whether or not the pool allowed it (as Envoy does), so a refused
         target asks again after another `consecutive_errors` in a row rather
         than on every later error.
         """
+        if ok:
+            # Hot path: one store proves the target answers (`answering`). The
+            # error count is 0 already in any state but `up` (moves reset it).
+            self.answered_at = now
+            self.consecutive_errors = 0
+            return False
         if self.passive is None or self.state != "up":
             # Late answers to requests sent before it left `up` say nothing new.
-            return False
-        if ok:
-            self.consecutive_errors = 0
             return False
         self.consecutive_errors += 1
         if self.consecutive_errors < self.passive.consecutive_errors:

@@ -94,6 +94,8 @@ REASONS: Final[dict[int, bytes]] = {
 }
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+# On a 5xx the proxy answers itself: which failure it was (errors.ProxyError.kind).
+ERROR_HEADER: Final = b"X-Zerodown-Error"
 
 # RFC 3986 host: reg-name / IPv4 / [IPv6], optional :port. Anything else
 # (spaces, '@', '/', control bytes) is refused: a Host an app would parse
@@ -222,6 +224,17 @@ def _check_host(head: RequestHead, hosts: int) -> None:
         raise BadRequest("missing Host header")
     if not _HOST_RE.match(head.host):
         raise BadRequest("invalid Host header")
+
+
+def forwarded_for(head: RequestHead) -> list[str]:
+    """The addresses of every X-Forwarded-For field, in order (RFC 9110 §5.3: one list)."""
+    return [
+        hop.strip().decode("latin-1")
+        for value, key in zip((v for _, v in head.headers), head.lower_names(), strict=True)
+        if key == b"x-forwarded-for"
+        for hop in value.split(b",")
+        if hop.strip()
+    ]
 
 
 def replace_host(head: RequestHead, authority: bytes) -> None:
@@ -393,22 +406,33 @@ def error_response(
     extra: bytes = b"",
     body: bytes | None = None,
     head_only: bool = False,
+    kind: bytes | None = None,
+    detail: str | None = None,
 ) -> bytes:
     """A short response the proxy writes itself (text/plain unless `extra` says otherwise).
 
     `head_only` for an answer to HEAD: the same head, no body (RFC 9110 §9.3.2),
-    or a client reads our body as the start of its next response.
+    or a client reads our body as the start of its next response. `kind`
+    goes in ERROR_HEADER; `detail` follows the status on the body's one line.
     """
     reason = REASONS.get(status, b"Error")
     if body is None:
-        body = b"%d %s\n" % (status, reason)
+        line = b"%d %s" % (status, reason)
+        body = line + b"\n" if detail is None else line + b": " + one_line(detail) + b"\n"
         extra = b"Content-Type: text/plain\r\n" + extra
     head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (status, reason, len(body))
     if request_id is not None:
         head += b"X-Request-ID: " + request_id + b"\r\n"
+    if kind is not None:
+        head += ERROR_HEADER + b": " + kind + b"\r\n"
     if close:
         head += b"Connection: close\r\n"
     return head + extra + b"\r\n" + (b"" if head_only else body)
+
+
+def one_line(text: str) -> bytes:
+    """`text` as printable ASCII on one line: safe in a body line or a header."""
+    return bytes(c if 0x20 <= c < 0x7F else 0x3F for c in text.encode("ascii", "replace"))
 
 
 def chunk(data: bytes) -> list[bytes]:

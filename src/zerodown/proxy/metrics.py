@@ -17,6 +17,7 @@ defined here, once)::
       "services": {
         "web": {
           "canary_weight": 10.0,                  # optional: percent to canary
+          "panic": 0,                             # tries routed in panic (sum of its targets')
           "pools": {
             "stable": {
               "totals": {COUNTERS, "in_flight": 1, "targets": 2, "available": 2},
@@ -47,6 +48,7 @@ COUNTERS (`TargetMetrics.snapshot`)::
     "responses": {"1xx": 0, "2xx": 9, "3xx": 0, "4xx": 0, "5xx": 1},
     "retries": 0,            # tries that failed here and went on to another try
     "ejections": 0,          # passive-health ejections
+    "panic": 0,              # tries sent while health had every target out (panic routing)
     "failures": {"connect": 0, "timeout": 0, "reset": 0, "protocol": 0,
                  "cancelled": 0, "other": 0},   # cancelled: cut at a drain deadline
     "latency": {"count": 10, "sum": 0.123, "p50": 0.004, "p99": 0.09,
@@ -179,13 +181,14 @@ class Histogram:
 class TargetMetrics:
     """What happened to the requests one target got. One per Target, owned by its data plane."""
 
-    __slots__ = ("ejections", "failures", "latency", "requests", "responses", "retries")
+    __slots__ = ("ejections", "failures", "latency", "panics", "requests", "responses", "retries")
 
     def __init__(self) -> None:
         self.requests = 0
         self.responses = [0] * len(STATUS_CLASSES)
         self.retries = 0
         self.ejections = 0
+        self.panics = 0
         self.failures = dict.fromkeys(FAILURE_KINDS, 0)
         self.latency = Histogram()
 
@@ -213,6 +216,9 @@ class TargetMetrics:
     def eject(self) -> None:
         self.ejections += 1
 
+    def panic(self) -> None:
+        self.panics += 1
+
     def fail(self, kind: str) -> None:
         # An unknown kind is counted under its own name rather than dropped.
         self.failures[kind] = self.failures.get(kind, 0) + 1
@@ -224,6 +230,7 @@ class TargetMetrics:
             "responses": dict(zip(STATUS_CLASSES, self.responses, strict=True)),
             "retries": self.retries,
             "ejections": self.ejections,
+            "panic": self.panics,
             "failures": dict(self.failures),
             "latency": self.latency.snapshot(),
         }
@@ -235,6 +242,7 @@ class TargetMetrics:
             self.responses[index] += int(snapshot["responses"][name])
         self.retries += int(snapshot["retries"])
         self.ejections += int(snapshot["ejections"])
+        self.panics += int(snapshot.get("panic", 0))  # absent from older snapshots
         for kind, n in snapshot["failures"].items():
             self.failures[kind] = self.failures.get(kind, 0) + int(n)
         self.latency.absorb(snapshot["latency"])
@@ -272,6 +280,28 @@ def target_entry(target: Target, metrics: TargetMetrics | None = None) -> dict[s
     }
 
 
+def service_panic(pools: Mapping[Any, Mapping[str, Any]]) -> int:
+    """A service's panic-routed tries, from its pool entries."""
+    return sum(int(pool["totals"]["panic"]) for pool in pools.values())
+
+
+def answered_counts(stats: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """(service, target address) -> responses below 500, from one worker's stats.
+
+    A supervisor that serves nothing itself learns from these growing that a
+    target is answering (health.py: a busy target is not a dead one).
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for service, entry in stats.get("services", {}).items():
+        for pool in entry.get("pools", {}).values():
+            for address, target in pool.get("targets", {}).items():
+                responses = target["responses"]
+                counts[service, address] = sum(
+                    int(responses[name]) for name in STATUS_CLASSES if name != "5xx"
+                )
+    return counts
+
+
 def pool_entry(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """A pool's entry in the stats JSON from its target entries (address -> entry)."""
     totals = merge(entries.values())
@@ -301,6 +331,10 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "zerodown_request_duration_seconds": ("histogram", "Time from sending a try to its response."),
     "zerodown_target_up": ("gauge", "1 when health lets the target serve, else 0."),
     "zerodown_canary_weight_percent": ("gauge", "Share of a service's traffic sent to canary."),
+    "zerodown_panic_total": (
+        "counter",
+        "Tries routed to a target while health had every target of the service out (panic).",
+    ),
     "zerodown_rejected_total": ("counter", "Requests the proxy answered itself, by status."),
     "zerodown_client_connections": ("gauge", "Open client connections."),
 }
@@ -339,7 +373,7 @@ def merge_worker_stats(
                     **merge(theirs),
                 }
             pools[pool_name] = pool_entry(entries)
-        services[name] = {**service, "pools": pools}
+        services[name] = {**service, "pools": pools, "panic": service_panic(pools)}
     rejected: dict[str, int] = {}
     for w in workers:
         for status, count in w.get("rejected", {}).items():
@@ -373,6 +407,8 @@ def render_prometheus(stats: Mapping[str, Any]) -> str:
                 {"service": service},
                 entry["canary_weight"],
             )
+        if "panic" in entry:
+            _add(samples, "zerodown_panic_total", {"service": service}, entry["panic"])
         for pool, pool_stats in entry.get("pools", {}).items():
             for address, target in pool_stats.get("targets", {}).items():
                 labels = {

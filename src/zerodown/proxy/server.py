@@ -22,7 +22,7 @@ from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.listener import Listener
-from zerodown.proxy.metrics import pool_entry, render_prometheus, target_entry
+from zerodown.proxy.metrics import pool_entry, render_prometheus, service_panic, target_entry
 from zerodown.proxy.router import Router
 from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
@@ -177,6 +177,13 @@ class ProxyServer:
         target = found.targets_by_address().get(address) if found else None
         return (found, target) if found is not None and target is not None else None
 
+    def heard_answers(self, service: str, address: str, now: float, lag: float) -> None:
+        """Real responses of a target came to light `lag` seconds late at most (a
+        supervisor reading its workers' counters): it is answering (health.py)."""
+        located = self.locate(service, address)
+        if located is not None:
+            located[1].health.answered(now, lag)
+
     def adopt_health(self, service: str, address: str, share: HealthShare) -> bool:
         """Copy a health verdict reached in another process; False if the target is gone."""
         located = self.locate(service, address)
@@ -248,7 +255,11 @@ class ProxyServer:
             for pool in (service.stable, service.canary):
                 entries = {t.address: target_entry(t) for t in pool.targets}
                 pools[pool.name] = pool_entry(entries)
-            services[name] = {"pools": pools, "canary_weight": service.spec.split.canary_weight}
+            services[name] = {
+                "pools": pools,
+                "canary_weight": service.spec.split.canary_weight,
+                "panic": service_panic(pools),
+            }
         return {
             "services": services,
             "connections": len(self.connections),
@@ -265,13 +276,14 @@ class ProxyServer:
             return
         entry = {
             "time": time.time(),
-            "client": client.client_ip,
+            "client": exchange.client_ip,
             "method": exchange.head.method.decode("latin-1"),
             "path": exchange.path.decode("latin-1"),
             "status": exchange.status,
             "target": exchange.target.address if exchange.target else None,
             "duration": round(self.loop.time() - exchange.started, 6),
             "request_id": exchange.request_id.decode("latin-1"),
+            "error": exchange.failure.kind if exchange.failure is not None else None,
         }
         self._access_log.write(json.dumps(entry) + "\n")
 

@@ -10,13 +10,15 @@ address, so a table swap loses no state and no idle connection.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from zerodown.proxy.balancer import Balancer, make_balancer
-from zerodown.proxy.checker import HealthChecker
+from zerodown.proxy.checker import CheckResult, HealthChecker
 from zerodown.proxy.health import HealthShare, TargetHealth, may_eject
 from zerodown.proxy.http import RequestHead
 from zerodown.proxy.metrics import TargetMetrics
@@ -105,6 +107,7 @@ class Service:
         known = previous.targets_by_address() if previous else {}
         _check_buildable(spec, known)
         self.checkers: dict[Target, HealthChecker] = {}
+        self._panic_turn = 0
         self.stable = self._build_pool("stable", spec.stable, known, previous)
         self.canary = self._build_pool("canary", spec.canary, known, previous)
         self._needs_cookies = bool(
@@ -159,14 +162,14 @@ class Service:
             old = HealthChecker(target.host, target.port, spec, self._check_reporter(target))
         self.checkers[target] = old
 
-    def _check_reporter(self, target: Target) -> Callable[[bool], None]:
+    def _check_reporter(self, target: Target) -> Callable[[CheckResult], None]:
         # The checker outlives this Service (table swaps keep it), so the
         # callback holds only what does not change: the clock, name and hook.
         clock, name, hook = self._clock, self.name, self._on_health
 
-        def report(ok: bool) -> None:
+        def report(result: CheckResult) -> None:
             before = target.health.state
-            target.health.on_check(ok, clock())
+            target.health.on_check(result == "pass", clock(), timed_out=result == "timeout")
             if hook is not None and target.health.state != before:
                 hook(name, target)
 
@@ -250,6 +253,50 @@ class Service:
             return cookies.get(name.encode(), b"").decode("latin-1")
         return path.partition(b"?")[0].decode("latin-1")
 
+    def panic_pick(self, pool: Pool, tried: Collection[Target]) -> Target | None:
+        """Every target is out by health: pick one anyway, or None.
+
+        Envoy's panic threshold at 100%: when health leaves nothing, it is
+        more likely wrong (checks timing out on a busy app) than every
+        instance dead, and a dead one costs a connect error and a retry where
+        refusing costs every request. Only targets the table sends traffic to
+        (`ready`, weight > 0) are candidates, never a draining or removed one.
+        The chosen pool first, then the other; least in flight per weight,
+        ties in turn. A cold path: the balancers found nothing.
+        """
+        if self.stable.available or self.canary.available:
+            return None  # some target is healthy; the ones left were tried already
+        for candidates in (pool.targets, self.fallback_targets(pool)):
+            best: Target | None = None
+            best_load = math.inf
+            self._panic_turn += 1
+            for i in range(len(candidates)):
+                target = candidates[(self._panic_turn + i) % len(candidates)]
+                if target.state != "ready" or target.weight <= 0 or target in tried:
+                    continue
+                load = target.in_flight / target.weight
+                if load < best_load:
+                    best, best_load = target, load
+            if best is not None:
+                return best
+        return None
+
+    def fallback_targets(self, pool: Pool) -> list[Target]:
+        return self.canary.targets if pool is self.stable else self.stable.targets
+
+    def unavailable_reason(self) -> str:
+        """Why no target may take a request: one line for a 503's body and the log."""
+        targets = list(self.targets())
+        if not targets:
+            return f"no healthy target for {self.name} (it has no targets)"
+        states = Counter(_why_out(t) for t in targets)
+        if len(states) == 1:
+            why = f"all {len(targets)} targets {next(iter(states))}"
+        else:
+            parts = ", ".join(f"{n} {why}" for why, n in sorted(states.items()))
+            why = f"{len(targets)} targets: {parts}"
+        return f"no healthy target for {self.name} ({why})"
+
     def fallback(self, pool: Pool) -> Pool | None:
         """The other pool, when the chosen one has nothing left to try."""
         other = self.stable if pool is self.canary else self.canary
@@ -299,6 +346,15 @@ class Service:
         # must not make "never eject the last serving target" believe it has a spare.
         pool = self.canary if target in self.canary.targets else self.stable
         return [t.health for t in pool.targets if t.state == "ready"]
+
+
+def _why_out(target: Target) -> str:
+    """What keeps `target` from traffic, in the vocabulary of the stats."""
+    if target.state != "ready":
+        return target.state  # adding, down, draining (gone never stays in a pool)
+    if target.weight <= 0:
+        return "at weight 0"
+    return target.health.state  # down or ejected (panic would have used it otherwise)
 
 
 def all_targets(services: Iterable[Service]) -> Iterator[tuple[Service, Target]]:

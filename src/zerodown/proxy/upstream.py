@@ -350,7 +350,9 @@ class ConnectionPool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(QueueTimeout("target removed while waiting"))
+                waiter.set_exception(
+                    QueueTimeout("the target left the table while the request waited for it")
+                )
 
     def _take_idle(self) -> UpstreamConnection | None:
         # LIFO: the warmest connection is the least likely to be closed by the app.
@@ -390,7 +392,11 @@ class ConnectionPool:
                 async with asyncio.timeout_at(deadline):
                     await waiter
             except TimeoutError:
-                raise QueueTimeout(f"{self.target.address} at max connections") from None
+                # No address in the message: it is the body of the client's 503.
+                raise QueueTimeout(
+                    f"target at max connections ({self.settings.max_conns_per_target}) "
+                    f"for the whole queue timeout ({self.settings.queue_timeout:g}s)"
+                ) from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
