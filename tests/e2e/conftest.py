@@ -257,6 +257,21 @@ class Cluster:
             time.sleep(POLL)
         return 0
 
+    def dataplane_pid(self) -> int | None:
+        """The data-plane host serving this cluster's state directory, if one runs."""
+        try:
+            pid = int((self.root / "state" / "dataplane.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if alive(pid) else None
+
+    def kill_dataplane(self) -> None:
+        """SIGKILL the data-plane host and its workers (their process group)."""
+        pid = self.dataplane_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -419,6 +434,15 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         code = cluster.stop_daemon()
         if code != 0:
             problems.append(f"{cluster}: daemon exit {code} on SIGTERM\n{cluster.log_tail()}")
+        # A daemon stopped by SIGTERM stops its data plane; one that was killed
+        # (and not started again) leaves it serving, by design: clean it up.
+        deadline = time.monotonic() + LEFTOVER_GRACE
+        while cluster.dataplane_pid() is not None and time.monotonic() < deadline:
+            time.sleep(POLL)
+        if cluster.dataplane_pid() is not None:
+            if code == 0:
+                problems.append(f"{cluster}: data plane left running after a clean stop")
+            cluster.kill_dataplane()
         deadline = time.monotonic() + LEFTOVER_GRACE
         while (left := cluster.processes()) and time.monotonic() < deadline:
             time.sleep(POLL)

@@ -1,9 +1,11 @@
 """The proxy process itself under a deploy's load: two workers, and hot restarts.
 
-`zerodown serve` with `workers = 2` deploys under load; then SIGUSR2 hands
-the sockets to a new generation while the load runs, and the new one deploys
-again. Counts, never timings: failed requests, processes in /proc, pids of
-the apps before and after (a hot restart must adopt them, not restart them).
+`zerodown serve` with `workers = 2` deploys under load; then SIGUSR2 starts
+a new generation of the daemon while the load runs, which adopts the data
+plane (the same host and workers keep serving) and deploys again. Counts,
+never timings: failed requests, processes in /proc, pids of the apps and of
+the data plane before and after (a hot restart adopts them, it does not
+restart them).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ HANDOVER_TIMEOUT = 30.0
 
 
 def proxy_workers(daemon: int) -> list[int]:
-    """The daemon's children that are proxy workers (its apps are children too)."""
+    """The proxy workers of the daemon's data plane (serve -> host -> workers)."""
     found = []
-    for pid in children(daemon):
+    for pid in [grandchild for child in children(daemon) for grandchild in children(child)]:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -78,16 +80,18 @@ def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: Cluste
     first = cluster.daemon.pid
     workers: list[int] = wait_for("two proxy workers", lambda: two_workers(first), 10)
 
+    host = cluster.dataplane_pid()
     with Load(cluster.url) as load:
         cluster.deploy_ok("v2")
         apps = sorted(p.pid for p in cluster.processes())
         second = hand_over(cluster, first)
         cluster.successor = second
         assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
-        wait_for("the old workers exited", lambda: not any(alive(w) for w in workers), 10)
-        wait_for("two workers in the new generation", lambda: two_workers(second), 10)
-        # The apps were adopted, not restarted: the same processes serve.
+        # The apps and the data plane were adopted, not restarted: the same
+        # processes serve, and the old daemon's exit took none of them along.
         assert sorted(p.pid for p in cluster.processes()) == apps
+        assert cluster.dataplane_pid() == host
+        assert all(alive(w) for w in workers)
         cluster.deploy_ok("v3")
 
     report = assert_no_failures(load)
@@ -134,7 +138,9 @@ def test_a_signal_to_the_whole_group_stops_every_worker_cleanly(
     assert cluster.get()[0] == 503  # nothing deployed yet: the proxy itself answers
     os.killpg(cluster.daemon.pid, sig)
     assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
+    # The data plane is in a session of its own: the daemon stopped it, in order.
     wait_for("every worker exited", lambda: not any(alive(w) for w in workers), 10)
+    assert cluster.dataplane_pid() is None
     assert "restarting" not in cluster.log_tail()  # no worker was taken for a crash
 
 

@@ -87,6 +87,10 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def grandchildren(pid: int) -> set[int]:
+    return {grandchild for child in children(pid) for grandchild in children(child)}
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -171,8 +175,11 @@ def test_a_signal_during_start_up_stops_serve_at_once_and_leaves_no_worker(
     proc = serve(write_config(tmp_path, free_port(), workers), {"PYTHONPATH": path})
     spawned: set[int] = set()
     try:
-        until(lambda: len(children(proc.pid)) == workers, "the workers spawned", START_DEADLINE)
-        spawned = children(proc.pid)
+        # serve -> its data-plane host -> the workers.
+        until(
+            lambda: len(grandchildren(proc.pid)) == workers, "the workers spawned", START_DEADLINE
+        )
+        spawned = grandchildren(proc.pid) | children(proc.pid)
         started = time.monotonic()
         proc.send_signal(sig)
         code = proc.wait(STOP_DEADLINE)

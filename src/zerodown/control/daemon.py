@@ -1,13 +1,21 @@
-"""`zerodown serve`: the data plane and the control daemon in one process.
+"""`zerodown serve`: the control daemon, and the data plane it keeps serving.
+
+The data plane runs in a process of its own (dataplane/host.py), which
+outlives this one: if the daemon dies, traffic goes on by the last table,
+with health checks and drains, and the next daemon adopts it, as it adopts
+the app instances (static stability).
 
 Shutdown runs in a fixed order (as uvicorn's does): the admin API stops;
 the proxy stops accepting, answers keep-alive clients with Connection:
 close, waits for in-flight requests up to its deadline and cuts the rest;
 then the orchestrator stops deploying and, unless told to keep them, stops
 the app instances (after the proxy, so in-flight requests finish on them).
+Told to keep the instances, it leaves the data plane serving too.
 
-SIGUSR2 is a hot restart (handover.py): a new generation takes the sockets
-over, and this one stops as above but leaves the app instances to it.
+SIGUSR2 is a hot restart (handover.py): a new generation of the daemon
+takes the admin socket over and adopts the data plane (replacing it by one
+running the new code, socket for socket, when zerodown was upgraded); this
+one then stops, leaving the data plane and the app instances to it.
 """
 
 from __future__ import annotations
@@ -26,8 +34,7 @@ from zerodown.control import notify
 from zerodown.control.admin import AdminServer, create_admin_app
 from zerodown.control.auth import require_token_for
 from zerodown.control.handover import HandoverError, inherited, start_successor
-from zerodown.dataplane.base import ListeningDataPlane
-from zerodown.dataplane.local import local_dataplane
+from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.routing import parse_address
 from zerodown.runtime.base import Runtime
@@ -60,7 +67,7 @@ class Daemon:
         self.keep_instances = keep_instances
         self.state_dir = Path(config.proxy.state_dir)
         self.state_lock: StateDirLock | None = None
-        self.dataplane: ListeningDataPlane | None = None
+        self.dataplane: DetachedDataPlane | None = None
         self.store: SqliteStore | None = None
         self.orchestrator: Orchestrator | None = None
         self.admin: AdminServer | None = None
@@ -75,11 +82,17 @@ class Daemon:
             self.state_lock = StateDirLock.inherit(given.state_lock_fd, self.state_dir)
         else:
             self.state_lock = StateDirLock.acquire(self.state_dir)
-        self.dataplane = local_dataplane(
-            config.proxy_settings(), config.routing_table(), config.proxy.worker_count()
-        )
-        await self.dataplane.start(given.listen if given else list(config.proxy.listen))
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.dataplane = DetachedDataPlane(
+            config.proxy_settings(),
+            config.routing_table(),
+            config.proxy.worker_count(),
+            self.state_dir,
+        )
+        # Sockets handed over by an older generation that served in-process
+        # count only if no data plane runs to adopt.
+        listen = given.listen if given and given.listen else list(config.proxy.listen)
+        await self.dataplane.start(listen)
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
         self.orchestrator = Orchestrator(config, self.dataplane, self.store, self._runtime_for)
         await self.orchestrator.start()
@@ -102,7 +115,10 @@ class Daemon:
         if self.admin is not None:
             await self.admin.stop()
         if self.dataplane is not None:
-            await self.dataplane.stop()
+            if self.handed_over_to is not None or self.keep_instances:
+                await self.dataplane.detach()  # it serves on, for the next daemon to adopt
+            else:
+                await self.dataplane.stop()
         if self.orchestrator is not None:
             await self.orchestrator.close(stop_instances=not self.keep_instances)
         if self.store is not None:
@@ -150,12 +166,16 @@ class Daemon:
             log.warning("hot restart refused: a deploy of %s is running", busy)
             return False
         await self.admin.pause()
-        sockets = self.dataplane.sockets
+        # Let go of the data plane first: the new generation adopts it (or
+        # replaces it, stopping this one), and we must not start it again then.
+        await self.dataplane.detach()
         try:
             lock = self.state_lock.fd if self.state_lock is not None else None
-            pid = await start_successor(self.restart_argv, sockets, self.admin.socket, lock)
+            # No proxy sockets: the new generation adopts the data plane, which has them.
+            pid = await start_successor(self.restart_argv, [], self.admin.socket, lock)
         except HandoverError as exc:
             log.error("hot restart failed, serving on: %s", exc)
+            await self.dataplane.start(list(self.config.proxy.listen))  # adopt it again
             await self.admin.start()
             return False
         print(f"zerodown: handed over to pid {pid}; finishing in-flight requests", flush=True)

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Final
 
 from zerodown.routing import DrainResult, RoutingTable
 
-__all__ = ["DataPlane", "DrainResult", "ListeningDataPlane"]
+__all__ = ["SHUTDOWN_IDLE_GRACE", "DataPlane", "DrainResult", "ListeningDataPlane"]
+
+# At a graceful stop, an idle keep-alive client may still send one request,
+# answered with Connection: close, for this long: clients that send all the
+# time (the ones that would race the close) all get theirs in.
+SHUTDOWN_IDLE_GRACE: Final = 1.0
 
 
 class DataPlane(ABC):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from zerodown.dataplane.base import DrainResult, ListeningDataPlane
+from zerodown.dataplane.base import SHUTDOWN_IDLE_GRACE, DrainResult, ListeningDataPlane
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
@@ -25,7 +25,7 @@ class EmbeddedDataPlane(ListeningDataPlane):
         await self.server.start(listen)
 
     async def stop(self, timeout: float | None = None) -> None:
-        await self.server.stop(timeout)
+        await self.server.stop(timeout, idle_grace=SHUTDOWN_IDLE_GRACE)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

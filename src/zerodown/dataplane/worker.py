@@ -30,6 +30,7 @@ from typing import Any
 
 import uvloop
 
+from zerodown.dataplane.base import SHUTDOWN_IDLE_GRACE
 from zerodown.dataplane.channel import Channel, Message
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.server import ProxyServer
@@ -95,7 +96,7 @@ class Worker:
             return
         self._stopping = True
         if self.server is not None:
-            await self.server.stop(timeout)
+            await self.server.stop(timeout, idle_grace=SHUTDOWN_IDLE_GRACE)
         # The reply to `stop` is written as this returns, in this same step;
         # `run` then flushes it before the process ends.
         asyncio.get_running_loop().call_soon(self.done.set)
