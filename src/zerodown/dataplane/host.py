@@ -148,7 +148,7 @@ class DataPlaneHost:
     async def _accept_controllers(self) -> None:
         """Take controllers that find us by name; each is handed the listening sockets."""
         loop = asyncio.get_running_loop()
-        named = await self._bind_name()
+        named = self._named or await self._bind_name()
         while not self._stopping:
             try:
                 conn, _ = await loop.sock_accept(named)
@@ -167,15 +167,18 @@ class DataPlaneHost:
 
     async def _bind_name(self) -> socket.socket:
         """Bind the control name; during an upgrade, once the predecessor let go of it."""
-        name = control_name(self.state_dir)
+        while (named := self._try_bind_name()) is None:
+            await asyncio.sleep(BIND_RETRY)
+        return named
+
+    def _try_bind_name(self) -> socket.socket | None:
         named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         named.setblocking(False)
-        while True:
-            try:
-                named.bind(name)
-                break
-            except OSError:
-                await asyncio.sleep(BIND_RETRY)
+        try:
+            named.bind(control_name(self.state_dir))
+        except OSError:
+            named.close()
+            return None
         named.listen(16)
         self._named = named
         return named
@@ -224,6 +227,10 @@ class DataPlaneHost:
         await dataplane.start(self.listen)
         self.dataplane = dataplane
         self._write_pid()
+        # Bound before the reply when the name is free, so a controller that
+        # looks right after this one let go finds us; else (an upgrade, the
+        # predecessor still has it) as soon as it is.
+        self._try_bind_name()
         self._spawn(self._accept_controllers())
         return self._hello()
 
