@@ -475,21 +475,37 @@ _held: list[int] = []  # lock file descriptors, held for this process's life
 
 def reserved_port() -> int:
     """A port no other test process picks and nothing listens on now."""
+    return reserved_ports(1)[0]
+
+
+def reserved_ports(count: int) -> tuple[int, int]:
+    """`count` ports in a row (first, last), reserved as reserved_port() reserves one:
+    for a service's `ports` range, where instances of a test's daemon listen."""
     _PORT_LOCKS.mkdir(exist_ok=True)
-    start = random.randrange(len(RESERVED_PORTS))
-    for i in range(len(RESERVED_PORTS)):
-        port = RESERVED_PORTS[(start + i) % len(RESERVED_PORTS)]
-        fd = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)  # another test process has it
-            continue
-        if _bindable(port):
-            _held.append(fd)
-            return port
+    starts = list(range(RESERVED_PORTS.start, RESERVED_PORTS.stop - count + 1, count))
+    random.shuffle(starts)
+    for start in starts:
+        fds = [fd for fd in map(_lock, range(start, start + count)) if fd is not None]
+        if len(fds) == count:
+            _held.extend(fds)
+            return start, start + count - 1
+        for fd in fds:
+            os.close(fd)
+    raise RuntimeError(f"no {count} free ports in a row in {RESERVED_PORTS}")
+
+
+def _lock(port: int) -> int | None:
+    """The lock file's descriptor, held, if no other test process holds it and the port is free."""
+    fd = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)  # another test process has it
+        return None
+    if not _bindable(port):
         os.close(fd)
-    raise RuntimeError(f"no free port in {RESERVED_PORTS}")
+        return None
+    return fd
 
 
 def _bindable(port: int) -> bool:

@@ -17,7 +17,6 @@ import functools
 import http.client
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from harness import reserved_port, reserved_ports
 from zerodown.verify import LoadSpec, run_load
 from zerodown.verify.load import LoadResult, Sample
 from zerodown.verify.report import Report
@@ -51,13 +51,14 @@ LOAD_CONCURRENCY = 8
 # it goes would starve their start-up on this 2-core machine).
 LOAD_RATE = 200.0
 LOAD_TIMEOUT = 20.0  # per request; above recreate.max_pause so a held request is not a timeout
-# Instance ports: a random window per test, below Linux's ephemeral range
+# Instance ports: a window per test, reserved against other test processes
+# (harness.reserved_ports: two random windows could overlap), below Linux's ephemeral range
 # (32768-60999 here, net.ipv4.ip_local_port_range). Inside it, an outgoing
 # connection (the proxy's, the load's) may take a port between the runtime's
 # "is it free?" and the app's bind 2 s later, and the app exits with
 # "address already in use". zerodown's default range (20000-29999) is below
 # it too.
-PORTS_LOW, PORTS_HIGH, PORT_WINDOW = 30000, 32768, 200
+PORT_WINDOW = 200  # the instances' `ports` range, per test
 
 # The demo app with a knob per release, picked by the version label the
 # runtime puts in the environment (with the port), as the issue specifies.
@@ -74,9 +75,9 @@ exec {python} -m zerodown.demo --port "$PORT" --version "$ZERODOWN_VERSION" \\
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    # Not port 0: the daemon binds it later (and again after each restart),
+    # and a port from the ephemeral range may be any connection's by then.
+    return reserved_port()
 
 
 def toml_str(text: str) -> str:
@@ -367,7 +368,8 @@ class Cluster:
 
 def default_service(mark: str) -> dict[str, str]:
     """The `[services.web]` table as key -> TOML value; tests override entries."""
-    low = random.randrange(PORTS_LOW, PORTS_HIGH - PORT_WINDOW)
+    # Reserved against every other test process: two random windows could overlap.
+    low, _ = reserved_ports(PORT_WINDOW)
     return {
         "command": toml_str(demo_command()),
         "instances": str(INSTANCES),

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from harness import reserved_port
+from harness import reserved_port, reserved_ports
+from zerodown.config import defaults, load_config
 from zerodown.control.client import AdminClient
 from zerodown.demo.process import AppProcess, DemoError, read_line, spawn_app, stop_process
-from zerodown.demo.run import SERVE_LOG, _wait_ready, run_demo
+from zerodown.demo.run import DEMO_PORTS, SERVE_LOG, _wait_ready, demo_config, free_window, run_demo
 
 DEADLINE = 10.0
 
@@ -254,33 +255,65 @@ def test_ignore_sigterm_keeps_serving_until_sigint(spawn: Callable[..., AppProce
 # -- zerodown demo ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def test_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Path) -> None:
-    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+@pytest.fixture
+def demo_logs(tmp_path: Path) -> Iterator[io.StringIO]:
+    """The demo's output; printed, with the daemon's log, when the test fails."""
     out = io.StringIO()
-    told = run_demo(0.1, listen=listen, admin=admin, state_dir=tmp_path, out=out)
+    yield out
+    print("---- zerodown demo output ----", out.getvalue(), sep="\n")
+    logs = [tmp_path / SERVE_LOG, *sorted((tmp_path / "state" / "logs").rglob("*.log"))]
+    for log in logs:
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"---- {log.relative_to(tmp_path)} ----", *tail, sep="\n")
+
+
+def test_demo_tells_the_whole_story_and_leaves_nothing_running(
+    tmp_path: Path, demo_logs: io.StringIO
+) -> None:
+    # Ports below the ephemeral range, reserved against other test processes:
+    # a port from port 0 could be taken by any outgoing connection before the
+    # demo's daemon binds it.
+    # The instances' ports too: in the default range, every daemon another
+    # test starts picks from the bottom up, and a demo app binds its port a
+    # second after it was seen free; two daemons took one port that way.
+    listen, admin = f"127.0.0.1:{reserved_port()}", f"127.0.0.1:{reserved_port()}"
+    ports = reserved_ports(20)
+    out = demo_logs
+    told = run_demo(0.1, listen=listen, admin=admin, state_dir=tmp_path, out=out, ports=ports)
     outcomes = {chapter.version: (chapter.strategy, outcome) for chapter, outcome, _ in told}
     assert outcomes == {
         "v2": ("rolling", "succeeded"),
         "v3": ("blue_green", "succeeded"),
         "v4": ("canary", "succeeded"),
         "v5": ("canary", "rolled_back"),
-    }, out.getvalue()
+    }
     reports = {chapter.version: report for chapter, _, report in told}
     for version in ("v2", "v3", "v4"):
-        assert reports[version].failed == 0, out.getvalue()
+        assert reports[version].failed == 0
         assert reports[version].total > 100
         assert (tmp_path / f"web-{version}.svg").exists()
     # The failing canary: clients saw errors only from its share, and v5 serves nothing now.
     assert 0 < reports["v5"].failed < reports["v5"].total * 0.3
     assert_refused(listen)
-    assert not [line for line in _processes() if str(tmp_path) in line or "--version v" in line]
+    assert not _processes(ports)
+
+
+def test_demo_instances_take_free_ports_away_from_other_daemons(tmp_path: Path) -> None:
+    # A daemon's instances take ports from the bottom of 20000-29999 by default,
+    # and a demo app binds a second after its port was seen free: two daemons
+    # there (a user's serve and the demo, or two tests) took the same port.
+    # The ephemeral range is no better: every outgoing connection takes a port.
+    (tmp_path / "zerodown.toml").write_text(
+        demo_config("127.0.0.1:8080", "127.0.0.1:9900", tmp_path, free_window())
+    )
+    first, last = load_config(tmp_path / "zerodown.toml").services["web"].ports
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+    assert DEMO_PORTS[0] <= first < last <= DEMO_PORTS[1]
+    assert last < defaults.PORTS[0] and last < int(ephemeral)
+    for port in range(first, last + 1):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free now, each of them
 
 
 @pytest.fixture
@@ -340,15 +373,17 @@ def test_demo_drives_only_its_own_child(
     assert user.releases("web") == []
 
 
-def _processes() -> list[str]:
-    """Command lines of demo apps still running (ours carry the tmp path via the config)."""
+def _processes(ports: tuple[int, int]) -> list[str]:
+    """Command lines of this demo's apps still running: those on a port of its range
+    (another test's demo, running meanwhile, has ports of its own)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if "zerodown.demo" in cmdline and "--error-rate-for v5=0.3" in cmdline:
-                    found.append(cmdline)
+                args = (entry / "cmdline").read_bytes().decode().split("\0")
+                port = args[args.index("--port") + 1] if "--port" in args else ""
+                if "zerodown.demo" in args and port.isdigit() and ports[0] <= int(port) <= ports[1]:
+                    found.append(" ".join(args))
     return found
 
 

@@ -15,6 +15,7 @@ import errno
 import functools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,6 +44,10 @@ READY_TIMEOUT = 15.0  # from starting `zerodown serve` to its admin API answerin
 FIRST_DEPLOY_TIMEOUT = 60.0
 PROXY_STOP_TIMEOUT = 45.0  # above the proxy's graceful stop plus stopping the apps
 POLL_INTERVAL = 0.1
+# Where the demo's app instances listen: below the default instance range
+# and the ephemeral range (see free_window).
+DEMO_PORTS = (10000, 11999)
+PORT_WINDOW = 20  # ports for 2 instances in up to 3 sets, with room for slow ones
 SERVE_LOG = "serve.log"  # in state_dir: the daemon's output, kept for when it fails
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 LOAD_CONCURRENCY = 8
@@ -73,17 +78,20 @@ def run_demo(
     state_dir: Path = DEFAULT_STATE_DIR,
     stop: threading.Event | None = None,
     out: TextIO | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> list[tuple[Chapter, str, Report]]:
     """Tell the story, then serve until Ctrl-C/SIGTERM, `duration`, or `stop`.
 
     Returns each chapter with the deploy's outcome and the load report.
     Raises DemoError when something does not start or dies while running.
+    `ports` is where the app instances listen (default: a window free now,
+    away from the range other daemons use by default).
     """
     out = out or sys.stdout
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     config = state_dir / "zerodown.toml"
-    config.write_text(demo_config(listen, admin, state_dir))
+    config.write_text(demo_config(listen, admin, state_dir, ports or free_window()))
     daemon: subprocess.Popen[bytes] | None = None
     told: list[tuple[Chapter, str, Report]] = []
     with _interrupt_on_signals():
@@ -106,7 +114,7 @@ def run_demo(
     return told
 
 
-def demo_config(listen: str, admin: str, state_dir: Path) -> str:
+def demo_config(listen: str, admin: str, state_dir: Path, ports: tuple[int, int]) -> str:
     """One service, run from the demo app; v5 is built to fail 30 % of its requests."""
     command = (
         f"{sys.executable} -m zerodown.demo --port {{port}} --version {{version}} "
@@ -121,6 +129,7 @@ state_dir = {json.dumps(str(state_dir / "state"))}
 route = {{ host = "*", path = "/" }}
 command = {json.dumps(command)}
 instances = 2
+ports = "{ports[0]}-{ports[1]}"
 health = {{ path = "/health", interval = "250ms", rise = 1 }}
 drain_timeout = "10s"
 stop_grace = "5s"
@@ -130,6 +139,24 @@ blue_green = {{ scale_down_delay = "3s" }}
 steps = [{{ weight = 20, pause = "3s" }}, {{ weight = 50, pause = "3s" }}]
 min_requests = 50
 """
+
+
+def free_window(size: int = PORT_WINDOW) -> tuple[int, int]:
+    """`size` ports in a row, none in use now, at a random place in DEMO_PORTS.
+
+    Not the default instance range (20000-29999): a `zerodown serve` of the
+    user's, or another demo, takes ports there from the bottom up, and its
+    app binds a port a second after the port was seen free (its startup
+    delay), long enough for two daemons to pick the same one. Not the
+    ephemeral range either, where every outgoing connection takes a port.
+    """
+    low, high = DEMO_PORTS
+    starts = list(range(low, high - size + 1, size))
+    random.shuffle(starts)
+    for start in starts:
+        if not any(_held(f"127.0.0.1:{port}") for port in range(start, start + size)):
+            return start, start + size - 1
+    raise DemoError(f"no {size} free ports in a row in {low}-{high}")
 
 
 def _refuse_busy(listen: str, admin: str) -> None:
