@@ -29,7 +29,15 @@ import uvloop
 
 from zerodown.errors import DeployError
 from zerodown.release import Instance, Release
-from zerodown.runtime import NoFreePort, ProcessRuntime, RuntimeStartError, can_listen, procfs
+from zerodown.runtime import (
+    InstanceExited,
+    NoFreePort,
+    ProcessRuntime,
+    RuntimeStartError,
+    can_listen,
+    procfs,
+)
+from zerodown.runtime.base import ExitReport
 from zerodown.runtime.logs import RotatingLog
 
 T = TypeVar("T")
@@ -429,6 +437,44 @@ def test_a_crash_is_reported_once_to_every_callback(run: Run, make: Make) -> Non
         await runtime.stop(crashing, 5)  # already gone: fine, and no second report
         await runtime.stop(staying, 5)
         assert len(first) == len(second) == 1
+
+    run(body())
+
+
+def test_an_exit_is_reported_by_signal_with_the_end_of_its_log(
+    run: Run, make: Make, state_dir: Path
+) -> None:
+    async def body() -> None:
+        runtime = make()
+        heard: list[ExitReport | None] = []
+        # Read in the callback: the log is complete by the time anyone hears.
+        runtime.on_exit(lambda instance, code: heard.append(runtime.exit_report(instance)))
+        code = "import time\nfor n in range(12): print('line', n)\ntime.sleep(100)"
+        [instance] = await runtime.start(python(code), 1)
+        log = log_of(state_dir, instance)
+        await until(lambda: log.exists() and "line 11" in log.read_text(), "its output")
+        assert instance.pid is not None
+        os.kill(instance.pid, signal.SIGSEGV)
+        await until(lambda: len(heard) == 1, "the exit callback")
+        assert heard == [runtime.exit_report(instance)]
+        report = heard[0]
+        assert report is not None and report.code == -signal.SIGSEGV, report
+        assert report.how == "killed by SIGSEGV" and report.log == log
+        assert report.tail == tuple(f"line {n}" for n in range(2, 12))
+        assert report.output().startswith(f"last 10 lines of {log}:\n    line 2\n")
+
+    run(body())
+
+
+def test_an_exit_while_starting_shows_the_end_of_its_log(run: Run, make: Make) -> None:
+    async def body() -> None:
+        runtime = make()
+        release = Release("web", "v1", "sh -c 'echo cannot open config.yml; exit 3'")
+        with pytest.raises(InstanceExited) as stopped:
+            await runtime.start(release, 400)  # stops at the first exit it sees
+        assert stopped.value.code == 3 and stopped.value.report is not None
+        assert stopped.value.report.tail == ("cannot open config.yml",)
+        assert str(stopped.value).endswith(":\n    cannot open config.yml"), stopped.value
 
     run(body())
 

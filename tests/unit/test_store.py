@@ -25,6 +25,7 @@ from zerodown.store import (
     StoreError,
     local_owner,
 )
+from zerodown.store.sqlite import MIGRATIONS
 
 HOST = socket.gethostname()
 ME = local_owner()
@@ -236,6 +237,57 @@ def test_mark_failed_refuses_the_current_release(store: SqliteStore) -> None:
     assert store.current("web") == "v1"
     with pytest.raises(NotFound):
         store.mark_failed("web", "v9")
+
+
+def test_aborted_and_rolled_back_releases_say_so_but_keep_a_role(store: SqliteStore) -> None:
+    add(store, "v1", "v2", "v3", "v4", "v5")
+    store.set_current("web", "v1")
+    store.set_current("web", "v2")
+    store.mark_outcome("web", "v3", "aborted")
+    store.mark_outcome("web", "v4", "rolled_back")
+    store.mark_outcome("web", "v5", "failed")
+    store.mark_outcome("web", "v1", "aborted")  # proves nothing: still where rollback goes
+    store.mark_outcome("web", "v2", "rolled_back")  # nor can it unseat what serves
+    assert statuses(store) == {
+        "v5": "failed",
+        "v4": "rolled_back",
+        "v3": "aborted",
+        "v2": "current",
+        "v1": "previous",
+    }
+    store.mark_outcome("web", "v3", "failed")  # a later deploy of it found it broken
+    assert statuses(store)["v3"] == "failed"
+    with pytest.raises(StoreError, match="current"):
+        store.mark_outcome("web", "v2", "failed")
+    with pytest.raises(NotFound):
+        store.mark_outcome("web", "v9", "aborted")
+
+
+def test_a_version_1_file_migrates_keeping_its_releases(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    raw.execute("INSERT INTO schema_version VALUES (1)")
+    insert = """INSERT INTO releases (service, version, spec_json, status, created_at)
+        VALUES (?, ?, ?, ?, ?)"""
+    spec = '{"command": "app", "cwd": ".", "env": []}'
+    raw.execute(insert, ("web", "v1", spec, "current", 1.0))
+    raw.execute(insert, ("web", "v2", spec, "new", 2.0))
+    raw.commit()
+    raw.close()
+    with SqliteStore(path) as store:
+        assert statuses(store) == {"v2": "new", "v1": "current"}
+        store.mark_outcome("web", "v2", "aborted")
+        assert statuses(store) == {"v2": "aborted", "v1": "current"}
+        add(store, "v3")
+        store.set_current("web", "v3")
+        other = sqlite3.connect(path)
+        with pytest.raises(sqlite3.IntegrityError):  # the one-current index came through
+            other.execute("UPDATE releases SET status = 'current'")
+        other.close()
+        assert store.current("web") == "v3" and store.previous("web") == "v1"
 
 
 def test_a_failed_release_can_become_current(store: SqliteStore) -> None:

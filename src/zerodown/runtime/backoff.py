@@ -49,6 +49,11 @@ class Backoff:
         self._forget_before(now)
         return len(self._crashes) >= self.crash_loop_count
 
+    def crashes(self, now: float) -> int:
+        """Crashes within the window ending at `now`."""
+        self._forget_before(now)
+        return len(self._crashes)
+
     def reset(self) -> None:
         """Forget every crash (e.g. a new release took the slot)."""
         self._crashes.clear()

@@ -17,6 +17,7 @@ from typing import Final, Literal
 log = logging.getLogger(__name__)
 
 READ_CHUNK: Final = 64 * 1024  # with StreamReader's own limit, what one instance buffers at most
+TAIL_BYTES: Final = 16 * 1024  # read from a log's end to find its last lines
 
 
 class RotatingLog:
@@ -92,3 +93,19 @@ async def pump(reader: asyncio.StreamReader, output: RotatingLog) -> None:
             if not failed:
                 log.warning("cannot write %s, dropping output: %s", output.path, exc)
             failed = True
+
+
+def tail(path: Path, lines: int, max_bytes: int = TAIL_BYTES) -> tuple[str, ...]:
+    """The last `lines` lines of `path` (from its last `max_bytes`), decoded
+    leniently: app output is whatever bytes the app wrote."""
+    try:
+        with open(path, "rb") as source:
+            size = source.seek(0, os.SEEK_END)
+            source.seek(max(0, size - max_bytes))
+            data = source.read()
+    except OSError:
+        return ()
+    text = data.decode("utf-8", "replace").splitlines()
+    if len(data) == max_bytes and size > max_bytes:
+        text = text[1:]  # the first line read is likely cut
+    return tuple(line.rstrip() for line in text[-lines:])

@@ -26,15 +26,16 @@ import re
 import secrets
 import signal
 import subprocess
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from zerodown.config.defaults import PORTS, STOP_GRACE
 from zerodown.release import Instance, Release
-from zerodown.runtime import procfs
-from zerodown.runtime.base import ExitCallback, Runtime
-from zerodown.runtime.logs import RotatingLog, pump
+from zerodown.runtime import owner, procfs
+from zerodown.runtime.base import ExitCallback, ExitReport, PortOwner, Runtime
+from zerodown.runtime.logs import RotatingLog, pump, tail
 from zerodown.runtime.ports import PortAllocator, Probe, can_listen, ephemeral_overlap
 from zerodown.runtime.spawn import InstanceExited, RuntimeStartError, spawn, until_exit
 
@@ -48,6 +49,8 @@ KILL_TIMEOUT: Final = 5.0  # after SIGKILL; only a process stuck in the kernel t
 PORT_FREE_TIMEOUT: Final = 2.0  # after exit, for the port to take a new listener
 PORT_POLL: Final = 0.05
 LOG_FLUSH_TIMEOUT: Final = 1.0  # after exit, for the last output to reach the log
+TAIL_LINES: Final = 10  # of an exited instance's log, in its ExitReport
+EXITS_KEPT: Final = 256  # ExitReports remembered, oldest forgotten first
 
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9._-]")
 # Ports held by any ProcessRuntime of this process (one per service): see ports.py.
@@ -115,6 +118,7 @@ class ProcessRuntime(Runtime):
         self._log_backups = log_backups
         self._live: dict[str, _Watched] = {}
         self._callbacks: list[ExitCallback] = []
+        self._exits: OrderedDict[str, ExitReport] = OrderedDict()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -126,15 +130,19 @@ class ProcessRuntime(Runtime):
         """Start `n` instances; if one cannot start, or one already exited,
         stop those that did and raise (InstanceExited for an exit)."""
         started: list[_Watched] = []
+        gone: _Watched | None = None
         try:
-            for _ in range(n):
+            while len(started) < n and gone is None:
                 started.append(await self._start_one(release))
                 await asyncio.sleep(0)  # let the exit watchers report
-                _raise_on_exit(started, n)
+                gone = _first_exit(started)
         except Exception:
-            # The caller never sees these, so nobody else would ever stop them.
-            await asyncio.gather(*(self.stop(watched.instance, 0) for watched in started))
+            await self._stop_all(started)
             raise
+        if gone is not None:
+            await self._stop_all(started)  # also completes the log that says why
+            report = self._report(gone)
+            raise InstanceExited(gone.instance.id, gone.returncode, len(started), n, report)
         return [watched.instance for watched in started]
 
     async def stop(self, instance: Instance, grace: float) -> None:
@@ -150,6 +158,12 @@ class ProcessRuntime(Runtime):
     async def adopt(self, instances: list[Instance]) -> list[Instance]:
         adopted = [self._adopt_one(instance) for instance in instances]
         return [instance for instance in adopted if instance is not None]
+
+    def exit_report(self, instance: Instance) -> ExitReport | None:
+        return self._exits.get(instance.id)
+
+    def port_owner(self, instance: Instance) -> PortOwner:
+        return owner.port_owner(instance)
 
     # -- beyond the interface --------------------------------------------------
 
@@ -193,6 +207,10 @@ class ProcessRuntime(Runtime):
 
     # -- starting ----------------------------------------------------------------
 
+    async def _stop_all(self, started: list[_Watched]) -> None:
+        # The caller of start() never sees these, so nobody else would ever stop them.
+        await asyncio.gather(*(self.stop(watched.instance, 0) for watched in started))
+
     async def _start_one(self, release: Release) -> _Watched:
         if self._closed:
             raise RuntimeStartError("the runtime is closed")
@@ -235,6 +253,12 @@ class ProcessRuntime(Runtime):
         await until_exit(watched.instance.pid, watched.alive)
         # Our child is a zombie now (or reaped by alive()): wait() returns at once.
         self._exited(watched, watched.child.wait() if watched.child else None)
+        if watched.stopping is None and watched.pump is not None:
+            # Its last words (a traceback) may still be in the pipe: whoever
+            # hears of the crash reads them in its ExitReport.
+            await asyncio.wait([watched.pump], timeout=LOG_FLUSH_TIMEOUT)
+        if watched.stopping is None:  # asked for: stop() finishes the bookkeeping, nobody is told
+            self._crashed(watched)
 
     def _exited(self, watched: _Watched, code: int | None) -> None:
         watched.returncode = code
@@ -242,11 +266,13 @@ class ProcessRuntime(Runtime):
         # What the app left behind would be orphans now. Its pid names the
         # group and is not reused while any member is alive.
         _signal_group(watched.instance.pid, signal.SIGKILL)
-        if watched.stopping is not None:
-            return  # asked for: stop() finishes the bookkeeping, nobody is told
+
+    def _crashed(self, watched: _Watched) -> None:
         watched.instance.state = "crashed"
         self._forget(watched)
-        log.warning("instance %s exited on its own (code %s)", watched.instance.id, code)
+        report = self._report(watched)
+        log.warning("instance %s exited on its own (%s)", watched.instance.id, report.how)
+        code = watched.returncode
         for callback in list(self._callbacks):
             try:
                 callback(watched.instance, code)
@@ -256,6 +282,16 @@ class ProcessRuntime(Runtime):
     def _forget(self, watched: _Watched) -> None:
         self._live.pop(watched.instance.id, None)
         self.ports.release(watched.instance.port)
+
+    def _report(self, watched: _Watched) -> ExitReport:
+        """Remember how `watched` ended, with the last lines of its log as they are now."""
+        path = watched.log.path if watched.log is not None else None
+        lines = tail(path, TAIL_LINES) if path is not None else ()
+        report = ExitReport(watched.instance.id, watched.returncode, path, lines)
+        self._exits[report.instance_id] = report
+        while len(self._exits) > EXITS_KEPT:
+            self._exits.popitem(last=False)
+        return report
 
     # -- stopping ----------------------------------------------------------------
 
@@ -306,14 +342,12 @@ class ProcessRuntime(Runtime):
         return instance
 
 
-def _raise_on_exit(started: list[_Watched], wanted: int) -> None:
-    """Stop a batch at its first exit. A command that exits at once would
+def _first_exit(started: list[_Watched]) -> _Watched | None:
+    """A batch stops at its first exit. A command that exits at once would
     otherwise be started `wanted` times over (its port is free again at
     each exit), and the caller hears of none of them until the batch ends:
     `instances = 100000` once spawned 41,699 processes so."""
-    for watched in started:
-        if watched.exited.is_set():
-            raise InstanceExited(watched.instance.id, watched.returncode, len(started), wanted)
+    return next((watched for watched in started if watched.exited.is_set()), None)
 
 
 async def _capture(watched: _Watched, output: asyncio.StreamReader) -> None:

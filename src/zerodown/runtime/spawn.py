@@ -20,6 +20,7 @@ from typing import Final
 
 from zerodown.errors import DeployError
 from zerodown.release import Release
+from zerodown.runtime.base import ExitReport, exit_text
 
 EXIT_POLL: Final = 0.2  # how often liveness is polled where there is no pidfd
 # The daemon's admin credential is not the app's business; nor is systemd's
@@ -36,13 +37,21 @@ class RuntimeStartError(DeployError):
 class InstanceExited(RuntimeStartError):
     """An instance exited while its batch was still being started."""
 
-    def __init__(self, instance_id: str, code: int | None, started: int, wanted: int) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        code: int | None,
+        started: int,
+        wanted: int,
+        report: ExitReport | None = None,
+    ) -> None:
         self.instance_id = instance_id
         self.code = code
-        how = "unknown exit" if code is None else f"exit {code}"
+        self.report = report
+        said = f"; {report.output()}" if report is not None else ""
         super().__init__(
-            f"instance {instance_id} exited ({how}) while its release was starting; "
-            f"stopped after starting {started} of {wanted}"
+            f"instance {instance_id} exited ({exit_text(code)}) while its release was starting; "
+            f"stopped after starting {started} of {wanted}{said}"
         )
 
 

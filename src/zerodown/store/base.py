@@ -6,10 +6,18 @@ can come later behind the same methods. Calls are synchronous: each is one
 small transaction, fast enough to make from the daemon's event loop.
 
 Releases. A release is added once per (service, version) and then carries a
-status, which only `set_current` and `mark_failed` move:
+status, which only `set_current` and `mark_outcome` move:
 
     new ──set_current──▶ current ──(another set_current)──▶ previous ──▶ retired
-     └──mark_failed──▶ failed          (any but current can be marked failed)
+     └──mark_outcome──▶ failed | aborted | rolled_back
+
+`mark_outcome` says how the release's last deploy ended when it did not end
+serving: `failed`, the deploy found it broken (a health gate, a crash, the
+canary judge; any release but the current one can be marked so, the previous
+one too: a rollback must not go there); `aborted`, a person stopped the
+deploy; `rolled_back`, the deploy was interrupted (the daemon died) and the
+release before it restored. The last two prove nothing against the release:
+they never take the current or previous role from one.
 
 At most one release per service is `current` (serving) and at most one is
 `previous` (where `rollback` without `--to` goes). `prune` never deletes
@@ -41,7 +49,8 @@ from zerodown.config.strategy import StrategyName
 from zerodown.errors import ZerodownError
 from zerodown.release import DeployState, Instance, Outcome, Release
 
-ReleaseStatus = Literal["new", "current", "previous", "failed", "retired"]
+ReleaseStatus = Literal["new", "current", "previous", "failed", "aborted", "rolled_back", "retired"]
+EndedStatus = Literal["failed", "aborted", "rolled_back"]  # see `mark_outcome`
 JournalPhase = Literal["before", "after", "failed"]
 
 STALE_AFTER = 30.0  # seconds without a heartbeat before a lock is taken over
@@ -158,6 +167,12 @@ class Store(ABC):
     def mark_failed(self, service: str, version: str) -> None:
         """A deploy of `version` failed. Refuses the current release (raises
         StoreError): something must serve, so make another current first."""
+
+    @abstractmethod
+    def mark_outcome(self, service: str, version: str, status: EndedStatus) -> None:
+        """A deploy of `version` ended without it serving (see the module
+        docstring): "failed" as `mark_failed`; "aborted" and "rolled_back"
+        leave a current or previous release as it is."""
 
     @abstractmethod
     def prune(self, service: str, keep: int, protect: Set[str]) -> list[str]:

@@ -32,6 +32,7 @@ from zerodown.store.base import (
     BUSY_TIMEOUT,
     STALE_AFTER,
     DeployRecord,
+    EndedStatus,
     EventRecord,
     JournalEntry,
     JournalPhase,
@@ -47,7 +48,7 @@ from zerodown.store.base import (
 log = logging.getLogger("zerodown.store")
 
 DB_FILENAME = "zerodown.sqlite3"  # the store's file name inside state_dir
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # MIGRATIONS[n] takes the schema from version n to n + 1. Statements are run one
 # by one inside the opening transaction (executescript would commit first).
@@ -117,6 +118,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at REAL NOT NULL)""",
         "CREATE INDEX events_by_service ON events (service, id)",
     ),
+    # 1 -> 2: releases may read `aborted` and `rolled_back`. SQLite changes a
+    # CHECK only by rebuilding the table (ids and rows kept as they are).
+    (
+        """CREATE TABLE releases_v2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            service TEXT NOT NULL,
+            version TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'new'
+                CHECK (status IN ('new', 'current', 'previous', 'failed', 'aborted',
+                                  'rolled_back', 'retired')),
+            created_at REAL NOT NULL,
+            last_deployed_at REAL,
+            UNIQUE (service, version))""",
+        """INSERT INTO releases_v2 (id, service, version, spec_json, status, created_at,
+            last_deployed_at) SELECT id, service, version, spec_json, status, created_at,
+            last_deployed_at FROM releases""",
+        "DROP TABLE releases",
+        "ALTER TABLE releases_v2 RENAME TO releases",
+        """CREATE UNIQUE INDEX releases_one_per_role ON releases (service, status)
+            WHERE status IN ('current', 'previous')""",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -136,7 +159,7 @@ SET_STATUS = "UPDATE releases SET status = ? WHERE service = ? AND status = ?"
 MAKE_CURRENT = """UPDATE releases SET status = 'current', last_deployed_at = ?
     WHERE service = ? AND version = ?"""
 TOUCH_CURRENT = "UPDATE releases SET last_deployed_at = ? WHERE service = ? AND version = ?"
-MARK_FAILED = "UPDATE releases SET status = 'failed' WHERE service = ? AND version = ?"
+SET_RELEASE_STATUS = "UPDATE releases SET status = ? WHERE service = ? AND version = ?"
 # Newest first, with whether anything still needs the release's definition: a
 # saved instance (to restart or adopt it) or an unfinished deploy (to recover it).
 SELECT_PRUNE_CANDIDATES = """SELECT r.version, r.status,
@@ -263,10 +286,15 @@ class SqliteStore(Store):
         return self._version_with(service, "previous")
 
     def mark_failed(self, service: str, version: str) -> None:
+        self.mark_outcome(service, version, "failed")
+
+    def mark_outcome(self, service: str, version: str, status: EndedStatus) -> None:
         with self._write() as db:
-            if _status(db, service, version) == "current":
+            now = _status(db, service, version)
+            if status == "failed" and now == "current":
                 raise StoreError(f"{service} {version} is current; make another release current")
-            db.execute(MARK_FAILED, (service, version))
+            if status == "failed" or now not in ("current", "previous"):
+                db.execute(SET_RELEASE_STATUS, (status, service, version))
 
     def prune(self, service: str, keep: int, protect: Set[str]) -> list[str]:
         if keep < 0:
