@@ -40,7 +40,7 @@ from zerodown.deploy.plan import (
 )
 from zerodown.errors import CanaryBreach, DeployAborted, DeployError, ZerodownError
 from zerodown.release import DeployState, Instance, Outcome, Release
-from zerodown.store.base import StoreError
+from zerodown.store.base import EndedStatus, StoreError
 
 if TYPE_CHECKING:
     from zerodown.deploy.orchestrator import Orchestrator
@@ -191,7 +191,14 @@ class Deployment:
         pending = [
             i for i in self.fleet.of_version(self.version(step.role)) if i.state == "starting"
         ]
-        await self.orch.gate(self.fleet, pending, alive=self._alive)
+        try:
+            await self.orch.gate(self.fleet, pending, alive=self._alive)
+        except DeployError:
+            # `_alive` says no for every instance once the deploy failed from
+            # outside (an abort, a crash): that is why, not "exited".
+            if self.failure is not None:
+                raise self.failure from None
+            raise
 
     async def _set_traffic(self, step: SetTraffic) -> None:
         fleet, new = self.fleet, self.new.version
@@ -322,8 +329,10 @@ class Deployment:
             cause = DeployError(f"{cause}; and the rollback failed: {exc}")
         if not restored and outcome == "rolled_back":
             outcome = "failed"
-        if outcome != "aborted":  # stopped by a person is not proof the release is broken
-            self.orch.store.mark_failed(self.fleet.name, self.new.version)
+        # Stopped by a person is no proof the release is broken: "aborted", not
+        # "failed", and never `new` forever in `zerodown releases`.
+        status: EndedStatus = "aborted" if outcome == "aborted" else "failed"
+        self.orch.store.mark_outcome(self.fleet.name, self.new.version, status)
         self.orch.store.finish_deploy(self.id, outcome, str(cause))
         self.orch.bus.publish(
             self.fleet.name, self.id, "finished", outcome=outcome, reason=str(cause)

@@ -39,7 +39,7 @@ from zerodown.errors import (
 from zerodown.release import Instance, Outcome, Release
 from zerodown.routing import RoutingTable
 from zerodown.runtime.backoff import Backoff
-from zerodown.runtime.base import Runtime
+from zerodown.runtime.base import Runtime, exit_text
 from zerodown.store.base import DeployRecord, Store, StoreError, local_owner
 
 log = logging.getLogger("zerodown.deploy")
@@ -77,6 +77,10 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warm: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._backoff: dict[str, Backoff] = {}
+        # Per service: how the last crash or failed restart ended, and the
+        # crash loop that stopped restarts (until one succeeds again).
+        self._last_crash: dict[str, str] = {}
+        self._crash_loops: dict[str, View] = {}
         self._closing = False
         # Outcomes the store could not record (it failed): deploy id -> outcome,
         # reason, finished at. Views show these, so `wait` and the CLI still
@@ -91,14 +95,23 @@ class Orchestrator:
     async def start(self) -> None:
         """Take back what a previous daemon left running, then serve the current releases."""
         for record in self.store.unfinished_deploys():
-            reason = "the daemon stopped during this deploy; the current release was restored"
-            self.store.finish_deploy(record.id, "rolled_back", reason)
-            self.bus.publish(
-                record.service, record.id, "finished", outcome="rolled_back", reason=reason
-            )
+            self._end_interrupted(record)
         for fleet in self.fleets.values():
             await self._recover(fleet)
         await self.apply()
+
+    def _end_interrupted(self, record: DeployRecord) -> None:
+        """Close a deploy the daemon died in, and say so in `zerodown releases`."""
+        if record.version == self.store.current(record.service):
+            # It died after the switch was recorded: the new release serves.
+            outcome: Outcome = "succeeded"
+            reason = "the daemon stopped after this release became current; it serves"
+        else:
+            outcome = "rolled_back"
+            reason = "the daemon stopped during this deploy; the current release was restored"
+            self.store.mark_outcome(record.service, record.version, "rolled_back")
+        self.store.finish_deploy(record.id, outcome, reason)
+        self.bus.publish(record.service, record.id, "finished", outcome=outcome, reason=reason)
 
     async def close(self, *, stop_instances: bool) -> None:
         """Stop deploying; with stop_instances, stop every instance we run."""
@@ -338,6 +351,7 @@ class Orchestrator:
             health.spec() if health else None,
             fleet.config.deploy_timeout,
             alive,
+            self.runtimes[fleet.name],
             warmup=fleet.config.warmup,
         )
         for instance in instances:
@@ -409,40 +423,92 @@ class Orchestrator:
         if known is None or known.state == "stopped":
             return
         known.state = "crashed"
-        self.bus.publish(
-            fleet.name, None, "instance_crashed", id=known.id, version=known.version, code=code
-        )
+        said = self._report_crash(fleet, known, code)
         fleet.forget(known)
         self._unless_store_fails("forget an instance", self.store.remove_instance, known.id)
         self._spawn(self.apply())  # out of the table at once
         deployment = self.deployments.get(fleet.name)
         if deployment is not None and known.version == deployment.new.version:
-            deployment.fail(
-                DeployError(f"instance {known.id} of {known.version} crashed (exit {code})")
-            )
+            deployment.fail(DeployError(said))
         elif deployment is None and known.version == fleet.current:
             self._spawn(self._replace(fleet, known.version))
 
+    def _report_crash(self, fleet: Fleet, instance: Instance, code: int | None) -> str:
+        """Publish what the runtime knows of a crash: how it ended, its log's
+        path and last lines. Returns the same in one message."""
+        report = self.runtimes[fleet.name].exit_report(instance)
+        how = report.how if report else exit_text(code)
+        said = f"instance {instance.id} of {instance.version} crashed ({how})"
+        said += f"; {report.output()}" if report else ""
+        self._last_crash[fleet.name] = said
+        self.bus.publish(
+            fleet.name,
+            None,
+            "instance_crashed",
+            id=instance.id,
+            version=instance.version,
+            code=code,
+            how=how,
+            log=str(report.log) if report and report.log else None,
+            tail=list(report.tail) if report else [],
+        )
+        return said
+
     async def _replace(self, fleet: Fleet, version: str) -> None:
-        """Restart a crashed instance of the current release, with back-off."""
+        """Restart a crashed instance of the current release, with back-off;
+        a crash loop stops the restarts, and says so (`_crash_loop`)."""
         backoff = self._backoff.setdefault(fleet.name, Backoff())
         now = time.monotonic()
+        delay = backoff.next_delay(now)  # this crash counts, as Backoff documents
         if backoff.crash_loop(now):
-            self.bus.publish(fleet.name, None, "crash_loop", version=version)
+            self._crash_loop(fleet, version, backoff.crashes(now), backoff.crash_loop_window)
             return
-        await asyncio.sleep(backoff.next_delay(now))
+        await asyncio.sleep(delay)
         if version != fleet.current or fleet.name in self.deployments or self._closing:
             return
         if len(fleet.ready(version)) >= fleet.config.instances:
             return
         try:
             started = await self.start_instances(fleet, self.release(fleet.name, version), 1)
+        except DeployError as exc:  # exited at once: no exit callback will count it
+            self._restart_failed(fleet, version, exc, again=True)
+            return
+        try:
             await self.gate(fleet, started, alive=_alive)
         except DeployError as exc:
-            self.bus.publish(fleet.name, None, "restart_failed", version=version, reason=str(exc))
+            # A crash during the gate went through _on_exit, which tries again;
+            # one that is up but never healthy is stopped, not left unrouted.
+            unhealthy = [i for i in started if _alive(i)]
+            await self.stop_instances(fleet, unhealthy)
+            self._restart_failed(fleet, version, exc, again=bool(unhealthy))
             return
         fleet.route(started)
+        self._crash_loops.pop(fleet.name, None)
         await self.apply()
+
+    def _restart_failed(self, fleet: Fleet, version: str, exc: DeployError, *, again: bool) -> None:
+        """A restart that failed is one more crash: try again (with back-off)
+        until it is a crash loop, rather than stop supervising without a word."""
+        log.warning("restart of %s %s failed: %s", fleet.name, version, exc)
+        self._last_crash[fleet.name] = str(exc)
+        self.bus.publish(fleet.name, None, "restart_failed", version=version, reason=str(exc))
+        if again:
+            self._spawn(self._replace(fleet, version))
+
+    def _crash_loop(self, fleet: Fleet, version: str, crashes: int, window: float) -> None:
+        """Restarts stop: say so once, in the log, the events and `status`."""
+        if fleet.name in self._crash_loops:
+            return
+        serving = len(fleet.serving(version))
+        message = (
+            f"{fleet.name} {version} crashed {crashes} times within {window:g}s: not restarting "
+            f"it; {serving} of {fleet.config.instances} instances serve. Deploy a fix or "
+            f"`zerodown rollback {fleet.name}`. Last: {self._last_crash.get(fleet.name, '?')}"
+        )
+        log.error("%s", message)
+        loop: View = {"version": version, "crashes": crashes, "since": time.time()}
+        self._crash_loops[fleet.name] = loop | {"message": message}
+        self.bus.publish(fleet.name, None, "crash_loop", **loop, serving=serving, reason=message)
 
     # -- views -----------------------------------------------------------------------------
 
@@ -503,7 +569,13 @@ class Orchestrator:
             "instances": instances,
             "traffic": fleet.traffic(),
             "paused": bool(deployment and deployment.waiting_for_promote),
+            "crash_loop": self._crash_loop_view(fleet),
         }
+
+    def _crash_loop_view(self, fleet: Fleet) -> View | None:
+        """The crash loop that stopped restarts of the current release, if one did."""
+        loop = self._crash_loops.get(fleet.name)
+        return loop if loop is not None and loop["version"] == fleet.current else None
 
     def _shown_state(self, fleet: Fleet, instance: Instance) -> str:
         """The instance's state as `status` shows it. A blue-green release kept
