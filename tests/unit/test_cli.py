@@ -47,6 +47,7 @@ from zerodown.control.progress import (
     releases_table,
     render_deploy,
     status_table,
+    step_text,
 )
 from zerodown.errors import ConfigError, DeployBusy, NotDeployable, UnknownRelease
 
@@ -162,8 +163,8 @@ def test_deploy_live_view_on_a_terminal(daemon: Daemon) -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "deploy 1" in out and "web → v2" in out
-    assert "start role=new count=2" in out
-    assert "set_traffic mode=split new_weight=10.0" in out
+    assert "start 2 of v2" in out
+    assert "traffic: v1 90 % · v2 10 %" in out and "new_weight" not in out
     assert "web-v2-1" in out and "starting" in out
     assert "90%" in out and "10%" in out
     assert "deploy 1 of web v2 succeeded: v2 serves all traffic" in out
@@ -367,12 +368,60 @@ def test_latest_steps_keeps_one_entry_per_step_in_plan_order() -> None:
 
 def test_render_deploy() -> None:
     view = deploy_view(7, "web", "v2", "canary", None, None)
-    text = rendered(render_deploy(view, {**STATUS, "paused": True}))
+    pause = {"by": "promote", "left": None}
+    text = rendered(render_deploy(view, {**STATUS, "paused": True, "pause": pause}))
     assert "deploy 7" in text and "web → v2" in text and "canary" in text and "shifting" in text
-    assert "start role=new count=2" in text and "done" in text and "+0.5s" in text
-    assert "set_traffic mode=split new_weight=10.0" in text and "running" in text
-    assert "paused: `zerodown promote web` goes on" in text
+    assert "start 2 of v2" in text and "done" in text and "+0.5s" in text
+    assert "traffic: v1 90 % · v2 10 %" in text and "running" in text
+    assert "paused until promote (zerodown promote web)" in text
     assert "░" in text and "90%" in text
+    assert "=" not in text  # no plan fields such as new_weight=10.0
+
+
+@pytest.mark.parametrize(
+    ("pause", "said"),
+    [
+        ({"by": "operator", "left": None}, "paused by operator (zerodown resume web)"),
+        ({"by": "promote", "left": None}, "paused until promote (zerodown promote web)"),
+        ({"by": "timer", "left": 12.4}, "pause: 12 s left"),
+    ],
+)
+def test_the_live_view_and_status_say_why_a_deploy_waits(pause: Any, said: str) -> None:
+    deploying = deploy_view(7, "web", "v2", "canary", None, None)
+    status = {**STATUS, "deploying": deploying, "pause": pause}
+    assert said in rendered(render_deploy(deploying, status))
+    assert said in rendered(status_table([status]))
+
+
+POOL: dict[str, Any] = {"kind": "set_traffic", "mode": "pool", "new_weight": 0.0}
+SPLIT: dict[str, Any] = {"kind": "set_traffic", "mode": "split"}
+
+
+@pytest.mark.parametrize(
+    ("step", "said"),
+    [
+        # a pool step's new_weight (0.0) is not what traffic gets: the ready instances share it
+        (POOL, "traffic: shared by ready instances"),
+        ({**SPLIT, "new_weight": 100.0}, "traffic: v2 100 %"),
+        ({**SPLIT, "new_weight": 20.0}, "traffic: v1 80 % · v2 20 %"),
+        ({"kind": "pause", "seconds": None}, "pause until promote"),
+        ({"kind": "pause", "seconds": 30.0}, "pause 30 s"),
+        ({"kind": "drain", "role": "old", "count": 1}, "drain 1 of v1"),
+        ({"kind": "wait_healthy", "role": "new"}, "health gate of v2"),
+        ({"kind": "keep_warm", "seconds": 600.0}, "keep v1 warm 600 s"),
+    ],
+)
+def test_steps_are_said_in_words_with_their_versions(step: dict[str, Any], said: str) -> None:
+    assert step_text({"step": step, "kind": step["kind"]}, "v2", "v1") == said
+
+
+def test_the_last_traffic_step_done_says_the_split_in_force() -> None:
+    # The case: the last rolling step, new_weight=0.0, gives v2 all traffic.
+    done = {"index": 4, "kind": "set_traffic", "step": POOL, "phase": "after", "at": 1002.0}
+    view = {**deploy_view(7, "web", "v2", "rolling", None, None), "steps": [*STEPS, done]}
+    text = rendered(render_deploy(view, {**STATUS, "traffic": {"v2": 100.0}}))
+    assert "traffic: v2 100 %" in text and "new_weight" not in text
+    assert step_text(done, "v2", "v1", {"v1": 50.0, "v2": 50.0}) == "traffic: v1 50 % · v2 50 %"
 
 
 def test_outcome_line() -> None:
@@ -386,8 +435,9 @@ def test_outcome_line() -> None:
 
 def test_status_and_releases_tables() -> None:
     deploying = deploy_view(7, "web", "v2", "canary", None, None)
-    text = rendered(status_table([{**STATUS, "deploying": deploying, "paused": True}]))
-    assert "#7 v2 shifting (paused: promote)" in text
+    pause = {"by": "promote", "left": None}
+    text = rendered(status_table([{**STATUS, "deploying": deploying, "pause": pause}]))
+    assert "#7 v2 shifting" in text and "paused until promote" in text
     assert "v1 127.0.0.1:9001 ready" in text
     text = rendered(releases_table(RELEASES))
     assert "v2" in text and "current" in text

@@ -30,9 +30,11 @@ __all__ = [
     "follow",
     "latest_steps",
     "outcome_line",
+    "pause_text",
     "releases_table",
     "render_deploy",
     "status_table",
+    "step_text",
 ]
 
 POLL_INTERVAL: Final = 0.5  # seconds between refreshes of the live view
@@ -91,14 +93,29 @@ def _next_wait(deadline: float | None) -> float:
 
 def render_deploy(view: View, status: View | None = None) -> RenderableType:
     """The live view: a headline, the latest steps, instances and traffic."""
-    parts: list[RenderableType] = [_headline(view), _steps(view)]
+    old = status.get("current") if status is not None else None
+    live = status.get("traffic") if status is not None else None
+    parts: list[RenderableType] = [_headline(view), _steps(view, old, live)]
     if status is not None:
         instances, traffic = status.get("instances", []), status.get("traffic", {})
         parts += ["", _instances(instances), "", _traffic(traffic)]
-        if status.get("paused"):
-            hint = f"paused: `zerodown promote {view['service']}` goes on"
-            parts.append(Text(hint, style="bold yellow"))
+        said = pause_text(status.get("pause"), view["service"])
+        if said:
+            parts.append(Text(said, style="bold yellow"))
     return Group(*parts)
+
+
+def pause_text(pause: View | None, service: str) -> str:
+    """Why a running deploy waits, and what goes on: "" when it does not wait."""
+    if not pause:
+        return ""
+    by = pause.get("by")
+    if by == "operator":
+        return f"paused by operator (zerodown resume {service})"
+    if by == "promote":
+        return f"paused until promote (zerodown promote {service})"
+    left = pause.get("left")
+    return f"pause: {left:.0f} s left" if isinstance(left, int | float) else ""
 
 
 def outcome_line(view: View) -> str:
@@ -125,18 +142,23 @@ def _headline(view: View) -> Text:
     return text
 
 
-def _steps(view: View) -> Table:
+def _steps(view: View, old: str | None = None, live: dict[str, float] | None = None) -> Table:
+    """The latest steps; the last traffic step says the split in force now (`live`)."""
     table = Table(box=None, show_header=False, pad_edge=False)
     for name in ("#", "step", "phase", "detail", "at"):
         table.add_column(name, style="dim" if name in ("#", "at") else None)
     started = view.get("started_at") or 0.0
-    for step in latest_steps(view.get("steps", []))[-SHOWN_STEPS:]:
+    steps = latest_steps(view.get("steps", []))
+    traffic = [i for i, s in enumerate(steps) if s.get("kind") == "set_traffic"]
+    last_traffic = traffic[-1] if traffic else -1
+    for i, step in list(enumerate(steps))[-SHOWN_STEPS:]:
         at = step.get("at")
         offset = f"+{at - started:.1f}s" if isinstance(at, int | float) and started else ""
         phase = str(step.get("phase") or "")
+        now = live if i == last_traffic and phase == "after" else None
         table.add_row(
             str(step.get("index", "")),
-            _step_text(step),
+            step_text(step, view["version"], old, now),
             Text(_PHASE_WORD.get(phase, phase), style=_PHASE_STYLE.get(phase, "")),
             _text(step.get("detail")),
             offset,
@@ -152,14 +174,46 @@ def latest_steps(entries: Sequence[View]) -> list[View]:
     return list(latest.values())
 
 
-def _step_text(entry: View) -> str:
-    """ "set_traffic mode=split new_weight=10": the kind, then what the strategy set."""
+def step_text(entry: View, new: str, old: str | None, live: dict[str, float] | None = None) -> str:
+    """A journaled step in words, with the versions it touches: "start 2 of v2",
+    "traffic: v1 90 % · v2 10 %", "pause until promote". Never the plan's
+    internal fields (a pool step's new_weight is not what traffic gets).
+    `live`, the split in force, is what a traffic step that is done gave."""
     step = entry.get("step")
-    kind = str(entry.get("kind") or "")
     if not isinstance(step, dict):
-        return _text(step) or kind
-    params = {k: v for k, v in step.items() if k != "kind"}
-    return " ".join([str(step.get("kind", kind)), _text(params)]).strip()
+        return _text(step) or str(entry.get("kind") or "")
+    kind = str(step.get("kind", entry.get("kind", "")))
+    version = new if step.get("role", "new") == "new" else (old or "the old release")
+    if kind == "set_traffic" and live:
+        return "traffic: " + " · ".join(f"{v} {p:g} %" for v, p in live.items())
+    if kind == "set_traffic":
+        return _traffic_text(step, new, old)
+    if kind == "pause":
+        seconds = step.get("seconds")
+        return "pause until promote" if seconds is None else f"pause {seconds:g} s"
+    words = {
+        "start": f"start {step.get('count')} of {version}",
+        "wait_healthy": f"health gate of {version}",
+        "drain": f"drain {step.get('count')} of {version}",
+        "stop": f"stop {step.get('count')} of {version}",
+        "analyze": f"judge {new} against {old or 'stable'}",
+        "hold": "hold requests" if step.get("on") else "release held requests",
+        "keep_warm": f"keep {old or 'the old release'} warm {step.get('seconds', 0):g} s",
+    }
+    return words.get(kind, kind)
+
+
+def _traffic_text(step: View, new: str, old: str | None) -> str:
+    """The share each release gets by this step."""
+    if step.get("mode") == "pool":
+        # One pool of every ready instance: each release's share is its share of them.
+        return "traffic: shared by ready instances" if old else f"traffic: {new} 100 %"
+    weight = float(step.get("new_weight") or 0.0)
+    if step.get("preview") and weight == 0:
+        return f"traffic: {new} on the preview header only"
+    if old is None or weight >= 100:
+        return f"traffic: {new} 100 %"
+    return f"traffic: {old} {100 - weight:g} % · {new} {weight:g} %"
 
 
 def _instances(instances: Sequence[View]) -> Table:
@@ -201,7 +255,7 @@ def status_table(views: Sequence[View]) -> Table:
             view.get("current") or "-",
             _instance_lines(view.get("instances", [])),
             _split(view.get("traffic", {})),
-            _deploying(deploying, paused=bool(view.get("paused"))),
+            _deploying(deploying, pause_text(view.get("pause"), view["service"])),
         )
     return table
 
@@ -235,12 +289,12 @@ def _split(traffic: dict[str, float]) -> str:
     return " / ".join(f"{version} {percent:g}%" for version, percent in traffic.items()) or "-"
 
 
-def _deploying(view: View | None, *, paused: bool) -> Text:
+def _deploying(view: View | None, pause: str) -> Text:
     if view is None:
         return Text("-")
     text = Text(f"#{view['id']} {view['version']} {view.get('state', '')}")
-    if paused:
-        text.append(" (paused: promote)", style="bold yellow")
+    if pause:
+        text.append(f"\n{pause}", style="bold yellow")
     return text
 
 

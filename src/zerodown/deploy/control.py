@@ -10,7 +10,10 @@ Views are JSON-ready dicts with these keys (stable: the CLI and CI scripts read 
 - StatusView (one service): service, current (version or null), deploying
   (DeployView or null), instances: [{id, version, address, state, routed}] (state
   "standby": a blue-green release kept warm, out of traffic, after the switch), traffic:
-  {version: percent}, paused (bool: a manual pause waits for promote)
+  {version: percent}, paused (bool: a manual pause waits for promote), pause (null, or why
+  the running deploy waits: {by: "operator" (`zerodown pause`, until resume) | "promote"
+  (a manual pause step) | "timer" (a timed pause step), left: seconds to go for "timer",
+  else null})
 - ReleaseView: version, status ("new" | "current" | "previous" | "failed" | "retired";
   "new": recorded, never current yet),
   created_at, last_deployed_at

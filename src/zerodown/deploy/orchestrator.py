@@ -27,7 +27,7 @@ from zerodown.deploy.events import EventBus
 from zerodown.deploy.executor import Deployment, step_json
 from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.gate import wait_healthy
-from zerodown.deploy.plan import Drain, Plan, SetTraffic, Stop
+from zerodown.deploy.plan import Drain, Pause, Plan, SetTraffic, Stop
 from zerodown.deploy.strategies import Situation, plan
 from zerodown.errors import (
     DeployBusy,
@@ -569,8 +569,32 @@ class Orchestrator:
             "instances": instances,
             "traffic": fleet.traffic(),
             "paused": bool(deployment and deployment.waiting_for_promote),
+            "pause": self._pause_view(deployment),
             "crash_loop": self._crash_loop_view(fleet),
         }
+
+    def _pause_view(self, deployment: Deployment | None) -> View | None:
+        """Why the running deploy waits, if it does: {"by", "left"} (see control.py)."""
+        if deployment is None:
+            return None
+        # Deployment has no public flag for an operator's pause; _running is it.
+        if not deployment._running.is_set():
+            return {"by": "operator", "left": None}
+        if deployment.waiting_for_promote:
+            return {"by": "promote", "left": None}
+        steps, index = deployment.plan.steps, deployment.step_index
+        step = steps[index] if 0 <= index < len(steps) else None
+        if isinstance(step, Pause) and step.seconds is not None:
+            began = self._running_since(deployment.id, index)
+            if began is not None:
+                left = max(0.0, began + step.seconds - time.time())
+                return {"by": "timer", "left": round(left, 1)}
+        return None
+
+    def _running_since(self, deploy_id: int, index: int) -> float | None:
+        """When step `index` began, if it is still running (its last journal entry is "before")."""
+        entries = [e for e in self.store.journal_entries(deploy_id) if e.step_index == index]
+        return entries[-1].at if entries and entries[-1].phase == "before" else None
 
     def _crash_loop_view(self, fleet: Fleet) -> View | None:
         """The crash loop that stopped restarts of the current release, if one did."""
