@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from zerodown.dataplane.sockets import ListenSet
+import pytest
+
+from zerodown.dataplane.sockets import ListenSet, bind_listener
+from zerodown.errors import ListenError
 from zerodown.proxy.server import bind_socket
 
 
@@ -72,3 +75,18 @@ def test_a_socket_bound_without_reuse_port_is_shared_by_every_worker() -> None:
         assert all(listening.for_worker(i) == [single] for i in range(3))
     finally:
         single.close()
+
+
+def test_a_port_another_process_listens_on_is_refused_even_with_reuse_port() -> None:
+    # Another zerodown's workers hold the port with SO_REUSEPORT: binding ours
+    # with it too would silently share their traffic instead of failing.
+    theirs = ListenSet.open(["127.0.0.1:0"], 2)
+    try:
+        host, port = theirs.addresses[0]
+        with pytest.raises(ListenError) as refused:
+            ListenSet.open([f"{host}:{port}"], 2)
+        assert f"cannot listen on {host}:{port}: address already in use" in str(refused.value)
+        with pytest.raises(ListenError):
+            bind_listener(f"{host}:{port}")
+    finally:
+        theirs.close()

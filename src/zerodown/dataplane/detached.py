@@ -42,10 +42,9 @@ from zerodown.dataplane.host import (
     control_name,
     settings_document,
 )
-from zerodown.dataplane.sockets import ListenSet
+from zerodown.dataplane.sockets import ListenSet, bind_listener
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.metrics import render_prometheus
-from zerodown.proxy.server import bind_socket
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
 
@@ -277,10 +276,12 @@ class DetachedDataPlane(ListeningDataPlane):
         """Stop the host: the controller is really going away."""
         self._stopping = True
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        # Our copies first: when the host closes its own, the port closes, as
+        # a stop should (held open by us, it would queue clients nobody serves).
+        self.listening.close()
         if self.host is not None:
             await _stop_host(self.host, timeout)
         await self._end_watch()
-        self.listening.close()
 
     async def detach(self) -> None:
         """Leave the host serving (a hot restart, or instances kept for the next serve)."""
@@ -358,7 +359,7 @@ def _open(listen: list[str] | list[socket.socket], workers: int) -> ListenSet:
     second zerodown on a taken port fails loudly), a ListenSet for several."""
     if workers > 1 or all(isinstance(item, socket.socket) for item in listen):
         return ListenSet.open(listen, workers)
-    return ListenSet([[bind_socket(str(address))] for address in listen], workers)
+    return ListenSet([[bind_listener(str(address))] for address in listen], workers)
 
 
 def _open_missing(
@@ -375,7 +376,7 @@ def _open_missing(
         host, _, port = str(address).rpartition(":")
         key = (host.strip("[]"), int(port))
         found = by_address.get(key)
-        groups.append(found if found else [bind_socket(str(address), reuse_port=workers > 1)])
+        groups.append(found if found else [bind_listener(str(address), reuse_port=workers > 1)])
     listening = ListenSet(groups, workers)
     if workers > 1:
         listening = ListenSet.open(listening.sockets, workers)  # one per worker where it can

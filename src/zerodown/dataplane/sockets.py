@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import socket
 
+from zerodown.errors import ListenError
 from zerodown.proxy.server import bind_socket
+from zerodown.routing import parse_address
 
 
 class ListenSet:
@@ -38,7 +40,7 @@ class ListenSet:
         if all(isinstance(item, socket.socket) for item in listen):
             groups = _by_address([item for item in listen if isinstance(item, socket.socket)])
         else:
-            groups = [[bind_socket(str(item), reuse_port=True)] for item in listen]
+            groups = [[bind_listener(str(item), reuse_port=True)] for item in listen]
         for group in groups:
             _grow(group, workers)
         return cls(groups, workers)
@@ -64,6 +66,29 @@ class ListenSet:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+
+
+def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket for a configured address; ListenError names it if it cannot be.
+
+    With reuse_port, first a plain bind (no SO_REUSEPORT, no listen) proves no
+    other process listens there: SO_REUSEPORT alone would silently share the
+    port with another zerodown's workers instead of failing.
+    """
+    try:
+        if reuse_port and not address.endswith(":0"):
+            _probe(address)
+        return bind_socket(address, reuse_port=reuse_port)
+    except OSError as exc:
+        raise ListenError(address, exc) from exc
+
+
+def _probe(address: str) -> None:
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        probe.bind((host, port))
 
 
 def _by_address(sockets: list[socket.socket]) -> list[list[socket.socket]]:
