@@ -96,9 +96,18 @@ class Orchestrator:
         """Take back what a previous daemon left running, then serve the current releases."""
         for record in self.store.unfinished_deploys():
             self._end_interrupted(record)
-        for fleet in self.fleets.values():
-            await self._recover(fleet)
+        strays = [(fleet, await self._recover(fleet)) for fleet in self.fleets.values()]
         await self.apply()
+        # A half-done deploy's instances may still carry requests: the data
+        # plane served on while no daemon ran. Out of the table now (draining),
+        # they finish those before they stop, off the start-up path.
+        for fleet, instances in strays:
+            if instances:
+                self._spawn(self._retire_strays(fleet, instances))
+
+    async def _retire_strays(self, fleet: Fleet, instances: list[Instance]) -> None:
+        await self.drain(fleet, instances)
+        await self.stop_instances(fleet, instances)
 
     def _end_interrupted(self, record: DeployRecord) -> None:
         """Close a deploy the daemon died in, and say so in `zerodown releases`."""
@@ -131,7 +140,8 @@ class Orchestrator:
             await runtime.close()
         self.bus.close()
 
-    async def _recover(self, fleet: Fleet) -> None:
+    async def _recover(self, fleet: Fleet) -> list[Instance]:
+        """Adopt what runs, gate and route the current release; return the strays."""
         runtime = self.runtimes[fleet.name]
         records = self.store.instances(fleet.name)
         adopted = await runtime.adopt(records)
@@ -141,17 +151,21 @@ class Orchestrator:
                 self.store.remove_instance(record.id)
         fleet.current = self.store.current(fleet.name)
         fleet.instances = list(adopted)
-        strays = [i for i in adopted if i.version != fleet.current]
-        await self.stop_instances(fleet, strays)  # a half-done deploy's instances
+        strays = [i for i in adopted if i.version != fleet.current]  # a half-done deploy's
         if fleet.current is None:
-            return
-        for instance in fleet.instances:
+            await self.stop_instances(fleet, strays)
+            return []
+        fleet.route(strays)
+        fleet.start_draining(strays)
+        current = fleet.of_version(fleet.current)
+        for instance in current:
             instance.state = "starting"  # re-gate what we adopted before routing it
-        missing = fleet.config.instances - len(fleet.instances)
+        missing = fleet.config.instances - len(current)
         if missing > 0:
             await self.start_instances(fleet, self.release(fleet.name, fleet.current), missing)
-        await self.gate(fleet, list(fleet.instances), alive=_alive)
+        await self.gate(fleet, fleet.of_version(fleet.current), alive=_alive)
         fleet.route(fleet.ready(fleet.current))
+        return strays
 
     # -- the routing table -------------------------------------------------------------
 
