@@ -293,3 +293,48 @@ def test_an_http09_request_is_refused_at_once_not_at_the_header_timeout() -> Non
         assert backend.requests == []
 
     run(main())
+
+
+# -- a tunnel's half-close -------------------------------------------------------------
+
+
+def test_a_client_half_close_in_a_tunnel_reaches_the_target_and_frees_its_connection() -> None:
+    # Before: the FIN stopped at the proxy; the target's connection stayed busy
+    # for good, and with max_conns_per_target = 1 every other client got 503.
+    saw_eof = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"upgrade" in head.lower():
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+            )
+            while await reader.read(65536):
+                pass
+            saw_eof.set()  # the client's FIN came through: we are done too
+        else:
+            writer.write(ok(b"plain"))
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend = await asyncio.start_server(serve, "127.0.0.1", 0)
+        address = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+        limits = settings(max_conns_per_target=1, queue_timeout=1.0)
+        async with proxy(service(address), settings=limits) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(srv))
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: example.test\r\n"
+                b"Connection: upgrade\r\nUpgrade: x\r\n\r\n"
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            writer.write_eof()
+            async with asyncio.timeout(DEADLINE):
+                await saw_eof.wait()
+                assert await reader.read() == b""  # the tunnel ended on both sides
+            writer.close()
+            after = await request(port_of(srv))
+        backend.close()
+        assert (after.status, after.body) == (200, b"plain")
+
+    run(main())

@@ -123,6 +123,12 @@ class ClientConnection(asyncio.Protocol):
             raise BadRequest("HTTP/0.9 is not supported")
 
     def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            # A half-close inside a tunnel is the protocol's own (a WebSocket
+            # or TLS peer done sending): pass it on and keep reading the
+            # target's side; the tunnel ends when the target closes.
+            self.tunnel.tunnel_eof()
+            return True
         # A client may half-close after sending its request (HTTP/1.0 style):
         # keep the write side open until what it asked for is answered.
         self.closing = True

@@ -614,6 +614,10 @@ class Exchange:
         if self.conn is not None:
             self.conn.write(data)
 
+    def tunnel_eof(self) -> None:
+        if self.conn is not None:
+            self.conn.write_eof()
+
     def client_lost(self) -> None:
         if self.conn is not None:
             self.conn.abort()

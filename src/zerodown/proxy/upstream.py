@@ -111,6 +111,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    def write_eof(self) -> None:
+        """Half-close towards the target (a tunnel whose client is done sending)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
