@@ -37,6 +37,7 @@ from zerodown.dataplane.base import DrainResult, ListeningDataPlane
 from zerodown.dataplane.channel import Channel, ChannelClosed, Message, RemoteError
 from zerodown.dataplane.counters import RetiredCounters, target_keys
 from zerodown.dataplane.sockets import ListenSet
+from zerodown.dataplane.worker import ANSWERS_EVERY
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.metrics import answered_counts, merge_worker_stats, render_prometheus
@@ -329,9 +330,20 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     # -- health: one verdict for all workers -----------------------------------
 
     def _from_worker(self, op: str, message: Message) -> None:
-        if op != "health":
+        if op == "answered":
+            self._worker_answers(message["targets"])
+        elif op == "health":
+            self._worker_verdict(message["service"], message["address"], message["share"])
+        else:
             raise ValueError(f"a worker may not ask {op!r}")
-        self._worker_verdict(message["service"], message["address"], message["share"])
+
+    def _worker_answers(self, targets: list[list[str]]) -> None:
+        """A worker's targets that answered lately (worker.ANSWERS_EVERY): health
+        hears of it at once, not at the next read of the counters, so a busy
+        target's timed-out checks are excused before `fall` of them add up."""
+        now = time.monotonic()
+        for service, address in targets:
+            self.server.heard_answers(service, address, now, ANSWERS_EVERY)
 
     def _worker_verdict(self, service: str, address: str, values: list[Any]) -> None:
         """A worker decided something about a target (passive health); decide for all.

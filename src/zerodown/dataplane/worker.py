@@ -13,7 +13,9 @@ routing table and the health of every target; from then on it obeys:
 
 It runs no health checks (the supervisor checks once for all workers) and
 tells the supervisor of every passive ejection it decides, so all workers
-eject and restore a target together. It exits when told to stop or when the
+eject and restore a target together, and, every ANSWERS_EVERY seconds, of
+the targets that answered since (the supervisor's checks of a busy target
+time out; its answers excuse them: proxy/health.py). It exits when told to stop or when the
 channel closes: a worker never outlives its supervisor. SIGINT and SIGTERM
 are the supervisor's to act on (Ctrl-C and systemd signal the whole group);
 a worker stopping on its own would only be started again.
@@ -26,7 +28,7 @@ import asyncio
 import dataclasses
 import signal
 import socket
-from typing import Any
+from typing import Any, Final
 
 import uvloop
 
@@ -38,6 +40,10 @@ from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable
 
+# How often a worker tells the supervisor which targets answered: well under
+# a health check interval, and one small notice per period, off the hot path.
+ANSWERS_EVERY: Final = 0.1
+
 
 class Worker:
     def __init__(self, listen_fds: list[int]) -> None:
@@ -46,6 +52,7 @@ class Worker:
         self.channel: Channel | None = None
         self.done = asyncio.Event()
         self._stopping = False
+        self._reporting: asyncio.Task[None] | None = None
 
     async def run(self, control: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -85,7 +92,24 @@ class Worker:
         for service, address, share in message["health"]:
             self.server.adopt_health(service, address, HealthShare(*share))
         await self.server.start([socket.socket(fileno=fd) for fd in self.listen_fds])
+        self._reporting = asyncio.get_running_loop().create_task(self._report_answers())
         return len(self.listen_fds)
+
+    async def _report_answers(self) -> None:
+        heard: dict[tuple[str, str], float] = {}
+        while True:
+            await asyncio.sleep(ANSWERS_EVERY)
+            if self.server is None or self.channel is None:
+                continue
+            fresh = []
+            for service in self.server.services.values():
+                for target in service.targets():
+                    at, key = target.health.answered_at, (service.name, target.address)
+                    if at is not None and heard.get(key) != at:
+                        heard[key] = at
+                        fresh.append(key)
+            if fresh:
+                self.channel.notify("answered", targets=fresh)
 
     async def _drain(self, service: str, address: str, timeout: float) -> dict[str, Any]:
         result = await self._server().drain(service, address, timeout)
