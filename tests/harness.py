@@ -473,6 +473,14 @@ _PORT_LOCKS = Path(tempfile.gettempdir()) / "zerodown-test-ports"
 _held: list[int] = []  # lock file descriptors, held for this process's life
 
 
+def release_reserved_ports() -> None:
+    """Let other test processes have this one's ports again (after each test:
+    tests/conftest.py). Held for a whole run, 200-port windows per e2e test
+    used up both the range and the process's file descriptors."""
+    while _held:
+        os.close(_held.pop())
+
+
 def reserved_port() -> int:
     """A port no other test process picks and nothing listens on now."""
     return reserved_ports(1)[0]

@@ -255,7 +255,7 @@ def test_verify_load_only_runs_for_its_duration(apps: tuple[AppProcess, AppProce
             return await verify(spec, warmup=0.1, cooldown=0.1)
 
     report, _ = run(scenario())
-    assert report.end >= 1.5  # not cut at warmup + cooldown (0.2 s)
+    assert report.end >= 1.4  # not cut at warmup + cooldown (0.2 s); a duration of 1.5 s
     assert report.bucket == 0.1  # chosen from the run's length
     assert report.total > 0 and report.failed == 0
 

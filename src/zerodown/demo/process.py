@@ -85,7 +85,11 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DemoError(f"{describe(proc)} printed no line within {timeout:g}s")
-        if select.select([fd], [], [], remaining)[0]:
+        # poll(), not select(): a process with many files open (a test run)
+        # has descriptors past select()'s limit of 1024.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if poller.poll(remaining * 1000):
             byte = os.read(fd, 1)
             if not byte:
                 raise DemoError(f"{describe(proc)} exited with code {proc.wait()}")
