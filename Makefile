@@ -23,8 +23,8 @@ help:
 	@echo "make demo          the whole story: deploys under load on 127.0.0.1:8080, then serves"
 	@echo "make test          set up, then ruff check, mypy and the whole test suite"
 	@echo "make lint          ruff check, ruff format --check, mypy"
-	@echo "make venv          $(VENV) with zerodown installed editable, extras test and redis"
-	@echo "make check-system  install nginx, haproxy, redis-server, wrk, curl when missing"
+	@echo "make venv          $(VENV) with zerodown installed editable, extras test and dev, at constraints.txt's versions"
+	@echo "make check-system  install nginx, haproxy, wrk, curl, rsvg-convert (librsvg2-bin) when missing"
 	@echo "make bench         zerodown vs nginx and HAProxy (BENCH_QUICK=1 for a short run)"
 
 venv: $(INSTALLED)
@@ -32,9 +32,10 @@ venv: $(INSTALLED)
 $(BIN)/python:
 	scripts/make-venv $(VENV)
 
-# Reinstalled whenever pyproject.toml changes (dependencies, entry points).
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,redis]'
+# Reinstalled whenever pyproject.toml (dependencies, entry points) or the
+# pinned versions change. The constraints keep CI on the versions we tested.
+$(INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,dev]' -c constraints.txt
 	touch $@
 
 # Fails, naming the binary, when one is still missing after the install attempt.
