@@ -25,7 +25,7 @@ from zerodown.store import (
     StoreError,
     local_owner,
 )
-from zerodown.store.sqlite import MIGRATIONS
+from zerodown.store.schema import MIGRATIONS
 
 HOST = socket.gethostname()
 ME = local_owner()
@@ -390,20 +390,6 @@ def test_journal_keeps_order_seq_and_time(store: SqliteStore, clock: Clock) -> N
     assert len(store.journal_entries(other)) == 1
 
 
-def test_last_completed_step(store: SqliteStore) -> None:
-    deploy_id = store.begin_deploy("web", "v2", "rolling", "{}")
-    assert store.last_completed_step(deploy_id) == -1
-    store.journal(deploy_id, 0, "{}", "before")
-    assert store.last_completed_step(deploy_id) == -1
-    store.journal(deploy_id, 0, "{}", "after")
-    store.journal(deploy_id, 1, "{}", "before")
-    store.journal(deploy_id, 1, "{}", "after")
-    store.journal(deploy_id, 2, "{}", "before")
-    store.journal(deploy_id, 2, "{}", "failed", "gate timed out")
-    assert store.last_completed_step(deploy_id) == 1
-    assert store.last_completed_step(deploy_id + 1) == -1
-
-
 def test_journal_of_an_unknown_deploy_raises(store: SqliteStore) -> None:
     with pytest.raises(NotFound):
         store.journal(42, 0, "{}", "before")
@@ -636,7 +622,6 @@ def test_everything_survives_a_reopen(path: Path, clock: Clock) -> None:
         ) == expected
         assert (after.current("web"), after.previous("web")) == ("v1", None)
         assert [d.id for d in after.unfinished_deploys()] == [deploy_id]
-        assert after.last_completed_step(deploy_id) == 0
         assert after.instances() == [instance]
         assert after.lock("web") == lock
 
@@ -683,4 +668,4 @@ def test_threads_share_one_store(store: SqliteStore) -> None:
     entries = store.journal_entries(deploy_id)
     assert len(entries) == 200
     assert len({e.seq for e in entries}) == 200
-    assert store.last_completed_step(deploy_id) == 7
+    assert {e.step_index for e in entries} == set(range(8))

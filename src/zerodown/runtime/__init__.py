@@ -1,7 +1,8 @@
 """Runtimes: what starts and stops the instances of a release.
 
-Picked by name from RUNTIMES, as the config names them; `process` (local
-processes) is the default.
+`ProcessRuntime` (local processes) is the one runtime today; the daemon
+builds it. Another (containers, say) implements `Runtime` and gets a config
+key to choose it when it exists.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from zerodown.runtime.ports import NoFreePort, PortAllocator, can_listen
 from zerodown.runtime.process import ProcessRuntime
 from zerodown.runtime.spawn import InstanceExited, RuntimeStartError
 
-RUNTIMES: dict[str, type[Runtime]] = {"process": ProcessRuntime}
-
 __all__ = [
-    "RUNTIMES",
     "Backoff",
     "ExitCallback",
     "InstanceExited",

@@ -16,7 +16,8 @@ from zerodown.store.base import (
     StoreFileLost,
     local_owner,
 )
-from zerodown.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SqliteStore
+from zerodown.store.schema import SCHEMA_VERSION
+from zerodown.store.sqlite import DB_FILENAME, SqliteStore
 
 __all__ = [
     "BUSY_TIMEOUT",

@@ -27,7 +27,7 @@ Deploys. `begin_deploy` records a deploy as `pending`; the executor moves its
 state with `set_deploy_state` and writes a journal entry before and after
 each step; `finish_deploy` records the outcome and closes it. A deploy with
 no outcome after a restart is one the daemon died in: `unfinished_deploys`
-finds it and `last_completed_step` says how far it got.
+finds it and its `journal_entries` say how far it got.
 
 Lock. One deploy per service at a time, across processes. The owner is
 "<hostname>:<pid>" (`local_owner()`); the holder heartbeats. A lock whose
@@ -206,10 +206,6 @@ class Store(ABC):
     @abstractmethod
     def journal_entries(self, deploy_id: int) -> list[JournalEntry]:
         """The journal of a deploy in the order it was written."""
-
-    @abstractmethod
-    def last_completed_step(self, deploy_id: int) -> int:
-        """Highest step index with an "after" entry; -1 if none."""
 
     @abstractmethod
     def finish_deploy(self, deploy_id: int, outcome: Outcome, reason: str) -> None:

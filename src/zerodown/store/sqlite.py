@@ -23,13 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Set
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from zerodown.config.strategy import StrategyName
-from zerodown.release import DeployState, Instance, InstanceState, Outcome, Release
+from zerodown.release import DeployState, Instance, Outcome, Release
 from zerodown.store.base import (
-    BUSY_TIMEOUT,
     STALE_AFTER,
     DeployRecord,
     EndedStatus,
@@ -44,180 +42,56 @@ from zerodown.store.base import (
     StoreError,
     StoreFileLost,
 )
+from zerodown.store.connection import as_store_error, connect, file_id
+from zerodown.store.rows import (
+    as_deploy_record,
+    as_event_record,
+    as_instance,
+    as_journal_entry,
+    as_lock_record,
+    as_release,
+    as_release_record,
+    lock_row,
+    member,
+)
+from zerodown.store.schema import migrate
+from zerodown.store.sql import (
+    ADD_RELEASE,
+    DELETE_INSTANCE,
+    DELETE_RELEASE,
+    FINISH_DEPLOY,
+    HEARTBEAT,
+    INSERT_DEPLOY,
+    INSERT_EVENT,
+    INSERT_JOURNAL,
+    MAKE_CURRENT,
+    RELEASE_LOCK,
+    SAVE_INSTANCE,
+    SELECT_ALL_INSTANCES,
+    SELECT_BY_STATUS,
+    SELECT_DEPLOY,
+    SELECT_DEPLOYS,
+    SELECT_EVENTS,
+    SELECT_INSTANCES,
+    SELECT_JOURNAL,
+    SELECT_LOCK,
+    SELECT_OUTCOME,
+    SELECT_PRUNE_CANDIDATES,
+    SELECT_RELEASES,
+    SELECT_SERVICE_EVENTS,
+    SELECT_SPEC,
+    SELECT_STATUS,
+    SELECT_UNFINISHED,
+    SET_DEPLOY_STATE,
+    SET_RELEASE_STATUS,
+    SET_STATUS,
+    TAKE_LOCK,
+    TOUCH_CURRENT,
+)
 
 log = logging.getLogger("zerodown.store")
 
 DB_FILENAME = "zerodown.sqlite3"  # the store's file name inside state_dir
-SCHEMA_VERSION = 2
-
-# MIGRATIONS[n] takes the schema from version n to n + 1. Statements are run one
-# by one inside the opening transaction (executescript would commit first).
-# No CHECK on deploy or instance states: those vocabularies belong to deploy/
-# and may grow, and SQLite can only change a CHECK by rebuilding the table.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE releases (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            service TEXT NOT NULL,
-            version TEXT NOT NULL,
-            spec_json TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'new'
-                CHECK (status IN ('new', 'current', 'previous', 'failed', 'retired')),
-            created_at REAL NOT NULL,
-            last_deployed_at REAL,
-            UNIQUE (service, version))""",
-        # The database itself refuses a second current or previous release.
-        """CREATE UNIQUE INDEX releases_one_per_role ON releases (service, status)
-            WHERE status IN ('current', 'previous')""",
-        """CREATE TABLE deploys (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            service TEXT NOT NULL,
-            version TEXT NOT NULL,
-            strategy TEXT NOT NULL,
-            plan_json TEXT NOT NULL,
-            state TEXT NOT NULL,
-            outcome TEXT,
-            reason TEXT NOT NULL DEFAULT '',
-            started_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            finished_at REAL)""",
-        "CREATE INDEX deploys_by_service ON deploys (service, id)",
-        "CREATE INDEX deploys_unfinished ON deploys (id) WHERE outcome IS NULL",
-        """CREATE TABLE journal (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            deploy_id INTEGER NOT NULL REFERENCES deploys (id),
-            step_index INTEGER NOT NULL,
-            step_json TEXT NOT NULL,
-            phase TEXT NOT NULL CHECK (phase IN ('before', 'after', 'failed')),
-            detail TEXT NOT NULL,
-            at REAL NOT NULL)""",
-        "CREATE INDEX journal_by_deploy ON journal (deploy_id, seq)",
-        """CREATE TABLE instances (
-            id TEXT PRIMARY KEY,
-            service TEXT NOT NULL,
-            version TEXT NOT NULL,
-            host TEXT NOT NULL,
-            port INTEGER NOT NULL,
-            pid INTEGER,
-            pid_started REAL,
-            state TEXT NOT NULL,
-            updated_at REAL NOT NULL)""",
-        """CREATE TABLE locks (
-            service TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,
-            deploy_id INTEGER NOT NULL,
-            acquired_at REAL NOT NULL,
-            heartbeat_at REAL NOT NULL,
-            took_over_from TEXT)""",
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            service TEXT NOT NULL,
-            deploy_id INTEGER REFERENCES deploys (id),
-            kind TEXT NOT NULL,
-            data_json TEXT NOT NULL,
-            at REAL NOT NULL)""",
-        "CREATE INDEX events_by_service ON events (service, id)",
-    ),
-    # 1 -> 2: releases may read `aborted` and `rolled_back`. SQLite changes a
-    # CHECK only by rebuilding the table (ids and rows kept as they are).
-    (
-        """CREATE TABLE releases_v2 (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            service TEXT NOT NULL,
-            version TEXT NOT NULL,
-            spec_json TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'new'
-                CHECK (status IN ('new', 'current', 'previous', 'failed', 'aborted',
-                                  'rolled_back', 'retired')),
-            created_at REAL NOT NULL,
-            last_deployed_at REAL,
-            UNIQUE (service, version))""",
-        """INSERT INTO releases_v2 (id, service, version, spec_json, status, created_at,
-            last_deployed_at) SELECT id, service, version, spec_json, status, created_at,
-            last_deployed_at FROM releases""",
-        "DROP TABLE releases",
-        "ALTER TABLE releases_v2 RENAME TO releases",
-        """CREATE UNIQUE INDEX releases_one_per_role ON releases (service, status)
-            WHERE status IN ('current', 'previous')""",
-    ),
-)
-assert len(MIGRATIONS) == SCHEMA_VERSION
-
-CREATE_SCHEMA_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-
-# -- releases
-ADD_RELEASE = """INSERT INTO releases (service, version, spec_json, created_at)
-    VALUES (?, ?, ?, ?)
-    ON CONFLICT (service, version) DO UPDATE SET spec_json = excluded.spec_json"""
-SELECT_SPEC = "SELECT spec_json FROM releases WHERE service = ? AND version = ?"
-RELEASE_COLUMNS = "service, version, status, created_at, last_deployed_at"
-SELECT_RELEASES = f"""SELECT {RELEASE_COLUMNS} FROM releases WHERE service = ?
-    ORDER BY created_at DESC, id DESC"""
-SELECT_STATUS = "SELECT status FROM releases WHERE service = ? AND version = ?"
-SELECT_BY_STATUS = "SELECT version FROM releases WHERE service = ? AND status = ?"
-SET_STATUS = "UPDATE releases SET status = ? WHERE service = ? AND status = ?"
-MAKE_CURRENT = """UPDATE releases SET status = 'current', last_deployed_at = ?
-    WHERE service = ? AND version = ?"""
-TOUCH_CURRENT = "UPDATE releases SET last_deployed_at = ? WHERE service = ? AND version = ?"
-SET_RELEASE_STATUS = "UPDATE releases SET status = ? WHERE service = ? AND version = ?"
-# Newest first, with whether anything still needs the release's definition: a
-# saved instance (to restart or adopt it) or an unfinished deploy (to recover it).
-SELECT_PRUNE_CANDIDATES = """SELECT r.version, r.status,
-        EXISTS (SELECT 1 FROM instances i
-                WHERE i.service = r.service AND i.version = r.version)
-        OR EXISTS (SELECT 1 FROM deploys d
-                   WHERE d.service = r.service AND d.version = r.version
-                   AND d.outcome IS NULL) AS in_use
-    FROM releases r WHERE r.service = ? ORDER BY r.created_at DESC, r.id DESC"""
-DELETE_RELEASE = "DELETE FROM releases WHERE service = ? AND version = ?"
-
-# -- deploys and journal
-INSERT_DEPLOY = """INSERT INTO deploys
-    (service, version, strategy, plan_json, state, started_at, updated_at)
-    VALUES (?, ?, ?, ?, 'pending', ?, ?)"""
-DEPLOY_COLUMNS = """id, service, version, strategy, plan_json, state, outcome, reason,
-    started_at, updated_at, finished_at"""
-SELECT_DEPLOY = f"SELECT {DEPLOY_COLUMNS} FROM deploys WHERE id = ?"
-SELECT_DEPLOYS = f"SELECT {DEPLOY_COLUMNS} FROM deploys WHERE service = ? ORDER BY id DESC LIMIT ?"
-SELECT_UNFINISHED = f"SELECT {DEPLOY_COLUMNS} FROM deploys WHERE outcome IS NULL ORDER BY id"
-SELECT_OUTCOME = "SELECT outcome FROM deploys WHERE id = ?"
-SET_DEPLOY_STATE = "UPDATE deploys SET state = ?, updated_at = ? WHERE id = ?"
-FINISH_DEPLOY = """UPDATE deploys SET state = ?, outcome = ?, reason = ?,
-    updated_at = ?, finished_at = ? WHERE id = ?"""
-INSERT_JOURNAL = """INSERT INTO journal (deploy_id, step_index, step_json, phase, detail, at)
-    VALUES (?, ?, ?, ?, ?, ?)"""
-SELECT_JOURNAL = """SELECT seq, deploy_id, step_index, step_json, phase, detail, at
-    FROM journal WHERE deploy_id = ? ORDER BY seq"""
-SELECT_LAST_COMPLETED = """SELECT COALESCE(MAX(step_index), -1) FROM journal
-    WHERE deploy_id = ? AND phase = 'after'"""
-
-# -- instances
-SAVE_INSTANCE = """INSERT INTO instances
-    (id, service, version, host, port, pid, pid_started, state, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET service = excluded.service, version = excluded.version,
-        host = excluded.host, port = excluded.port, pid = excluded.pid,
-        pid_started = excluded.pid_started, state = excluded.state,
-        updated_at = excluded.updated_at"""
-DELETE_INSTANCE = "DELETE FROM instances WHERE id = ?"
-INSTANCE_COLUMNS = "id, service, version, host, port, pid, pid_started, state"
-SELECT_ALL_INSTANCES = f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY service, id"
-SELECT_INSTANCES = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE service = ? ORDER BY id"
-
-# -- lock
-LOCK_COLUMNS = "service, owner, deploy_id, acquired_at, heartbeat_at, took_over_from"
-SELECT_LOCK = f"SELECT {LOCK_COLUMNS} FROM locks WHERE service = ?"
-TAKE_LOCK = f"""INSERT OR REPLACE INTO locks ({LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"""
-HEARTBEAT = "UPDATE locks SET heartbeat_at = ? WHERE service = ? AND owner = ?"
-RELEASE_LOCK = "DELETE FROM locks WHERE service = ? AND owner = ?"
-
-# -- events
-INSERT_EVENT = """INSERT INTO events (service, deploy_id, kind, data_json, at)
-    VALUES (?, ?, ?, ?, ?)"""
-EVENT_COLUMNS = "id, service, deploy_id, kind, data_json, at"
-SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?"
-SELECT_SERVICE_EVENTS = f"""SELECT {EVENT_COLUMNS} FROM events
-    WHERE id > ? AND service = ? ORDER BY id LIMIT ?"""
 
 
 class SqliteStore(Store):
@@ -234,9 +108,9 @@ class SqliteStore(Store):
         self._clock = clock
         self._hostname = socket.gethostname()
         self._mutex = threading.RLock()
-        self._db = _connect(self.path)
+        self._db = connect(self.path)
         # Which file we opened, to notice it deleted or replaced (see _check_file).
-        self._file_id = _file_id(self.path)
+        self._file_id = file_id(self.path)
         self._lost: str | None = None  # why writes are refused, once the file is gone
         try:
             self._migrate()
@@ -262,10 +136,10 @@ class SqliteStore(Store):
 
     def release(self, service: str, version: str) -> Release | None:
         row = self._one(SELECT_SPEC, service, version)
-        return None if row is None else _release(service, version, row["spec_json"])
+        return None if row is None else as_release(service, version, row["spec_json"])
 
     def releases(self, service: str) -> list[ReleaseRecord]:
-        return [_release_record(row) for row in self._all(SELECT_RELEASES, service)]
+        return [as_release_record(row) for row in self._all(SELECT_RELEASES, service)]
 
     def set_current(self, service: str, version: str) -> None:
         now = self._clock()
@@ -341,12 +215,7 @@ class SqliteStore(Store):
             db.execute(INSERT_JOURNAL, row)
 
     def journal_entries(self, deploy_id: int) -> list[JournalEntry]:
-        return [_journal_entry(row) for row in self._all(SELECT_JOURNAL, deploy_id)]
-
-    def last_completed_step(self, deploy_id: int) -> int:
-        row = self._one(SELECT_LAST_COMPLETED, deploy_id)
-        assert row is not None  # an aggregate always yields one row
-        return int(row[0])
+        return [as_journal_entry(row) for row in self._all(SELECT_JOURNAL, deploy_id)]
 
     def finish_deploy(self, deploy_id: int, outcome: Outcome, reason: str) -> None:
         now = self._clock()
@@ -356,13 +225,13 @@ class SqliteStore(Store):
 
     def deploy(self, deploy_id: int) -> DeployRecord | None:
         row = self._one(SELECT_DEPLOY, deploy_id)
-        return None if row is None else _deploy_record(row)
+        return None if row is None else as_deploy_record(row)
 
     def deploys(self, service: str, limit: int = 20) -> list[DeployRecord]:
-        return [_deploy_record(row) for row in self._all(SELECT_DEPLOYS, service, limit)]
+        return [as_deploy_record(row) for row in self._all(SELECT_DEPLOYS, service, limit)]
 
     def unfinished_deploys(self) -> list[DeployRecord]:
-        return [_deploy_record(row) for row in self._all(SELECT_UNFINISHED)]
+        return [as_deploy_record(row) for row in self._all(SELECT_UNFINISHED)]
 
     # -- instances -------------------------------------------------------------
 
@@ -378,8 +247,8 @@ class SqliteStore(Store):
 
     def instances(self, service: str | None = None) -> list[Instance]:
         if service is None:
-            return [_instance(row) for row in self._all(SELECT_ALL_INSTANCES)]
-        return [_instance(row) for row in self._all(SELECT_INSTANCES, service)]
+            return [as_instance(row) for row in self._all(SELECT_ALL_INSTANCES)]
+        return [as_instance(row) for row in self._all(SELECT_INSTANCES, service)]
 
     # -- lock ------------------------------------------------------------------
 
@@ -392,7 +261,7 @@ class SqliteStore(Store):
             taken = LockRecord(
                 service, owner, deploy_id, now, now, None if held is None else held["owner"]
             )
-            db.execute(TAKE_LOCK, _lock_row(taken))
+            db.execute(TAKE_LOCK, lock_row(taken))
         return taken
 
     def heartbeat(self, service: str, owner: str) -> bool:
@@ -405,7 +274,7 @@ class SqliteStore(Store):
 
     def lock(self, service: str) -> LockRecord | None:
         row = self._one(SELECT_LOCK, service)
-        return None if row is None else _lock_record(row)
+        return None if row is None else as_lock_record(row)
 
     def _stale(self, held: sqlite3.Row) -> bool:
         if self._clock() - held["heartbeat_at"] > self.stale_after:
@@ -433,7 +302,7 @@ class SqliteStore(Store):
             rows = self._all(SELECT_EVENTS, after_id, limit)
         else:
             rows = self._all(SELECT_SERVICE_EVENTS, after_id, service, limit)
-        return [_event_record(row) for row in rows]
+        return [as_event_record(row) for row in rows]
 
     # -- plumbing --------------------------------------------------------------
 
@@ -441,7 +310,7 @@ class SqliteStore(Store):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so a
         read inside it cannot be invalidated by another process before we write."""
-        with self._mutex, _as_store_error():
+        with self._mutex, as_store_error():
             self._check_file()
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -459,7 +328,7 @@ class SqliteStore(Store):
         unlinked inode, so every write would seem to work and be gone at the
         next start. One stat per write is the price of noticing.
         """
-        moved = self._file_id is not None and _file_id(self.path) != self._file_id
+        moved = self._file_id is not None and file_id(self.path) != self._file_id
         if self._lost is None and moved:
             self._lost = (
                 f"{self.path}: the state database was deleted or replaced while zerodown "
@@ -471,108 +340,17 @@ class SqliteStore(Store):
             raise StoreFileLost(self._lost)
 
     def _one(self, sql: str, *params: object) -> sqlite3.Row | None:
-        with self._mutex, _as_store_error():
+        with self._mutex, as_store_error():
             row: sqlite3.Row | None = self._db.execute(sql, params).fetchone()
             return row
 
     def _all(self, sql: str, *params: object) -> list[sqlite3.Row]:
-        with self._mutex, _as_store_error():
+        with self._mutex, as_store_error():
             return self._db.execute(sql, params).fetchall()
 
     def _migrate(self) -> None:
-        # Inside a write transaction: two processes opening a new file at once
-        # must not both create the tables.
         with self._write() as db:
-            db.execute(CREATE_SCHEMA_VERSION)
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: schema version {version} is newer than this zerodown "
-                    f"understands ({SCHEMA_VERSION})"
-                )
-            if version == SCHEMA_VERSION:
-                return
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    db.execute(statement)
-            db.execute("DELETE FROM schema_version")
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-
-
-# -- connection ------------------------------------------------------------------
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # timeout is SQLite's busy_timeout: how long a write waits for another process.
-    # isolation_level=None: no implicit transactions; _write() says where they are.
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    try:
-        _configure(db, path)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`; None for ":memory:" or no file there."""
-    if path == ":memory:":
-        return None
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (stat.st_dev, stat.st_ino)
-
-
-def _configure(db: sqlite3.Connection, path: str) -> None:
-    with _as_store_error():
-        mode = _enter_wal(db)
-        if mode != "wal" and path != ":memory:":
-            raise StoreError(f"{path}: cannot use WAL mode (journal_mode is {mode})")
-        # NORMAL, not FULL: in WAL mode a commit then survives a crash or a
-        # kill -9 of the daemon (the case the journal is for) without an fsync
-        # per write. FULL cost tens of milliseconds per journal entry, spent on
-        # the event loop the proxy shares, so every deploy step stalled traffic.
-        # A power cut may lose the last entries; recovery restores the current
-        # release either way.
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA foreign_keys = ON")
-
-
-WAL_RETRY = 0.01  # seconds between tries to switch a new file to WAL
-
-
-def _enter_wal(db: sqlite3.Connection) -> str:
-    """Switch to WAL; the journal mode in force after it.
-
-    Two processes opening a new file at once (a hot restart's two
-    generations, say) race to switch it, and SQLite answers the loser
-    "database is locked" at once, without its busy handler. So wait here as
-    the busy timeout would have; the loser then finds WAL already on.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            mode: str = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            return mode
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() >= deadline:
-                raise
-            time.sleep(WAL_RETRY)
-
-
-@contextmanager
-def _as_store_error() -> Iterator[None]:
-    """The edge where sqlite3's errors become the library's own."""
-    try:
-        yield
-    except sqlite3.Error as error:
-        raise StoreError(f"store: {error}") from error
+            migrate(db, self.path)
 
 
 # -- checks inside a transaction ---------------------------------------------------
@@ -582,7 +360,7 @@ def _status(db: sqlite3.Connection, service: str, version: str) -> ReleaseStatus
     row = db.execute(SELECT_STATUS, (service, version)).fetchone()
     if row is None:
         raise NotFound(f"no release {version} of {service}")
-    status: ReleaseStatus = _member(row["status"], ReleaseStatus)
+    status: ReleaseStatus = member(row["status"], ReleaseStatus)
     return status
 
 
@@ -613,105 +391,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-# -- rows to values -----------------------------------------------------------------
-
-
-def _member(value: object, choices: object) -> Any:
-    """`value` if the Literal type `choices` allows it. Guards reading a file a
-    newer zerodown wrote with a state this one does not know."""
-    if value not in get_args(choices):
-        raise StoreError(f"unknown value {value!r} in store")
-    return value
-
-
-def _release(service: str, version: str, spec_json: str) -> Release:
-    spec = json.loads(spec_json)
-    env = tuple((str(name), str(value)) for name, value in spec["env"])
-    return Release(service, version, str(spec["command"]), str(spec["cwd"]), env)
-
-
-def _release_record(row: sqlite3.Row) -> ReleaseRecord:
-    return ReleaseRecord(
-        service=row["service"],
-        version=row["version"],
-        status=_member(row["status"], ReleaseStatus),
-        created_at=row["created_at"],
-        last_deployed_at=row["last_deployed_at"],
-    )
-
-
-def _deploy_record(row: sqlite3.Row) -> DeployRecord:
-    outcome = row["outcome"]
-    return DeployRecord(
-        id=row["id"],
-        service=row["service"],
-        version=row["version"],
-        strategy=_member(row["strategy"], StrategyName),
-        plan_json=row["plan_json"],
-        state=_member(row["state"], DeployState),
-        outcome=None if outcome is None else _member(outcome, Outcome),
-        reason=row["reason"],
-        started_at=row["started_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-    )
-
-
-def _journal_entry(row: sqlite3.Row) -> JournalEntry:
-    return JournalEntry(
-        seq=row["seq"],
-        deploy_id=row["deploy_id"],
-        step_index=row["step_index"],
-        step_json=row["step_json"],
-        phase=_member(row["phase"], JournalPhase),
-        detail=row["detail"],
-        at=row["at"],
-    )
-
-
-def _instance(row: sqlite3.Row) -> Instance:
-    return Instance(
-        id=row["id"],
-        service=row["service"],
-        version=row["version"],
-        port=row["port"],
-        host=row["host"],
-        pid=row["pid"],
-        pid_started=row["pid_started"],
-        state=_member(row["state"], InstanceState),
-    )
-
-
-def _lock_record(row: sqlite3.Row) -> LockRecord:
-    return LockRecord(
-        service=row["service"],
-        owner=row["owner"],
-        deploy_id=row["deploy_id"],
-        acquired_at=row["acquired_at"],
-        heartbeat_at=row["heartbeat_at"],
-        took_over_from=row["took_over_from"],
-    )
-
-
-def _lock_row(lock: LockRecord) -> tuple[object, ...]:
-    return (
-        lock.service,
-        lock.owner,
-        lock.deploy_id,
-        lock.acquired_at,
-        lock.heartbeat_at,
-        lock.took_over_from,
-    )
-
-
-def _event_record(row: sqlite3.Row) -> EventRecord:
-    return EventRecord(
-        id=row["id"],
-        service=row["service"],
-        deploy_id=row["deploy_id"],
-        kind=row["kind"],
-        data_json=row["data_json"],
-        at=row["at"],
-    )
