@@ -234,7 +234,7 @@ class ClientConnection(asyncio.Protocol):
                 path = strip_prefix(service.prefix, path)
         if error is not None and head.has_body:
             self.closing = True  # the body will not be read: the connection ends here
-        return Exchange(self, head, service, path, error)
+        return Exchange(self, self.server, head, service, path, error)
 
     def _refusal(self, head: http.RequestHead) -> BadRequest | None:
         """Requests refused on their head alone, before any routing."""
@@ -372,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
         if self.reading is not None:
             self.reading.body_error(error)  # mid-body: the upstream must not get the rest
             return
-        exchange = Exchange(self, _placeholder_head(), None, b"/", error)
+        exchange = Exchange(self, self.server, _placeholder_head(), None, b"/", error)
         self.queue.append(exchange)
         if len(self.queue) == 1:
             exchange.start()

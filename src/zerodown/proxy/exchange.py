@@ -2,17 +2,20 @@
 
 An Exchange is created when a request head has been read. It picks a pool
 and a target, sends the request, streams the response back and decides,
-after a failure, whether another attempt is safe (retry.may_retry). Bodies
-are streamed both ways with back-pressure; a request body is also kept for
-replay while it is small, so an idempotent request can be retried after its
-bytes were sent.
+after a failure, whether another attempt is safe (retry.may_retry). Its life
+is a Phase (phase.py) moved only through `advance`; what to do on a failure,
+whether an upstream connection may be reused and what the read watchdog
+waits for are read from the phase. The request body (request_body.py) and
+the client-facing framing (response.py) are objects of their own; the
+client connection and the routing table are seen through narrow protocols
+(client_side.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
+from enum import Enum
 from itertools import count
 from typing import TYPE_CHECKING, Final
 
@@ -28,30 +31,38 @@ from zerodown.errors import (
     UpstreamTimeout,
 )
 from zerodown.proxy import http
+from zerodown.proxy.phase import ANSWERING, ATTEMPTING, Phase, advance
+from zerodown.proxy.request_body import RequestBody
+from zerodown.proxy.response import Maintenance, ResponseStream, framing
 from zerodown.proxy.retry import Attempt, is_keepalive_race, may_retry
 
 if TYPE_CHECKING:
-    from zerodown.proxy.client import ClientConnection
+    from zerodown.proxy.client_side import ClientSide, Routes
     from zerodown.proxy.service import Choice, Service
     from zerodown.proxy.target import Target
     from zerodown.proxy.upstream import UpstreamConnection
 
-# A request body up to this size is kept after sending, so an idempotent
-# request can be replayed on another target; larger ones are not retried.
-REPLAY_LIMIT: Final = 64 * 1024
+__all__ = ["Cut", "Exchange", "Maintenance", "new_request_id"]
+
 # Statuses after which the client connection is closed: the request stream
 # itself was bad, so nothing after it can be parsed with confidence.
 CLOSING_STATUSES: Final = frozenset({400, 408, 413, 414, 417, 431, 501})
-# Buffered request body before we stop reading from the client.
-BODY_HIGH_WATER: Final = 64 * 1024
 
 _ID_PREFIX: Final = os.urandom(6).hex().encode()
 _ids = count(1)
+_NOT_SENT: Final = Attempt(sent=False, responded=False, reused=False)
 
 
 def new_request_id() -> bytes:
     """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""
     return b"%s-%x" % (_ID_PREFIX, next(_ids))
+
+
+class Cut(Enum):
+    """Why an exchange was ended from outside; it is then never retried."""
+
+    DRAIN = "drain"  # its target's drain deadline passed (a 504, or a cut tunnel)
+    CLIENT = "client"  # the client broke protocol mid-body (answered with its error)
 
 
 class AttemptFailed(Exception):
@@ -63,19 +74,43 @@ class AttemptFailed(Exception):
 
 
 class Exchange:
-    # Why the proxy answered (or cut) this request itself, for the access log;
-    # a class default so a request that goes well stores nothing.
-    failure: ProxyError | None = None
+    __slots__ = (
+        "_last_read",
+        "_waiter",
+        "body",
+        "client",
+        "client_ip",
+        "conn",
+        "cut",
+        "error",
+        "failure",
+        "head",
+        "keep_alive",
+        "loop",
+        "path",
+        "phase",
+        "request_id",
+        "response",
+        "routes",
+        "service",
+        "set_cookie",
+        "started",
+        "status",
+        "target",
+        "task",
+    )
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: ClientSide,
+        routes: Routes,
         head: http.RequestHead,
         service: Service | None,
         path: bytes,
         error: ProxyError | None = None,
     ) -> None:
         self.client = client
+        self.routes = routes
         self.head = head
         self.service = service
         self.path = path  # what the target sees: origin-form, prefix stripped if asked
@@ -86,44 +121,41 @@ class Exchange:
             client.real_client_ip(head) if client.forwarded.trusted else client.client_ip
         )
         self.loop = client.loop
+        self.phase = Phase.QUEUED
+        self.cut: Cut | None = None
+        self.body = RequestBody(head, client.settings.max_body_size) if head.has_body else None
+        self.response = ResponseStream(client)
+        self.keep_alive = head.keep_alive  # what the response head announces
+        self.failure: ProxyError | None = None  # why the proxy answered itself, for the log
         self.task: asyncio.Task[None] | None = None
-        # request body
-        self.body_done = not head.has_body
-        self.body_received = 0
-        self.pending: collections.deque[bytes] = collections.deque()
-        self.pending_size = 0
-        self.replay: list[bytes] | None = [] if head.idempotent else None
-        self.replay_size = 0
-        self.continue_sent = False
-        # the attempt in progress
-        self.target: Target | None = None
+        self.target: Target | None = None  # the target of the latest attempt
         self.conn: UpstreamConnection | None = None
-        self.sent = False
-        self.responded = False  # any byte of the response reached the client
-        self.keep_alive = head.keep_alive
-        self.upgraded = False
-        self.attempting: Target | None = None  # the target of the attempt under way, if any
-        self.drain_cancelled = False
-        self.aborted = False  # the client broke protocol mid-body: never retry, answer `error`
         self.status = 0
         self.started = 0.0
-        self._head_waiter: asyncio.Future[None] | None = None
-        self._done_waiter: asyncio.Future[None] | None = None
-        self._rechunk = False
-        self._close_delimited = (
-            False  # the upstream body ends when it closes (no length, not chunked)
-        )
-        self._upstream_keep_alive = True
-        self._last_read = 0.0
-        self._watching = False  # this exchange has the client connection's watchdog
         self.set_cookie: bytes | None = None
-        # Response bytes gathered during one upstream read, written to the
-        # client in one writelines() (one syscall for head + body + end).
-        self._out: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None  # the attempt's end
+        self._last_read = 0.0
 
     def __repr__(self) -> str:
         target = self.target.address if self.target else None
-        return f"<Exchange {self.head.method.decode()} {self.path!r} target={target}>"
+        return (
+            f"<Exchange {self.head.method.decode()} {self.path!r} "
+            f"{self.phase.value} target={target}>"
+        )
+
+    @property
+    def body_done(self) -> bool:
+        """The client's request was read in full."""
+        return self.body is None or self.body.done
+
+    @property
+    def attempting(self) -> Target | None:
+        """The target of the attempt under way, if any (drains count it in flight)."""
+        return self.target if self.phase in ATTEMPTING else None
+
+    @property
+    def tunnelled(self) -> bool:
+        return self.phase is Phase.TUNNEL
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -136,12 +168,16 @@ class Exchange:
             if self.error is not None:
                 raise self.error
             assert self.service is not None
+            self._move(Phase.ROUTING)
             await self._proxy(self._current(self.service))
         except ProxyError as exc:
-            self._fail(self.error if self.aborted and self.error is not None else exc)
+            self._fail(self.error if self.cut is Cut.CLIENT and self.error is not None else exc)
         finally:
-            self._stop_watchdog()
+            self.client.watchdog.clear()
             self.client.exchange_done(self)
+
+    def _move(self, phase: Phase) -> None:
+        self.phase = advance(self.phase, phase)
 
     def _current(self, service: Service) -> Service:
         """The service as the table in force now has it.
@@ -150,21 +186,22 @@ class Exchange:
         loop iteration (or, pipelined, a response) later; tables applied in
         between must count, or it would pick from pools that no longer exist.
         """
-        current = self.client.server.services.get(service.name)
+        current = self.routes.services.get(service.name)
         return current if current is not None else service
 
     def _fail(self, exc: ProxyError) -> None:
         """Tell the client: a status if nothing was sent yet, else cut the connection."""
+        answering = self.phase in ANSWERING
+        self._move(Phase.FAILED)
         self.failure = exc
         if isinstance(exc, Maintenance):
             self.status = exc.status
             self.client.write(exc.response(self.request_id, head_only=self._head_only))
-            self.responded = True
             return
         target = self.target
         if target is not None and target.metrics is not None and self._target_failed(exc):
             target.metrics.fail(_failure_kind(exc))
-        if self.responded:
+        if answering:
             self.keep_alive = False
             self.client.abort()
             return
@@ -173,7 +210,7 @@ class Exchange:
         self.keep_alive = (
             self.keep_alive
             and self.body_done
-            and not self.aborted
+            and self.cut is not Cut.CLIENT
             and exc.status not in CLOSING_STATUSES
             and self.client.keep_alive_allowed(self)
         )
@@ -189,14 +226,13 @@ class Exchange:
             detail=str(exc) if exc.status == 503 else None,
         )
         self.client.write(response)
-        self.responded = True
 
     @property
     def _head_only(self) -> bool:
         return self.head.method == b"HEAD"
 
     def _target_failed(self, exc: ProxyError) -> bool:
-        return not (self.aborted or self.drain_cancelled or isinstance(exc, BadRequest))
+        return self.cut is None and not isinstance(exc, BadRequest)
 
     # -- choosing targets and retrying ---------------------------------------
 
@@ -238,6 +274,7 @@ class Exchange:
                     raise failure.error from None
                 if failed.metrics is not None:
                     failed.metrics.retry()
+                self._move(Phase.ROUTING)
                 raced = False
 
     async def _hold(self, service: Service) -> tuple[Service, Choice]:
@@ -246,9 +283,9 @@ class Exchange:
         assert hold is not None
         if hold.maintenance_html is not None:
             raise Maintenance(hold.maintenance_html, hold.retry_after)
-        server = self.client.server
-        found = await server.wait_for_target(service.name, self.loop.time() + hold.timeout)
-        if found is None and server.stopping:
+        routes = self.routes
+        found = await routes.wait_for_target(service.name, self.loop.time() + hold.timeout)
+        if found is None and routes.stopping:
             raise ShuttingDown(f"no target for {service.name}: the proxy is shutting down")
         if found is None:
             raise HoldTimeout(
@@ -272,8 +309,7 @@ class Exchange:
     def _may_race_retry(self, failure: AttemptFailed, raced: bool) -> bool:
         return (
             not raced
-            and not self.drain_cancelled
-            and not self.aborted
+            and self.cut is None
             and is_keepalive_race(failure.attempt)
             and may_retry(
                 failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable
@@ -283,51 +319,46 @@ class Exchange:
     def _may_retry(
         self, service: Service, failure: AttemptFailed, tried: list[Target], deadline: float
     ) -> bool:
-        now = self.loop.time()
         return (
-            not self.drain_cancelled
-            and not self.aborted
+            self.cut is None
             and may_retry(
                 failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable
             )
             and len(tried) < service.spec.tries
-            and now < deadline
+            and self.loop.time() < deadline
         )
 
     @property
     def _replayable(self) -> bool:
-        return self.replay is not None or not self.head.has_body
+        return self.body is None or self.body.replayable
 
     # -- one attempt -----------------------------------------------------------
 
     async def _attempt(self, service: Service, target: Target, *, fresh: bool) -> None:
         assert target.connections is not None and target.metrics is not None
-        self.target = self.attempting = target
+        self._move(Phase.CONNECTING)
+        self.target = target
         target.in_flight += 1
         target.metrics.request()
         started = self.loop.time()
-        self._head_waiter = self._done_waiter = None
         try:
             conn = None if fresh else self._reuse_idle(target)
             if conn is None:
                 conn = await self._connect(target, fresh)
-            if self.aborted and self.error is not None:
+            if self.cut is Cut.CLIENT and self.error is not None:
                 raise self.error
-            if self.drain_cancelled:
+            if self.cut is Cut.DRAIN:
                 # Cut at a drain deadline while it waited for a connection slot
                 # (or was connecting): the draining target must not get it now.
                 error = UpstreamTimeout("target drained before the request was sent")
-                raise AttemptFailed(
-                    error, Attempt(sent=False, responded=False, reused=False), False
-                )
+                raise AttemptFailed(error, _NOT_SENT, False)
             self._send_request(conn)
             await self._await_response(conn)
         finally:
-            self.attempting = None
             target.in_flight -= 1
             self._release(target)
             if target.in_flight == 0 and target.state != "ready":
-                self.client.server.target_idle(target)
+                self.routes.target_idle(target)
         elapsed = self.loop.time() - started
         target.record_response_time(elapsed)
         target.metrics.response(self.status, elapsed)
@@ -346,13 +377,9 @@ class Exchange:
         try:
             conn = await target.connections.acquire(fresh=fresh)
         except (UpstreamConnectError, UpstreamTimeout) as exc:
-            raise AttemptFailed(
-                exc, Attempt(sent=False, responded=False, reused=False), True
-            ) from None
+            raise AttemptFailed(exc, _NOT_SENT, True) from None
         except ProxyError as exc:  # queue timeout: the target is busy, not broken
-            raise AttemptFailed(
-                exc, Attempt(sent=False, responded=False, reused=False), False
-            ) from None
+            raise AttemptFailed(exc, _NOT_SENT, False) from None
         self._use(conn)
         return conn
 
@@ -363,72 +390,53 @@ class Exchange:
         )
 
     def _send_request(self, conn: UpstreamConnection) -> None:
-        if self.head.expect_continue and not self.continue_sent and not self.body_done:
-            self.continue_sent = True
+        body = self.body
+        if body is not None and body.continue_due():
             self.client.write(http.CONTINUE_100)
         parts = http.upstream_head(self.head, self.path, self.client.forwarded, self.request_id)
-        for piece in self.replay or ():
-            parts += self._frame(piece)
-        # A small body usually arrived in the same read as the head: one write
-        # (one syscall, one segment) carries both.
-        parts += self._take_pending()
+        if body is not None:
+            # A small body usually arrived in the same read as the head: one
+            # write (one syscall, one segment) carries both.
+            parts += body.replay()
+            parts += body.take()
         conn.writelines(parts)
-        self.sent = True
+        self._move(Phase.SENT)
         self.client.resume_reading("body")
 
     async def _await_response(self, conn: UpstreamConnection) -> None:
-        self._head_waiter = self.loop.create_future()
-        self._done_waiter = self.loop.create_future()
+        """Until the response is forwarded in full (or the tunnel ends)."""
+        self._waiter = waiter = self.loop.create_future()
         # The watchdog bounds the wait for the head as well as the gaps in
         # the body: one lazily re-armed timer instead of a timeout per phase.
         self._start_watchdog()
         try:
-            await self._head_waiter
-        except UpstreamTimeout:
-            if self.drain_cancelled:
-                raise  # cut by cancel_for_drain, not the watchdog: ends the exchange
-            conn.abort()
-            raise self._attempt_failed(
-                UpstreamTimeout("upstream read timed out"), conn, True
-            ) from None
-        except (ConnectionError, OSError, UpstreamProtocolError) as exc:
-            raise self._attempt_failed(_as_proxy_error(exc), conn, True) from None
-        if self.upgraded:
-            self._stop_watchdog()
-        try:
-            await self._done_waiter
+            await waiter
         except (ConnectionError, OSError, ProxyError) as exc:
-            # The response was under way: the client cannot get a clean answer now.
-            raise self._attempt_failed(_as_proxy_error(exc), conn, True) from None
+            raise self._attempt_failed(_as_proxy_error(exc), conn) from None
 
-    def _attempt_failed(
-        self, error: ProxyError, conn: UpstreamConnection, target_fault: bool
-    ) -> AttemptFailed:
+    def _attempt_failed(self, error: ProxyError, conn: UpstreamConnection) -> AttemptFailed:
         attempt = Attempt(
-            sent=self.sent,
-            responded=self.responded,
+            sent=True,
+            responded=self.phase in ANSWERING,
             reused=conn.reused,
             closed=isinstance(error, UpstreamReset),
         )
-        if is_keepalive_race(attempt):
-            target_fault = False
-        return AttemptFailed(error, attempt, target_fault and not self.drain_cancelled)
+        # A cut from outside is never the target's fault, nor is the race.
+        target_fault = self.cut is None and not is_keepalive_race(attempt)
+        return AttemptFailed(error, attempt, target_fault)
 
     def _release(self, target: Target) -> None:
         conn, self.conn = self.conn, None
         if conn is None or target.connections is None:
             return
-        waiter = self._done_waiter
-        clean = (
-            waiter is not None
-            and waiter.done()
-            and not waiter.cancelled()
-            and not waiter.exception()
-        )
+        clean = self.phase is Phase.DONE
         # A connection that was asked to upgrade is never reused, even when the
         # target declined: it may have switched anyway, or read on as if it had.
         reusable = (
-            clean and self.body_done and self._upstream_keep_alive and self.head.upgrade is None
+            clean
+            and self.body_done
+            and self.response.upstream_keep_alive
+            and self.head.upgrade is None
         )
         if not clean:
             # Detach first: this attempt is over, so the close must not report
@@ -440,61 +448,37 @@ class Exchange:
     # -- request body (called by the client connection) ------------------------
 
     def feed_body(self, data: bytes) -> None:
-        self.body_received += len(data)
-        limit = self.client.settings.max_body_size
-        if limit and self.body_received > limit:
-            raise BadRequest("request body too large", status=413)
-        self.pending.append(data)
-        self.pending_size += len(data)
-        if self.conn is not None and self.sent:
-            self._flush_pending()
-        elif self.pending_size > BODY_HIGH_WATER:
+        body = self.body
+        assert body is not None
+        over_high_water = body.feed(data)
+        # Once an attempt's head is on the wire, its body follows as it comes.
+        if self.conn is not None and self.phase is not Phase.CONNECTING:
+            self._flush_body()
+        elif over_high_water:
             self.client.pause_reading("body")
 
     def end_body(self) -> None:
-        self.body_done = True
-        if self.conn is not None and self.sent:
-            self._flush_pending()
-
-    def _flush_pending(self) -> None:
-        conn = self.conn
-        assert conn is not None
-        parts = self._take_pending()
-        if parts:
-            conn.writelines(parts)
-        self.client.resume_reading("body")
-
-    def _take_pending(self) -> list[bytes]:
-        """The unsent body, framed for the upstream, and kept for a replay."""
-        parts: list[bytes] = []
-        while self.pending:
-            piece = self.pending.popleft()
-            parts += self._frame(piece)
-            self._keep_for_replay(piece)
-        self.pending_size = 0
-        if self.body_done and self.head.chunked:
-            parts.append(http.LAST_CHUNK)
-        return parts
-
-    def _frame(self, piece: bytes) -> list[bytes]:
-        return http.chunk(piece) if self.head.chunked else [piece]
-
-    def _keep_for_replay(self, piece: bytes) -> None:
-        if self.replay is None:
+        if self.body is None:
             return
-        self.replay_size += len(piece)
-        if self.replay_size > REPLAY_LIMIT:
-            self.replay = None  # too big to hold: this request is no longer retryable once sent
-        else:
-            self.replay.append(piece)
+        self.body.end()
+        if self.conn is not None and self.phase is not Phase.CONNECTING:
+            self._flush_body()
+
+    def _flush_body(self) -> None:
+        assert self.conn is not None and self.body is not None
+        parts = self.body.take()
+        if parts:
+            self.conn.writelines(parts)
+        self.client.resume_reading("body")
 
     def body_error(self, exc: BadRequest) -> None:
         """The client's body broke the protocol mid-stream: never forward the rest."""
         self.keep_alive = False
-        self.aborted = True
+        self.cut = Cut.CLIENT
         self.error = exc
-        self.pending.clear()
-        self._settle(self._head_waiter, exc)
+        if self.body is not None:
+            self.body.discard()
+        self._settle(exc)
         if self.conn is not None:
             self.conn.abort()
 
@@ -503,96 +487,65 @@ class Exchange:
     def on_response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
     ) -> None:
-        waiter = self._head_waiter
+        self._move(Phase.STREAMING)
         self.status = status
-        self._upstream_keep_alive = keep_alive
         self._last_read = self.loop.time()
-        self._out += self._response_head(status, reason, headers)
-        self.responded = True
-        self._settle(waiter, None)
-
-    def _response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> list[bytes]:
+        head = self.head
         names = [name.lower() for name, _ in headers]  # lowered once for both passes
-        framing = self._framing(status, headers, names)
+        framed = framing(head.method, head.version, status, headers, names)
         # What the head announces is what exchange_done will do.
-        self.keep_alive = self.keep_alive and self.client.keep_alive_allowed(self)
+        self.keep_alive = (
+            self.keep_alive and not framed.client_close and self.client.keep_alive_allowed(self)
+        )
         extra = [b"Set-Cookie: ", self.set_cookie, b"\r\n"] if self.set_cookie else None
-        return http.response_head(
+        parts = http.response_head(
             status,
             reason,
             headers,
-            version=self.head.version,
-            framing=framing,
+            version=head.version,
+            framing=framed.header,
             keep_alive=self.keep_alive,
             request_id=self.request_id,
             extra=extra,
             names=names,
         )
-
-    def _framing(
-        self, status: int, headers: list[tuple[bytes, bytes]], names: list[bytes]
-    ) -> bytes:
-        """Decide how the body is framed towards the client (RFC 9112 §6.3)."""
-        if self.head.method == b"HEAD" or status in (204, 304) or status == 101:
-            return b""
-        if b"content-length" in names:
-            return b""
-        codings = _transfer_codings(headers, names)
-        # RFC 9112 §6.3 item 7: unless chunked is the last coding, the body
-        # runs to the close, whatever else Transfer-Encoding says.
-        self._close_delimited = not codings or codings[-1] != b"chunked"
-        if self.head.version == b"1.1":
-            self._rechunk = True
-            # We undo only the chunking; any other coding is the client's to undo.
-            kept = [coding for coding in codings if coding != b"chunked"]
-            return b"Transfer-Encoding: " + b", ".join([*kept, b"chunked"]) + b"\r\n"
-        self.keep_alive = False  # HTTP/1.0 client: the end of the body is the close
-        return b""
+        self.response.head(parts, framed, keep_alive)
 
     def on_response_body(self, data: bytes) -> None:
         self._last_read = self.loop.time()
-        if self._rechunk:
-            self._out += http.chunk(data)
-        else:
-            self._out.append(data)
+        self.response.body(data)
 
     def on_response_complete(self) -> None:
-        if self._rechunk:
-            self._out.append(http.LAST_CHUNK)
-        self.flush_response()
-        self._settle(self._done_waiter, None)
+        self.response.end()
+        self._move(Phase.DONE)
+        self._settle(None)
 
     def flush_response(self) -> None:
-        """Write what this upstream read produced (called once per read)."""
-        if self._out:
-            out, self._out = self._out, []
-            self.client.write_lines(out)
+        self.response.flush()
 
     def on_upgraded(self, rest: bytes) -> None:
-        self.upgraded = True
+        self._move(Phase.TUNNEL)
         self.keep_alive = False
-        self.flush_response()
+        self.client.watchdog.clear()  # a tunnel may stay silent for as long as it likes
+        self.response.flush()
         self.client.become_tunnel(self)
         if rest:
             self.client.write(rest)
 
     def on_upstream_lost(self, exc: Exception) -> None:
-        if self.upgraded:
+        if self._waiter is None or self._waiter.done():
+            return  # the attempt's end was decided already (a cut, the watchdog)
+        if self.phase is Phase.TUNNEL:
             self.client.close()
-            self._settle(self._done_waiter, None)
+            self._move(Phase.DONE)
+            self._settle(None)
             return
-        if self._close_delimited and self.responded:
+        if self.phase is Phase.STREAMING and self.response.framing.upstream_close:
             # RFC 9112 §6.3 item 8: a body with no length ends with the close.
-            self._upstream_keep_alive = False
+            self.response.upstream_keep_alive = False
             self.on_response_complete()
             return
-        error = exc if isinstance(exc, Exception) else ConnectionResetError()
-        if self._head_waiter is not None and not self._head_waiter.done():
-            self._settle(self._head_waiter, error)
-        else:
-            self._settle(self._done_waiter, error)
+        self._settle(exc if isinstance(exc, Exception) else ConnectionResetError())
 
     def pause_request_body(self) -> None:
         self.client.pause_reading("upstream")
@@ -626,22 +579,20 @@ class Exchange:
 
     def cancel_for_drain(self) -> None:
         """The drain deadline passed: end this exchange now (504 if nothing was sent yet)."""
-        self.drain_cancelled = True
+        self.cut = Cut.DRAIN
         if self.target is not None and self.target.metrics is not None:
             self.target.metrics.fail("cancelled")
-        if self.upgraded:
+        if self.phase is Phase.TUNNEL:
             self.client.close()
-        error = UpstreamTimeout("target drained before the response finished")
-        if self._head_waiter is not None and not self._head_waiter.done():
-            self._settle(self._head_waiter, error)
-        elif self._done_waiter is not None:
-            self._settle(self._done_waiter, error)
+        self._settle(UpstreamTimeout("target drained before the response finished"))
         if self.conn is not None:
             self.conn.abort()
 
     # -- internals -------------------------------------------------------------
 
-    def _settle(self, waiter: asyncio.Future[None] | None, error: Exception | None) -> None:
+    def _settle(self, error: Exception | None) -> None:
+        """End the attempt's wait: in success (None) or with `error`."""
+        waiter = self._waiter
         if waiter is None or waiter.done():
             return
         if error is None:
@@ -653,70 +604,23 @@ class Exchange:
         # The client connection answers one exchange at a time, so they take
         # turns on its one watchdog: no timer armed and cancelled per attempt.
         # A retry starts over, moving the same deadline.
-        self._watching = True
         self._last_read = self.loop.time()
-        self._watch_until(self._last_read + self.client.settings.read_timeout)
+        self.client.watchdog.set(self._last_read + self.client.settings.read_timeout, self._idle)
 
-    def _watch_until(self, when: float) -> None:
-        self.client.watchdog.set(when, self._check_idle)
-
-    def _check_idle(self) -> None:
+    def _idle(self) -> None:
         # The deadline is moved lazily: on_response_body only stores the time.
+        if self.phase is not Phase.SENT and self.phase is not Phase.STREAMING:
+            return  # the wait is over (or is a tunnel's, which has no read timeout)
         timeout = self.client.settings.read_timeout
         idle_for = self.loop.time() - self._last_read
-        waiting_head = self._head_waiter is not None and not self._head_waiter.done()
         # A client that stops reading pauses the upstream read: not the target's delay.
-        if idle_for < timeout or (self.client.write_paused and not waiting_head):
-            self._watch_until(self.loop.time() + max(timeout - idle_for, 0.05))
+        if idle_for < timeout or (self.client.write_paused and self.phase is Phase.STREAMING):
+            when = self.loop.time() + max(timeout - idle_for, 0.05)
+            self.client.watchdog.set(when, self._idle)
             return
-        self._watching = False
-        error = UpstreamTimeout("upstream read timed out")
-        if waiting_head:
-            self._settle(self._head_waiter, error)
-            return  # _await_response aborts the connection
-        self._settle(self._done_waiter, error)
+        self._settle(UpstreamTimeout("upstream read timed out"))
         if self.conn is not None:
             self.conn.abort()
-
-    def _stop_watchdog(self) -> None:
-        if self._watching:
-            self._watching = False
-            self.client.watchdog.clear()
-
-
-class Maintenance(ProxyError):
-    """The service is being recreated and shows a maintenance page."""
-
-    status = 503
-    kind = "maintenance"
-
-    def __init__(self, html: str, retry_after: int) -> None:
-        super().__init__("maintenance")
-        self.html = html.encode()
-        self.retry_after = retry_after
-
-    def response(self, request_id: bytes, *, head_only: bool = False) -> bytes:
-        extra = b"Retry-After: %d\r\nContent-Type: text/html; charset=utf-8\r\n" % self.retry_after
-        return http.error_response(
-            503,
-            request_id=request_id,
-            close=False,
-            extra=extra,
-            body=self.html,
-            head_only=head_only,
-            kind=self.kind.encode(),
-        )
-
-
-def _transfer_codings(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> list[bytes]:
-    """The transfer codings of a response, in the order they were applied."""
-    return [
-        coding.strip().lower()
-        for (_, value), name in zip(headers, names, strict=True)
-        if name == b"transfer-encoding"
-        for coding in value.split(b",")
-        if coding.strip()
-    ]
 
 
 def _as_proxy_error(exc: BaseException) -> ProxyError:

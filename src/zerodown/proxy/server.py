@@ -241,7 +241,7 @@ class ProxyServer:
             exchange = client.queue[0] if client.queue else None
             if exchange is None or exchange.attempting is not target:
                 continue
-            if exchange.upgraded or not tunnels_only:
+            if exchange.tunnelled or not tunnels_only:
                 exchange.cancel_for_drain()
                 cancelled += 1
         return cancelled

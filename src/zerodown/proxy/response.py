@@ -1,0 +1,139 @@
+"""A response on its way to the client: how its body is framed (RFC 9112
+§6.3), and its bytes gathered so that one upstream read is one client write.
+
+The exchange is what the upstream connection reports to (its phase moves on
+those events); this module is the client-facing half: which framing header
+the head carries, re-chunking, the end of a body that ends with the
+upstream's close, and the proxy's own maintenance page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from zerodown.errors import ProxyError
+from zerodown.proxy import http
+
+if TYPE_CHECKING:
+    from zerodown.proxy.client_side import ClientSide
+
+# Statuses whose response never has a body, whatever its fields say.
+_NO_BODY: Final = frozenset({101, 204, 304})
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How the proxy frames a response body towards the client."""
+
+    header: bytes  # a Transfer-Encoding line the proxy adds, or b""
+    rechunk: bool  # the body is chunked again as it is forwarded
+    upstream_close: bool  # the upstream's body ends when it closes (no length, not chunked)
+    client_close: bool  # the client learns the end by our close (an HTTP/1.0 client)
+
+
+# Content-Length passed through, or no body: the common case, allocated once.
+AS_IS: Final = Framing(b"", rechunk=False, upstream_close=False, client_close=False)
+
+
+def framing(
+    method: bytes,
+    version: bytes,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    names: list[bytes],
+) -> Framing:
+    """Decide how the body is framed towards the client (RFC 9112 §6.3).
+
+    `method` and `version` are the request's; `names` are the response's
+    header names in lower case, in the order of `headers`.
+    """
+    if method == b"HEAD" or status in _NO_BODY or b"content-length" in names:
+        return AS_IS
+    codings = transfer_codings(headers, names)
+    # RFC 9112 §6.3 item 7: unless chunked is the last coding, the body
+    # runs to the close, whatever else Transfer-Encoding says.
+    upstream_close = not codings or codings[-1] != b"chunked"
+    if version != b"1.1":
+        return Framing(b"", rechunk=False, upstream_close=upstream_close, client_close=True)
+    # We undo only the chunking; any other coding is the client's to undo.
+    kept = [coding for coding in codings if coding != b"chunked"]
+    header = b"Transfer-Encoding: " + b", ".join([*kept, b"chunked"]) + b"\r\n"
+    return Framing(header, rechunk=True, upstream_close=upstream_close, client_close=False)
+
+
+def transfer_codings(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> list[bytes]:
+    """The transfer codings of a response, in the order they were applied."""
+    return [
+        coding.strip().lower()
+        for (_, value), name in zip(headers, names, strict=True)
+        if name == b"transfer-encoding"
+        for coding in value.split(b",")
+        if coding.strip()
+    ]
+
+
+class ResponseStream:
+    """The bytes of one response for the client, written once per upstream read.
+
+    The upstream connection parses a read into head, body pieces and the end;
+    they gather here and `flush` writes them in one writelines() (one syscall
+    for head + body + end of a small response).
+    """
+
+    __slots__ = ("_client", "_out", "framing", "upstream_keep_alive")
+
+    def __init__(self, client: ClientSide) -> None:
+        self._client = client
+        self._out: list[bytes] = []
+        self.framing = AS_IS
+        self.upstream_keep_alive = True  # may the upstream connection carry another request
+
+    def __repr__(self) -> str:
+        return f"<ResponseStream {self.framing} queued={len(self._out)}>"
+
+    def head(self, parts: list[bytes], framing_: Framing, upstream_keep_alive: bool) -> None:
+        self.framing = framing_
+        self.upstream_keep_alive = upstream_keep_alive
+        self._out += parts
+
+    def body(self, data: bytes) -> None:
+        if self.framing.rechunk:
+            self._out += http.chunk(data)
+        else:
+            self._out.append(data)
+
+    def end(self) -> None:
+        if self.framing.rechunk:
+            self._out.append(http.LAST_CHUNK)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what this upstream read produced."""
+        if self._out:
+            out, self._out = self._out, []
+            self._client.write_lines(out)
+
+
+class Maintenance(ProxyError):
+    """The service is being recreated and shows a maintenance page."""
+
+    status = 503
+    kind = "maintenance"
+
+    def __init__(self, html: str, retry_after: int) -> None:
+        super().__init__("maintenance")
+        self.html = html.encode()
+        self.retry_after = retry_after
+
+    def response(self, request_id: bytes, *, head_only: bool = False) -> bytes:
+        extra = b"Retry-After: %d\r\nContent-Type: text/html; charset=utf-8\r\n" % self.retry_after
+        return http.error_response(
+            503,
+            request_id=request_id,
+            close=False,
+            extra=extra,
+            body=self.html,
+            head_only=head_only,
+            kind=self.kind.encode(),
+        )
