@@ -27,6 +27,7 @@ from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.router import strip_prefix
 from zerodown.proxy.timers import Deadline
+from zerodown.proxy.watchdog import ReadWatchdog
 
 if TYPE_CHECKING:
     from zerodown.proxy.server import ProxyServer
@@ -61,7 +62,7 @@ class ClientConnection(asyncio.Protocol):
         # Header, body and keep-alive timeouts take turns on one deadline;
         # the upstream read timeout of the exchange being answered has its own.
         self._deadline = Deadline(self.loop)
-        self.watchdog = Deadline(self.loop)
+        self.watchdog = ReadWatchdog(self.loop, self.settings.read_timeout, self._write_paused)
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.client_ip} queue={len(self.queue)} closing={self.closing}>"
@@ -145,6 +146,9 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         self.transport = None
         self.server.connection_closed()
+
+    def _write_paused(self) -> bool:
+        return self.write_paused
 
     def pause_writing(self) -> None:
         self.write_paused = True

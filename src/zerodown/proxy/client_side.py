@@ -19,20 +19,19 @@ if TYPE_CHECKING:
     from zerodown.proxy.service import Service
     from zerodown.proxy.settings import ProxySettings
     from zerodown.proxy.target import Target
-    from zerodown.proxy.timers import Deadline
+    from zerodown.proxy.watchdog import ReadWatchdog
 
 
 class ClientSide(Protocol):
     """The client connection, as the exchange it is answering sees it."""
 
     loop: asyncio.AbstractEventLoop
-    settings: ProxySettings  # read_timeout and max_body_size are read per exchange
+    settings: ProxySettings  # max_body_size is read per exchange
     client_ip: str  # the peer's address
     forwarded: http.Forwarded  # what X-Forwarded-* the target gets, and whether the peer is trusted
-    write_paused: bool  # the client is not taking our bytes (back-pressure)
     # The upstream read timeout of the exchange being answered: one per
     # connection, since only the first exchange of its queue runs.
-    watchdog: Deadline
+    watchdog: ReadWatchdog
 
     def real_client_ip(self, head: http.RequestHead) -> str:
         """The client a trusted peer forwards for."""

@@ -14,68 +14,44 @@ client connection and the routing table are seen through narrow protocols
 from __future__ import annotations
 
 import asyncio
-import os
-from enum import Enum
-from itertools import count
 from typing import TYPE_CHECKING, Final
 
 from zerodown.errors import (
     BadRequest,
-    HoldTimeout,
-    NoHealthyTarget,
     ProxyError,
-    ShuttingDown,
     UpstreamConnectError,
-    UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
 from zerodown.proxy import http
+from zerodown.proxy.attempt import NOT_SENT, AttemptFailed, Cut, as_proxy_error, failure_kind
 from zerodown.proxy.phase import ANSWERING, ATTEMPTING, Phase, advance
 from zerodown.proxy.request_body import RequestBody
-from zerodown.proxy.response import Maintenance, ResponseStream, framing
-from zerodown.proxy.retry import Attempt, is_keepalive_race, may_retry
+from zerodown.proxy.response import (
+    Maintenance,
+    ResponseStream,
+    client_head,
+    error_answer,
+    framing,
+)
+from zerodown.proxy.retry import Attempt, is_keepalive_race
+from zerodown.proxy.retrying import forward
 
 if TYPE_CHECKING:
     from zerodown.proxy.client_side import ClientSide, Routes
-    from zerodown.proxy.service import Choice, Service
+    from zerodown.proxy.service import Service
     from zerodown.proxy.target import Target
     from zerodown.proxy.upstream import UpstreamConnection
 
-__all__ = ["Cut", "Exchange", "Maintenance", "new_request_id"]
+__all__ = ["Exchange", "Maintenance"]
 
 # Statuses after which the client connection is closed: the request stream
 # itself was bad, so nothing after it can be parsed with confidence.
 CLOSING_STATUSES: Final = frozenset({400, 408, 413, 414, 417, 431, 501})
 
-_ID_PREFIX: Final = os.urandom(6).hex().encode()
-_ids = count(1)
-_NOT_SENT: Final = Attempt(sent=False, responded=False, reused=False)
-
-
-def new_request_id() -> bytes:
-    """Unique per process run: a random prefix and a counter (cheaper than uuid4)."""
-    return b"%s-%x" % (_ID_PREFIX, next(_ids))
-
-
-class Cut(Enum):
-    """Why an exchange was ended from outside; it is then never retried."""
-
-    DRAIN = "drain"  # its target's drain deadline passed (a 504, or a cut tunnel)
-    CLIENT = "client"  # the client broke protocol mid-body (answered with its error)
-
-
-class AttemptFailed(Exception):
-    def __init__(self, error: ProxyError, attempt: Attempt, target_fault: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempt = attempt
-        self.target_fault = target_fault  # counts against the target's passive health
-
 
 class Exchange:
     __slots__ = (
-        "_last_read",
         "_waiter",
         "body",
         "client",
@@ -115,7 +91,7 @@ class Exchange:
         self.service = service
         self.path = path  # what the target sees: origin-form, prefix stripped if asked
         self.error = error  # set when the request is refused before it is sent anywhere
-        self.request_id = head.request_id or new_request_id()
+        self.request_id = head.request_id or http.new_request_id()
         # Who the client is: the peer, or behind a trusted proxy whom it names.
         self.client_ip = (
             client.real_client_ip(head) if client.forwarded.trusted else client.client_ip
@@ -134,7 +110,6 @@ class Exchange:
         self.started = 0.0
         self.set_cookie: bytes | None = None
         self._waiter: asyncio.Future[None] | None = None  # the attempt's end
-        self._last_read = 0.0
 
     def __repr__(self) -> str:
         target = self.target.address if self.target else None
@@ -169,11 +144,11 @@ class Exchange:
                 raise self.error
             assert self.service is not None
             self._move(Phase.ROUTING)
-            await self._proxy(self._current(self.service))
+            await forward(self, self._current(self.service))
         except ProxyError as exc:
             self._fail(self.error if self.cut is Cut.CLIENT and self.error is not None else exc)
         finally:
-            self.client.watchdog.clear()
+            self.client.watchdog.stop()
             self.client.exchange_done(self)
 
     def _move(self, phase: Phase) -> None:
@@ -194,13 +169,15 @@ class Exchange:
         answering = self.phase in ANSWERING
         self._move(Phase.FAILED)
         self.failure = exc
-        if isinstance(exc, Maintenance):
+        if isinstance(exc, Maintenance):  # a page the proxy serves: the stream is fine
             self.status = exc.status
-            self.client.write(exc.response(self.request_id, head_only=self._head_only))
+            self.client.write(
+                error_answer(exc, self.request_id, close=False, head_only=self._head_only)
+            )
             return
         target = self.target
         if target is not None and target.metrics is not None and self._target_failed(exc):
-            target.metrics.fail(_failure_kind(exc))
+            target.metrics.fail(failure_kind(exc))
         if answering:
             self.keep_alive = False
             self.client.abort()
@@ -215,17 +192,9 @@ class Exchange:
             and self.client.keep_alive_allowed(self)
         )
         self.status = exc.status
-        # Our own 5xx say which failure they are; a 503's body also says why
-        # (its reasons name services, never an address of the network behind).
-        response = http.error_response(
-            exc.status,
-            request_id=self.request_id,
-            close=not self.keep_alive,
-            head_only=self._head_only,
-            kind=exc.kind.encode() if exc.status >= 500 else None,
-            detail=str(exc) if exc.status == 503 else None,
+        self.client.write(
+            error_answer(exc, self.request_id, close=not self.keep_alive, head_only=self._head_only)
         )
-        self.client.write(response)
 
     @property
     def _head_only(self) -> bool:
@@ -234,107 +203,19 @@ class Exchange:
     def _target_failed(self, exc: ProxyError) -> bool:
         return self.cut is None and not isinstance(exc, BadRequest)
 
-    # -- choosing targets and retrying ---------------------------------------
-
-    async def _proxy(self, service: Service) -> None:
-        choice = service.choose(self.head, self.client_ip, self.path)
-        self.set_cookie = choice.set_cookie
-        deadline = self.loop.time() + service.spec.retry_timeout
-        tried: list[Target] = []
-        raced = False
-        last_error: ProxyError | None = None
-        service.budget.record_request(self.loop.time())
-        target = self._pick(service, choice, tried)
-        while True:
-            if target is None and not tried and service.spec.hold is not None:
-                service, choice = await self._hold(service)
-                target = self._pick(service, choice, tried)
-                continue
-            if target is None:
-                # Every candidate failed: the client learns why the last one did.
-                raise last_error or NoHealthyTarget(service.unavailable_reason())
-            try:
-                await self._attempt(service, target, fresh=raced)
-                return
-            except AttemptFailed as failure:
-                if failure.target_fault:
-                    service.observe(target, ok=False)
-                if self._may_race_retry(failure, raced):
-                    raced = True  # the keep-alive race: once more, same target, new connection
-                    continue
-                tried.append(target)
-                last_error = failure.error
-                if not self._may_retry(service, failure, tried, deadline):
-                    raise failure.error from None
-                failed, target = target, self._pick(service, choice, tried)
-                # Spend the budget and count a retry only when there is a next
-                # target: with none left nothing is retried, and a phantom retry
-                # would both inflate the stats and starve real retries of budget.
-                if target is None or not service.budget.try_spend(self.loop.time()):
-                    raise failure.error from None
-                if failed.metrics is not None:
-                    failed.metrics.retry()
-                self._move(Phase.ROUTING)
-                raced = False
-
-    async def _hold(self, service: Service) -> tuple[Service, Choice]:
-        """Nothing can serve now: wait for a target (recreate) or show maintenance."""
-        hold = service.spec.hold
-        assert hold is not None
-        if hold.maintenance_html is not None:
-            raise Maintenance(hold.maintenance_html, hold.retry_after)
-        routes = self.routes
-        found = await routes.wait_for_target(service.name, self.loop.time() + hold.timeout)
-        if found is None and routes.stopping:
-            raise ShuttingDown(f"no target for {service.name}: the proxy is shutting down")
-        if found is None:
-            raise HoldTimeout(
-                f"no target for {service.name} within the hold timeout ({hold.timeout:g}s)"
-            )
-        return found, found.choose(self.head, self.client_ip, self.path)
-
-    def _pick(self, service: Service, choice: Choice, tried: list[Target]) -> Target | None:
-        target = choice.pool.balancer.pick(choice.key, tried)
-        if target is None:
-            # Prefer a target with a free connection slot; queue only when all are full.
-            fallback = service.fallback(choice.pool)
-            if fallback is not None:
-                target = fallback.balancer.pick(choice.key, tried)
-            if target is None:
-                target = service.panic_pick(choice.pool, tried)
-                if target is not None and target.metrics is not None:
-                    target.metrics.panic()
-        return target
-
-    def _may_race_retry(self, failure: AttemptFailed, raced: bool) -> bool:
-        return (
-            not raced
-            and self.cut is None
-            and is_keepalive_race(failure.attempt)
-            and may_retry(
-                failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable
-            )
-        )
-
-    def _may_retry(
-        self, service: Service, failure: AttemptFailed, tried: list[Target], deadline: float
-    ) -> bool:
-        return (
-            self.cut is None
-            and may_retry(
-                failure.attempt, idempotent=self.head.idempotent, replayable=self._replayable
-            )
-            and len(tried) < service.spec.tries
-            and self.loop.time() < deadline
-        )
-
     @property
-    def _replayable(self) -> bool:
+    def replayable(self) -> bool:
+        """May the request be sent again (no body, or all of it is still held)?"""
         return self.body is None or self.body.replayable
+
+    def retrying(self) -> None:
+        """The retry loop moves on to another target."""
+        self._move(Phase.ROUTING)
 
     # -- one attempt -----------------------------------------------------------
 
-    async def _attempt(self, service: Service, target: Target, *, fresh: bool) -> None:
+    async def attempt(self, service: Service, target: Target, *, fresh: bool) -> None:
+        """Send the request to `target` and forward its response; AttemptFailed if it fails."""
         assert target.connections is not None and target.metrics is not None
         self._move(Phase.CONNECTING)
         self.target = target
@@ -351,7 +232,7 @@ class Exchange:
                 # Cut at a drain deadline while it waited for a connection slot
                 # (or was connecting): the draining target must not get it now.
                 error = UpstreamTimeout("target drained before the request was sent")
-                raise AttemptFailed(error, _NOT_SENT, False)
+                raise AttemptFailed(error, NOT_SENT, False)
             self._send_request(conn)
             await self._await_response(conn)
         finally:
@@ -377,9 +258,9 @@ class Exchange:
         try:
             conn = await target.connections.acquire(fresh=fresh)
         except (UpstreamConnectError, UpstreamTimeout) as exc:
-            raise AttemptFailed(exc, _NOT_SENT, True) from None
+            raise AttemptFailed(exc, NOT_SENT, True) from None
         except ProxyError as exc:  # queue timeout: the target is busy, not broken
-            raise AttemptFailed(exc, _NOT_SENT, False) from None
+            raise AttemptFailed(exc, NOT_SENT, False) from None
         self._use(conn)
         return conn
 
@@ -408,11 +289,11 @@ class Exchange:
         self._waiter = waiter = self.loop.create_future()
         # The watchdog bounds the wait for the head as well as the gaps in
         # the body: one lazily re-armed timer instead of a timeout per phase.
-        self._start_watchdog()
+        self.client.watchdog.watch(self)
         try:
             await waiter
         except (ConnectionError, OSError, ProxyError) as exc:
-            raise self._attempt_failed(_as_proxy_error(exc), conn) from None
+            raise self._attempt_failed(as_proxy_error(exc), conn) from None
 
     def _attempt_failed(self, error: ProxyError, conn: UpstreamConnection) -> AttemptFailed:
         attempt = Attempt(
@@ -489,7 +370,7 @@ class Exchange:
     ) -> None:
         self._move(Phase.STREAMING)
         self.status = status
-        self._last_read = self.loop.time()
+        self.client.watchdog.last_read = self.loop.time()
         head = self.head
         names = [name.lower() for name, _ in headers]  # lowered once for both passes
         framed = framing(head.method, head.version, status, headers, names)
@@ -497,22 +378,21 @@ class Exchange:
         self.keep_alive = (
             self.keep_alive and not framed.client_close and self.client.keep_alive_allowed(self)
         )
-        extra = [b"Set-Cookie: ", self.set_cookie, b"\r\n"] if self.set_cookie else None
-        parts = http.response_head(
+        parts = client_head(
+            head.version,
             status,
             reason,
             headers,
-            version=head.version,
-            framing=framed.header,
+            names,
+            framed,
             keep_alive=self.keep_alive,
             request_id=self.request_id,
-            extra=extra,
-            names=names,
+            set_cookie=self.set_cookie,
         )
         self.response.head(parts, framed, keep_alive)
 
     def on_response_body(self, data: bytes) -> None:
-        self._last_read = self.loop.time()
+        self.client.watchdog.last_read = self.loop.time()
         self.response.body(data)
 
     def on_response_complete(self) -> None:
@@ -526,7 +406,7 @@ class Exchange:
     def on_upgraded(self, rest: bytes) -> None:
         self._move(Phase.TUNNEL)
         self.keep_alive = False
-        self.client.watchdog.clear()  # a tunnel may stay silent for as long as it likes
+        self.client.watchdog.stop()  # a tunnel may stay silent for as long as it likes
         self.response.flush()
         self.client.become_tunnel(self)
         if rest:
@@ -600,42 +480,8 @@ class Exchange:
         else:
             waiter.set_exception(error)
 
-    def _start_watchdog(self) -> None:
-        # The client connection answers one exchange at a time, so they take
-        # turns on its one watchdog: no timer armed and cancelled per attempt.
-        # A retry starts over, moving the same deadline.
-        self._last_read = self.loop.time()
-        self.client.watchdog.set(self._last_read + self.client.settings.read_timeout, self._idle)
-
-    def _idle(self) -> None:
-        # The deadline is moved lazily: on_response_body only stores the time.
-        if self.phase is not Phase.SENT and self.phase is not Phase.STREAMING:
-            return  # the wait is over (or is a tunnel's, which has no read timeout)
-        timeout = self.client.settings.read_timeout
-        idle_for = self.loop.time() - self._last_read
-        # A client that stops reading pauses the upstream read: not the target's delay.
-        if idle_for < timeout or (self.client.write_paused and self.phase is Phase.STREAMING):
-            when = self.loop.time() + max(timeout - idle_for, 0.05)
-            self.client.watchdog.set(when, self._idle)
-            return
+    def read_timed_out(self) -> None:
+        """The watchdog's verdict: no byte from the target for read_timeout."""
         self._settle(UpstreamTimeout("upstream read timed out"))
         if self.conn is not None:
             self.conn.abort()
-
-
-def _as_proxy_error(exc: BaseException) -> ProxyError:
-    if isinstance(exc, ProxyError):
-        return exc
-    return UpstreamReset(f"upstream connection lost: {exc}")
-
-
-def _failure_kind(exc: ProxyError) -> str:
-    if isinstance(exc, UpstreamTimeout):
-        return "timeout"
-    if isinstance(exc, UpstreamProtocolError):
-        return "protocol"
-    if isinstance(exc, UpstreamReset):
-        return "reset"
-    if isinstance(exc, UpstreamConnectError):
-        return "connect"
-    return "other"

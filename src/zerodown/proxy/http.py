@@ -8,8 +8,10 @@ with a BadRequest, before a single byte reaches an app.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from itertools import count
 from typing import Final
 
 from zerodown.errors import BadRequest
@@ -441,3 +443,13 @@ def chunk(data: bytes) -> list[bytes]:
 
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+_ID_PREFIX: Final = os.urandom(6).hex().encode()
+_ids = count(1)
+
+
+def new_request_id() -> bytes:
+    """An X-Request-ID unique per process run: a random prefix and a counter
+    (cheaper than uuid4)."""
+    return b"%s-%x" % (_ID_PREFIX, next(_ids))

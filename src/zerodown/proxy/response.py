@@ -73,6 +73,49 @@ def transfer_codings(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> 
     ]
 
 
+def client_head(
+    version: bytes,
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    names: list[bytes],
+    framed: Framing,
+    *,
+    keep_alive: bool,
+    request_id: bytes,
+    set_cookie: bytes | None,
+) -> list[bytes]:
+    """The head of the target's response as the client gets it, in pieces."""
+    extra = [b"Set-Cookie: ", set_cookie, b"\r\n"] if set_cookie else None
+    return http.response_head(
+        status,
+        reason,
+        headers,
+        version=version,
+        framing=framed.header,
+        keep_alive=keep_alive,
+        request_id=request_id,
+        extra=extra,
+        names=names,
+    )
+
+
+def error_answer(exc: ProxyError, request_id: bytes, *, close: bool, head_only: bool) -> bytes:
+    """The proxy's own answer to a request it could not forward."""
+    if isinstance(exc, Maintenance):
+        return exc.response(request_id, head_only=head_only)
+    # Our own 5xx say which failure they are; a 503's body also says why
+    # (its reasons name services, never an address of the network behind).
+    return http.error_response(
+        exc.status,
+        request_id=request_id,
+        close=close,
+        head_only=head_only,
+        kind=exc.kind.encode() if exc.status >= 500 else None,
+        detail=str(exc) if exc.status == 503 else None,
+    )
+
+
 class ResponseStream:
     """The bytes of one response for the client, written once per upstream read.
 

@@ -7,7 +7,7 @@ Pure: no I/O, time is passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 WINDOW: Final = 10  # seconds of history the budget looks at
 _SLOTS: Final = WINDOW
@@ -43,6 +43,34 @@ def is_keepalive_race(attempt: Attempt) -> bool:
     read_timeout, outside retry_timeout and the budget.
     """
     return attempt.reused and not attempt.responded and attempt.closed
+
+
+Step = Literal["race", "next", "stop"]
+
+
+def after_failure(
+    attempt: Attempt,
+    *,
+    raced: bool,
+    idempotent: bool,
+    replayable: bool,
+    tried: int,
+    tries: int,
+    time_left: float,
+) -> Step:
+    """What the retry loop does after a failed attempt.
+
+    "race": once more on the same target over a new connection (the
+    keep-alive race, once per target); "next": another target (`tried`
+    counts the failed one, `tries` is the service's limit); "stop": the
+    client gets the error. The budget is the caller's, spent only when a
+    next target exists.
+    """
+    if not may_retry(attempt, idempotent=idempotent, replayable=replayable):
+        return "stop"
+    if not raced and is_keepalive_race(attempt):
+        return "race"
+    return "next" if tried < tries and time_left > 0 else "stop"
 
 
 class RetryBudget:

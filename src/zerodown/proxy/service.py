@@ -253,6 +253,20 @@ class Service:
             return cookies.get(name.encode(), b"").decode("latin-1")
         return path.partition(b"?")[0].decode("latin-1")
 
+    def pick(self, choice: Choice, tried: Collection[Target]) -> Target | None:
+        """The target for a request's next attempt: from its pool, else the other, else panic."""
+        target = choice.pool.balancer.pick(choice.key, tried)
+        if target is None:
+            # Prefer a target with a free connection slot; queue only when all are full.
+            fallback = self.fallback(choice.pool)
+            if fallback is not None:
+                target = fallback.balancer.pick(choice.key, tried)
+            if target is None:
+                target = self.panic_pick(choice.pool, tried)
+                if target is not None and target.metrics is not None:
+                    target.metrics.panic()
+        return target
+
     def panic_pick(self, pool: Pool, tried: Collection[Target]) -> Target | None:
         """Every target is out by health: pick one anyway, or None.
 
