@@ -10,13 +10,10 @@ upstream's close, and the proxy's own maintenance page.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from zerodown.errors import ProxyError
 from zerodown.proxy import http
-
-if TYPE_CHECKING:
-    from zerodown.proxy.client_side import ClientSide
 
 # Statuses whose response never has a body, whatever its fields say.
 _NO_BODY: Final = frozenset({101, 204, 304})
@@ -116,6 +113,12 @@ def error_answer(exc: ProxyError, request_id: bytes, *, close: bool, head_only: 
     )
 
 
+class LineWriter(Protocol):
+    """Where a response goes: the client connection (ClientSide has it)."""
+
+    def write_lines(self, parts: list[bytes]) -> None: ...
+
+
 class ResponseStream:
     """The bytes of one response for the client, written once per upstream read.
 
@@ -126,7 +129,7 @@ class ResponseStream:
 
     __slots__ = ("_client", "_out", "framing", "upstream_keep_alive")
 
-    def __init__(self, client: ClientSide) -> None:
+    def __init__(self, client: LineWriter) -> None:
         self._client = client
         self._out: list[bytes] = []
         self.framing = AS_IS
