@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from zerodown.dataplane.sockets import ListenSet, bind_listener
+from zerodown.dataplane.sockets import ListenSet
 from zerodown.errors import ListenError
-from zerodown.proxy.server import bind_socket
+from zerodown.proxy.listener import bind_listener
 
 
 def ports(socks: list[socket.socket]) -> set[int]:
@@ -68,7 +68,7 @@ def test_handed_over_sockets_are_all_kept_whatever_the_new_worker_count() -> Non
 
 
 def test_a_socket_bound_without_reuse_port_is_shared_by_every_worker() -> None:
-    single = bind_socket("127.0.0.1:0")  # what a one-worker generation hands over
+    single = bind_listener("127.0.0.1:0")  # what a one-worker generation hands over
     try:
         listening = ListenSet.open([single], 3)
         assert listening.sockets == [single]

@@ -42,8 +42,9 @@ from zerodown.dataplane.host import (
     control_name,
     settings_document,
 )
-from zerodown.dataplane.sockets import ListenSet, bind_listener
+from zerodown.dataplane.sockets import ListenSet
 from zerodown.errors import DataPlaneError
+from zerodown.proxy.listener import bind_listener
 from zerodown.proxy.metrics import render_prometheus
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable

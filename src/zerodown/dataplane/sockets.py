@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import socket
 
-from zerodown.errors import ListenError
-from zerodown.proxy.server import bind_socket
-from zerodown.routing import parse_address
+from zerodown.proxy.listener import bind_listener
 
 
 class ListenSet:
@@ -68,29 +66,6 @@ class ListenSet:
             sock.close()
 
 
-def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
-    """A listening socket for a configured address; ListenError names it if it cannot be.
-
-    With reuse_port, first a plain bind (no SO_REUSEPORT, no listen) proves no
-    other process listens there: SO_REUSEPORT alone would silently share the
-    port with another zerodown's workers instead of failing.
-    """
-    try:
-        if reuse_port and not address.endswith(":0"):
-            _probe(address)
-        return bind_socket(address, reuse_port=reuse_port)
-    except OSError as exc:
-        raise ListenError(address, exc) from exc
-
-
-def _probe(address: str) -> None:
-    host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
-        probe.bind((host, port))
-
-
 def _by_address(sockets: list[socket.socket]) -> list[list[socket.socket]]:
     groups: dict[tuple[str, int], list[socket.socket]] = {}
     for sock in sockets:
@@ -105,4 +80,4 @@ def _grow(group: list[socket.socket], workers: int) -> None:
     host, port = group[0].getsockname()[:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     while len(group) < workers:
-        group.append(bind_socket(address, reuse_port=True))
+        group.append(bind_listener(address, reuse_port=True, probe=False))

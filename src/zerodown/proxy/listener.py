@@ -1,4 +1,5 @@
-"""Accepting connections in batches.
+"""Listening sockets: binding one for a configured address, and accepting
+connections on it in batches.
 
 uvloop accepts one connection per loop iteration: when a deploy or a proxy
 restart makes 1,000 clients reconnect at once, the accept queue then drains
@@ -16,12 +17,62 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
+from zerodown.errors import ListenError
+from zerodown.routing import parse_address
+
 log = logging.getLogger("zerodown.proxy")
 
 ACCEPT_BATCH: Final = 512  # per wake-up, so one busy listener cannot starve the loop
 # Out of file descriptors: stop accepting for a moment instead of spinning on
 # a listening socket that stays readable (the queue still holds the clients).
 EMFILE_PAUSE: Final = 0.1
+LISTEN_BACKLOG: Final = 4096
+
+
+def bind_listener(address: str, *, reuse_port: bool = False, probe: bool = True) -> socket.socket:
+    """A listening TCP socket for "host:port" (port 0 picks a free one);
+    ListenError names the address if it cannot be bound.
+
+    reuse_port: several sockets share the port and the kernel spreads new
+    connections over them (the multi-worker supervisor's, dataplane/sockets.py).
+    Off otherwise, so a second zerodown on a taken port fails loudly instead
+    of silently sharing it. With reuse_port, a plain bind (no SO_REUSEPORT, no
+    listen) first proves that no other process listens there; `probe=False`
+    skips that only to add a sibling to a socket of our own on that port.
+    """
+    try:
+        if reuse_port and probe and not address.endswith(":0"):
+            _probe(address)
+        return _bind(address, reuse_port=reuse_port)
+    except OSError as exc:
+        raise ListenError(address, exc) from exc
+
+
+def _bind(address: str, *, reuse_port: bool) -> socket.socket:
+    host, port = parse_address(address) if not address.endswith(":0") else (address[:-2], 0)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _probe(address: str) -> None:
+    host, port = parse_address(address)
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        probe.bind((host, port))
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 class Listener:

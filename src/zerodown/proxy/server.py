@@ -21,36 +21,15 @@ from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.health import HealthShare
-from zerodown.proxy.listener import Listener
+from zerodown.proxy.listener import Listener, bind_listener
 from zerodown.proxy.metrics import pool_entry, render_prometheus, service_panic, target_entry
 from zerodown.proxy.router import Router
 from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
-from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
+from zerodown.routing import DrainResult, RoutingTable, with_target_state
 
-LISTEN_BACKLOG = 4096
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
-
-
-def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket for "host:port" (port 0 picks a free one).
-
-    reuse_port: several sockets share the port and the kernel spreads new
-    connections over them (the multi-worker supervisor's, see there). Off
-    otherwise, so a second zerodown on a taken port fails loudly instead of
-    silently sharing it.
-    """
-    host, port = parse_address(address) if not address.endswith(":0") else (address[:-2], 0)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 class ProxyServer:
@@ -94,7 +73,7 @@ class ProxyServer:
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
         self._open_access_log()
         for item in listen:
-            sock = bind_socket(item) if isinstance(item, str) else item
+            sock = bind_listener(item) if isinstance(item, str) else item
             self._sockets.append(sock)
             listener = Listener(sock, lambda: ClientConnection(self), self.loop)
             listener.start()
