@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Final
+from typing import ClassVar, Final, final
 
 from zerodown.proxy.target import Target
 
@@ -43,6 +43,7 @@ class Balancer(ABC):
 
     name: ClassVar[str]
 
+    @final
     def __init__(
         self,
         targets: Sequence[Target],
@@ -54,6 +55,14 @@ class Balancer(ABC):
         # Only randomized algorithms draw from it; it is here so make_balancer
         # builds every algorithm the same way.
         self._rng = rng if rng is not None else random.Random()
+        self._prepare()
+
+    def _prepare(self) -> None:  # noqa: B027 - a hook: round robin precomputes nothing
+        """Build what an algorithm precomputes from `targets` (rings, scratch lists).
+
+        The one constructor is Balancer's; an algorithm extends this instead,
+        so every one is built with the same arguments, by make_balancer.
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {[t.address for t in self.targets]}>"
@@ -76,11 +85,16 @@ def make_balancer(
     rng: random.Random | None = None,
 ) -> Balancer:
     """Build the balancer the config names; ValueError for an unknown name."""
+    return balancer_type(name)(targets, clock, rng)
+
+
+def balancer_type(name: str) -> type[Balancer]:
+    """The algorithm the config names; ValueError for an unknown name."""
     cls = BALANCERS.get(name)
     if cls is None:
         known = ", ".join(sorted(BALANCERS))
         raise ValueError(f"unknown balancing algorithm {name!r}; known: {known}")
-    return cls(targets, clock, rng)
+    return cls
 
 
 # --- lowest score, ties shared by smooth weighted round robin ---------------
@@ -95,13 +109,8 @@ class _LowestScore(Balancer):
 
     __slots__ = ("_current", "_scores", "_weights")
 
-    def __init__(
-        self,
-        targets: Sequence[Target],
-        clock: Clock = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(targets, clock, rng)
+    def _prepare(self) -> None:
+        super()._prepare()
         count = len(self.targets)
         self._current = [0.0] * count  # nginx's per-peer current_weight
         # Scratch filled on each pick, so a pick allocates no lists.
@@ -195,13 +204,8 @@ class LeastTime(_LowestScore):
     __slots__ = ("_guess",)
     name = "least_time"
 
-    def __init__(
-        self,
-        targets: Sequence[Target],
-        clock: Clock = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(targets, clock, rng)
+    def _prepare(self) -> None:
+        super()._prepare()
         self._guess = _NO_EWMA
 
     def _fill(self, now: float, exclude: Collection[Target]) -> float:
@@ -234,13 +238,8 @@ class RandomTwo(Balancer):
     __slots__ = ("_weights",)
     name = "random_two"
 
-    def __init__(
-        self,
-        targets: Sequence[Target],
-        clock: Clock = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(targets, clock, rng)
+    def _prepare(self) -> None:
+        super()._prepare()
         self._weights = [0.0] * len(self.targets)  # scratch, refilled per pick
 
     def pick(self, key: str, exclude: Collection[Target] = ()) -> Target | None:
@@ -364,13 +363,8 @@ class Hash(Balancer):
     __slots__ = ("_members", "_ring")
     name = "hash"
 
-    def __init__(
-        self,
-        targets: Sequence[Target],
-        clock: Clock = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(targets, clock, rng)
+    def _prepare(self) -> None:
+        super()._prepare()
         # Members in address order, so the ring does not depend on the order
         # the table lists targets in. Points follow the weights at
         # construction (a new table builds a new balancer); a live weight of

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from zerodown.proxy.balancer import Balancer, make_balancer
+from zerodown.proxy.balancer import Balancer, balancer_type, make_balancer
 from zerodown.proxy.checker import CheckResult, HealthChecker
 from zerodown.proxy.health import HealthShare, TargetHealth, may_eject
 from zerodown.proxy.http import RequestHead
@@ -384,7 +384,7 @@ def _check_buildable(spec: ServiceSpec, known: dict[str, Target]) -> None:
     and health of objects the table in force still routes with; a table that
     is refused half-way must not have half-applied itself.
     """
-    make_balancer(spec.balance, [])
+    balancer_type(spec.balance)
     for target_spec in (*spec.stable.targets, *spec.canary.targets):
         parse_address(target_spec.address)
         target = known.get(target_spec.address)
