@@ -107,10 +107,11 @@ class RecordingDataPlane(DataPlane):
         assert spec is not None, f"no {service} in table {index}"
         return spec
 
-    def history(self, service: str) -> list[str]:
-        """`describe` of `service` in every table applied, repeats collapsed."""
+    def history(self, service: str, since: int = 0) -> list[str]:
+        """`describe` of `service` in every table applied from index `since`
+        on, repeats collapsed."""
         lines: list[str] = []
-        for table in self.tables:
+        for table in self.tables[since:]:
             spec = table.service(service)
             line = describe(spec) if spec is not None else NOTHING
             if not lines or lines[-1] != line:

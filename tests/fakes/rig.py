@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -83,6 +84,14 @@ class Rig:
     def status(self, service: str = "web") -> Json:
         (view,) = self.orch.status(service)
         return as_json(view)
+
+    def events(self, kind: str, service: str = "web") -> list[Json]:
+        """The data of every stored event of `kind`, oldest first, with its deploy_id."""
+        return [
+            json.loads(e.data_json) | {"deploy_id": e.deploy_id}
+            for e in self.store.events(0, service)
+            if e.kind == kind
+        ]
 
     def releases(self, service: str = "web") -> dict[str, str]:
         """version -> status, as `zerodown releases` lists them."""
