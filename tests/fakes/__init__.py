@@ -15,7 +15,7 @@ for a condition with a deadline, never for time.
 
 from fakes.changes import WAIT, Changes
 from fakes.dataplane import PoolTraffic, RecordingDataPlane, describe
-from fakes.rig import FAST, Rig, as_json, next_event, rig, web
+from fakes.rig import FAST, Json, Rig, as_json, next_event, rig, web
 from fakes.runtime import FakeApp, FakeMachine, FakeRuntime
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FakeApp",
     "FakeMachine",
     "FakeRuntime",
+    "Json",
     "PoolTraffic",
     "RecordingDataPlane",
     "Rig",
