@@ -30,12 +30,12 @@ def v2_never_routed(r: Rig) -> None:
 
 def test_a_release_that_never_becomes_healthy_is_rolled_back_and_v1_serves() -> None:
     async def run() -> None:
-        async with rig(web(deploy_timeout='"300ms"')) as r:
+        async with rig(web(deploy_timeout='"150ms"')) as r:
             mark = await serving_v1(r)
             r.machine.set_healthy("v2", False)
             view = await r.deploy("v2")
             assert view["outcome"] == "rolled_back"
-            assert view["reason"].startswith("not healthy within 0.3s: web-v2-3 (port ")
+            assert view["reason"].startswith("not healthy within 0.15s: web-v2-3 (port ")
             assert "failed its health check" in view["reason"]
             failed = [s for s in view["steps"] if s["phase"] == "failed"]
             assert [s["kind"] for s in failed] == ["wait_healthy"]
