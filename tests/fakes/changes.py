@@ -21,11 +21,11 @@ class Changes:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def until(self, check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        """Return once `check()` holds; fail the test if it does not by `timeout`."""
+    async def until(self, check: Callable[[], bool], what: str, within: float = WAIT) -> None:
+        """Return once `check()` holds; fail the test if it does not `within` seconds."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 while not check():
                     await self._event.wait()
         except TimeoutError:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}") from None
+            raise AssertionError(f"timed out after {within:g}s waiting for {what}") from None

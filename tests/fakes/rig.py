@@ -75,9 +75,9 @@ class Rig:
         deploy_id = await self.orch.deploy(service, version, strategy)
         return await self.outcome(deploy_id)
 
-    async def outcome(self, deploy_id: int, timeout: float = WAIT) -> Json:
-        """The DeployView once the deploy ended; fails the test if it has not by `timeout`."""
-        view = as_json(await self.orch.wait(deploy_id, timeout))
+    async def outcome(self, deploy_id: int, within: float = WAIT) -> Json:
+        """The DeployView once the deploy ended; fails the test if it has not `within` seconds."""
+        view = as_json(await self.orch.wait(deploy_id, within))
         assert view["outcome"] is not None, f"deploy {deploy_id} still running: {view}"
         return view
 
@@ -138,13 +138,13 @@ async def next_event(
     *,
     after: int = 0,
     service: str = "web",
-    timeout: float = WAIT,
+    within: float = WAIT,
 ) -> Json:
     """The first event of `kind` after id `after` for which `where` holds,
     waiting for it as it happens (the SSE stream's way)."""
     events = orch.events(after, service)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for view in events:
                 event = as_json(view)
                 if event["kind"] == kind and where(event):
@@ -154,4 +154,4 @@ async def next_event(
     finally:
         if isinstance(events, AsyncGenerator):
             await events.aclose()
-    raise AssertionError(f"no {kind} event within {timeout:g}s")
+    raise AssertionError(f"no {kind} event within {within:g}s")

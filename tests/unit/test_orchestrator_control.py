@@ -62,7 +62,8 @@ def test_promote_ends_a_manual_canary_pause() -> None:
             ]
             # A person's promote is the verdict: no analysis ran after it.
             assert r.events("analysis") == []
-            assert r.status()["paused"] is False and r.status()["pause"] is None
+            assert r.status()["paused"] is False
+            assert r.status()["pause"] is None
 
     asyncio.run(run())
 
@@ -74,7 +75,8 @@ def test_promote_skips_a_timed_pause() -> None:
             deploy_id = await r.orch.deploy("web", "v2")
             await at_pause_step(r, deploy_id)
             pause = r.status()["pause"]
-            assert pause["by"] == "timer" and 590 < pause["left"] <= 600
+            assert pause["by"] == "timer"
+            assert 590 < pause["left"] <= 600
             assert r.status()["paused"] is False  # `paused` is for a manual pause only
             r.orch.promote("web")
             assert (await r.outcome(deploy_id))["outcome"] == "succeeded"
@@ -104,7 +106,7 @@ def test_a_promote_before_the_pause_is_refused_or_kept() -> None:
                 return
             r.machine.set_healthy("v2", True)
             # Accepted: then it must count, with no second promote.
-            assert (await r.outcome(deploy_id, timeout=0.3))["outcome"] == "succeeded"
+            assert (await r.outcome(deploy_id, within=0.3))["outcome"] == "succeeded"
 
     asyncio.run(run())
 
@@ -132,7 +134,8 @@ def test_pause_holds_a_deploy_before_its_next_step_until_resume() -> None:
             deploy_id = await r.orch.deploy("web", "v2")
             r.orch.pause("web")  # before the deploy ran any step
             view = await held(r, deploy_id)
-            assert view["state"] == "paused" and view["outcome"] is None
+            assert view["state"] == "paused"
+            assert view["outcome"] is None
             assert view["steps"] == []
             assert r.runtime.starts == [("v1", 2)]
             assert len(r.dataplane.tables) == mark
@@ -154,7 +157,8 @@ def test_pause_during_a_canary_pause_holds_it_after_promote() -> None:
             r.orch.promote("web")
             tables = len(r.dataplane.tables)
             view = await held(r, deploy_id)
-            assert view["state"] == "paused" and view["outcome"] is None
+            assert view["state"] == "paused"
+            assert view["outcome"] is None
             assert len(r.dataplane.tables) == tables  # 25 % still
             assert r.status()["pause"] == {"by": "operator", "left": None}
             done = [s["kind"] for s in view["steps"] if s["phase"] == "after"]

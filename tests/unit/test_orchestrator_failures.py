@@ -47,7 +47,8 @@ def test_a_release_that_never_becomes_healthy_is_rolled_back_and_v1_serves() -> 
             assert r.releases() == {"v2": "failed", "v1": "current"}
             assert {i.version for i in r.store.instances("web")} == {"v1"}
             status = r.status()
-            assert status["current"] == "v1" and status["traffic"] == {"v1": 100.0}
+            assert status["current"] == "v1"
+            assert status["traffic"] == {"v1": 100.0}
             assert status["deploying"] is None
 
     asyncio.run(run())
@@ -73,7 +74,8 @@ def test_a_canary_worse_than_stable_is_rolled_back_at_its_first_step() -> None:
             assert sorted(r.runtime.stops) == ["web-v2-3", "web-v2-4"]
             assert r.releases() == {"v2": "failed", "v1": "current"}
             events = r.events("rolling_back")
-            assert len(events) == 1 and events[0]["reason"] == view["reason"]
+            assert len(events) == 1
+            assert events[0]["reason"] == view["reason"]
 
     asyncio.run(run())
 

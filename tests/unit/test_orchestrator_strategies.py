@@ -30,7 +30,8 @@ def test_the_first_deploy_starts_gates_and_routes_the_whole_set() -> None:
     async def run() -> None:
         async with rig(web(instances="3")) as r:
             view = await r.deploy("v1")
-            assert view["outcome"] == "succeeded" and view["reason"] is None
+            assert view["outcome"] == "succeeded"
+            assert view["reason"] is None
             kinds = [s["kind"] for s in view["steps"] if s["phase"] == "after"]
             assert kinds == ["start", "wait_healthy", "set_traffic"]
             assert r.runtime.starts == [("v1", 3)]
@@ -40,7 +41,8 @@ def test_the_first_deploy_starts_gates_and_routes_the_whole_set() -> None:
             assert r.store.current("web") == "v1"
             assert r.releases() == {"v1": "current"}
             status = r.status()
-            assert status["current"] == "v1" and status["traffic"] == {"v1": 100.0}
+            assert status["current"] == "v1"
+            assert status["traffic"] == {"v1": 100.0}
             assert [i["state"] for i in status["instances"]] == ["ready"] * 3
 
     asyncio.run(run())
@@ -64,6 +66,7 @@ def test_rolling_replaces_one_instance_at_a_time_start_first() -> None:
             ]
             assert r.runtime.starts == [("v1", 2), ("v2", 1), ("v2", 1)]
             assert [d.address for d in r.dataplane.drains] == old
+            assert {d.timeout for d in r.dataplane.drains} == {0.1}  # drain_timeout
             assert r.runtime.stops == [i.id for i in r.runtime.started[:2]]
             assert r.releases() == {"v2": "current", "v1": "previous"}
             assert {i.version for i in r.store.instances("web")} == {"v2"}
@@ -134,7 +137,8 @@ def test_recreate_holds_requests_across_the_gap() -> None:
             # Old stopped before new started.
             assert r.runtime.starts == [("v1", 2), ("v2", 2)]
             first_v2 = r.runtime.started[2].id
-            assert len(r.runtime.stops) == 2 and first_v2 not in r.runtime.stops
+            assert len(r.runtime.stops) == 2
+            assert first_v2 not in r.runtime.stops
 
     asyncio.run(run())
 
@@ -145,7 +149,8 @@ def test_strategy_given_to_deploy_overrides_the_config() -> None:
         async with rig(config) as r:
             mark = await serving_v1(r)
             view = await r.deploy("v2", strategy="blue_green")
-            assert view["outcome"] == "succeeded" and view["strategy"] == "blue_green"
+            assert view["outcome"] == "succeeded"
+            assert view["strategy"] == "blue_green"
             assert r.dataplane.history("web", since=mark)[0] == "v1 v1 | canary v2 v2 0%"
 
     asyncio.run(run())

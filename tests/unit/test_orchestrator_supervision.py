@@ -72,7 +72,8 @@ def test_a_crashed_instance_of_the_current_release_is_replaced() -> None:
             assert event["how"] == "killed by SIGKILL"
             status = r.status()
             assert [i["state"] for i in status["instances"]] == ["ready", "ready"]
-            assert status["crash_loop"] is None and status["current"] == "v1"
+            assert status["crash_loop"] is None
+            assert status["current"] == "v1"
 
     asyncio.run(run())
 
