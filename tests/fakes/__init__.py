@@ -15,7 +15,7 @@ for a condition with a deadline, never for time.
 
 from fakes.changes import WAIT, Changes
 from fakes.dataplane import PoolTraffic, RecordingDataPlane, describe
-from fakes.rig import FAST, Json, Rig, as_json, next_event, rig, web
+from fakes.rig import FAST, Json, Rig, as_json, next_event, rig, service_toml, web
 from fakes.runtime import FakeApp, FakeMachine, FakeRuntime
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "describe",
     "next_event",
     "rig",
+    "service_toml",
     "web",
 ]

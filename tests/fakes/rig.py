@@ -38,11 +38,16 @@ FAST: dict[str, str] = {
 }
 
 
-def web(**keys: str) -> str:
-    """The TOML of one service, `web`, with FAST settings; `keys` (TOML values)
-    add to them or replace them, e.g. web(strategy='"canary"')."""
+def service_toml(name: str, **keys: str) -> str:
+    """The TOML of one service with FAST settings; `keys` (TOML values) add
+    to them or replace them, e.g. service_toml("web", strategy='"canary"')."""
     lines = [f"{key} = {value}" for key, value in (FAST | keys).items()]
-    return "\n".join(["[services.web]", *lines]) + "\n"
+    return "\n".join([f"[services.{name}]", *lines]) + "\n"
+
+
+def web(**keys: str) -> str:
+    """`service_toml("web", ...)`: the service most tests deploy."""
+    return service_toml("web", **keys)
 
 
 def as_json(view: object) -> Json:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fakes import PoolTraffic, Rig, rig, web
+from fakes import PoolTraffic, Rig, as_json, rig, service_toml, web
 
 CANARY = (
     '{ steps = [{ weight = 10, pause = "20ms" }, { weight = 50, pause = "20ms" }], '
@@ -152,5 +152,22 @@ def test_strategy_given_to_deploy_overrides_the_config() -> None:
             assert view["outcome"] == "succeeded"
             assert view["strategy"] == "blue_green"
             assert r.dataplane.history("web", since=mark)[0] == "v1 v1 | canary v2 v2 0%"
+
+    asyncio.run(run())
+
+
+def test_two_services_deploy_side_by_side_each_in_its_own_part_of_the_table() -> None:
+    async def run() -> None:
+        api = service_toml("api", route='{ host = "*", path = "/api" }', instances="1")
+        async with rig(web() + api) as r:
+            web_id = await r.orch.deploy("web", "v1")
+            api_id = await r.orch.deploy("api", "a1")
+            assert (await r.outcome(web_id))["outcome"] == "succeeded"
+            assert (await r.outcome(api_id))["outcome"] == "succeeded"
+            assert r.dataplane.history("web")[-1] == "v1 v1"
+            assert r.dataplane.history("api")[-1] == "a1"
+            assert r.runtimes["web"].starts == [("v1", 2)]
+            assert r.runtimes["api"].starts == [("a1", 1)]
+            assert [as_json(s)["service"] for s in r.orch.status()] == ["web", "api"]
 
     asyncio.run(run())
