@@ -123,3 +123,49 @@ def test_a_deploy_of_the_current_release_or_beside_a_running_one_is_refused() ->
             assert [d.version for d in r.store.deploys("web")] == ["v2", "v1"]
 
     asyncio.run(run())
+
+
+def test_a_rolling_deploy_failing_halfway_brings_v1_back_to_full_strength() -> None:
+    async def run() -> None:
+        async with rig(web(deploy_timeout='"150ms"')) as r:
+            mark = await serving_v1(r)
+            first_v1 = r.runtime.of_version("v1")[0]
+            r.machine.set_healthy("web-v2-4", False)  # the second batch's instance
+            view = await r.deploy("v2")
+            assert view["outcome"] == "rolled_back"
+            assert "web-v2-4" in view["reason"]
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 v2",
+                "v1 v1~ v2",
+                "v1 v2",  # one v1 gone when the second batch failed its gate
+                "v1 v2~",  # v2 takes no new request: one instance serves until v1 is back
+                "v1 v1 v2~",
+                "v1 v1",
+            ]
+            assert r.runtime.starts == [("v1", 2), ("v2", 1), ("v2", 1), ("v1", 1)]
+            assert r.runtime.stops[0] == first_v1.id
+            assert sorted(r.runtime.stops[1:]) == ["web-v2-3", "web-v2-4"]
+            assert r.releases() == {"v2": "failed", "v1": "current"}
+
+    asyncio.run(run())
+
+
+def test_a_failed_recreate_starts_the_old_release_again_and_ends_the_hold() -> None:
+    async def run() -> None:
+        async with rig(web(strategy='"recreate"', deploy_timeout='"150ms"')) as r:
+            mark = await serving_v1(r)
+            r.machine.set_healthy("v2", False)
+            view = await r.deploy("v2")
+            assert view["outcome"] == "rolled_back"
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 | hold",
+                "v1~ v1~ | hold",
+                "- | hold",  # v2 never passed its gate: requests still held
+                "v1 v1 | hold",
+                "v1 v1",
+            ]
+            assert r.runtime.starts == [("v1", 2), ("v2", 2), ("v1", 2)]
+            v2_never_routed(r)
+            assert {i.version for i in r.store.instances("web")} == {"v1"}
+
+    asyncio.run(run())
