@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from fakes import PoolTraffic, Rig, rig, web
+from fakes import PoolTraffic, Rig, next_event, rig, web
 from zerodown.errors import DeployBusy, NotDeployable, UnknownService
 
 CANARY = (
@@ -167,5 +167,31 @@ def test_a_failed_recreate_starts_the_old_release_again_and_ends_the_hold() -> N
             assert r.runtime.starts == [("v1", 2), ("v2", 2), ("v1", 2)]
             v2_never_routed(r)
             assert {i.version for i in r.store.instances("web")} == {"v1"}
+
+    asyncio.run(run())
+
+
+def test_a_canary_instance_crashing_in_traffic_fails_the_deploy_at_once() -> None:
+    async def run() -> None:
+        manual = '{ steps = [{ weight = 25, pause = "manual" }], min_requests = 10 }'
+        async with rig(web(strategy='"canary"', canary=manual)) as r:
+            mark = await serving_v1(r)
+            deploy_id = await r.orch.deploy("web", "v2")
+            await next_event(r.orch, "step", lambda e: e["data"]["step"]["kind"] == "pause")
+            crashed, other = r.runtime.of_version("v2")
+            crash = len(r.dataplane.tables)
+            await r.runtime.crash(crashed.id)
+            view = await r.outcome(deploy_id)
+            assert view["outcome"] == "rolled_back"
+            assert view["reason"] == f"instance {crashed.id} of v2 crashed (exit 1)"
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 | canary v2 v2 25%",
+                "v1 v1 | canary v2 25%",  # out of the table at once
+                "v1 v1 v2~",
+                "v1 v1",
+            ]
+            later = range(crash, len(r.dataplane.tables))
+            assert all(crashed.address not in r.dataplane.addresses("web", n) for n in later)
+            assert r.runtime.stops == [other.id]  # the crashed one needs no stop
 
     asyncio.run(run())
