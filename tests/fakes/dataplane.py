@@ -1,0 +1,130 @@
+"""A recording `DataPlane`: it carries no traffic, it remembers what it was told.
+
+Every routing table applied and every drain is kept in order, so a test can
+assert how traffic moved step by step (`history`), not only where it ended.
+The counters `stats()` returns are scripted: per pool, how much traffic
+passed between two reads (`serve`), counted by the real `TargetMetrics`, so
+the canary judge reads the shape the embedded data plane produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fakes.changes import Changes
+from zerodown.dataplane.base import DataPlane
+from zerodown.proxy.metrics import TargetMetrics
+from zerodown.routing import DrainResult, PoolName, RoutingTable, ServiceSpec, TargetSpec
+
+NOTHING = "-"  # `describe` of a service with no target in its table
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTraffic:
+    """What one pool answers between two `stats()` reads."""
+
+    requests: int
+    errors: int = 0  # of those, answered 5xx
+    seconds: float = 0.005  # latency of each
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    service: str
+    address: str
+    timeout: float
+
+
+def describe(spec: ServiceSpec) -> str:
+    """One service's part of a table in one line: versions of the stable
+    pool's targets ("~" marks one draining), then the canary pool and its
+    weight, then whether requests are held. E.g. "v1 v1~ | canary v2 10% | hold".
+    """
+    parts = [_targets(spec.stable.targets) or NOTHING]
+    if spec.canary.targets or spec.split.canary_weight:
+        canary = _targets(spec.canary.targets) or NOTHING
+        parts.append(f"canary {canary} {spec.split.canary_weight:g}%")
+    if spec.hold is not None:
+        parts.append("hold")
+    return " | ".join(parts)
+
+
+def _targets(targets: tuple[TargetSpec, ...]) -> str:
+    labels = [f"{t.version}{'~' if t.state == 'draining' else ''}" for t in targets]
+    return " ".join(sorted(labels))
+
+
+class RecordingDataPlane(DataPlane):
+    def __init__(self) -> None:
+        self.tables: list[RoutingTable] = []
+        self.drains: list[Drained] = []
+        self.changes = Changes()
+        self.stats_reads = 0
+        self._traffic: dict[tuple[str, PoolName], PoolTraffic] = {}
+        self._totals: dict[tuple[str, PoolName], TargetMetrics] = {}
+
+    def __repr__(self) -> str:
+        return f"<RecordingDataPlane tables={len(self.tables)} drains={len(self.drains)}>"
+
+    # -- the DataPlane interface ---------------------------------------------------
+
+    async def apply(self, table: RoutingTable) -> None:
+        self.tables.append(table)
+        self.changes.notify()
+
+    def routing(self) -> RoutingTable:
+        return self.tables[-1] if self.tables else RoutingTable()
+
+    async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
+        self.drains.append(Drained(service, address, timeout))
+        self.changes.notify()
+        return DrainResult(service, address, completed=True, cancelled=0, seconds=0.0)
+
+    async def stats(self) -> dict[str, Any]:
+        """The totals after one more interval of the scripted traffic."""
+        self.stats_reads += 1
+        for key, traffic in self._traffic.items():
+            _count(self._totals.setdefault(key, TargetMetrics()), traffic)
+        services: dict[str, Any] = {}
+        for (service, pool), metrics in self._totals.items():
+            pools = services.setdefault(service, {"pools": {}})["pools"]
+            pools[pool] = {"totals": metrics.snapshot()}
+        return {"services": services}
+
+    async def prometheus(self) -> str:
+        return ""
+
+    # -- what a test sets and reads --------------------------------------------------
+
+    def serve(self, service: str, pool: PoolName, traffic: PoolTraffic) -> None:
+        """From now on, `pool` of `service` answers `traffic` between two stats reads."""
+        self._traffic[(service, pool)] = traffic
+
+    def spec(self, service: str, index: int = -1) -> ServiceSpec:
+        """`service` as the table at `index` (default: the one in force) has it."""
+        spec = self.tables[index].service(service)
+        assert spec is not None, f"no {service} in table {index}"
+        return spec
+
+    def history(self, service: str, since: int = 0) -> list[str]:
+        """`describe` of `service` in every table applied from index `since`
+        on, repeats collapsed."""
+        lines: list[str] = []
+        for table in self.tables[since:]:
+            spec = table.service(service)
+            line = describe(spec) if spec is not None else NOTHING
+            if not lines or lines[-1] != line:
+                lines.append(line)
+        return lines
+
+    def addresses(self, service: str, index: int = -1) -> set[str]:
+        """Every address the table at `index` routes for `service`, either pool."""
+        spec = self.spec(service, index)
+        return {t.address for t in (*spec.stable.targets, *spec.canary.targets)}
+
+
+def _count(metrics: TargetMetrics, traffic: PoolTraffic) -> None:
+    for n in range(traffic.requests):
+        metrics.request()
+        metrics.response(500 if n < traffic.errors else 200, traffic.seconds)

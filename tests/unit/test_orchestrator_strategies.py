@@ -1,0 +1,173 @@
+"""Every strategy, end to end through a real Orchestrator: v1 serves, v2 is
+deployed, and the tables the data plane got show traffic moving step by step.
+
+In the histories (fakes.describe) each word is one routed target's version,
+"~" marks one draining, "canary ... N%" the canary pool and its weight,
+"hold" requests held while nothing serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fakes import PoolTraffic, Rig, as_json, rig, service_toml, web
+
+CANARY = (
+    '{ steps = [{ weight = 10, pause = "20ms" }, { weight = 50, pause = "20ms" }], '
+    "min_requests = 10 }"
+)
+
+
+async def serving_v1(r: Rig) -> int:
+    """v1 deployed (a first deploy: start all, gate, route); the index of the next table."""
+    view = await r.deploy("v1")
+    assert view["outcome"] == "succeeded"
+    assert r.dataplane.history("web") == ["-", "v1 v1"]
+    return len(r.dataplane.tables)
+
+
+def test_the_first_deploy_starts_gates_and_routes_the_whole_set() -> None:
+    async def run() -> None:
+        async with rig(web(instances="3")) as r:
+            view = await r.deploy("v1")
+            assert view["outcome"] == "succeeded"
+            assert view["reason"] is None
+            kinds = [s["kind"] for s in view["steps"] if s["phase"] == "after"]
+            assert kinds == ["start", "wait_healthy", "set_traffic"]
+            assert r.runtime.starts == [("v1", 3)]
+            # Routed only once every instance answered its health check.
+            assert r.dataplane.history("web") == ["-", "v1 v1 v1"]
+            assert all(r.machine.apps[i.id].requests >= 1 for i in r.runtime.started)
+            assert r.store.current("web") == "v1"
+            assert r.releases() == {"v1": "current"}
+            status = r.status()
+            assert status["current"] == "v1"
+            assert status["traffic"] == {"v1": 100.0}
+            assert [i["state"] for i in status["instances"]] == ["ready"] * 3
+
+    asyncio.run(run())
+
+
+def test_rolling_replaces_one_instance_at_a_time_start_first() -> None:
+    async def run() -> None:
+        async with rig(web(strategy='"rolling"')) as r:
+            mark = await serving_v1(r)
+            old = [i.address for i in r.runtime.of_version("v1")]
+            view = await r.deploy("v2")
+            assert view["outcome"] == "succeeded"
+            # max_surge = 1, max_unavailable = 0: never fewer than 2 serving.
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 v2",
+                "v1 v1~ v2",
+                "v1 v2",
+                "v1 v2 v2",
+                "v1~ v2 v2",
+                "v2 v2",
+            ]
+            assert r.runtime.starts == [("v1", 2), ("v2", 1), ("v2", 1)]
+            assert [d.address for d in r.dataplane.drains] == old
+            assert {d.timeout for d in r.dataplane.drains} == {0.1}  # drain_timeout
+            assert r.runtime.stops == [i.id for i in r.runtime.started[:2]]
+            assert r.releases() == {"v2": "current", "v1": "previous"}
+            assert {i.version for i in r.store.instances("web")} == {"v2"}
+
+    asyncio.run(run())
+
+
+def test_blue_green_previews_green_then_switches_in_one_table() -> None:
+    async def run() -> None:
+        config = web(strategy='"blue_green"', blue_green='{ scale_down_delay = "0s" }')
+        async with rig(config) as r:
+            mark = await serving_v1(r)
+            view = await r.deploy("v2")
+            assert view["outcome"] == "succeeded"
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 | canary v2 v2 0%",  # green reachable by the preview header only
+                "v1~ v1~ v2 v2",  # the switch: all new requests to green at once
+                "v2 v2",
+            ]
+            preview = r.dataplane.spec("web", mark)
+            assert [(c.header, c.pool) for c in preview.split.cohorts] == [
+                ("X-Zerodown-Preview", "canary")
+            ]
+            assert r.runtime.starts == [("v1", 2), ("v2", 2)]
+            assert len(r.dataplane.drains) == 2
+            assert sorted(r.runtime.stops) == sorted(i.id for i in r.runtime.started[:2])
+
+    asyncio.run(run())
+
+
+def test_canary_moves_weight_step_by_step_on_passing_verdicts() -> None:
+    async def run() -> None:
+        async with rig(web(strategy='"canary"', canary=CANARY)) as r:
+            mark = await serving_v1(r)
+            r.dataplane.serve("web", "stable", PoolTraffic(80))
+            r.dataplane.serve("web", "canary", PoolTraffic(20))
+            deploy_id = await r.orch.deploy("web", "v2")
+            view = await r.outcome(deploy_id)
+            assert view["outcome"] == "succeeded"
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 | canary v2 v2 10%",
+                "v1 v1 | canary v2 v2 50%",
+                "v1~ v1~ v2 v2",  # promotion: the old set drains
+                "v2 v2",
+            ]
+            verdicts = r.events("analysis")
+            assert [(v["deploy_id"], v["verdict"]) for v in verdicts] == [(deploy_id, "pass")] * 2
+            # Judged over what passed since the weight moved: two reads of 20 and 80.
+            assert "(0/40) on canary vs 0.00% (0/160) on stable" in verdicts[0]["reason"]
+            assert r.runtime.starts == [("v1", 2), ("v2", 2)]  # the whole new set up front
+
+    asyncio.run(run())
+
+
+def test_recreate_holds_requests_across_the_gap() -> None:
+    async def run() -> None:
+        async with rig(web(strategy='"recreate"')) as r:
+            mark = await serving_v1(r)
+            view = await r.deploy("v2")
+            assert view["outcome"] == "succeeded"
+            assert r.dataplane.history("web", since=mark) == [
+                "v1 v1 | hold",  # held before the drain: no request meets an empty pool
+                "v1~ v1~ | hold",
+                "- | hold",
+                "v2 v2 | hold",
+                "v2 v2",
+            ]
+            # Old stopped before new started.
+            assert r.runtime.starts == [("v1", 2), ("v2", 2)]
+            first_v2 = r.runtime.started[2].id
+            assert len(r.runtime.stops) == 2
+            assert first_v2 not in r.runtime.stops
+
+    asyncio.run(run())
+
+
+def test_strategy_given_to_deploy_overrides_the_config() -> None:
+    async def run() -> None:
+        config = web(strategy='"rolling"', blue_green='{ scale_down_delay = "0s" }')
+        async with rig(config) as r:
+            mark = await serving_v1(r)
+            view = await r.deploy("v2", strategy="blue_green")
+            assert view["outcome"] == "succeeded"
+            assert view["strategy"] == "blue_green"
+            assert r.dataplane.history("web", since=mark)[0] == "v1 v1 | canary v2 v2 0%"
+
+    asyncio.run(run())
+
+
+def test_two_services_deploy_side_by_side_each_in_its_own_part_of_the_table() -> None:
+    async def run() -> None:
+        api = service_toml("api", route='{ host = "*", path = "/api" }', instances="1")
+        async with rig(web() + api) as r:
+            web_id = await r.orch.deploy("web", "v1")
+            api_id = await r.orch.deploy("api", "a1")
+            assert (await r.outcome(web_id))["outcome"] == "succeeded"
+            assert (await r.outcome(api_id))["outcome"] == "succeeded"
+            assert r.dataplane.history("web")[-1] == "v1 v1"
+            assert r.dataplane.history("api")[-1] == "a1"
+            assert r.runtimes["web"].starts == [("v1", 2)]
+            assert r.runtimes["api"].starts == [("a1", 1)]
+            assert [as_json(s)["service"] for s in r.orch.status()] == ["web", "api"]
+
+    asyncio.run(run())
