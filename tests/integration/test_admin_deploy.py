@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 import pytest
 
 from harness import DEADLINE, run
+from zerodown.cli.client import AdminClient, AdminError, AdminUnreachable
 from zerodown.control import events as events_module
 from zerodown.control import server as server_module
 from zerodown.control import wire
 from zerodown.control.admin import create_admin_app
-from zerodown.control.client import AdminClient, AdminError, AdminUnreachable
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
 from zerodown.deploy.control import ControlPlane, View

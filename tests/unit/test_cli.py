@@ -37,11 +37,9 @@ from integration.test_admin_deploy import (
     deploy_view,
     make_app,
 )
-from zerodown import cli
-from zerodown.control import admin as admin_module
-from zerodown.control.admin import AdminServer
-from zerodown.control.client import AdminClient, admin_url, parse_sse
-from zerodown.control.progress import (
+from zerodown.cli.app import app
+from zerodown.cli.client import AdminClient, admin_url, parse_sse
+from zerodown.cli.progress import (
     latest_steps,
     outcome_line,
     releases_table,
@@ -49,6 +47,8 @@ from zerodown.control.progress import (
     status_table,
     step_text,
 )
+from zerodown.control.server import AdminServer
+from zerodown.control.wire import WAIT_MAX
 from zerodown.errors import ConfigError, DeployBusy, NotDeployable, UnknownRelease
 
 runner = CliRunner()
@@ -65,7 +65,7 @@ class Daemon:
     def zerodown(self, *args: str, token: str | None = TOKEN, **env: str) -> Any:
         """Run `zerodown ARGS -c CONFIG` in-process; the result has exit_code, stdout, stderr."""
         environ: dict[str, str | None] = {"ZERODOWN_TOKEN": token, **env}
-        return runner.invoke(cli.app, [*args, "-c", str(self.config)], env=environ)
+        return runner.invoke(app, [*args, "-c", str(self.config)], env=environ)
 
 
 @contextlib.contextmanager
@@ -203,7 +203,7 @@ def test_unreachable_daemon_exits_1_with_the_hint(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
     for verb in (["deploy", "web", "v2"], ["status"], ["promote", "web"]):
-        result = runner.invoke(cli.app, [*verb, "-c", str(config)])
+        result = runner.invoke(app, [*verb, "-c", str(config)])
         assert result.exit_code == 1, verb
         assert result.stderr == (
             f"zerodown: cannot reach zerodown at http://127.0.0.1:{port}: "
@@ -212,12 +212,12 @@ def test_unreachable_daemon_exits_1_with_the_hint(tmp_path: Path) -> None:
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:
-    result = runner.invoke(cli.app, ["status", "-c", str(tmp_path / "missing.toml")])
+    result = runner.invoke(app, ["status", "-c", str(tmp_path / "missing.toml")])
     assert result.exit_code == 2
     assert "file not found" in result.stderr
     config = tmp_path / "zerodown.toml"
     config.write_text('[proxy]\nadmin = "127.0.0.1:0"\n')
-    result = runner.invoke(cli.app, ["status", "-c", str(config)])
+    result = runner.invoke(app, ["status", "-c", str(config)])
     assert result.exit_code == 2
     assert "proxy.admin: port 0 cannot be reached from the CLI" in result.stderr
 
@@ -285,14 +285,20 @@ def test_releases(daemon: Daemon) -> None:
 
 def test_help_documents_the_exit_codes() -> None:
     for verb in ("deploy", "rollback"):
-        result = runner.invoke(cli.app, [verb, "--help"], env={"COLUMNS": "120"})
+        result = runner.invoke(app, [verb, "--help"], env={"COLUMNS": "120"})
         assert result.exit_code == 0
         for line in ("3    rolled back", "4    failed", "5    aborted", "6    --timeout"):
             assert line in result.stdout, (verb, line)
 
 
-def test_long_poll_cap_matches_the_server() -> None:
-    assert cli.LONG_POLL_MAX == admin_module.WAIT_MAX
+def test_the_cli_long_polls_as_long_as_the_server_allows(daemon: Daemon) -> None:
+    # One constant bounds both sides (control.wire.WAIT_MAX): a longer poll
+    # would be refused with a 400, a shorter one would poll more than needed.
+    for timeout in ([], ["--timeout", "1000"]):
+        result = daemon.zerodown("deploy", "web", "v2", "--json", *timeout)
+        assert result.exit_code == 0, result.output
+    waits = [call[2] for call in daemon.control.calls if call[0] == "wait"]
+    assert waits == [WAIT_MAX, WAIT_MAX]
 
 
 # -- the client's pure parts ----------------------------------------------------------
@@ -448,12 +454,12 @@ def test_status_and_releases_tables() -> None:
 
 def commands() -> dict[str, Any]:
     """The click commands typer builds: the group (for --version) and each verb."""
-    group: Any = typer.main.get_command(cli.app)
+    group: Any = typer.main.get_command(app)
     return {"zerodown": group, **group.commands}
 
 
 def test_version() -> None:
-    result = runner.invoke(cli.app, ["--version"])
+    result = runner.invoke(app, ["--version"])
     assert (result.exit_code, result.stdout) == (0, f"zerodown {zerodown.__version__}\n")
 
 
@@ -470,13 +476,13 @@ def test_every_argument_and_option_of_every_command_has_help() -> None:
 def test_help_names_no_internal_types() -> None:
     for name in commands():
         args = ["--help"] if name == "zerodown" else [name, "--help"]
-        result = runner.invoke(cli.app, args, env={"COLUMNS": "200"})
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert not re.search(r"\b[A-Z]\w*View\b", result.stdout), name
 
 
 def test_verify_usage_shows_the_command_after_dashes() -> None:
-    result = runner.invoke(cli.app, ["verify", "--help"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["verify", "--help"], env={"COLUMNS": "200"})
     assert "verify [OPTIONS] [-- COMMAND...]" in result.stdout.splitlines()[1]
 
 
@@ -492,7 +498,7 @@ def test_verify_usage_shows_the_command_after_dashes() -> None:
     ],
 )
 def test_verify_refuses_what_it_would_ignore(args: list[str], message: str) -> None:
-    result = runner.invoke(cli.app, ["verify", *args])
+    result = runner.invoke(app, ["verify", *args])
     assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"zerodown: {message}")
@@ -512,7 +518,7 @@ def test_verify_of_a_command_that_cannot_run_is_one_line_with_a_shells_code(
     (tmp_path / "plain.txt").write_text("echo hi\n")  # mode 644: not executable
     command, message = command.format(tmp=tmp_path), message.format(tmp=tmp_path)
     config = write_config(tmp_path, free_port())  # never reached: refused before any load
-    result = runner.invoke(cli.app, ["verify", "-c", str(config), "--", command, "arg"])
+    result = runner.invoke(app, ["verify", "-c", str(config), "--", command, "arg"])
     assert (result.exit_code, result.stderr) == (code, f"zerodown: verify: {message}\n")
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
@@ -522,7 +528,7 @@ def test_verify_with_no_deploy_or_command_says_it_only_loads(tmp_path: Path) -> 
     config = write_config(tmp_path, free_port())
     out = tmp_path / "load"
     args = ["verify", "-c", str(config), "--url", url, "--duration", "0.3", "--out", str(out)]
-    result = runner.invoke(cli.app, args)
+    result = runner.invoke(app, args)
     assert result.exit_code == 1  # requests failed
     first = result.stderr.splitlines()[0]
     assert first == (

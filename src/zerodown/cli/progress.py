@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from zerodown.control.client import AdminClient
+from zerodown.cli.client import AdminClient
 from zerodown.deploy.control import View
 
 __all__ = [
