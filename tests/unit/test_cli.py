@@ -24,6 +24,7 @@ import pytest
 import typer
 import uvloop
 from rich.console import Console
+from rich.text import Text
 from typer.testing import CliRunner
 
 import zerodown
@@ -40,6 +41,7 @@ from integration.test_admin_deploy import (
 from zerodown.cli.app import app
 from zerodown.cli.client import AdminClient, admin_url, parse_sse
 from zerodown.cli.progress import (
+    crash_loop_text,
     latest_steps,
     outcome_line,
     releases_table,
@@ -447,6 +449,43 @@ def test_status_and_releases_tables() -> None:
     assert "v1 127.0.0.1:9001 ready" in text
     text = rendered(releases_table(RELEASES))
     assert "v2" in text and "current" in text
+
+
+def test_the_live_view_and_status_show_a_crash_loop() -> None:
+    # The service runs under capacity: status must not read as healthy.
+    loop = {"version": "v1", "crashes": 5, "since": 1000.0, "message": "web v1 crashed ..."}
+    status = {**STATUS, "crash_loop": loop}
+    said = "crash loop: v1 crashed 5 times, not restarted (deploy a fix or `zerodown rollback web`)"
+    assert crash_loop_text(loop, "web") == said
+    console = Console(record=True, width=200, force_terminal=False)
+    console.print(status_table([status]))
+    table = console.export_text()
+    assert "crash loop: v1 crashed 5 times, not restarted" in table
+    assert table.count("crash loop") == 1
+    deploying = deploy_view(7, "web", "v2", "rolling", None, None)
+    assert rendered(render_deploy(deploying, status)).count(said) == 1
+    assert crash_loop_text(None, "web") == ""
+    assert "crash loop" not in rendered(status_table([{**STATUS, "crash_loop": None}]))
+
+
+def test_every_release_status_that_ended_a_deploy_has_its_colour() -> None:
+    statuses = ["new", "current", "previous", "failed", "aborted", "rolled_back", "retired"]
+    views = [
+        {"version": f"v{i}", "status": status, "created_at": 1.0, "last_deployed_at": None}
+        for i, status in enumerate(statuses)
+    ]
+    cells = list(releases_table(views).columns[1].cells)
+    styles = {cell.plain: str(cell.style) for cell in cells if isinstance(cell, Text)}
+    assert len(styles) == len(statuses)
+    assert styles == {
+        "new": "",
+        "current": "bold green",
+        "previous": "",
+        "failed": "red",
+        "aborted": "red",
+        "rolled_back": "yellow",
+        "retired": "dim",
+    }
 
 
 # -- help, version and usage ---------------------------------------------------------
