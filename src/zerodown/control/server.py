@@ -17,7 +17,10 @@ So the server is driven step by step, as serve() itself does it (load the
 config, startup on our sockets, the main loop, shutdown) but without the
 signal capture around it. Every call is public uvicorn API but one: the
 `lifespan` attribute, which serve() sets before startup and startup reads.
-That is why pyproject.toml pins uvicorn to the versions this was checked with.
+That is why pyproject.toml pins uvicorn to the versions this was checked
+with: 0.32.1, 0.34.0 and 0.55.0 (tests/integration/test_admin*.py). Below
+0.32.1 a client that leaves an event stream goes unnoticed, and its source
+stays open.
 """
 
 from __future__ import annotations
