@@ -217,7 +217,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, response: JSONResp
 
 
 def _error(status: int, message: str, detail: dict[str, str]) -> JSONResponse:
-    # The admin API's error shape (admin.py), built here because a
+    # The admin API's error shape (error_map.py), built here because a
     # middleware answers before FastAPI's exception handlers could.
     return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
