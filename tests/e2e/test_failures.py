@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from zerodown.control.client import AdminClient
+from zerodown.cli.client import AdminClient
 
 from .conftest import (
     INSTANCES,

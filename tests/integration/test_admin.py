@@ -22,12 +22,8 @@ from typing import Any
 import pytest
 
 from harness import DEADLINE, run
-from zerodown.control.admin import (
-    PROMETHEUS_CONTENT_TYPE,
-    AdminServer,
-    create_admin_app,
-    require_token_for,
-)
+from zerodown.control.admin import PROMETHEUS_CONTENT_TYPE, create_admin_app, require_token_for
+from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
 from zerodown.errors import ConfigError, IllegalTransition, Unsupported, ZerodownError
 from zerodown.proxy.metrics import TargetMetrics, pool_entry, render_prometheus, target_entry

@@ -22,9 +22,12 @@ from typing import Any, TypeVar
 import pytest
 
 from harness import DEADLINE, run
-from zerodown.control import admin as admin_module
-from zerodown.control.admin import AdminServer, create_admin_app
-from zerodown.control.client import AdminClient, AdminError, AdminUnreachable
+from zerodown.cli.client import AdminClient, AdminError, AdminUnreachable
+from zerodown.control import events as events_module
+from zerodown.control import server as server_module
+from zerodown.control import wire
+from zerodown.control.admin import create_admin_app
+from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
 from zerodown.deploy.control import ControlPlane, View
 from zerodown.errors import (
@@ -403,7 +406,7 @@ def test_wait_is_a_long_poll_bounded_by_its_timeout() -> None:
             fake.deploys[deploy_id]["outcome"] = "succeeded"
             reply = await api.raw("GET", f"/v1/deploys/{deploy_id}/wait")
             assert reply.json()["outcome"] == "succeeded"
-            assert fake.calls[-1] == ("wait", deploy_id, admin_module.WAIT_DEFAULT)
+            assert fake.calls[-1] == ("wait", deploy_id, wire.WAIT_DEFAULT)
             for bad in ("301", "-1", "soon"):
                 reply = await api.raw("GET", f"/v1/deploys/{deploy_id}/wait?timeout={bad}")
                 assert reply.status == 400, bad
@@ -655,7 +658,7 @@ def test_events_for_an_unknown_service_is_404_not_a_silent_stream() -> None:
 
 
 def test_an_idle_stream_gets_keepalive_comments(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(admin_module, "SSE_KEEPALIVE", 0.02)
+    monkeypatch.setattr(events_module, "SSE_KEEPALIVE", 0.02)
 
     async def scenario() -> None:
         fake = FakeControl()
@@ -713,7 +716,7 @@ def test_stopping_the_server_ends_open_streams() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await server.stop()
-        assert loop.time() - started < admin_module.SHUTDOWN_TIMEOUT
+        assert loop.time() - started < server_module.SHUTDOWN_TIMEOUT
         await asyncio.wait_for(reading, DEADLINE)  # the client saw the stream end cleanly
         assert received == EVENTS
         assert fake.streams_closed == 1
@@ -726,7 +729,7 @@ def test_streams_run_again_after_a_paused_server_serves_again(
 ) -> None:
     # A hot restart that fails pauses the API (ending its streams) and starts
     # it again; a stream opened then must stay open, not end at once.
-    monkeypatch.setattr(admin_module, "SSE_KEEPALIVE", 0.02)
+    monkeypatch.setattr(events_module, "SSE_KEEPALIVE", 0.02)
 
     async def scenario() -> None:
         fake = FakeControl()

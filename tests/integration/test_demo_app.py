@@ -21,8 +21,8 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from harness import reserved_port, reserved_ports
+from zerodown.cli.client import AdminClient
 from zerodown.config import defaults, load_config
-from zerodown.control.client import AdminClient
 from zerodown.demo.process import AppProcess, DemoError, read_line, spawn_app, stop_process
 from zerodown.demo.run import DEMO_PORTS, SERVE_LOG, _wait_ready, demo_config, free_window, run_demo
 

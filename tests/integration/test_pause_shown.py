@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from harness import DEADLINE, reserved_port, reserved_ports
-from zerodown.control.client import AdminClient, AdminError
+from zerodown.cli.client import AdminClient, AdminError
 
 
 def zerodown(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

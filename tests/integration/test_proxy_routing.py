@@ -27,7 +27,8 @@ from harness import (
     service,
     until,
 )
-from zerodown.control.admin import AdminServer, create_admin_app
+from zerodown.control.admin import create_admin_app
+from zerodown.control.server import AdminServer
 from zerodown.dataplane.embedded import EmbeddedDataPlane
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import CohortRule, PoolSpec, RoutingTable, ServiceSpec, Split, TargetSpec

@@ -32,7 +32,7 @@ from harness import (
     run,
     service,
 )
-from zerodown.control.client import AdminClient, AdminError
+from zerodown.cli.client import AdminClient, AdminError
 from zerodown.demo.process import AppProcess, spawn_app
 from zerodown.routing import RoutingTable
 from zerodown.verify import LoadResult, LoadSpec, Report, run_command, run_load, verify

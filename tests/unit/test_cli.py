@@ -24,6 +24,7 @@ import pytest
 import typer
 import uvloop
 from rich.console import Console
+from rich.text import Text
 from typer.testing import CliRunner
 
 import zerodown
@@ -37,11 +38,10 @@ from integration.test_admin_deploy import (
     deploy_view,
     make_app,
 )
-from zerodown import cli
-from zerodown.control import admin as admin_module
-from zerodown.control.admin import AdminServer
-from zerodown.control.client import AdminClient, admin_url, parse_sse
-from zerodown.control.progress import (
+from zerodown.cli.app import app
+from zerodown.cli.client import AdminClient, admin_url, parse_sse
+from zerodown.cli.progress import (
+    crash_loop_text,
     latest_steps,
     outcome_line,
     releases_table,
@@ -49,6 +49,8 @@ from zerodown.control.progress import (
     status_table,
     step_text,
 )
+from zerodown.control.server import AdminServer
+from zerodown.control.wire import WAIT_MAX
 from zerodown.errors import ConfigError, DeployBusy, NotDeployable, UnknownRelease
 
 runner = CliRunner()
@@ -65,7 +67,7 @@ class Daemon:
     def zerodown(self, *args: str, token: str | None = TOKEN, **env: str) -> Any:
         """Run `zerodown ARGS -c CONFIG` in-process; the result has exit_code, stdout, stderr."""
         environ: dict[str, str | None] = {"ZERODOWN_TOKEN": token, **env}
-        return runner.invoke(cli.app, [*args, "-c", str(self.config)], env=environ)
+        return runner.invoke(app, [*args, "-c", str(self.config)], env=environ)
 
 
 @contextlib.contextmanager
@@ -203,7 +205,7 @@ def test_unreachable_daemon_exits_1_with_the_hint(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
     for verb in (["deploy", "web", "v2"], ["status"], ["promote", "web"]):
-        result = runner.invoke(cli.app, [*verb, "-c", str(config)])
+        result = runner.invoke(app, [*verb, "-c", str(config)])
         assert result.exit_code == 1, verb
         assert result.stderr == (
             f"zerodown: cannot reach zerodown at http://127.0.0.1:{port}: "
@@ -212,12 +214,12 @@ def test_unreachable_daemon_exits_1_with_the_hint(tmp_path: Path) -> None:
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:
-    result = runner.invoke(cli.app, ["status", "-c", str(tmp_path / "missing.toml")])
+    result = runner.invoke(app, ["status", "-c", str(tmp_path / "missing.toml")])
     assert result.exit_code == 2
     assert "file not found" in result.stderr
     config = tmp_path / "zerodown.toml"
     config.write_text('[proxy]\nadmin = "127.0.0.1:0"\n')
-    result = runner.invoke(cli.app, ["status", "-c", str(config)])
+    result = runner.invoke(app, ["status", "-c", str(config)])
     assert result.exit_code == 2
     assert "proxy.admin: port 0 cannot be reached from the CLI" in result.stderr
 
@@ -285,14 +287,20 @@ def test_releases(daemon: Daemon) -> None:
 
 def test_help_documents_the_exit_codes() -> None:
     for verb in ("deploy", "rollback"):
-        result = runner.invoke(cli.app, [verb, "--help"], env={"COLUMNS": "120"})
+        result = runner.invoke(app, [verb, "--help"], env={"COLUMNS": "120"})
         assert result.exit_code == 0
         for line in ("3    rolled back", "4    failed", "5    aborted", "6    --timeout"):
             assert line in result.stdout, (verb, line)
 
 
-def test_long_poll_cap_matches_the_server() -> None:
-    assert cli.LONG_POLL_MAX == admin_module.WAIT_MAX
+def test_the_cli_long_polls_as_long_as_the_server_allows(daemon: Daemon) -> None:
+    # One constant bounds both sides (control.wire.WAIT_MAX): a longer poll
+    # would be refused with a 400, a shorter one would poll more than needed.
+    for timeout in ([], ["--timeout", "1000"]):
+        result = daemon.zerodown("deploy", "web", "v2", "--json", *timeout)
+        assert result.exit_code == 0, result.output
+    waits = [call[2] for call in daemon.control.calls if call[0] == "wait"]
+    assert waits == [WAIT_MAX, WAIT_MAX]
 
 
 # -- the client's pure parts ----------------------------------------------------------
@@ -443,17 +451,54 @@ def test_status_and_releases_tables() -> None:
     assert "v2" in text and "current" in text
 
 
+def test_the_live_view_and_status_show_a_crash_loop() -> None:
+    # The service runs under capacity: status must not read as healthy.
+    loop = {"version": "v1", "crashes": 5, "since": 1000.0, "message": "web v1 crashed ..."}
+    status = {**STATUS, "crash_loop": loop}
+    said = "crash loop: v1 crashed 5 times, not restarted (deploy a fix or `zerodown rollback web`)"
+    assert crash_loop_text(loop, "web") == said
+    console = Console(record=True, width=200, force_terminal=False)
+    console.print(status_table([status]))
+    table = console.export_text()
+    assert "crash loop: v1 crashed 5 times, not restarted" in table
+    assert table.count("crash loop") == 1
+    deploying = deploy_view(7, "web", "v2", "rolling", None, None)
+    assert rendered(render_deploy(deploying, status)).count(said) == 1
+    assert crash_loop_text(None, "web") == ""
+    assert "crash loop" not in rendered(status_table([{**STATUS, "crash_loop": None}]))
+
+
+def test_every_release_status_that_ended_a_deploy_has_its_colour() -> None:
+    statuses = ["new", "current", "previous", "failed", "aborted", "rolled_back", "retired"]
+    views = [
+        {"version": f"v{i}", "status": status, "created_at": 1.0, "last_deployed_at": None}
+        for i, status in enumerate(statuses)
+    ]
+    cells = list(releases_table(views).columns[1].cells)
+    styles = {cell.plain: str(cell.style) for cell in cells if isinstance(cell, Text)}
+    assert len(styles) == len(statuses)
+    assert styles == {
+        "new": "",
+        "current": "bold green",
+        "previous": "",
+        "failed": "red",
+        "aborted": "red",
+        "rolled_back": "yellow",
+        "retired": "dim",
+    }
+
+
 # -- help, version and usage ---------------------------------------------------------
 
 
 def commands() -> dict[str, Any]:
     """The click commands typer builds: the group (for --version) and each verb."""
-    group: Any = typer.main.get_command(cli.app)
+    group: Any = typer.main.get_command(app)
     return {"zerodown": group, **group.commands}
 
 
 def test_version() -> None:
-    result = runner.invoke(cli.app, ["--version"])
+    result = runner.invoke(app, ["--version"])
     assert (result.exit_code, result.stdout) == (0, f"zerodown {zerodown.__version__}\n")
 
 
@@ -470,13 +515,13 @@ def test_every_argument_and_option_of_every_command_has_help() -> None:
 def test_help_names_no_internal_types() -> None:
     for name in commands():
         args = ["--help"] if name == "zerodown" else [name, "--help"]
-        result = runner.invoke(cli.app, args, env={"COLUMNS": "200"})
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert not re.search(r"\b[A-Z]\w*View\b", result.stdout), name
 
 
 def test_verify_usage_shows_the_command_after_dashes() -> None:
-    result = runner.invoke(cli.app, ["verify", "--help"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["verify", "--help"], env={"COLUMNS": "200"})
     assert "verify [OPTIONS] [-- COMMAND...]" in result.stdout.splitlines()[1]
 
 
@@ -492,7 +537,7 @@ def test_verify_usage_shows_the_command_after_dashes() -> None:
     ],
 )
 def test_verify_refuses_what_it_would_ignore(args: list[str], message: str) -> None:
-    result = runner.invoke(cli.app, ["verify", *args])
+    result = runner.invoke(app, ["verify", *args])
     assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"zerodown: {message}")
@@ -512,7 +557,7 @@ def test_verify_of_a_command_that_cannot_run_is_one_line_with_a_shells_code(
     (tmp_path / "plain.txt").write_text("echo hi\n")  # mode 644: not executable
     command, message = command.format(tmp=tmp_path), message.format(tmp=tmp_path)
     config = write_config(tmp_path, free_port())  # never reached: refused before any load
-    result = runner.invoke(cli.app, ["verify", "-c", str(config), "--", command, "arg"])
+    result = runner.invoke(app, ["verify", "-c", str(config), "--", command, "arg"])
     assert (result.exit_code, result.stderr) == (code, f"zerodown: verify: {message}\n")
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
@@ -522,7 +567,7 @@ def test_verify_with_no_deploy_or_command_says_it_only_loads(tmp_path: Path) -> 
     config = write_config(tmp_path, free_port())
     out = tmp_path / "load"
     args = ["verify", "-c", str(config), "--url", url, "--duration", "0.3", "--out", str(out)]
-    result = runner.invoke(cli.app, args)
+    result = runner.invoke(app, args)
     assert result.exit_code == 1  # requests failed
     first = result.stderr.splitlines()[0]
     assert first == (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from zerodown import cli
+from zerodown.cli.app import app
 from zerodown.config import ConfigProblems, load_config, parse_config
 from zerodown.errors import ConfigError
 
@@ -76,7 +76,7 @@ def test_the_cli_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
     with pytest.raises(ConfigProblems) as caught:
         load_config(config)
     assert len(caught.value.problems) == 2
-    result = CliRunner().invoke(cli.app, ["status", "-c", str(config)])
+    result = CliRunner().invoke(app, ["status", "-c", str(config)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"zerodown: {config}: proxy.workerz: unknown key; did you mean 'workers'?",

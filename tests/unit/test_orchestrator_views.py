@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 
 from integration.test_admin_deploy import NullDataPlane
+from zerodown.cli.progress import status_table
 from zerodown.config import ServiceConfig, parse_config
-from zerodown.control.progress import status_table
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.errors import UnknownRelease, UnknownService
 from zerodown.release import Instance, Release

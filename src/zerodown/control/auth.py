@@ -25,15 +25,13 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
+from zerodown.control.wire import JSON_TYPE, STATE_CHANGING
 from zerodown.errors import ConfigError
 
 # Liveness probes (systemd, a load balancer) must work without the secret.
 OPEN_PATHS: Final = frozenset({"/v1/health"})
 # RFC 6455 §7.4.1 "policy violation": the closest WebSocket close code to 401.
 WS_POLICY_VIOLATION: Final = 1008
-JSON_TYPE: Final = "application/json"
-# Methods that change state (RFC 9110 §9.2.1: not "safe"); each needs a JSON content type.
-STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Fetch Metadata (W3C): "same-origin" is this API's own page, "none" is the
 # user typing the URL or a bookmark. "same-site" is another port or subdomain
 # of the same site: another origin all the same, so refused.
@@ -219,7 +217,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, response: JSONResp
 
 
 def _error(status: int, message: str, detail: dict[str, str]) -> JSONResponse:
-    # The admin API's error shape (admin.py), built here because a
+    # The admin API's error shape (error_map.py), built here because a
     # middleware answers before FastAPI's exception handlers could.
     return JSONResponse({"error": message, "detail": detail}, status_code=status)
 

@@ -31,9 +31,11 @@ from typing import Any
 from zerodown.config import Config
 from zerodown.config.service import ServiceConfig
 from zerodown.control import notify
-from zerodown.control.admin import AdminServer, create_admin_app
+from zerodown.control.admin import create_admin_app
 from zerodown.control.auth import require_token_for
 from zerodown.control.handover import HandoverError, inherited, start_successor
+from zerodown.control.server import AdminServer
+from zerodown.control.wire import TOKEN_ENV
 from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.routing import parse_address
@@ -41,8 +43,6 @@ from zerodown.runtime.base import Runtime
 from zerodown.runtime.process import ProcessRuntime
 from zerodown.store.sqlite import DB_FILENAME, SqliteStore
 from zerodown.store.statedir import StateDirLock
-
-TOKEN_ENV = "ZERODOWN_TOKEN"
 
 log = logging.getLogger("zerodown.daemon")
 

@@ -30,8 +30,8 @@ from typing import Any, NoReturn, TextIO
 
 import uvloop
 
+from zerodown.cli.client import AdminClient, AdminError
 from zerodown.config.strategy import StrategyName
-from zerodown.control.client import AdminClient, AdminError
 from zerodown.demo.process import DemoError, describe, stop_process
 from zerodown.verify import LoadSpec, Report
 from zerodown.verify.around import deploy_and_wait

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from zerodown.cli.client import AdminClient
 from zerodown.config.strategy import StrategyName
-from zerodown.control.client import AdminClient
 
 WAIT_STEP = 30.0  # seconds per long poll while a deploy runs
 

@@ -25,17 +25,22 @@ from typing import Any, Final
 
 from zerodown.config import Config
 from zerodown.config.strategy import StrategyName
+from zerodown.control.wire import (
+    JSON_TYPE,
+    SSE_KEEPALIVE,
+    STATE_CHANGING,
+    TOKEN_ENV,
+    WAIT_DEFAULT,
+)
 from zerodown.deploy.control import View
 from zerodown.errors import ConfigError, ZerodownError
 
 __all__ = ["TOKEN_ENV", "AdminClient", "AdminError", "AdminUnreachable", "parse_sse"]
 
-TOKEN_ENV: Final = "ZERODOWN_TOKEN"
 DEFAULT_TIMEOUT: Final = 10.0  # seconds for the daemon to answer a plain request
-# The server sends a comment every 15 s on an idle event stream; three missed
-# ones mean the connection is dead, not quiet.
-EVENTS_READ_TIMEOUT: Final = 45.0
-STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The server sends a comment every SSE_KEEPALIVE on an idle event stream;
+# three missed ones mean the connection is dead, not quiet.
+EVENTS_READ_TIMEOUT: Final = 3 * SSE_KEEPALIVE
 # Listening on every address: the daemon is reached on loopback from here.
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
@@ -93,8 +98,11 @@ class AdminClient:
         result: View = self._call("GET", f"/v1/deploys/{deploy_id}")
         return result
 
-    def wait(self, deploy_id: int, timeout: float = 30.0) -> View:
-        """The DeployView once it has an outcome, or as it is after `timeout` (at most 300 s)."""
+    def wait(self, deploy_id: int, timeout: float = WAIT_DEFAULT) -> View:
+        """The DeployView once it has an outcome, or as it is after `timeout` (at most WAIT_MAX).
+
+        A longer `timeout` is refused by the server (400); poll again instead.
+        """
         query = urllib.parse.urlencode({"timeout": timeout})
         # The socket waits for the server's long poll plus the usual margin.
         path = f"/v1/deploys/{deploy_id}/wait?{query}"
@@ -175,9 +183,9 @@ class AdminClient:
             # (its guard against cross-site forms); `{}` makes the type true.
             body = {}
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": JSON_TYPE}
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = JSON_TYPE
         conn, response = self._open(method, path, data, headers, timeout or self.timeout)
         try:
             payload = response.read()

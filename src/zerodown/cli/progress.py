@@ -22,11 +22,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from zerodown.control.client import AdminClient
+from zerodown.cli.client import AdminClient
 from zerodown.deploy.control import View
 
 __all__ = [
     "POLL_INTERVAL",
+    "crash_loop_text",
     "follow",
     "latest_steps",
     "outcome_line",
@@ -58,6 +59,16 @@ _OUTCOME_STYLE: Final = {
     "failed": "bold red",
     "aborted": "bold red",
 }
+# A release's status (store.ReleaseStatus) in `zerodown releases`; a release
+# that ended a deploy has the colour of that deploy's outcome.
+_RELEASE_STYLE: Final = {
+    "current": "bold green",
+    "failed": "red",
+    "rolled_back": "yellow",
+    "aborted": "red",
+    "retired": "dim",
+}
+_CRASH_LOOP_STYLE: Final = "bold red"
 
 
 def follow(
@@ -102,6 +113,9 @@ def render_deploy(view: View, status: View | None = None) -> RenderableType:
         said = pause_text(status.get("pause"), view["service"])
         if said:
             parts.append(Text(said, style="bold yellow"))
+        crashing = crash_loop_text(status.get("crash_loop"), view["service"])
+        if crashing:
+            parts.append(Text(crashing, style=_CRASH_LOOP_STYLE))
     return Group(*parts)
 
 
@@ -116,6 +130,18 @@ def pause_text(pause: View | None, service: str) -> str:
         return f"paused until promote (zerodown promote {service})"
     left = pause.get("left")
     return f"pause: {left:.0f} s left" if isinstance(left, int | float) else ""
+
+
+def crash_loop_text(loop: View | None, service: str) -> str:
+    """The crash loop that stopped restarts of the current release, and what
+    to do about it: "" when there is none. Without it a service left under
+    capacity reads as healthy."""
+    if not loop:
+        return ""
+    return (
+        f"crash loop: {loop.get('version')} crashed {loop.get('crashes')} times, "
+        f"not restarted (deploy a fix or `zerodown rollback {service}`)"
+    )
 
 
 def outcome_line(view: View) -> str:
@@ -252,7 +278,7 @@ def status_table(views: Sequence[View]) -> Table:
         deploying = view.get("deploying")
         table.add_row(
             view["service"],
-            view.get("current") or "-",
+            _current(view),
             _instance_lines(view.get("instances", [])),
             _split(view.get("traffic", {})),
             _deploying(deploying, pause_text(view.get("pause"), view["service"])),
@@ -265,14 +291,22 @@ def releases_table(views: Sequence[View]) -> Table:
     table = Table("version", "status", "created", "last deployed")
     for view in views:
         status = str(view.get("status", ""))
-        style = {"current": "bold green", "failed": "red", "retired": "dim"}.get(status, "")
         table.add_row(
             str(view.get("version", "")),
-            Text(status, style=style),
+            Text(status, style=_RELEASE_STYLE.get(status, "")),
             _when(view.get("created_at")),
             _when(view.get("last_deployed_at")),
         )
     return table
+
+
+def _current(view: View) -> RenderableType:
+    """The current version, and under it the crash loop that stopped its restarts."""
+    current = str(view.get("current") or "-")
+    crashing = crash_loop_text(view.get("crash_loop"), view["service"])
+    if not crashing:
+        return current  # as a plain string, shown as it always was
+    return Text(current) + Text(f"\n{crashing}", style=_CRASH_LOOP_STYLE)
 
 
 def _instance_lines(instances: Sequence[View]) -> Text:
