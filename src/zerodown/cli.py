@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from zerodown.config import Config
     from zerodown.control.client import AdminClient
-    from zerodown.deploy.control import View
+    from zerodown.deploy.contract import JsonView as View
     from zerodown.verify import LoadSpec, Report
 
 EXIT_OK: Final = 0

@@ -20,7 +20,7 @@ control plane's deploys, over HTTP.
     POST /v1/services/{service}/promote | abort | pause | resume -> {"ok": true}
     GET  /v1/events?after=ID&service=S    Server-Sent Events, one per EventView
 
-The views are the dicts zerodown.deploy.control documents. Without a
+The views are the models zerodown.deploy.contract defines. Without a
 control plane (a plain proxy) the deploy routes answer 503.
 
 Errors are always `{"error": "<one line>", "detail": ...}`. Bad input is 400,
@@ -75,7 +75,7 @@ from zerodown.control.auth import (
     require_token_for,
 )
 from zerodown.dataplane.base import DataPlane
-from zerodown.deploy.control import ControlPlane, View
+from zerodown.deploy.contract import ControlPlane, DeployView, EventView, ReleaseView, StatusView
 from zerodown.errors import (
     ConfigError,
     DataPlaneError,
@@ -180,7 +180,7 @@ def _add_routes(app: FastAPI, dataplane: DataPlane, control: ControlPlane | None
 
     @app.put("/v1/routing")
     async def put_routing(table: RoutingTable) -> RoutingTable:
-        run = {view["service"] for view in control.status()} if control is not None else set()
+        run = {view.service for view in control.status()} if control is not None else set()
         check_replacement(dataplane.routing(), table, run)
         await dataplane.apply(table)
         return dataplane.routing()
@@ -267,26 +267,26 @@ def _add_deploy_routes(app: FastAPI, control: ControlPlane | None) -> None:
         deploy_id = await plane().deploy(service, body.version, body.strategy)
         return _accepted(deploy_id, response)
 
-    @app.get("/v1/deploys/{deploy_id}")
-    async def deploy_view(deploy_id: int) -> View:
+    @app.get("/v1/deploys/{deploy_id}", response_model=DeployView)
+    async def deploy_view(deploy_id: int) -> DeployView:
         return _found(plane().deploy_view(_storable(deploy_id)), deploy_id)
 
-    @app.get("/v1/deploys/{deploy_id}/wait")
+    @app.get("/v1/deploys/{deploy_id}/wait", response_model=DeployView)
     async def wait(
         deploy_id: int, timeout: Annotated[float, Query(ge=0, le=WAIT_MAX)] = WAIT_DEFAULT
-    ) -> View:
+    ) -> DeployView:
         return _found(await plane().wait(_storable(deploy_id), timeout), deploy_id)
 
-    @app.get("/v1/status")
-    async def status_all() -> list[View]:
+    @app.get("/v1/status", response_model=list[StatusView])
+    async def status_all() -> list[StatusView]:
         return plane().status()
 
-    @app.get("/v1/services/{service}/status")
-    async def status(service: str) -> View:
+    @app.get("/v1/services/{service}/status", response_model=StatusView)
+    async def status(service: str) -> StatusView:
         return plane().status(service)[0]
 
-    @app.get("/v1/services/{service}/releases")
-    async def releases(service: str) -> list[View]:
+    @app.get("/v1/services/{service}/releases", response_model=list[ReleaseView])
+    async def releases(service: str) -> list[ReleaseView]:
         return plane().releases(service)
 
     @app.post("/v1/services/{service}/rollback", status_code=202)
@@ -361,13 +361,13 @@ def _storable(deploy_id: int) -> int:
     return deploy_id
 
 
-def _found(view: View | None, deploy_id: int) -> View:
+def _found(view: DeployView | None, deploy_id: int) -> DeployView:
     if view is None:
         raise HTTPException(404, f"no deploy {deploy_id}")
     return view
 
 
-async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[EventView], closing: asyncio.Event) -> AsyncIterator[str]:
     """The events as SSE messages, a keep-alive comment when none came for a while,
     until the source ends or the server is stopping (`closing`).
 
@@ -375,7 +375,7 @@ async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIter
     keep-alive timer: cancelling `anext()` of an async generator would close it.
     """
     stop: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
-    pending: asyncio.Future[View] | None = None
+    pending: asyncio.Future[EventView] | None = None
     try:
         while True:
             if pending is None:
@@ -399,13 +399,15 @@ async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIter
         await _close(events, pending)
 
 
-def _sse_message(event: View) -> str:
+def _sse_message(event: EventView) -> str:
     # json.dumps never emits a raw newline, so the data fits the one line SSE needs.
-    data = json.dumps(event, separators=(",", ":"))
-    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n"
+    data = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _close(events: AsyncIterator[View], pending: asyncio.Future[View] | None) -> None:
+async def _close(
+    events: AsyncIterator[EventView], pending: asyncio.Future[EventView] | None
+) -> None:
     """Stop the source when the client went away or the stream ended."""
     if pending is not None:
         pending.cancel()
