@@ -120,8 +120,8 @@ class Orchestrator:
         self.supervisor.closing = True
         for deployment in list(self.deployments.values()):
             deployment.abort()
+        self.ops.warm.close()  # first: a timer firing meanwhile would start a retirement
         await self.ops.background.close()
-        self.ops.warm.close()
         if stop_instances:
             for fleet in self.fleets.values():
                 await self.ops.stop_instances(fleet, list(fleet.instances))
