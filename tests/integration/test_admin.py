@@ -25,6 +25,7 @@ from harness import DEADLINE, run
 from zerodown.control.admin import PROMETHEUS_CONTENT_TYPE, create_admin_app, require_token_for
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.deploy.contract import StatusView
 from zerodown.errors import ConfigError, IllegalTransition, Unsupported, ZerodownError
 from zerodown.proxy.metrics import TargetMetrics, pool_entry, render_prometheus, target_entry
 from zerodown.proxy.target import Target
@@ -375,8 +376,19 @@ def test_put_routing_roundtrip() -> None:
 class RunsWeb:
     """The one question the routing guard asks a control plane: which services it runs."""
 
-    def status(self, service: str | None = None) -> list[dict[str, Any]]:
-        return [{"service": "web"}]
+    def status(self, service: str | None = None) -> list[StatusView]:
+        return [
+            StatusView(
+                service="web",
+                current=None,
+                deploying=None,
+                instances=[],
+                traffic={},
+                paused=False,
+                pause=None,
+                crash_loop=None,
+            )
+        ]
 
 
 def without_web() -> dict[str, Any]:

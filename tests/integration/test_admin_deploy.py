@@ -29,7 +29,8 @@ from zerodown.control import wire
 from zerodown.control.admin import create_admin_app
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
-from zerodown.deploy.control import ControlPlane, View
+from zerodown.deploy.contract import ControlPlane, DeployView, EventView, ReleaseView, StatusView
+from zerodown.deploy.contract import JsonView as View
 from zerodown.errors import (
     ConfigError,
     DeployBusy,
@@ -76,11 +77,25 @@ STATUS: View = {
     "current": "v1",
     "deploying": None,
     "instances": [
-        {"id": "web-v1-1", "version": "v1", "address": "127.0.0.1:9001", "state": "ready"},
-        {"id": "web-v2-1", "version": "v2", "address": "127.0.0.1:9002", "state": "starting"},
+        {
+            "id": "web-v1-1",
+            "version": "v1",
+            "address": "127.0.0.1:9001",
+            "state": "ready",
+            "routed": True,
+        },
+        {
+            "id": "web-v2-1",
+            "version": "v2",
+            "address": "127.0.0.1:9002",
+            "state": "starting",
+            "routed": False,
+        },
     ],
     "traffic": {"v1": 90.0, "v2": 10.0},
     "paused": False,
+    "pause": None,
+    "crash_loop": None,
 }
 RELEASES: list[View] = [
     {"version": "v2", "status": "current", "created_at": 1000.0, "last_deployed_at": 1001.0},
@@ -125,7 +140,7 @@ def deploy_view(
 
 
 class FakeControl:
-    """A ControlPlane of canned answers.
+    """A ControlPlane of canned answers (kept as JSON, answered as the contract's models).
 
     `outcome` is what every new deploy has at once (None: it runs on, and
     `wait` lasts its whole timeout). `refuse[name]` is raised by that method.
@@ -163,29 +178,30 @@ class FakeControl:
         self._known(service)
         return self._new(service, version, strategy or "rolling")
 
-    async def wait(self, deploy_id: int, timeout: float | None = None) -> View | None:
+    async def wait(self, deploy_id: int, timeout: float | None = None) -> DeployView | None:
         self._call("wait", deploy_id, timeout)
         view = self.deploys.get(deploy_id)
         if view is not None and view["outcome"] is None and timeout:
             await asyncio.sleep(timeout)
-        return view
+        return None if view is None else DeployView.model_validate(view)
 
-    def deploy_view(self, deploy_id: int) -> View | None:
+    def deploy_view(self, deploy_id: int) -> DeployView | None:
         self._call("deploy_view", deploy_id)
-        return self.deploys.get(deploy_id)
+        view = self.deploys.get(deploy_id)
+        return None if view is None else DeployView.model_validate(view)
 
-    def status(self, service: str | None = None) -> list[View]:
+    def status(self, service: str | None = None) -> list[StatusView]:
         self._call("status", service)
         if service is not None:
             self._known(service)
         running = self.deploys.get(len(self.deploys))
         deploying = running if running is not None and running["outcome"] is None else None
-        return [{**STATUS, "deploying": deploying}]
+        return [StatusView.model_validate({**STATUS, "deploying": deploying})]
 
-    def releases(self, service: str) -> list[View]:
+    def releases(self, service: str) -> list[ReleaseView]:
         self._call("releases", service)
         self._known(service)
-        return RELEASES
+        return [ReleaseView.model_validate(r) for r in RELEASES]
 
     async def rollback(self, service: str, to: str | None = None) -> int:
         self._call("rollback", service, to)
@@ -208,13 +224,13 @@ class FakeControl:
         self._call("resume", service)
         self._known(service)
 
-    async def events(self, after: int = 0, service: str | None = None) -> AsyncIterator[View]:
+    async def events(self, after: int = 0, service: str | None = None) -> AsyncIterator[EventView]:
         self._call("events", after, service)
         try:
             for event in EVENTS:
                 if event["id"] > after and service in (None, event["service"]):
                     await asyncio.sleep(self.event_gap)
-                    yield event
+                    yield EventView.model_validate(event)
             if self.hold_open:
                 await asyncio.Event().wait()
         finally:

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import uvloop
 from zerodown.config import ServiceConfig, parse_config
 from zerodown.dataplane.base import DataPlane
 from zerodown.deploy import gate
+from zerodown.deploy.contract import DeployView
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.routing import DrainResult, RoutingTable
 from zerodown.runtime import Backoff, ProcessRuntime, can_listen
@@ -116,13 +117,17 @@ def run() -> Iterator[Any]:
 
 @contextlib.asynccontextmanager
 async def orchestrator(
-    text: str, state_dir: Path, store: Store | None = None, **runtime: Any
+    text: str,
+    state_dir: Path,
+    store: Store | None = None,
+    backoff: Callable[[], Backoff] = Backoff,
+    **runtime: Any,
 ) -> AsyncIterator[Orchestrator]:
     def runtime_for(name: str, service: ServiceConfig) -> Runtime:
         return ProcessRuntime(state_dir, port_range=service.ports, **runtime)
 
     store = store or SqliteStore(":memory:")
-    orch = Orchestrator(parse_config(text), TableOnly(), store, runtime_for)
+    orch = Orchestrator(parse_config(text), TableOnly(), store, runtime_for, backoff=backoff)
     await orch.start()
     try:
         yield orch
@@ -130,14 +135,14 @@ async def orchestrator(
         await orch.close(stop_instances=True)
 
 
-async def deploy(orch: Orchestrator, version: str) -> dict[str, Any]:
+async def deploy(orch: Orchestrator, version: str) -> DeployView:
     view = await orch.wait(await orch.deploy("web", version), DEADLINE)
-    assert view is not None and view["outcome"] is not None, view
+    assert view is not None and view.outcome is not None, view
     return view
 
 
 def releases(orch: Orchestrator) -> dict[str, str]:
-    return {r["version"]: r["status"] for r in orch.releases("web")}
+    return {r.version: r.status for r in orch.releases("web")}
 
 
 def events(orch: Orchestrator, kind: str) -> list[dict[str, Any]]:
@@ -176,8 +181,8 @@ def test_an_app_that_ignores_its_port_fails_fast_naming_the_port(
             began = time.monotonic()
             view = await deploy(orch, "v1")
             took = time.monotonic() - began
-            assert view["outcome"] == "failed", view
-            reason = view["reason"]
+            assert view.outcome == "failed", view
+            reason = view.reason or ""
             assert f"listens on port {elsewhere}, not on its port {ports[0]}" in reason, reason
             assert "does `command` use {port} (or $PORT)?" in reason, reason
             assert took < 15, took  # the gate's deadline is 60 s
@@ -199,8 +204,8 @@ def test_a_port_held_by_another_program_fails_the_deploy_naming_it(
             async with orchestrator(text, tmp_path / "state", probe=lambda h, p: p == port) as orch:
                 view = await deploy(orch, "v1")
                 # Before: the stranger's 200 passed the gate and took the traffic.
-                assert view["outcome"] == "failed", view
-                reason = view["reason"]
+                assert view.outcome == "failed", view
+                reason = view.reason or ""
                 assert f"port {port} of instance web-v1-" in reason, reason
                 assert f"held by another program, pid {other.pid} (" in reason, reason
                 assert "socketserver" in reason and "(or $PORT)" in reason, reason
@@ -217,10 +222,10 @@ def test_an_app_that_never_listens_times_out_with_the_hint(
     async def body() -> None:
         async with orchestrator(text, tmp_path / "state") as orch:
             view = await deploy(orch, "v1")
-            assert view["outcome"] == "failed", view
-            assert view["reason"].startswith("not healthy within 1s: web-v1-"), view
+            assert view.outcome == "failed", view
+            assert (view.reason or "").startswith("not healthy within 1s: web-v1-"), view
             hint = f"never listened on its port {ports[0]}: does `command` use {{port}} (or $PORT)?"
-            assert hint in view["reason"], view
+            assert hint in (view.reason or ""), view
 
     run(body())
 
@@ -236,7 +241,7 @@ def test_port_and_version_reach_the_app_environment(
     async def body() -> None:
         async with orchestrator(text, tmp_path / "state") as orch:
             view = await deploy(orch, "v1.2")
-            assert view["outcome"] == "succeeded", view
+            assert view.outcome == "succeeded", view
             [instance] = orch.fleets["web"].instances
             log = tmp_path / "state" / "logs" / "web" / "v1.2" / f"{instance.id}.log"
             assert log.read_text().splitlines()[0] == "v1.2"
@@ -265,8 +270,8 @@ def test_a_crash_in_the_gate_names_its_exit_and_shows_its_log(
     async def body() -> None:
         async with orchestrator(text, tmp_path / "state") as orch:
             view = await deploy(orch, "v1")
-            assert view["outcome"] == "failed", view
-            reason = view["reason"]
+            assert view.outcome == "failed", view
+            reason = view.reason or ""
             assert "exited during its health gate" in reason or "crashed" in reason, reason
             assert f"({how})" in reason, reason
             logs = list((tmp_path / "state" / "logs" / "web" / "v1").iterdir())
@@ -293,7 +298,7 @@ def test_an_aborted_deploy_reads_aborted_not_new(
             orch.abort("web")
             view = await orch.wait(deploy_id, DEADLINE)
             assert view is not None, view
-            assert (view["outcome"], view["reason"]) == ("aborted", "aborted by request"), view
+            assert (view.outcome, view.reason) == ("aborted", "aborted by request"), view
             assert releases(orch) == {"v1": "aborted"}
 
     run(body())
@@ -345,25 +350,28 @@ def test_a_crash_loop_of_the_current_release_is_in_events_and_status(
 ) -> None:
     text = config(python(SERVE_UNLESS_CRASH, "{port}"), ports, tmp_path)
 
+    def short() -> Backoff:
+        return Backoff(base=0.01, max=0.05, crash_loop_count=3)
+
     async def body() -> None:
-        async with orchestrator(text, tmp_path / "state") as orch:
-            assert (await deploy(orch, "v1"))["outcome"] == "succeeded"
-            orch._backoff["web"] = Backoff(base=0.01, max=0.05, crash_loop_count=3)
+        async with orchestrator(text, tmp_path / "state", backoff=short) as orch:
+            assert (await deploy(orch, "v1")).outcome == "succeeded"
             (tmp_path / "crash").touch()  # every restart now exits 3 at once
             [instance] = orch.fleets["web"].instances
             assert instance.pid is not None
             os.kill(instance.pid, signal.SIGKILL)
-            while orch.status("web")[0]["crash_loop"] is None:
+            while (shown := orch.status("web")[0].crash_loop) is None:
                 await asyncio.sleep(0.02)
             [loop] = events(orch, "crash_loop")
             crashed = events(orch, "instance_crashed")
             assert crashed[0]["how"] == "killed by SIGKILL", crashed
             assert loop["crashes"] == 3 and loop["serving"] == 0, loop
-            message = orch.status("web")[0]["crash_loop"]["message"]
-            assert message == loop["reason"]
-            assert message.startswith(
-                "web v1 crashed 3 times within 60s: not restarting it; 0 of 1 instances serve."
-            ), message
-            assert "(exit 3)" in message and "crash file present" in message, message
+            assert shown.message == loop["reason"]
+            assert shown.next_retry == pytest.approx(shown.since + 60, abs=1), shown
+            assert shown.message.startswith(
+                "web v1 crashed 3 times within 60s: retrying once every 60s; "
+                "0 of 1 instances serve."
+            ), shown.message
+            assert "(exit 3)" in shown.message and "crash file present" in shown.message, shown
 
     run(body())

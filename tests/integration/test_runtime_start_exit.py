@@ -112,8 +112,8 @@ def test_a_deploy_fails_at_the_first_exit_with_it(tmp_path: Path) -> None:
             view = await daemon.orchestrator.wait(deploy_id, DEADLINE)
         finally:
             await daemon.stop()
-        assert view is not None and view["outcome"] == "failed", view
-        assert "exited (exit 3) while its release was starting" in view["reason"], view
+        assert view is not None and view.outcome == "failed", view
+        assert "exited (exit 3) while its release was starting" in (view.reason or ""), view
 
     uvloop.run(asyncio.wait_for(body(), DEADLINE * 2))
     assert 1 <= started_count(state_dir) <= MOST_STARTED, started_count(state_dir)

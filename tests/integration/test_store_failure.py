@@ -30,6 +30,7 @@ import uvloop
 from zerodown.config import load_config
 from zerodown.control import daemon as daemon_module
 from zerodown.control.daemon import Daemon
+from zerodown.deploy.contract import DeployView
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.store import SqliteStore, StoreError
 
@@ -150,6 +151,10 @@ async def deploy_to_pause(orch: Orchestrator, version: str) -> int:
     return deploy_id
 
 
+def outcome(view: DeployView | None) -> str | None:
+    return None if view is None else view.outcome
+
+
 def routed_versions(orch: Orchestrator) -> set[str]:
     fleet = orch.fleets["web"]
     return {i.version for i in fleet.instances if i.id in fleet.routed}
@@ -174,7 +179,7 @@ def test_a_full_store_mid_deploy_fails_it_with_traffic_on_the_recorded_release(
 
 async def scenario(orch: Orchestrator, store: SqliteStore, listen: int) -> None:
     first = await orch.deploy("web", "v1")
-    assert (await orch.wait(first, DEADLINE) or {})["outcome"] == "succeeded"
+    assert outcome(await orch.wait(first, DEADLINE)) == "succeeded"
     second = await deploy_to_pause(orch, "v2")
     assert routed_versions(orch) == {"v1", "v2"}  # the canary takes half the traffic
 
@@ -183,9 +188,9 @@ async def scenario(orch: Orchestrator, store: SqliteStore, listen: int) -> None:
     view = await orch.wait(second, DEADLINE)
 
     # The CLI hears the ending and why, although the store could not record it.
-    assert view is not None and view["outcome"] == "failed", view
-    assert view["reason"].startswith("state store write failed: database or disk is full")
-    assert view["reason"].endswith("traffic left on v1"), view["reason"]
+    assert view is not None and view.outcome == "failed", view
+    assert (view.reason or "").startswith("state store write failed: database or disk is full")
+    assert (view.reason or "").endswith("traffic left on v1"), view.reason or ""
     assert "web" not in orch.deployments
     # Memory, store, data plane and processes agree: v1 serves, v2 is gone.
     fleet = orch.fleets["web"]
@@ -200,7 +205,7 @@ async def scenario(orch: Orchestrator, store: SqliteStore, listen: int) -> None:
     make_room(store)
     third = await deploy_to_pause(orch, "v3")
     orch.promote("web")
-    assert (await orch.wait(third, DEADLINE) or {})["outcome"] == "succeeded"
+    assert outcome(await orch.wait(third, DEADLINE)) == "succeeded"
     assert routed_versions(orch) == {"v3"}
     assert await served(listen) == {"v3"}
     assert store.current("web") == "v3"
@@ -233,12 +238,12 @@ def test_a_store_failing_once_the_old_release_is_gone_leaves_the_new_one_serving
             orch, store = daemon.orchestrator, daemon.store
             assert isinstance(store, FullAtSetCurrent)
             first = await orch.deploy("web", "v1")
-            assert (await orch.wait(first, DEADLINE) or {})["outcome"] == "succeeded"
+            assert outcome(await orch.wait(first, DEADLINE)) == "succeeded"
             store.full = True
             view = await orch.wait(await orch.deploy("web", "v2"), DEADLINE)
-            assert view is not None and view["outcome"] == "failed", view
+            assert view is not None and view.outcome == "failed", view
             # Rolling stopped v1 before the end: v2 is all that can serve.
-            assert view["reason"] == (
+            assert (view.reason or "") == (
                 "state store write failed: database or disk is full; traffic left on v2, "
                 "which the store could not record as current"
             )
@@ -246,7 +251,7 @@ def test_a_store_failing_once_the_old_release_is_gone_leaves_the_new_one_serving
             assert await served(listen) == {"v2"}
             store.full = False
             third = await orch.deploy("web", "v3")
-            assert (await orch.wait(third, DEADLINE) or {})["outcome"] == "succeeded"
+            assert outcome(await orch.wait(third, DEADLINE)) == "succeeded"
             assert routed_versions(orch) == {"v3"}
             assert [i.version for i in orch.runtimes["web"].instances()] == ["v3"]
             assert await served(listen) == {"v3"}

@@ -6,7 +6,6 @@ error (UnknownRelease), which the CLI turns into exit 2."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from rich.console import Console
@@ -14,6 +13,7 @@ from rich.console import Console
 from integration.test_admin_deploy import NullDataPlane
 from zerodown.cli.progress import status_table
 from zerodown.config import ServiceConfig, parse_config
+from zerodown.deploy.contract import StatusView
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.errors import UnknownRelease, UnknownService
 from zerodown.release import Instance, Release
@@ -58,11 +58,11 @@ def after_a_switch(orch: Orchestrator) -> None:
     fleet.instances = [blue, green]
     fleet.routed = {green.id}
     fleet.current = "v2"
-    orch.keep_warm(fleet, "v1", 600.0)
+    orch.ops.keep_warm(fleet, "v1", 600.0)
 
 
-def states(view: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    return [(i["version"], i["state"], i["routed"]) for i in view["instances"]]
+def states(view: StatusView) -> list[tuple[str, str, bool]]:
+    return [(i.version, i.state, i.routed) for i in view.instances]
 
 
 def test_a_blue_green_release_kept_warm_shows_as_standby() -> None:
@@ -72,16 +72,16 @@ def test_a_blue_green_release_kept_warm_shows_as_standby() -> None:
         try:
             view = orch.status("web")[0]
             assert states(view) == [("v1", "standby", False), ("v2", "ready", True)]
-            assert view["traffic"] == {"v2": 100.0}
+            assert view.traffic == {"v2": 100.0}
             console = Console(record=True, width=120, force_terminal=False)
-            console.print(status_table([view]))
+            console.print(status_table([view.model_dump(mode="json")]))
             text = console.export_text()
             assert "v1 127.0.0.1:9001 standby" in text and "v2 127.0.0.1:9002 ready" in text
             # Once the window ends (or a rollback takes it back), it is no standby.
-            orch.cancel_warm(orch.fleets["web"], "v1")
+            orch.ops.cancel_warm(orch.fleets["web"], "v1")
             assert states(orch.status("web")[0])[0] == ("v1", "ready", False)
         finally:
-            orch.cancel_warm(orch.fleets["web"], "v1")
+            orch.ops.cancel_warm(orch.fleets["web"], "v1")
 
     asyncio.run(run())
 
@@ -96,7 +96,7 @@ def test_a_routed_instance_of_a_warm_version_is_not_standby() -> None:
         try:
             assert states(orch.status("web")[0])[0] == ("v1", "ready", True)
         finally:
-            orch.cancel_warm(fleet, "v1")
+            orch.ops.cancel_warm(fleet, "v1")
 
     asyncio.run(run())
 

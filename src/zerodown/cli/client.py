@@ -8,7 +8,7 @@
 Every method is one HTTP request (events() is one long response). A refusal
 raises AdminError with the server's status and its `{"error"}` line; no
 answer at all raises AdminUnreachable, whose message tells how to fix it.
-The views are the dicts zerodown.deploy.control documents.
+The views are the JSON of the models zerodown.deploy.contract defines.
 
 http.client rather than httpx or requests: the CLI starts fast, and the
 client adds no dependency to a tool whose job is to be installed anywhere.
@@ -32,7 +32,7 @@ from zerodown.control.wire import (
     TOKEN_ENV,
     WAIT_DEFAULT,
 )
-from zerodown.deploy.control import View
+from zerodown.deploy.contract import JsonView as View
 from zerodown.errors import ConfigError, ZerodownError
 
 __all__ = ["TOKEN_ENV", "AdminClient", "AdminError", "AdminUnreachable", "parse_sse"]

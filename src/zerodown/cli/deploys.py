@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from zerodown.cli.client import AdminClient
-    from zerodown.deploy.control import View
+    from zerodown.deploy.contract import JsonView as View
 
 
 def deploy(

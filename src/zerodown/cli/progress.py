@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from zerodown.cli.client import AdminClient
-from zerodown.deploy.control import View
+from zerodown.deploy.contract import JsonView as View
 
 __all__ = [
     "POLL_INTERVAL",

@@ -34,9 +34,11 @@ from zerodown.proxy.settings import DRAIN_TIMEOUT
 from zerodown.routing import (
     BalanceName,
     HealthSpec,
+    HoldSpec,
     PassiveHealthSpec,
     PoolSpec,
     ServiceSpec,
+    Split,
     TargetSpec,
     WebSocketDrain,
 )
@@ -44,6 +46,8 @@ from zerodown.routing import (
 # What a deploy fills into `command` and `cwd` (DESIGN: user-facing contract).
 COMMAND_PLACEHOLDERS = ("port", "version")
 CWD_PLACEHOLDERS = ("version",)
+_NO_POOL = PoolSpec()
+_NO_SPLIT = Split()  # all traffic to the stable pool
 
 
 class RouteConfig(Table):
@@ -212,17 +216,32 @@ class ServiceConfig(Table):
         sets = 3 if self.blue_green.scale_down_delay > 0 else 2
         return sets * self.instances
 
-    def spec(self, name: str) -> ServiceSpec:
-        """The routing spec of this service; orchestrated services start with an empty pool."""
-        targets = tuple(
-            TargetSpec(address=u.address, weight=u.weight) for u in self.upstreams or ()
-        )
+    def spec(
+        self,
+        name: str,
+        *,
+        stable: PoolSpec | None = None,
+        canary: PoolSpec = _NO_POOL,
+        split: Split = _NO_SPLIT,
+        hold: HoldSpec | None = None,
+    ) -> ServiceSpec:
+        """The routing spec of this service: the one mapping of config to spec.
+
+        The pools, the split and the hold are what a deploy changes: a Fleet
+        passes them for a service zerodown runs (deploy/fleet.py). Without
+        them, the pool is the fixed `upstreams` (empty for a `command`)."""
+        if stable is None:
+            targets = (TargetSpec(address=u.address, weight=u.weight) for u in self.upstreams or ())
+            stable = PoolSpec(targets=tuple(targets))
         return ServiceSpec(
             name=name,
             **self.route.model_dump(),
             balance=self.balance,
             hash_key=self.hash_key,
-            stable=PoolSpec(targets=targets),
+            stable=stable,
+            canary=canary,
+            split=split,
+            hold=hold,
             health=self.health.spec() if self.health else None,
             passive=self.passive.spec() if self.passive else None,
             slow_start=self.slow_start,

@@ -20,7 +20,7 @@ has its own module:
     GET  /openapi.json
     ...  /v1/services/..., /v1/deploys/..., /v1/status, /v1/events: deploys.py
 
-The views are the dicts zerodown.deploy.control documents. Without a
+The views are the models zerodown.deploy.contract defines. Without a
 control plane (a plain proxy) the deploy routes answer 503.
 
 Every POST, PUT, PATCH and DELETE must come with `Content-Type:
@@ -57,7 +57,7 @@ from zerodown.control.auth import (
 from zerodown.control.deploys import add_deploy_routes
 from zerodown.control.error_map import add_error_handlers
 from zerodown.dataplane.base import DataPlane
-from zerodown.deploy.control import ControlPlane
+from zerodown.deploy.contract import ControlPlane
 from zerodown.routing import RoutingTable
 
 __all__ = [
@@ -111,7 +111,7 @@ def _add_routes(app: FastAPI, dataplane: DataPlane, control: ControlPlane | None
 
     @app.put("/v1/routing")
     async def put_routing(table: RoutingTable) -> RoutingTable:
-        run = {view["service"] for view in control.status()} if control is not None else set()
+        run = {view.service for view in control.status()} if control is not None else set()
         check_replacement(dataplane.routing(), table, run)
         await dataplane.apply(table)
         return dataplane.routing()

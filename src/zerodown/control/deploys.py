@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from zerodown.config.strategy import StrategyName
 from zerodown.control.events import stream
 from zerodown.control.wire import WAIT_DEFAULT, WAIT_MAX
-from zerodown.deploy.control import ControlPlane, View
+from zerodown.deploy.contract import ControlPlane, DeployView, ReleaseView, StatusView
 
 __all__ = ["ACTIONS", "MAX_ID", "VERSION_PATTERN", "add_deploy_routes"]
 
@@ -84,29 +84,29 @@ def _add_deploy_routes(app: FastAPI, plane: Callable[[], ControlPlane]) -> None:
         deploy_id = await plane().deploy(service, body.version, body.strategy)
         return _accepted(deploy_id, response)
 
-    @app.get("/v1/deploys/{deploy_id}")
-    async def deploy_view(deploy_id: int) -> View:
+    @app.get("/v1/deploys/{deploy_id}", response_model=DeployView)
+    async def deploy_view(deploy_id: int) -> DeployView:
         return _found(plane().deploy_view(_storable(deploy_id)), deploy_id)
 
-    @app.get("/v1/deploys/{deploy_id}/wait")
+    @app.get("/v1/deploys/{deploy_id}/wait", response_model=DeployView)
     async def wait(
         deploy_id: int, timeout: Annotated[float, Query(ge=0, le=WAIT_MAX)] = WAIT_DEFAULT
-    ) -> View:
+    ) -> DeployView:
         return _found(await plane().wait(_storable(deploy_id), timeout), deploy_id)
 
 
 def _add_service_routes(app: FastAPI, plane: Callable[[], ControlPlane]) -> None:
     # Route order is /openapi.json's order, kept as it was before the split.
-    @app.get("/v1/status")
-    async def status_all() -> list[View]:
+    @app.get("/v1/status", response_model=list[StatusView])
+    async def status_all() -> list[StatusView]:
         return plane().status()
 
-    @app.get("/v1/services/{service}/status")
-    async def status(service: str) -> View:
+    @app.get("/v1/services/{service}/status", response_model=StatusView)
+    async def status(service: str) -> StatusView:
         return plane().status(service)[0]
 
-    @app.get("/v1/services/{service}/releases")
-    async def releases(service: str) -> list[View]:
+    @app.get("/v1/services/{service}/releases", response_model=list[ReleaseView])
+    async def releases(service: str) -> list[ReleaseView]:
         return plane().releases(service)
 
     @app.post("/v1/services/{service}/rollback", status_code=202)
@@ -155,7 +155,7 @@ def _storable(deploy_id: int) -> int:
     return deploy_id
 
 
-def _found(view: View | None, deploy_id: int) -> View:
+def _found(view: DeployView | None, deploy_id: int) -> DeployView:
     if view is None:
         raise HTTPException(404, f"no deploy {deploy_id}")
     return view

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp
 
 from zerodown.control.wire import SSE_KEEPALIVE
-from zerodown.deploy.control import View
+from zerodown.deploy.contract import EventView
 
 __all__ = ["SSE_KEEPALIVE", "SSE_TYPE", "end_streams", "reopen_streams", "stream"]
 
@@ -33,7 +33,7 @@ SSE_TYPE: Final = "text/event-stream"
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def stream(app: FastAPI, events: AsyncIterator[View]) -> StreamingResponse:
+def stream(app: FastAPI, events: AsyncIterator[EventView]) -> StreamingResponse:
     """The response that sends `events` until they end or the server stops."""
     closing: asyncio.Event = app.state.closing  # set by create_admin_app
     return StreamingResponse(_sse(events, closing), media_type=SSE_TYPE, headers=SSE_HEADERS)
@@ -57,7 +57,7 @@ def reopen_streams(app: ASGIApp) -> None:
         closing.clear()
 
 
-async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[EventView], closing: asyncio.Event) -> AsyncIterator[str]:
     """The events as SSE messages, a keep-alive comment when none came for a while,
     until the source ends or the server is stopping (`closing`).
 
@@ -65,7 +65,7 @@ async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIter
     keep-alive timer: cancelling `anext()` of an async generator would close it.
     """
     stop: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
-    pending: asyncio.Future[View] | None = None
+    pending: asyncio.Future[EventView] | None = None
     try:
         while True:
             if pending is None:
@@ -89,14 +89,16 @@ async def _sse(events: AsyncIterator[View], closing: asyncio.Event) -> AsyncIter
         await _close(events, pending)
 
 
-def message(event: View) -> str:
+def message(event: EventView) -> str:
     """One EventView as an SSE message."""
     # json.dumps never emits a raw newline, so the data fits the one line SSE needs.
-    data = json.dumps(event, separators=(",", ":"))
-    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n"
+    data = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _close(events: AsyncIterator[View], pending: asyncio.Future[View] | None) -> None:
+async def _close(
+    events: AsyncIterator[EventView], pending: asyncio.Future[EventView] | None
+) -> None:
     """Stop the source when the client went away or the stream ended."""
     if pending is not None:
         pending.cancel()

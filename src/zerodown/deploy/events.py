@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from zerodown.deploy.contract import EventView
 from zerodown.store.base import EventRecord, Store, StoreError
 
 SUBSCRIBER_BACKLOG = 1000  # events a slow subscriber may fall behind before it is dropped
@@ -17,21 +18,21 @@ SUBSCRIBER_BACKLOG = 1000  # events a slow subscriber may fall behind before it 
 log = logging.getLogger("zerodown.deploy")
 
 
-def event_view(record: EventRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "service": record.service,
-        "deploy_id": record.deploy_id,
-        "kind": record.kind,
-        "data": json.loads(record.data_json),
-        "at": record.at,
-    }
+def event_view(record: EventRecord) -> EventView:
+    return EventView(
+        id=record.id,
+        service=record.service,
+        deploy_id=record.deploy_id,
+        kind=record.kind,
+        data=json.loads(record.data_json),
+        at=record.at,
+    )
 
 
 class EventBus:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._subscribers: set[asyncio.Queue[EventView | None]] = set()
         self._last_id = 0
 
     def publish(self, service: str, deploy_id: int | None, kind: str, **data: Any) -> None:
@@ -47,8 +48,8 @@ class EventBus:
             log.error("event %s of %s not stored: %s", kind, service, exc)
             event_id = self._last_id + 1
         self._last_id = max(self._last_id, event_id)
-        record = EventRecord(event_id, service, deploy_id, kind, json.dumps(data), 0.0)
-        view = event_view(record) | {"at": time.time()}
+        record = EventRecord(event_id, service, deploy_id, kind, json.dumps(data), time.time())
+        view = event_view(record)
         for queue in list(self._subscribers):
             if queue.qsize() >= SUBSCRIBER_BACKLOG:
                 self._subscribers.discard(queue)
@@ -56,11 +57,9 @@ class EventBus:
             else:
                 queue.put_nowait(view)
 
-    async def follow(
-        self, after: int = 0, service: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self, after: int = 0, service: str | None = None) -> AsyncIterator[EventView]:
         """Stored events after `after`, then live ones, with no gap between."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        queue: asyncio.Queue[EventView | None] = asyncio.Queue()
         self._subscribers.add(queue)  # subscribe first: nothing published meanwhile is lost
         try:
             last = after
@@ -71,8 +70,8 @@ class EventBus:
                 view = await queue.get()
                 if view is None:
                     return
-                if view["id"] > last and (service is None or view["service"] == service):
-                    last = view["id"]
+                if view.id > last and (service is None or view.service == service):
+                    last = view.id
                     yield view
         finally:
             self._subscribers.discard(queue)

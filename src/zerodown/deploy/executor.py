@@ -20,10 +20,12 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zerodown.analysis.judge import Sample, judge
 from zerodown.deploy.fleet import Fleet
+from zerodown.deploy.gate import alive
+from zerodown.deploy.operations import FleetOps
 from zerodown.deploy.plan import (
     Analyze,
     Drain,
@@ -40,10 +42,7 @@ from zerodown.deploy.plan import (
 )
 from zerodown.errors import CanaryBreach, DeployAborted, DeployError, ZerodownError
 from zerodown.release import DeployState, Instance, Outcome, Release
-from zerodown.store.base import EndedStatus, StoreError
-
-if TYPE_CHECKING:
-    from zerodown.deploy.orchestrator import Orchestrator
+from zerodown.store.base import EndedStatus, Store, StoreError
 
 log = logging.getLogger("zerodown.deploy")
 
@@ -55,18 +54,24 @@ def step_json(step: Step) -> str:
 
 
 class Deployment:
-    """One run of a plan for one service."""
+    """One run of a plan for one service.
+
+    It acts on the world only through `ops` (FleetOps: instances, routing,
+    events) and keeps its own record (journal, state, outcome) in `store`.
+    """
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        ops: FleetOps,
+        store: Store,
         fleet: Fleet,
         deploy_id: int,
         new: Release,
         old: str | None,
         plan: Plan,
     ) -> None:
-        self.orch = orchestrator
+        self.ops = ops
+        self.store = store
         self.fleet = fleet
         self.id = deploy_id
         self.new = new
@@ -109,6 +114,11 @@ class Deployment:
     def pause(self) -> None:
         self._running.clear()
 
+    @property
+    def held(self) -> bool:
+        """Held by an operator's pause (until resume)."""
+        return not self._running.is_set()
+
     def resume(self) -> None:
         self._running.set()
 
@@ -141,16 +151,16 @@ class Deployment:
     async def _run_step(self, index: int, step: Step) -> None:
         self.step_index = index
         self._set_state(STATE_OF_STEP[step.kind])
-        self.orch.store.journal(self.id, index, step_json(step), "before")
-        self.orch.bus.publish(
+        self.store.journal(self.id, index, step_json(step), "before")
+        self.ops.publish(
             self.fleet.name, self.id, "step", index=index, step=dataclasses.asdict(step)
         )
         try:
             await HANDLERS[step.kind](self, step)
         except BaseException as exc:
-            self.orch.store.journal(self.id, index, step_json(step), "failed", str(exc))
+            self.store.journal(self.id, index, step_json(step), "failed", str(exc))
             raise
-        self.orch.store.journal(self.id, index, step_json(step), "after")
+        self.store.journal(self.id, index, step_json(step), "after")
 
     async def _checkpoint(self) -> None:
         if self.failure is not None:
@@ -163,7 +173,7 @@ class Deployment:
 
     def _set_state(self, state: DeployState) -> None:
         self.state = state
-        self.orch.store.set_deploy_state(self.id, state)
+        self.store.set_deploy_state(self.id, state)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -175,7 +185,7 @@ class Deployment:
         return self.old
 
     def _alive(self, instance: Instance) -> bool:
-        return instance.state not in ("crashed", "stopped") and self.failure is None
+        return alive(instance) and self.failure is None
 
     # -- step handlers -----------------------------------------------------------------
 
@@ -183,16 +193,16 @@ class Deployment:
         release = (
             self.new
             if step.role == "new"
-            else self.orch.release(self.fleet.name, self.version("old"))
+            else self.ops.release(self.fleet.name, self.version("old"))
         )
-        await self.orch.start_instances(self.fleet, release, step.count)
+        await self.ops.start_instances(self.fleet, release, step.count)
 
     async def _wait_healthy(self, step: WaitHealthy) -> None:
         pending = [
             i for i in self.fleet.of_version(self.version(step.role)) if i.state == "starting"
         ]
         try:
-            await self.orch.gate(self.fleet, pending, alive=self._alive)
+            await self.ops.gate(self.fleet, pending, alive=self._alive)
         except DeployError:
             # `_alive` says no for every instance once the deploy failed from
             # outside (an abort, a crash): that is why, not "exited".
@@ -213,9 +223,9 @@ class Deployment:
             fleet.preview_version = new if step.preview else None
             if fleet.canary_version or fleet.preview_version:
                 fleet.route(fleet.ready(new))
-        await self.orch.apply()
+        await self.ops.apply()
         self._baseline = await self._samples()
-        self.orch.bus.publish(fleet.name, self.id, "traffic", split=fleet.traffic())
+        self.ops.publish(fleet.name, self.id, "traffic", split=fleet.traffic())
 
     async def _pause(self, step: Pause) -> None:
         loop = asyncio.get_running_loop()
@@ -254,32 +264,27 @@ class Deployment:
         version = self.version(step.role)
         routed = [i for i in self.fleet.of_version(version) if i.id in self.fleet.routed]
         routed.sort(key=lambda i: i.id not in self.fleet.draining)  # already leaving go first
-        await self.orch.drain(self.fleet, routed[: step.count])
+        await self.ops.drain(self.fleet, routed[: step.count])
 
     async def _stop(self, step: Stop) -> None:
         version = self.version(step.role)
         idle = [i for i in self.fleet.of_version(version) if i.id not in self.fleet.routed]
-        await self.orch.stop_instances(self.fleet, idle[: step.count])
+        await self.ops.stop_instances(self.fleet, idle[: step.count])
 
     async def _hold(self, step: Hold) -> None:
         self.fleet.hold = step.on
-        await self.orch.apply()
+        await self.ops.apply()
 
     async def _keep_warm(self, step: KeepWarm) -> None:
         old = self.version("old")
         leaving = [i for i in self.fleet.of_version(old) if i.id in self.fleet.routed]
-        await self.orch.drain(self.fleet, leaving)
-        self.orch.keep_warm(self.fleet, old, step.seconds)
+        await self.ops.drain(self.fleet, leaving)
+        self.ops.keep_warm(self.fleet, old, step.seconds)
 
     # -- the canary judge --------------------------------------------------------------
 
     async def _samples(self) -> tuple[Sample, Sample]:
-        stats = await self.orch.dataplane.stats()
-        pools = stats["services"].get(self.fleet.name, {}).get("pools", {})
-        return (
-            Sample.from_pool(pools.get("canary", {}).get("totals", {})),
-            Sample.from_pool(pools.get("stable", {}).get("totals", {})),
-        )
+        return await self.ops.samples(self.fleet.name)
 
     async def _judge(self, *, final: bool) -> str:
         if self._baseline is None or self.fleet.canary_version is None:
@@ -298,7 +303,7 @@ class Deployment:
         if verdict.verdict == "fail":
             raise CanaryBreach(verdict.reason)
         if final:
-            self.orch.bus.publish(
+            self.ops.publish(
                 self.fleet.name, self.id, "analysis", verdict=verdict.verdict, reason=verdict.reason
             )
         return verdict.verdict
@@ -309,16 +314,16 @@ class Deployment:
         fleet = self.fleet
         fleet.pool_mode()
         fleet.current = self.new.version
-        await self.orch.apply()
-        self.orch.store.set_current(fleet.name, self.new.version)
-        self.orch.store.finish_deploy(self.id, "succeeded", "")
-        self.orch.prune(fleet.name)
-        self.orch.bus.publish(fleet.name, self.id, "finished", outcome="succeeded")
+        await self.ops.apply()
+        self.store.set_current(fleet.name, self.new.version)
+        self.store.finish_deploy(self.id, "succeeded", "")
+        self.ops.prune(fleet.name)
+        self.ops.publish(fleet.name, self.id, "finished", outcome="succeeded")
 
     async def _give_up(self, outcome: Outcome, cause: ZerodownError) -> Outcome:
         self._cause = cause
         self._set_state("rolling_back")
-        self.orch.bus.publish(self.fleet.name, self.id, "rolling_back", reason=str(cause))
+        self.ops.publish(self.fleet.name, self.id, "rolling_back", reason=str(cause))
         try:
             restored = await self._restore_old()
         except StoreError:
@@ -332,40 +337,38 @@ class Deployment:
         # Stopped by a person is no proof the release is broken: "aborted", not
         # "failed", and never `new` forever in `zerodown releases`.
         status: EndedStatus = "aborted" if outcome == "aborted" else "failed"
-        self.orch.store.mark_outcome(self.fleet.name, self.new.version, status)
-        self.orch.store.finish_deploy(self.id, outcome, str(cause))
-        self.orch.bus.publish(
-            self.fleet.name, self.id, "finished", outcome=outcome, reason=str(cause)
-        )
+        self.store.mark_outcome(self.fleet.name, self.new.version, status)
+        self.store.finish_deploy(self.id, outcome, str(cause))
+        self.ops.publish(self.fleet.name, self.id, "finished", outcome=outcome, reason=str(cause))
         return outcome
 
     async def _restore_old(self) -> bool:
         """Old release back to full strength and in traffic; new one drained and stopped.
 
         Returns False when there was no old release to restore (a first deploy)."""
-        fleet, orch = self.fleet, self.orch
+        fleet, ops = self.fleet, self.ops
         fleet.pool_mode()
         new_instances = fleet.of_version(self.new.version)
         fleet.start_draining(new_instances)
         if self.old is not None:
             await self._restore_capacity(self.old)
         fleet.hold = False
-        await orch.apply()
-        await orch.drain(fleet, [i for i in new_instances if i.id in fleet.routed])
-        await orch.stop_instances(fleet, fleet.of_version(self.new.version))
+        await ops.apply()
+        await ops.drain(fleet, [i for i in new_instances if i.id in fleet.routed])
+        await ops.stop_instances(fleet, fleet.of_version(self.new.version))
         return self.old is not None
 
     async def _restore_capacity(self, old: str) -> None:
-        fleet, orch = self.fleet, self.orch
-        orch.cancel_warm(fleet, old)
+        fleet, ops = self.fleet, self.ops
+        ops.cancel_warm(fleet, old)
         fleet.route(fleet.ready(old))  # undo any drain of the old release
-        await orch.apply()
+        await ops.apply()
         missing = fleet.config.instances - len(fleet.ready(old))
         if missing > 0:
-            started = await orch.start_instances(fleet, orch.release(fleet.name, old), missing)
-            await orch.gate(fleet, started, alive=lambda i: i.state not in ("crashed", "stopped"))
+            started = await ops.start_instances(fleet, ops.release(fleet.name, old), missing)
+            await ops.gate(fleet, started, alive=alive)
             fleet.route(started)
-            await orch.apply()
+            await ops.apply()
 
     # -- when the store fails -------------------------------------------------------------
 
@@ -383,25 +386,25 @@ class Deployment:
         serving = await self._settle_on_store()
         reason = f"state store write failed: {_store_message(error)}; traffic left on {serving}"
         if serving == self.new.version:
-            reason += _record_current(self.orch, self.fleet.name, serving)
+            reason += _record_current(self.store, self.fleet.name, serving)
         if self._cause is not None:
             reason += f" (while rolling back from: {self._cause})"
         self.state = "failed"
-        self.orch.finish(self.id, "failed", reason)
-        self.orch.bus.publish(self.fleet.name, self.id, "finished", outcome="failed", reason=reason)
+        self.ops.finish(self.id, "failed", reason)
+        self.ops.publish(self.fleet.name, self.id, "finished", outcome="failed", reason=reason)
         return "failed"
 
     async def _settle_on_store(self) -> str:
         """Route one release's ready, recorded instances; drain and stop the
         deploy's others. Returns the version left serving ("nothing" if none)."""
-        fleet, orch, new = self.fleet, self.orch, self.new.version
-        known = _recorded_ids(orch, fleet.name)
-        recorded = _recorded_current(orch, fleet.name, self.old)
+        fleet, ops, new = self.fleet, self.ops, self.new.version
+        known = _recorded_ids(self.store, fleet)
+        recorded = _recorded_current(self.store, fleet.name, self.old)
         back = [i for i in fleet.ready(recorded) if i.id in known] if recorded else []
         stay = back or [i for i in fleet.ready(new) if i.id in known]
         version = stay[0].version if stay else None
         if version is not None and version != new:
-            orch.cancel_warm(fleet, version)
+            ops.cancel_warm(fleet, version)
         ours = {v for v in (new, self.old) if v is not None}
         staying = {i.id for i in stay}
         leaving = [
@@ -414,9 +417,9 @@ class Deployment:
         fleet.current = version
         fleet.route(stay)
         fleet.start_draining(leaving)
-        await orch.apply()
-        await orch.drain(fleet, [i for i in leaving if i.id in fleet.routed])
-        await orch.stop_instances(fleet, leaving)
+        await ops.apply()
+        await ops.drain(fleet, [i for i in leaving if i.id in fleet.routed])
+        await ops.stop_instances(fleet, leaving)
         return version or "nothing"
 
 
@@ -425,26 +428,26 @@ def _store_message(error: StoreError) -> str:
     return str(error.__cause__ or error)
 
 
-def _recorded_ids(orch: Orchestrator, service: str) -> set[str]:
+def _recorded_ids(store: Store, fleet: Fleet) -> set[str]:
     """Ids of the instances the store knows; when even reads fail, the fleet's
     (stopping what serves because the store cannot say would be an outage)."""
     try:
-        return {i.id for i in orch.store.instances(service)}
+        return {i.id for i in store.instances(fleet.name)}
     except StoreError:
-        return {i.id for i in orch.fleets[service].instances}
+        return {i.id for i in fleet.instances}
 
 
-def _recorded_current(orch: Orchestrator, service: str, fallback: str | None) -> str | None:
+def _recorded_current(store: Store, service: str, fallback: str | None) -> str | None:
     try:
-        return orch.store.current(service)
+        return store.current(service)
     except StoreError:
         return fallback
 
 
-def _record_current(orch: Orchestrator, service: str, version: str) -> str:
+def _record_current(store: Store, service: str, version: str) -> str:
     """Try to make the store agree that `version` serves; say so if it cannot."""
     try:
-        orch.store.set_current(service, version)
+        store.set_current(service, version)
     except StoreError:
         return ", which the store could not record as current"
     return ""

@@ -103,7 +103,6 @@ class Fleet:
     # -- the data plane's view -----------------------------------------------------
 
     def spec(self) -> ServiceSpec:
-        config = self.config
         stable: list[TargetSpec] = []
         canary: list[TargetSpec] = []
         for instance in self.instances:
@@ -116,22 +115,12 @@ class Fleet:
             )
             is_canary = instance.version in (self.canary_version, self.preview_version)
             (canary if is_canary and self._splitting() else stable).append(target)
-        return ServiceSpec(
-            name=self.name,
-            host=config.route.host,
-            path=config.route.path,
-            strip_prefix=config.route.strip_prefix,
-            balance=config.balance,
-            hash_key=config.hash_key,
+        # Every other key comes from the config, through its one mapping.
+        return self.config.spec(
+            self.name,
             stable=PoolSpec(targets=tuple(stable)),
             canary=PoolSpec(targets=tuple(canary)),
             split=self._split(),
-            health=config.health.spec() if config.health else None,
-            passive=config.passive.spec() if config.passive else None,
-            slow_start=config.slow_start,
-            tries=config.tries,
-            retry_timeout=config.retry_timeout,
-            websocket_drain=config.websocket_drain,
             hold=self._hold_spec(),
         )
 

@@ -48,6 +48,11 @@ class StartWatch(Protocol):
     def exit_report(self, instance: Instance) -> ExitReport | None: ...
 
 
+def alive(instance: Instance) -> bool:
+    """Still a candidate for the gate: not crashed, not stopped on purpose."""
+    return instance.state not in ("crashed", "stopped")
+
+
 @dataclass
 class _Gating:
     """What the gate learned of one instance so far."""

@@ -1,7 +1,8 @@
 """When to restart a crashed instance, and when to stop trying.
 
 Pure: the caller passes the clock. The runtime only reports exits; restart
-policy is the orchestrator's, which keeps one Backoff per instance slot.
+policy is the control plane's (deploy/supervision.py), which keeps one
+Backoff per service: every crash of the service's current release counts.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ class Backoff:
 
     The k-th crash within `crash_loop_window` seconds waits
     `base * factor**(k-1)` (at most `max`). Only crashes inside the window
-    count, so an instance that ran quietly for a window starts again from
+    count, so a service that ran quietly for a window starts again from
     `base`. `crash_loop_count` crashes inside the window is a crash loop: the
-    orchestrator stops restarting and rolls back instead.
+    supervisor then retries only once per `crash_loop_window` until a restart
+    stays up for a window (no rollback: that is the operator's call).
     """
 
     base: float = 0.5
