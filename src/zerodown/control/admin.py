@@ -6,7 +6,7 @@ control plane's deploys, over HTTP.
     PUT  /v1/routing   replace it; body is a RoutingTable; answers the table applied.
                        Every configured service stays, under its name (400); a service
                        zerodown runs comes unchanged (409: deploy or roll back instead)
-    GET  /v1/stats     counters (shape documented in zerodown.proxy.metrics)
+    GET  /v1/stats     counters (the typed shape of zerodown.dataplane.stats)
     GET  /metrics      the same counters, Prometheus text format 0.0.4
     GET  /openapi.json
 
@@ -75,6 +75,7 @@ from zerodown.control.auth import (
     require_token_for,
 )
 from zerodown.dataplane.base import DataPlane
+from zerodown.dataplane.stats import Stats
 from zerodown.deploy.control import ControlPlane, View
 from zerodown.errors import (
     ConfigError,
@@ -186,7 +187,7 @@ def _add_routes(app: FastAPI, dataplane: DataPlane, control: ControlPlane | None
         return dataplane.routing()
 
     @app.get("/v1/stats")
-    async def stats() -> dict[str, Any]:
+    async def stats() -> Stats:
         return await dataplane.stats()
 
     @app.get("/metrics", response_class=PlainTextResponse)

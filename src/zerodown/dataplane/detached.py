@@ -42,9 +42,10 @@ from zerodown.dataplane.host import (
     control_name,
     settings_document,
 )
+from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet, bind_listener
+from zerodown.dataplane.stats import Stats
 from zerodown.errors import DataPlaneError
-from zerodown.proxy.metrics import render_prometheus
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
 
@@ -326,9 +327,8 @@ class DetachedDataPlane(ListeningDataPlane):
         )
         return DrainResult(**result)
 
-    async def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = await self._link().request("stats")
-        return stats
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._link().request("stats"))
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

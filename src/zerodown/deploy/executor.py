@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from zerodown.analysis.judge import Sample, judge
+from zerodown.analysis.judge import Sample, judge, pool_samples
 from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.plan import (
     Analyze,
@@ -274,12 +274,7 @@ class Deployment:
     # -- the canary judge --------------------------------------------------------------
 
     async def _samples(self) -> tuple[Sample, Sample]:
-        stats = await self.orch.dataplane.stats()
-        pools = stats["services"].get(self.fleet.name, {}).get("pools", {})
-        return (
-            Sample.from_pool(pools.get("canary", {}).get("totals", {})),
-            Sample.from_pool(pools.get("stable", {}).get("totals", {})),
-        )
+        return pool_samples(await self.orch.dataplane.stats(), self.fleet.name)
 
     async def _judge(self, *, final: bool) -> str:
         if self._baseline is None or self.fleet.canary_version is None:
