@@ -26,6 +26,7 @@ from zerodown.control import admin as admin_module
 from zerodown.control.admin import AdminServer, create_admin_app
 from zerodown.control.client import AdminClient, AdminError, AdminUnreachable
 from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.dataplane.stats import Stats
 from zerodown.deploy.control import ControlPlane, View
 from zerodown.errors import (
     ConfigError,
@@ -230,8 +231,8 @@ class NullDataPlane(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         raise Unsupported("not in these tests")
 
-    async def stats(self) -> dict[str, Any]:
-        return {}
+    async def stats(self) -> Stats:
+        return Stats(services={}, connections=0, rejected={})
 
     async def prometheus(self) -> str:
         return ""
