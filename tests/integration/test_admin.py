@@ -660,3 +660,20 @@ def test_beyond_loopback_a_token_is_required(address: str) -> None:
     with pytest.raises(ConfigError):
         require_token_for(address, "")
     require_token_for(address, TOKEN)
+
+
+def test_openapi_describes_the_stats() -> None:
+    async def scenario() -> None:
+        async with admin(FakeDataPlane()) as api:
+            schema = (await api.call("GET", "/openapi.json")).json()
+            ok = schema["paths"]["/v1/stats"]["get"]["responses"]["200"]
+            assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Stats")
+            components = schema["components"]["schemas"]
+            assert {"Stats", "ServiceStats", "PoolStats", "PoolTotals", "TargetStats"} <= set(
+                components
+            )
+            target = components["TargetStats"]["properties"]
+            assert target["state"]["enum"] == ["adding", "ready", "down", "draining", "gone"]
+            assert target["version"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+
+    run(scenario())
