@@ -10,10 +10,10 @@ the canary judge reads the shape the embedded data plane produces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fakes.changes import Changes
 from zerodown.dataplane.base import DataPlane
+from zerodown.dataplane.stats import Counters, PoolStats, PoolTotals, ServiceStats, Stats
 from zerodown.proxy.metrics import TargetMetrics
 from zerodown.routing import DrainResult, PoolName, RoutingTable, ServiceSpec, TargetSpec
 
@@ -81,16 +81,19 @@ class RecordingDataPlane(DataPlane):
         self.changes.notify()
         return DrainResult(service, address, completed=True, cancelled=0, seconds=0.0)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> Stats:
         """The totals after one more interval of the scripted traffic."""
         self.stats_reads += 1
         for key, traffic in self._traffic.items():
             _count(self._totals.setdefault(key, TargetMetrics()), traffic)
-        services: dict[str, Any] = {}
+        pools: dict[str, dict[PoolName, PoolStats]] = {}
         for (service, pool), metrics in self._totals.items():
-            pools = services.setdefault(service, {"pools": {}})["pools"]
-            pools[pool] = {"totals": metrics.snapshot()}
-        return {"services": services}
+            pools.setdefault(service, {})[pool] = _pool(metrics.snapshot())
+        services = {
+            name: ServiceStats(pools=by_pool, canary_weight=0.0, panic=0)
+            for name, by_pool in pools.items()
+        }
+        return Stats(services=services, connections=0, rejected={})
 
     async def prometheus(self) -> str:
         return ""
@@ -122,6 +125,13 @@ class RecordingDataPlane(DataPlane):
         """Every address the table at `index` routes for `service`, either pool."""
         spec = self.spec(service, index)
         return {t.address for t in (*spec.stable.targets, *spec.canary.targets)}
+
+
+def _pool(counters: Counters) -> PoolStats:
+    """A pool whose one (unnamed) target counted `counters`: only the totals are read."""
+    fields = {name: getattr(counters, name) for name in Counters.model_fields}
+    totals = PoolTotals(**fields, in_flight=0, targets=1, available=1)
+    return PoolStats(totals=totals, targets={})
 
 
 def _count(metrics: TargetMetrics, traffic: PoolTraffic) -> None:

@@ -21,6 +21,7 @@ from fakes.runtime import FakeMachine, FakeRuntime
 from zerodown.config import ServiceConfig, parse_config
 from zerodown.config.strategy import StrategyName
 from zerodown.deploy.orchestrator import Orchestrator
+from zerodown.runtime.backoff import Backoff
 from zerodown.runtime.base import Runtime
 from zerodown.store.sqlite import SqliteStore
 
@@ -110,6 +111,7 @@ async def rig(
     machine: FakeMachine | None = None,
     store: SqliteStore | None = None,
     dataplane: RecordingDataPlane | None = None,
+    backoff: Callable[[], Backoff] = Backoff,
 ) -> AsyncIterator[Rig]:
     """A started Orchestrator over `config` (TOML), closed (instances left
     running) on the way out. What the caller passes in, the caller owns and
@@ -124,7 +126,9 @@ async def rig(
         return runtimes[name]
 
     the_dataplane = dataplane or RecordingDataPlane()
-    orch = Orchestrator(parse_config(config), the_dataplane, the_store, runtime_for)
+    orch = Orchestrator(
+        parse_config(config), the_dataplane, the_store, runtime_for, backoff=backoff
+    )
     try:
         await orch.start()
         yield Rig(orch, the_dataplane, the_store, the_machine, runtimes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class FakeMachine:
     apps: dict[str, FakeApp] = field(default_factory=dict)  # alive instances, by id
     instances: dict[str, Instance] = field(default_factory=dict)  # alive, by id
     health: dict[str, bool] = field(default_factory=dict)  # by instance id or version
+    broken: set[str] = field(default_factory=set)  # versions whose instances die as they start
     serial: int = 0
 
     def set_healthy(self, key: str, healthy: bool) -> None:
@@ -96,11 +98,13 @@ class FakeRuntime(Runtime):
     def __init__(self, machine: FakeMachine | None = None) -> None:
         self.machine = machine or FakeMachine()
         self.starts: list[tuple[str, int]] = []  # (version, n) per start call, in order
+        self.start_times: list[float] = []  # time.monotonic() of each start call
         self.started: list[Instance] = []
         self.stops: list[str] = []  # instance ids, in the order stop was called
         self.adopted: list[str] = []  # ids adopt() took back
         self.changes = Changes()
         self._callbacks: list[ExitCallback] = []
+        self._tasks: set[asyncio.Task[Instance]] = set()  # crashes under way (broken versions)
 
     def __repr__(self) -> str:
         return f"<FakeRuntime starts={self.starts} stops={len(self.stops)}>"
@@ -113,9 +117,14 @@ class FakeRuntime(Runtime):
 
     async def start(self, release: Release, n: int) -> list[Instance]:
         self.starts.append((release.version, n))
+        self.start_times.append(time.monotonic())
         started = [await self._start_one(release) for _ in range(n)]
         self.started += started
         self.changes.notify()
+        if release.version in self.machine.broken:
+            # As a process that exits on a missing database: after start() returned.
+            for instance in started:
+                asyncio.get_running_loop().call_soon(self._die, instance.id)
         return started
 
     async def stop(self, instance: Instance, grace: float) -> None:
@@ -150,6 +159,11 @@ class FakeRuntime(Runtime):
             callback(instance, code)
         self.changes.notify()
         return instance
+
+    def _die(self, instance_id: str) -> None:
+        if self.machine.alive(instance_id):
+            self._tasks.add(task := asyncio.create_task(self.crash(instance_id)))
+            task.add_done_callback(self._tasks.discard)
 
     def of_version(self, version: str) -> list[Instance]:
         """Alive instances of `version`, in the order they started."""

@@ -22,14 +22,17 @@ from typing import Any
 import pytest
 
 from harness import DEADLINE, run
+from prometheus_text import value
 from zerodown.control.admin import PROMETHEUS_CONTENT_TYPE, create_admin_app, require_token_for
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.dataplane.stats import PoolStats, ServiceStats, Stats, pool_entry
 from zerodown.deploy.contract import StatusView
 from zerodown.errors import ConfigError, IllegalTransition, Unsupported, ZerodownError
-from zerodown.proxy.metrics import TargetMetrics, pool_entry, render_prometheus, target_entry
+from zerodown.proxy.metrics import TargetMetrics, target_entry
 from zerodown.proxy.target import Target
-from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
+from zerodown.routing import PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
 
 TOKEN = "s3cret-token"
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
@@ -73,11 +76,12 @@ class FakeDataPlane(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         raise Unsupported("the fake does not drain")
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> Stats:
         self.threads.add(threading.get_ident())
         stable = pool_entry({self.target.address: target_entry(self.target)})
-        pools = {"stable": stable, "canary": pool_entry({})}
-        return {"services": {"web": {"pools": pools}}, "rejected": {"400": 1}}
+        pools: dict[PoolName, PoolStats] = {"stable": stable, "canary": pool_entry({})}
+        service = ServiceStats(pools=pools, canary_weight=0.0, panic=0)
+        return Stats(services={"web": service}, connections=0, rejected={"400": 1})
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())
@@ -568,7 +572,8 @@ def test_stats_is_the_dataplane_json() -> None:
             reply = await api.call("GET", "/v1/stats")
             assert reply.status == 200
             stats = reply.json()
-            assert stats == await fake.stats()
+            assert stats == (await fake.stats()).model_dump(mode="json")
+            assert "workers" not in stats  # said only by a multi-worker data plane
             target = stats["services"]["web"]["pools"]["stable"]["targets"]["127.0.0.1:9001"]
             assert target["responses"]["2xx"] == 1
         # handlers run on the loop thread, never in FastAPI's thread pool
@@ -586,8 +591,8 @@ def test_metrics_is_prometheus_text() -> None:
             assert reply.headers["content-type"] == PROMETHEUS_CONTENT_TYPE
             text = reply.body.decode()
             assert text == await fake.prometheus()
-            labels = 'service="web",pool="stable",target="127.0.0.1:9001",version="v1"'
-            assert f"zerodown_requests_total{{{labels}}} 1\n" in text
+            labels = {"service": "web", "pool": "stable", "target": "127.0.0.1:9001"}
+            assert value(text, "zerodown_requests_total", **labels, version="v1") == 1
             assert "# TYPE zerodown_request_duration_seconds histogram\n" in text
 
     run(scenario())
@@ -663,3 +668,20 @@ def test_beyond_loopback_a_token_is_required(address: str) -> None:
     with pytest.raises(ConfigError):
         require_token_for(address, "")
     require_token_for(address, TOKEN)
+
+
+def test_openapi_describes_the_stats() -> None:
+    async def scenario() -> None:
+        async with admin(FakeDataPlane()) as api:
+            schema = (await api.call("GET", "/openapi.json")).json()
+            ok = schema["paths"]["/v1/stats"]["get"]["responses"]["200"]
+            assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Stats")
+            components = schema["components"]["schemas"]
+            assert {"Stats", "ServiceStats", "PoolStats", "PoolTotals", "TargetStats"} <= set(
+                components
+            )
+            target = components["TargetStats"]["properties"]
+            assert target["state"]["enum"] == ["adding", "ready", "down", "draining", "gone"]
+            assert target["version"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+
+    run(scenario())

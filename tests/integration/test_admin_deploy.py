@@ -29,6 +29,7 @@ from zerodown.control import wire
 from zerodown.control.admin import create_admin_app
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.dataplane.stats import Stats
 from zerodown.deploy.contract import ControlPlane, DeployView, EventView, ReleaseView, StatusView
 from zerodown.deploy.contract import JsonView as View
 from zerodown.errors import (
@@ -249,8 +250,8 @@ class NullDataPlane(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         raise Unsupported("not in these tests")
 
-    async def stats(self) -> dict[str, Any]:
-        return {}
+    async def stats(self) -> Stats:
+        return Stats(services={}, connections=0, rejected={})
 
     async def prometheus(self) -> str:
         return ""

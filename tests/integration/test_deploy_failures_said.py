@@ -30,6 +30,7 @@ import uvloop
 
 from zerodown.config import ServiceConfig, parse_config
 from zerodown.dataplane.base import DataPlane
+from zerodown.dataplane.stats import Stats
 from zerodown.deploy import gate
 from zerodown.deploy.contract import DeployView
 from zerodown.deploy.orchestrator import Orchestrator
@@ -71,8 +72,8 @@ class TableOnly(DataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         return DrainResult(service, address, True, 0, 0.0)
 
-    async def stats(self) -> dict[str, Any]:
-        return {"services": {}}
+    async def stats(self) -> Stats:
+        return Stats(services={}, connections=0, rejected={})
 
     async def prometheus(self) -> str:
         return ""

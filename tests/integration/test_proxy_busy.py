@@ -98,7 +98,7 @@ def test_a_target_whose_checks_hang_while_it_answers_stays_in() -> None:
                 seen = await serve_through_check_rounds(port_of(server), busy, target)
                 assert set(seen) == {"up"}, seen
                 assert target.health.excused >= ROUNDS - 2, target.health
-                assert server.stats()["services"]["web"]["panic"] == 0
+                assert server.stats().services["web"].panic == 0
 
                 # Its answers stop: the same hanging checks now take it down.
                 await until(lambda: target.health.state == "down", "down without traffic")
@@ -169,11 +169,11 @@ def test_every_target_down_by_health_still_serves_and_counts_panic() -> None:
                 responses = [await request(port) for _ in range(10)]
                 assert [r.status for r in responses] == [200] * 10
                 assert sorted(r.body.decode() for r in responses) == ["a"] * 5 + ["b"] * 5
-                stats = server.stats()["services"]["web"]
-                assert stats["panic"] == 10
-                by_address = stats["pools"]["stable"]["targets"]
-                assert [by_address[x.address]["panic"] for x in (a, b)] == [5, 5]
-                assert 'zerodown_panic_total{service="web"} 10\n' in server.prometheus()
+                stats = server.stats().services["web"]
+                assert stats.panic == 10
+                by_address = stats.pools["stable"].targets
+                assert [by_address[x.address].panic for x in (a, b)] == [5, 5]
+                assert 'zerodown_panic_total{service="web"} 10.0\n' in server.prometheus()
 
     run(main())
 
@@ -191,6 +191,6 @@ def test_a_dead_service_in_panic_answers_502_from_the_connect_errors() -> None:
                 assert response.status == 502
                 assert response.header("x-zerodown-error") == "upstream_connect"
                 # Tried both (a retry to the other target), then gave up.
-                assert server.stats()["services"]["web"]["panic"] == 2
+                assert server.stats().services["web"].panic == 2
 
     run(main())

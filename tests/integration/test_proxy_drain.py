@@ -151,8 +151,8 @@ def test_drain_past_its_deadline_cuts_the_request_with_504_and_counts_it() -> No
                 # Cut by the drain, not retried elsewhere.
                 assert other.requests == []
                 assert target(server, slow).in_flight == 0
-                entry = server.stats()["services"]["web"]["pools"]["stable"]["targets"]
-                assert entry[slow.address]["failures"]["cancelled"] == 1
+                entry = server.stats().services["web"].pools["stable"].targets
+                assert entry[slow.address].failures["cancelled"] == 1
                 # The cut upstream connection is closed, not pooled for reuse.
                 pool = target(server, slow).connections
                 assert pool is not None

@@ -157,9 +157,9 @@ def test_passive_ejects_a_backend_after_consecutive_5xx_and_it_gets_nothing_whil
                 bad.status = 200
                 counts = await served_by(port, 10)
                 assert counts["bad"] >= 4, counts
-                stats = server.stats()["services"]["web"]["pools"]["stable"]["targets"]
-                assert stats[bad.backend.address]["ejections"] == 1
-                assert stats[good.backend.address]["ejections"] == 0
+                stats = server.stats().services["web"].pools["stable"].targets
+                assert stats[bad.backend.address].ejections == 1
+                assert stats[good.backend.address].ejections == 0
         finally:
             await bad.backend.stop()
             await good.backend.stop()
@@ -339,7 +339,7 @@ def test_a_service_with_no_targets_at_all_answers_503() -> None:
             assert responses[0].body == (
                 b"503 Service Unavailable: no healthy target for web (it has no targets)\n"
             )
-            assert server.stats()["rejected"] == {"503": 3}
+            assert server.stats().rejected == {"503": 3}
 
     run(main())
 
@@ -361,13 +361,13 @@ def test_all_targets_failing_active_checks_still_serve_in_panic_until_one_passes
                 responses = [await request(port_of(server)) for _ in range(6)]
                 assert [r.status for r in responses] == [200] * 6
                 assert len(traffic(a.backend)) == len(traffic(b.backend)) == 3
-                assert server.stats()["services"]["web"]["panic"] == 6
+                assert server.stats().services["web"].panic == 6
 
                 b.health = 200
                 await until(lambda: target(server, b.backend).health.state == "up", "b up")
                 responses = [await request(port_of(server)) for _ in range(4)]
                 assert [(r.status, r.body) for r in responses] == [(200, b"b")] * 4
-                assert server.stats()["services"]["web"]["panic"] == 6  # no panic: b is up
+                assert server.stats().services["web"].panic == 6  # no panic: b is up
         finally:
             await a.backend.stop()
             await b.backend.stop()

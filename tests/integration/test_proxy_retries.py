@@ -64,8 +64,7 @@ async def stopped(items: list[Backend]) -> None:
 
 
 def retries_in_stats(server: ProxyServer) -> int:
-    totals: int = server.stats()["services"]["web"]["pools"]["stable"]["totals"]["retries"]
-    return totals
+    return server.stats().services["web"].pools["stable"].totals.retries
 
 
 async def raw_until_closed(port: int, raw: bytes) -> bytes:

@@ -414,9 +414,9 @@ def test_embedded_data_plane_apply_and_routing_round_trip() -> None:
                 assert states == {a.address: "draining", b.address: "ready"}
                 assert {(await get(port)).body for _ in range(4)} == {b"b"}
 
-                stats = (await plane.stats())["services"]["web"]["pools"]["stable"]
-                assert stats["targets"][a.address]["state"] == "draining"
-                assert stats["totals"]["requests"] == 11
+                stats = (await plane.stats()).services["web"].pools["stable"]
+                assert stats.targets[a.address].state == "draining"
+                assert stats.totals.requests == 11
                 assert f'target="{b.address}"' in await plane.prometheus()
             finally:
                 await plane.stop(1.0)

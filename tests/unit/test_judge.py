@@ -8,9 +8,20 @@ import random
 
 import pytest
 
-from zerodown.analysis import Judgement, Sample, judge
+from zerodown.analysis import NO_TRAFFIC, Judgement, Sample, judge, pool_samples
 from zerodown.config import defaults
-from zerodown.proxy.metrics import BUCKET_LABELS, Histogram, TargetMetrics, pool_entry
+from zerodown.dataplane.stats import (
+    BUCKET_LABELS,
+    Counters,
+    Latency,
+    PoolStats,
+    ServiceStats,
+    Stats,
+    pool_entry,
+    sum_counters,
+)
+from zerodown.proxy.metrics import Histogram, TargetMetrics
+from zerodown.routing import PoolName
 
 THRESHOLDS = {
     "error_rate_threshold": defaults.ERROR_RATE_THRESHOLD,  # 0.05
@@ -106,12 +117,9 @@ def counters(*latencies: float, statuses: tuple[int, ...] = (), **failures: int)
     return metrics
 
 
-def totals(*metrics: TargetMetrics, in_flight: int = 0) -> dict[str, object]:
-    entries = {
-        f"127.0.0.1:{9000 + i}": {**m.snapshot(), "in_flight": in_flight, "available": True}
-        for i, m in enumerate(metrics)
-    }
-    return pool_entry(entries)["totals"]  # type: ignore[no-any-return]
+def totals(*metrics: TargetMetrics) -> Counters:
+    """A pool's totals over these targets' counters."""
+    return sum_counters(m.snapshot() for m in metrics)
 
 
 def test_from_pool_counts_5xx_failures_and_retried_tries_as_errors() -> None:
@@ -120,28 +128,57 @@ def test_from_pool_counts_5xx_failures_and_retried_tries_as_errors() -> None:
     sample = Sample.from_pool(pool)
     # 3 ok + 3 statuses + 2 connect + 1 retried; the cancelled try has no verdict of its own
     assert (sample.requests, sample.errors) == (9, 5)
-    assert sample.p99 == pool["latency"]["p99"]  # type: ignore[index]
+    assert sample.p99 == pool.latency.p99
     assert len(sample.buckets) == len(BUCKET_LABELS)
 
 
 def test_from_pool_p99_is_the_data_planes_estimate() -> None:
     pool = totals(counters(*[0.004] * 90, *[0.3] * 10))
-    assert Sample.from_pool(pool).p99 == pool["latency"]["p99"]  # type: ignore[index]
+    assert Sample.from_pool(pool).p99 == pool.latency.p99
 
 
 def test_from_pool_in_flight_tries_are_not_counted_yet() -> None:
     m = counters(0.01)
     m.request()  # sent, no answer yet
-    assert Sample.from_pool(totals(m, in_flight=1)).requests == 1
-
-
-def test_from_pool_of_a_missing_pool_is_empty() -> None:
-    assert Sample.from_pool({}) == Sample(0, 0, 0.0)
+    assert Sample.from_pool(totals(m)).requests == 1
 
 
 def test_from_pool_without_buckets_uses_the_reported_p99() -> None:
-    pool = {"requests": 3, "responses": {"2xx": 3}, "latency": {"count": 3, "p99": 0.25}}
+    # What a data plane without a histogram (HAProxy's `show stat`) would report.
+    latency = Latency(count=3, sum=0.3, p50=0.1, p99=0.25, buckets={})
+    pool = (
+        TargetMetrics()
+        .snapshot()
+        .model_copy(update={"requests": 3, "responses": {"2xx": 3}, "latency": latency})
+    )
     assert Sample.from_pool(pool) == Sample(3, 0, 0.25)
+
+
+def stats_of(*, canary: Counters | None = None, stable: Counters | None = None) -> Stats:
+    """Stats of service "web" with these pools' totals (None: the pool is not reported)."""
+    empty = pool_entry({})
+    pools: dict[PoolName, PoolStats] = {}
+    named: tuple[tuple[PoolName, Counters | None], ...] = (("canary", canary), ("stable", stable))
+    for name, counted in named:
+        if counted is not None:
+            pool_totals = empty.totals.model_copy(update=dict(counted))
+            pools[name] = empty.model_copy(update={"totals": pool_totals})
+    service = ServiceStats(pools=pools, canary_weight=10.0, panic=0)
+    return Stats(services={"web": service}, connections=0, rejected={})
+
+
+def test_pool_samples_are_canary_then_stable() -> None:
+    canary, stable = totals(counters(statuses=(500,))), totals(counters(0.01, 0.01))
+    got = pool_samples(stats_of(canary=canary, stable=stable), "web")
+    assert got == (Sample.from_pool(canary), Sample.from_pool(stable))
+    assert (got[0].errors, got[1].requests) == (1, 2)
+
+
+def test_pool_samples_of_a_missing_pool_or_service_have_no_traffic() -> None:
+    only_stable = stats_of(stable=totals(counters(0.01)))
+    assert pool_samples(only_stable, "web")[0] is NO_TRAFFIC
+    assert pool_samples(only_stable, "api") == (NO_TRAFFIC, NO_TRAFFIC)
+    assert Sample(0, 0, 0.0) == NO_TRAFFIC
 
 
 def test_sample_refuses_foreign_buckets() -> None:

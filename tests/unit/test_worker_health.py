@@ -7,18 +7,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from prometheus_text import value
+from zerodown.dataplane.merge import Tally, answered_counts, merge_worker_stats
+from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.dataplane.stats import PoolStats, ServiceStats, Stats, TargetStats, pool_entry
 from zerodown.proxy.health import HealthShare, TargetHealth
-from zerodown.proxy.metrics import (
-    TargetMetrics,
-    merge_worker_stats,
-    pool_entry,
-    render_prometheus,
-    target_entry,
-)
+from zerodown.proxy.metrics import TargetMetrics, target_entry
 from zerodown.proxy.target import Target
-from zerodown.routing import HealthSpec, PassiveHealthSpec
+from zerodown.routing import HealthSpec, PassiveHealthSpec, PoolName
 
 ACTIVE = HealthSpec(rise=2, fall=3)
 PASSIVE = PassiveHealthSpec(consecutive_errors=3, base_ejection_time=10.0, max_ejection_time=100.0)
@@ -175,22 +172,26 @@ def stats(
     connections: int = 0,
     rejected: dict[str, int] | None = None,
     canary_weight: float = 0.0,
-) -> dict[str, Any]:
-    """A stats document shaped as ProxyServer.stats() builds it."""
-    pools = {
+) -> Stats:
+    """A stats document as ProxyServer.stats() builds it."""
+    pools: dict[PoolName, PoolStats] = {
         "stable": pool_entry({t.address: target_entry(t) for t in stable}),
         "canary": pool_entry({t.address: target_entry(t) for t in canary or []}),
     }
-    return {
-        "services": {"web": {"pools": pools, "canary_weight": canary_weight}},
-        "connections": connections,
-        "rejected": rejected or {},
-    }
+    service = ServiceStats(pools=pools, canary_weight=canary_weight, panic=0)
+    return Stats(services={"web": service}, connections=connections, rejected=rejected or {})
 
 
-def entries(merged: dict[str, Any], pool: str = "stable") -> dict[str, Any]:
-    found: dict[str, Any] = merged["services"]["web"]["pools"][pool]["targets"]
-    return found
+def merged_of(view: Stats, workers: list[Stats]) -> Stats:
+    return merge_worker_stats(view, [Tally.of(w) for w in workers])
+
+
+def entries(merged: Stats, pool: PoolName = "stable") -> dict[str, TargetStats]:
+    return merged.services["web"].pools[pool].targets
+
+
+def stable(merged: Stats) -> PoolStats:
+    return merged.services["web"].pools["stable"]
 
 
 def test_counters_are_summed_across_workers() -> None:
@@ -207,31 +208,31 @@ def test_counters_are_summed_across_workers() -> None:
             target(B, requests=4, statuses=(200,) * 4, failures=("connect", "reset")),
         ]
     )
-    merged = merge_worker_stats(view, [one, two])
+    merged = merged_of(view, [one, two])
     a, b = entries(merged)[A], entries(merged)[B]
-    assert a["requests"] == 5
-    assert a["responses"] == {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 1}
-    assert a["ejections"] == 1
-    assert a["failures"]["reset"] == 1
-    assert a["latency"]["count"] == 5
-    assert a["latency"]["buckets"]["0.005"] == 5
-    assert b["requests"] == 5
-    assert b["failures"]["connect"] == 1 and b["failures"]["reset"] == 1
-    totals = merged["services"]["web"]["pools"]["stable"]["totals"]
-    assert totals["requests"] == 10
-    assert totals["responses"]["2xx"] == 8
-    assert totals["failures"]["reset"] == 2
-    assert totals["targets"] == 2
+    assert a.requests == 5
+    assert a.responses == {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 1}
+    assert a.ejections == 1
+    assert a.failures["reset"] == 1
+    assert a.latency.count == 5
+    assert a.latency.buckets["0.005"] == 5
+    assert b.requests == 5
+    assert b.failures["connect"] == 1 and b.failures["reset"] == 1
+    totals = stable(merged).totals
+    assert totals.requests == 10
+    assert totals.responses["2xx"] == 8
+    assert totals.failures["reset"] == 2
+    assert totals.targets == 2
 
 
 def test_in_flight_is_summed_across_workers() -> None:
     view = stats([target(A, in_flight=0), target(B)])
     one = stats([target(A, in_flight=2), target(B, in_flight=1)])
     two = stats([target(A, in_flight=3), target(B)])
-    merged = merge_worker_stats(view, [one, two])
-    assert entries(merged)[A]["in_flight"] == 5
-    assert entries(merged)[B]["in_flight"] == 1
-    assert merged["services"]["web"]["pools"]["stable"]["totals"]["in_flight"] == 6
+    merged = merged_of(view, [one, two])
+    assert entries(merged)[A].in_flight == 5
+    assert entries(merged)[B].in_flight == 1
+    assert stable(merged).totals.in_flight == 6
 
 
 def test_state_and_health_come_from_the_view_not_the_workers() -> None:
@@ -239,77 +240,77 @@ def test_state_and_health_come_from_the_view_not_the_workers() -> None:
         [target(A, state="draining", health="ejected", weight=3), target(B, health="down")]
     )
     worker = stats([target(A, requests=1), target(B, requests=1)])  # still ready and up there
-    merged = merge_worker_stats(view, [worker])
+    merged = merged_of(view, [worker])
     a, b = entries(merged)[A], entries(merged)[B]
-    assert (a["state"], a["health"], a["serving"], a["available"], a["weight"]) == (
+    assert (a.state, a.health, a.serving, a.available, a.weight) == (
         "draining",
         "ejected",
         False,
         False,
         3,
     )
-    assert (b["state"], b["health"], b["serving"], b["available"]) == (
+    assert (b.state, b.health, b.serving, b.available) == (
         "ready",
         "down",
         False,
         False,
     )
-    assert a["requests"] == 1 and b["requests"] == 1
-    assert merged["services"]["web"]["pools"]["stable"]["totals"]["available"] == 0
+    assert a.requests == 1 and b.requests == 1
+    assert stable(merged).totals.available == 0
 
 
 def test_a_target_a_worker_does_not_know_counts_zero_there() -> None:
     view = stats([target(A), target(B)], [target(C)])
     one = stats([target(A, requests=2, statuses=(200, 200)), target(B, requests=1)])
     two = stats([target(A, requests=1, statuses=(200,))])  # has not seen B's table yet
-    merged = merge_worker_stats(view, [one, two])
-    assert entries(merged)[A]["requests"] == 3
-    assert entries(merged)[B]["requests"] == 1
+    merged = merged_of(view, [one, two])
+    assert entries(merged)[A].requests == 3
+    assert entries(merged)[B].requests == 1
     c = entries(merged, "canary")[C]  # nobody served it yet
-    assert c["requests"] == 0 and c["in_flight"] == 0 and c["latency"]["count"] == 0
-    assert c["state"] == "ready"
+    assert c.requests == 0 and c.in_flight == 0 and c.latency.count == 0
+    assert c.state == "ready"
 
 
 def test_a_target_only_a_worker_knows_is_left_out() -> None:
     # The supervisor's view decides what exists (a worker may lag behind a removal).
     view = stats([target(A)])
     worker = stats([target(A, requests=1), target(B, requests=9)])
-    merged = merge_worker_stats(view, [worker])
+    merged = merged_of(view, [worker])
     assert set(entries(merged)) == {A}
-    assert merged["services"]["web"]["pools"]["stable"]["totals"]["requests"] == 1
+    assert stable(merged).totals.requests == 1
 
 
 def test_rejected_and_connections_are_summed_and_service_fields_kept() -> None:
     view = stats([target(A)], connections=0, canary_weight=12.5)
     one = stats([target(A)], connections=3, rejected={"400": 2, "431": 1})
     two = stats([target(A)], connections=4, rejected={"400": 1, "404": 5})
-    merged = merge_worker_stats(view, [one, two])
-    assert merged["connections"] == 7
-    assert merged["rejected"] == {"400": 3, "404": 5, "431": 1}
-    assert list(merged["rejected"]) == ["400", "404", "431"]
-    assert merged["services"]["web"]["canary_weight"] == 12.5
+    merged = merged_of(view, [one, two])
+    assert merged.connections == 7
+    assert merged.rejected == {"400": 3, "404": 5, "431": 1}
+    assert list(merged.rejected) == ["400", "404", "431"]
+    assert merged.services["web"].canary_weight == 12.5
 
 
 def test_no_workers_means_the_view_with_zero_counters() -> None:
     view = stats([target(A, state="draining")], connections=9, rejected={"400": 1})
-    merged = merge_worker_stats(view, [])
-    assert entries(merged)[A]["requests"] == 0
-    assert entries(merged)[A]["state"] == "draining"
-    assert merged["connections"] == 0
-    assert merged["rejected"] == {}
+    merged = merged_of(view, [])
+    assert entries(merged)[A].requests == 0
+    assert entries(merged)[A].state == "draining"
+    assert merged.connections == 0
+    assert merged.rejected == {}
 
 
 def test_merged_stats_are_json_and_render_as_prometheus() -> None:
     view = stats([target(A), target(B)])
     workers = [stats([target(A, requests=2, statuses=(200, 200)), target(B)]) for _ in range(2)]
-    merged = merge_worker_stats(view, workers)
-    assert json.loads(json.dumps(merged)) == merged
+    merged = merged_of(view, workers)
+    assert Stats.model_validate_json(merged.model_dump_json()) == merged
     text = render_prometheus(merged)
-    assert (
-        f'zerodown_requests_total{{service="web",pool="stable",target="{A}",version=""}} 4\n'
-        in text
-    )
-    assert (
-        f'zerodown_requests_total{{service="web",pool="stable",target="{B}",version=""}} 0\n'
-        in text
-    )
+    labels = {"service": "web", "pool": "stable", "version": ""}
+    assert value(text, "zerodown_requests_total", **labels, target=A) == 4
+    assert value(text, "zerodown_requests_total", **labels, target=B) == 0
+
+
+def test_answered_counts_are_responses_below_500_per_target() -> None:
+    worker = stats([target(A, statuses=(200, 302, 404, 503)), target(B)], [target(C)])
+    assert answered_counts(worker) == {("web", A): 3, ("web", B): 0, ("web", C): 0}

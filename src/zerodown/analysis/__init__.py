@@ -1,5 +1,5 @@
 """Canary analysis: pure functions that compare the canary pool with the stable one."""
 
-from zerodown.analysis.judge import Judgement, Sample, Verdict, judge
+from zerodown.analysis.judge import NO_TRAFFIC, Judgement, Sample, Verdict, judge, pool_samples
 
-__all__ = ["Judgement", "Sample", "Verdict", "judge"]
+__all__ = ["NO_TRAFFIC", "Judgement", "Sample", "Verdict", "judge", "pool_samples"]

@@ -1,9 +1,9 @@
 """The canary judge: is the new release worse than the stable one?
 
 Pure functions over `Sample`s taken from the data plane's pool totals (the
-stats shape in `zerodown.proxy.metrics`). The executor takes one sample per
-pool when the weight moves and one when it judges; `since` turns the two
-into what happened in between.
+typed stats of `zerodown.dataplane.stats`; `pool_samples` reads them). The
+executor takes one sample per pool when the weight moves and one when it
+judges; `since` turns the two into what happened in between.
 
 The rules are the ones docs/config.md promises:
 - `error_rate_threshold`: fail when the canary's error rate exceeds the
@@ -19,12 +19,12 @@ The rules are the ones docs/config.md promises:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from zerodown.proxy.metrics import BUCKET_LABELS, Histogram
+from zerodown.dataplane.stats import BUCKET_LABELS, Counters, PoolStats, Stats, quantile
+from zerodown.routing import PoolName
 
 # Seconds the canary p99 must exceed the stable p99 by, on top of the ratio.
 P99_NOISE_FLOOR = 0.05
@@ -56,22 +56,19 @@ class Sample:
             raise ValueError(f"{len(self.buckets)} buckets, expected {len(BUCKET_LABELS)}")
 
     @classmethod
-    def from_pool(cls, totals: Mapping[str, Any]) -> Sample:
-        """A sample from a pool's "totals" in the stats JSON; {} (no such pool) is all zeros."""
-        responses = totals.get("responses", {})
-        failures = totals.get("failures", {})
+    def from_pool(cls, totals: Counters) -> Sample:
+        """A sample from a pool's totals (or any counters)."""
         # A retried try failed here too, though the client saw the next one;
         # counting it keeps a canary that refuses connections from looking clean.
-        failed = sum(int(failures.get(kind, 0)) for kind in ERROR_FAILURES)
-        failed += int(totals.get("retries", 0))
-        answered = sum(int(n) for n in responses.values())
-        latency = totals.get("latency", {})
-        raw = latency.get("buckets", {})
-        buckets = tuple(int(raw[label]) for label in BUCKET_LABELS) if raw else ()
-        p99 = _p99(buckets) if buckets else float(latency.get("p99", 0.0))
+        failed = sum(totals.failures.get(kind, 0) for kind in ERROR_FAILURES) + totals.retries
+        answered = sum(totals.responses.values())
+        latency = totals.latency
+        raw = latency.buckets
+        buckets = tuple(raw[label] for label in BUCKET_LABELS) if raw else ()
+        p99 = _p99(buckets) if buckets else latency.p99  # no histogram: the data plane's own
         # Tries still in flight or cut by a drain have no outcome: in neither count.
         requests = answered + failed
-        return cls(requests, int(responses.get("5xx", 0)) + failed, p99, buckets)
+        return cls(requests, totals.responses.get("5xx", 0) + failed, p99, buckets)
 
     @property
     def error_rate(self) -> float:
@@ -103,10 +100,29 @@ class Sample:
 
 def _p99(cumulative: tuple[int, ...]) -> float:
     """p99 of cumulative bucket counts, by the data plane's own estimator."""
-    histogram = Histogram()
-    histogram.counts = [a - b for a, b in zip(cumulative, (0, *cumulative[:-1]), strict=True)]
-    histogram.count = cumulative[-1]
-    return histogram.quantile(0.99)
+    return quantile([a - b for a, b in zip(cumulative, (0, *cumulative[:-1]), strict=True)], 0.99)
+
+
+# A pool the data plane does not report has served nothing: no canary pool in
+# the table yet, or a service the table does not have. The judge calls a
+# canary without requests inconclusive and takes a stable pool without them
+# as a 0 % baseline with no p99.
+NO_TRAFFIC: Final = Sample(0, 0, 0.0)
+
+
+def pool_samples(stats: Stats, service: str) -> tuple[Sample, Sample]:
+    """The (canary, stable) samples of `service` from the data plane's stats."""
+    entry = stats.services.get(service)
+    if entry is None:
+        return NO_TRAFFIC, NO_TRAFFIC
+    return _pool_sample(entry.pools, "canary"), _pool_sample(entry.pools, "stable")
+
+
+def _pool_sample(pools: dict[PoolName, PoolStats], name: PoolName) -> Sample:
+    pool = pools.get(name)
+    if pool is None:
+        return NO_TRAFFIC
+    return Sample.from_pool(pool.totals)
 
 
 @dataclass(frozen=True, slots=True)

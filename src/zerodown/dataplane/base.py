@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
-from typing import Any, Final
+from typing import Final
 
+from zerodown.dataplane.stats import Stats
 from zerodown.routing import DrainResult, RoutingTable
 
 __all__ = ["SHUTDOWN_IDLE_GRACE", "DataPlane", "DrainResult", "ListeningDataPlane"]
@@ -34,12 +35,12 @@ class DataPlane(ABC):
         """Set the target draining and wait until its in-flight work is done or the deadline."""
 
     @abstractmethod
-    async def stats(self) -> dict[str, Any]:
-        """Counters per service, pool and target, JSON-ready."""
+    async def stats(self) -> Stats:
+        """Counters per service, pool and target (dataplane/stats.py)."""
 
     @abstractmethod
     async def prometheus(self) -> str:
-        """The same counters in Prometheus text exposition format."""
+        """The same counters in Prometheus text exposition format (dataplane/prometheus.py)."""
 
 
 class ListeningDataPlane(DataPlane):

@@ -42,10 +42,11 @@ from zerodown.dataplane.host import (
     control_name,
     settings_document,
 )
+from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet
+from zerodown.dataplane.stats import Stats
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.listener import bind_listener
-from zerodown.proxy.metrics import render_prometheus
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
 
@@ -327,9 +328,8 @@ class DetachedDataPlane(ListeningDataPlane):
         )
         return DrainResult(**result)
 
-    async def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = await self._link().request("stats")
-        return stats
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._link().request("stats"))
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 from zerodown.dataplane.base import SHUTDOWN_IDLE_GRACE, DrainResult, ListeningDataPlane
+from zerodown.dataplane.stats import Stats
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
@@ -44,7 +44,7 @@ class EmbeddedDataPlane(ListeningDataPlane):
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         return await self.server.drain(service, address, timeout)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> Stats:
         return self.server.stats()
 
     async def prometheus(self) -> str:

@@ -209,7 +209,7 @@ class DataPlaneHost:
         if op == "drain":
             return self._drain(message["service"], message["address"], message["timeout"])
         if op == "stats":
-            return dataplane.stats()
+            return _stats_document(dataplane)
         if op == "health":
             return health_snapshot(_server_of(dataplane))
         raise ValueError(f"unknown op {op!r}")
@@ -300,6 +300,11 @@ def health_snapshot(server: ProxyServer) -> list[tuple[str, str, list[Any]]]:
         for service in server.services.values()
         for target in service.targets()
     ]
+
+
+async def _stats_document(dataplane: ListeningDataPlane) -> dict[str, Any]:
+    """The stats as JSON for the channel; the controller validates them back (detached.py)."""
+    return (await dataplane.stats()).model_dump(mode="json")
 
 
 def _server_of(dataplane: ListeningDataPlane) -> ProxyServer:

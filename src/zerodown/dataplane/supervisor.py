@@ -35,12 +35,14 @@ from typing import Any, Final
 
 from zerodown.dataplane.base import DrainResult, ListeningDataPlane
 from zerodown.dataplane.channel import Channel, ChannelClosed, Message, RemoteError
-from zerodown.dataplane.counters import RetiredCounters, target_keys
+from zerodown.dataplane.counters import RetiredCounters
+from zerodown.dataplane.merge import Tally, answered_counts, merge_worker_stats, target_keys
+from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet
+from zerodown.dataplane.stats import Stats
 from zerodown.dataplane.worker import ANSWERS_EVERY
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
-from zerodown.proxy.metrics import answered_counts, merge_worker_stats, render_prometheus
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
@@ -70,10 +72,10 @@ class WorkerProcess:
         self.started_at = 0.0
         self.crashes = 0
         self.ready = False
-        # One generation per process; `counted` is the last stats read from
+        # One generation per process; `counted` is the last tally read from
         # the current one, added to the retired counters when it ends.
         self.generation = 0
-        self.counted: dict[str, Any] | None = None
+        self.counted: Tally | None = None
         self.counted_read = 0  # which read (supervisor-wide number) `counted` came from
 
     def __repr__(self) -> str:
@@ -283,21 +285,21 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             await asyncio.sleep(self.stats_poll)
             await self._read_counters()
 
-    async def _read_counters(self) -> list[dict[str, Any]]:
+    async def _read_counters(self) -> list[Stats]:
         """Every running worker's stats, each kept as its generation's last counters."""
         self._reads += 1
         read, generations = self._reads, [w.generation for w in self.workers]
-        answers = [(w, s) for w, s in await self._ask("stats") if s]
+        answers = [(w, Stats.model_validate(s)) for w, s in await self._ask("stats") if s]
         self._note_answers(answers)
         for worker, snapshot in answers:
             # Kept only if the generation it counts is still running (else its
             # last counters are retired already) and no later read (a poll and
             # a stats() overlap) has been kept: a kept count never goes back.
             if worker.generation == generations[worker.index] and read > worker.counted_read:
-                worker.counted, worker.counted_read = snapshot, read
+                worker.counted, worker.counted_read = Tally.of(snapshot), read
         return [snapshot for _, snapshot in answers]
 
-    def _note_answers(self, answers: list[tuple[WorkerProcess, dict[str, Any]]]) -> None:
+    def _note_answers(self, answers: list[tuple[WorkerProcess, Stats]]) -> None:
         """Tell health which targets answered since the last read of each worker.
 
         The checks run here, where no request is served, so a busy target's
@@ -396,7 +398,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             time.monotonic() - started,
         )
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> Stats:
         """The workers' counters summed: as read now, or last read of one that did
         not answer, plus those of generations that ended (never less than before).
         """
@@ -404,11 +406,10 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         view = self.server.stats()
         self.retired.keep_only(target_keys(view))
         counted = [w.counted for w in self.workers if w.counted is not None]
-        merged = merge_worker_stats(view, [*counted, self.retired.stats()])
-        merged["workers"] = sum(1 for w in self.workers if w.ready)
-        return merged
+        merged = merge_worker_stats(view, [*counted, self.retired.tally()])
+        return merged.model_copy(update={"workers": sum(1 for w in self.workers if w.ready)})
 
-    async def worker_stats(self) -> list[dict[str, Any]]:
+    async def worker_stats(self) -> list[Stats]:
         """Each running worker's own stats, unmerged (what it knows and counted)."""
         return await self._read_counters()
 

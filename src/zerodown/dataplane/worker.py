@@ -80,7 +80,7 @@ class Worker:
         if op == "drain":
             return self._drain(message["service"], message["address"], message["timeout"])
         if op == "stats":
-            return server.stats()
+            return server.stats().model_dump(mode="json")
         if op == "stop":
             return self._stop(message.get("timeout"))
         raise ValueError(f"unknown op {op!r}")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from zerodown.analysis.judge import Sample
+from zerodown.analysis.judge import Sample, pool_samples
 from zerodown.config import Config
 from zerodown.dataplane.base import DataPlane
 from zerodown.deploy.events import EventBus
@@ -130,12 +130,7 @@ class FleetOperations:
         await self.dataplane.apply(self.table())
 
     async def samples(self, service: str) -> tuple[Sample, Sample]:
-        stats = await self.dataplane.stats()
-        pools = stats["services"].get(service, {}).get("pools", {})
-        return (
-            Sample.from_pool(pools.get("canary", {}).get("totals", {})),
-            Sample.from_pool(pools.get("stable", {}).get("totals", {})),
-        )
+        return pool_samples(await self.dataplane.stats(), service)
 
     # -- instances ------------------------------------------------------------------------
 

@@ -15,14 +15,16 @@ import json
 import socket
 import sys
 import time
-from typing import IO, Any
+from typing import IO
 
+from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.dataplane.stats import ServiceStats, Stats, pool_entry, service_panic
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.listener import Listener, bind_listener
-from zerodown.proxy.metrics import pool_entry, render_prometheus, service_panic, target_entry
+from zerodown.proxy.metrics import target_entry
 from zerodown.proxy.router import Router
 from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
@@ -227,23 +229,23 @@ class ProxyServer:
 
     # -- stats -----------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        services: dict[str, Any] = {}
+    def stats(self) -> Stats:
+        services: dict[str, ServiceStats] = {}
         for name, service in self.services.items():
             pools = {}
             for pool in (service.stable, service.canary):
                 entries = {t.address: target_entry(t) for t in pool.targets}
                 pools[pool.name] = pool_entry(entries)
-            services[name] = {
-                "pools": pools,
-                "canary_weight": service.spec.split.canary_weight,
-                "panic": service_panic(pools),
-            }
-        return {
-            "services": services,
-            "connections": len(self.connections),
-            "rejected": {str(status): n for status, n in sorted(self.rejected.items())},
-        }
+            services[name] = ServiceStats(
+                pools=pools,
+                canary_weight=service.spec.split.canary_weight,
+                panic=service_panic(pools),
+            )
+        return Stats(
+            services=services,
+            connections=len(self.connections),
+            rejected={str(status): n for status, n in sorted(self.rejected.items())},
+        )
 
     def prometheus(self) -> str:
         return render_prometheus(self.stats())
