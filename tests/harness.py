@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httptools
 import uvloop
@@ -276,7 +276,7 @@ class Backend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> Backend:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -435,7 +435,7 @@ class RawBackend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> RawBackend:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

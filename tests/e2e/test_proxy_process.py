@@ -133,11 +133,12 @@ def test_a_signal_to_the_whole_group_stops_every_worker_cleanly(
     # systemd's stop and a terminal's Ctrl-C signal the whole process group:
     # the workers leave the order to the daemon, which stops them and exits 0.
     cluster = make_cluster(first=None, proxy={"workers": "2"})
-    assert cluster.daemon is not None
-    workers: list[int] = wait_for("two proxy workers", lambda: two_workers(cluster.daemon.pid), 10)
+    daemon = cluster.daemon
+    assert daemon is not None
+    workers: list[int] = wait_for("two proxy workers", lambda: two_workers(daemon.pid), 10)
     assert cluster.get()[0] == 503  # nothing deployed yet: the proxy itself answers
-    os.killpg(cluster.daemon.pid, sig)
-    assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
+    os.killpg(daemon.pid, sig)
+    assert daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
     # The data plane is in a session of its own: the daemon stopped it, in order.
     wait_for("every worker exited", lambda: not any(alive(w) for w in workers), 10)
     assert cluster.dataplane_pid() is None

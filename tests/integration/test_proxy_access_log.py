@@ -12,7 +12,7 @@ from zerodown.proxy.settings import ProxySettings
 def test_each_request_is_one_json_line_with_its_target_and_request_id(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
 
-    async def main() -> list[str]:
+    async def main() -> list[str | None]:
         async with (
             backends("a") as (a,),
             proxy(
