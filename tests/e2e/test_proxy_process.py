@@ -99,7 +99,8 @@ def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: Cluste
     stats = admin_json(cluster, "/v1/stats")
     assert stats["workers"] == 2
     totals = stats["services"]["web"]["pools"]["stable"]["totals"]
-    assert totals["available"] == 2 and totals["targets"] == 2
+    assert totals["available"] == 2
+    assert totals["targets"] == 2
 
 
 def failed_restart_logged(cluster: Cluster) -> bool:

@@ -274,7 +274,8 @@ def test_head_response_has_no_body_and_the_connection_stays_usable() -> None:
             "yes",
         )
         # The HEAD response ends at its blank line: the next bytes are the next status line.
-        assert data.startswith(head.raw) and data[len(head.raw) :].startswith(b"HTTP/1.1 200 ")
+        assert data.startswith(head.raw)
+        assert data[len(head.raw) :].startswith(b"HTTP/1.1 200 ")
         assert (get.status, get.body) == (200, b"after-head")
         assert [(r.method, r.path) for r in backend.requests] == [("HEAD", "/h"), ("GET", "/g")]
         assert backend.connections == 1  # the upstream connection was reused after HEAD
@@ -1312,6 +1313,7 @@ def test_invalid_chunk_after_the_head_was_forwarded_never_completes_the_request(
         assert [r.status for r in split_responses(data)] == [400]
         [forwarded] = raw_backend.received
         assert forwarded.endswith(b"\r\n\r\n5\r\nhello\r\n"), bytes(forwarded)
-        assert b"world" not in forwarded and b"0\r\n\r\n" not in forwarded
+        assert b"world" not in forwarded
+        assert b"0\r\n\r\n" not in forwarded
 
     run(main())
