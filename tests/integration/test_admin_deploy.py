@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import DEADLINE, run, until
+from harness import DEADLINE, run
 from zerodown.control import admin as admin_module
 from zerodown.control.admin import AdminServer, create_admin_app
 from zerodown.control.client import AdminClient, AdminError, AdminUnreachable
@@ -684,7 +684,9 @@ def test_a_client_that_leaves_closes_the_event_source() -> None:
                 return first
 
             assert await api(first_then_leave) == EVENTS[0]
-            await until(lambda: fake.streams_closed > 0, "stream closed", DEADLINE, every=0.01)
+            async with asyncio.timeout(DEADLINE):
+                while fake.streams_closed == 0:
+                    await asyncio.sleep(0.01)
 
     run(scenario())
 
@@ -705,7 +707,9 @@ def test_stopping_the_server_ends_open_streams() -> None:
                 received.append(event)
 
         reading = asyncio.ensure_future(asyncio.to_thread(read))
-        await until(lambda: len(received) == len(EVENTS), "every event", DEADLINE, every=0.01)
+        async with asyncio.timeout(DEADLINE):
+            while len(received) < len(EVENTS):
+                await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await server.stop()

@@ -18,7 +18,7 @@ def counters(requests: int, status: int = 200, in_flight: int = 0) -> dict[str, 
     return {**metrics.snapshot(), "in_flight": in_flight, "available": True}
 
 
-def worker(by_address: dict[str, int], pool: str = "stable", rejected: int = 0) -> dict[str, Any]:
+def worker(pool: str = "stable", rejected: int = 0, **by_address: int) -> dict[str, Any]:
     entries = {address: counters(n, in_flight=1) for address, n in by_address.items()}
     return {
         "services": {"web": {"pools": {pool: pool_entry(entries)}}},
@@ -35,8 +35,8 @@ def view(*addresses: str) -> dict[str, Any]:
 
 def test_generations_add_up_per_target_with_nothing_in_flight() -> None:
     retired = RetiredCounters()
-    retired.add(worker({A: 3, B: 1}, rejected=2))
-    retired.add(worker({A: 4}, rejected=1))
+    retired.add(worker(rejected=2, **{A: 3, B: 1}))
+    retired.add(worker(rejected=1, **{A: 4}))
     kept = retired.stats()
     targets = kept["services"]["web"]["pools"]["stable"]["targets"]
     assert {a: t["requests"] for a, t in targets.items()} == {A: 7, B: 1}
@@ -49,8 +49,8 @@ def test_generations_add_up_per_target_with_nothing_in_flight() -> None:
 
 def test_merged_with_a_live_worker_the_totals_include_the_dead() -> None:
     retired = RetiredCounters()
-    retired.add(worker({A: 5}))
-    merged = merge_worker_stats(view(A, B), [worker({A: 2, B: 1}), retired.stats()])
+    retired.add(worker(**{A: 5}))
+    merged = merge_worker_stats(view(A, B), [worker(**{A: 2, B: 1}), retired.stats()])
     totals = merged["services"]["web"]["pools"]["stable"]["totals"]
     assert (totals["requests"], totals["in_flight"]) == (8, 2)
     assert merged["connections"] == 3  # only the live worker's
@@ -58,7 +58,7 @@ def test_merged_with_a_live_worker_the_totals_include_the_dead() -> None:
 
 def test_targets_that_left_the_table_are_forgotten() -> None:
     retired = RetiredCounters()
-    retired.add(worker({A: 5, B: 2}))
+    retired.add(worker(**{A: 5, B: 2}))
     retired.keep_only(target_keys(view(B)))
     targets = retired.stats()["services"]["web"]["pools"]["stable"]["targets"]
     assert {a: t["requests"] for a, t in targets.items()} == {B: 2}
