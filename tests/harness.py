@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httptools
 import uvloop
@@ -198,7 +198,8 @@ class KeepAliveClient:
         body: bytes = b"",
         headers: dict[str, str] | None = None,
     ) -> Response:
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body or method in ("POST", "PUT"):
@@ -276,7 +277,7 @@ class Backend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> Backend:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -394,14 +395,19 @@ async def backends(*names: str, **kwargs: Any) -> AsyncIterator[list[Backend]]:
             await b.stop()
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
-    """Poll `condition` every few ms; fail the test if it is not met by the deadline."""
+async def until(
+    condition: Callable[[], bool], what: str, timeout: float = 2.0, every: float = 0.002
+) -> None:
+    """Poll `condition` every few ms; fail the test if it is not met by the deadline.
+
+    For state the test cannot be told about (another process, a thread, code
+    with no hook): where an event exists, await it instead."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(every)
 
 
 # -- backends that count what ended or only record ---------------------------------
@@ -435,7 +441,7 @@ class RawBackend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> RawBackend:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -123,7 +123,7 @@ async def _open_all(port: int, wanted: int) -> list[Conn]:
 
 async def _until_accepted(accepted: Callable[[], int], count: int) -> None:
     deadline = time.monotonic() + OPEN_TIMEOUT
-    while accepted() < count and time.monotonic() < deadline:
+    while accepted() < count and time.monotonic() < deadline:  # noqa: ASYNC110 - another process
         await asyncio.sleep(0.1)
     await asyncio.sleep(SETTLE_S)
 

@@ -508,7 +508,7 @@ class Load:
 
         try:
             self._result = asyncio.run(go())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which raises it
             self._error = exc
             self._ready.set()
 

@@ -99,7 +99,8 @@ def test_two_workers_deploy_and_hot_restart_fail_no_request(make_cluster: Cluste
     stats = admin_json(cluster, "/v1/stats")
     assert stats["workers"] == 2
     totals = stats["services"]["web"]["pools"]["stable"]["totals"]
-    assert totals["available"] == 2 and totals["targets"] == 2
+    assert totals["available"] == 2
+    assert totals["targets"] == 2
 
 
 def failed_restart_logged(cluster: Cluster) -> bool:
@@ -133,11 +134,12 @@ def test_a_signal_to_the_whole_group_stops_every_worker_cleanly(
     # systemd's stop and a terminal's Ctrl-C signal the whole process group:
     # the workers leave the order to the daemon, which stops them and exits 0.
     cluster = make_cluster(first=None, proxy={"workers": "2"})
-    assert cluster.daemon is not None
-    workers: list[int] = wait_for("two proxy workers", lambda: two_workers(cluster.daemon.pid), 10)
+    daemon = cluster.daemon
+    assert daemon is not None
+    workers: list[int] = wait_for("two proxy workers", lambda: two_workers(daemon.pid), 10)
     assert cluster.get()[0] == 503  # nothing deployed yet: the proxy itself answers
-    os.killpg(cluster.daemon.pid, sig)
-    assert cluster.daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
+    os.killpg(daemon.pid, sig)
+    assert daemon.wait(HANDOVER_TIMEOUT) == 0, cluster.log_tail()
     # The data plane is in a session of its own: the daemon stopped it, in order.
     wait_for("every worker exited", lambda: not any(alive(w) for w in workers), 10)
     assert cluster.dataplane_pid() is None

@@ -99,7 +99,8 @@ def test_both_ends_ask_and_answer_over_one_socket() -> None:
                 two.request("echo", WAIT, value="from two"),
             )
             assert list(replies) == [{"got": "from one"}, {"got": "from two"}]
-            assert left.ops() == ["echo"] and right.ops() == ["echo"]
+            assert left.ops() == ["echo"]
+            assert right.ops() == ["echo"]
 
     run(main())
 

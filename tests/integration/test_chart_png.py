@@ -122,7 +122,8 @@ def rgb(hex_color: str) -> bytes:
 
 def test_the_chart_of_a_rolled_back_canary_draws(tmp_path: Path) -> None:
     report = Report.from_result(canary_run()).with_deploy(VIEW)
-    assert report.bucket == 0.1 and len(report.buckets) == 39
+    assert report.bucket == 0.1
+    assert len(report.buckets) == 39
     svg = tmp_path / "canary.svg"
     svg.write_text(report.chart_svg())
     converter = shutil.which("rsvg-convert")

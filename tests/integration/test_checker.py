@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import uvloop
 
+from harness import until
 from zerodown.proxy.checker import CheckResult, HealthChecker
 from zerodown.proxy.health import TargetHealth
 from zerodown.routing import HealthSpec
@@ -136,13 +137,15 @@ def test_a_server_that_never_answers_fails_on_the_timeout(run: Run) -> None:
 
     ok, error = run(go())
     assert ok is False
-    assert error is not None and "no response" in error
+    assert error is not None
+    assert "no response" in error
 
 
 def test_a_closed_port_is_not_ok(run: Run) -> None:
     ok, error = run(check(closed_port()))
     assert ok is False
-    assert error is not None and "ConnectionRefusedError" in error
+    assert error is not None
+    assert "ConnectionRefusedError" in error
 
 
 # A timeout may be a busy app (health.py excuses it while real responses
@@ -281,9 +284,7 @@ def test_the_loop_survives_failures_and_a_raising_callback(run: Run) -> None:
     async def go() -> None:
         checker = HealthChecker("127.0.0.1", closed_port(), FAST, on_result)
         checker.start()
-        async with asyncio.timeout(SAFETY):
-            while len(calls) < 3:
-                await asyncio.sleep(0.005)
+        await until(lambda: len(calls) >= 3, "three checks", SAFETY, every=0.005)
         await checker.stop()
 
     run(go())
@@ -329,16 +330,12 @@ def test_checker_drives_target_health_down_and_up(run: Run) -> None:
         async with serve(answer(503)) as port:
             checker = HealthChecker("127.0.0.1", port, FAST, on_result)
             checker.start()
-            async with asyncio.timeout(SAFETY):
-                while health.state != "down":
-                    await asyncio.sleep(0.005)
+            await until(lambda: health.state == "down", "down", SAFETY, every=0.005)
             await checker.stop()
         async with serve(answer(200)) as port:
             checker = HealthChecker("127.0.0.1", port, FAST, on_result)
             checker.start()
-            async with asyncio.timeout(SAFETY):
-                while health.state != "up":
-                    await asyncio.sleep(0.005)
+            await until(lambda: health.state == "up", "up", SAFETY, every=0.005)
             await checker.stop()
 
     run(go())

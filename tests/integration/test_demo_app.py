@@ -225,7 +225,8 @@ def test_sigterm_during_the_startup_delay_exits_0_without_listening() -> None:
     with subprocess.Popen(
         [*command, "--startup-delay", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         try:
             # Its stop handler is in place once it says it is starting.
             assert b"starting" in proc.stderr.readline()
@@ -310,7 +311,8 @@ def test_demo_instances_take_free_ports_away_from_other_daemons(tmp_path: Path) 
     first, last = load_config(tmp_path / "zerodown.toml").services["web"].ports
     ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
     assert DEMO_PORTS[0] <= first < last <= DEMO_PORTS[1]
-    assert last < defaults.PORTS[0] and last < int(ephemeral)
+    assert last < defaults.PORTS[0]
+    assert last < int(ephemeral)
     for port in range(first, last + 1):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # free now, each of them

@@ -66,12 +66,14 @@ def test_a_detached_host_serves_on_and_the_next_controller_adopts_it(tmp_path: P
                 await first.detach()  # as a controller that dies
                 assert await get(port) == (200, b"b")
                 await second.start([f"127.0.0.1:{port}"])
-                assert second.adopted and second.pids == [host]
+                assert second.adopted
+                assert second.pids == [host]
                 assert second.routing() == table(backend)
                 assert await get(port) == (200, b"b")
                 await second.stop()
                 assert not alive(host)
-        assert backend.requests and len(backend.requests) == 3
+        assert backend.requests
+        assert len(backend.requests) == 3
 
     run(main())
 
@@ -91,7 +93,8 @@ def test_other_settings_replace_the_host_on_the_same_sockets(tmp_path: Path) -> 
                 load = asyncio.gather(*(get(port) for _ in range(40)))
                 await second.start([f"127.0.0.1:{port}"])
                 answers = await load
-                assert not second.adopted and second.pids != [old]
+                assert not second.adopted
+                assert second.pids != [old]
                 await until(lambda: not alive(old), "the old host gone", timeout=10)
                 assert second.routing() == table(backend)  # the old host's table, carried over
                 assert await get(port) == (200, b"b")

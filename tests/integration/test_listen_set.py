@@ -19,7 +19,8 @@ def test_each_worker_gets_a_socket_of_its_own_on_one_port() -> None:
     listening = ListenSet.open(["127.0.0.1:0", "127.0.0.1:0"], 3)
     try:
         assert [len(g) for g in listening.groups] == [3, 3]
-        assert len(ports(listening.groups[0])) == 1 and len(ports(listening.groups[1])) == 1
+        assert len(ports(listening.groups[0])) == 1
+        assert len(ports(listening.groups[1])) == 1
         shares = [listening.for_worker(i) for i in range(3)]
         assert all(len(share) == 2 for share in shares)  # one per address
         assert len({s.fileno() for share in shares for s in share}) == 6  # nothing shared
@@ -60,7 +61,8 @@ def test_handed_over_sockets_are_all_kept_whatever_the_new_worker_count() -> Non
         assert len(fewer.sockets) == 4  # none closed: their queues would be lost
         assert [len(fewer.for_worker(i)) for i in range(2)] == [2, 2]
         more = ListenSet.open(old.sockets, 6)  # more workers: more sockets on the port
-        assert len(more.sockets) == 6 and len(ports(more.sockets)) == 1
+        assert len(more.sockets) == 6
+        assert len(ports(more.sockets)) == 1
         for sock in more.sockets[4:]:
             sock.close()
     finally:

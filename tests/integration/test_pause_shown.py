@@ -81,7 +81,8 @@ def pause_of(client: AdminClient) -> Any:
 def test_status_says_why_a_deploy_waits(canary: tuple[Path, AdminClient]) -> None:
     config, client = canary
     timed = until("the timed pause", lambda: pause_of(client))
-    assert timed["by"] == "timer" and 25 < timed["left"] <= 30
+    assert timed["by"] == "timer"
+    assert 25 < timed["left"] <= 30
     assert "pause: " in zerodown(config, "status", "web").stdout
     assert " s left" in zerodown(config, "status", "web").stdout
 
@@ -94,4 +95,5 @@ def test_status_says_why_a_deploy_waits(canary: tuple[Path, AdminClient]) -> Non
     assert pause_of(client)["by"] == "timer"
     assert zerodown(config, "promote", "web").returncode == 0
     deploying = until("the end", lambda: client.status("web")[0]["deploying"] is None)
-    assert deploying and pause_of(client) is None
+    assert deploying
+    assert pause_of(client) is None

@@ -12,7 +12,7 @@ from zerodown.proxy.settings import ProxySettings
 def test_each_request_is_one_json_line_with_its_target_and_request_id(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
 
-    async def main() -> list[str]:
+    async def main() -> list[str | None]:
         async with (
             backends("a") as (a,),
             proxy(
@@ -34,7 +34,8 @@ def test_each_request_is_one_json_line_with_its_target_and_request_id(tmp_path: 
     ]
     assert entries[2]["target"] is None  # refused by the proxy: no app saw it
     assert [e["request_id"] for e in entries[:2]] == [first_id, second_id]
-    assert entries[0]["target"] == entries[1]["target"] and entries[0]["target"] is not None
+    assert entries[0]["target"] == entries[1]["target"]
+    assert entries[0]["target"] is not None
     assert entries[0]["client"] == "127.0.0.1"
 
 

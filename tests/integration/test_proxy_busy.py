@@ -63,12 +63,12 @@ class Busy:
 
 @contextlib.asynccontextmanager
 async def busy_backend(name: str = "busy", busy: bool = True) -> AsyncIterator[Busy]:
-    busy = Busy(name, busy)
-    await busy.backend.start()
+    app = Busy(name, busy)
+    await app.backend.start()
     try:
-        yield busy
+        yield app
     finally:
-        await busy.backend.stop()
+        await app.backend.stop()
 
 
 def only_target(server: ProxyServer) -> Target:

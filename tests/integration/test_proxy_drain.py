@@ -219,7 +219,8 @@ def test_a_drained_target_can_be_put_back_to_ready() -> None:
             assert {(await request(port)).body for _ in range(4)} == {b"b"}
             await server.apply(RoutingTable(services=(service(a.address, b.address),)))
             bodies = [(await request(port)).body for _ in range(10)]
-            assert bodies.count(b"a") == 5 and bodies.count(b"b") == 5
+            assert bodies.count(b"a") == 5
+            assert bodies.count(b"b") == 5
 
     run(main())
 

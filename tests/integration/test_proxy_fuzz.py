@@ -148,7 +148,8 @@ class Live:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
+        assert self._loop is not None
+        assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(DEADLINE)
 
@@ -233,7 +234,8 @@ def answers(data: bytes) -> list[Answer]:
         headers = []
         for line in lines:
             name, sep, value = line.partition(": ")
-            assert sep and re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name), line
+            assert sep, line
+            assert re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name), line
             headers.append((name.lower(), value))
         pos = end + 4
         status = int(match[1])
@@ -260,7 +262,8 @@ def check(
     from_backend = [a for a in got if ("x-backend", "fuzz") in a.headers]
     for answer in got:
         if answer in from_backend:
-            assert answer.status == 200 and answer.body in (b"ok", b""), answer
+            assert answer.status == 200, answer
+            assert answer.body in (b"ok", b""), answer
         else:
             assert answer.status in PROXY_STATUSES, (answer, raw[:300])
     assert live.backend.parse_errors == [], live.backend.parse_errors

@@ -95,7 +95,8 @@ def test_active_check_takes_a_failing_backend_out_and_brings_it_back() -> None:
                 a.health = 200
                 await until(lambda: target(server, a.backend).health.state == "up", "a back up")
                 counts = await served_by(port, 20)
-                assert counts["a"] >= 8 and counts["b"] >= 8, counts
+                assert counts["a"] >= 8, counts
+                assert counts["b"] >= 8, counts
         finally:
             await a.backend.stop()
             await b.backend.stop()

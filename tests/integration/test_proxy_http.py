@@ -41,6 +41,7 @@ from harness import (
 )
 from zerodown.demo.process import AppProcess, spawn_app
 from zerodown.proxy import http
+from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.upstream import ConnectionPool
 
@@ -155,8 +156,8 @@ def counting(answers: dict[int, Action]) -> Callable[[Request], Awaitable[bytes 
     return handle
 
 
-def pool_of(server: object, name: str = "web") -> ConnectionPool:
-    pool = server.services[name].stable.targets[0].connections  # type: ignore[attr-defined]
+def pool_of(server: ProxyServer, name: str = "web") -> ConnectionPool:
+    pool = server.services[name].stable.targets[0].connections
     assert pool is not None
     return pool
 
@@ -273,7 +274,8 @@ def test_head_response_has_no_body_and_the_connection_stays_usable() -> None:
             "yes",
         )
         # The HEAD response ends at its blank line: the next bytes are the next status line.
-        assert data.startswith(head.raw) and data[len(head.raw) :].startswith(b"HTTP/1.1 200 ")
+        assert data.startswith(head.raw)
+        assert data[len(head.raw) :].startswith(b"HTTP/1.1 200 ")
         assert (get.status, get.body) == (200, b"after-head")
         assert [(r.method, r.path) for r in backend.requests] == [("HEAD", "/h"), ("GET", "/g")]
         assert backend.connections == 1  # the upstream connection was reused after HEAD
@@ -744,7 +746,7 @@ def test_underscore_spellings_cannot_spoof_the_forwarded_headers() -> None:
             response = await request(port_of(srv), headers=spoofs)
         assert response.status == 200
         [seen] = backend.requests
-        environ = {}
+        environ: dict[str, str] = {}
         for name, value in seen.headers:  # what a WSGI server would build
             key = "HTTP_" + name.upper().replace("-", "_")
             environ[key] = f"{environ[key]},{value}" if key in environ else value
@@ -934,13 +936,13 @@ def test_sequential_requests_share_one_upstream_connection() -> None:
     run(main())
 
 
-REUSABLE = {
+REUSABLE: dict[str, tuple[bytes | Action, bytes]] = {
     "content-length": (ok(b"body"), b"body"),
     "chunked": (CHUNKED_RESPONSE, b"hello world"),
     "204": (b"HTTP/1.1 204 X\r\n\r\n", b""),
     "304": (b"HTTP/1.1 304 X\r\nContent-Length: 9\r\n\r\n", b""),
 }
-NOT_REUSABLE = {
+NOT_REUSABLE: dict[str, tuple[bytes | Action, bytes]] = {
     "connection-close": (ok(b"body", headers={"Connection": "close"}), b"body"),
     "http10-no-keep-alive": (b"HTTP/1.0 200 X\r\nContent-Length: 4\r\n\r\nbody", b"body"),
     "close-delimited": (Action(partial=b"HTTP/1.1 200 X\r\n\r\nbody"), b"body"),
@@ -1311,6 +1313,7 @@ def test_invalid_chunk_after_the_head_was_forwarded_never_completes_the_request(
         assert [r.status for r in split_responses(data)] == [400]
         [forwarded] = raw_backend.received
         assert forwarded.endswith(b"\r\n\r\n5\r\nhello\r\n"), bytes(forwarded)
-        assert b"world" not in forwarded and b"0\r\n\r\n" not in forwarded
+        assert b"world" not in forwarded
+        assert b"0\r\n\r\n" not in forwarded
 
     run(main())

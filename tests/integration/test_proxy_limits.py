@@ -13,6 +13,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -123,7 +124,7 @@ async def hanging_backend(partial: bytes = b"") -> AsyncIterator[HangingBackend]
         await backend.stop()
 
 
-def web(*addresses: str, **spec: object) -> ServiceSpec:
+def web(*addresses: str, **spec: Any) -> ServiceSpec:
     """The harness service with passive ejection off: each test counts its own failures."""
     spec.setdefault("passive", None)
     return service(*addresses, **spec)

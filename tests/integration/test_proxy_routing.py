@@ -178,7 +178,8 @@ def test_tables_swapped_under_load_fail_no_request() -> None:
 
                 await asyncio.gather(swapper(), *(client() for _ in range(clients)))
                 assert server.routing() == tables[-1]
-        assert len(done_at_swap) == 10 and all(0 < n < total for n in done_at_swap)
+        assert len(done_at_swap) == 10
+        assert all(0 < n < total for n in done_at_swap)
         assert Counter(statuses) == {200: total}
         assert len(a.requests) + len(b.requests) + len(c.requests) == total
 
@@ -324,7 +325,8 @@ def test_cohort_rules_pin_a_header_or_cookie_to_a_pool_whatever_the_weight() -> 
             assert await served({"Cookie": "a=b; beta=yes"}) == {"canary": 40}
             # Anyone else is split by weight: both pools see some of 200.
             others = await served({"X-Canary": "maybe"}, n=200)
-            assert others["stable"] >= 60 and others["canary"] >= 60, others
+            assert others["stable"] >= 60, others
+            assert others["canary"] >= 60, others
 
     run(main())
 

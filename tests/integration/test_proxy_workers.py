@@ -134,7 +134,8 @@ def test_both_workers_serve_and_stats_sum_their_counters() -> None:
     async def main() -> None:
         async with backends("a", "b") as (a, b), plane(service(a.address, b.address)) as dp:
             port = port_of(dp)
-            assert len(dp.pids) == WORKERS and len(set(dp.pids)) == WORKERS
+            assert len(dp.pids) == WORKERS
+            assert len(set(dp.pids)) == WORKERS
             assert os.getpid() not in dp.pids
             assert all(w.ready for w in dp.workers)
 
@@ -170,7 +171,8 @@ def test_both_workers_serve_and_stats_sum_their_counters() -> None:
             assert totals["requests"] == sent
             assert totals["responses"]["2xx"] == sent
             assert totals["in_flight"] == 0
-            assert totals["targets"] == 2 and totals["available"] == 2
+            assert totals["targets"] == 2
+            assert totals["available"] == 2
             assert all(e["state"] == "ready" and e["health"] == "up" for e in entries.values())
 
             text = await dp.prometheus()
@@ -343,7 +345,8 @@ def test_a_killed_worker_is_started_again_with_the_current_table() -> None:
             victim, survivor = dp.workers
             old_process = victim.process
             old_pid, survivor_pid = victim.pid, survivor.pid
-            assert old_process is not None and old_pid is not None
+            assert old_process is not None
+            assert old_pid is not None
 
             os.kill(old_pid, signal.SIGKILL)
             await until(lambda: not victim.ready, "the supervisor sees the worker die", 5.0)
@@ -368,7 +371,8 @@ def test_a_killed_worker_is_started_again_with_the_current_table() -> None:
                 "the worker started again",
                 START_DEADLINE,
             )
-            assert victim.process is not None and victim.process.returncode is None
+            assert victim.process is not None
+            assert victim.process.returncode is None
             assert survivor.pid == survivor_pid
             assert set(dp.pids) == {victim.pid, survivor_pid}
 
@@ -554,7 +558,8 @@ def test_stop_ends_every_worker_and_closes_the_port() -> None:
             await dp.stop(1.0)
 
             for process in processes:
-                assert process is not None and process.returncode is not None
+                assert process is not None
+                assert process.returncode is not None
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection("127.0.0.1", port)
 

@@ -206,11 +206,15 @@ def test_two_instances_listen_on_their_own_ports_and_answer_with_their_version(
         instances = await runtime.start(demo("v7"), 2)
         await listening(*instances)
         ports = {i.port for i in instances}
-        assert len(ports) == 2 and all(window[0] <= p <= window[1] for p in ports)
-        assert runtime.instances("web") == instances and runtime.instances("other") == []
+        assert len(ports) == 2
+        assert all(window[0] <= p <= window[1] for p in ports)
+        assert runtime.instances("web") == instances
+        assert runtime.instances("other") == []
         for instance in instances:
-            assert instance.id.startswith("web-v7-") and instance.state == "starting"
-            assert instance.pid is not None and instance.pid_started is not None
+            assert instance.id.startswith("web-v7-")
+            assert instance.state == "starting"
+            assert instance.pid is not None
+            assert instance.pid_started is not None
             assert procfs.is_running(instance.pid, instance.pid_started)
             status, headers, text = await get(instance)
             assert (status, headers["x-version"], text) == (200, "v7", b"v7\n")
@@ -247,7 +251,8 @@ def test_command_cwd_and_environment_are_filled_in(
         runtime.on_exit(lambda instance, code: exits.append((instance, code)))
         [instance] = await runtime.start(release, 1)
         await until(lambda: len(exits) == 1, "the exit")
-        assert exits == [(instance, 3)] and instance.state == "crashed"
+        assert exits == [(instance, 3)]
+        assert instance.state == "crashed"
         safe_id = re.sub("[ ']", "_", instance.id)
         path = state_dir / "logs/web/v1__two_" / f"{safe_id}.log"
         await until(lambda: path.exists() and path.read_text().count("\n") == 3, "the log")
@@ -274,7 +279,8 @@ def test_output_is_rotated_at_the_size_limit(run: Run, make: Make, state_dir: Pa
         ]  # fmt: skip
         kept = [log.with_name(f"{log.name}.{n}").read_text() for n in (2, 1)] + [log.read_text()]
         assert all(len(text) <= 1000 and text.endswith("\n") for text in kept)
-        assert "".join(lines).endswith("".join(kept)) and len("".join(kept)) >= 2000
+        assert "".join(lines).endswith("".join(kept))
+        assert len("".join(kept)) >= 2000
 
     run(body())
 
@@ -296,7 +302,8 @@ def test_a_command_that_cannot_start_names_what_is_wrong(
             with pytest.raises(RuntimeStartError, match=message) as caught:
                 await runtime.start(release, 1)
             assert isinstance(caught.value, DeployError)
-        assert runtime.instances() == [] and runtime.ports.held == frozenset()
+        assert runtime.instances() == []
+        assert runtime.ports.held == frozenset()
 
     run(body())
 
@@ -310,7 +317,8 @@ def test_when_one_instance_cannot_start_those_started_are_stopped(
         marker = ("ZD_TEST_MARK", f"{random.getrandbits(64):x}")
         with pytest.raises(NoFreePort):
             await runtime.start(python(IDLE, env=(marker,)), 2)
-        assert runtime.instances() == [] and runtime.ports.held == frozenset()
+        assert runtime.instances() == []
+        assert runtime.ports.held == frozenset()
         assert len(list((state_dir / "logs/web/v1").iterdir())) == 1  # one did start
         assert not with_environment("=".join(marker))
 
@@ -369,7 +377,7 @@ def test_probe_refuses_a_listener_and_accepts_a_port_in_time_wait() -> None:
     client.close()
     server.close()
     assert can_listen(host, port)
-    with socket.socket() as plain, pytest.raises(OSError):  # without SO_REUSEADDR: refused
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):  # no SO_REUSEADDR
         plain.bind((host, port))
 
 
@@ -387,8 +395,10 @@ def test_stop_ends_the_whole_group_frees_the_port_and_tells_nobody(run: Run, mak
         assert await runtime.terminate(instance, 5) == 0  # the demo's graceful exit
         assert can_listen(instance.host, instance.port)
         await until(lambda: not group(instance.pid), "the group to die")
-        assert instance.state == "stopped" and runtime.instances() == []
-        assert runtime.ports.held == frozenset() and exits == []
+        assert instance.state == "stopped"
+        assert runtime.instances() == []
+        assert runtime.ports.held == frozenset()
+        assert exits == []
 
     run(body())
 
@@ -399,7 +409,8 @@ def test_an_app_that_ignores_sigterm_is_killed_after_the_grace(run: Run, make: M
         [instance] = await runtime.start(demo("v1", "--ignore-sigterm"), 1)
         await listening(instance)
         assert await runtime.terminate(instance, 0.3) == -signal.SIGKILL
-        assert can_listen(instance.host, instance.port) and not group(instance.pid)
+        assert can_listen(instance.host, instance.port)
+        assert not group(instance.pid)
 
     run(body())
 
@@ -432,7 +443,8 @@ def test_a_crash_is_reported_once_to_every_callback(run: Run, make: Make) -> Non
         os.kill(crashing.pid, signal.SIGKILL)
         await until(lambda: len(second) == 1, "the exit callbacks")
         assert first == second == [(crashing, -signal.SIGKILL)]
-        assert crashing.state == "crashed" and runtime.instances() == [staying]
+        assert crashing.state == "crashed"
+        assert runtime.instances() == [staying]
         assert runtime.ports.held == {staying.port}
         await runtime.stop(crashing, 5)  # already gone: fine, and no second report
         await runtime.stop(staying, 5)
@@ -458,8 +470,10 @@ def test_an_exit_is_reported_by_signal_with_the_end_of_its_log(
         await until(lambda: len(heard) == 1, "the exit callback")
         assert heard == [runtime.exit_report(instance)]
         report = heard[0]
-        assert report is not None and report.code == -signal.SIGSEGV, report
-        assert report.how == "killed by SIGSEGV" and report.log == log
+        assert report is not None, report
+        assert report.code == -signal.SIGSEGV, report
+        assert report.how == "killed by SIGSEGV"
+        assert report.log == log
         assert report.tail == tuple(f"line {n}" for n in range(2, 12))
         assert report.output().startswith(f"last 10 lines of {log}:\n    line 2\n")
 
@@ -472,7 +486,8 @@ def test_an_exit_while_starting_shows_the_end_of_its_log(run: Run, make: Make) -
         release = Release("web", "v1", "sh -c 'echo cannot open config.yml; exit 3'")
         with pytest.raises(InstanceExited) as stopped:
             await runtime.start(release, 400)  # stops at the first exit it sees
-        assert stopped.value.code == 3 and stopped.value.report is not None
+        assert stopped.value.code == 3
+        assert stopped.value.report is not None
         assert stopped.value.report.tail == ("cannot open config.yml",)
         assert str(stopped.value).endswith(":\n    cannot open config.yml"), stopped.value
 
@@ -493,7 +508,8 @@ def test_exits_are_noticed_without_a_pidfd_too(
         os.kill(crashing.pid, signal.SIGKILL)
         await until(lambda: len(exits) == 1, "the exit callback")
         assert exits == [(crashing, -signal.SIGKILL)]
-        assert await runtime.terminate(stopping, 5) == -signal.SIGTERM and len(exits) == 1
+        assert await runtime.terminate(stopping, 5) == -signal.SIGTERM
+        assert len(exits) == 1
 
     run(body())
 
@@ -521,7 +537,8 @@ def test_a_new_runtime_adopts_what_the_old_one_left_running(run: Run, make: Make
         reused.pid_started = (records[0].pid_started or 0) + 1  # same pid, another process
         dead = dataclasses.replace(records[1], id="web-v1-dead", pid=dead_pid())
         assert await new.adopt([*records, reused, dead]) == records
-        assert new.instances() == records and new.ports.held == {i.port for i in records}
+        assert new.instances() == records
+        assert new.ports.held == {i.port for i in records}
 
         [fresh] = await new.start(python(IDLE), 1)
         assert fresh.port not in {i.port for i in records}
@@ -529,10 +546,13 @@ def test_a_new_runtime_adopts_what_the_old_one_left_running(run: Run, make: Make
         assert crashing.pid is not None
         os.kill(crashing.pid, signal.SIGKILL)
         await until(lambda: len(exits) == 1, "the adopted instance's exit")
-        assert exits == [(crashing, None)] and crashing.state == "crashed"
+        assert exits == [(crashing, None)]
+        assert crashing.state == "crashed"
         assert await new.terminate(stopping, 5) is None  # not our child: code unknown
-        assert can_listen(stopping.host, stopping.port) and not group(stopping.pid)
-        assert stopping.state == "stopped" and len(exits) == 1
+        assert can_listen(stopping.host, stopping.port)
+        assert not group(stopping.pid)
+        assert stopping.state == "stopped"
+        assert len(exits) == 1
         await new.stop(fresh, 0)
 
     run(body())
@@ -548,7 +568,8 @@ def test_kill_stale_stops_live_records_and_skips_the_rest(run: Run, make: Make) 
 
         new = make()
         assert await new.kill_stale([instance, dead], grace=5) == [instance]
-        assert new.instances() == [] and new.ports.held == frozenset()
+        assert new.instances() == []
+        assert new.ports.held == frozenset()
         assert can_listen(instance.host, instance.port)
         await until(lambda: not group(instance.pid), "the group to die")
 

@@ -200,7 +200,8 @@ def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
     err = done.stderr.decode()
     assert done.returncode == 2, err
     assert err.count("\n") == 1, err  # one line, no traceback
-    assert "Traceback" not in err and "Errno" not in err, err
+    assert "Traceback" not in err, err
+    assert "Errno" not in err, err
     return err.strip()
 
 

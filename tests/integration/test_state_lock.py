@@ -131,9 +131,8 @@ def test_a_second_holder_is_refused_naming_the_pid_until_the_first_lets_go(
         StateDirLock.acquire(tmp_path / "state")  # flock is per open file: refused here too
     assert refused.value.pid == os.getpid()
     assert isinstance(refused.value, ConfigError)  # the CLI's exit 2
-    assert f"pid {os.getpid()}" in str(refused.value) and str(tmp_path / "state") in str(
-        refused.value
-    )
+    assert f"pid {os.getpid()}" in str(refused.value)
+    assert str(tmp_path / "state") in str(refused.value)
     assert "\n" not in str(refused.value)
     first.close()
     StateDirLock.acquire(tmp_path / "state").close()
@@ -149,7 +148,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
         with pytest.raises(StateDirBusy, match=f"pid {holder.pid}"):
             StateDirLock.acquire(tmp_path)
     finally:
@@ -170,7 +170,8 @@ def test_a_second_serve_on_one_state_dir_exits_2_naming_the_first(
     assert second.proc.wait(DEADLINE) == 2, second.output()
     lines = second.output().splitlines()
     assert len(lines) == 1, lines
-    assert f"pid {first.proc.pid}" in lines[0] and "state_dir" in lines[0], lines
+    assert f"pid {first.proc.pid}" in lines[0], lines
+    assert "state_dir" in lines[0], lines
     assert not listening(second.admin)  # it bound nothing
     assert first.serving()
     # Another state_dir is fine.
@@ -190,7 +191,8 @@ def test_a_hot_restart_hands_the_lock_to_the_new_generation(
     # While both generations run, and after the old one left, the new one holds it.
     assert (state_dir / LOCK_FILENAME).read_text() == f"{new}\n"
     assert old.proc.wait(DEADLINE) == 0, old.output()
-    assert alive(new) and listening(old.admin)  # the admin socket went with it
+    assert alive(new)
+    assert listening(old.admin)
     late = serves("late", state_dir)
     assert late.proc.wait(DEADLINE) == 2, late.output()
     assert f"pid {new}" in late.output()

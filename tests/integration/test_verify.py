@@ -86,7 +86,8 @@ def test_long_requests_and_posts_complete(apps: tuple[AppProcess, AppProcess]) -
     spec = {"long_ratio": 0.25, "long_path": "/slow?ms=300", "post_ratio": 0.25}
     result = run(through_proxy(addresses, concurrency=8, duration=1.0, **spec))
     kinds = Counter(s.kind for s in result.samples)
-    assert kinds["long"] > 0 and kinds["post"] > 0
+    assert kinds["long"] > 0
+    assert kinds["post"] > 0
     assert all(s.status == 200 for s in result.samples), failures(result)
     # The app held them (its 300 ms sleep runs on millisecond timers that may
     # fire a hair early): well above a plain request, not an exact duration.
@@ -112,8 +113,10 @@ async def load_and_kill(app: AppProcess, target: str) -> tuple[LoadResult, float
 def assert_nothing_after(result: LoadResult, killed: float) -> None:
     before = [s for s in result.samples if s.start + s.latency < killed]
     after = [s for s in result.samples if s.start > killed + 0.05]  # the kernel has closed all
-    assert before and all(s.failure is None for s in before)
-    assert after and all(s.failure is not None for s in after)
+    assert before
+    assert all(s.failure is None for s in before)
+    assert after
+    assert all(s.failure is not None for s in after)
 
 
 def test_killed_backend_direct_is_connect_and_reset_failures() -> None:
@@ -244,8 +247,10 @@ def test_verify_without_during_just_loads(apps: tuple[AppProcess, AppProcess]) -
             return await verify(spec, warmup=0.1, cooldown=0.1)
 
     report, outcome = run(scenario())
-    assert outcome is None and report.marks == ()
-    assert report.total > 0 and report.failed == 0
+    assert outcome is None
+    assert report.marks == ()
+    assert report.total > 0
+    assert report.failed == 0
 
 
 def test_verify_load_only_runs_for_its_duration(apps: tuple[AppProcess, AppProcess]) -> None:
@@ -257,7 +262,8 @@ def test_verify_load_only_runs_for_its_duration(apps: tuple[AppProcess, AppProce
     report, _ = run(scenario())
     assert report.end >= 1.4  # not cut at warmup + cooldown (0.2 s); a duration of 1.5 s
     assert report.bucket == 0.1  # chosen from the run's length
-    assert report.total > 0 and report.failed == 0
+    assert report.total > 0
+    assert report.failed == 0
 
 
 def test_verify_stops_the_load_when_during_fails(apps: tuple[AppProcess, AppProcess]) -> None:
@@ -355,6 +361,7 @@ def test_verify_deploy_says_it_rolled_back_and_loads_the_service_route(
     # answered all of it; at `/` every request would have failed (no route).
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["url"] == where
-    assert report["failed"] == 0 and report["total"] > 0
+    assert report["failed"] == 0
+    assert report["total"] > 0
     assert set(report["versions"]) == {"v1"}
     assert report["during"]["outcome"] == "rolled back"

@@ -172,7 +172,8 @@ def test_exclude_sends_a_retry_elsewhere_until_none_is_left(name: str) -> None:
         tried: list[Target] = []
         for _ in targets:
             target = balancer.pick(f"192.168.{i}.1", exclude=tried)
-            assert target is not None and target not in tried
+            assert target is not None
+            assert target not in tried
             tried.append(target)
         assert balancer.pick(f"192.168.{i}.1", exclude=tried) is None
 

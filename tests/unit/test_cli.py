@@ -146,7 +146,8 @@ def test_deploy_still_running_at_the_timeout_exits_6(daemon: Daemon) -> None:
     assert "--timeout ran out; deploy 1 runs on (state shifting)" in result.stderr
     assert "`zerodown abort web`" in result.stderr
     waits = [call for call in daemon.control.calls if call[0] == "wait"]
-    assert waits and all(call[2] <= 0.1 for call in waits)
+    assert waits
+    assert all(call[2] <= 0.1 for call in waits)
 
 
 def test_deploy_no_wait_returns_at_once(daemon: Daemon) -> None:
@@ -164,11 +165,15 @@ def test_deploy_live_view_on_a_terminal(daemon: Daemon) -> None:
     result = daemon.zerodown("deploy", "web", "v2", TTY_COMPATIBLE="1", COLUMNS="120")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "deploy 1" in out and "web → v2" in out
+    assert "deploy 1" in out
+    assert "web → v2" in out
     assert "start 2 of v2" in out
-    assert "traffic: v1 90 % · v2 10 %" in out and "new_weight" not in out
-    assert "web-v2-1" in out and "starting" in out
-    assert "90%" in out and "10%" in out
+    assert "traffic: v1 90 % · v2 10 %" in out
+    assert "new_weight" not in out
+    assert "web-v2-1" in out
+    assert "starting" in out
+    assert "90%" in out
+    assert "10%" in out
     assert "deploy 1 of web v2 succeeded: v2 serves all traffic" in out
     with pytest.raises(json.JSONDecodeError):
         json.loads(out)
@@ -281,7 +286,8 @@ def test_releases(daemon: Daemon) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == RELEASES
     result = daemon.zerodown("releases", "web")
-    assert "current" in result.stdout and "previous" in result.stdout
+    assert "current" in result.stdout
+    assert "previous" in result.stdout
     assert daemon.zerodown("releases", "api").exit_code == 2
 
 
@@ -378,11 +384,18 @@ def test_render_deploy() -> None:
     view = deploy_view(7, "web", "v2", "canary", None, None)
     pause = {"by": "promote", "left": None}
     text = rendered(render_deploy(view, {**STATUS, "paused": True, "pause": pause}))
-    assert "deploy 7" in text and "web → v2" in text and "canary" in text and "shifting" in text
-    assert "start 2 of v2" in text and "done" in text and "+0.5s" in text
-    assert "traffic: v1 90 % · v2 10 %" in text and "running" in text
+    assert "deploy 7" in text
+    assert "web → v2" in text
+    assert "canary" in text
+    assert "shifting" in text
+    assert "start 2 of v2" in text
+    assert "done" in text
+    assert "+0.5s" in text
+    assert "traffic: v1 90 % · v2 10 %" in text
+    assert "running" in text
     assert "paused until promote (zerodown promote web)" in text
-    assert "░" in text and "90%" in text
+    assert "░" in text
+    assert "90%" in text
     assert "=" not in text  # no plan fields such as new_weight=10.0
 
 
@@ -428,7 +441,8 @@ def test_the_last_traffic_step_done_says_the_split_in_force() -> None:
     done = {"index": 4, "kind": "set_traffic", "step": POOL, "phase": "after", "at": 1002.0}
     view = {**deploy_view(7, "web", "v2", "rolling", None, None), "steps": [*STEPS, done]}
     text = rendered(render_deploy(view, {**STATUS, "traffic": {"v2": 100.0}}))
-    assert "traffic: v2 100 %" in text and "new_weight" not in text
+    assert "traffic: v2 100 %" in text
+    assert "new_weight" not in text
     assert step_text(done, "v2", "v1", {"v1": 50.0, "v2": 50.0}) == "traffic: v1 50 % · v2 50 %"
 
 
@@ -445,10 +459,12 @@ def test_status_and_releases_tables() -> None:
     deploying = deploy_view(7, "web", "v2", "canary", None, None)
     pause = {"by": "promote", "left": None}
     text = rendered(status_table([{**STATUS, "deploying": deploying, "pause": pause}]))
-    assert "#7 v2 shifting" in text and "paused until promote" in text
+    assert "#7 v2 shifting" in text
+    assert "paused until promote" in text
     assert "v1 127.0.0.1:9001 ready" in text
     text = rendered(releases_table(RELEASES))
-    assert "v2" in text and "current" in text
+    assert "v2" in text
+    assert "current" in text
 
 
 def test_the_live_view_and_status_show_a_crash_loop() -> None:
@@ -508,8 +524,10 @@ def test_every_argument_and_option_of_every_command_has_help() -> None:
     for name, cmd in commands().items():
         for param in cmd.params:
             text = getattr(param, "help", None)
-            assert text and len(text) > 10, f"zerodown {name}: {param.name} has no help"
-    assert "service" in found["promote"] and "concurrency" in found["verify"]
+            assert text, f"zerodown {name}: {param.name} has no help"
+            assert len(text) > 10, f"zerodown {name}: {param.name} has no help"
+    assert "service" in found["promote"]
+    assert "concurrency" in found["verify"]
 
 
 def test_help_names_no_internal_types() -> None:
@@ -575,7 +593,8 @@ def test_verify_with_no_deploy_or_command_says_it_only_loads(tmp_path: Path) -> 
         f"load only, 0.3 s of 16 connections to {url}"
     )
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["during"] is None and report["failed"] == report["total"] > 0
+    assert report["during"] is None
+    assert report["failed"] == report["total"] > 0
 
 
 def test_rollback_to_an_unknown_version_exits_2(daemon: Daemon) -> None:

@@ -53,7 +53,8 @@ def test_read_head_reads_what_the_proxy_needs() -> None:
     assert (got.host, got.content_length, got.chunked) == (b"Example.test:8080", 12, False)
     assert got.connection_tokens == frozenset({b"keep-alive", b"x-secret"})
     assert (got.expect_continue, got.request_id, got.upgrade) == (True, b"rid-1", None)
-    assert got.has_body and not got.idempotent
+    assert got.has_body
+    assert not got.idempotent
     assert got.header(b"x-request-id") == b"rid-1"
     assert got.header(b"absent") is None
 
@@ -382,7 +383,8 @@ def test_upstream_head_parses_back_to_the_same_request() -> None:
 
     parser = httptools.HttpRequestParser(Sink())
     parser.feed_data(raw + b"ok")
-    assert seen["url"] == b"/p?q=1" and seen["body"] == b"ok"
+    assert seen["url"] == b"/p?q=1"
+    assert seen["body"] == b"ok"
     assert (b"Content-Length", b"2") in seen["headers"]  # type: ignore[operator]
 
 
@@ -495,7 +497,8 @@ def test_error_response_is_a_complete_closing_response(status: int) -> None:
 
 def test_error_response_keep_alive_and_extra() -> None:
     raw = http.error_response(503, close=False, extra=b"Retry-After: 1\r\n")
-    assert b"Connection" not in raw and b"X-Request-ID" not in raw
+    assert b"Connection" not in raw
+    assert b"X-Request-ID" not in raw
     assert b"Retry-After: 1\r\n\r\n503 " in raw
 
 

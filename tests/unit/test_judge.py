@@ -83,7 +83,8 @@ def test_verdicts(canary: Sample, stable: Sample, expected: str, words: str) -> 
 
 def test_both_breaches_are_named() -> None:
     reason = verdict(S(200, 30, 0.2), S(2000, 20, 0.1)).reason
-    assert "error_rate_threshold" in reason and "p99_threshold" in reason
+    assert "error_rate_threshold" in reason
+    assert "p99_threshold" in reason
 
 
 def test_zero_threshold_fails_any_excess_but_not_equal_rates() -> None:

@@ -76,7 +76,8 @@ def test_a_blue_green_release_kept_warm_shows_as_standby() -> None:
             console = Console(record=True, width=120, force_terminal=False)
             console.print(status_table([view.model_dump(mode="json")]))
             text = console.export_text()
-            assert "v1 127.0.0.1:9001 standby" in text and "v2 127.0.0.1:9002 ready" in text
+            assert "v1 127.0.0.1:9001 standby" in text
+            assert "v2 127.0.0.1:9002 ready" in text
             # Once the window ends (or a rollback takes it back), it is no standby.
             orch.ops.cancel_warm(orch.fleets["web"], "v1")
             assert states(orch.status("web")[0])[0] == ("v1", "ready", False)

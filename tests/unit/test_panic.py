@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 from zerodown.proxy.service import Service
 from zerodown.proxy.settings import ProxySettings
-from zerodown.proxy.target import AdminState, Target
-from zerodown.routing import PoolSpec, ServiceSpec, TargetSpec
+from zerodown.proxy.target import Target
+from zerodown.routing import PoolSpec, ServiceSpec, TargetSpec, TargetState
 
 A, B, C, D = (f"127.0.0.1:{port}" for port in (9001, 9002, 9003, 9004))
 
 
-Targets = Sequence[tuple[str, AdminState, int]]  # address, admin state, weight
+Targets = Sequence[tuple[str, TargetState, int]]  # address, admin state, weight
 
 
 def build(stable: Targets, canary: Targets = ()) -> Service:

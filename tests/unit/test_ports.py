@@ -106,7 +106,9 @@ def test_allocators_sharing_claims_never_hand_out_each_others_ports() -> None:
     web = PortAllocator(100, 103, probe=Busy(), claimed=claimed)
     api = PortAllocator(100, 103, probe=Busy(), claimed=claimed)
     assert [web.take(), api.take(), web.take()] == [100, 101, 102]
-    assert web.held == {100, 102} and api.held == {101} and claimed == {100, 101, 102}
+    assert web.held == {100, 102}
+    assert api.held == {101}
+    assert claimed == {100, 101, 102}
     api.release(100)  # not api's to give back
     assert claimed == {100, 101, 102}
     web.release(100)

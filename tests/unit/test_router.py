@@ -107,7 +107,8 @@ def test_service_hosts_match_case_insensitively() -> None:
 def test_longest_prefix_on_a_segment_boundary(path: bytes, expected: str) -> None:
     router = Router([Route("*", "/"), Route("*", "/api"), Route("*", "/api/v1")])
     found = router.match("h", path)
-    assert found is not None and found.path == expected
+    assert found is not None
+    assert found.path == expected
 
 
 def test_prefix_with_a_trailing_slash_still_owns_its_stem() -> None:

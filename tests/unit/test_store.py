@@ -287,7 +287,8 @@ def test_a_version_1_file_migrates_keeping_its_releases(path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError):  # the one-current index came through
             other.execute("UPDATE releases SET status = 'current'")
         other.close()
-        assert store.current("web") == "v3" and store.previous("web") == "v1"
+        assert store.current("web") == "v3"
+        assert store.previous("web") == "v1"
 
 
 def test_a_failed_release_can_become_current(store: SqliteStore) -> None:
@@ -333,7 +334,7 @@ def test_prune_is_per_service(store: SqliteStore) -> None:
 
 
 def test_prune_refuses_negative_keep(store: SqliteStore) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keep must be >= 0"):
         store.prune("web", keep=-1, protect=set())
 
 
@@ -383,7 +384,8 @@ def test_journal_keeps_order_seq_and_time(store: SqliteStore, clock: Clock) -> N
         (1, "before", ""),
     ]
     seqs = [e.seq for e in entries]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 3
     assert [e.at for e in entries] == [1_000.0, 1_001.0, 1_001.0]
     assert {e.deploy_id for e in entries} == {deploy_id}
     assert entries[0].step_json == '{"kind": "start"}'
@@ -417,7 +419,8 @@ def test_a_finished_deploy_is_history(store: SqliteStore) -> None:
     with pytest.raises(NotFound):
         store.finish_deploy(deploy_id + 1, "failed", "")
     record = store.deploy(deploy_id)
-    assert record is not None and record.outcome == "succeeded"
+    assert record is not None
+    assert record.outcome == "succeeded"
 
 
 def test_deploys_newest_first_with_limit(store: SqliteStore) -> None:
@@ -478,7 +481,8 @@ def test_heartbeat_and_release(store: SqliteStore, clock: Clock) -> None:
     assert store.heartbeat("web", ME)
     assert not store.heartbeat("web", OTHER)
     lock = store.lock("web")
-    assert lock is not None and lock.heartbeat_at == 1_005.0
+    assert lock is not None
+    assert lock.heartbeat_at == 1_005.0
     assert not store.release_lock("web", OTHER)
     assert store.release_lock("web", ME)
     assert store.lock("web") is None
@@ -504,7 +508,8 @@ def test_a_dead_pid_on_another_host_waits_for_the_heartbeat(
     assert store.acquire_lock("web", ME, 2) is None
     clock.advance(0.5)
     lock = store.acquire_lock("web", ME, 2)
-    assert lock is not None and lock.took_over_from == elsewhere
+    assert lock is not None
+    assert lock.took_over_from == elsewhere
 
 
 def test_an_old_heartbeat_is_taken_over_even_from_a_live_pid(path: Path, clock: Clock) -> None:
@@ -516,7 +521,8 @@ def test_an_old_heartbeat_is_taken_over_even_from_a_live_pid(path: Path, clock: 
         assert store.acquire_lock("web", ME, 2) is None  # heartbeat 9 s old: fresh
         clock.advance(2)
         lock = store.acquire_lock("web", ME, 2)
-        assert lock is not None and lock.took_over_from == OTHER
+        assert lock is not None
+        assert lock.took_over_from == OTHER
         assert not store.heartbeat("web", OTHER)  # the old holder learns it lost the lock
 
 
@@ -544,7 +550,8 @@ def test_a_lock_held_by_another_process(path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
     try:
         assert child.stdout.readline().strip() == "held"
         with SqliteStore(path) as store:
@@ -553,7 +560,8 @@ def test_a_lock_held_by_another_process(path: Path) -> None:
             child.stdin.flush()
             assert child.wait(timeout=10) == 0
             lock = store.acquire_lock("web", ME, 2)  # its owner died holding it
-            assert lock is not None and lock.took_over_from == f"{HOST}:{child.pid}"
+            assert lock is not None
+            assert lock.took_over_from == f"{HOST}:{child.pid}"
     finally:
         if child.poll() is None:
             child.kill()

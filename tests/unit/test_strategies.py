@@ -99,7 +99,8 @@ class Fleet:
     def apply(self, step: Step) -> None:
         match step:
             case Start(role, count):
-                assert role == "new" and count > 0, step
+                assert role == "new", step
+                assert count > 0, step
                 self.starting[role] += count
             case WaitHealthy(role):
                 assert self.starting[role] > 0, "a gate with nothing to gate"
@@ -172,7 +173,7 @@ def test_unknown_strategy_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(("old", "desired"), [(-1, 1), (1, 0)])
 def test_situation_refuses_impossible_counts(old: int, desired: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no plan for"):
         Situation(old_instances=old, desired=desired)
 
 

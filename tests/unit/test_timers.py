@@ -58,7 +58,8 @@ def test_fires_at_its_deadline() -> None:
     assert fired == []
     loop.advance(0.1)
     assert fired == [5.0]
-    assert deadline.when == 0.0 and loop.pending == []
+    assert deadline.when == 0.0
+    assert loop.pending == []
 
 
 def test_moving_it_later_arms_no_new_timer_until_the_old_one_fires() -> None:
@@ -67,7 +68,8 @@ def test_moving_it_later_arms_no_new_timer_until_the_old_one_fires() -> None:
         deadline.set(step * 0.01 + 5.0, lambda: fired.append(loop.now))
     assert len(loop.timers) == 1
     loop.advance(5.0)  # fires early, finds the deadline moved, re-arms once
-    assert fired == [] and len(loop.pending) == 1
+    assert fired == []
+    assert len(loop.pending) == 1
     loop.advance(1.0)
     assert fired == [6.0]
 
@@ -86,7 +88,8 @@ def test_cleared_deadline_does_nothing_and_drops_its_timer() -> None:
     deadline.set(5.0, lambda: fired.append(loop.now))
     deadline.clear()
     loop.advance(10.0)
-    assert fired == [] and loop.pending == []
+    assert fired == []
+    assert loop.pending == []
     deadline.set(12.0, lambda: fired.append(loop.now))  # a fresh timer after the drop
     loop.advance(2.0)
     assert fired == [12.0]

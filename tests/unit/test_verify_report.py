@@ -97,15 +97,17 @@ def test_buckets_cover_the_run_with_counts_per_version() -> None:
 def test_buckets_of_other_widths_and_empty_ones() -> None:
     report = Report.from_result(result(ok(0.1, "v1"), ok(1.9, "v2"), elapsed=2.0), bucket=0.5)
     assert [b.total for b in report.buckets] == [1, 0, 0, 1]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bucket must be positive"):
         Report.from_result(DEPLOY, bucket=0)
 
 
 def test_a_sample_after_the_elapsed_time_still_has_a_bucket() -> None:
     # The last requests start just before the stop; rounding must not lose them.
     report = Report.from_result(result(ok(2.0, "v1"), elapsed=2.0), bucket=1.0)
-    assert len(report.buckets) == 3 and report.buckets[2].total == 1
-    assert report.buckets[2].width > 0 and report.end > 2.0
+    assert len(report.buckets) == 3
+    assert report.buckets[2].total == 1
+    assert report.buckets[2].width > 0
+    assert report.end > 2.0
 
 
 def test_json() -> None:
@@ -133,10 +135,14 @@ def test_json() -> None:
 
 def test_summary() -> None:
     text = Report.from_result(DEPLOY).summary()
-    assert "8 requests" in text and "2 failed" in text and "2 reconnects" in text
+    assert "8 requests" in text
+    assert "2 failed" in text
+    assert "2 reconnects" in text
     assert "connect 1 · 5xx 1" in text
-    assert "p50 20.0 ms" in text and "p99 50.0 ms" in text
-    assert "v1 37.5% (0.1 to 1.2 s)" in text and "v2 37.5%" in text
+    assert "p50 20.0 ms" in text
+    assert "p99 50.0 ms" in text
+    assert "v1 37.5% (0.1 to 1.2 s)" in text
+    assert "v2 37.5%" in text
     assert len(text.splitlines()) == 4
 
 
@@ -154,7 +160,9 @@ def test_summary_says_first_how_the_deploy_ended() -> None:
 
 def test_summary_of_nothing() -> None:
     text = Report.from_result(result(elapsed=1.0)).summary()
-    assert "0 requests" in text and "failures: none" in text and "none answered" in text
+    assert "0 requests" in text
+    assert "failures: none" in text
+    assert "none answered" in text
 
 
 # -- the chart ---------------------------------------------------------------------
@@ -185,9 +193,11 @@ def test_chart_is_svg_with_a_legend_per_version_and_failures() -> None:
         "p99",
     ]
     subtitle = texts(root)[1]
-    assert "8 requests" in subtitle and "2 failed" in subtitle
+    assert "8 requests" in subtitle
+    assert "2 failed" in subtitle
     assert "deploy" in texts(root)
-    assert "100%" in texts(root) and "seconds" in texts(root)
+    assert "100%" in texts(root)
+    assert "seconds" in texts(root)
 
 
 def share_bars(root: ET.Element) -> list[ET.Element]:
@@ -208,21 +218,24 @@ def test_chart_bars_stack_to_the_full_height() -> None:
     for bar in share_bars(root):
         by_x[bar.get("x", "")] = by_x.get(bar.get("x", ""), 0.0) + float(bar.get("height", "0"))
     height = SHARE[1] - SHARE[0]
-    assert len(by_x) == 3 and all(h == pytest.approx(height, abs=0.05) for h in by_x.values())
+    assert len(by_x) == 3
+    assert all(h == pytest.approx(height, abs=0.05) for h in by_x.values())
 
 
 def test_bucket_width_follows_the_run_length() -> None:
     widths = [bucket_for(s) for s in (0.5, 3.0, 4.0, 8.0, 10.0, 20.0, 60.0, 600.0, 1e6)]
     assert widths == [0.1, 0.1, 0.1, 0.2, 0.25, 0.5, 2.0, 15.0, 60.0]
     report = Report.from_result(DEPLOY)  # 3 s: 30 buckets of 100 ms
-    assert report.bucket == 0.1 and len(report.buckets) == 30
+    assert report.bucket == 0.1
+    assert len(report.buckets) == 30
 
 
 def test_the_last_partial_bucket_is_as_wide_as_the_time_it_covers() -> None:
     report = Report.from_result(DEPLOY, bucket=0.4)  # 3.0 s: 7 whole buckets and 0.2 s
     assert [round(b.width, 3) for b in report.buckets] == [0.4] * 7 + [0.2]
     last = report.buckets[-1]
-    assert (last.total, last.rate) == (1, pytest.approx(5.0))  # 1 request in 0.2 s
+    assert last.total == 1
+    assert last.rate == pytest.approx(5.0)  # 1 request in 0.2 s
     assert report.end == pytest.approx(3.0)
     widths = [float(r.get("width", "0")) for r in share_bars(svg(report))]
     assert widths[-1] == pytest.approx(widths[0] / 2, abs=1.0)  # less the 1 px gap
@@ -386,7 +399,8 @@ def test_requests_are_built_once_per_kind() -> None:
     assert b"\r\nX-Test: 1\r\n" in requests["get"]
     assert requests["long"].startswith(b"GET /slow?ms=5000 HTTP/1.1\r\n")
     head, body = requests["post"].split(b"\r\n\r\n")
-    assert head.startswith(b"POST /e HTTP/1.1") and f"Content-Length: {len(body)}".encode() in head
+    assert head.startswith(b"POST /e HTTP/1.1")
+    assert f"Content-Length: {len(body)}".encode() in head
 
 
 def test_target_from_url() -> None:

@@ -48,7 +48,7 @@ class DemoServer(uvicorn.Server):
         deadline = loop.time() + self._startup_delay
         if self._startup_delay > 0:  # to stderr: stdout's one line means "listening"
             print(f"{self._name} starting, listening in {self._startup_delay:g}s", file=sys.stderr)
-        while not self.should_exit and loop.time() < deadline:
+        while not self.should_exit and loop.time() < deadline:  # noqa: ASYNC110 - uvicorn's flag
             await asyncio.sleep(min(STARTUP_POLL, deadline - loop.time()))
         if self.should_exit:
             return  # stopped before it ever listened: uvicorn skips its shutdown

@@ -11,6 +11,7 @@ so the runtime watches exits itself (`until_exit`); a Popen never kills.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shlex
 import subprocess
@@ -67,14 +68,16 @@ async def spawn(release: Release, port: int) -> Spawned:
     argv = command_line(release, port)
     cwd = working_directory(release)
     env = environment(release, port)
-    read_fd, write_fd = os.pipe()  # both ends non-inheritable; Popen dups ours onto 1 and 2
+    read_end, write_fd = _pipe()
     try:
-        output, pipe = await _read_end(read_fd)
+        output, pipe = await _read_end(read_end)
     except BaseException:
         os.close(write_fd)
         raise
     try:
-        child = subprocess.Popen(
+        # On the loop's thread, as asyncio's own subprocesses do: in a worker
+        # thread, a cancelled spawn would leave a child nobody knows about.
+        child = subprocess.Popen(  # noqa: ASYNC220 - see the module docstring
             argv,
             cwd=cwd,
             env=env,
@@ -133,7 +136,8 @@ async def until_exit(pid: int, alive: Callable[[], bool]) -> None:
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):  # no pidfd here, or the pid is already gone
-        while alive():
+        # Not ours to be told of (not our child, maybe): the process table is all there is.
+        while alive():  # noqa: ASYNC110
             await asyncio.sleep(EXIT_POLL)
         return
     try:
@@ -160,10 +164,23 @@ async def _readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def _read_end(read_fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+def _pipe() -> tuple[io.FileIO, int]:
+    """The instance's output pipe: our read end as the file asyncio's pipe
+    transport takes, and the write end that Popen dups onto stdout and stderr.
+    Both non-inheritable. Wrapping an fd opens no path, so nothing here blocks."""
+    read_fd, write_fd = os.pipe()
+    try:
+        return io.FileIO(read_fd, "rb"), write_fd
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+
+
+async def _read_end(pipe: io.FileIO) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    """A stream over `pipe`; the transport owns the file from here (closed with it)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    pipe = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - the transport owns it
     try:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe
