@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import DEADLINE, run
+from harness import DEADLINE, run, until
 from zerodown.cli.client import AdminClient, AdminError, AdminUnreachable
 from zerodown.control import events as events_module
 from zerodown.control import server as server_module
@@ -704,9 +704,7 @@ def test_a_client_that_leaves_closes_the_event_source() -> None:
                 return first
 
             assert await api(first_then_leave) == EVENTS[0]
-            async with asyncio.timeout(DEADLINE):
-                while fake.streams_closed == 0:
-                    await asyncio.sleep(0.01)
+            await until(lambda: fake.streams_closed > 0, "the stream closed", DEADLINE)
 
     run(scenario())
 
@@ -727,9 +725,7 @@ def test_stopping_the_server_ends_open_streams() -> None:
                 received.append(event)
 
         reading = asyncio.ensure_future(asyncio.to_thread(read))
-        async with asyncio.timeout(DEADLINE):
-            while len(received) < len(EVENTS):
-                await asyncio.sleep(0.01)
+        await until(lambda: len(received) == len(EVENTS), "every event", DEADLINE)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await server.stop()

@@ -89,7 +89,8 @@ def test_a_handed_over_socket_is_served_as_it_is_and_closed_at_the_stop() -> Non
         server = AdminServer(make_app(FakeControl()), "127.0.0.1", 0, sock=given)
         await server.start()
         try:
-            assert server.socket is given and server.port == port
+            assert server.socket is given
+            assert server.port == port
             assert (await health(port)).startswith(b"HTTP/1.1 200 ")
             await server.pause()
             assert given.fileno() != -1  # still listening, for the next generation

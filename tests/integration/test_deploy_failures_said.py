@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from harness import until
 from zerodown.config import ServiceConfig, parse_config
 from zerodown.dataplane.base import DataPlane
 from zerodown.dataplane.stats import Stats
@@ -138,7 +139,8 @@ async def orchestrator(
 
 async def deploy(orch: Orchestrator, version: str) -> DeployView:
     view = await orch.wait(await orch.deploy("web", version), DEADLINE)
-    assert view is not None and view.outcome is not None, view
+    assert view is not None, view
+    assert view.outcome is not None, view
     return view
 
 
@@ -159,7 +161,8 @@ def stranger(port: int, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         deadline = time.monotonic() + DEADLINE
         while can_listen("127.0.0.1", port):
-            assert proc.poll() is None and time.monotonic() < deadline, "stranger did not listen"
+            assert proc.poll() is None, "stranger did not listen"
+            assert time.monotonic() < deadline, "stranger did not listen"
             time.sleep(0.02)
         yield proc
     finally:
@@ -209,7 +212,8 @@ def test_a_port_held_by_another_program_fails_the_deploy_naming_it(
                 reason = view.reason or ""
                 assert f"port {port} of instance web-v1-" in reason, reason
                 assert f"held by another program, pid {other.pid} (" in reason, reason
-                assert "socketserver" in reason and "(or $PORT)" in reason, reason
+                assert "socketserver" in reason, reason
+                assert "(or $PORT)" in reason, reason
                 assert orch.dataplane.routing().services[0].stable.targets == ()
 
     run(body())
@@ -276,7 +280,8 @@ def test_a_crash_in_the_gate_names_its_exit_and_shows_its_log(
             assert "exited during its health gate" in reason or "crashed" in reason, reason
             assert f"({how})" in reason, reason
             logs = list((tmp_path / "state" / "logs" / "web" / "v1").iterdir())
-            assert len(logs) == 1 and f"last 10 lines of {logs[0]}:" in reason, reason
+            assert len(logs) == 1, reason
+            assert f"last 10 lines of {logs[0]}:" in reason, reason
             shown = [line.strip() for line in reason.splitlines()[1:]]
             assert shown == [f"line {n}" for n in range(6, 16)], reason
 
@@ -294,8 +299,7 @@ def test_an_aborted_deploy_reads_aborted_not_new(
     async def body() -> None:
         async with orchestrator(text, tmp_path / "state") as orch:
             deploy_id = await orch.deploy("web", "v1")
-            while orch.deployments["web"].state != "gating":
-                await asyncio.sleep(0.02)
+            await until(lambda: orch.deployments["web"].state == "gating", "gating", DEADLINE)
             orch.abort("web")
             view = await orch.wait(deploy_id, DEADLINE)
             assert view is not None, view
@@ -319,7 +323,8 @@ def test_a_deploy_the_daemon_died_in_reads_rolled_back(run: Any, tmp_path: Path)
 
     run(body())
     record = store.deploy(died_in)
-    assert record is not None and record.outcome == "rolled_back", record
+    assert record is not None, record
+    assert record.outcome == "rolled_back", record
     assert releases(orch) == {"v1": "rolled_back"}
 
 
@@ -336,7 +341,8 @@ def test_a_deploy_the_daemon_died_in_after_the_switch_reads_succeeded(
             store.set_current("web", "v2")  # its last step was recorded, its outcome not
         async with orchestrator(text, tmp_path / "state", store) as orch:
             record = store.deploy(died_in)
-            assert record is not None and record.outcome == "succeeded", record
+            assert record is not None, record
+            assert record.outcome == "succeeded", record
             assert releases(orch) == {"v2": "current"}
             assert [i.state for i in orch.fleets["web"].instances] == ["ready"]
 
@@ -361,18 +367,23 @@ def test_a_crash_loop_of_the_current_release_is_in_events_and_status(
             [instance] = orch.fleets["web"].instances
             assert instance.pid is not None
             os.kill(instance.pid, signal.SIGKILL)
-            while (shown := orch.status("web")[0].crash_loop) is None:
-                await asyncio.sleep(0.02)
+            await until(
+                lambda: orch.status("web")[0].crash_loop is not None, "a crash loop", DEADLINE
+            )
+            shown = orch.status("web")[0].crash_loop
+            assert shown is not None
             [loop] = events(orch, "crash_loop")
             crashed = events(orch, "instance_crashed")
             assert crashed[0]["how"] == "killed by SIGKILL", crashed
-            assert loop["crashes"] == 3 and loop["serving"] == 0, loop
+            assert loop["crashes"] == 3, loop
+            assert loop["serving"] == 0, loop
             assert shown.message == loop["reason"]
             assert shown.next_retry == pytest.approx(shown.since + 60, abs=1), shown
             assert shown.message.startswith(
                 "web v1 crashed 3 times within 60s: retrying once every 60s; "
                 "0 of 1 instances serve."
             ), shown.message
-            assert "(exit 3)" in shown.message and "crash file present" in shown.message, shown
+            assert "(exit 3)" in shown.message, shown
+            assert "crash file present" in shown.message, shown
 
     run(body())

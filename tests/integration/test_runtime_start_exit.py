@@ -48,8 +48,10 @@ def test_a_command_that_exits_at_once_stops_the_batch_with_its_exit(tmp_path: Pa
             await asyncio.wait_for(runtime.start(release, WANTED), DEADLINE)
         assert isinstance(stopped.value, RuntimeStartError)  # a DeployError: the deploy fails
         assert stopped.value.code == 3
-        assert "exit 3" in str(stopped.value) and stopped.value.instance_id.startswith("web-v1-")
-        assert runtime.instances() == [] and runtime.ports.held == frozenset()
+        assert "exit 3" in str(stopped.value)
+        assert stopped.value.instance_id.startswith("web-v1-")
+        assert runtime.instances() == []
+        assert runtime.ports.held == frozenset()
         await runtime.close()
 
     uvloop.run(body())
@@ -112,7 +114,8 @@ def test_a_deploy_fails_at_the_first_exit_with_it(tmp_path: Path) -> None:
             view = await daemon.orchestrator.wait(deploy_id, DEADLINE)
         finally:
             await daemon.stop()
-        assert view is not None and view.outcome == "failed", view
+        assert view is not None, view
+        assert view.outcome == "failed", view
         assert "exited (exit 3) while its release was starting" in (view.reason or ""), view
 
     uvloop.run(asyncio.wait_for(body(), DEADLINE * 2))

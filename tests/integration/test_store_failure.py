@@ -169,7 +169,8 @@ def test_a_full_store_mid_deploy_fails_it_with_traffic_on_the_recorded_release(
         daemon = Daemon(load_config(config))
         await daemon.start()
         try:
-            assert daemon.orchestrator is not None and daemon.store is not None
+            assert daemon.orchestrator is not None
+            assert daemon.store is not None
             await scenario(daemon.orchestrator, daemon.store, listen)
         finally:
             await daemon.stop()
@@ -188,7 +189,8 @@ async def scenario(orch: Orchestrator, store: SqliteStore, listen: int) -> None:
     view = await orch.wait(second, DEADLINE)
 
     # The CLI hears the ending and why, although the store could not record it.
-    assert view is not None and view.outcome == "failed", view
+    assert view is not None, view
+    assert view.outcome == "failed", view
     assert (view.reason or "").startswith("state store write failed: database or disk is full")
     assert (view.reason or "").endswith("traffic left on v1"), view.reason or ""
     assert "web" not in orch.deployments
@@ -234,20 +236,23 @@ def test_a_store_failing_once_the_old_release_is_gone_leaves_the_new_one_serving
         daemon = Daemon(load_config(config))
         await daemon.start()
         try:
-            assert daemon.orchestrator is not None and daemon.store is not None
+            assert daemon.orchestrator is not None
+            assert daemon.store is not None
             orch, store = daemon.orchestrator, daemon.store
             assert isinstance(store, FullAtSetCurrent)
             first = await orch.deploy("web", "v1")
             assert outcome(await orch.wait(first, DEADLINE)) == "succeeded"
             store.full = True
             view = await orch.wait(await orch.deploy("web", "v2"), DEADLINE)
-            assert view is not None and view.outcome == "failed", view
+            assert view is not None, view
+            assert view.outcome == "failed", view
             # Rolling stopped v1 before the end: v2 is all that can serve.
             assert (view.reason or "") == (
                 "state store write failed: database or disk is full; traffic left on v2, "
                 "which the store could not record as current"
             )
-            assert orch.fleets["web"].current == "v2" and routed_versions(orch) == {"v2"}
+            assert orch.fleets["web"].current == "v2"
+            assert routed_versions(orch) == {"v2"}
             assert await served(listen) == {"v2"}
             store.full = False
             third = await orch.deploy("web", "v3")

@@ -69,4 +69,5 @@ def test_no_response_byte_before_streaming() -> None:
         assert P.ROUTING not in phase.successors
         assert P.CONNECTING not in phase.successors
     assert set(ANSWERING) < set(ATTEMPTING)
-    assert P.QUEUED not in ATTEMPTING and P.ROUTING not in ATTEMPTING
+    assert P.QUEUED not in ATTEMPTING
+    assert P.ROUTING not in ATTEMPTING

@@ -33,7 +33,9 @@ def test_pieces_are_sent_once_and_kept_for_a_replay() -> None:
     body.end()
     assert body.take() == [b"cde"]
     assert body.replay() == [b"ab", b"cde"]
-    assert body.replayable and body.done and body.received == 5
+    assert body.replayable
+    assert body.done
+    assert body.received == 5
 
 
 def test_chunked_body_is_chunked_again_and_ends_with_the_last_chunk() -> None:

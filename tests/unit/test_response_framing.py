@@ -47,14 +47,17 @@ def test_chunked_is_undone_and_redone_for_a_11_client() -> None:
 def test_other_codings_are_kept_and_chunked_comes_last() -> None:
     framed = frame([(b"transfer-encoding", b"gzip"), (b"Transfer-Encoding", b" chunked ")])
     assert framed.header == b"Transfer-Encoding: gzip, chunked\r\n"
-    assert framed.rechunk and not framed.upstream_close
+    assert framed.rechunk
+    assert not framed.upstream_close
 
 
 def test_no_length_means_the_body_ends_with_the_upstream_close() -> None:
     # RFC 9112 §6.3 item 7: chunked not last (or no framing at all) reads to the close.
     for headers in ([], [(b"Transfer-Encoding", b"chunked, gzip")]):
         framed = frame(headers)
-        assert framed.upstream_close and framed.rechunk and not framed.client_close
+        assert framed.upstream_close
+        assert framed.rechunk
+        assert not framed.client_close
 
 
 def test_a_10_client_learns_the_end_by_the_close() -> None:
@@ -92,7 +95,9 @@ def test_error_answer_names_the_failure_and_maintenance_serves_its_page() -> Non
     )
     assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"X-Zerodown-Error: no_healthy_target\r\n" in answer
-    assert b"X-Request-ID: id-1\r\n" in answer and b"Connection: close\r\n" in answer
+    assert b"X-Request-ID: id-1\r\n" in answer
+    assert b"Connection: close\r\n" in answer
     assert answer.endswith(b"\r\n\r\n503 Service Unavailable: no healthy target for web\n")
     page = error_answer(Maintenance("<p>soon</p>", 30), b"id-2", close=False, head_only=False)
-    assert b"Retry-After: 30\r\n" in page and page.endswith(b"<p>soon</p>")
+    assert b"Retry-After: 30\r\n" in page
+    assert page.endswith(b"<p>soon</p>")

@@ -217,7 +217,8 @@ def test_counters_are_summed_across_workers() -> None:
     assert a.latency.count == 5
     assert a.latency.buckets["0.005"] == 5
     assert b.requests == 5
-    assert b.failures["connect"] == 1 and b.failures["reset"] == 1
+    assert b.failures["connect"] == 1
+    assert b.failures["reset"] == 1
     totals = stable(merged).totals
     assert totals.requests == 10
     assert totals.responses["2xx"] == 8
@@ -255,7 +256,8 @@ def test_state_and_health_come_from_the_view_not_the_workers() -> None:
         False,
         False,
     )
-    assert a.requests == 1 and b.requests == 1
+    assert a.requests == 1
+    assert b.requests == 1
     assert stable(merged).totals.available == 0
 
 
@@ -267,7 +269,9 @@ def test_a_target_a_worker_does_not_know_counts_zero_there() -> None:
     assert entries(merged)[A].requests == 3
     assert entries(merged)[B].requests == 1
     c = entries(merged, "canary")[C]  # nobody served it yet
-    assert c.requests == 0 and c.in_flight == 0 and c.latency.count == 0
+    assert c.requests == 0
+    assert c.in_flight == 0
+    assert c.latency.count == 0
     assert c.state == "ready"
 
 

@@ -156,7 +156,8 @@ class Daemon:
         half-done and roll it back). The admin API pauses meanwhile so that
         no deploy starts here; if the new generation fails, it serves again.
         """
-        assert self.dataplane is not None and self.admin is not None
+        assert self.dataplane is not None
+        assert self.admin is not None
         assert self.orchestrator is not None
         if self.restart_argv is None:
             log.warning("hot restart: not available in this process")
@@ -184,7 +185,8 @@ class Daemon:
         return True
 
     def announce(self) -> None:
-        assert self.dataplane is not None and self.admin is not None
+        assert self.dataplane is not None
+        assert self.admin is not None
         listen = ", ".join(f"{h}:{p}" for h, p in self.dataplane.addresses)
         admin = f"{self.admin.host}:{self.admin.port}"
         print(f"zerodown: proxy on {listen}; admin on {admin}", flush=True)

@@ -117,7 +117,7 @@ class Channel:
         ident = message.get("id")
         try:
             result = self._handler(message["op"], message)
-        except Exception as exc:  # the handler's failure is the requester's to see
+        except Exception as exc:  # noqa: BLE001 - the handler's failure is the requester's to see
             log.debug("%s failed: %s", message.get("op"), exc)
             if ident is not None:
                 self._send({"re": ident, "error": f"{type(exc).__name__}: {exc}"})
@@ -132,7 +132,7 @@ class Channel:
     async def _finish(self, ident: int | None, work: Any) -> None:
         try:
             result = await work
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as in _dispatch: the requester sees it
             if ident is not None:
                 self._send({"re": ident, "error": f"{type(exc).__name__}: {exc}"})
             return

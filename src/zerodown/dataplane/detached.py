@@ -215,7 +215,7 @@ class DetachedDataPlane(ListeningDataPlane):
             try:
                 # Popen, not asyncio's subprocess: that one kills its child
                 # when its transport closes, and the host must outlive us.
-                process = subprocess.Popen(
+                process = subprocess.Popen(  # noqa: ASYNC220 - fork+exec only, no wait
                     command,
                     pass_fds=[theirs.fileno(), *fds],
                     stdin=subprocess.DEVNULL,

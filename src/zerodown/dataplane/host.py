@@ -167,7 +167,8 @@ class DataPlaneHost:
 
     async def _bind_name(self) -> socket.socket:
         """Bind the control name; during an upgrade, once the predecessor let go of it."""
-        while (named := self._try_bind_name()) is None:
+        # Polled: nothing tells us when the predecessor closes its socket.
+        while (named := self._try_bind_name()) is None:  # noqa: ASYNC110
             await asyncio.sleep(BIND_RETRY)
         return named
 

@@ -216,7 +216,8 @@ class Exchange:
 
     async def attempt(self, service: Service, target: Target, *, fresh: bool) -> None:
         """Send the request to `target` and forward its response; AttemptFailed if it fails."""
-        assert target.connections is not None and target.metrics is not None
+        assert target.connections is not None
+        assert target.metrics is not None
         self._move(Phase.CONNECTING)
         self.target = target
         target.in_flight += 1
@@ -346,7 +347,8 @@ class Exchange:
             self._flush_body()
 
     def _flush_body(self) -> None:
-        assert self.conn is not None and self.body is not None
+        assert self.conn is not None
+        assert self.body is not None
         parts = self.body.take()
         if parts:
             self.conn.writelines(parts)
