@@ -78,10 +78,6 @@ class DataPlaneError(ZerodownError):
     """The data plane could not do what it was asked."""
 
 
-class Unsupported(DataPlaneError):
-    """A driver cannot do this operation at all (said out loud, never skipped)."""
-
-
 class ProxyError(ZerodownError):
     """An error on the request path; `status` is the HTTP status the client gets.
 

@@ -29,7 +29,7 @@ from zerodown.dataplane.base import DataPlane, DrainResult
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.stats import PoolStats, ServiceStats, Stats, pool_entry
 from zerodown.deploy.contract import StatusView
-from zerodown.errors import ConfigError, IllegalTransition, Unsupported, ZerodownError
+from zerodown.errors import ConfigError, DataPlaneError, IllegalTransition, ZerodownError
 from zerodown.proxy.metrics import TargetMetrics, target_entry
 from zerodown.proxy.target import Target
 from zerodown.routing import PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
@@ -74,7 +74,7 @@ class FakeDataPlane(DataPlane):
         return self.table
 
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
-        raise Unsupported("the fake does not drain")
+        raise DataPlaneError("the fake does not drain")
 
     async def stats(self) -> Stats:
         self.threads.add(threading.get_ident())
@@ -530,7 +530,7 @@ def test_body_not_declared_json_is_415(content_type: str | None) -> None:
 @pytest.mark.parametrize(
     ("error", "status"),
     [
-        (Unsupported("no canary pools here"), 501),
+        (DataPlaneError("the data plane stopped"), 503),
         (IllegalTransition("target cannot go from gone to ready"), 409),
         (ConfigError("bad", key="services.web"), 400),
         (ZerodownError("something else"), 500),

@@ -38,7 +38,6 @@ from zerodown.errors import (
     HealthGateTimeout,
     NotDeployable,
     UnknownService,
-    Unsupported,
     ZerodownError,
 )
 from zerodown.routing import RoutingTable
@@ -242,13 +241,13 @@ class NullDataPlane(DataPlane):
     """The deploy routes never touch the data plane; the admin app needs one."""
 
     async def apply(self, table: RoutingTable) -> None:
-        raise Unsupported("not in these tests")
+        raise NotImplementedError("not in these tests")
 
     def routing(self) -> RoutingTable:
         return RoutingTable(services=())
 
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
-        raise Unsupported("not in these tests")
+        raise NotImplementedError("not in these tests")
 
     async def stats(self) -> Stats:
         return Stats(services={}, connections=0, rejected={})

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import errno
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import Annotated
 
 import typer
 import uvloop
@@ -11,12 +10,6 @@ import uvloop
 from zerodown.cli.exits import fail
 from zerodown.cli.options import DEFAULT_CONFIG, ConfigOption
 from zerodown.errors import ConfigError, ZerodownError
-
-if TYPE_CHECKING:
-    from zerodown.config import Config
-
-# What a bind raises for an address that cannot be used (in use, not ours, privileged).
-BIND_ERRNOS: Final = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def serve(
@@ -38,7 +31,6 @@ def serve(
     from zerodown.config import load_config
     from zerodown.control.daemon import Daemon
 
-    loaded = None
     try:
         loaded = load_config(config)
         keep = "--keep-instances" if keep_instances else "--stop-instances"
@@ -50,40 +42,12 @@ def serve(
         raise fail(exc) from None
     except OSError as exc:
         # The daemon has stopped (and closed what it had bound) by now.
-        raise fail(_serve_error(exc, loaded)) from None
+        raise fail(_serve_error(exc)) from None
 
 
-def _serve_error(exc: OSError, config: Config | None) -> ZerodownError:
-    """An OSError that stopped `serve`, as one line: which address, or which file, and why.
+def _serve_error(exc: OSError) -> ZerodownError:
+    """An OSError that stopped `serve` (a listener's bind says its address
+    itself, as a ListenError), as one line."""
+    from zerodown.errors import os_reason
 
-    The data plane's bind raises a bare OSError ("[Errno 98] Address already
-    in use", no address), so a bind error is pinned on the configured listener
-    that cannot be bound now; the admin listener raises ListenError itself.
-    """
-    from zerodown.errors import ListenError, os_reason
-
-    if exc.errno in BIND_ERRNOS and config is not None:
-        busy = [a for a in config.proxy.listen if _cannot_bind(a)]
-        where = ", ".join(busy or config.proxy.listen)
-        return ListenError(where if len(busy) == 1 else f"one of {where}", exc)
     return ConfigError(f"cannot start: {os_reason(exc)}")
-
-
-def _cannot_bind(address: str) -> bool:
-    """True when `address` ("host:port") cannot be bound now, as the proxy binds it."""
-    import socket
-
-    from zerodown.routing import parse_address
-
-    try:
-        host, port = parse_address(address)
-    except ValueError:
-        return False
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False

@@ -26,7 +26,6 @@ from zerodown.errors import (
     IllegalTransition,
     NotDeployable,
     UnknownService,
-    Unsupported,
     ZerodownError,
 )
 
@@ -42,7 +41,6 @@ ERROR_STATUS: Final[tuple[tuple[type[ZerodownError], int], ...]] = (
     # gate that already failed, a release that cannot be built, ...).
     (DeployError, 422),
     (IllegalTransition, 409),
-    (Unsupported, 501),
     (DataPlaneError, 503),
     (ZerodownError, 500),
 )

@@ -34,7 +34,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from zerodown.control.events import end_streams, reopen_streams
-from zerodown.errors import DataPlaneError, ListenError
+from zerodown.errors import DataPlaneError
+from zerodown.proxy.listener import bind_listener
 
 __all__ = ["SHUTDOWN_TIMEOUT", "STARTUP_TIMEOUT", "AdminServer"]
 
@@ -162,17 +163,6 @@ def _uvicorn_config(app: ASGIApp) -> uvicorn.Config:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening, non-blocking TCP socket on host:port (port 0: any free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # Restarting the daemon must not wait out TIME_WAIT on the admin port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen()
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise ListenError(where, exc) from exc
-    return sock
+    """A listening, non-blocking TCP socket on host:port (port 0: any free one);
+    ListenError names the address if it cannot be bound."""
+    return bind_listener(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")

@@ -1,7 +1,7 @@
 """The one seam between the control plane and whatever carries traffic.
 
 The orchestrator decides, the data plane obeys a RoutingTable and reports
-counters back. A driver that cannot do something raises `Unsupported`.
+counters back. A driver that fails to do what it is told raises DataPlaneError.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def bind_listener(address: str, *, reuse_port: bool = False, probe: bool = True)
 
 
 def _bind(address: str, *, reuse_port: bool) -> socket.socket:
-    host, port = parse_address(address) if not address.endswith(":0") else (address[:-2], 0)
+    host, port = _split(address)
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -62,6 +62,12 @@ def _bind(address: str, *, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _split(address: str) -> tuple[str, int]:
+    if address.endswith(":0"):  # any free port: parse_address refuses 0 in a config
+        return address[:-2].removeprefix("[").removesuffix("]"), 0
+    return parse_address(address)
 
 
 def _probe(address: str) -> None:
