@@ -40,7 +40,13 @@ from zerodown.deploy.plan import (
     Stop,
     WaitHealthy,
 )
-from zerodown.errors import CanaryBreach, DeployAborted, DeployError, ZerodownError
+from zerodown.errors import (
+    CanaryBreach,
+    DeployAborted,
+    DeployError,
+    NotDeployable,
+    ZerodownError,
+)
 from zerodown.release import DeployState, Instance, Outcome, Release
 from zerodown.store.base import EndedStatus, Store, StoreError
 
@@ -98,6 +104,18 @@ class Deployment:
     # -- control from outside -------------------------------------------------------
 
     def promote(self) -> None:
+        """End the pause this deploy is in: a person's verdict for this step.
+
+        Refused outside a pause: kept for later, a promote sent during the
+        health gate would skip a pause nobody has looked at yet."""
+        steps, index = self.plan.steps, self.step_index
+        step = steps[index] if 0 <= index < len(steps) else None
+        if not isinstance(step, Pause):
+            now = step.kind.replace("_", " ") if step is not None else "not started"
+            raise NotDeployable(
+                f"{self.fleet.name} {self.new.version} is not at a pause (now: {now}); "
+                f"promote once `zerodown status {self.fleet.name}` shows it paused"
+            )
         self._promoted.set()
         self._wake.set()
 
