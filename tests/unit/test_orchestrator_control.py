@@ -255,12 +255,6 @@ def test_rollback_within_the_blue_green_window_switches_back_without_a_start() -
     asyncio.run(run())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a rollback to a blue-green release of which only some instances are still "
-    "warm (one crashed) runs the full plan, starts `instances` new ones and routes the warm "
-    "survivor too: 3 instances of v1 serve where the service asks for 2, until the next deploy",
-)
 def test_rollback_to_a_partly_warm_release_ends_with_the_configured_instances() -> None:
     async def run() -> None:
         config = web(strategy='"blue_green"', blue_green='{ scale_down_delay = "10m" }')
@@ -272,6 +266,8 @@ def test_rollback_to_a_partly_warm_release_ends_with_the_configured_instances() 
             view = await r.outcome(await r.orch.rollback("web"))
             assert view["outcome"] == "succeeded"
             assert r.dataplane.history("web")[-1] == "v1 v1"
+            assert r.runtime.starts[-1] == ("v1", 1)  # only the one that crashed
+            assert len(r.runtime.of_version("v1")) == 2
 
     asyncio.run(run())
 

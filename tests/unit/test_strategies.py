@@ -27,7 +27,14 @@ from zerodown.deploy.plan import (
     Stop,
     WaitHealthy,
 )
-from zerodown.deploy.strategies import PLANNERS, Situation, first_deploy, plan, rolling_bounds
+from zerodown.deploy.strategies import (
+    PLANNERS,
+    Situation,
+    first_deploy,
+    plan,
+    rolling_bounds,
+    warm_rollback,
+)
 from zerodown.errors import ConfigError
 
 STRATEGIES: tuple[StrategyName, ...] = ("rolling", "blue_green", "canary", "recreate")
@@ -406,3 +413,16 @@ def test_blue_green_without_preview_pause_switches_right_after_the_preview() -> 
     steps = plan("blue_green", Situation(old_instances=2, desired=2), config(2)).steps
     preview = steps.index(SetTraffic("split", new_weight=0.0, preview=True))
     assert steps[preview + 1] == SetTraffic("split", new_weight=100.0)
+
+
+@pytest.mark.parametrize(
+    ("warm", "starts"),
+    [(3, ()), (4, ()), (1, (Start("new", 2), WaitHealthy("new")))],
+)
+def test_a_warm_rollback_starts_only_what_the_warm_release_lacks(
+    warm: int, starts: tuple[Step, ...]
+) -> None:
+    rollback = warm_rollback(warm, Situation(old_instances=3, desired=3))
+    switch = (SetTraffic("split", new_weight=100.0), Drain("old", 3), Stop("old", 3))
+    assert rollback.steps == (*starts, *switch)
+    assert rollback.strategy == "blue_green"

@@ -30,8 +30,8 @@ from zerodown.deploy.executor import Deployment, step_json
 from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.gate import alive
 from zerodown.deploy.operations import FleetOperations
-from zerodown.deploy.plan import Drain, Pause, Plan, SetTraffic, Stop
-from zerodown.deploy.strategies import Situation, plan
+from zerodown.deploy.plan import Pause, Plan
+from zerodown.deploy.strategies import Situation, plan, warm_rollback
 from zerodown.deploy.supervision import Supervisor
 from zerodown.deploy.views import deploy_view, pause_view, release_view, status_view
 from zerodown.errors import DeployBusy, NotDeployable, UnknownRelease, UnknownService
@@ -190,11 +190,11 @@ class Orchestrator:
         if release is None:
             raise UnknownRelease(f"{service} has no release {target}")
         warm = len(fleet.ready(target))
-        if warm >= fleet.config.instances and fleet.current is not None:
+        if warm and fleet.current is not None:
             # Still running from a blue-green keep-warm window: switch back at once.
             old = len(fleet.of_version(fleet.current))
-            steps = (SetTraffic("split", 100.0), Drain("old", old), Stop("old", old))
-            return self._launch(fleet, release, Plan("blue_green", steps))
+            situation = Situation(old_instances=old, desired=fleet.config.instances)
+            return self._launch(fleet, release, warm_rollback(warm, situation))
         deploy_plan = plan(fleet.config.strategy, _situation(fleet), fleet.config)
         return self._launch(fleet, release, deploy_plan)
 

@@ -216,6 +216,17 @@ def _recreate(situation: Situation, config: ServiceConfig) -> Steps:
     )
 
 
+def warm_rollback(warm: int, situation: Situation) -> Plan:
+    """Back to a release still kept warm (`warm` of its instances ready): start
+    only what it lacks (one crashed meanwhile), then switch at once, as a
+    blue-green switch does. Never more than `desired` new ones serve."""
+    lacking = situation.desired - warm
+    steps: list[Step] = [Start("new", lacking), WaitHealthy("new")] if lacking > 0 else []
+    old = situation.old_instances
+    steps += [SetTraffic("split", new_weight=100.0), Drain("old", old), Stop("old", old)]
+    return Plan("blue_green", tuple(steps))
+
+
 def _planner(name: StrategyName, replace: Callable[[Situation, ServiceConfig], Steps]) -> Planner:
     def planner(situation: Situation, config: ServiceConfig) -> Plan:
         if situation.old_instances == 0:
