@@ -15,8 +15,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import pytest
-
 from fakes import FakeMachine, FakeRuntime, Rig, next_event, rig, web
 from zerodown.release import Release
 from zerodown.store.sqlite import SqliteStore
@@ -166,13 +164,6 @@ def test_a_restarted_daemon_adopts_what_runs_and_restores_capacity() -> None:
     asyncio.run(run())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Orchestrator.start() raises HealthGateTimeout when an instance it starts to "
-    "restore capacity never becomes healthy, so the daemon does not start (no deploy of a fix, "
-    "no rollback), the adopted healthy instance is never routed by it, and the unhealthy one "
-    "is left running and recorded",
-)
 def test_a_restarted_daemon_starts_even_if_the_restored_capacity_never_becomes_healthy() -> None:
     async def run() -> None:
         config = web(deploy_timeout='"150ms"')
@@ -186,6 +177,10 @@ def test_a_restarted_daemon_starts_even_if_the_restored_capacity_never_becomes_h
                 assert second.runtime.starts == [("v1", 1)]
                 assert second.dataplane.addresses("web") == {alive.address}
                 assert second.status()["current"] == "v1"
+                (failed,) = second.events("restore_failed")
+                assert failed["instances"] == [f"web-v1-{machine.serial}"]
+                assert "1 of 2 serve" in failed["reason"]
+                assert second.runtime.stops == failed["instances"]  # not left running
 
     asyncio.run(run())
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from zerodown.config import Config
@@ -34,12 +35,14 @@ from zerodown.deploy.plan import Pause, Plan
 from zerodown.deploy.strategies import Situation, plan, warm_rollback
 from zerodown.deploy.supervision import Supervisor
 from zerodown.deploy.views import deploy_view, pause_view, release_view, status_view
-from zerodown.errors import DeployBusy, NotDeployable, UnknownRelease, UnknownService
+from zerodown.errors import DeployBusy, DeployError, NotDeployable, UnknownRelease, UnknownService
 from zerodown.release import Instance, Outcome, Release
 from zerodown.routing import RoutingTable
 from zerodown.runtime.backoff import Backoff
 from zerodown.runtime.base import Runtime
 from zerodown.store.base import DeployRecord, Store, local_owner
+
+log = logging.getLogger("zerodown.deploy")
 
 HEARTBEAT_EVERY = 10.0  # seconds between lock heartbeats while a deploy runs
 
@@ -153,9 +156,35 @@ class Orchestrator:
         if missing > 0:
             release = self.ops.release(fleet.name, fleet.current)
             await self.ops.start_instances(fleet, release, missing)
-        await self.ops.gate(fleet, fleet.of_version(fleet.current), alive=alive)
+        await self._gate_restored(fleet, fleet.of_version(fleet.current))
         fleet.route(fleet.ready(fleet.current))
         return strays
+
+    async def _gate_restored(self, fleet: Fleet, instances: list[Instance]) -> None:
+        """Gate each instance on its own: one that never becomes healthy is
+        stopped and said, and the others serve. The daemon starts anyway, so
+        that a fix can be deployed or the release rolled back."""
+        results = await asyncio.gather(
+            *(self.ops.gate(fleet, [i], alive=alive) for i in instances), return_exceptions=True
+        )
+        failed: list[tuple[Instance, DeployError]] = []
+        for instance, result in zip(instances, results, strict=True):
+            if isinstance(result, DeployError):
+                failed.append((instance, result))
+            elif isinstance(result, BaseException):
+                raise result
+        if not failed:
+            return
+        serving = len(instances) - len(failed)
+        reason = (
+            f"{len(failed)} instance(s) of {fleet.name} {fleet.current} did not become healthy "
+            f"after the restart ({failed[0][1]}); {serving} of {fleet.config.instances} serve. "
+            f"Deploy a fix or `zerodown rollback {fleet.name}`"
+        )
+        log.error("%s", reason)
+        ids = [instance.id for instance, _ in failed]
+        self.ops.publish(fleet.name, None, "restore_failed", instances=ids, reason=reason)
+        await self.ops.stop_instances(fleet, [instance for instance, _ in failed])
 
     # -- the routing table -------------------------------------------------------------
 
