@@ -14,6 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TargetState = Literal["ready", "draining", "down"]
+# What a data plane reports of a target (zerodown.stats): its admin state
+# (the lifecycle of proxy/target.py) and its health (proxy/health.py).
+AdminState = Literal["adding", "ready", "down", "draining", "gone"]
+HealthState = Literal["up", "down", "ejected"]
 PoolName = Literal["stable", "canary"]
 BalanceName = Literal["round_robin", "least_conn", "ip_hash", "hash", "random_two", "least_time"]
 WebSocketDrain = Literal["keep", "close"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from fakes.changes import Changes
 from zerodown.dataplane.base import DataPlane
-from zerodown.dataplane.stats import Counters, PoolStats, PoolTotals, ServiceStats, Stats
 from zerodown.proxy.metrics import TargetMetrics
 from zerodown.routing import DrainResult, PoolName, RoutingTable, ServiceSpec, TargetSpec
+from zerodown.stats import Counters, PoolStats, PoolTotals, ServiceStats, Stats
 
 NOTHING = "-"  # `describe` of a service with no target in its table
 

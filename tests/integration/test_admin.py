@@ -27,12 +27,12 @@ from zerodown.control.admin import PROMETHEUS_CONTENT_TYPE, create_admin_app, re
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
 from zerodown.dataplane.prometheus import render_prometheus
-from zerodown.dataplane.stats import PoolStats, ServiceStats, Stats, pool_entry
 from zerodown.deploy.contract import StatusView
 from zerodown.errors import ConfigError, DataPlaneError, IllegalTransition, ZerodownError
 from zerodown.proxy.metrics import TargetMetrics, target_entry
 from zerodown.proxy.target import Target
 from zerodown.routing import PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
+from zerodown.stats import PoolStats, ServiceStats, Stats, pool_entry
 
 TOKEN = "s3cret-token"
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")

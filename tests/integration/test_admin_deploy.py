@@ -29,7 +29,6 @@ from zerodown.control import wire
 from zerodown.control.admin import create_admin_app
 from zerodown.control.server import AdminServer
 from zerodown.dataplane.base import DataPlane, DrainResult
-from zerodown.dataplane.stats import Stats
 from zerodown.deploy.contract import ControlPlane, DeployView, EventView, ReleaseView, StatusView
 from zerodown.deploy.contract import JsonView as View
 from zerodown.errors import (
@@ -41,6 +40,7 @@ from zerodown.errors import (
     ZerodownError,
 )
 from zerodown.routing import RoutingTable
+from zerodown.stats import Stats
 
 TOKEN = "deploy-token"
 T = TypeVar("T")

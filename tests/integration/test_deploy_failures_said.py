@@ -31,13 +31,13 @@ import uvloop
 from harness import until
 from zerodown.config import ServiceConfig, parse_config
 from zerodown.dataplane.base import DataPlane
-from zerodown.dataplane.stats import Stats
 from zerodown.deploy import gate
 from zerodown.deploy.contract import DeployView
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.routing import DrainResult, RoutingTable
 from zerodown.runtime import Backoff, ProcessRuntime, can_listen
 from zerodown.runtime.base import Runtime
+from zerodown.stats import Stats
 from zerodown.store.base import Store
 from zerodown.store.sqlite import SqliteStore
 

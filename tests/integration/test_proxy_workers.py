@@ -21,11 +21,11 @@ import pytest
 from harness import Backend, Request, Response, backends, ok, request, run, service, until
 from prometheus_text import total, value
 from zerodown.dataplane.merge import Tally
-from zerodown.dataplane.stats import Stats
 from zerodown.dataplane.supervisor import MultiWorkerDataPlane
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import HealthSpec, PassiveHealthSpec, RoutingTable, ServiceSpec
+from zerodown.stats import Stats
 
 WORKERS = 2
 START_DEADLINE = 8.0  # a worker process is a fresh interpreter; the machine may be busy

@@ -13,12 +13,11 @@ from zerodown.proxy.health import (
     SLOW_START_FLOOR,
     TRANSITIONS,
     HealthEvent,
-    HealthState,
     TargetHealth,
     may_eject,
     transition,
 )
-from zerodown.routing import HealthSpec, PassiveHealthSpec
+from zerodown.routing import HealthSpec, HealthState, PassiveHealthSpec
 
 ACTIVE = HealthSpec(rise=2, fall=3)
 PASSIVE = PassiveHealthSpec(consecutive_errors=3, base_ejection_time=10.0, max_ejection_time=100.0)

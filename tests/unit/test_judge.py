@@ -10,7 +10,9 @@ import pytest
 
 from zerodown.analysis import NO_TRAFFIC, Judgement, Sample, judge, pool_samples
 from zerodown.config import defaults
-from zerodown.dataplane.stats import (
+from zerodown.proxy.metrics import Histogram, TargetMetrics
+from zerodown.routing import PoolName
+from zerodown.stats import (
     BUCKET_LABELS,
     Counters,
     Latency,
@@ -20,8 +22,6 @@ from zerodown.dataplane.stats import (
     pool_entry,
     sum_counters,
 )
-from zerodown.proxy.metrics import Histogram, TargetMetrics
-from zerodown.routing import PoolName
 
 THRESHOLDS = {
     "error_rate_threshold": defaults.ERROR_RATE_THRESHOLD,  # 0.05

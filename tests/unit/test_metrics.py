@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from zerodown.dataplane.stats import BUCKET_LABELS, FAILURE_KINDS, LATENCY_BUCKETS
+from counted import metrics, target
 from zerodown.proxy.metrics import Histogram, TargetMetrics, target_entry
 from zerodown.proxy.target import Target
+from zerodown.stats import BUCKET_LABELS, FAILURE_KINDS, LATENCY_BUCKETS
 
 
 def histogram(*values: float) -> Histogram:
@@ -144,22 +145,7 @@ def test_snapshot_carries_p50_and_p99() -> None:
     assert snap.p99 == pytest.approx(0.01 + 0.015 * 0.99)
 
 
-def metrics(statuses: list[int], seconds: float) -> TargetMetrics:
-    m = TargetMetrics()
-    for status in statuses:
-        m.request()
-        m.response(status, seconds)
-    return m
-
-
 # --- target_entry ---------------------------------------------------------------
-
-
-def target(address: str, version: str | None = "v1", weight: int = 1) -> Target:
-    t = Target(address, weight=weight, version=version)
-    t.set_state("ready")
-    t.metrics = TargetMetrics()
-    return t
 
 
 def test_target_entry_has_state_and_counters() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from counted import target
 from prometheus_text import samples, value
 from zerodown.dataplane.prometheus import render_prometheus
-from zerodown.dataplane.stats import (
+from zerodown.proxy.metrics import target_entry
+from zerodown.proxy.target import Target
+from zerodown.routing import PoolName
+from zerodown.stats import (
     BUCKET_LABELS,
     Latency,
     PoolStats,
@@ -12,9 +16,6 @@ from zerodown.dataplane.stats import (
     Stats,
     pool_entry,
 )
-from zerodown.proxy.metrics import TargetMetrics, target_entry
-from zerodown.proxy.target import Target
-from zerodown.routing import PoolName
 
 A, B = "127.0.0.1:9001", "127.0.0.1:9002"
 FAMILIES = [
@@ -31,13 +32,6 @@ FAMILIES = [
     ("zerodown_rejected_total", "counter"),
     ("zerodown_client_connections", "gauge"),
 ]
-
-
-def target(address: str, version: str | None = "v1") -> Target:
-    t = Target(address, version=version)
-    t.set_state("ready")
-    t.metrics = TargetMetrics()
-    return t
 
 
 def stats(*targets: Target, connections: int = 4, rejected: int = 2) -> Stats:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from zerodown.dataplane.counters import RetiredCounters
 from zerodown.dataplane.merge import Tally, merge_worker_stats, target_keys
-from zerodown.dataplane.stats import ServiceStats, Stats, TargetStats, pool_entry
 from zerodown.proxy.metrics import TargetMetrics, target_entry
 from zerodown.proxy.target import Target
+from zerodown.stats import ServiceStats, Stats, TargetStats, pool_entry
 
 A, B = "127.0.0.1:9001", "127.0.0.1:9002"
 

@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from zerodown.dataplane.stats import (
+from counted import metrics, target
+from zerodown.proxy.metrics import TargetMetrics, target_entry
+from zerodown.routing import PoolName
+from zerodown.stats import (
     BUCKET_LABELS,
     Counters,
     PoolStats,
@@ -16,26 +19,8 @@ from zerodown.dataplane.stats import (
     quantile,
     sum_counters,
 )
-from zerodown.proxy.metrics import TargetMetrics, target_entry
-from zerodown.proxy.target import Target
-from zerodown.routing import PoolName
 
 A, B = "127.0.0.1:9001", "127.0.0.1:9002"
-
-
-def metrics(statuses: list[int], seconds: float) -> TargetMetrics:
-    m = TargetMetrics()
-    for status in statuses:
-        m.request()
-        m.response(status, seconds)
-    return m
-
-
-def target(address: str, version: str | None = "v1", weight: int = 1) -> Target:
-    t = Target(address, weight=weight, version=version)
-    t.set_state("ready")
-    t.metrics = TargetMetrics()
-    return t
 
 
 # --- sum_counters ---------------------------------------------------------------

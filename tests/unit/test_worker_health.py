@@ -11,11 +11,11 @@ import json
 from prometheus_text import value
 from zerodown.dataplane.merge import Tally, answered_counts, merge_worker_stats
 from zerodown.dataplane.prometheus import render_prometheus
-from zerodown.dataplane.stats import PoolStats, ServiceStats, Stats, TargetStats, pool_entry
 from zerodown.proxy.health import HealthShare, TargetHealth
 from zerodown.proxy.metrics import TargetMetrics, target_entry
 from zerodown.proxy.target import Target
 from zerodown.routing import HealthSpec, PassiveHealthSpec, PoolName
+from zerodown.stats import PoolStats, ServiceStats, Stats, TargetStats, pool_entry
 
 ACTIVE = HealthSpec(rise=2, fall=3)
 PASSIVE = PassiveHealthSpec(consecutive_errors=3, base_ejection_time=10.0, max_ejection_time=100.0)

@@ -1,7 +1,7 @@
 """The canary judge: is the new release worse than the stable one?
 
 Pure functions over `Sample`s taken from the data plane's pool totals (the
-typed stats of `zerodown.dataplane.stats`; `pool_samples` reads them). The
+typed stats of `zerodown.stats`; `pool_samples` reads them). The
 executor takes one sample per pool when the weight moves and one when it
 judges; `since` turns the two into what happened in between.
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final, Literal
 
-from zerodown.dataplane.stats import BUCKET_LABELS, Counters, PoolStats, Stats, quantile
 from zerodown.routing import PoolName
+from zerodown.stats import BUCKET_LABELS, Counters, PoolStats, Stats, quantile
 
 # Seconds the canary p99 must exceed the stable p99 by, on top of the ratio.
 P99_NOISE_FLOOR = 0.05

@@ -15,7 +15,7 @@ has its own module:
     PUT  /v1/routing   replace it; body is a RoutingTable; answers the table applied.
                        Every configured service stays, under its name (400); a service
                        zerodown runs comes unchanged (409: deploy or roll back instead)
-    GET  /v1/stats     counters (the typed shape of zerodown.dataplane.stats)
+    GET  /v1/stats     counters (the typed shape of zerodown.stats)
     GET  /metrics      the same counters, Prometheus text format 0.0.4
     GET  /openapi.json
     ...  /v1/services/..., /v1/deploys/..., /v1/status, /v1/events: deploys.py
@@ -57,9 +57,9 @@ from zerodown.control.auth import (
 from zerodown.control.deploys import add_deploy_routes
 from zerodown.control.error_map import add_error_handlers
 from zerodown.dataplane.base import DataPlane
-from zerodown.dataplane.stats import Stats
 from zerodown.deploy.contract import ControlPlane
 from zerodown.routing import RoutingTable
+from zerodown.stats import Stats
 
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",

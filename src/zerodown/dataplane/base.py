@@ -10,8 +10,8 @@ import socket
 from abc import ABC, abstractmethod
 from typing import Final
 
-from zerodown.dataplane.stats import Stats
 from zerodown.routing import DrainResult, RoutingTable
+from zerodown.stats import Stats
 
 __all__ = ["SHUTDOWN_IDLE_GRACE", "DataPlane", "DrainResult", "ListeningDataPlane"]
 
@@ -36,7 +36,7 @@ class DataPlane(ABC):
 
     @abstractmethod
     async def stats(self) -> Stats:
-        """Counters per service, pool and target (dataplane/stats.py)."""
+        """Counters per service, pool and target (stats.py)."""
 
     @abstractmethod
     async def prometheus(self) -> str:

@@ -15,7 +15,7 @@ it: the supervisor reads every worker at least every `STATS_POLL` seconds
 from __future__ import annotations
 
 from zerodown.dataplane.merge import Key, Tally
-from zerodown.dataplane.stats import Counters, sum_counters
+from zerodown.stats import Counters, sum_counters
 
 __all__ = ["RetiredCounters"]
 

@@ -44,11 +44,11 @@ from zerodown.dataplane.host import (
 )
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet
-from zerodown.dataplane.stats import Stats
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.listener import bind_listener
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
+from zerodown.stats import Stats
 
 log = logging.getLogger("zerodown.dataplane")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import socket
 
 from zerodown.dataplane.base import SHUTDOWN_IDLE_GRACE, DrainResult, ListeningDataPlane
-from zerodown.dataplane.stats import Stats
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
+from zerodown.stats import Stats
 
 
 class EmbeddedDataPlane(ListeningDataPlane):

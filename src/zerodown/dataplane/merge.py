@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from zerodown.dataplane.stats import (
+from zerodown.routing import PoolName
+from zerodown.stats import (
     STATUS_CLASSES,
     Counters,
     PoolStats,
@@ -24,7 +25,6 @@ from zerodown.dataplane.stats import (
     service_panic,
     sum_counters,
 )
-from zerodown.routing import PoolName
 
 __all__ = ["Key", "Tally", "answered_counts", "merge_worker_stats", "target_keys"]
 

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from zerodown.dataplane.stats import Stats, TargetStats
+from zerodown.stats import Stats, TargetStats
 
 __all__ = ["StatsCollector", "render_prometheus"]
 

@@ -39,7 +39,6 @@ from zerodown.dataplane.counters import RetiredCounters
 from zerodown.dataplane.merge import Tally, answered_counts, merge_worker_stats, target_keys
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet
-from zerodown.dataplane.stats import Stats
 from zerodown.dataplane.worker import ANSWERS_EVERY
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
@@ -47,6 +46,7 @@ from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable
+from zerodown.stats import Stats
 
 log = logging.getLogger("zerodown.dataplane")
 

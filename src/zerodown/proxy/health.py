@@ -47,9 +47,8 @@ from collections.abc import Sequence
 from typing import Final, Literal, NamedTuple
 
 from zerodown.errors import IllegalTransition
-from zerodown.routing import HealthSpec, PassiveHealthSpec
+from zerodown.routing import HealthSpec, HealthState, PassiveHealthSpec
 
-HealthState = Literal["up", "down", "ejected"]
 HealthEvent = Literal["fall", "rise", "eject", "back"]
 
 # The whole state machine. (state, event) -> new state; anything missing is

@@ -7,7 +7,7 @@ one event loop thread, and totals across workers are summed from snapshots
 (dataplane/merge.py), never from shared memory.
 
 Cold path: `snapshot` and `target_entry` turn them into the typed stats
-(dataplane/stats.py) when someone asks.
+(stats.py) when someone asks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
-from zerodown.dataplane.stats import (
+from zerodown.stats import (
     BUCKET_LABELS,
     FAILURE_KINDS,
     LATENCY_BUCKETS,

@@ -18,7 +18,6 @@ import time
 from typing import IO
 
 from zerodown.dataplane.prometheus import render_prometheus
-from zerodown.dataplane.stats import ServiceStats, Stats, pool_entry, service_panic
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
@@ -30,6 +29,7 @@ from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
 from zerodown.routing import DrainResult, RoutingTable, with_target_state
+from zerodown.stats import ServiceStats, Stats, pool_entry, service_panic
 
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
 

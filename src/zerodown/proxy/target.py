@@ -9,17 +9,16 @@ so in-flight counts, health and idle connections carry over.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 from zerodown.errors import IllegalTransition
 from zerodown.proxy.health import TargetHealth
-from zerodown.routing import parse_address
+from zerodown.routing import AdminState, parse_address
 
 if TYPE_CHECKING:
     from zerodown.proxy.metrics import TargetMetrics
     from zerodown.proxy.upstream import ConnectionPool
 
-AdminState = Literal["adding", "ready", "down", "draining", "gone"]
 
 # adding -> ready <-> down, any live state -> draining -> gone. A drain can be
 # called off (a rollback puts the old release back), so draining -> ready or

@@ -66,9 +66,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from zerodown.proxy.health import HealthState
-from zerodown.proxy.target import AdminState
-from zerodown.routing import PoolName
+from zerodown.routing import AdminState, HealthState, PoolName
 
 __all__ = [
     "BUCKET_LABELS",
