@@ -38,6 +38,7 @@ from zerodown.dataplane.host import (
     HEADER_LIMIT,
     LOG_FILE,
     MAX_SOCKETS,
+    HostHello,
     code_fingerprint,
     control_name,
     settings_document,
@@ -145,11 +146,11 @@ class DetachedDataPlane(ListeningDataPlane):
         self,
         link: HostLink,
         sockets: list[socket.socket],
-        hello: dict[str, Any],
+        hello: HostHello,
         listen: list[str] | list[socket.socket],
     ) -> None:
         """Keep the host that serves, or replace it by one that runs our code and config."""
-        table = RoutingTable.model_validate(hello["table"])
+        table = hello.serving.table if hello.serving is not None else RoutingTable()
         wanted = _open_missing(sockets, listen, self.workers)
         if self._same_host(hello, wanted):
             self.listening, self.host, self.table = wanted, link, table
@@ -168,20 +169,19 @@ class DetachedDataPlane(ListeningDataPlane):
             if sock.fileno() not in kept:
                 sock.close()
 
-    def _same_host(self, hello: dict[str, Any], wanted: ListenSet) -> bool:
-        if not hello.get("started"):
-            return False
-        served = {tuple(address) for address in hello["addresses"]}
+    def _same_host(self, hello: HostHello, wanted: ListenSet) -> bool:
+        serving = hello.serving
         return (
-            hello["fingerprint"] == self.fingerprint
-            and hello["workers"] == self.workers
-            and hello["settings"] == json.loads(json.dumps(settings_document(self.settings)))
-            and served == set(wanted.addresses)
+            serving is not None
+            and hello.fingerprint == self.fingerprint
+            and serving.workers == self.workers
+            and serving.settings == settings_document(self.settings)
+            and set(serving.addresses) == set(wanted.addresses)
         )
 
     async def _connect_existing(
         self,
-    ) -> tuple[HostLink, list[socket.socket], dict[str, Any]] | None:
+    ) -> tuple[HostLink, list[socket.socket], HostHello] | None:
         """The host serving this state directory, with its sockets; None if there is none."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -199,8 +199,7 @@ class DetachedDataPlane(ListeningDataPlane):
         conn.setblocking(False)
         link = HostLink(await Channel.over(conn, _refuse), int(header["pid"]), None)
         self._read(link)
-        hello: dict[str, Any] = await link.request("hello")
-        return link, sockets, hello
+        return link, sockets, HostHello.model_validate(await link.request("hello"))
 
     async def _start_host(self, table: RoutingTable, health: list[Any]) -> None:
         """Start a host on our sockets with `table`; return once it serves."""
@@ -333,11 +332,6 @@ class DetachedDataPlane(ListeningDataPlane):
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())
-
-    async def hello(self) -> dict[str, Any]:
-        """What the host says of itself (pid, workers' pids, table, settings)."""
-        hello: dict[str, Any] = await self._link().request("hello")
-        return hello
 
     def _link(self) -> HostLink:
         if self.host is None or self.host.channel.closed:

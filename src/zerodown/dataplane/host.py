@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvloop
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 import zerodown
 from zerodown.dataplane.base import ListeningDataPlane
@@ -87,11 +88,38 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def settings_document(settings: ProxySettings) -> dict[str, Any]:
-    return dataclasses.asdict(settings)
+class Serving(BaseModel):
+    """What a started host serves, as `hello` tells it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workers: int
+    pids: list[int]
+    settings: dict[str, JsonValue]  # settings_document() of its ProxySettings
+    table: RoutingTable
+    addresses: list[tuple[str, int]]  # the listeners' bound (host, port)
 
 
-def settings_from(document: dict[str, Any]) -> ProxySettings:
+class HostHello(BaseModel):
+    """The host's answer to `hello`: who it is and, once started, what it serves.
+
+    A controller that finds a host keeps it when the code (fingerprint),
+    workers, settings and listeners are its own, else replaces it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pid: int
+    fingerprint: str  # code_fingerprint(): a new one means a host upgrade
+    serving: Serving | None = None  # None until `start`
+
+
+def settings_document(settings: ProxySettings) -> dict[str, JsonValue]:
+    """The settings as JSON has them (tuples become lists), so two compare equal."""
+    document: dict[str, JsonValue] = json.loads(json.dumps(dataclasses.asdict(settings)))
+    return document
+
+
+def settings_from(document: dict[str, JsonValue]) -> ProxySettings:
     # JSON has no tuples; the dataclass is frozen and wants hashable values.
     fields: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in document.items()
@@ -238,18 +266,20 @@ class DataPlaneHost:
     def _hello(self) -> dict[str, Any]:
         dataplane = self.dataplane
         if dataplane is None:
-            return {"pid": os.getpid(), "started": False, "fingerprint": self.fingerprint}
-        server = _server_of(dataplane)
-        return {
-            "pid": os.getpid(),
-            "started": True,
-            "fingerprint": self.fingerprint,
-            "workers": self.workers,
-            "pids": dataplane.pids,
-            "settings": settings_document(server.settings),
-            "table": dataplane.routing().model_dump(mode="json"),
-            "addresses": [list(address) for address in dataplane.addresses],
-        }
+            hello = HostHello(pid=os.getpid(), fingerprint=self.fingerprint)
+        else:
+            hello = HostHello(
+                pid=os.getpid(),
+                fingerprint=self.fingerprint,
+                serving=Serving(
+                    workers=self.workers,
+                    pids=dataplane.pids,
+                    settings=settings_document(_server_of(dataplane).settings),
+                    table=dataplane.routing(),
+                    addresses=dataplane.addresses,
+                ),
+            )
+        return hello.model_dump(mode="json")
 
     async def _drain(self, service: str, address: str, timeout: float) -> dict[str, Any]:
         result = await self._dataplane().drain(service, address, timeout)
