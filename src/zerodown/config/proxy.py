@@ -1,4 +1,4 @@
-"""`[proxy]`: the listeners and every limit of the embedded data plane."""
+"""`[proxy]`: which data plane, its listeners and every limit of the embedded one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 
 from zerodown.config import defaults
+from zerodown.config.dataplane import DataPlaneName, HaproxyConfig, NginxConfig
 from zerodown.config.fields import Cidr, Listener, NotEmpty, Size, Table, Timeout
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
@@ -38,6 +39,9 @@ def _workers(value: Any) -> Any:
 
 
 class ProxyConfig(Table):
+    dataplane: DataPlaneName = "embedded"
+    haproxy: HaproxyConfig = HaproxyConfig()
+    nginx: NginxConfig = NginxConfig()
     listen: Annotated[tuple[Listener, ...], NotEmpty] = Field(default=defaults.LISTEN, strict=False)
     workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = defaults.WORKERS
     admin: Listener = defaults.ADMIN

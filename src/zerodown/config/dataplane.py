@@ -1,0 +1,30 @@
+"""`[proxy] dataplane` and the tables of the proxies zerodown can drive.
+
+"embedded" is zerodown's own proxy; "haproxy" and "nginx" are the proxies
+people already run, which zerodown starts and drives itself (their config and
+runtime files under state_dir, never the system service's).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from zerodown.config.fields import Table
+
+DataPlaneName = Literal["embedded", "haproxy", "nginx"]
+DATAPLANES: tuple[DataPlaneName, ...] = ("embedded", "haproxy", "nginx")
+
+
+class HaproxyConfig(Table):
+    """`[proxy.haproxy]`."""
+
+    binary: str = "haproxy"  # looked up on PATH unless a path
+    # A file appended verbatim (global/defaults tuning), checked with the rest.
+    extra: str | None = None
+
+
+class NginxConfig(Table):
+    """`[proxy.nginx]`."""
+
+    binary: str = "nginx"
+    extra: str | None = None  # a file included in the http block, checked with the rest
