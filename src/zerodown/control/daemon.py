@@ -33,10 +33,11 @@ from zerodown.config.service import ServiceConfig
 from zerodown.control import notify
 from zerodown.control.admin import create_admin_app
 from zerodown.control.auth import require_token_for
+from zerodown.control.dataplanes import managed_dataplane
 from zerodown.control.handover import HandoverError, inherited, start_successor
 from zerodown.control.server import AdminServer
 from zerodown.control.wire import TOKEN_ENV
-from zerodown.dataplane.detached import DetachedDataPlane
+from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.deploy.orchestrator import Orchestrator
 from zerodown.routing import parse_address
 from zerodown.runtime.base import Runtime
@@ -67,7 +68,7 @@ class Daemon:
         self.keep_instances = keep_instances
         self.state_dir = Path(config.proxy.state_dir)
         self.state_lock: StateDirLock | None = None
-        self.dataplane: DetachedDataPlane | None = None
+        self.dataplane: ManagedDataPlane | None = None
         self.store: SqliteStore | None = None
         self.orchestrator: Orchestrator | None = None
         self.admin: AdminServer | None = None
@@ -83,12 +84,7 @@ class Daemon:
         else:
             self.state_lock = StateDirLock.acquire(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.dataplane = DetachedDataPlane(
-            config.proxy_settings(),
-            config.routing_table(),
-            config.proxy.worker_count(),
-            self.state_dir,
-        )
+        self.dataplane = managed_dataplane(config, self.state_dir)
         # Sockets handed over by an older generation that served in-process
         # count only if no data plane runs to adopt.
         listen = given.listen if given and given.listen else list(config.proxy.listen)

@@ -13,7 +13,13 @@ from typing import Final
 from zerodown.routing import DrainResult, RoutingTable
 from zerodown.stats import Stats
 
-__all__ = ["SHUTDOWN_IDLE_GRACE", "DataPlane", "DrainResult", "ListeningDataPlane"]
+__all__ = [
+    "SHUTDOWN_IDLE_GRACE",
+    "DataPlane",
+    "DrainResult",
+    "ListeningDataPlane",
+    "ManagedDataPlane",
+]
 
 # At a graceful stop, an idle keep-alive client may still send one request,
 # answered with Connection: close, for this long: clients that send all the
@@ -68,3 +74,17 @@ class ListeningDataPlane(DataPlane):
     def pids(self) -> list[int]:
         """The processes that serve traffic (empty: this one)."""
         return []
+
+
+class ManagedDataPlane(ListeningDataPlane):
+    """A data plane that serves from processes of its own, which outlive the
+    controller that drives it (as nginx's workers outlive their master).
+
+    `start` adopts the processes already serving this state_dir, if any, and
+    starts them otherwise; `stop` stops them; `detach` lets go of them, serving
+    on, for the next controller (a hot restart, or `serve` killed) to adopt.
+    """
+
+    @abstractmethod
+    async def detach(self) -> None:
+        """Stop driving the data plane and leave it serving."""

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from zerodown.dataplane.base import DrainResult, ListeningDataPlane
+from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.channel import Channel, ChannelClosed, RemoteError
 from zerodown.dataplane.host import (
     HEADER_LIMIT,
@@ -105,7 +105,7 @@ class HostLink:
         self.channel.close()
 
 
-class DetachedDataPlane(ListeningDataPlane):
+class DetachedDataPlane(ManagedDataPlane):
     def __init__(
         self,
         settings: ProxySettings,
