@@ -19,6 +19,12 @@ TargetState = Literal["ready", "draining", "down"]
 AdminState = Literal["adding", "ready", "down", "draining", "gone"]
 HealthState = Literal["up", "down", "ejected"]
 PoolName = Literal["stable", "canary"]
+# What a table may ask beyond weighted pools, which not every data plane
+# carries (DataPlane.carries): request rules to the canary pool (cohorts, the
+# blue-green preview header), a cookie that keeps a client on its pool, and
+# requests held while no target serves (recreate).
+TableFeature = Literal["cohorts", "sticky_cookie", "hold"]
+TABLE_FEATURES: frozenset[TableFeature] = frozenset({"cohorts", "sticky_cookie", "hold"})
 BalanceName = Literal["round_robin", "least_conn", "ip_hash", "hash", "random_two", "least_time"]
 WebSocketDrain = Literal["keep", "close"]
 

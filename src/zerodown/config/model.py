@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from zerodown.config.fields import Table, problem
 from zerodown.config.proxy import ProxyConfig
 from zerodown.config.service import ServiceConfig
+from zerodown.config.support import not_carried
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
 
@@ -26,6 +27,13 @@ class Config(Table):
         _check_names(services)
         _check_routes(services)
         return services
+
+    @model_validator(mode="after")
+    def _carried(self) -> Config:
+        for name, service in self.services.items():
+            for key, reason in not_carried(self.proxy.dataplane, service):
+                raise problem(reason, "services", name, *key.split(" ")[0].split("."))
+        return self
 
     def proxy_settings(self) -> ProxySettings:
         return self.proxy.settings()

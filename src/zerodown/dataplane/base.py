@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
-from typing import Final
+from typing import ClassVar, Final
 
-from zerodown.routing import DrainResult, RoutingTable
+from zerodown.routing import TABLE_FEATURES, DrainResult, RoutingTable, TableFeature
 from zerodown.stats import Stats
 
 __all__ = [
@@ -28,6 +28,10 @@ SHUTDOWN_IDLE_GRACE: Final = 1.0
 
 
 class DataPlane(ABC):
+    # What of a table beyond weighted pools this data plane carries. The
+    # orchestrator asks for nothing else; the config refuses keys that need more.
+    carries: ClassVar[frozenset[TableFeature]] = TABLE_FEATURES
+
     @abstractmethod
     async def apply(self, table: RoutingTable) -> None:
         """Replace the routing table atomically; requests in flight keep their target."""

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from zerodown.config.service import ServiceConfig
 from zerodown.release import Instance
 from zerodown.routing import (
+    TABLE_FEATURES,
     CohortRule,
     HoldSpec,
     PoolSpec,
     ServiceSpec,
     Split,
+    TableFeature,
     TargetSpec,
 )
 
@@ -36,6 +38,7 @@ class Fleet:
     preview_version: str | None = None  # reachable with the preview header before any weight
     hold: bool = False
     maintenance_html: str | None = None  # read once from recreate.maintenance_page
+    carries: frozenset[TableFeature] = TABLE_FEATURES  # what the data plane carries
 
     def __repr__(self) -> str:
         return f"<Fleet {self.name} current={self.current} instances={len(self.instances)}>"
@@ -132,15 +135,19 @@ class Fleet:
             return Split()
         canary = self.config.canary
         cohorts = tuple(c.rule() for c in canary.cohorts)
-        if self.preview_version is not None:
+        if self.preview_version is not None and "cohorts" in self.carries:
             # Blue-green preview: this header reaches green before the switch.
             header = self.config.blue_green.preview_header
             cohorts = (CohortRule(header=header, values=("1", "true"), pool="canary"), *cohorts)
         sticky = canary.sticky_cookie if self.canary_version is not None else None
+        if "cohorts" not in self.carries:
+            cohorts = ()  # a config asking for some was refused at load
+        if "sticky_cookie" not in self.carries:
+            sticky = None  # the default cookie: not carried, so not asked for
         return Split(canary_weight=self.canary_weight, cohorts=cohorts, sticky_cookie=sticky)
 
     def _hold_spec(self) -> HoldSpec | None:
-        if not self.hold:
+        if not self.hold or "hold" not in self.carries:
             return None
         return HoldSpec(
             timeout=self.config.recreate.max_pause, maintenance_html=self.maintenance_html

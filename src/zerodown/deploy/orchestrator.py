@@ -75,7 +75,9 @@ class Orchestrator:
         for name, service in config.services.items():
             if service.command is None:
                 continue  # fixed upstreams: a plain proxy, nothing to run
-            self.fleets[name] = Fleet(name, service, maintenance_html=_maintenance(service))
+            self.fleets[name] = Fleet(
+                name, service, maintenance_html=_maintenance(service), carries=dataplane.carries
+            )
             runtime = runtime_for(name, service)
             runtime.on_exit(self.supervisor.on_exit)
             self.runtimes[name] = runtime

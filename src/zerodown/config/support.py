@@ -1,0 +1,70 @@
+"""Which data plane carries which service feature: what the chosen one cannot
+carry is refused at load, naming the key and the data planes that can,
+never silently ignored (README: "Features by data plane").
+
+HAProxy and nginx are driven as plain weighted pools (dataplane/haproxy,
+dataplane/nginx): request rules to a pool, a cookie that keeps a client on
+its pool and requests held while no instance serves are the embedded proxy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zerodown.config.dataplane import DATAPLANES, DataPlaneName
+from zerodown.config.service import ServiceConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    key: str  # as the user writes it under [services.NAME]
+    used: Callable[[ServiceConfig], bool]
+    carried_by: frozenset[DataPlaneName]
+
+
+EMBEDDED: frozenset[DataPlaneName] = frozenset({"embedded"})
+EMBEDDED_HAPROXY: frozenset[DataPlaneName] = frozenset({"embedded", "haproxy"})
+
+FEATURES: tuple[Feature, ...] = (
+    Feature('balance = "least_time"', lambda s: s.balance == "least_time", EMBEDDED),
+    Feature("slow_start", lambda s: s.slow_start > 0, EMBEDDED_HAPROXY),
+    Feature('websocket_drain = "close"', lambda s: s.websocket_drain == "close", EMBEDDED),
+    Feature("canary.cohorts", lambda s: bool(s.canary.cohorts), EMBEDDED),
+    # Only when written: the default cookie is simply not set where not carried.
+    Feature(
+        "canary.sticky_cookie",
+        lambda s: (
+            "sticky_cookie" in s.canary.model_fields_set and s.canary.sticky_cookie is not None
+        ),
+        EMBEDDED,
+    ),
+    # The preview is the preview header's rule to green (a cohort).
+    Feature(
+        "blue_green.preview_pause",
+        lambda s: s.blue_green.preview_pause == "manual" or s.blue_green.preview_pause > 0,
+        EMBEDDED,
+    ),
+    Feature(
+        "recreate.max_pause",
+        lambda s: "max_pause" in s.recreate.model_fields_set and s.recreate.max_pause > 0,
+        EMBEDDED,
+    ),
+    Feature(
+        "recreate.maintenance_page", lambda s: s.recreate.maintenance_page is not None, EMBEDDED
+    ),
+)
+
+
+def not_carried(dataplane: DataPlaneName, service: ServiceConfig) -> list[tuple[str, str]]:
+    """(key, reason) for each feature `service` uses that `dataplane` does not carry."""
+    found = []
+    for feature in FEATURES:
+        if dataplane not in feature.carried_by and feature.used(service):
+            by = " and ".join(d for d in DATAPLANES if d in feature.carried_by)
+            reason = (
+                f"not carried by the {dataplane} data plane, only by {by}: "
+                f'remove it, or set [proxy] dataplane = "embedded"'
+            )
+            found.append((feature.key, reason))
+    return found
