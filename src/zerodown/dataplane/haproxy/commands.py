@@ -1,0 +1,111 @@
+"""The table in force and the next one -> runtime API commands, or a reload. Pure.
+
+What the runtime API can change without a reload is a backend's servers:
+added, removed, weighted, set ready, draining or in maintenance. Everything
+else (a new or removed service, a changed route, balance, health check,
+timeouts) is in the config only, so it takes a reload; `plan` says which,
+and why, so the driver can log it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zerodown.dataplane.haproxy.render import server_line
+from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
+from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split
+
+__all__ = ["Plan", "expected", "plan", "removals"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Either `reload` says why a reload is needed, or `commands` do it all."""
+
+    commands: tuple[str, ...] = ()
+    reload: str | None = None
+
+
+def plan(old: RoutingTable, new: RoutingTable) -> Plan:
+    reason = _reload_reason(old, new)
+    if reason is not None:
+        return Plan(reload=reason)
+    commands: list[str] = []
+    for spec in new.services:
+        before = old.service(spec.name)
+        assert before is not None  # same shapes: same services
+        commands += _service_commands(before, spec)
+    return Plan(commands=tuple(commands))
+
+
+def _reload_reason(old: RoutingTable, new: RoutingTable) -> str | None:
+    old_names = {s.name for s in old.services}
+    new_names = {s.name for s in new.services}
+    if old_names != new_names:
+        added = ", ".join(sorted(new_names - old_names)) or "none"
+        gone = ", ".join(sorted(old_names - new_names)) or "none"
+        return f"services changed (added: {added}; removed: {gone})"
+    for spec in new.services:
+        before = old.service(spec.name)
+        if before is not None and _shape(before) != _shape(spec):
+            return f"service {spec.name}: its route, balance, checks or retries changed"
+    return None
+
+
+def _shape(spec: ServiceSpec) -> ServiceSpec:
+    """A service without its targets and split: what only a reload changes."""
+    return spec.model_copy(update={"stable": PoolSpec(), "canary": PoolSpec(), "split": Split()})
+
+
+def _service_commands(old: ServiceSpec, new: ServiceSpec) -> list[str]:
+    backend = backend_name(new.name)
+    before = {s.name: s for s in servers(old)}
+    commands = []
+    for server in servers(new):
+        where = f"{backend}/{server.name}"
+        was = before.pop(server.name, None)
+        if was is None:
+            commands += _added(new, backend, server)
+            continue
+        if was.address != server.address:  # never: the name is the address
+            raise AssertionError(f"{where} changed address")
+        if was.weight != server.weight:
+            commands.append(f"set server {where} weight {server.weight}")
+        if was.state != server.state:
+            commands.append(f"set server {where} state {server.state}")
+    for gone in before.values():
+        commands += removals(backend, gone.name)
+    return commands
+
+
+def _added(spec: ServiceSpec, backend: str, server: Server) -> list[str]:
+    """A dynamic server starts with its health check off, whatever `check`
+    says (management.txt, "add server"): `enable health` turns it on. Its
+    state is set explicitly rather than trusting the version's default."""
+    where = f"{backend}/{server.name}"
+    line = server_line(spec, server).split(" ", 1)[1]  # its name is in `where`
+    commands = [f"add server {where} {line}", f"set server {where} state {server.state}"]
+    if spec.health is not None:
+        commands.append(f"enable health {where}")
+    return commands
+
+
+def removals(backend: str, name: str) -> list[str]:
+    """`del server` refuses a server not in maintenance or with connections
+    (idle ones included): maint first, then cut what is left. The table
+    drains a target before it drops it, so what is cut here is idle."""
+    where = f"{backend}/{name}"
+    return [
+        f"set server {where} state maint",
+        f"shutdown sessions server {where}",
+        f"del server {where}",
+    ]
+
+
+def expected(table: RoutingTable) -> dict[tuple[str, str], Server]:
+    """(backend, server) -> what `show servers state` must read back after apply."""
+    return {
+        (backend_name(spec.name), server.name): server
+        for spec in table.services
+        for server in servers(spec)
+    }
