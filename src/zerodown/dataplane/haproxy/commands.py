@@ -9,13 +9,15 @@ and why, so the driver can log it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zerodown.dataplane.haproxy.render import server_line
-from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
+from zerodown.dataplane.haproxy.runtime import ServerRow
+from zerodown.dataplane.haproxy.servers import Server, ServerState, backend_name, servers
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split
 
-__all__ = ["Plan", "expected", "plan", "removals"]
+__all__ = ["Plan", "converge", "expected", "plan", "removals"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +111,32 @@ def expected(table: RoutingTable) -> dict[tuple[str, str], Server]:
         for spec in table.services
         for server in servers(spec)
     }
+
+
+def converge(
+    rows: Sequence[ServerRow], want: dict[tuple[str, str], Server]
+) -> tuple[list[str], list[str]]:
+    """What `show servers state` read back against what the table wants:
+    (commands that make it so, servers missing that no command here adds)."""
+    have = {(row.backend, row.name): row for row in rows}
+    commands, missing = [], []
+    for (backend, name), server in want.items():
+        row = have.get((backend, name))
+        where = f"{backend}/{name}"
+        if row is None:
+            missing.append(where)
+            continue
+        if row.weight != server.weight:
+            commands.append(f"set server {where} weight {server.weight}")
+        if _state_of(row) != server.state:
+            commands.append(f"set server {where} state {server.state}")
+    backends = {backend for backend, _ in want}
+    for (backend, name), row in have.items():
+        # A server the table dropped whose `del server` found connections.
+        if backend in backends and (backend, name) not in want and not row.maint:
+            commands.append(f"set server {backend}/{name} state maint")
+    return commands, missing
+
+
+def _state_of(row: ServerRow) -> ServerState:
+    return "maint" if row.maint else "drain" if row.drain else "ready"

@@ -54,7 +54,9 @@ def unsupported(table: RoutingTable) -> list[str]:
         if spec.split.cohorts:
             problems.append(f"{where}: canary cohorts are carried by the embedded data plane only")
         if spec.split.sticky_cookie:
-            problems.append(f"{where}: a sticky canary cookie is carried by the embedded data plane only")
+            problems.append(
+                f"{where}: a sticky canary cookie is carried by the embedded data plane only"
+            )
         if spec.hold is not None:
             problems.append(f"{where}.hold is carried by the embedded data plane only")
     return problems
@@ -108,7 +110,8 @@ def _frontend(index: int, address: str, table: RoutingTable) -> str:
         f"unique-id-format {_UNIQUE_ID}",
         # A client's own X-Request-ID is kept (it traces a request across
         # hops); otherwise HAProxy's unique id. Answered back on the response.
-        "http-request set-header X-Request-ID %[unique-id] unless { req.hdr(x-request-id) -m found }",
+        "http-request set-header X-Request-ID %[unique-id] "
+        "unless { req.hdr(x-request-id) -m found }",
         "http-request set-var(txn.request_id) req.hdr(x-request-id)",
         "http-response set-header X-Request-ID %[var(txn.request_id)]",
         # The Host header without its port, lowercased, as the router compares it.
@@ -128,7 +131,9 @@ def route_order(services: Sequence[ServiceSpec]) -> list[ServiceSpec]:
 
     def key(spec: ServiceSpec) -> tuple[int, int, int]:
         host = spec.host.lower()
-        kind, suffix = (2, 0) if host == "*" else (1, len(host)) if host.startswith("*.") else (0, 0)
+        kind, suffix = (
+            (2, 0) if host == "*" else (1, len(host)) if host.startswith("*.") else (0, 0)
+        )
         return kind, -suffix, -len(spec.path.rstrip("/"))
 
     return sorted(services, key=key)

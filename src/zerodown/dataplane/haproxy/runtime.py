@@ -23,6 +23,7 @@ __all__ = [
     "ServerRow",
     "StatRow",
     "command",
+    "frontend_sessions",
     "parse_proc",
     "parse_servers_state",
     "parse_stat",
@@ -185,3 +186,11 @@ def parse_proc(text: str) -> list[ProcEntry]:
             reloads = int(fields[2]) if fields[2].isdigit() else 0
             entries.append(ProcEntry(int(fields[0]), fields[1], reloads, old))
     return entries
+
+
+def frontend_sessions(text: str) -> int:
+    """Open client connections: the frontends' `scur` in `show stat`."""
+    if not text.startswith("# "):
+        return 0
+    rows = csv.DictReader(text[2:].splitlines())
+    return sum(int(row.get("scur") or 0) for row in rows if row.get("type") == "0")
