@@ -80,7 +80,6 @@ def _global(settings: HaproxySettings) -> str:
         # sockets from the old one, so no connection is refused across it.
         f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
         f"server-state-file {settings.server_state_file}",
-        f"pidfile {settings.pid_file}",
     )
 
 

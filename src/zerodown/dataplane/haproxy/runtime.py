@@ -45,6 +45,9 @@ async def command(socket: Path, line: str, timeout: float = COMMAND_TIMEOUT) -> 
             reader, writer = await asyncio.open_unix_connection(str(socket))
             try:
                 writer.write(line.encode() + b"\n")
+                # The master CLI answers only once the input ends (the
+                # worker's closes after one line either way).
+                writer.write_eof()
                 await writer.drain()
                 data = await reader.read(-1)
             finally:
