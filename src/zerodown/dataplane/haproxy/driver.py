@@ -78,7 +78,11 @@ class HaproxyDataPlane(ListeningDataPlane):
         if not self.settings.server_state_file.exists():
             self.settings.server_state_file.write_text("1\n")  # none saved yet
         child = process.spawn(binary, self.settings)
-        self.workers = await process.wait_serving(self.settings, child, set())
+        try:
+            self.workers = await process.wait_serving(self.settings, child, set())
+        except DataPlaneError:
+            await process.stop(child.pid, 0.0)  # never leave a half-started one behind
+            raise
         self.master = child.pid
         self._save()
         await self._confirm(self.table)
