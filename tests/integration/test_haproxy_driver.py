@@ -22,10 +22,12 @@ def driver(tmp_path: Path, *services: ServiceSpec) -> HaproxyDataPlane:
     return HaproxyDataPlane(settings, RoutingTable(services=services))
 
 
-async def served_by(port: int, count: int, **kwargs: str) -> Counter[str]:
+async def served_by(
+    port: int, count: int, path: str = "/", host: str = "example.test"
+) -> Counter[str]:
     seen: Counter[str] = Counter()
     for _ in range(count):
-        response = await request(port, **kwargs)  # type: ignore[arg-type]
+        response = await request(port, path=path, host=host)
         seen[response.header("x-backend") or str(response.status)] += 1
     return seen
 

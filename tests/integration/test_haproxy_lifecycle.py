@@ -1,0 +1,149 @@
+"""The HAProxy driver's reloads, drain deadline, health of added servers and
+failures that explain themselves, against a real haproxy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
+from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.errors import DataPlaneError
+from zerodown.routing import HealthSpec, RoutingTable, ServiceSpec, Split
+
+
+def driver(tmp_path: Path, *services: ServiceSpec) -> HaproxyDataPlane:
+    settings = HaproxySettings(state_dir=tmp_path / "state", stop_timeout=2.0)
+    return HaproxyDataPlane(settings, RoutingTable(services=services))
+
+
+async def served_by(port: int, count: int, path: str = "/") -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(count):
+        response = await request(port, path=path)
+        seen[response.header("x-backend") or str(response.status)] += 1
+    return seen
+
+
+def test_a_new_service_is_a_reload_that_keeps_the_master_and_the_traffic(tmp_path: Path) -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow(req: Request) -> bytes:
+            if req.path == "/slow":
+                await release.wait()
+            return ok(b"web", headers={"X-Backend": "web"})
+
+        async with backends("api") as (api,):
+            web = await Backend(name="web", handler=slow).start()
+            plane = driver(tmp_path, service(web.address))
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                master, workers = plane.master, list(plane.workers)
+                in_flight = asyncio.create_task(request(port, path="/slow"))
+                await until(lambda: len(web.requests) == 1, "slow request at web")
+                table = RoutingTable(
+                    services=(service(web.address), service(api.address, name="api", path="/api"))
+                )
+                await plane.apply(table)
+                assert plane.master == master
+                assert plane.workers != workers  # a new worker took the sockets over
+                assert await served_by(port, 2, path="/api/x") == {"api": 2}
+                assert await served_by(port, 2, path="/x") == {"web": 2}
+                release.set()
+                assert (await in_flight).status == 200  # the old worker finished it
+            finally:
+                await plane.stop(2.0)
+                await web.stop()
+
+    run(main())
+
+
+def test_a_drain_past_its_deadline_cuts_what_is_left_and_says_so(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def hang(req: Request) -> bytes:
+            await asyncio.sleep(5)
+            return ok()
+
+        slow = await Backend(name="slow", handler=hang).start()
+        plane = driver(tmp_path, service(slow.address))
+        port = reserved_port()
+        await plane.start([f"127.0.0.1:{port}"])
+        try:
+            pending = asyncio.create_task(request(port))
+            await until(lambda: len(slow.requests) == 1, "request at the backend")
+            result = await plane.drain("web", slow.address, timeout=0.3)
+            assert not result.completed
+            assert result.cancelled == 1
+            assert 0.3 <= result.seconds < 2.0
+            assert plane.routing().services[0].stable.targets[0].state == "draining"
+            response = (
+                await pending
+            )  # cut: HAProxy answers what it can, the client is not left hanging
+            assert response.status == 502  # cut mid-answer: HAProxy says the server failed it
+        finally:
+            await plane.stop(1.0)
+            await slow.stop()
+
+    run(main())
+
+
+def test_an_added_server_is_health_checked_and_kept_out_while_failing(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def sick(req: Request) -> bytes:
+            return ok(
+                b"sick", status=500 if req.path == "/health" else 200, headers={"X-Backend": "sick"}
+            )
+
+        async with backends("good") as (good,):
+            bad = await Backend(name="sick", handler=sick).start()
+            health = HealthSpec(path="/health", interval=0.05, rise=1, fall=1)
+            plane = driver(tmp_path, service(good.address, health=health))
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                table = RoutingTable(
+                    services=(
+                        service(
+                            good.address,
+                            canary=(bad.address,),
+                            split=Split(canary_weight=50),
+                            health=health,
+                        ),
+                    )
+                )
+                await plane.apply(table)
+                await until(
+                    lambda: sum(r.path == "/health" for r in bad.requests) >= 2,
+                    "checks of sick",
+                    3.0,
+                )
+                stats = await plane.stats()
+                target = stats.services["web"].pools["canary"].targets[bad.address]
+                assert (target.health, target.available) == ("down", False)
+                assert await served_by(port, 10) == {"good": 10}
+            finally:
+                await plane.stop(1.0)
+                await bad.stop()
+
+    run(main())
+
+
+def test_a_missing_binary_names_the_package(tmp_path: Path) -> None:
+    settings = HaproxySettings(state_dir=tmp_path, binary="no-such-haproxy")
+    plane = HaproxyDataPlane(settings, RoutingTable())
+    with pytest.raises(DataPlaneError, match="apt-get install haproxy"):
+        run(plane.start(["127.0.0.1:1"]))
+    assert not (tmp_path / "haproxy.pid").exists()
+
+
+def test_what_haproxy_cannot_carry_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    plane = driver(tmp_path, ServiceSpec(name="web", balance="least_time"))
+    with pytest.raises(DataPlaneError, match="least_time"):
+        run(plane.start(["127.0.0.1:1"]))
+    assert plane.master is None
