@@ -84,6 +84,14 @@ def test_canary_weight_splits_and_added_server_needs_no_reload(tmp_path: Path) -
                 assert pools["canary"].totals.requests == seen["canary"]
                 assert pools["stable"].targets[stable.address].requests == seen["stable"]
                 assert pools["canary"].targets[canary.address].responses["2xx"] == seen["canary"]
+                metrics = await plane.prometheus()
+                counted = [
+                    line
+                    for line in metrics.splitlines()
+                    if line.startswith("zerodown_requests_total") and canary.address in line
+                ]
+                assert len(counted) == 1
+                assert counted[0].endswith(f" {float(seen['canary'])}"), counted
             finally:
                 await plane.stop(2.0)
 

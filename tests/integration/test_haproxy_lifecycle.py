@@ -147,3 +147,37 @@ def test_what_haproxy_cannot_carry_is_refused_before_anything_runs(tmp_path: Pat
     with pytest.raises(DataPlaneError, match="least_time"):
         run(plane.start(["127.0.0.1:1"]))
     assert plane.master is None
+
+
+def test_a_busy_port_fails_start_with_haproxys_words(tmp_path: Path) -> None:
+    async def main() -> None:
+        port = reserved_port()
+        taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+        plane = driver(tmp_path, ServiceSpec(name="web"))
+        try:
+            with pytest.raises(DataPlaneError, match="exited at start") as failed:
+                await plane.start([f"127.0.0.1:{port}"])
+            assert "cannot bind socket" in str(failed.value)
+            assert plane.master is None
+        finally:
+            taken.close()
+
+    run(main())
+
+
+def test_an_adopting_driver_with_other_listeners_reloads_onto_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with backends("web") as (web,):
+            first = driver(tmp_path, service(web.address))
+            old_port, new_port = reserved_port(), reserved_port()
+            await first.start([f"127.0.0.1:{old_port}"])
+            second = driver(tmp_path)
+            await second.start([f"127.0.0.1:{new_port}"])
+            try:
+                assert (second.adopted, second.master) == (True, first.master)
+                assert await served_by(new_port, 2) == {"web": 2}
+                assert second.addresses == [("127.0.0.1", new_port)]
+            finally:
+                await second.stop(2.0)
+
+    run(main())

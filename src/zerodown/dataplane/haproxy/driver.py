@@ -69,11 +69,19 @@ class HaproxyDataPlane(ListeningDataPlane):
                 "the HAProxy data plane binds its own listeners: give it host:port addresses"
             )
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        wanted = [str(item) for item in listen]
         if await self._adopt():
+            if wanted != self.listen:  # the config moved the listeners: a reload binds them
+                log.info("haproxy listeners %s -> %s: reload", self.listen, wanted)
+                async with self._lock:
+                    self.listen = wanted
+                    await self._write_config(process.find_binary(self.settings.binary), self.table)
+                    await self._reload()
+                    self._save()
             return
         binary = process.find_binary(self.settings.binary)
         self._refuse_unsupported(self.table)
-        self.listen = [str(item) for item in listen]
+        self.listen = wanted
         await self._write_config(binary, self.table)
         if not self.settings.server_state_file.exists():
             self.settings.server_state_file.write_text("1\n")  # none saved yet

@@ -27,7 +27,12 @@ _BALANCE: Final[dict[BalanceName, str]] = {
     "ip_hash": "source",
     "random_two": "random(2)",
 }
-_HASH_KEY: Final = {"path": "uri", "ip": "source", "header": "hdr({})", "cookie": "rdp-cookie({})"}
+_HASH_KEY: Final = {
+    "path": "uri",
+    "ip": "source",
+    "header": "hdr({})",
+    "cookie": "hash req.cook({})",  # `balance hash <expr>`: new in 2.6
+}
 # Retries only what never reached the app: a failed connect sends nothing, so
 # any method may go to another server. empty-response and response-timeout
 # may replay a POST the app already acted on (configuration.txt, retry-on).
