@@ -11,6 +11,8 @@ import pytest
 
 from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.runtime import command, parse_servers_state, reply_error
+from zerodown.dataplane.haproxy.servers import server_name
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.errors import DataPlaneError
 from zerodown.routing import HealthSpec, RoutingTable, ServiceSpec, Split
@@ -179,5 +181,62 @@ def test_an_adopting_driver_with_other_listeners_reloads_onto_them(tmp_path: Pat
                 assert second.addresses == [("127.0.0.1", new_port)]
             finally:
                 await second.stop(2.0)
+
+    run(main())
+
+
+def test_a_refused_runtime_command_puts_the_table_back_and_says_which(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with backends("a", "b", "c") as (a, b, c):
+            old = RoutingTable(services=(service(a.address, b.address),))
+            plane = driver(tmp_path, *old.services)
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                config = plane.settings.config.read_text()
+                # Someone else removes b behind zerodown's back.
+                socket = plane.settings.stats_socket
+                gone = f"be_web/{server_name(b.address)}"
+                for line in (f"set server {gone} state maint", f"del server {gone}"):
+                    assert reply_error(line, await command(socket, line)) is None
+                new = RoutingTable(
+                    services=(
+                        service(
+                            a.address, b.address, canary=(c.address,), split=Split(canary_weight=50)
+                        ),
+                    )
+                )
+                with pytest.raises(DataPlaneError, match=f"refused 'set server {gone} weight 128'"):
+                    await plane.apply(new)
+                assert plane.routing() == old
+                assert plane.settings.config.read_text() == config
+                states = parse_servers_state(await command(socket, "show servers state"))
+                assert [(row.name, row.weight) for row in states if row.backend == "be_web"] == [
+                    (server_name(a.address), 256)
+                ]
+                assert await served_by(port, 3) == {"a": 3}
+            finally:
+                await plane.stop(1.0)
+
+    run(main())
+
+
+def test_a_dead_target_is_retried_on_another_server(tmp_path: Path) -> None:
+    async def main() -> None:
+        dead = await Backend(name="dead").start()
+        await dead.stop()  # its port now refuses connections
+        async with backends("live") as (live,):
+            plane = driver(tmp_path, service(dead.address, live.address, tries=2))
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                assert await served_by(port, 6) == {"live": 6}
+                stats = await plane.stats()
+                target = stats.services["web"].pools["stable"].targets[dead.address]
+                # Each failed connect here went to the other server (redispatch).
+                assert target.retries >= 3
+                assert sum(target.responses.values()) == 0
+            finally:
+                await plane.stop(1.0)
 
     run(main())

@@ -79,7 +79,7 @@ def test_replies_say_success_or_what_haproxy_said() -> None:
 def test_show_proc_tells_current_workers_from_old_ones() -> None:
     text = (
         "#<PID>          <type>          <reloads>       <uptime>        <version>\n"
-        "30440           master          1 [failed: 0]   0d00h00m14s     2.6.12\n"
+        "30440           master          1 [failed: 1]   0d00h00m14s     2.6.12\n"
         "# workers\n"
         "30500           worker          0               0d00h00m01s     2.6.12\n"
         "# old workers\n"
@@ -92,6 +92,7 @@ def test_show_proc_tells_current_workers_from_old_ones() -> None:
         (30500, "worker", False),
         (30443, "worker", True),
     ]
+    assert entries[0].failed == 1
 
 
 def test_stats_put_servers_in_their_table_pools() -> None:
@@ -116,6 +117,7 @@ def test_stats_put_servers_in_their_table_pools() -> None:
     assert stable.responses == {"1xx": 0, "2xx": 27, "3xx": 0, "4xx": 2, "5xx": 1}
     assert (stable.latency.p50, stable.latency.p99, stable.latency.buckets) == (0.004, 0.09, {})
     assert stable.failures["connect"] == 1
+    assert stable.retries == 3  # wretr 3 + wredis 0
     canary = web.pools["canary"]
     assert canary.targets["c:1"].health == "down"
     assert canary.targets["c:2"].requests == 0  # not in HAProxy yet: counts nothing

@@ -149,12 +149,18 @@ class HaproxyDataPlane(ListeningDataPlane):
         async with self._lock:
             binary = process.find_binary(self.settings.binary)
             step = plan(self.table, table)
-            await self._write_config(binary, table)  # checked first: a rejected one raises here
-            if step.reload is not None:
-                log.info("haproxy reload: %s", step.reload)
-                await self._reload()
-            else:
-                await self._send_all(step.commands, undo=plan(table, self.table).commands)
+            previous = await self._write_config(binary, table)  # a rejected one raises here
+            try:
+                if step.reload is not None:
+                    log.info("haproxy reload: %s", step.reload)
+                    await self._reload()
+                else:
+                    await self._send_all(step.commands, undo=plan(table, self.table).commands)
+            except DataPlaneError:
+                # HAProxy runs the old table: the file says so again, or the
+                # next reload would bring in what this one refused.
+                _write_atomic(self.settings.config, previous)
+                raise
             await self._converge(table)
             self.table = table
             self._save()
@@ -190,8 +196,9 @@ class HaproxyDataPlane(ListeningDataPlane):
         state = await command(self.settings.stats_socket, "show servers state")
         self.settings.server_state_file.write_text(state)
         old = set(self.workers)
+        failed = await process.failed_reloads(self.settings)
         await command(self.settings.master_socket, "reload")  # the master closes on reload
-        self.workers = await process.wait_serving(self.settings, None, old)
+        self.workers = await process.wait_serving(self.settings, None, old, failed)
 
     async def _converge(self, table: RoutingTable) -> None:
         """Read the servers back; fix what differs (a reload's state file may
@@ -214,14 +221,18 @@ class HaproxyDataPlane(ListeningDataPlane):
     async def _servers(self) -> list[ServerRow]:
         return parse_servers_state(await command(self.settings.stats_socket, "show servers state"))
 
-    async def _write_config(self, binary: str, table: RoutingTable) -> None:
+    async def _write_config(self, binary: str, table: RoutingTable) -> str:
         """Render, check with `haproxy -c`, then replace the config: a rejected
-        file never replaces the one in force."""
-        text = render(table, self.listen, self.settings)
+        file never replaces the one in force. Returns the text it replaced."""
+        try:
+            previous = self.settings.config.read_text()
+        except FileNotFoundError:
+            previous = ""
         candidate = self.settings.config.with_suffix(".cfg.new")
-        candidate.write_text(text)
+        candidate.write_text(render(table, self.listen, self.settings))
         await process.check_config(binary, candidate)
         os.replace(candidate, self.settings.config)
+        return previous
 
     def _save(self) -> None:
         doc = {"listen": self.listen, "table": self.table.model_dump(mode="json")}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.haproxy.runtime import command, parse_proc
+from zerodown.dataplane.haproxy.runtime import ProcEntry, command, parse_proc
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.errors import DataPlaneError
 
@@ -95,14 +95,24 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+async def processes(settings: HaproxySettings) -> list[ProcEntry]:
+    return parse_proc(await command(settings.master_socket, "show proc"))
+
+
 async def workers(settings: HaproxySettings) -> list[int]:
     """The current (not old) workers' pids, from the master's `show proc`."""
-    entries = parse_proc(await command(settings.master_socket, "show proc"))
-    return [e.pid for e in entries if e.kind == "worker" and not e.old]
+    return [e.pid for e in await processes(settings) if e.kind == "worker" and not e.old]
+
+
+async def failed_reloads(settings: HaproxySettings) -> int:
+    return sum(e.failed for e in await processes(settings) if e.kind == "master")
 
 
 async def wait_serving(
-    settings: HaproxySettings, process: subprocess.Popen[bytes] | None, old: set[int]
+    settings: HaproxySettings,
+    process: subprocess.Popen[bytes] | None,
+    old: set[int],
+    failed: int | None = None,
 ) -> list[int]:
     """Wait until a worker that is not one of `old` answers on the stats socket.
 
@@ -117,6 +127,11 @@ async def wait_serving(
                 f"haproxy exited at start (status {process.returncode}); its log "
                 f"{settings.log_file} ends with:\n{log_tail(settings)}"
             )
+        if failed is not None and await _failed_again(settings, failed):
+            raise DataPlaneError(
+                "HAProxy's reload failed: the previous configuration keeps serving; "
+                f"its log {settings.log_file} ends with:\n{log_tail(settings)}"
+            )
         with contextlib.suppress(DataPlaneError):
             pids = await workers(settings)
             info = await command(settings.stats_socket, "show info")
@@ -128,6 +143,13 @@ async def wait_serving(
                 f"{settings.log_file} ends with:\n{log_tail(settings)}"
             )
         await asyncio.sleep(0.02)
+
+
+async def _failed_again(settings: HaproxySettings, before: int) -> bool:
+    try:
+        return await failed_reloads(settings) > before
+    except DataPlaneError:
+        return False  # the master's socket closes across its re-exec
 
 
 def _info_pid(info: str) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -176,6 +177,7 @@ class ProcEntry:
     kind: str  # master, worker
     reloads: int
     old: bool  # an old worker finishing its sessions after a reload
+    failed: int = 0  # the master's failed reloads ("5 [failed: 1]")
 
 
 def parse_proc(text: str) -> list[ProcEntry]:
@@ -187,7 +189,10 @@ def parse_proc(text: str) -> list[ProcEntry]:
         fields = line.split()
         if len(fields) >= 3 and fields[0].isdigit():
             reloads = int(fields[2]) if fields[2].isdigit() else 0
-            entries.append(ProcEntry(int(fields[0]), fields[1], reloads, old))
+            failed = re.search(r"\[failed: (\d+)\]", line)
+            entries.append(
+                ProcEntry(int(fields[0]), fields[1], reloads, old, int(failed[1]) if failed else 0)
+            )
     return entries
 
 

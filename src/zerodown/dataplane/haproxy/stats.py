@@ -3,8 +3,10 @@
 What HAProxy counts per server, mapped:
 
 - requests: `stot` (streams sent to the server: one per HTTP request);
-  responses: `hrsp_1xx` .. `hrsp_5xx`; in_flight: `scur`; retries: `wretr`;
-  failures: `econ` as connect, `eresp` as protocol.
+  responses: `hrsp_1xx` .. `hrsp_5xx`; in_flight: `scur`; retries: `wretr`
+  + `wredis` (tries retried here, and tries sent on to another server);
+  failures: `econ` as connect, `eresp` as protocol (the tries that failed
+  for good: one that a retry saved counts as a retry only).
 - latency: HAProxy keeps no histogram, so `buckets` is {} (as stats.py
   says a data plane without one reports). p50 is `rtime`, the mean response
   time of the last 1024 responses (the best central figure it has); p99 is
@@ -102,7 +104,7 @@ def target_stats(target: TargetSpec, row: StatRow | None) -> TargetStats:
         in_flight=row.sessions if row else 0,
         requests=row.total if row else 0,
         responses=responses,
-        retries=row.retries if row else 0,
+        retries=row.retries + row.redispatches if row else 0,
         ejections=0,
         panic=0,
         failures=failures,
