@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
+from harness import (
+    DEADLINE,
+    Backend,
+    Request,
+    backends,
+    ok,
+    request,
+    reserved_port,
+    run,
+    service,
+    until,
+)
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.errors import DataPlaneError
@@ -203,3 +215,46 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+SRC = Path(__file__).resolve().parents[2] / "src"  # this tree's zerodown, for the child
+CONTROLLER = """
+import asyncio, sys, time
+from pathlib import Path
+from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
+
+state_dir, port, target = sys.argv[1], sys.argv[2], sys.argv[3]
+table = RoutingTable(services=(
+    ServiceSpec(name="web", health=None, stable=PoolSpec(targets=(TargetSpec(address=target),))),
+))
+plane = HaproxyDataPlane(HaproxySettings(state_dir=Path(state_dir)), table)
+asyncio.run(plane.start([f"127.0.0.1:{port}"]))
+print(plane.master, flush=True)
+time.sleep(60)
+"""
+
+
+def test_haproxy_outlives_a_killed_controller_and_is_adopted(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with backends("web") as (web,):
+            port = reserved_port()
+            controller = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", CONTROLLER, str(tmp_path / "state"), str(port), web.address,
+                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(SRC)},
+            )  # fmt: skip
+            assert controller.stdout is not None
+            master = int(await asyncio.wait_for(controller.stdout.readline(), DEADLINE))
+            controller.kill()  # kill -9 of the controller mid-life
+            await controller.wait()
+            assert await served_by(port, 3) == {"web": 3}
+            plane = driver(tmp_path)
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                assert (plane.adopted, plane.master) == (True, master)
+                assert await served_by(port, 2) == {"web": 2}
+            finally:
+                await plane.stop(2.0)
+
+    run(main())
