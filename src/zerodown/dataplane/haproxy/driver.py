@@ -182,8 +182,9 @@ class HaproxyDataPlane(ListeningDataPlane):
         deadline = time.monotonic() + DEL_RETRY
         while True:
             problem = reply_error(line, await command(self.settings.stats_socket, line))
-            # del server waits for idle keep-alive connections the shutdown cut.
-            if problem is None or not line.startswith("del server"):
+            # del server waits for idle keep-alive connections the shutdown cut
+            # ("Server still has connections attached to it, cannot remove it.").
+            if problem is None or not line.startswith("del server") or "connections" not in problem:
                 return problem
             if time.monotonic() > deadline:
                 log.warning("%s: %s; left in maintenance (gone at the next reload)", line, problem)
