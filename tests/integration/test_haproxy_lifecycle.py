@@ -240,3 +240,39 @@ def test_a_dead_target_is_retried_on_another_server(tmp_path: Path) -> None:
                 await plane.stop(1.0)
 
     run(main())
+
+
+def test_a_dropped_target_keeps_its_request_in_flight_and_is_deleted_later(tmp_path: Path) -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow(req: Request) -> bytes:
+            await release.wait()
+            return ok(b"old", headers={"X-Backend": "old"})
+
+        async with backends("new") as (new,):
+            old = await Backend(name="old", handler=slow).start()
+            plane = driver(tmp_path, service(old.address))
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                pending = asyncio.create_task(request(port))
+                await until(lambda: len(old.requests) == 1, "request at old")
+                await plane.apply(RoutingTable(services=(service(new.address),)))
+                assert await served_by(port, 2) == {"new": 2}
+                left = await _names(plane)
+                assert server_name(old.address) in left  # in maintenance, its request running
+                release.set()
+                assert (await pending).status == 200
+                await plane.apply(plane.routing())  # the next apply sweeps it
+                assert await _names(plane) == [server_name(new.address)]
+            finally:
+                await plane.stop(1.0)
+                await old.stop()
+
+    run(main())
+
+
+async def _names(plane: HaproxyDataPlane) -> list[str]:
+    text = await command(plane.settings.stats_socket, "show servers state be_web")
+    return [row.name for row in parse_servers_state(text)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zerodown.dataplane.haproxy.commands import converge, expected, plan
+from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
 from zerodown.dataplane.haproxy.runtime import ServerRow
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split, TargetSpec
 
@@ -38,11 +38,21 @@ def test_moving_the_split_sets_weights_only() -> None:
 
 def test_a_dropped_target_goes_to_maintenance_then_is_deleted() -> None:
     step = plan(table("h:1", "h:2"), table("h:1"))
-    assert step.commands == (
+    assert step.commands == ("set server be_web/t_h:2 state maint", "del server be_web/t_h:2")
+
+
+def test_sweep_deletes_dropped_servers_left_in_maintenance_only() -> None:
+    rows = [
+        row("t_h:1", 256),
+        row("t_h:2", 0, admin=0x01),
+        row("t_h:3", 1),
+        row("x", 0, 1, "be_other"),
+    ]
+    assert sweep(rows, table("h:1")) == [
+        "set server be_web/t_h:2 state drain",
         "set server be_web/t_h:2 state maint",
-        "shutdown sessions server be_web/t_h:2",
         "del server be_web/t_h:2",
-    )
+    ]
 
 
 def test_drain_is_a_state_and_the_rest_take_its_share() -> None:

@@ -17,7 +17,7 @@ from zerodown.dataplane.haproxy.runtime import ServerRow
 from zerodown.dataplane.haproxy.servers import Server, ServerState, backend_name, servers
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split
 
-__all__ = ["Plan", "converge", "expected", "plan", "removals"]
+__all__ = ["Plan", "converge", "expected", "plan", "removals", "sweep"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +93,27 @@ def _added(spec: ServiceSpec, backend: str, server: Server) -> list[str]:
 
 
 def removals(backend: str, name: str) -> list[str]:
-    """`del server` refuses a server not in maintenance or with connections
-    (idle ones included): maint first, then cut what is left. The table
-    drains a target before it drops it, so what is cut here is idle."""
+    """Maintenance first (`del server` refuses a server in any other state),
+    which also closes its idle connections. Requests still in flight keep
+    their server (base.DataPlane.apply): `del server` is then refused, and
+    the server, out of rotation, is deleted by a later apply (`sweep`)."""
     where = f"{backend}/{name}"
-    return [
-        f"set server {where} state maint",
-        f"shutdown sessions server {where}",
-        f"del server {where}",
-    ]
+    return [f"set server {where} state maint", f"del server {where}"]
+
+
+def sweep(rows: Sequence[ServerRow], table: RoutingTable) -> list[str]:
+    """`del server` for servers of the table's backends that it no longer
+    lists and that wait in maintenance for their last requests to end."""
+    want = expected(table)
+    backends = {backend for backend, _ in want}
+    commands = []
+    for row in rows:
+        if row.backend in backends and (row.backend, row.name) not in want and row.maint:
+            where = f"{row.backend}/{row.name}"
+            # Entering maintenance closes a server's idle connections; the
+            # ones its last requests left idle came after: out and in again.
+            commands += [f"set server {where} state drain", *removals(row.backend, row.name)]
+    return commands
 
 
 def expected(table: RoutingTable) -> dict[tuple[str, str], Server]:

@@ -20,7 +20,7 @@ from typing import Final
 
 from zerodown.dataplane.base import DrainResult, ListeningDataPlane
 from zerodown.dataplane.haproxy import process
-from zerodown.dataplane.haproxy.commands import converge, expected, plan
+from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
 from zerodown.dataplane.haproxy.render import render, unsupported
 from zerodown.dataplane.haproxy.runtime import (
     ServerRow,
@@ -43,7 +43,6 @@ __all__ = ["HaproxyDataPlane"]
 log = logging.getLogger("zerodown.dataplane.haproxy")
 
 DRAIN_POLL: Final = 0.02
-DEL_RETRY: Final = 1.0  # `del server` waits this long for idle connections to close
 
 
 class HaproxyDataPlane(ListeningDataPlane):
@@ -148,6 +147,7 @@ class HaproxyDataPlane(ListeningDataPlane):
         self._refuse_unsupported(table)
         async with self._lock:
             binary = process.find_binary(self.settings.binary)
+            await self._sweep()
             step = plan(self.table, table)
             previous = await self._write_config(binary, table)  # a rejected one raises here
             try:
@@ -179,17 +179,17 @@ class HaproxyDataPlane(ListeningDataPlane):
                 )
 
     async def _send(self, line: str) -> str | None:
-        deadline = time.monotonic() + DEL_RETRY
-        while True:
-            problem = reply_error(line, await command(self.settings.stats_socket, line))
-            # del server waits for idle keep-alive connections the shutdown cut
-            # ("Server still has connections attached to it, cannot remove it.").
-            if problem is None or not line.startswith("del server") or "connections" not in problem:
-                return problem
-            if time.monotonic() > deadline:
-                log.warning("%s: %s; left in maintenance (gone at the next reload)", line, problem)
-                return None
-            await asyncio.sleep(DRAIN_POLL)
+        problem = reply_error(line, await command(self.settings.stats_socket, line))
+        # "Server still has connections attached to it, cannot remove it.":
+        # its requests finish; it stays in maintenance until a later sweep.
+        if problem is not None and line.startswith("del server") and "connections" in problem:
+            log.info("%s: %s; deleted later", line, problem)
+            return None
+        return problem
+
+    async def _sweep(self) -> None:
+        for line in sweep(await self._servers(), self.table):
+            await self._send(line)
 
     async def _reload(self) -> None:
         """Save the servers' states (so a reload keeps health verdicts and
