@@ -61,10 +61,17 @@ def test_routes_by_host_and_path(tmp_path: Path) -> None:
                 assert await served_by(port, 1, path="/apix") == {"web": 1}
                 assert await served_by(port, 2, path="/", host="admin.test:8080") == {"admin": 2}
                 assert [r.path for r in api.requests] == ["/v1", "/v1"]
-                response = await request(port, path="/")
-                assert response.header("x-request-id")
-                assert web.requests[-1].header("x-request-id") == response.header("x-request-id")
-                assert web.requests[-1].header("x-forwarded-for") == "127.0.0.1"
+                spoofed = {"X-Forwarded-For": "6.6.6.6", "X-Request-ID": "mine"}
+                response = await request(port, path="/", headers=spoofed)
+                rid = response.header("x-request-id")
+                assert rid
+                assert rid != "mine"  # not from a trusted proxy: replaced
+                sent = web.requests[-1]
+                assert (sent.all("x-request-id"), sent.all("x-forwarded-for")) == (
+                    [rid],
+                    ["127.0.0.1"],
+                )
+                assert sent.header("x-forwarded-proto") == "http"
             finally:
                 await plane.stop(2.0)
 

@@ -146,3 +146,14 @@ def test_unsupported_names_each_key_and_where_it_is_carried() -> None:
     assert "services.web.balance = 'least_time'" in problems[0]
     assert "services.c: canary cohorts" in problems[1]
     assert unsupported(RoutingTable(services=(spec("a:1"),))) == []
+
+
+def test_forwarded_headers_are_kept_only_from_trusted_proxies() -> None:
+    plain = render(RoutingTable(), ["127.0.0.1:8080"], SETTINGS)
+    assert "http-request del-header X-Forwarded-For\n" in plain
+    assert "http-request set-header X-Request-ID %[unique-id]\n" in plain
+    trusting = HaproxySettings(state_dir=Path("/srv/zd"), trusted_proxies=("10.0.0.0/8", "::1"))
+    text = render(RoutingTable(), ["127.0.0.1:8080"], trusting)
+    assert "acl trusted src 10.0.0.0/8 ::1" in text
+    assert "http-request del-header X-Forwarded-For unless trusted" in text
+    assert "http-request set-header X-Request-ID %[unique-id] unless trusted" in text

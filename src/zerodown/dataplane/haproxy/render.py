@@ -69,7 +69,7 @@ def unsupported(table: RoutingTable) -> list[str]:
 
 def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
     parts = [_global(settings), _defaults(settings)]
-    parts += [_frontend(index, address, table) for index, address in enumerate(listen)]
+    parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_backend(spec) for spec in table.services]
     parts.append(_no_route())
     if settings.extra is not None:
@@ -106,25 +106,38 @@ def _defaults(settings: HaproxySettings) -> str:
     )
 
 
-def _frontend(index: int, address: str, table: RoutingTable) -> str:
+def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySettings) -> str:
     host, port = parse_address(address)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    lines = [
-        f"bind {bind}",
-        f"unique-id-format {_UNIQUE_ID}",
-        # A client's own X-Request-ID is kept (it traces a request across
-        # hops); otherwise HAProxy's unique id. Answered back on the response.
-        "http-request set-header X-Request-ID %[unique-id] "
-        "unless { req.hdr(x-request-id) -m found }",
-        "http-request set-var(txn.request_id) req.hdr(x-request-id)",
-        "http-response set-header X-Request-ID %[var(txn.request_id)]",
-        # The Host header without its port, lowercased, as the router compares it.
-        "http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
-    ]
+    lines = [f"bind {bind}", f"unique-id-format {_UNIQUE_ID}", *_forwarded(settings)]
+    # The Host header without its port, lowercased, as the router compares it.
+    lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
     for rank, spec in enumerate(route_order(table.services)):
         lines += _route(rank, spec)
     lines.append(f"default_backend {NO_ROUTE_BACKEND}")
     return _section(f"frontend fe_{index}", *lines)
+
+
+def _forwarded(settings: HaproxySettings) -> list[str]:
+    """X-Forwarded-* and X-Request-ID as the embedded proxy sets them
+    (proxy/http.py): a client's own are kept only from a trusted proxy, so
+    no client can name its own address or request id; `option forwardfor`
+    then appends the client's address."""
+    trusted = " ".join(settings.trusted_proxies)
+    unless = " unless trusted" if trusted else ""
+    lines = [f"acl trusted src {trusted}"] if trusted else []
+    lines += [
+        f"http-request del-header X-Forwarded-For{unless}",
+        f"http-request set-header X-Forwarded-Proto http{unless}",
+        f"http-request set-header X-Forwarded-Host %[req.hdr(host)]{unless}",
+        f"http-request set-header X-Request-ID %[unique-id]{unless}",
+        # A trusted proxy that sent none gets one too.
+        "http-request set-header X-Request-ID %[unique-id] "
+        "unless { req.hdr(x-request-id) -m found }",
+        "http-request set-var(txn.request_id) req.hdr(x-request-id)",
+        "http-response set-header X-Request-ID %[var(txn.request_id)]",
+    ]
+    return lines
 
 
 def route_order(services: Sequence[ServiceSpec]) -> list[ServiceSpec]:

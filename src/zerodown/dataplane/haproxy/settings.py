@@ -33,6 +33,9 @@ class HaproxySettings:
     queue_timeout: float = QUEUE_TIMEOUT
     tunnel_timeout: float = TUNNEL_TIMEOUT
     stop_timeout: float = STOP_TIMEOUT
+    # Client addresses (CIDRs) whose X-Forwarded-* and X-Request-ID are kept
+    # (ProxySettings.trusted_proxies); from anyone else they are replaced.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def config(self) -> Path:
