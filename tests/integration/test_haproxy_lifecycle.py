@@ -4,6 +4,8 @@ failures that explain themselves, against a real haproxy."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -276,3 +278,25 @@ def test_a_dropped_target_keeps_its_request_in_flight_and_is_deleted_later(tmp_p
 async def _names(plane: HaproxyDataPlane) -> list[str]:
     text = await command(plane.settings.stats_socket, "show servers state be_web")
     return [row.name for row in parse_servers_state(text)]
+
+
+def test_a_dead_haproxy_is_started_again_on_the_table_in_force(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with backends("v1", "v2") as (v1, v2):
+            plane = driver(tmp_path, service(v1.address))
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                await plane.apply(RoutingTable(services=(service(v2.address),)))
+                dead = plane.master
+                assert dead is not None
+                os.killpg(dead, signal.SIGKILL)  # the master and its workers: its session
+                await until(lambda: not plane.alive(), "haproxy dead")
+                await plane.start([f"127.0.0.1:{port}"])
+                assert not plane.adopted
+                assert plane.master != dead
+                assert await served_by(port, 2) == {"v2": 2}
+            finally:
+                await plane.stop(1.0)
+
+    run(main())

@@ -126,6 +126,11 @@ class HaproxyDataPlane(ListeningDataPlane):
         self.settings.pid_file.unlink(missing_ok=True)
         self.master, self.workers = None, []
 
+    def alive(self) -> bool:
+        """The master runs (for a supervisor: a dead one is started again on
+        the table in force, by a new start())."""
+        return self.master is not None and process.running(self.master)
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [parse_address(address) for address in self.listen]

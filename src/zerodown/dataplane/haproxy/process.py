@@ -185,14 +185,14 @@ async def stop(pid: int, timeout: float) -> bool:
 
 async def _exited(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _running(pid):
+    while running(pid):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)
     return True
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Alive and not a zombie: a master we started and that exited stays a
     zombie until reaped, and reaping it here is harmless (it is ours)."""
     with contextlib.suppress(ChildProcessError):
