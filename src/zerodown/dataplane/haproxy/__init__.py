@@ -1,0 +1,1 @@
+"""HAProxy as zerodown's data plane: config rendered once, deploy steps through the runtime API."""

@@ -1,0 +1,290 @@
+"""HaproxyDataPlane: zerodown's DataPlane carried by a real HAProxy.
+
+start renders the config once and starts HAProxy (or adopts the one already
+serving this state_dir); apply changes servers through the runtime API and
+reads them back; only what the runtime API cannot change is a reload,
+checked first (`haproxy -c`). The table in force and the listen addresses
+are kept in a file under state_dir, so an adopting driver knows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Final
+
+from zerodown.dataplane.base import DrainResult, ListeningDataPlane
+from zerodown.dataplane.haproxy import process
+from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
+from zerodown.dataplane.haproxy.render import render, unsupported
+from zerodown.dataplane.haproxy.runtime import (
+    ServerRow,
+    command,
+    frontend_sessions,
+    parse_servers_state,
+    parse_stat,
+    reply_error,
+)
+from zerodown.dataplane.haproxy.servers import backend_name, server_name
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.haproxy.stats import build_stats
+from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.errors import DataPlaneError
+from zerodown.routing import RoutingTable, parse_address, with_target_state
+from zerodown.stats import Stats
+
+__all__ = ["HaproxyDataPlane"]
+
+log = logging.getLogger("zerodown.dataplane.haproxy")
+
+DRAIN_POLL: Final = 0.02
+
+
+class HaproxyDataPlane(ListeningDataPlane):
+    def __init__(self, settings: HaproxySettings, table: RoutingTable | None = None) -> None:
+        self.settings = settings
+        self.table = table or RoutingTable()
+        self.listen: list[str] = []
+        self.master: int | None = None
+        self.workers: list[int] = []
+        self.adopted = False
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"<HaproxyDataPlane master={self.master} workers={self.workers} listen={self.listen}>"
+        )
+
+    # -- lifetime ---------------------------------------------------------------
+
+    async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        if any(isinstance(item, socket.socket) for item in listen):
+            raise DataPlaneError(
+                "the HAProxy data plane binds its own listeners: give it host:port addresses"
+            )
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        wanted = [str(item) for item in listen]
+        if await self._adopt():
+            if wanted != self.listen:  # the config moved the listeners: a reload binds them
+                log.info("haproxy listeners %s -> %s: reload", self.listen, wanted)
+                async with self._lock:
+                    self.listen = wanted
+                    await self._write_config(process.find_binary(self.settings.binary), self.table)
+                    await self._reload()
+                    self._save()
+            return
+        binary = process.find_binary(self.settings.binary)
+        self._refuse_unsupported(self.table)
+        self.listen = wanted
+        await self._write_config(binary, self.table)
+        if not self.settings.server_state_file.exists():
+            self.settings.server_state_file.write_text("1\n")  # none saved yet
+        child = process.spawn(binary, self.settings)
+        try:
+            self.workers = await process.wait_serving(self.settings, child, set())
+        except DataPlaneError:
+            await process.stop(child.pid, 0.0)  # never leave a half-started one behind
+            raise
+        self.master = child.pid
+        self._save()
+        await self._confirm(self.table)
+
+    async def _adopt(self) -> bool:
+        """Adopt the HAProxy serving this state_dir, if one does: its pid file
+        names a live master whose socket answers, and the saved table says
+        what it serves."""
+        pid = process.read_pid(self.settings)
+        if pid is None or not process.pid_alive(pid) or not self.settings.table_file.exists():
+            return False
+        try:
+            self.workers = await process.workers(self.settings)
+        except DataPlaneError:
+            return False  # a pid reused by something else, or a master on its way out
+        saved = json.loads(self.settings.table_file.read_text())
+        self.listen = list(saved["listen"])
+        self.table = RoutingTable.model_validate(saved["table"])
+        self.master, self.adopted = pid, True
+        log.info(
+            "adopted haproxy master %d (workers %s) in %s",
+            pid,
+            self.workers,
+            self.settings.state_dir,
+        )
+        return True
+
+    async def stop(self, timeout: float | None = None) -> None:
+        if self.master is None:
+            return
+        wait = self.settings.stop_timeout if timeout is None else timeout
+        if not await process.stop(self.master, wait):
+            log.warning("haproxy %d did not finish within %.1fs: killed", self.master, wait)
+        self.settings.pid_file.unlink(missing_ok=True)
+        self.master, self.workers = None, []
+
+    def alive(self) -> bool:
+        """The master runs (for a supervisor: a dead one is started again on
+        the table in force, by a new start())."""
+        return self.master is not None and process.running(self.master)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(address) for address in self.listen]
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return []  # HAProxy holds its listeners; a reload hands them over (expose-fd)
+
+    @property
+    def pids(self) -> list[int]:
+        return ([self.master] if self.master is not None else []) + self.workers
+
+    # -- the table ----------------------------------------------------------------
+
+    def routing(self) -> RoutingTable:
+        return self.table
+
+    async def apply(self, table: RoutingTable) -> None:
+        self._refuse_unsupported(table)
+        async with self._lock:
+            binary = process.find_binary(self.settings.binary)
+            await self._sweep()
+            step = plan(self.table, table)
+            previous = await self._write_config(binary, table)  # a rejected one raises here
+            try:
+                if step.reload is not None:
+                    log.info("haproxy reload: %s", step.reload)
+                    await self._reload()
+                else:
+                    await self._send_all(step.commands, undo=plan(table, self.table).commands)
+            except DataPlaneError:
+                # HAProxy runs the old table: the file says so again, or the
+                # next reload would bring in what this one refused.
+                _write_atomic(self.settings.config, previous)
+                raise
+            await self._converge(table)
+            self.table = table
+            self._save()
+
+    async def _send_all(self, commands: tuple[str, ...], undo: tuple[str, ...]) -> None:
+        """Send in order; at the first refusal put back what was sent (best
+        effort: each undo command is tried, its own refusal logged) and raise."""
+        for line in commands:
+            problem = await self._send(line)
+            if problem is not None:
+                for back in undo:
+                    if (refused := await self._send(back)) is not None:
+                        log.warning("undo %r refused: %s", back, refused)
+                raise DataPlaneError(
+                    f"HAProxy refused {line!r}: {problem}; the previous table was put back"
+                )
+
+    async def _send(self, line: str) -> str | None:
+        problem = reply_error(line, await command(self.settings.stats_socket, line))
+        # "Server still has connections attached to it, cannot remove it.":
+        # its requests finish; it stays in maintenance until a later sweep.
+        if problem is not None and line.startswith("del server") and "connections" in problem:
+            log.info("%s: %s; deleted later", line, problem)
+            return None
+        return problem
+
+    async def _sweep(self) -> None:
+        for line in sweep(await self._servers(), self.table):
+            await self._send(line)
+
+    async def _reload(self) -> None:
+        """Save the servers' states (so a reload keeps health verdicts and
+        drains), ask the master to reload, and wait for the new worker."""
+        state = await command(self.settings.stats_socket, "show servers state")
+        self.settings.server_state_file.write_text(state)
+        old = set(self.workers)
+        failed = await process.failed_reloads(self.settings)
+        await command(self.settings.master_socket, "reload")  # the master closes on reload
+        self.workers = await process.wait_serving(self.settings, None, old, failed)
+
+    async def _converge(self, table: RoutingTable) -> None:
+        """Read the servers back; fix what differs (a reload's state file may
+        restore an older weight); raise if it still differs."""
+        fixes, _ = converge(await self._servers(), expected(table))
+        for line in fixes:
+            if (problem := await self._send(line)) is not None:
+                raise DataPlaneError(f"HAProxy refused {line!r}: {problem}")
+        await self._confirm(table)
+
+    async def _confirm(self, table: RoutingTable) -> None:
+        left, missing = converge(await self._servers(), expected(table))
+        if left or missing:
+            raise DataPlaneError(
+                "HAProxy's servers do not read back as the table says: "
+                f"missing {', '.join(missing) or 'none'}; "
+                f"still to do: {'; '.join(left) or 'nothing'}"
+            )
+
+    async def _servers(self) -> list[ServerRow]:
+        return parse_servers_state(await command(self.settings.stats_socket, "show servers state"))
+
+    async def _write_config(self, binary: str, table: RoutingTable) -> str:
+        """Render, check with `haproxy -c`, then replace the config: a rejected
+        file never replaces the one in force. Returns the text it replaced."""
+        try:
+            previous = self.settings.config.read_text()
+        except FileNotFoundError:
+            previous = ""
+        candidate = self.settings.config.with_suffix(".cfg.new")
+        candidate.write_text(render(table, self.listen, self.settings))
+        await process.check_config(binary, candidate)
+        os.replace(candidate, self.settings.config)
+        return previous
+
+    def _save(self) -> None:
+        doc = {"listen": self.listen, "table": self.table.model_dump(mode="json")}
+        _write_atomic(self.settings.table_file, json.dumps(doc))
+
+    def _refuse_unsupported(self, table: RoutingTable) -> None:
+        problems = unsupported(table)
+        if problems:
+            raise DataPlaneError("HAProxy cannot carry: " + "; ".join(problems))
+
+    # -- drain and stats --------------------------------------------------------------
+
+    async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
+        started = time.monotonic()
+        spec = self.table.service(service)
+        if spec is None or all(
+            t.address != address for t in (*spec.stable.targets, *spec.canary.targets)
+        ):
+            raise DataPlaneError(f"no target {address} in service {service!r} to drain")
+        await self.apply(with_target_state(self.table, service, address, "draining"))
+        where = f"{backend_name(service)}/{server_name(address)}"
+        deadline = started + timeout
+        while (busy := await self._sessions(service, address)) > 0:
+            if time.monotonic() >= deadline:
+                # The deadline cuts what is left, WebSockets included.
+                await self._send(f"shutdown sessions server {where}")
+                return DrainResult(service, address, False, busy, time.monotonic() - started)
+            await asyncio.sleep(DRAIN_POLL)
+        return DrainResult(service, address, True, 0, time.monotonic() - started)
+
+    async def _sessions(self, service: str, address: str) -> int:
+        backend, name = backend_name(service), server_name(address)
+        for row in parse_stat(await command(self.settings.stats_socket, "show stat")):
+            if row.backend == backend and row.name == name:
+                return row.sessions + row.queued
+        return 0
+
+    async def stats(self) -> Stats:
+        text = await command(self.settings.stats_socket, "show stat")
+        return build_stats(self.table, parse_stat(text), frontend_sessions(text))
+
+    async def prometheus(self) -> str:
+        return render_prometheus(await self.stats())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temp = path.with_suffix(path.suffix + ".new")
+    temp.write_text(text)
+    os.replace(temp, path)

@@ -1,0 +1,240 @@
+"""RoutingTable + settings -> haproxy.cfg text. Pure: no files, no processes.
+
+The config holds the whole table in force, servers included, although after
+start every server change goes through the runtime API: HAProxy forgets
+servers added at runtime on a reload (management.txt, "add server"), so the
+file must always say what runs. A reload also reloads the servers' admin and
+health states from `server-state-file`, saved just before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
+
+__all__ = ["NO_ROUTE_BACKEND", "render", "route_order", "server_line", "unsupported"]
+
+NO_ROUTE_BACKEND: Final = "be_no_route"
+# Every backend uses a balance HAProxy calls dynamic (weights change at
+# runtime, `add server` accepted): hashes need `hash-type consistent`.
+_BALANCE: Final[dict[BalanceName, str]] = {
+    "round_robin": "roundrobin",
+    "least_conn": "leastconn",
+    "ip_hash": "source",
+    "random_two": "random(2)",
+}
+_HASH_KEY: Final = {
+    "path": "uri",
+    "ip": "source",
+    "header": "hdr({})",
+    "cookie": "hash req.cook({})",  # `balance hash <expr>`: new in 2.6
+}
+# Retries only what never reached the app: a failed connect sends nothing, so
+# any method may go to another server. empty-response and response-timeout
+# may replay a POST the app already acted on (configuration.txt, retry-on).
+_RETRY_ON: Final = "conn-failure 0rtt-rejected"
+# Hex of the frontend and client endpoints, the accept time and a counter:
+# unique per request across workers and reloads of this host.
+_UNIQUE_ID: Final = "%{+X}o%ci%cp%fi%fp%Ts%ms%rt%pid"
+
+
+def unsupported(table: RoutingTable) -> list[str]:
+    """What this table asks that HAProxy (as driven here) cannot carry, one line each.
+
+    The config layer refuses these at load; apply refuses them too, rather
+    than serve something else than asked.
+    """
+    problems = []
+    for spec in table.services:
+        where = f"services.{spec.name}"
+        if spec.balance == "least_time":
+            problems.append(
+                f"{where}.balance = 'least_time' has no HAProxy twin "
+                "(use least_conn, or the embedded or nginx data plane)"
+            )
+        if spec.split.cohorts:
+            problems.append(f"{where}: canary cohorts are carried by the embedded data plane only")
+        if spec.split.sticky_cookie:
+            problems.append(
+                f"{where}: a sticky canary cookie is carried by the embedded data plane only"
+            )
+        if spec.hold is not None:
+            problems.append(f"{where}.hold is carried by the embedded data plane only")
+    return problems
+
+
+def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
+    parts = [_global(settings), _defaults(settings)]
+    parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
+    parts += [_backend(spec) for spec in table.services]
+    parts.append(_no_route())
+    if settings.extra is not None:
+        parts.append(f"# {settings.extra}, appended verbatim\n{settings.extra.read_text()}")
+    return "\n".join(parts)
+
+
+def _global(settings: HaproxySettings) -> str:
+    return _section(
+        "global",
+        f"nbthread {settings.threads}",
+        # expose-fd listeners: a reload's new worker takes the listening
+        # sockets from the old one, so no connection is refused across it.
+        f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
+        f"server-state-file {settings.server_state_file}",
+    )
+
+
+def _defaults(settings: HaproxySettings) -> str:
+    return _section(
+        "defaults",
+        "mode http",
+        "option forwardfor",
+        "option redispatch 1",
+        f"retry-on {_RETRY_ON}",
+        "load-server-state-from-file global",
+        f"timeout connect {_ms(settings.connect_timeout)}",
+        f"timeout client {_ms(settings.client_timeout)}",
+        f"timeout server {_ms(settings.server_timeout)}",
+        f"timeout http-request {_ms(settings.http_request_timeout)}",
+        f"timeout http-keep-alive {_ms(settings.client_timeout)}",
+        f"timeout queue {_ms(settings.queue_timeout)}",
+        f"timeout tunnel {_ms(settings.tunnel_timeout)}",
+    )
+
+
+def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySettings) -> str:
+    host, port = parse_address(address)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"bind {bind}", f"unique-id-format {_UNIQUE_ID}", *_forwarded(settings)]
+    # The Host header without its port, lowercased, as the router compares it.
+    lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
+    for rank, spec in enumerate(route_order(table.services)):
+        lines += _route(rank, spec)
+    lines.append(f"default_backend {NO_ROUTE_BACKEND}")
+    return _section(f"frontend fe_{index}", *lines)
+
+
+def _forwarded(settings: HaproxySettings) -> list[str]:
+    """X-Forwarded-* and X-Request-ID as the embedded proxy sets them
+    (proxy/http.py): a client's own are kept only from a trusted proxy, so
+    no client can name its own address or request id; `option forwardfor`
+    then appends the client's address."""
+    trusted = " ".join(settings.trusted_proxies)
+    unless = " unless trusted" if trusted else ""
+    lines = [f"acl trusted src {trusted}"] if trusted else []
+    lines += [
+        f"http-request del-header X-Forwarded-For{unless}",
+        f"http-request set-header X-Forwarded-Proto http{unless}",
+        f"http-request set-header X-Forwarded-Host %[req.hdr(host)]{unless}",
+        f"http-request set-header X-Request-ID %[unique-id]{unless}",
+        # A trusted proxy that sent none gets one too.
+        "http-request set-header X-Request-ID %[unique-id] "
+        "unless { req.hdr(x-request-id) -m found }",
+        "http-request set-var(txn.request_id) req.hdr(x-request-id)",
+        "http-response set-header X-Request-ID %[var(txn.request_id)]",
+    ]
+    return lines
+
+
+def route_order(services: Sequence[ServiceSpec]) -> list[ServiceSpec]:
+    """Services in the order their `use_backend` rules are tried: HAProxy takes
+    the first that matches, so this is the embedded router's precedence
+    (proxy/router.py): exact hosts, then wildcards by longest suffix, then
+    "*"; within each, the longest path prefix first."""
+
+    def key(spec: ServiceSpec) -> tuple[int, int, int]:
+        host = spec.host.lower()
+        kind, suffix = (
+            (2, 0) if host == "*" else (1, len(host)) if host.startswith("*.") else (0, 0)
+        )
+        return kind, -suffix, -len(spec.path.rstrip("/"))
+
+    return sorted(services, key=key)
+
+
+def _route(rank: int, spec: ServiceSpec) -> list[str]:
+    acls, conditions = [], []
+    host = spec.host.lower()
+    if host.startswith("*."):
+        acls.append(f"acl r{rank}_host var(txn.host) -m end {host[1:]}")
+        conditions.append(f"r{rank}_host")
+    elif host != "*":
+        acls.append(f"acl r{rank}_host var(txn.host) -m str {host}")
+        conditions.append(f"r{rank}_host")
+    stem = spec.path.rstrip("/")
+    if stem:
+        # A prefix matches at a segment boundary: "/api" takes "/api" and
+        # "/api/x", not "/apix" (router.prefix_matches).
+        acls.append(f"acl r{rank}_path path -m str {stem}")
+        acls.append(f"acl r{rank}_path path -m beg {stem}/")
+        conditions.append(f"r{rank}_path")
+    condition = f" if {' '.join(conditions)}" if conditions else ""
+    return [*acls, f"use_backend {backend_name(spec.name)}{condition}"]
+
+
+def _backend(spec: ServiceSpec) -> str:
+    lines = [*_balance(spec), f"retries {spec.tries - 1}"]
+    if spec.health is not None:
+        lines.append(f"option httpchk GET {spec.health.path}")
+        lines.append(f"timeout check {_ms(spec.health.timeout)}")
+        statuses = spec.health.expect_status
+        expect = "|".join(str(s) for s in statuses) if statuses else "[23][0-9][0-9]"
+        lines.append(f"http-check expect rstatus ^({expect})$")
+    stem = spec.path.rstrip("/")
+    if spec.strip_prefix and stem:
+        # "/api/x" -> "/x", "/api" -> "/" (router.strip_prefix); the query stays.
+        lines.append(f"http-request replace-path ^{_regex(stem)}/?(.*)$ /\\1")
+    lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
+    return _section(f"backend {backend_name(spec.name)}", *lines)
+
+
+def _balance(spec: ServiceSpec) -> list[str]:
+    if spec.balance in _BALANCE:
+        lines = [f"balance {_BALANCE[spec.balance]}"]
+        return lines + (["hash-type consistent"] if spec.balance == "ip_hash" else [])
+    if spec.balance != "hash":
+        raise ValueError(f"balance {spec.balance!r} has no HAProxy twin")
+    kind, _, name = spec.hash_key.partition(":")
+    return [f"balance {_HASH_KEY[kind].format(name)}", "hash-type consistent"]
+
+
+def server_line(spec: ServiceSpec, server: Server) -> str:
+    """`<name> <address> <keywords>`: the same words in the config and in a
+    runtime `add server` (management.txt lists which keywords it takes)."""
+    words = [server.name, server.address, f"weight {server.weight}"]
+    if spec.health is not None:
+        health = spec.health
+        words.append(f"check inter {_ms(health.interval)} rise {health.rise} fall {health.fall}")
+        # Passive ejection only beside an active check: a server marked down
+        # by errors comes back by passing checks; with none it would stay out.
+        if spec.passive is not None:
+            limit = spec.passive.consecutive_errors
+            words.append(f"observe layer7 error-limit {limit} on-error mark-down")
+    if spec.slow_start > 0:
+        words.append(f"slowstart {_ms(spec.slow_start)}")
+    if server.state == "maint":
+        words.append("disabled")
+    return " ".join(words)
+
+
+def _no_route() -> str:
+    return _section(
+        f"backend {NO_ROUTE_BACKEND}",
+        'http-request return status 404 content-type text/plain string "no route\\n"',
+    )
+
+
+def _section(head: str, *lines: str) -> str:
+    return head + "\n" + "".join(f"    {line}\n" for line in lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _regex(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "/-_" else "\\" + c for c in text)

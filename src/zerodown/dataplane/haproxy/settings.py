@@ -1,0 +1,66 @@
+"""The HAProxy driver's own settings: plain values, filled by the config layer.
+
+Durations are seconds. Every file the driver writes lives under `state_dir`
+(never /etc/haproxy or /run): zerodown runs its own HAProxy beside, not
+instead of, a system one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+CONNECT_TIMEOUT: Final = 5.0
+CLIENT_TIMEOUT: Final = 75.0  # an idle client (keep-alive or mid-request) is closed after this
+SERVER_TIMEOUT: Final = 60.0  # longest wait for the next upstream byte
+HTTP_REQUEST_TIMEOUT: Final = 10.0  # a whole request head
+QUEUE_TIMEOUT: Final = 5.0
+TUNNEL_TIMEOUT: Final = 3600.0  # WebSockets and other upgraded connections
+STOP_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxySettings:
+    state_dir: Path
+    binary: str = "haproxy"  # looked up on PATH
+    threads: int = 1  # [proxy].workers: nbthread
+    extra: Path | None = None  # appended verbatim (global/defaults tuning), checked with the rest
+    connect_timeout: float = CONNECT_TIMEOUT
+    client_timeout: float = CLIENT_TIMEOUT
+    server_timeout: float = SERVER_TIMEOUT
+    http_request_timeout: float = HTTP_REQUEST_TIMEOUT
+    queue_timeout: float = QUEUE_TIMEOUT
+    tunnel_timeout: float = TUNNEL_TIMEOUT
+    stop_timeout: float = STOP_TIMEOUT
+    # Client addresses (CIDRs) whose X-Forwarded-* and X-Request-ID are kept
+    # (ProxySettings.trusted_proxies); from anyone else they are replaced.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @property
+    def config(self) -> Path:
+        return self.state_dir / "haproxy.cfg"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "haproxy.pid"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.state_dir / "haproxy.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.state_dir / "haproxy-master.sock"
+
+    @property
+    def server_state_file(self) -> Path:
+        return self.state_dir / "haproxy.state"
+
+    @property
+    def table_file(self) -> Path:
+        return self.state_dir / "haproxy-table.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "haproxy.log"

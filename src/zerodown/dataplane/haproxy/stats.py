@@ -1,0 +1,118 @@
+"""`show stat` rows + the table in force -> zerodown's Stats (zerodown/stats.py). Pure.
+
+What HAProxy counts per server, mapped:
+
+- requests: `stot` (streams sent to the server: one per HTTP request);
+  responses: `hrsp_1xx` .. `hrsp_5xx`; in_flight: `scur`; retries: `wretr`
+  + `wredis` (tries retried here, and tries sent on to another server);
+  failures: `econ` as connect, `eresp` as protocol (the tries that failed
+  for good: one that a retry saved counts as a retry only).
+- latency: HAProxy keeps no histogram, so `buckets` is {} (as stats.py
+  says a data plane without one reports). p50 is `rtime`, the mean response
+  time of the last 1024 responses (the best central figure it has); p99 is
+  `rtime_max`, the slowest response seen, an upper bound. count is the
+  responses, sum the mean times the count (an estimate).
+- ejections and panic are 0: HAProxy's passive marks-down are not counted
+  apart from check failures, and it has no panic routing.
+
+Pools come from the table: a server belongs to the pool its target is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from zerodown.dataplane.haproxy.runtime import StatRow
+from zerodown.dataplane.haproxy.servers import backend_name, server_name
+from zerodown.routing import HealthState, PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
+from zerodown.stats import (
+    FAILURE_KINDS,
+    STATUS_CLASSES,
+    Counters,
+    Latency,
+    PoolStats,
+    PoolTotals,
+    ServiceStats,
+    Stats,
+    TargetStats,
+    sum_counters,
+)
+
+__all__ = ["build_stats", "target_stats"]
+
+
+def build_stats(table: RoutingTable, rows: Sequence[StatRow], connections: int = 0) -> Stats:
+    by_name = {(row.backend, row.name): row for row in rows}
+    services = {spec.name: _service(spec, by_name) for spec in table.services}
+    return Stats(services=services, connections=connections, rejected={})
+
+
+def _service(spec: ServiceSpec, rows: Mapping[tuple[str, str], StatRow]) -> ServiceStats:
+    pools: dict[PoolName, PoolStats] = {
+        "stable": _pool(spec, spec.stable, rows),
+        "canary": _pool(spec, spec.canary, rows),
+    }
+    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0)
+
+
+def _pool(spec: ServiceSpec, pool: PoolSpec, rows: Mapping[tuple[str, str], StatRow]) -> PoolStats:
+    backend = backend_name(spec.name)
+    targets = {
+        t.address: target_stats(t, rows.get((backend, server_name(t.address))))
+        for t in pool.targets
+    }
+    summed = sum_counters(targets.values())
+    counters = {name: getattr(summed, name) for name in Counters.model_fields}
+    counters["latency"] = _pool_latency([t.latency for t in targets.values()])
+    totals = PoolTotals(
+        **counters,
+        in_flight=sum(t.in_flight for t in targets.values()),
+        targets=len(targets),
+        available=sum(1 for t in targets.values() if t.available),
+    )
+    return PoolStats(totals=totals, targets=targets)
+
+
+def _pool_latency(items: Sequence[Latency]) -> Latency:
+    """With no histogram to add, the pool's p50 is its targets' p50 weighted
+    by their counts, and its p99 the worst target's."""
+    count = sum(item.count for item in items)
+    p50 = sum(item.p50 * item.count for item in items) / count if count else 0.0
+    p99 = max((item.p99 for item in items if item.count), default=0.0)
+    return Latency(count=count, sum=sum(i.sum for i in items), p50=p50, p99=p99, buckets={})
+
+
+def target_stats(target: TargetSpec, row: StatRow | None) -> TargetStats:
+    """One target's entry; a target HAProxy does not list (yet) counts nothing and is down."""
+    health: HealthState = (
+        "down" if row is None or row.status.startswith(("DOWN", "MAINT")) else "up"
+    )
+    serving = health == "up"
+    responses = dict(zip(STATUS_CLASSES, row.responses if row else (0,) * 5, strict=True))
+    answered = sum(responses.values())
+    mean = row.response_ms / 1000 if row else 0.0
+    failures = dict.fromkeys(FAILURE_KINDS, 0)
+    failures["connect"] = row.connect_errors if row else 0
+    failures["protocol"] = row.response_errors if row else 0
+    return TargetStats(
+        state=target.state,
+        health=health,
+        serving=serving,
+        available=target.state == "ready" and serving and target.weight > 0,
+        weight=target.weight,
+        version=target.version,
+        in_flight=row.sessions if row else 0,
+        requests=row.total if row else 0,
+        responses=responses,
+        retries=row.retries + row.redispatches if row else 0,
+        ejections=0,
+        panic=0,
+        failures=failures,
+        latency=Latency(
+            count=answered,
+            sum=mean * answered,
+            p50=mean,
+            p99=row.response_max_ms / 1000 if row else 0.0,
+            buckets={},
+        ),
+    )
