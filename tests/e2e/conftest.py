@@ -259,12 +259,21 @@ class Cluster:
         return 0
 
     def dataplane_pid(self) -> int | None:
-        """The data-plane host serving this cluster's state directory, if one runs."""
-        try:
-            pid = int((self.root / "state" / "dataplane.pid").read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if alive(pid) else None
+        """The data plane serving this cluster's state directory, if one runs:
+        the embedded one's host, or the HAProxy or nginx master."""
+        state = self.root / "state"
+        for pid_file in (
+            state / "dataplane.pid",
+            state / "haproxy" / "haproxy.pid",
+            state / "nginx" / "nginx.pid",
+        ):
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if alive(pid):
+                return pid
+        return None
 
     def kill_dataplane(self) -> None:
         """SIGKILL the data-plane host and its workers (their process group)."""
@@ -420,6 +429,8 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         root.mkdir()
         mark = uuid.uuid4().hex
         service = default_service(mark) | overrides
+        if (proxy or {}).get("dataplane", '"embedded"') != '"embedded"':
+            service.pop("recreate")  # requests are held by the embedded data plane only
         if wrapper:
             service["command"] = wrapper_command(root)
         cluster = Cluster(root, mark, service, proxy)

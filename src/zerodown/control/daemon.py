@@ -87,8 +87,8 @@ class Daemon:
         self.dataplane = managed_dataplane(config, self.state_dir)
         # Sockets handed over by an older generation that served in-process
         # count only if no data plane runs to adopt.
-        listen = given.listen if given and given.listen else list(config.proxy.listen)
-        await self.dataplane.start(listen)
+        handed = given.listen if given and config.proxy.dataplane == "embedded" else None
+        await self.dataplane.start(handed or list(config.proxy.listen))
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
         self.orchestrator = Orchestrator(config, self.dataplane, self.store, self._runtime_for)
         await self.orchestrator.start()

@@ -7,13 +7,30 @@ from pathlib import Path
 from zerodown.config import Config
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.detached import DetachedDataPlane
+from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.settings import HaproxySettings
 
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
     """The data plane of `config`, not started yet (its start adopts a running one)."""
-    proxy = config.proxy
-    if proxy.dataplane == "embedded":
-        return DetachedDataPlane(
-            config.proxy_settings(), config.routing_table(), proxy.worker_count(), state_dir
-        )
-    raise NotImplementedError(proxy.dataplane)  # the drivers of issue 11 land here
+    proxy, table = config.proxy, config.routing_table()
+    if proxy.dataplane == "haproxy":
+        return HaproxyDataPlane(haproxy_settings(config, state_dir), table)
+    return DetachedDataPlane(config.proxy_settings(), table, proxy.worker_count(), state_dir)
+
+
+def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
+    """`[proxy]` and `[proxy.haproxy]` as the HAProxy driver takes them."""
+    proxy, limits = config.proxy, config.proxy_settings()
+    return HaproxySettings(
+        state_dir=state_dir / "haproxy",
+        binary=proxy.haproxy.binary,
+        threads=proxy.worker_count(),
+        extra=Path(proxy.haproxy.extra) if proxy.haproxy.extra else None,
+        connect_timeout=limits.connect_timeout,
+        client_timeout=limits.keepalive_timeout,
+        server_timeout=limits.read_timeout,
+        queue_timeout=limits.queue_timeout,
+        stop_timeout=limits.shutdown_timeout,
+        trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
+    )

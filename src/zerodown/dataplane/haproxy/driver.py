@@ -10,6 +10,7 @@ are kept in a file under state_dir, so an adopting driver knows them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.base import DrainResult, ListeningDataPlane
+from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
 from zerodown.dataplane.haproxy.render import render, unsupported
@@ -43,9 +44,12 @@ __all__ = ["HaproxyDataPlane"]
 log = logging.getLogger("zerodown.dataplane.haproxy")
 
 DRAIN_POLL: Final = 0.02
+WATCH_EVERY: Final = 1.0  # seconds between looks at the master while driving it
 
 
-class HaproxyDataPlane(ListeningDataPlane):
+class HaproxyDataPlane(ManagedDataPlane):
+    carries = frozenset()  # plain weighted pools (config/support.py)
+
     def __init__(self, settings: HaproxySettings, table: RoutingTable | None = None) -> None:
         self.settings = settings
         self.table = table or RoutingTable()
@@ -54,6 +58,7 @@ class HaproxyDataPlane(ListeningDataPlane):
         self.workers: list[int] = []
         self.adopted = False
         self._lock = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -63,6 +68,11 @@ class HaproxyDataPlane(ListeningDataPlane):
     # -- lifetime ---------------------------------------------------------------
 
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        """Adopt the HAProxy serving this state_dir, or start one; then watch it."""
+        await self._start(listen)
+        self.watch()
+
+    async def _start(self, listen: list[str] | list[socket.socket]) -> None:
         if any(isinstance(item, socket.socket) for item in listen):
             raise DataPlaneError(
                 "the HAProxy data plane binds its own listeners: give it host:port addresses"
@@ -117,7 +127,36 @@ class HaproxyDataPlane(ListeningDataPlane):
         )
         return True
 
+    def watch(self) -> None:
+        """While driven, start HAProxy again on the table in force if its master dies."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_master())
+
+    async def _watch_master(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if self.master is not None and not self.alive():
+                log.error("haproxy master %d died: starting it again", self.master)
+                async with self._lock:
+                    self.master, self.workers = None, []
+                try:
+                    await self._start(list(self.listen))
+                except DataPlaneError as exc:
+                    log.error("haproxy could not be started again: %s", exc)
+
+    async def detach(self) -> None:
+        """Stop driving; HAProxy serves on for the next controller to adopt."""
+        await self._end_watch()
+
+    async def _end_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
     async def stop(self, timeout: float | None = None) -> None:
+        await self._end_watch()
         if self.master is None:
             return
         wait = self.settings.stop_timeout if timeout is None else timeout

@@ -7,6 +7,9 @@ instead of, a system one.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,6 +21,7 @@ HTTP_REQUEST_TIMEOUT: Final = 10.0  # a whole request head
 QUEUE_TIMEOUT: Final = 5.0
 TUNNEL_TIMEOUT: Final = 3600.0  # WebSockets and other upgraded connections
 STOP_TIMEOUT: Final = 30.0
+MAX_SOCKET_PATH: Final = 97  # bytes: HAProxy refuses a longer unix socket path
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +51,24 @@ class HaproxySettings:
 
     @property
     def stats_socket(self) -> Path:
-        return self.state_dir / "haproxy.sock"
+        return self.socket_dir / "haproxy.sock"
 
     @property
     def master_socket(self) -> Path:
-        return self.state_dir / "haproxy-master.sock"
+        return self.socket_dir / "haproxy-master.sock"
+
+    @property
+    def socket_dir(self) -> Path:
+        """state_dir, unless its sockets' paths would pass HAProxy's limit
+        (97 bytes): then a short private directory named after it, so that an
+        adopting driver finds the same one."""
+        if len(str(self.state_dir.absolute() / "haproxy-master.sock")) <= MAX_SOCKET_PATH:
+            return self.state_dir
+        digest = hashlib.sha256(str(self.state_dir.absolute()).encode()).hexdigest()[:16]
+        short = Path(tempfile.gettempdir()) / f"zerodown-{os.getuid()}" / digest
+        short.mkdir(mode=0o700, parents=True, exist_ok=True)
+        short.parent.chmod(0o700)  # only this user may reach the admin-level socket
+        return short
 
     @property
     def server_state_file(self) -> Path:
