@@ -19,6 +19,7 @@ SRC = Path(zerodown.__file__).parent
 CLI_MAY_IMPORT = {
     "zerodown.control.wire",  # the admin API's shared numbers and names
     "zerodown.control.daemon",  # `zerodown serve` runs the daemon in-process
+    "zerodown.control.dataplanes",  # `zerodown render` shows what the daemon would render
 }
 
 

@@ -14,6 +14,7 @@ import typer
 from zerodown.cli.demo import demo
 from zerodown.cli.deploys import abort, deploy, pause, promote, resume, rollback
 from zerodown.cli.exits import EXIT_CODES
+from zerodown.cli.render import render
 from zerodown.cli.serve import serve
 from zerodown.cli.state import releases, status
 from zerodown.cli.verify import VERIFY_SETTINGS, verify
@@ -60,3 +61,4 @@ app.command()(resume)
 app.command()(status)
 app.command()(releases)
 app.command(**VERIFY_SETTINGS)(verify)
+app.command()(render)

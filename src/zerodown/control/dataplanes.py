@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from zerodown.config import Config
+from zerodown.config.dataplane import DataPlaneName
+from zerodown.config.support import not_carried
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.render import render as render_haproxy
 from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.errors import ConfigError
 
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
@@ -34,3 +38,15 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         stop_timeout=limits.shutdown_timeout,
         trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
     )
+
+
+def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
+    """The configuration file the `proxy` driver would start with, from `config`;
+    ConfigError for a key that proxy cannot carry, as loading with it would."""
+    for name, service in config.services.items():
+        for key, reason in not_carried(proxy, service):
+            raise ConfigError(reason, key=f"services.{name}.{key.split(' ')[0]}")
+    listen = list(config.proxy.listen)
+    if proxy == "haproxy":
+        return render_haproxy(config.routing_table(), listen, haproxy_settings(config, state_dir))
+    raise ValueError(f"no driver renders {proxy!r}")
