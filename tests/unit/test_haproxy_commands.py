@@ -97,3 +97,15 @@ def test_converge_fixes_what_reads_back_wrong_and_names_what_is_missing() -> Non
     ]
     assert missing == ["be_web/t_h:3"]
     assert converge([row("t_h:1", 256)], expected(table("h:1"))) == ([], [])
+
+
+def test_a_switch_gives_the_new_servers_traffic_before_taking_the_old_ones_out() -> None:
+    # Sent one by one: in between, some server must always take requests.
+    step = plan(
+        table("h:1", canary=("h:2",), weight=0.0), table("h:1", canary=("h:2",), weight=100.0)
+    )
+    raised = [i for i, c in enumerate(step.commands) if "t_h:2" in c]
+    lowered = [i for i, c in enumerate(step.commands) if "t_h:1" in c]
+    assert raised
+    assert lowered
+    assert max(raised) < min(lowered), step.commands

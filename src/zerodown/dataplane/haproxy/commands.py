@@ -60,24 +60,32 @@ def _shape(spec: ServiceSpec) -> ServiceSpec:
 
 
 def _service_commands(old: ServiceSpec, new: ServiceSpec) -> list[str]:
+    """Every command that gives traffic somewhere before any that takes it
+    away: sent one by one, they must never leave a moment with no server to
+    take a request (a blue-green switch raises green, then drains blue)."""
     backend = backend_name(new.name)
     before = {s.name: s for s in servers(old)}
-    commands = []
+    up: list[str] = []
+    down: list[str] = []
     for server in servers(new):
         where = f"{backend}/{server.name}"
         was = before.pop(server.name, None)
         if was is None:
-            commands += _added(new, backend, server)
+            up += _added(new, backend, server)
             continue
         if was.address != server.address:  # never: the name is the address
             raise AssertionError(f"{where} changed address")
         if was.weight != server.weight:
-            commands.append(f"set server {where} weight {server.weight}")
+            (up if server.weight > was.weight else down).append(
+                f"set server {where} weight {server.weight}"
+            )
         if was.state != server.state:
-            commands.append(f"set server {where} state {server.state}")
+            (up if server.state == "ready" else down).append(
+                f"set server {where} state {server.state}"
+            )
     for gone in before.values():
-        commands += removals(backend, gone.name)
-    return commands
+        down += removals(backend, gone.name)
+    return up + down
 
 
 def _added(spec: ServiceSpec, backend: str, server: Server) -> list[str]:
