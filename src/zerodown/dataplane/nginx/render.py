@@ -1,0 +1,257 @@
+"""RoutingTable + settings -> nginx.conf text. Pure: no files, no processes.
+
+Open-source nginx has no runtime API, so every change is a whole new
+configuration and a reload. What this module decides:
+
+- One `upstream` per service holding the stable *and* the canary targets,
+  with weights that carry the split (`server_weights`), rather than
+  `split_clients` in front of two upstreams. With one upstream a failed try
+  can go on to the other pool (`proxy_next_upstream`), `max_fails` and
+  `keepalive` are per target whatever pool it is in, and the weights are
+  exact for any number of targets; `split_clients` would hash a key into
+  two upstreams and a retry could never leave the pool it landed in.
+- Targets that take no new requests (draining, down, weight 0, failing our
+  health checks, or in a pool at 0% of the split) stay listed as `down`, so
+  the file shows the whole table; requests already in flight keep their
+  target because they live in the old workers, which a reload lets finish.
+- "A busy app is not a dead app": when health has every routable target of
+  a pool down, the pool routes to all of them anyway (panic), as the
+  embedded proxy does; a 502 for everyone is never better than a try.
+- Every location answers with X-Request-ID (the client's, or nginx's
+  `$request_id`) and logs one JSON line per request to the driver's socket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import reduce
+
+from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.routing import ServiceSpec, TargetSpec, parse_address
+
+__all__ = ["CONTROL_PATH", "LOG_FORMAT", "Server", "render", "server_weights", "upstream_name"]
+
+CONTROL_PATH = "/zerodown/generation"
+# Fixed resolution of the split: weights are integers, so a share in percent
+# is multiplied by this before rounding (a 0.01% step), then reduced by gcd.
+WEIGHT_SCALE = 100
+# One JSON object per request; keys short because each is a datagram.
+LOG_FORMAT = (
+    '{"svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
+    '"urt":"$upstream_response_time","rt":"$request_time","status":"$status",'
+    '"msec":"$msec"}'
+)
+_BALANCE = {
+    "round_robin": "",
+    "least_conn": "least_conn;",
+    "ip_hash": "ip_hash;",
+    "random_two": "random two least_conn;",
+    # least_time is NGINX Plus only; least_conn is its open-source nearest.
+    "least_time": "least_conn;",
+}
+_HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One `server` line of an upstream: weight None renders `down`."""
+
+    address: str
+    weight: int | None
+    pool: str
+
+
+def upstream_name(service: str) -> str:
+    return f"zd_{service}"
+
+
+def render(
+    services: Sequence[ServiceSpec],
+    listen: Sequence[str],
+    settings: NginxSettings,
+    generation: int,
+    unhealthy: frozenset[tuple[str, str]] = frozenset(),
+) -> str:
+    """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
+    paths = Paths(settings.state_dir)
+    http = [
+        *_http_common(settings, paths),
+        *(_upstream(s, unhealthy, settings.keepalive) for s in services),
+        *_servers(services, listen, unhealthy),
+        _control_server(paths, generation),
+    ]
+    if settings.extra_http.strip():
+        http.append(settings.extra_http)
+    return "\n".join([*_main(settings, paths), "http {", _indent(http), "}", ""])
+
+
+def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()) -> list[Server]:
+    """Every target of the service with the integer weight that carries the split."""
+    stable = _healthy(service.stable.targets, unhealthy)
+    canary = _healthy(service.canary.targets, unhealthy)
+    share_canary = service.split.canary_weight if canary else 0.0
+    if not stable and canary:
+        share_canary = 100.0  # no stable target can serve: better the canary than a 502
+    raw = {
+        **_pool_weights(stable, 100.0 - share_canary),
+        **_pool_weights(canary, share_canary),
+    }
+    divisor = reduce(math.gcd, raw.values(), 0) or 1
+    return [
+        Server(t.address, raw[t.address] // divisor if t.address in raw else None, pool)
+        for pool, targets in (("stable", service.stable.targets), ("canary", service.canary.targets))
+        for t in targets
+    ]
+
+
+def _healthy(targets: Iterable[TargetSpec], unhealthy: frozenset[str]) -> list[TargetSpec]:
+    routable = [t for t in targets if t.state == "ready" and t.weight > 0]
+    healthy = [t for t in routable if t.address not in unhealthy]
+    return healthy or routable  # panic: all out by health means all in
+
+
+def _pool_weights(targets: list[TargetSpec], share: float) -> dict[str, int]:
+    if share <= 0 or not targets:
+        return {}
+    total = sum(t.weight for t in targets)
+    return {t.address: max(1, round(share * WEIGHT_SCALE * t.weight / total)) for t in targets}
+
+
+# -- blocks ----------------------------------------------------------------------
+
+
+def _main(settings: NginxSettings, paths: Paths) -> list[str]:
+    user = [f"user {settings.user};"] if settings.user else []
+    return [
+        "# Generated by zerodown: edits are lost at the next deploy step.",
+        *user,
+        f"worker_processes {settings.workers};",
+        f"pid {paths.pid};",
+        f"error_log {paths.error_log} warn;",
+        f"worker_shutdown_timeout {_seconds(settings.worker_shutdown_timeout)};",
+        "events { worker_connections 4096; }",
+    ]
+
+
+def _http_common(settings: NginxSettings, paths: Paths) -> list[str]:
+    temp = paths.temp
+    return [
+        *(f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy")),
+        *(f"{kind}_temp_path {temp / kind};" for kind in ("fastcgi", "uwsgi", "scgi")),
+        f"log_format zerodown escape=json '{LOG_FORMAT}';",
+        f"access_log syslog:server=unix:{paths.access_socket},nohostname zerodown;",
+        "server_tokens off;",
+        # The client's X-Request-ID passes through; otherwise nginx's own.
+        "map $http_x_request_id $zd_request_id { default $http_x_request_id; '' $request_id; }",
+        # Upgrade for WebSockets; otherwise an empty Connection keeps the
+        # upstream connection alive for `keepalive`.
+        "map $http_upgrade $zd_connection { default upgrade; '' ''; }",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header Connection $zd_connection;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Request-ID $zd_request_id;",
+        "add_header X-Request-ID $zd_request_id always;",
+        # Safe retries only: a connect error or a timeout before any answer,
+        # and (nginx's default, kept: no `non_idempotent`) never a POST or
+        # PATCH once it was sent, since the app may have acted on it.
+        "proxy_next_upstream error timeout;",
+    ]
+
+
+def _upstream(
+    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int
+) -> str:
+    down = frozenset(a for s, a in unhealthy if s == service.name)
+    servers = server_weights(service, down)
+    if not any(s.weight for s in servers):
+        return f"# {service.name}: no target takes traffic (503)"
+    passive = service.passive
+    fails = f"max_fails={passive.consecutive_errors} " if passive else "max_fails=0 "
+    timeout = f"fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""  # whole s only
+    lines = [f"zone {upstream_name(service.name)} 64k;", _balance(service)]
+    for s in servers:
+        state = f"weight={s.weight} {fails}{timeout}" if s.weight else "down"
+        lines.append(f"server {_upstream_address(s.address)} {state};  # {s.pool}")
+    lines.append(f"keepalive {keepalive};")
+    return f"upstream {upstream_name(service.name)} {{\n{_indent(l for l in lines if l)}\n}}"
+
+
+def _balance(service: ServiceSpec) -> str:
+    if service.balance != "hash":
+        return _BALANCE[service.balance]
+    kind, _, name = service.hash_key.partition(":")
+    key = _HASH_KEYS.get(kind) or f"${kind}_{name.lower().replace('-', '_')}"
+    return f"hash {key.replace('$header_', '$http_')} consistent;"
+
+
+def _servers(
+    services: Sequence[ServiceSpec], listen: Sequence[str], unhealthy: frozenset[tuple[str, str]]
+) -> list[str]:
+    hosts: dict[str, list[ServiceSpec]] = {}
+    for s in services:
+        hosts.setdefault(s.host.lower(), []).append(s)
+    hosts.setdefault("*", [])  # a catch-all answers 404 for hosts nobody routes
+    blocks = []
+    for host, routed in sorted(hosts.items(), key=lambda item: item[0] == "*"):
+        listens = [_listen(a, default=host == "*") for a in listen]
+        name = "_" if host == "*" else host
+        body = [*listens, f"server_name {name};"]
+        body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
+        if not any(s.path == "/" for s in routed):
+            body.append("location / { return 404; }")
+        blocks.append(f"server {{\n{_indent(body)}\n}}")
+    return blocks
+
+
+def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> str:
+    down = frozenset(a for s, a in unhealthy if s == service.name)
+    if not any(s.weight for s in server_weights(service, down)):
+        return f"location {service.path} {{ return 503; }}"
+    body = []
+    if service.strip_prefix and service.path != "/":
+        prefix = service.path.rstrip("/")
+        body.append(f"rewrite ^{prefix}/?(.*)$ /$1 break;")
+    body += [
+        f"proxy_next_upstream_tries {service.tries};",
+        f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
+        f"proxy_pass http://{upstream_name(service.name)};",
+    ]
+    # ^~: a matching prefix is final, so no regex location can steal a route.
+    return f"location ^~ {service.path} {{\n{_indent(body)}\n}}"
+
+
+def _control_server(paths: Paths, generation: int) -> str:
+    # Served by the workers of this configuration only: the driver knows a
+    # reload is live when this answers the generation it rendered.
+    return (
+        "server {\n"
+        f"    listen unix:{paths.control_socket};\n"
+        "    access_log off;\n"
+        f'    location = {CONTROL_PATH} {{ return 200 "{generation}"; }}\n'
+        "}"
+    )
+
+
+def _listen(address: str, *, default: bool) -> str:
+    host, port = parse_address(address)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"listen {where}{' default_server' if default else ''};"
+
+
+def _upstream_address(address: str) -> str:
+    host, port = parse_address(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _seconds(value: float) -> str:
+    # nginx time units: whole milliseconds are exact for any config value.
+    return f"{max(1, round(value * 1000))}ms"
+
+
+def _indent(lines: Iterable[str]) -> str:
+    return "\n".join("    " + line.replace("\n", "\n    ") for line in lines)
