@@ -101,7 +101,10 @@ def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()
     divisor = reduce(math.gcd, raw.values(), 0) or 1
     return [
         Server(t.address, raw[t.address] // divisor if t.address in raw else None, pool)
-        for pool, targets in (("stable", service.stable.targets), ("canary", service.canary.targets))
+        for pool, targets in (
+            ("stable", service.stable.targets),
+            ("canary", service.canary.targets),
+        )
         for t in targets
     ]
 
@@ -163,22 +166,24 @@ def _http_common(settings: NginxSettings, paths: Paths) -> list[str]:
     ]
 
 
-def _upstream(
-    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int
-) -> str:
+def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:
     down = frozenset(a for s, a in unhealthy if s == service.name)
     servers = server_weights(service, down)
     if not any(s.weight for s in servers):
         return f"# {service.name}: no target takes traffic (503)"
     passive = service.passive
     fails = f"max_fails={passive.consecutive_errors} " if passive else "max_fails=0 "
-    timeout = f"fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""  # whole s only
+    timeout = (
+        f"fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""
+    )  # whole s only
     lines = [f"zone {upstream_name(service.name)} 64k;", _balance(service)]
     for s in servers:
         state = f"weight={s.weight} {fails}{timeout}" if s.weight else "down"
         lines.append(f"server {_upstream_address(s.address)} {state};  # {s.pool}")
     lines.append(f"keepalive {keepalive};")
-    return f"upstream {upstream_name(service.name)} {{\n{_indent(l for l in lines if l)}\n}}"
+    return (
+        f"upstream {upstream_name(service.name)} {{\n{_indent(line for line in lines if line)}\n}}"
+    )
 
 
 def _balance(service: ServiceSpec) -> str:
