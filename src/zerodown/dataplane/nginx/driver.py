@@ -197,18 +197,28 @@ class NginxDataPlane(ListeningDataPlane):
             self.paths.pending.unlink(missing_ok=True)
             raise
         os.replace(self.paths.pending, self.paths.conf)  # atomic: nginx never reads half a file
+        old = self._workers()
         if self._master is None or not process.alive(self._master):
             self._master = await process.launch(self._binary, self.paths, self._timeout)
         else:
             process.signal_master(self._master, signal.SIGHUP)
-        await self._confirm(generation)
+        await self._confirm(generation, old)
         self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
         self._save()
 
-    async def _confirm(self, generation: int) -> None:
+    async def _confirm(self, generation: int, old: set[int]) -> None:
+        """Wait until new workers answer `generation` and `old` ones accept nothing more.
+
+        Old workers keep accepting on the shared listening sockets until they
+        handle the master's quit (they close them and retitle themselves in
+        one step), so a connection made just after the new generation
+        answers could still reach the old table.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        while await process.probe_generation(self.paths) != generation:
+        while await process.probe_generation(self.paths) != generation or any(
+            process.alive(p) and not _shutting_down(p) for p in old
+        ):
             if loop.time() > deadline:
                 raise DataPlaneError(
                     f"nginx did not take configuration {generation} within {self._timeout}s "

@@ -10,6 +10,7 @@ zerodown does not reach it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -58,7 +59,12 @@ async def test_config(binary: str, paths: Paths, conf: Path, timeout: float) -> 
 
 async def launch(binary: str, paths: Paths, timeout: float) -> int:
     """Start a master on the live conf; its pid once it wrote its pid file."""
-    code, output = await _run(command(binary, paths, paths.conf), timeout)
+    # Its output goes to a file, not a pipe: the master inherits the
+    # descriptors and keeps them open, so a pipe would never reach EOF.
+    out = paths.prefix / "start.log"
+    with out.open("wb") as sink:
+        code, _ = await _run(command(binary, paths, paths.conf), timeout, sink.fileno())
+    output = out.read_text(errors="replace").strip().replace("\n", "; ")
     if code != 0:
         raise DataPlaneError(f"nginx did not start (exit {code}): {output}")
     loop = asyncio.get_running_loop()
@@ -148,11 +154,12 @@ def _is_nginx(pid: int) -> bool:
         return False
 
 
-async def _run(argv: list[str], timeout: float) -> tuple[int, str]:
+async def _run(argv: list[str], timeout: float, sink: int | None = None) -> tuple[int, str]:
+    """Run to its exit; (exit code, its output on one line unless sent to `sink`)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE if sink is None else sink,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )
@@ -160,8 +167,9 @@ async def _run(argv: list[str], timeout: float) -> tuple[int, str]:
         async with asyncio.timeout(timeout):
             output, _ = await process.communicate()
     except TimeoutError:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
         await process.wait()
         raise DataPlaneError(f"{' '.join(argv)} did not finish within {timeout}s") from None
-    text = output.decode(errors="replace").strip().replace("\n", "; ")
+    text = (output or b"").decode(errors="replace").strip().replace("\n", "; ")
     return process.returncode or 0, text
