@@ -35,7 +35,8 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
         assert [r.path for r in web.requests] == ["/x", "/y"]
         assert web.requests[0].header("X-Forwarded-For") == "127.0.0.1"
         generated = web.requests[0].header("X-Request-ID")
-        assert generated is not None and len(generated) == 32  # nginx's $request_id
+        assert generated is not None
+        assert len(generated) == 32  # nginx's $request_id
         assert web.requests[1].header("X-Request-ID") == "abc"
         assert sent.header("X-Request-ID") == "abc"
 
@@ -46,9 +47,8 @@ def test_canary_weight_splits_traffic_as_asked(tmp_path: Path) -> None:
     async def main() -> None:
         async with backends("stable", "canary") as (stable, canary):
             spec = service(stable.address, canary=(canary.address,), split=Split(canary_weight=20))
-            async with nginx(tmp_path, spec) as plane:
-                async with KeepAliveClient(port_of(plane)) as client:
-                    seen = Counter([(await client.request()).body for _ in range(200)])
+            async with nginx(tmp_path, spec) as plane, KeepAliveClient(port_of(plane)) as client:
+                seen = Counter([(await client.request()).body for _ in range(200)])
         # Smooth weighted round robin: 20% is 40 of 200, give or take the phase.
         assert 36 <= seen[b"canary"] <= 44, seen
         assert seen[b"stable"] + seen[b"canary"] == 200
@@ -58,16 +58,18 @@ def test_canary_weight_splits_traffic_as_asked(tmp_path: Path) -> None:
 
 def test_a_config_nginx_rejects_fails_apply_and_the_old_one_serves(tmp_path: Path) -> None:
     async def main() -> None:
-        async with backends("old", "new") as (old, new):
-            async with nginx(tmp_path, service(old.address)) as plane:
-                live = plane.paths.conf.read_text()
-                plane.settings = replace(plane.settings, extra_http="no_such_directive on;")
-                with pytest.raises(DataPlaneError, match='unknown directive "no_such_directive"'):
-                    await plane.apply(RoutingTable(services=(service(new.address),)))
-                assert plane.paths.conf.read_text() == live
-                assert not plane.paths.pending.exists()
-                assert plane.routing().services[0].stable.targets[0].address == old.address
-                assert (await request(port_of(plane))).body == b"old"
+        async with (
+            backends("old", "new") as (old, new),
+            nginx(tmp_path, service(old.address)) as plane,
+        ):
+            live = plane.paths.conf.read_text()
+            plane.settings = replace(plane.settings, extra_http="no_such_directive on;")
+            with pytest.raises(DataPlaneError, match='unknown directive "no_such_directive"'):
+                await plane.apply(RoutingTable(services=(service(new.address),)))
+            assert plane.paths.conf.read_text() == live
+            assert not plane.paths.pending.exists()
+            assert plane.routing().services[0].stable.targets[0].address == old.address
+            assert (await request(port_of(plane))).body == b"old"
         assert new.requests == []
 
     run(main())
@@ -75,14 +77,13 @@ def test_a_config_nginx_rejects_fails_apply_and_the_old_one_serves(tmp_path: Pat
 
 def test_concurrent_applies_coalesce_into_one_reload_of_the_last(tmp_path: Path) -> None:
     async def main() -> None:
-        async with backends("a", "b", "c", "d") as group:
-            async with nginx(tmp_path, service(group[0].address)) as plane:
-                before = plane._generation
-                tables = [RoutingTable(services=(service(b.address),)) for b in group[1:]]
-                await asyncio.gather(*(plane.apply(t) for t in tables))
-                assert plane._generation - before == 2  # the first, then the last for the rest
-                assert plane.routing() == tables[-1]
-                assert (await request(port_of(plane))).body == b"d"
+        async with backends("a", "b", "c", "d") as group, nginx(tmp_path) as plane:
+            before = plane._generation
+            tables = [RoutingTable(services=(service(b.address),)) for b in group]
+            await asyncio.gather(*(plane.apply(t) for t in tables))
+            assert plane._generation - before == 2  # the first, then the last for the rest
+            assert plane.routing() == tables[-1]
+            assert (await request(port_of(plane))).body == b"d"
 
     run(main())
 
@@ -94,5 +95,3 @@ def test_a_missing_binary_names_the_package(tmp_path: Path) -> None:
             await plane.start(["127.0.0.1:1"])
 
     run(main())
-
-
