@@ -73,6 +73,7 @@ class NginxDataPlane(ListeningDataPlane):
         self._health = ActiveHealth(self._health_changed)
         self._log_socket: socket.socket | None = None
         self._rerender: asyncio.Task[None] | None = None
+        self._health_dirty = False
 
     def __repr__(self) -> str:
         return (
@@ -134,6 +135,11 @@ class NginxDataPlane(ListeningDataPlane):
             self._rerender = None
         await self._health.stop()
         self._close_log()
+
+    @property
+    def out_by_health(self) -> frozenset[tuple[str, str]]:
+        """(service, address) the live configuration keeps out because checks failed them."""
+        return self._rendered[1] if self._rendered is not None else frozenset()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -227,16 +233,19 @@ class NginxDataPlane(ListeningDataPlane):
             await asyncio.sleep(process.POLL)
 
     def _health_changed(self) -> None:
-        # Called from a checker's callback: one re-render at a time, and a
-        # verdict that changes while one runs is picked up by the next.
+        # Called from a checker's callback: one re-render task at a time; a
+        # verdict that changes while it reloads makes it go round once more.
+        self._health_dirty = True
         if self._rerender is None or self._rerender.done():
             self._rerender = asyncio.get_running_loop().create_task(self._render_health())
 
     async def _render_health(self) -> None:
-        try:
-            await self.apply(self._table)
-        except DataPlaneError:
-            log.exception("nginx: re-render after a health change failed")
+        while self._health_dirty:
+            self._health_dirty = False
+            try:
+                await self.apply(self._table)
+            except DataPlaneError:
+                log.exception("nginx: re-render after a health change failed")
 
     def _unhealthy(self, table: RoutingTable) -> frozenset[tuple[str, str]]:
         routed = {(s.name, t.address) for s in table.services for t in s.stable.targets}
