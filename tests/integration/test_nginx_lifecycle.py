@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from harness import Backend, Request, backends, ok, request, run, service, until
+from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
 from nginx_harness import nginx, port_of
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.dataplane.nginx.process import alive
@@ -113,7 +113,7 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
         async with backends("a", "b") as (a, b):
             table = RoutingTable(services=(service(a.address),))
             first = NginxDataPlane(NginxSettings(state_dir=tmp_path))
-            listen = f"127.0.0.1:{__import__('harness').reserved_port()}"
+            listen = f"127.0.0.1:{reserved_port()}"
             await first.start([listen])
             await first.apply(table)
             master = first.pids[0]

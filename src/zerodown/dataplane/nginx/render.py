@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.proxy.router import prefix_matches
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
 
 __all__ = ["CONTROL_PATH", "LOG_FORMAT", "Server", "render", "server_weights", "upstream_name"]
@@ -202,10 +203,10 @@ def _servers(
         hosts.setdefault(s.host.lower(), []).append(s)
     hosts.setdefault("*", [])  # a catch-all answers 404 for hosts nobody routes
     blocks = []
-    for host, routed in sorted(hosts.items(), key=lambda item: item[0] == "*"):
+    for host in sorted(hosts, key=lambda h: h == "*"):
+        routed = _routes_for(host, hosts)
         listens = [_listen(a, default=host == "*") for a in listen]
-        name = "_" if host == "*" else host
-        body = [*listens, f"server_name {name};"]
+        body = [*listens, f"server_name {'_' if host == '*' else host};"]
         body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
         if not any(s.path == "/" for s in routed):
             body.append("location / { return 404; }")
@@ -213,21 +214,51 @@ def _servers(
     return blocks
 
 
+def _routes_for(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[ServiceSpec]:
+    """The routes a request for `host` can take, as proxy/router.py matches them.
+
+    The embedded router tries the exact host, then the wildcards that cover
+    it (longest suffix first), then "*", each by longest prefix. nginx picks
+    one server block by name and then the longest prefix in it, so a block
+    also holds the less specific hosts' routes, except those a more specific
+    route already covers (which the router would never reach).
+    """
+    chain = [host, *_covering_wildcards(host, hosts), "*"]
+    routes: list[ServiceSpec] = []
+    for level in dict.fromkeys(chain):  # in order, once each
+        for spec in hosts.get(level, []):
+            covered = any(prefix_matches(r.path.encode(), spec.path.encode()) for r in routes)
+            if not covered or level == host:
+                routes.append(spec)
+    return routes
+
+
+def _covering_wildcards(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[str]:
+    wild = [h for h in hosts if h.startswith("*.") and h != host and host.endswith(h[1:])]
+    return sorted(wild, key=len, reverse=True)
+
+
 def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> str:
     down = frozenset(a for s, a in unhealthy if s == service.name)
+    stem = service.path.rstrip("/")
     if not any(s.weight for s in server_weights(service, down)):
-        return f"location {service.path} {{ return 503; }}"
-    body = []
-    if service.strip_prefix and service.path != "/":
-        prefix = service.path.rstrip("/")
-        body.append(f"rewrite ^{prefix}/?(.*)$ /$1 break;")
-    body += [
-        f"proxy_next_upstream_tries {service.tries};",
-        f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
-        f"proxy_pass http://{upstream_name(service.name)};",
-    ]
-    # ^~: a matching prefix is final, so no regex location can steal a route.
-    return f"location ^~ {service.path} {{\n{_indent(body)}\n}}"
+        body = ["return 503;"]
+    else:
+        body = []
+        if service.strip_prefix and stem:
+            body.append(f"rewrite ^{stem}/?(.*)$ /$1 break;")
+        body += [
+            f"proxy_next_upstream_tries {service.tries};",
+            f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
+            f"proxy_pass http://{upstream_name(service.name)};",
+        ]
+    block = _indent(body)
+    # A prefix matches on a segment boundary, as in proxy/router.py: "/api"
+    # takes "/api" and "/api/x", never "/apix". ^~: a matching prefix is
+    # final, so no regex location (from extra_http) can steal a route.
+    if not stem:
+        return f"location ^~ / {{\n{block}\n}}"
+    return f"location = {stem} {{\n{block}\n}}\nlocation ^~ {stem}/ {{\n{block}\n}}"
 
 
 def _control_server(paths: Paths, generation: int) -> str:
