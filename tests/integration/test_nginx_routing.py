@@ -29,10 +29,11 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
                 port = port_of(plane)
                 assert (await request(port, path="/x")).body == b"web"
                 assert (await request(port, path="/api/users")).body == b"api"
+                assert (await request(port, path="/apix")).body == b"web"  # segments only
                 assert (await request(port, path="/", host="admin.test")).body == b"admin"
                 sent = await request(port, path="/y", headers={"X-Request-ID": "abc"})
         assert api.requests[0].path == "/users"  # the prefix was stripped
-        assert [r.path for r in web.requests] == ["/x", "/y"]
+        assert [r.path for r in web.requests] == ["/x", "/apix", "/y"]
         assert web.requests[0].header("X-Forwarded-For") == "127.0.0.1"
         generated = web.requests[0].header("X-Request-ID")
         assert generated is not None
