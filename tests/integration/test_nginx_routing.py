@@ -38,7 +38,7 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
         generated = web.requests[0].header("X-Request-ID")
         assert generated is not None
         assert len(generated) == 32  # nginx's $request_id
-        assert web.requests[1].header("X-Request-ID") == "abc"
+        assert web.requests[2].header("X-Request-ID") == "abc"
         assert sent.header("X-Request-ID") == "abc"
 
     run(main())
