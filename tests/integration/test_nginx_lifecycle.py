@@ -4,6 +4,8 @@ run by the driver, a driver that goes away and one that adopts, stats."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
@@ -153,6 +155,7 @@ def test_stats_count_requests_per_target_from_the_access_log(tmp_path: Path) -> 
                         break
                     await asyncio.sleep(0.01)
                 stats = await plane.stats()
+                text = await plane.prometheus()
         pool = stats.services["web"].pools["stable"]
         assert pool.totals.requests == 10
         assert pool.targets[a.address].requests == 5
@@ -160,5 +163,20 @@ def test_stats_count_requests_per_target_from_the_access_log(tmp_path: Path) -> 
         assert pool.totals.latency.count == 10
         assert pool.totals.latency.buckets["+Inf"] == 10
         assert stats.rejected == {"404": 1}  # no route for unknown.test: nginx answered
+        assert f'target="{a.address}"' in text
+
+    run(main())
+
+
+def test_a_killed_nginx_is_started_again_by_the_next_apply(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with backends("a", "b") as (a, b), nginx(tmp_path, service(a.address)) as plane:
+            dead = plane.pids
+            for pid in dead:
+                os.kill(pid, signal.SIGKILL)
+            await until(lambda: not any(alive(p) for p in dead), "nginx killed")
+            await plane.apply(RoutingTable(services=(service(b.address),)))
+            assert plane.pids[0] not in dead
+            assert (await request(port_of(plane))).body == b"b"
 
     run(main())

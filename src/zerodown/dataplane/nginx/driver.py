@@ -105,7 +105,12 @@ class NginxDataPlane(ListeningDataPlane):
         )
         if "table" in saved:
             self._table = self._wanted = RoutingTable.model_validate(saved["table"])
-        self._rendered = (self._table, frozenset())
+        # What the last driver's checks had taken out stays out until our own
+        # checks (which start optimistic, every target up) re-render.
+        out = {(str(k[0]), str(k[1])) for k in _list(saved.get("unhealthy")) if len(k) == 2}
+        self._rendered = (self._table, frozenset(out))
+        if out:
+            self._health_changed()
         log.info("adopted nginx master %s at generation %s", self._master, self._generation)
         if saved.get("listen") != self._listen:
             await self._reload(self._table)
@@ -266,6 +271,7 @@ class NginxDataPlane(ListeningDataPlane):
             "generation": self._generation,
             "listen": self._listen,
             "table": self._table.model_dump(mode="json"),
+            "unhealthy": sorted(self.out_by_health),
         }
         side = self.paths.table.with_suffix(".tmp")
         side.write_text(json.dumps(state))
@@ -336,3 +342,7 @@ def _shutting_down(pid: int) -> bool:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
+
+
+def _list(value: object) -> list[list[object]]:
+    return [v for v in value if isinstance(v, list)] if isinstance(value, list) else []

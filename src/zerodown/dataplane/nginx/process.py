@@ -59,6 +59,9 @@ async def test_config(binary: str, paths: Paths, conf: Path, timeout: float) -> 
 
 async def launch(binary: str, paths: Paths, timeout: float) -> int:
     """Start a master on the live conf; its pid once it wrote its pid file."""
+    # A master killed with SIGKILL leaves its unix socket file behind, and
+    # nginx refuses to bind over one. None runs here (we checked): remove it.
+    paths.control_socket.unlink(missing_ok=True)
     # Its output goes to a file, not a pipe: the master inherits the
     # descriptors and keeps them open, so a pipe would never reach EOF.
     out = paths.prefix / "start.log"
