@@ -69,14 +69,17 @@ def tries(entry: dict[str, str]) -> Iterator[Try]:
 class AccessCounters:
     """Counters per (service, address) from the log, plus answers nginx gave itself."""
 
+    key: str = ""  # render.LogTarget.key: lines without it are not this nginx's
     targets: dict[tuple[str, str], TargetMetrics] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     lines: int = 0
+    foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
 
     def feed(self, datagram: bytes) -> list[Try]:
         """Count one datagram; return its tries (the health checks' proof of answers)."""
         entry = parse_line(datagram)
-        if entry is None:
+        if entry is None or entry.get("k", "") != self.key:
+            self.foreign += 1
             return []
         self.lines += 1
         seen = list(tries(entry))

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import signal
 import socket
 import time
@@ -40,7 +41,7 @@ from zerodown.dataplane.base import ListeningDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
-from zerodown.dataplane.nginx.render import render
+from zerodown.dataplane.nginx.render import LogTarget, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.prometheus import render_prometheus
@@ -72,6 +73,7 @@ class NginxDataPlane(ListeningDataPlane):
         self._counters = AccessCounters()
         self._health = ActiveHealth(self._health_changed)
         self._log_socket: socket.socket | None = None
+        self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
 
@@ -89,17 +91,17 @@ class NginxDataPlane(ListeningDataPlane):
         self._listen = [str(a) for a in listen]
         self._binary = process.find_binary(self.settings.binary)
         self.paths.temp.mkdir(parents=True, exist_ok=True)
-        self._open_log()
+        saved = self._saved()
+        self._open_log(saved)
         self._master = process.master_pid(self.paths)
         if self._master is not None:
-            await self._adopt()
+            await self._adopt(saved)
         else:
-            self._generation = _int(self._saved().get("generation"))
+            self._generation = _int(saved.get("generation"))
             await self._reload(self._table)
         await self._health.follow(self._table)
 
-    async def _adopt(self) -> None:
-        saved = self._saved()
+    async def _adopt(self, saved: dict[str, object]) -> None:
         self._generation = await process.probe_generation(self.paths) or _int(
             saved.get("generation")
         )
@@ -112,7 +114,7 @@ class NginxDataPlane(ListeningDataPlane):
         if out:
             self._health_changed()
         log.info("adopted nginx master %s at generation %s", self._master, self._generation)
-        if saved.get("listen") != self._listen:
+        if saved.get("listen") != self._listen or saved.get("log") != self._log.server:
             await self._reload(self._table)
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -200,7 +202,7 @@ class NginxDataPlane(ListeningDataPlane):
         """Render, test, swap in and make live `table`; the old config serves on failure."""
         unhealthy = self._unhealthy(table)
         generation = self._generation + 1
-        text = render(table.services, self._listen, self.settings, generation, unhealthy)
+        text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         self.paths.pending.write_text(text)
         try:
             await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)
@@ -272,6 +274,8 @@ class NginxDataPlane(ListeningDataPlane):
             "listen": self._listen,
             "table": self._table.model_dump(mode="json"),
             "unhealthy": sorted(self.out_by_health),
+            "log": self._log.server,
+            "log_key": self._log.key,
         }
         side = self.paths.table.with_suffix(".tmp")
         side.write_text(json.dumps(state))
@@ -293,15 +297,25 @@ class NginxDataPlane(ListeningDataPlane):
 
     # -- the access log ----------------------------------------------------------
 
-    def _open_log(self) -> None:
-        path = self.paths.access_socket
-        path.unlink(missing_ok=True)  # a dead driver's socket: nginx reconnects by path
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    def _open_log(self, saved: dict[str, object]) -> None:
+        """Bind where nginx sends its log: where the last driver had it, if free."""
+        key = saved.get("log_key")
+        key = key if isinstance(key, str) and key.isalnum() else secrets.token_hex(8)
+        if self.settings.log_transport == "unix":
+            path = self.paths.access_socket
+            path.unlink(missing_ok=True)  # a dead driver's socket: nginx reconnects by path
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(path))
+            server = f"unix:{path}"
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", _saved_port(saved.get("log"))))
+            server = f"127.0.0.1:{sock.getsockname()[1]}"
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOG_RECEIVE_BUFFER)
-        sock.bind(str(path))
         sock.setblocking(False)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._read_log)
-        self._log_socket = sock
+        self._log_socket, self._log = sock, LogTarget(server, key)
+        self._counters.key = key
 
     def _close_log(self) -> None:
         sock, self._log_socket = self._log_socket, None
@@ -346,3 +360,16 @@ def _int(value: object) -> int:
 
 def _list(value: object) -> list[list[object]]:
     return [v for v in value if isinstance(v, list)] if isinstance(value, list) else []
+
+
+def _saved_port(server: object) -> int:
+    """The last driver's UDP log port if it is still free, else 0 (any)."""
+    if not isinstance(server, str) or not server.startswith("127.0.0.1:"):
+        return 0
+    port = int(server.rpartition(":")[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port

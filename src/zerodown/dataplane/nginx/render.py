@@ -32,15 +32,24 @@ from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.proxy.router import prefix_matches
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
 
-__all__ = ["CONTROL_PATH", "LOG_FORMAT", "Server", "render", "server_weights", "upstream_name"]
+__all__ = [
+    "CONTROL_PATH",
+    "LOG_FORMAT",
+    "LogTarget",
+    "Server",
+    "render",
+    "server_weights",
+    "upstream_name",
+]
 
 CONTROL_PATH = "/zerodown/generation"
 # Fixed resolution of the split: weights are integers, so a share in percent
 # is multiplied by this before rounding (a 0.01% step), then reduced by gcd.
 WEIGHT_SCALE = 100
-# One JSON object per request; keys short because each is a datagram.
+# One JSON object per request; keys short because each is a datagram. "k"
+# carries LogTarget.key, so a datagram from anyone but this nginx is ignored.
 LOG_FORMAT = (
-    '{"svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
+    '{"k":"%(key)s","svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
     '"urt":"$upstream_response_time","rt":"$request_time","status":"$status",'
     '"msec":"$msec"}'
 )
@@ -53,6 +62,14 @@ _BALANCE = {
     "least_time": "least_conn;",
 }
 _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
+
+
+@dataclass(frozen=True, slots=True)
+class LogTarget:
+    """Where nginx sends its access log (syslog `server=`), and the key each line carries."""
+
+    server: str  # "unix:/path" or "127.0.0.1:port"
+    key: str = ""  # [0-9a-f]*: it goes into the config unquoted
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +91,13 @@ def render(
     settings: NginxSettings,
     generation: int,
     unhealthy: frozenset[tuple[str, str]] = frozenset(),
+    log: LogTarget | None = None,
 ) -> str:
     """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
     paths = Paths(settings.state_dir)
+    log = log or LogTarget(f"unix:{paths.access_socket}")
     http = [
-        *_http_common(settings, paths),
+        *_http_common(settings, paths, log),
         *(_upstream(s, unhealthy, settings.keepalive) for s in services),
         *_servers(services, listen, unhealthy),
         _control_server(paths, generation),
@@ -139,13 +158,13 @@ def _main(settings: NginxSettings, paths: Paths) -> list[str]:
     ]
 
 
-def _http_common(settings: NginxSettings, paths: Paths) -> list[str]:
+def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[str]:
     temp = paths.temp
     return [
         *(f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy")),
         *(f"{kind}_temp_path {temp / kind};" for kind in ("fastcgi", "uwsgi", "scgi")),
-        f"log_format zerodown escape=json '{LOG_FORMAT}';",
-        f"access_log syslog:server=unix:{paths.access_socket},nohostname zerodown;",
+        f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';",
+        f"access_log syslog:server={log.server},nohostname zerodown;",
         "server_tokens off;",
         # The client's X-Request-ID passes through; otherwise nginx's own.
         "map $http_x_request_id $zd_request_id { default $http_x_request_id; '' $request_id; }",
