@@ -8,10 +8,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
 from nginx_harness import nginx, port_of
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.dataplane.nginx.process import alive
+from zerodown.dataplane.nginx.settings import LogTransport
 from zerodown.routing import HealthSpec, RoutingTable
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
@@ -118,7 +121,7 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
             listen = f"127.0.0.1:{reserved_port()}"
             await first.start([listen])
             await first.apply(table)
-            master = first.pids[0]
+            master, generation = first.pids[0], first._generation
             await first.detach()
             del first
             port = int(listen.rpartition(":")[2])
@@ -127,6 +130,7 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
             await second.start([listen])
             try:
                 assert second.pids[0] == master  # adopted, not started again
+                assert second._generation == generation  # nor reloaded: same log port
                 assert second.routing() == table
                 await second.apply(RoutingTable(services=(service(b.address),)))
                 assert (await request(port)).body == b"b"
@@ -137,11 +141,14 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
     run(main())
 
 
-def test_stats_count_requests_per_target_from_the_access_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "unix"])
+def test_stats_count_requests_per_target_from_the_access_log(
+    tmp_path: Path, transport: LogTransport
+) -> None:
     async def main() -> None:
         async with backends("a", "b") as (a, b):
             spec = service(a.address, b.address, host="example.test")
-            async with nginx(tmp_path, spec) as plane:
+            async with nginx(tmp_path, spec, log_transport=transport) as plane:
                 for _ in range(10):
                     await request(port_of(plane))
                 await request(port_of(plane), host="unknown.test", path="/")

@@ -12,8 +12,10 @@ from zerodown.routing import RoutingTable, Split
 A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
 
 
-def datagram(addr: str, ustatus: str, urt: str, status: str = "200", svc: str = "zd_web") -> bytes:
-    entry = {"svc": svc, "addr": addr, "ustatus": ustatus, "urt": urt, "rt": "0.01"}
+def datagram(
+    addr: str, ustatus: str, urt: str, status: str = "200", svc: str = "zd_web", key: str = ""
+) -> bytes:
+    entry = {"k": key, "svc": svc, "addr": addr, "ustatus": ustatus, "urt": urt, "rt": "0.01"}
     body = json.dumps({**entry, "status": status, "msec": "1.0"})
     return b"<190>Dec  4 13:52:02 nginx: " + body.encode()
 
@@ -87,3 +89,18 @@ def test_stats_fill_pools_from_the_table_and_the_counts() -> None:
     assert canary.totals.responses["5xx"] == 1
     assert canary.targets[C].latency.p50 > 0.1
     assert stats.rejected == {}
+
+
+def test_lines_without_this_nginx_key_are_ignored() -> None:
+    counters = AccessCounters(key="5eed")
+    counters.feed(datagram(A, "500", "0.1", status="500"))  # forged: no key
+    counters.feed(datagram(A, "500", "0.1", status="500", key="bad"))
+    counters.feed(datagram(A, "200", "0.1", key="5eed"))
+    assert counters.metrics("web", A).snapshot().responses == {
+        "1xx": 0,
+        "2xx": 1,
+        "3xx": 0,
+        "4xx": 0,
+        "5xx": 0,
+    }
+    assert (counters.lines, counters.foreign) == (1, 2)
