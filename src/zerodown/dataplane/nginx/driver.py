@@ -93,12 +93,16 @@ class NginxDataPlane(ListeningDataPlane):
         self.paths.temp.mkdir(parents=True, exist_ok=True)
         saved = self._saved()
         self._open_log(saved)
-        self._master = process.master_pid(self.paths)
-        if self._master is not None:
-            await self._adopt(saved)
-        else:
-            self._generation = _int(saved.get("generation"))
-            await self._reload(self._table)
+        try:
+            self._master = process.master_pid(self.paths)
+            if self._master is not None:
+                await self._adopt(saved)
+            else:
+                self._generation = _int(saved.get("generation"))
+                await self._reload(self._table)
+        except BaseException:
+            self._close_log()
+            raise
         await self._health.follow(self._table)
 
     async def _adopt(self, saved: dict[str, object]) -> None:
@@ -166,10 +170,20 @@ class NginxDataPlane(ListeningDataPlane):
 
     async def apply(self, table: RoutingTable) -> None:
         self._wanted = table
+        await self._converge()
+
+    async def _converge(self) -> None:
+        """Make the last table asked for, with today's health, the live config."""
         async with self._lock:
-            wanted = self._wanted  # the last table asked for, whoever asked
+            wanted = self._wanted  # whoever asked: applies waiting here coalesce
             if self._rendered != (wanted, self._unhealthy(wanted)):
-                await self._reload(wanted)
+                try:
+                    await self._reload(wanted)
+                except DataPlaneError:
+                    # Nobody gets this table; health re-renders go on with the live one.
+                    if self._wanted is wanted:
+                        self._wanted = self._table
+                    raise
         await self._health.follow(self._table)
 
     def routing(self) -> RoutingTable:
@@ -250,7 +264,7 @@ class NginxDataPlane(ListeningDataPlane):
         while self._health_dirty:
             self._health_dirty = False
             try:
-                await self.apply(self._table)
+                await self._converge()  # never apply(): it would replace a deploy's wanted table
             except DataPlaneError:
                 log.exception("nginx: re-render after a health change failed")
 
