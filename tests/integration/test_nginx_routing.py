@@ -4,6 +4,7 @@ config when a new one fails `nginx -t`, and coalesces concurrent applies."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -94,5 +95,19 @@ def test_a_missing_binary_names_the_package(tmp_path: Path) -> None:
         plane = NginxDataPlane(NginxSettings(state_dir=tmp_path, binary="/nonexistent/nginx"))
         with pytest.raises(DataPlaneError, match="apt-get install nginx"):
             await plane.start(["127.0.0.1:1"])
+
+    run(main())
+
+
+def test_a_listen_address_in_use_fails_start_with_nginx_words(tmp_path: Path) -> None:
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            plane = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0))
+            with pytest.raises(DataPlaneError, match=f"127.0.0.1:{port} failed.*in use"):
+                await plane.start([f"127.0.0.1:{port}"])
+            assert plane.pids == []
 
     run(main())

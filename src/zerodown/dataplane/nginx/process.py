@@ -65,9 +65,13 @@ async def launch(binary: str, paths: Paths, timeout: float) -> int:
     # Its output goes to a file, not a pipe: the master inherits the
     # descriptors and keeps them open, so a pipe would never reach EOF.
     out = paths.prefix / "start.log"
+    # nginx retries a busy listen address 5 times, 0.5s apart, before it gives up.
     with out.open("wb") as sink:
-        code, _ = await _run(command(binary, paths, paths.conf), timeout, sink.fileno())
-    output = out.read_text(errors="replace").strip().replace("\n", "; ")
+        try:
+            code, _ = await _run(command(binary, paths, paths.conf), timeout, sink.fileno())
+        except DataPlaneError as exc:
+            raise DataPlaneError(f"{exc}; it said: {_one_line(out)}") from None
+    output = _one_line(out)
     if code != 0:
         raise DataPlaneError(f"nginx did not start (exit {code}): {output}")
     loop = asyncio.get_running_loop()
@@ -147,6 +151,10 @@ async def probe_generation(paths: Paths, timeout: float = 0.5) -> int | None:
         return None
     body = data.partition(b"\r\n\r\n")[2].strip()
     return int(body) if body.isdigit() else None
+
+
+def _one_line(path: Path) -> str:
+    return path.read_text(errors="replace").strip().replace("\n", "; ")
 
 
 def _is_nginx(pid: int) -> bool:
