@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 # Many datagrams may arrive between two turns of the event loop under load.
 LOG_RECEIVE_BUFFER: Final = 4 * 1024 * 1024
 ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
+WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
 
 
 class NginxDataPlane(ListeningDataPlane):
@@ -76,6 +77,7 @@ class NginxDataPlane(ListeningDataPlane):
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
+        self._watch: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -104,6 +106,20 @@ class NginxDataPlane(ListeningDataPlane):
             self._close_log()
             raise
         await self._health.follow(self._table)
+        self._watch = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        """Start nginx again, on the live table, if its master dies (kill -9, OOM)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self._master is None or process.alive(self._master):
+                continue
+            log.error("nginx master %s died; starting it again", self._master)
+            self._rendered = None  # whatever it served is gone: render and start
+            try:
+                await self._converge()
+            except DataPlaneError:
+                log.exception("nginx: restart failed; trying again in %ss", WATCH_INTERVAL)
 
     async def _adopt(self, saved: dict[str, object]) -> None:
         self._generation = await process.probe_generation(self.paths) or _int(
@@ -140,6 +156,10 @@ class NginxDataPlane(ListeningDataPlane):
 
     async def detach(self) -> None:
         """Let go of nginx without stopping it: it keeps serving the last table."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.wait([self._watch])
+            self._watch = None
         if self._rerender is not None:
             self._rerender.cancel()
             await asyncio.wait([self._rerender])
