@@ -6,9 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import service
-from zerodown.dataplane.nginx.render import Server, render, server_weights
+from zerodown.dataplane.nginx.render import Server, render, server_weights, unsupported
 from zerodown.dataplane.nginx.settings import NginxSettings
-from zerodown.routing import PassiveHealthSpec, PoolSpec, ServiceSpec, Split, TargetSpec
+from zerodown.routing import (
+    CohortRule,
+    HoldSpec,
+    PassiveHealthSpec,
+    PoolSpec,
+    ServiceSpec,
+    Split,
+    TargetSpec,
+)
 
 A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
 SETTINGS = NginxSettings(state_dir=Path("/srv/zd"))
@@ -175,3 +183,24 @@ def test_extra_http_is_appended_verbatim() -> None:
     assert conf(service(A), extra_http="client_max_body_size 1m;").endswith(
         "    client_max_body_size 1m;\n}\n"
     )
+
+
+def test_what_nginx_cannot_carry_is_named_by_key() -> None:
+    assert unsupported(service(A)) == []
+    cohort = CohortRule(header="X-Beta", values=("1",), pool="canary")
+    spec = service(
+        A,
+        split=Split(cohorts=(cohort,), sticky_cookie="zd"),
+        slow_start=5.0,
+        hold=HoldSpec(),
+        websocket_drain="close",
+        balance="least_time",
+    )
+    assert [line.split(" ")[0] for line in unsupported(spec)] == [
+        "services.web.split.cohorts",
+        "services.web.split.sticky_cookie",
+        "services.web.slow_start",
+        "services.web.hold",
+        "services.web.websocket_drain",
+        "services.web.balance",
+    ]

@@ -39,6 +39,7 @@ __all__ = [
     "Server",
     "render",
     "server_weights",
+    "unsupported",
     "upstream_name",
 ]
 
@@ -310,3 +311,19 @@ def _seconds(value: float) -> str:
 
 def _indent(lines: Iterable[str]) -> str:
     return "\n".join("    " + line.replace("\n", "\n    ") for line in lines)
+
+
+def unsupported(service: ServiceSpec) -> list[str]:
+    """What of `service` this driver cannot carry, one line per key, said for the user.
+
+    For config validation to refuse at load (issue 11: never silently ignore).
+    """
+    checks = [
+        (bool(service.split.cohorts), "split.cohorts (header/cookie rules to a pool)"),
+        (service.split.sticky_cookie is not None, "split.sticky_cookie"),
+        (service.slow_start > 0, "slow_start (NGINX Plus only)"),
+        (service.hold is not None, "hold (waiting for a target while none serves)"),
+        (service.websocket_drain == "close", 'websocket_drain = "close"'),
+        (service.balance == "least_time", 'balance = "least_time" (NGINX Plus; use least_conn)'),
+    ]
+    return [f"services.{service.name}.{what}" for failed, what in checks if failed]
