@@ -65,6 +65,9 @@ def test_a_config_nginx_rejects_fails_apply_and_the_old_one_serves(tmp_path: Pat
             nginx(tmp_path, service(old.address)) as plane,
         ):
             live = plane.paths.conf.read_text()
+            # Owner-only: it holds the access-log key.
+            assert plane.paths.conf.stat().st_mode & 0o777 == 0o600
+            assert plane.paths.state.stat().st_mode & 0o777 == 0o600
             plane.settings = replace(plane.settings, extra_http="no_such_directive on;")
             with pytest.raises(DataPlaneError, match='unknown directive "no_such_directive"'):
                 await plane.apply(RoutingTable(services=(service(new.address),)))

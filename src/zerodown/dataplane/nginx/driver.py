@@ -237,7 +237,7 @@ class NginxDataPlane(ListeningDataPlane):
         unhealthy = self._unhealthy(table)
         generation = self._generation + 1
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
-        self.paths.pending.write_text(text)
+        _write_private(self.paths.pending, text)
         try:
             await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)
         except DataPlaneError:
@@ -311,13 +311,13 @@ class NginxDataPlane(ListeningDataPlane):
             "log": self._log.server,
             "log_key": self._log.key,
         }
-        side = self.paths.table.with_suffix(".tmp")
-        side.write_text(json.dumps(state))
-        os.replace(side, self.paths.table)
+        side = self.paths.state.with_suffix(".tmp")
+        _write_private(side, json.dumps(state))
+        os.replace(side, self.paths.state)
 
     def _saved(self) -> dict[str, object]:
         try:
-            value = json.loads(self.paths.table.read_text())
+            value = json.loads(self.paths.state.read_text())
         except (OSError, ValueError):
             return {}
         return value if isinstance(value, dict) else {}
@@ -407,3 +407,11 @@ def _saved_port(server: object) -> int:
         except OSError:
             return 0
     return port
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Owner-only: both files hold the access-log key, which keeps other
+    # local users from forging the counts the canary judge decides on.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)

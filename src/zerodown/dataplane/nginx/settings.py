@@ -76,5 +76,5 @@ class Paths:
         return self.prefix / "temp"
 
     @property
-    def table(self) -> Path:
-        return self.prefix / "table.json"
+    def state(self) -> Path:
+        return self.prefix / "state.json"  # the driver's: table, listen, generation, log
