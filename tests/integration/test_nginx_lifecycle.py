@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from harness import Backend, Request, backends, ok, request, reserved_port, run, service, until
+from harness import (
+    Backend,
+    KeepAliveClient,
+    Request,
+    backends,
+    ok,
+    request,
+    reserved_port,
+    run,
+    service,
+    until,
+)
 from nginx_harness import nginx, port_of
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.dataplane.nginx.process import alive
@@ -148,19 +159,15 @@ def test_stats_count_requests_per_target_from_the_access_log(
     async def main() -> None:
         async with backends("a", "b") as (a, b):
             spec = service(a.address, b.address, host="example.test")
-            async with nginx(tmp_path, spec, log_transport=transport) as plane:
+            async with (
+                nginx(tmp_path, spec, log_transport=transport) as plane,
+                KeepAliveClient(port_of(plane)) as held,
+            ):
                 for _ in range(10):
-                    await request(port_of(plane))
+                    await held.request()
                 await request(port_of(plane), host="unknown.test", path="/")
-
-                async def counted() -> int:
-                    stats = await plane.stats()
-                    return stats.services["web"].pools["stable"].totals.requests
-
-                for _ in range(200):
-                    if await counted() == 10:
-                        break
-                    await asyncio.sleep(0.01)
+                # A line is sent after its response: wait for all of them.
+                await until(lambda: plane._counters.lines == 11, "11 log lines", timeout=5.0)
                 stats = await plane.stats()
                 text = await plane.prometheus()
         pool = stats.services["web"].pools["stable"]
@@ -169,6 +176,7 @@ def test_stats_count_requests_per_target_from_the_access_log(
         assert pool.targets[b.address].responses["2xx"] == 5
         assert pool.totals.latency.count == 10
         assert pool.totals.latency.buckets["+Inf"] == 10
+        assert stats.connections == 1  # the one held open, not the probe
         assert stats.rejected == {"404": 1}  # no route for unknown.test: nginx answered
         assert f'target="{a.address}"' in text
 

@@ -225,7 +225,8 @@ class NginxDataPlane(ListeningDataPlane):
         return DrainResult(service, address, completed, 0, time.monotonic() - started)
 
     async def stats(self) -> Stats:
-        return build_stats(self._table, self._counters, self._health.unhealthy())
+        connections = await process.client_connections(self.paths) or 0
+        return build_stats(self._table, self._counters, self._health.unhealthy(), connections)
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

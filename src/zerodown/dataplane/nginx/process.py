@@ -16,12 +16,13 @@ import shutil
 import signal
 from pathlib import Path
 
-from zerodown.dataplane.nginx.render import CONTROL_PATH
+from zerodown.dataplane.nginx.render import CONTROL_PATH, STATUS_PATH
 from zerodown.dataplane.nginx.settings import Paths
 from zerodown.errors import DataPlaneError
 
 __all__ = [
     "alive",
+    "client_connections",
     "find_binary",
     "launch",
     "master_pid",
@@ -135,22 +136,34 @@ def signal_master(pid: int, sig: signal.Signals) -> None:
         raise DataPlaneError(f"nginx master {pid} is gone: see its error log") from exc
 
 
-async def probe_generation(paths: Paths, timeout: float = 0.5) -> int | None:
+async def probe_generation(paths: Paths) -> int | None:
     """The generation the workers serving now were rendered with; None if no answer."""
+    body = await _control_get(paths, CONTROL_PATH)
+    return int(body) if body is not None and body.isdigit() else None
+
+
+async def client_connections(paths: Paths) -> int | None:
+    """Open client connections (stub_status's "Active connections"), ours excluded."""
+    body = await _control_get(paths, STATUS_PATH)
+    if body is None or not body.startswith(b"Active connections:"):
+        return None
+    active = body.split(b"\n", 1)[0].rpartition(b":")[2].strip()
+    return max(0, int(active) - 1) if active.isdigit() else None  # - this probe
+
+
+async def _control_get(paths: Paths, path: str, timeout: float = 0.5) -> bytes | None:
+    """GET `path` on the control socket; the body, or None if nginx does not answer."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(paths.control_socket))
             try:
-                writer.write(
-                    f"GET {CONTROL_PATH} HTTP/1.0\r\nHost: zerodown\r\n\r\n".encode("ascii")
-                )
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: zerodown\r\n\r\n".encode("ascii"))
                 data = await reader.read(-1)
             finally:
                 writer.close()
     except (OSError, TimeoutError):
         return None
-    body = data.partition(b"\r\n\r\n")[2].strip()
-    return int(body) if body.isdigit() else None
+    return data.partition(b"\r\n\r\n")[2].strip()
 
 
 def _one_line(path: Path) -> str:

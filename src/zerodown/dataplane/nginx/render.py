@@ -35,6 +35,7 @@ from zerodown.routing import ServiceSpec, TargetSpec, parse_address
 __all__ = [
     "CONTROL_PATH",
     "LOG_FORMAT",
+    "STATUS_PATH",
     "LogTarget",
     "Server",
     "render",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 CONTROL_PATH = "/zerodown/generation"
+STATUS_PATH = "/zerodown/status"  # stub_status: open client connections
 # Fixed resolution of the split: weights are integers, so a share in percent
 # is multiplied by this before rounding (a 0.01% step), then reduced by gcd.
 WEIGHT_SCALE = 100
@@ -289,6 +291,7 @@ def _control_server(paths: Paths, generation: int) -> str:
         f"    listen unix:{paths.control_socket};\n"
         "    access_log off;\n"
         f'    location = {CONTROL_PATH} {{ return 200 "{generation}"; }}\n'
+        f"    location = {STATUS_PATH} {{ stub_status; }}\n"
         "}"
     )
 

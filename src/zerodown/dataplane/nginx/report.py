@@ -2,6 +2,8 @@
 
 nginx cannot tell how many requests a target has open (it logs a request
 when it ends), so `in_flight` is 0 here; everything else is counted.
+`connections` comes from stub_status on the control socket (all workers,
+old ones still finishing included).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ __all__ = ["build_stats"]
 
 
 def build_stats(
-    table: RoutingTable, counters: AccessCounters, unhealthy: Collection[tuple[str, str]]
+    table: RoutingTable,
+    counters: AccessCounters,
+    unhealthy: Collection[tuple[str, str]],
+    connections: int = 0,
 ) -> Stats:
     services = {s.name: _service(s, counters, unhealthy) for s in table.services}
-    return Stats(services=services, connections=0, rejected=dict(counters.rejected))
+    return Stats(services=services, connections=connections, rejected=dict(counters.rejected))
 
 
 def _service(
