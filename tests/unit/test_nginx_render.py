@@ -166,6 +166,7 @@ def test_everything_lives_under_state_dir_and_the_generation_is_served() -> None
     assert "access_log syslog:server=unix:/srv/zd/access.sock,nohostname zerodown;" in text
     assert "listen unix:/srv/zd/control.sock;" in text
     assert 'location = /zerodown/generation { return 200 "7"; }' in text
+    assert "location = /zerodown/status { stub_status; }" in text
     assert "user " not in text
     assert "user www-data;" in conf(service(A), user="www-data")
 
