@@ -31,6 +31,11 @@ from zerodown.routing import HealthSpec, RoutingTable
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
 
 
+async def restart(backend: Backend) -> None:
+    """Serve again on the same port (a stopped harness Backend, back up)."""
+    backend._server = await asyncio.start_server(backend._serve, "127.0.0.1", backend.port)
+
+
 def test_reloads_under_continuous_load_fail_no_request(tmp_path: Path) -> None:
     async def main() -> None:
         async with backends("a", "b") as (a, b), nginx(tmp_path, service(a.address)) as plane:
@@ -96,7 +101,7 @@ def test_a_dead_backend_is_taken_out_by_checks_and_comes_back(tmp_path: Path) ->
                 bodies = [(await request(port)).body for _ in range(6)]
                 stats = await plane.stats()
                 assert stats.services["web"].pools["stable"].targets[a.address].health == "down"
-                a._server = await asyncio.start_server(a._serve, "127.0.0.1", a.port)
+                await restart(a)
                 await until(lambda: not plane.out_by_health, "a back in")
                 back = [(await request(port)).body for _ in range(6)]
         assert bodies == [b"b"] * 6
@@ -192,5 +197,27 @@ def test_a_killed_nginx_is_started_again_with_the_live_table(tmp_path: Path) -> 
             await until(lambda: not any(alive(p) for p in dead), "nginx killed")
             await until(lambda: bool(plane.pids) and plane.pids[0] not in dead, "restarted")
             assert (await request(port_of(plane))).body == b"a"
+
+    run(main())
+
+
+def test_targets_back_from_a_total_outage_serve_at_once(tmp_path: Path) -> None:
+    # nginx alone answers 502 for fail_timeout (10s) once max_fails marked
+    # every server failed; the panic backups route to them again.
+    async def main() -> None:
+        async with (
+            backends("a", "b") as (a, b),
+            nginx(tmp_path, service(a.address, b.address)) as plane,
+        ):
+            await a.stop()
+            await b.stop()
+            failed = [(await request(port_of(plane))).status for _ in range(6)]
+            for backend in (a, b):
+                backend._server = await asyncio.start_server(
+                    backend._serve, "127.0.0.1", backend.port
+                )
+            back = [(await request(port_of(plane))).status for _ in range(4)]
+        assert failed == [502] * 6
+        assert back == [200] * 4
 
     run(main())

@@ -205,3 +205,12 @@ def test_what_nginx_cannot_carry_is_named_by_key() -> None:
         "services.web.websocket_drain",
         "services.web.balance",
     ]
+
+
+def test_targets_come_again_as_panic_backups_where_nginx_allows_backups() -> None:
+    text = conf(service(A, canary=(B,), split=Split(canary_weight=25)))
+    assert f"server {A} weight=3 max_fails=0 backup;  # panic" in text
+    assert f"server {B} weight=1 max_fails=0 backup;  # panic" in text
+    assert "backup" not in conf(service(A, balance="hash"))
+    assert "backup" not in conf(service(A, passive=None))  # nothing marks them failed
+    assert f"{B} weight" not in conf(service(A, canary=(B,)))  # a canary at 0%: not even so

@@ -65,6 +65,7 @@ _BALANCE = {
     "least_time": "least_conn;",
 }
 _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
+_BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,18 +196,36 @@ def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepa
     if not any(s.weight for s in servers):
         return f"# {service.name}: no target takes traffic (503)"
     passive = service.passive
-    fails = f"max_fails={passive.consecutive_errors} " if passive else "max_fails=0 "
-    timeout = (
-        f"fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""
-    )  # whole s only
+    fails = f"max_fails={passive.consecutive_errors}" if passive else "max_fails=0"
+    # fail_timeout takes whole seconds only.
+    timeout = f" fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""
     lines = [f"zone {upstream_name(service.name)} 64k;", _balance(service)]
     for s in servers:
         state = f"weight={s.weight} {fails}{timeout}" if s.weight else "down"
         lines.append(f"server {_upstream_address(s.address)} {state};  # {s.pool}")
+    lines += _panic_backups(service, servers)
     lines.append(f"keepalive {keepalive};")
-    return (
-        f"upstream {upstream_name(service.name)} {{\n{_indent(line for line in lines if line)}\n}}"
-    )
+    body = _indent(line for line in lines if line)
+    return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
+
+
+def _panic_backups(service: ServiceSpec, servers: list[Server]) -> list[str]:
+    """The same targets again as `backup` that never count failures.
+
+    When max_fails has every server of an upstream marked failed, nginx
+    answers 502 "no live upstreams" for the whole fail_timeout, even to a
+    target that is back a moment later (measured: 10s of 502s after both
+    targets of a pool restarted). Backups are tried only then: the panic
+    routing of the embedded proxy. nginx allows no backup with the hash,
+    ip_hash and random balancers; those keep its behaviour.
+    """
+    if service.passive is None or service.balance not in _BACKUP_BALANCERS:
+        return []
+    return [
+        f"server {_upstream_address(s.address)} weight={s.weight} max_fails=0 backup;  # panic"
+        for s in servers
+        if s.weight
+    ]
 
 
 def _balance(service: ServiceSpec) -> str:
