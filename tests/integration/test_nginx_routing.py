@@ -13,9 +13,18 @@ import pytest
 
 from harness import KeepAliveClient, backends, request, run, service
 from nginx_harness import nginx, port_of
-from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
+from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings, process
+from zerodown.dataplane.nginx.render import render
+from zerodown.dataplane.nginx.settings import Paths
 from zerodown.errors import DataPlaneError
-from zerodown.routing import RoutingTable, Split
+from zerodown.routing import (
+    BalanceName,
+    PoolSpec,
+    RoutingTable,
+    Split,
+    TargetSpec,
+    with_target_state,
+)
 
 
 def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
@@ -114,3 +123,22 @@ def test_a_listen_address_in_use_fails_start_with_nginx_words(tmp_path: Path) ->
             assert plane.pids == []
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    "balance", ["round_robin", "least_conn", "ip_hash", "hash", "random_two", "least_time"]
+)
+def test_nginx_accepts_every_balancer_with_a_canary_and_a_draining_target(
+    tmp_path: Path, balance: BalanceName
+) -> None:
+    stable = PoolSpec(
+        targets=(TargetSpec(address="127.0.0.1:9001"), TargetSpec(address="127.0.0.1:9002"))
+    )
+    spec = service("127.0.0.1:9003", canary=("127.0.0.1:9004",), balance=balance)
+    spec = spec.model_copy(update={"stable": stable, "split": Split(canary_weight=10)})
+    drained = with_target_state(RoutingTable(services=(spec,)), "web", "127.0.0.1:9002", "draining")
+    settings = NginxSettings(state_dir=tmp_path, user="root")
+    paths = Paths(tmp_path)
+    paths.temp.mkdir()
+    paths.conf.write_text(render(drained.services, ["127.0.0.1:1"], settings, generation=1))
+    run(process.test_config(process.find_binary("nginx"), paths, paths.conf, timeout=5.0))
