@@ -1,0 +1,418 @@
+"""NginxDataPlane: zerodown's routing table carried by a real nginx.
+
+Every change is render -> write to a side file -> `nginx -t` it -> rename
+over the live file -> SIGHUP -> wait until the control location answers the
+new generation (so the new workers serve it before apply returns).
+Concurrent applies coalesce: whoever holds the lock next renders the last
+table asked for, and the ones it covered return without a reload.
+
+The master outlives the driver. `start` adopts a master that the pid file
+under state_dir names and that still runs, with the table and listen
+addresses the last driver saved beside it (state.json), instead of
+starting a second one on the same ports.
+
+Drain: nginx cannot say how many requests a target has open (the access
+log sees a request only when it ends). But after the reload that marks a
+target down, no new request can reach it, and the requests it still has
+all live in the workers of the configurations before: those workers exit
+exactly when their last request ends (or at worker_shutdown_timeout). So a
+drain is complete when the workers that existed before its reload are gone.
+That may wait on other targets' long requests as well -- never shorter than
+the truth, bounded by the drain's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import secrets
+import signal
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Final
+
+from zerodown.dataplane.base import ListeningDataPlane
+from zerodown.dataplane.nginx import process
+from zerodown.dataplane.nginx.accesslog import AccessCounters
+from zerodown.dataplane.nginx.health import ActiveHealth
+from zerodown.dataplane.nginx.render import LogTarget, render
+from zerodown.dataplane.nginx.report import build_stats
+from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.errors import DataPlaneError
+from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
+from zerodown.stats import Stats
+
+__all__ = ["NginxDataPlane"]
+
+log = logging.getLogger(__name__)
+
+# Many datagrams may arrive between two turns of the event loop under load.
+LOG_RECEIVE_BUFFER: Final = 4 * 1024 * 1024
+ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
+WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
+
+
+class NginxDataPlane(ListeningDataPlane):
+    def __init__(self, settings: NginxSettings, table: RoutingTable | None = None) -> None:
+        self.settings = _with_user(settings)
+        self.paths = Paths(settings.state_dir)
+        self._table = table or RoutingTable()
+        self._wanted = self._table
+        self._rendered: tuple[RoutingTable, frozenset[tuple[str, str]]] | None = None
+        self._listen: list[str] = []
+        self._generation = 0
+        self._master: int | None = None
+        self._binary = ""
+        self._lock = asyncio.Lock()
+        self._counters = AccessCounters()
+        self._health = ActiveHealth(self._health_changed)
+        self._log_socket: socket.socket | None = None
+        self._log = LogTarget(f"unix:{self.paths.access_socket}")
+        self._rerender: asyncio.Task[None] | None = None
+        self._health_dirty = False
+        self._watch: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<NginxDataPlane master={self._master} generation={self._generation} "
+            f"listen={self._listen} {self._health!r}>"
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        if any(isinstance(a, socket.socket) for a in listen):
+            raise DataPlaneError("nginx binds its own sockets: give it host:port addresses")
+        self._listen = [str(a) for a in listen]
+        self._binary = process.find_binary(self.settings.binary)
+        self.paths.temp.mkdir(parents=True, exist_ok=True)
+        saved = self._saved()
+        self._open_log(saved)
+        try:
+            self._master = process.master_pid(self.paths)
+            if self._master is not None:
+                await self._adopt(saved)
+            else:
+                self._generation = _int(saved.get("generation"))
+                await self._reload(self._table)
+        except BaseException:
+            self._close_log()
+            raise
+        await self._health.follow(self._table)
+        self._watch = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        """Start nginx again, on the live table, if its master dies (kill -9, OOM)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self._master is None or process.alive(self._master):
+                continue
+            log.error("nginx master %s died; starting it again", self._master)
+            self._rendered = None  # whatever it served is gone: render and start
+            try:
+                await self._converge()
+            except DataPlaneError:
+                log.exception("nginx: restart failed; trying again in %ss", WATCH_INTERVAL)
+
+    async def _adopt(self, saved: dict[str, object]) -> None:
+        self._generation = await process.probe_generation(self.paths) or _int(
+            saved.get("generation")
+        )
+        if "table" in saved:
+            self._table = self._wanted = RoutingTable.model_validate(saved["table"])
+        # What the last driver's checks had taken out stays out until our own
+        # checks (which start optimistic, every target up) re-render.
+        out = {(str(k[0]), str(k[1])) for k in _list(saved.get("unhealthy")) if len(k) == 2}
+        self._rendered = (self._table, frozenset(out))
+        if out:
+            self._health_changed()
+        log.info("adopted nginx master %s at generation %s", self._master, self._generation)
+        if saved.get("listen") != self._listen or saved.get("log") != self._log.server:
+            await self._reload(self._table)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Graceful quit (SIGQUIT); fast shutdown, then kill, past `timeout`."""
+        await self.detach()
+        master, self._master = self._master, None
+        if master is None:
+            return
+        pids = {master, *process.workers(master)}
+        wait = self.settings.reload_timeout if timeout is None else timeout
+        for sig, grace in ((signal.SIGQUIT, wait), (signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)):
+            # The master tells its workers; only a kill must reach each one.
+            for pid in pids if sig == signal.SIGKILL else {master}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if await process.wait_gone(pids, grace):
+                return
+        raise DataPlaneError(f"nginx master {master} did not exit after SIGKILL")
+
+    async def detach(self) -> None:
+        """Let go of nginx without stopping it: it keeps serving the last table."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.wait([self._watch])
+            self._watch = None
+        if self._rerender is not None:
+            self._rerender.cancel()
+            await asyncio.wait([self._rerender])
+            self._rerender = None
+        await self._health.stop()
+        self._close_log()
+
+    @property
+    def out_by_health(self) -> frozenset[tuple[str, str]]:
+        """(service, address) the live configuration keeps out because checks failed them."""
+        return self._rendered[1] if self._rendered is not None else frozenset()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(a) for a in self._listen]
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return []  # nginx holds its listening sockets; a reload keeps them
+
+    @property
+    def pids(self) -> list[int]:
+        if self._master is None:
+            return []
+        return [self._master, *sorted(process.workers(self._master))]
+
+    # -- the table --------------------------------------------------------------
+
+    async def apply(self, table: RoutingTable) -> None:
+        self._wanted = table
+        await self._converge()
+
+    async def _converge(self) -> None:
+        """Make the last table asked for, with today's health, the live config."""
+        async with self._lock:
+            wanted = self._wanted  # whoever asked: applies waiting here coalesce
+            if self._rendered != (wanted, self._unhealthy(wanted)):
+                try:
+                    await self._reload(wanted)
+                except DataPlaneError:
+                    # Nobody gets this table; health re-renders go on with the live one.
+                    if self._wanted is wanted:
+                        self._wanted = self._table
+                    raise
+        await self._health.follow(self._table)
+
+    def routing(self) -> RoutingTable:
+        return self._table
+
+    async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
+        started = time.monotonic()
+        spec = self._table.service(service)
+        if spec is None or address not in {
+            t.address for t in (*spec.stable.targets, *spec.canary.targets)
+        }:
+            raise DataPlaneError(f"cannot drain {address}: no such target in service {service!r}")
+        before, generation = self._workers(), self._generation
+        await self.apply(with_target_state(self._table, service, address, "draining"))
+        if self._generation == generation:  # no reload: already out; wait on old workers
+            before = {p for p in before if _shutting_down(p)}
+        left = max(0.0, timeout - (time.monotonic() - started))
+        completed = await process.wait_gone(before, left)
+        return DrainResult(service, address, completed, 0, time.monotonic() - started)
+
+    async def stats(self) -> Stats:
+        connections = await process.client_connections(self.paths) or 0
+        return build_stats(self._table, self._counters, self._health.unhealthy(), connections)
+
+    async def prometheus(self) -> str:
+        return render_prometheus(await self.stats())
+
+    # -- reloads ----------------------------------------------------------------
+
+    async def _reload(self, table: RoutingTable) -> None:
+        """Render, test, swap in and make live `table`; the old config serves on failure."""
+        unhealthy = self._unhealthy(table)
+        generation = self._generation + 1
+        text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
+        _write_private(self.paths.pending, text)
+        try:
+            await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)
+        except DataPlaneError:
+            self.paths.pending.unlink(missing_ok=True)
+            raise
+        os.replace(self.paths.pending, self.paths.conf)  # atomic: nginx never reads half a file
+        old = self._workers()
+        if self._master is None or not process.alive(self._master):
+            self._master = await process.launch(self._binary, self.paths, self._timeout)
+        else:
+            process.signal_master(self._master, signal.SIGHUP)
+        await self._confirm(generation, old)
+        self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
+        self._save()
+
+    async def _confirm(self, generation: int, old: set[int]) -> None:
+        """Wait until new workers answer `generation` and `old` ones accept nothing more.
+
+        Old workers keep accepting on the shared listening sockets until they
+        handle the master's quit (they close them and retitle themselves in
+        one step), so a connection made just after the new generation
+        answers could still reach the old table.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while await process.probe_generation(self.paths) != generation or any(
+            process.alive(p) and not _shutting_down(p) for p in old
+        ):
+            if loop.time() > deadline:
+                raise DataPlaneError(
+                    f"nginx did not take configuration {generation} within {self._timeout}s "
+                    f"(it keeps serving the one before): {self._error_tail()}"
+                )
+            await asyncio.sleep(process.POLL)
+
+    def _health_changed(self) -> None:
+        # Called from a checker's callback: one re-render task at a time; a
+        # verdict that changes while it reloads makes it go round once more.
+        self._health_dirty = True
+        if self._rerender is None or self._rerender.done():
+            self._rerender = asyncio.get_running_loop().create_task(self._render_health())
+
+    async def _render_health(self) -> None:
+        while self._health_dirty:
+            self._health_dirty = False
+            try:
+                await self._converge()  # never apply(): it would replace a deploy's wanted table
+            except DataPlaneError:
+                log.exception("nginx: re-render after a health change failed")
+
+    def _unhealthy(self, table: RoutingTable) -> frozenset[tuple[str, str]]:
+        routed = {(s.name, t.address) for s in table.services for t in s.stable.targets}
+        routed |= {(s.name, t.address) for s in table.services for t in s.canary.targets}
+        return self._health.unhealthy() & routed
+
+    @property
+    def _timeout(self) -> float:
+        return self.settings.reload_timeout
+
+    def _workers(self) -> set[int]:
+        return process.workers(self._master) if self._master is not None else set()
+
+    # -- files under state_dir -------------------------------------------------
+
+    def _save(self) -> None:
+        state = {
+            "generation": self._generation,
+            "listen": self._listen,
+            "table": self._table.model_dump(mode="json"),
+            "unhealthy": sorted(self.out_by_health),
+            "log": self._log.server,
+            "log_key": self._log.key,
+        }
+        side = self.paths.state.with_suffix(".tmp")
+        _write_private(side, json.dumps(state))
+        os.replace(side, self.paths.state)
+
+    def _saved(self) -> dict[str, object]:
+        try:
+            value = json.loads(self.paths.state.read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def _error_tail(self) -> str:
+        try:
+            lines = self.paths.error_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"no error log at {self.paths.error_log}"
+        return "; ".join(lines[-ERROR_LOG_TAIL:]) or "the error log is empty"
+
+    # -- the access log ----------------------------------------------------------
+
+    def _open_log(self, saved: dict[str, object]) -> None:
+        """Bind where nginx sends its log: where the last driver had it, if free."""
+        key = saved.get("log_key")
+        key = key if isinstance(key, str) and key.isalnum() else secrets.token_hex(8)
+        if self.settings.log_transport == "unix":
+            path = self.paths.access_socket
+            path.unlink(missing_ok=True)  # a dead driver's socket: nginx reconnects by path
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(path))
+            server = f"unix:{path}"
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", _saved_port(saved.get("log"))))
+            server = f"127.0.0.1:{sock.getsockname()[1]}"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOG_RECEIVE_BUFFER)
+        sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_log)
+        self._log_socket, self._log = sock, LogTarget(server, key)
+        self._counters.key = key
+
+    def _close_log(self) -> None:
+        sock, self._log_socket = self._log_socket, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _read_log(self) -> None:
+        sock = self._log_socket
+        while sock is not None:
+            try:
+                datagram = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            for one in self._counters.feed(datagram):
+                if one.status is not None and one.status < 500:
+                    self._health.answered((one.service, one.address))
+
+
+def _with_user(settings: NginxSettings) -> NginxSettings:
+    # As root with no `user`, nginx would run its workers as nobody, who
+    # cannot reach the sockets and temp files under a private state_dir:
+    # run them as the owner of state_dir (give `user` to drop privileges).
+    if settings.user is not None or os.geteuid() != 0:
+        return settings
+    owner = Path(settings.state_dir)
+    while not owner.exists():
+        owner = owner.parent
+    return replace(settings, user=pwd.getpwuid(owner.stat().st_uid).pw_name)
+
+
+def _shutting_down(pid: int) -> bool:
+    try:
+        return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _list(value: object) -> list[list[object]]:
+    return [v for v in value if isinstance(v, list)] if isinstance(value, list) else []
+
+
+def _saved_port(server: object) -> int:
+    """The last driver's UDP log port if it is still free, else 0 (any)."""
+    if not isinstance(server, str) or not server.startswith("127.0.0.1:"):
+        return 0
+    port = int(server.rpartition(":")[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Owner-only: both files hold the access-log key, which keeps other
+    # local users from forging the counts the canary judge decides on.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)

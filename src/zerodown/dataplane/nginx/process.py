@@ -1,0 +1,199 @@
+"""The nginx master process: find the binary, test a config, start, adopt, signal.
+
+nginx daemonizes (its default): the command we run forks the master and
+exits, so the master is nobody's child here -- it outlives zerodown, is
+never a zombie of ours, and is found again from its pid file under
+state_dir. It is started in a session of its own so a terminal's ^C to
+zerodown does not reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from zerodown.dataplane.nginx.render import CONTROL_PATH, STATUS_PATH
+from zerodown.dataplane.nginx.settings import Paths
+from zerodown.errors import DataPlaneError
+
+__all__ = [
+    "alive",
+    "client_connections",
+    "find_binary",
+    "launch",
+    "master_pid",
+    "probe_generation",
+    "test_config",
+    "wait_gone",
+    "workers",
+]
+
+POLL = 0.01  # seconds between looks at another process's state
+
+
+def find_binary(binary: str) -> str:
+    found = shutil.which(binary)
+    if found is None:
+        raise DataPlaneError(
+            f"nginx binary {binary!r} not found (PATH={os.environ.get('PATH', '')}): "
+            "install it (Debian/Ubuntu: `apt-get install nginx`) or set proxy.nginx.binary"
+        )
+    return found
+
+
+def command(binary: str, paths: Paths, conf: Path, *extra: str) -> list[str]:
+    # -p: relative paths resolve under state_dir; -e: errors before the
+    # config's own error_log is read go there too, not to /var/log/nginx.
+    return [binary, "-p", f"{paths.prefix}/", "-c", str(conf), "-e", str(paths.error_log), *extra]
+
+
+async def test_config(binary: str, paths: Paths, conf: Path, timeout: float) -> None:
+    """`nginx -t` on `conf`; DataPlaneError with nginx's own words when it fails."""
+    code, output = await _run(command(binary, paths, conf, "-t"), timeout)
+    if code != 0:
+        raise DataPlaneError(f"nginx rejected the generated configuration {conf}: {output}")
+
+
+async def launch(binary: str, paths: Paths, timeout: float) -> int:
+    """Start a master on the live conf; its pid once it wrote its pid file."""
+    # A master killed with SIGKILL leaves its unix socket file behind, and
+    # nginx refuses to bind over one. None runs here (we checked): remove it.
+    paths.control_socket.unlink(missing_ok=True)
+    # Its output goes to a file, not a pipe: the master inherits the
+    # descriptors and keeps them open, so a pipe would never reach EOF.
+    out = paths.prefix / "start.log"
+    # nginx retries a busy listen address 5 times, 0.5s apart, before it gives up.
+    with out.open("wb") as sink:
+        try:
+            code, _ = await _run(command(binary, paths, paths.conf), timeout, sink.fileno())
+        except DataPlaneError as exc:
+            raise DataPlaneError(f"{exc}; it said: {_one_line(out)}") from None
+    output = _one_line(out)
+    if code != 0:
+        raise DataPlaneError(f"nginx did not start (exit {code}): {output}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (pid := master_pid(paths)) is None:
+        if loop.time() > deadline:
+            raise DataPlaneError(
+                f"nginx started but wrote no pid file {paths.pid}: see {paths.error_log}"
+            )
+        await asyncio.sleep(POLL)
+    return pid
+
+
+def master_pid(paths: Paths) -> int | None:
+    """The running master of this state_dir, from its pid file; None if none runs."""
+    try:
+        pid = int(paths.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) and _is_nginx(pid) else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not reaped it
+
+
+def workers(master: int) -> set[int]:
+    """The master's children now (workers, old ones still finishing included)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == master:
+            found.add(int(entry.name))
+    return found
+
+
+async def wait_gone(pids: set[int], timeout: float) -> bool:
+    """Wait until none of `pids` runs; False at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(alive(p) for p in pids):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(POLL)
+    return True
+
+
+def signal_master(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError as exc:
+        raise DataPlaneError(f"nginx master {pid} is gone: see its error log") from exc
+
+
+async def probe_generation(paths: Paths) -> int | None:
+    """The generation the workers serving now were rendered with; None if no answer."""
+    body = await _control_get(paths, CONTROL_PATH)
+    return int(body) if body is not None and body.isdigit() else None
+
+
+async def client_connections(paths: Paths) -> int | None:
+    """Open client connections (stub_status's "Active connections"), ours excluded."""
+    body = await _control_get(paths, STATUS_PATH)
+    if body is None or not body.startswith(b"Active connections:"):
+        return None
+    active = body.split(b"\n", 1)[0].rpartition(b":")[2].strip()
+    return max(0, int(active) - 1) if active.isdigit() else None  # - this probe
+
+
+async def _control_get(paths: Paths, path: str, timeout: float = 0.5) -> bytes | None:
+    """GET `path` on the control socket; the body, or None if nginx does not answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(paths.control_socket))
+            try:
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: zerodown\r\n\r\n".encode("ascii"))
+                data = await reader.read(-1)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return None
+    return data.partition(b"\r\n\r\n")[2].strip()
+
+
+def _one_line(path: Path) -> str:
+    return path.read_text(errors="replace").strip().replace("\n", "; ")
+
+
+def _is_nginx(pid: int) -> bool:
+    # A stale pid file's number may belong to another program by now.
+    try:
+        return b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+async def _run(argv: list[str], timeout: float, sink: int | None = None) -> tuple[int, str]:
+    """Run to its exit; (exit code, its output on one line unless sent to `sink`)."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if sink is None else sink,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise DataPlaneError(f"{' '.join(argv)} did not finish within {timeout}s") from None
+    text = (output or b"").decode(errors="replace").strip().replace("\n", "; ")
+    return process.returncode or 0, text

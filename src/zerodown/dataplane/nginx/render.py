@@ -1,0 +1,351 @@
+"""RoutingTable + settings -> nginx.conf text. Pure: no files, no processes.
+
+Open-source nginx has no runtime API, so every change is a whole new
+configuration and a reload. What this module decides:
+
+- One `upstream` per service holding the stable *and* the canary targets,
+  with weights that carry the split (`server_weights`), rather than
+  `split_clients` in front of two upstreams. With one upstream a failed try
+  can go on to the other pool (`proxy_next_upstream`), `max_fails` and
+  `keepalive` are per target whatever pool it is in, and the weights are
+  exact for any number of targets; `split_clients` would hash a key into
+  two upstreams and a retry could never leave the pool it landed in.
+- Targets that take no new requests (draining, down, weight 0, failing our
+  health checks, or in a pool at 0% of the split) stay listed as `down`, so
+  the file shows the whole table; requests already in flight keep their
+  target because they live in the old workers, which a reload lets finish.
+- "A busy app is not a dead app": when health has every routable target of
+  a pool down, the pool routes to all of them anyway (panic), as the
+  embedded proxy does; a 502 for everyone is never better than a try.
+- Every location answers with X-Request-ID (the client's, or nginx's
+  `$request_id`) and logs one JSON line per request to the driver's socket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import reduce
+
+from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.proxy.router import prefix_matches
+from zerodown.routing import ServiceSpec, TargetSpec, parse_address
+
+__all__ = [
+    "CONTROL_PATH",
+    "LOG_FORMAT",
+    "STATUS_PATH",
+    "LogTarget",
+    "Server",
+    "render",
+    "server_weights",
+    "unsupported",
+    "upstream_name",
+]
+
+CONTROL_PATH = "/zerodown/generation"
+STATUS_PATH = "/zerodown/status"  # stub_status: open client connections
+# Fixed resolution of the split: weights are integers, so a share in percent
+# is multiplied by this before rounding (a 0.01% step), then reduced by gcd.
+WEIGHT_SCALE = 100
+# One JSON object per request; keys short because each is a datagram. "k"
+# carries LogTarget.key, so a datagram from anyone but this nginx is ignored.
+LOG_FORMAT = (
+    '{"k":"%(key)s","svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
+    '"urt":"$upstream_response_time","rt":"$request_time","status":"$status",'
+    '"msec":"$msec"}'
+)
+_BALANCE = {
+    "round_robin": "",
+    "least_conn": "least_conn;",
+    "ip_hash": "ip_hash;",
+    "random_two": "random two least_conn;",
+    # least_time is NGINX Plus only; least_conn is its open-source nearest.
+    "least_time": "least_conn;",
+}
+_HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
+_BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
+
+
+@dataclass(frozen=True, slots=True)
+class LogTarget:
+    """Where nginx sends its access log (syslog `server=`), and the key each line carries."""
+
+    server: str  # "unix:/path" or "127.0.0.1:port"
+    key: str = ""  # [0-9a-f]*: it goes into the config unquoted
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One `server` line of an upstream: weight None renders `down`."""
+
+    address: str
+    weight: int | None
+    pool: str
+
+
+def upstream_name(service: str) -> str:
+    return f"zd_{service}"
+
+
+def render(
+    services: Sequence[ServiceSpec],
+    listen: Sequence[str],
+    settings: NginxSettings,
+    generation: int,
+    unhealthy: frozenset[tuple[str, str]] = frozenset(),
+    log: LogTarget | None = None,
+) -> str:
+    """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
+    paths = Paths(settings.state_dir)
+    log = log or LogTarget(f"unix:{paths.access_socket}")
+    http = [
+        *_http_common(settings, paths, log),
+        *(_upstream(s, unhealthy, settings.keepalive) for s in services),
+        *_servers(services, listen, unhealthy),
+        _control_server(paths, generation),
+    ]
+    if settings.extra_http.strip():
+        http.append(settings.extra_http)
+    return "\n".join([*_main(settings, paths), "http {", _indent(http), "}", ""])
+
+
+def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()) -> list[Server]:
+    """Every target of the service with the integer weight that carries the split."""
+    stable = _healthy(service.stable.targets, unhealthy)
+    canary = _healthy(service.canary.targets, unhealthy)
+    share_canary = service.split.canary_weight if canary else 0.0
+    if not stable and canary:
+        share_canary = 100.0  # no stable target can serve: better the canary than a 502
+    raw = {
+        **_pool_weights(stable, 100.0 - share_canary),
+        **_pool_weights(canary, share_canary),
+    }
+    divisor = reduce(math.gcd, raw.values(), 0) or 1
+    return [
+        Server(t.address, raw[t.address] // divisor if t.address in raw else None, pool)
+        for pool, targets in (
+            ("stable", service.stable.targets),
+            ("canary", service.canary.targets),
+        )
+        for t in targets
+    ]
+
+
+def _healthy(targets: Iterable[TargetSpec], unhealthy: frozenset[str]) -> list[TargetSpec]:
+    routable = [t for t in targets if t.state == "ready" and t.weight > 0]
+    healthy = [t for t in routable if t.address not in unhealthy]
+    return healthy or routable  # panic: all out by health means all in
+
+
+def _pool_weights(targets: list[TargetSpec], share: float) -> dict[str, int]:
+    if share <= 0 or not targets:
+        return {}
+    total = sum(t.weight for t in targets)
+    return {t.address: max(1, round(share * WEIGHT_SCALE * t.weight / total)) for t in targets}
+
+
+# -- blocks ----------------------------------------------------------------------
+
+
+def _main(settings: NginxSettings, paths: Paths) -> list[str]:
+    user = [f"user {settings.user};"] if settings.user else []
+    return [
+        "# Generated by zerodown: edits are lost at the next deploy step.",
+        *user,
+        f"worker_processes {settings.workers};",
+        f"pid {paths.pid};",
+        f"error_log {paths.error_log} warn;",
+        f"worker_shutdown_timeout {_seconds(settings.worker_shutdown_timeout)};",
+        "events { worker_connections 4096; }",
+    ]
+
+
+def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[str]:
+    temp = paths.temp
+    return [
+        *(f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy")),
+        *(f"{kind}_temp_path {temp / kind};" for kind in ("fastcgi", "uwsgi", "scgi")),
+        f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';",
+        f"access_log syslog:server={log.server},nohostname zerodown;",
+        "server_tokens off;",
+        # The client's X-Request-ID passes through; otherwise nginx's own.
+        "map $http_x_request_id $zd_request_id { default $http_x_request_id; '' $request_id; }",
+        # Upgrade for WebSockets; otherwise an empty Connection keeps the
+        # upstream connection alive for `keepalive`.
+        "map $http_upgrade $zd_connection { default upgrade; '' ''; }",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header Connection $zd_connection;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Request-ID $zd_request_id;",
+        "add_header X-Request-ID $zd_request_id always;",
+        # Safe retries only: a connect error or a timeout before any answer,
+        # and (nginx's default, kept: no `non_idempotent`) never a POST or
+        # PATCH once it was sent, since the app may have acted on it.
+        "proxy_next_upstream error timeout;",
+    ]
+
+
+def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:
+    down = frozenset(a for s, a in unhealthy if s == service.name)
+    servers = server_weights(service, down)
+    if not any(s.weight for s in servers):
+        return f"# {service.name}: no target takes traffic (503)"
+    passive = service.passive
+    fails = f"max_fails={passive.consecutive_errors}" if passive else "max_fails=0"
+    # fail_timeout takes whole seconds only.
+    timeout = f" fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""
+    lines = [f"zone {upstream_name(service.name)} 64k;", _balance(service)]
+    for s in servers:
+        state = f"weight={s.weight} {fails}{timeout}" if s.weight else "down"
+        lines.append(f"server {_upstream_address(s.address)} {state};  # {s.pool}")
+    lines += _panic_backups(service, servers)
+    lines.append(f"keepalive {keepalive};")
+    body = _indent(line for line in lines if line)
+    return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
+
+
+def _panic_backups(service: ServiceSpec, servers: list[Server]) -> list[str]:
+    """The same targets again as `backup` that never count failures.
+
+    When max_fails has every server of an upstream marked failed, nginx
+    answers 502 "no live upstreams" for the whole fail_timeout, even to a
+    target that is back a moment later (measured: 10s of 502s after both
+    targets of a pool restarted). Backups are tried only then: the panic
+    routing of the embedded proxy. nginx allows no backup with the hash,
+    ip_hash and random balancers; those keep its behaviour.
+    """
+    if service.passive is None or service.balance not in _BACKUP_BALANCERS:
+        return []
+    return [
+        f"server {_upstream_address(s.address)} weight={s.weight} max_fails=0 backup;  # panic"
+        for s in servers
+        if s.weight
+    ]
+
+
+def _balance(service: ServiceSpec) -> str:
+    if service.balance != "hash":
+        return _BALANCE[service.balance]
+    kind, _, name = service.hash_key.partition(":")
+    key = _HASH_KEYS.get(kind) or f"${kind}_{name.lower().replace('-', '_')}"
+    return f"hash {key.replace('$header_', '$http_')} consistent;"
+
+
+def _servers(
+    services: Sequence[ServiceSpec], listen: Sequence[str], unhealthy: frozenset[tuple[str, str]]
+) -> list[str]:
+    hosts: dict[str, list[ServiceSpec]] = {}
+    for s in services:
+        hosts.setdefault(s.host.lower(), []).append(s)
+    hosts.setdefault("*", [])  # a catch-all answers 404 for hosts nobody routes
+    blocks = []
+    for host in sorted(hosts, key=lambda h: h == "*"):
+        routed = _routes_for(host, hosts)
+        listens = [_listen(a, default=host == "*") for a in listen]
+        body = [*listens, f"server_name {'_' if host == '*' else host};"]
+        body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
+        if not any(s.path == "/" for s in routed):
+            body.append("location / { return 404; }")
+        blocks.append(f"server {{\n{_indent(body)}\n}}")
+    return blocks
+
+
+def _routes_for(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[ServiceSpec]:
+    """The routes a request for `host` can take, as proxy/router.py matches them.
+
+    The embedded router tries the exact host, then the wildcards that cover
+    it (longest suffix first), then "*", each by longest prefix. nginx picks
+    one server block by name and then the longest prefix in it, so a block
+    also holds the less specific hosts' routes, except those a more specific
+    route already covers (which the router would never reach).
+    """
+    chain = [host, *_covering_wildcards(host, hosts), "*"]
+    routes: list[ServiceSpec] = []
+    for level in dict.fromkeys(chain):  # in order, once each
+        for spec in hosts.get(level, []):
+            covered = any(prefix_matches(r.path.encode(), spec.path.encode()) for r in routes)
+            if not covered or level == host:
+                routes.append(spec)
+    return routes
+
+
+def _covering_wildcards(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[str]:
+    wild = [h for h in hosts if h.startswith("*.") and h != host and host.endswith(h[1:])]
+    return sorted(wild, key=len, reverse=True)
+
+
+def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> str:
+    down = frozenset(a for s, a in unhealthy if s == service.name)
+    stem = service.path.rstrip("/")
+    if not any(s.weight for s in server_weights(service, down)):
+        body = ["return 503;"]
+    else:
+        body = []
+        if service.strip_prefix and stem:
+            body.append(f"rewrite ^{stem}/?(.*)$ /$1 break;")
+        body += [
+            f"proxy_next_upstream_tries {service.tries};",
+            f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
+            f"proxy_pass http://{upstream_name(service.name)};",
+        ]
+    block = _indent(body)
+    # A prefix matches on a segment boundary, as in proxy/router.py: "/api"
+    # takes "/api" and "/api/x", never "/apix". ^~: a matching prefix is
+    # final, so no regex location (from extra_http) can steal a route.
+    if not stem:
+        return f"location ^~ / {{\n{block}\n}}"
+    return f"location = {stem} {{\n{block}\n}}\nlocation ^~ {stem}/ {{\n{block}\n}}"
+
+
+def _control_server(paths: Paths, generation: int) -> str:
+    # Served by the workers of this configuration only: the driver knows a
+    # reload is live when this answers the generation it rendered.
+    return (
+        "server {\n"
+        f"    listen unix:{paths.control_socket};\n"
+        "    access_log off;\n"
+        f'    location = {CONTROL_PATH} {{ return 200 "{generation}"; }}\n'
+        f"    location = {STATUS_PATH} {{ stub_status; }}\n"
+        "}"
+    )
+
+
+def _listen(address: str, *, default: bool) -> str:
+    host, port = parse_address(address)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"listen {where}{' default_server' if default else ''};"
+
+
+def _upstream_address(address: str) -> str:
+    host, port = parse_address(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _seconds(value: float) -> str:
+    # nginx time units: whole milliseconds are exact for any config value.
+    return f"{max(1, round(value * 1000))}ms"
+
+
+def _indent(lines: Iterable[str]) -> str:
+    return "\n".join("    " + line.replace("\n", "\n    ") for line in lines)
+
+
+def unsupported(service: ServiceSpec) -> list[str]:
+    """What of `service` this driver cannot carry, one line per key, said for the user.
+
+    For config validation to refuse at load (issue 11: never silently ignore).
+    """
+    checks = [
+        (bool(service.split.cohorts), "split.cohorts (header/cookie rules to a pool)"),
+        (service.split.sticky_cookie is not None, "split.sticky_cookie"),
+        (service.slow_start > 0, "slow_start (NGINX Plus only)"),
+        (service.hold is not None, "hold (waiting for a target while none serves)"),
+        (service.websocket_drain == "close", 'websocket_drain = "close"'),
+        (service.balance == "least_time", 'balance = "least_time" (NGINX Plus; use least_conn)'),
+    ]
+    return [f"services.{service.name}.{what}" for failed, what in checks if failed]

@@ -1,0 +1,69 @@
+"""The table, the access-log counters and the health verdicts -> Stats. Pure.
+
+nginx cannot tell how many requests a target has open (it logs a request
+when it ends), so `in_flight` is 0 here; everything else is counted.
+`connections` comes from stub_status on the control socket (all workers,
+old ones still finishing included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from zerodown.dataplane.nginx.accesslog import AccessCounters
+from zerodown.proxy.metrics import TargetMetrics
+from zerodown.routing import PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
+from zerodown.stats import Counters, PoolStats, ServiceStats, Stats, TargetStats, pool_entry
+
+__all__ = ["build_stats"]
+
+
+def build_stats(
+    table: RoutingTable,
+    counters: AccessCounters,
+    unhealthy: Collection[tuple[str, str]],
+    connections: int = 0,
+) -> Stats:
+    services = {s.name: _service(s, counters, unhealthy) for s in table.services}
+    return Stats(services=services, connections=connections, rejected=dict(counters.rejected))
+
+
+def _service(
+    spec: ServiceSpec, counters: AccessCounters, unhealthy: Collection[tuple[str, str]]
+) -> ServiceStats:
+    pools: dict[PoolName, PoolStats] = {
+        "stable": _pool(spec.name, spec.stable, counters, unhealthy),
+        "canary": _pool(spec.name, spec.canary, counters, unhealthy),
+    }
+    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0)
+
+
+def _pool(
+    service: str, pool: PoolSpec, counters: AccessCounters, unhealthy: Collection[tuple[str, str]]
+) -> PoolStats:
+    return pool_entry(
+        {
+            t.address: _target(t, counters.targets.get((service, t.address)), unhealthy, service)
+            for t in pool.targets
+        }
+    )
+
+
+def _target(
+    spec: TargetSpec,
+    metrics: TargetMetrics | None,
+    unhealthy: Collection[tuple[str, str]],
+    service: str,
+) -> TargetStats:
+    serving = (service, spec.address) not in unhealthy
+    counted = (metrics or TargetMetrics()).snapshot()
+    return TargetStats(
+        state=spec.state,
+        health="up" if serving else "down",
+        serving=serving,
+        available=spec.state == "ready" and serving and spec.weight > 0,
+        weight=spec.weight,
+        version=spec.version,
+        in_flight=0,
+        **{name: getattr(counted, name) for name in Counters.model_fields},
+    )

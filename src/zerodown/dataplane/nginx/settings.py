@@ -1,0 +1,80 @@
+"""What the nginx driver is told besides the routing table: plain values.
+
+The config layer ([proxy] and [proxy.nginx]) fills these in; the driver
+takes nothing else, so it can be built and tested without a config file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+LogTransport = Literal["udp", "unix"]
+
+DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
+DEFAULT_KEEPALIVE: Final = 32  # idle upstream connections each worker keeps per service
+DEFAULT_RELOAD_TIMEOUT: Final = 10.0  # for `nginx -t` and for new workers to answer
+DEFAULT_STOP_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class NginxSettings:
+    state_dir: Path  # conf, pid, temp files, logs and sockets all live here
+    binary: str = "nginx"  # looked up on PATH unless a path
+    workers: int = 1  # worker_processes
+    # How long old workers may keep long-lived connections (WebSockets,
+    # slow downloads) after a reload before nginx closes them.
+    worker_shutdown_timeout: float = DEFAULT_WORKER_SHUTDOWN_TIMEOUT
+    keepalive: int = DEFAULT_KEEPALIVE
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
+    # `user` directive: None renders none. Only matters when zerodown runs as
+    # root (the driver then renders the owner of state_dir, see driver.py).
+    user: str | None = None
+    # How the access log reaches the driver. A unix datagram socket's queue
+    # is net.unix.max_dgram_qlen datagrams (10 by default): measured with
+    # wrk at 12.7k req/s, 38% of lines were lost. A loopback UDP socket
+    # queues up to its receive buffer (4 MiB here, thousands of lines);
+    # each line carries a random key so no other local process can forge one.
+    log_transport: LogTransport = "udp"
+    # Appended verbatim inside `http {}` (tuning), checked by `nginx -t` with the rest.
+    extra_http: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Every file nginx and the driver share, under one prefix."""
+
+    prefix: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    @property
+    def pending(self) -> Path:
+        return self.prefix / "nginx.conf.new"
+
+    @property
+    def pid(self) -> Path:
+        return self.prefix / "nginx.pid"
+
+    @property
+    def error_log(self) -> Path:
+        return self.prefix / "error.log"
+
+    @property
+    def access_socket(self) -> Path:
+        return self.prefix / "access.sock"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.prefix / "control.sock"
+
+    @property
+    def temp(self) -> Path:
+        return self.prefix / "temp"
+
+    @property
+    def state(self) -> Path:
+        return self.prefix / "state.json"  # the driver's: table, listen, generation, log

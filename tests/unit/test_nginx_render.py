@@ -1,0 +1,216 @@
+"""nginx.conf rendering from a RoutingTable: pure, no nginx (the integration
+tests feed the same text to a real one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import service
+from zerodown.dataplane.nginx.render import Server, render, server_weights, unsupported
+from zerodown.dataplane.nginx.settings import NginxSettings
+from zerodown.routing import (
+    CohortRule,
+    HoldSpec,
+    PassiveHealthSpec,
+    PoolSpec,
+    ServiceSpec,
+    Split,
+    TargetSpec,
+)
+
+A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+SETTINGS = NginxSettings(state_dir=Path("/srv/zd"))
+
+
+def conf(*services: ServiceSpec, **settings: object) -> str:
+    chosen = NginxSettings(state_dir=Path("/srv/zd"), **settings)  # type: ignore[arg-type]
+    return render(services, ["127.0.0.1:8080"], chosen, generation=7)
+
+
+def server_block(text: str, name: str) -> str:
+    """The body of the server block with this server_name."""
+    start = text.index(f"server_name {name};")
+    end = text.find("\n    server {", start)
+    return text[start:end]
+
+
+# -- weights ---------------------------------------------------------------------
+
+
+def test_canary_split_becomes_integer_weights_in_one_upstream() -> None:
+    spec = service(A, B, canary=(C,), split=Split(canary_weight=10))
+    assert server_weights(spec) == [
+        Server(A, 9, "stable"),
+        Server(B, 9, "stable"),
+        Server(C, 2, "canary"),
+    ]
+
+
+def test_target_weights_divide_their_pool_share() -> None:
+    stable = PoolSpec(targets=(TargetSpec(address=A, weight=1), TargetSpec(address=B, weight=3)))
+    spec = ServiceSpec(name="web", stable=stable)
+    assert [s.weight for s in server_weights(spec)] == [1, 3]
+
+
+def test_a_canary_at_zero_percent_is_listed_down() -> None:
+    assert server_weights(service(A, canary=(B,))) == [
+        Server(A, 1, "stable"),
+        Server(B, None, "canary"),
+    ]
+
+
+def test_draining_down_and_weightless_targets_take_no_new_requests() -> None:
+    targets = (
+        TargetSpec(address=A),
+        TargetSpec(address=B, state="draining"),
+        TargetSpec(address=C, weight=0),
+        TargetSpec(address="127.0.0.1:9004", state="down"),
+    )
+    spec = ServiceSpec(name="web", stable=PoolSpec(targets=targets))
+    assert [s.weight for s in server_weights(spec)] == [1, None, None, None]
+
+
+def test_health_takes_a_target_out_but_never_the_whole_pool() -> None:
+    spec = service(A, B)
+    assert [s.weight for s in server_weights(spec, frozenset({A}))] == [None, 1]
+    # Panic: with every target failing its checks, all of them take traffic.
+    assert [s.weight for s in server_weights(spec, frozenset({A, B}))] == [1, 1]
+
+
+def test_the_canary_takes_everything_when_no_stable_target_can() -> None:
+    spec = service(canary=(C,), split=Split(canary_weight=5))
+    assert server_weights(spec) == [Server(C, 1, "canary")]
+
+
+# -- the file -----------------------------------------------------------------------
+
+
+def test_upstream_carries_weights_passive_health_and_keepalive() -> None:
+    spec = service(A, canary=(B,), split=Split(canary_weight=25))
+    text = conf(spec, keepalive=16)
+    assert "upstream zd_web {" in text
+    assert f"server {A} weight=3 max_fails=5 fail_timeout=10s;  # stable" in text
+    assert f"server {B} weight=1 max_fails=5 fail_timeout=10s;  # canary" in text
+    assert "keepalive 16;" in text
+    assert "zone zd_web 64k;" in text
+
+
+def test_passive_health_off_turns_max_fails_off_and_times_round_up() -> None:
+    assert "max_fails=0" in conf(service(A, passive=None))
+    slow = PassiveHealthSpec(consecutive_errors=2, base_ejection_time=2.5)
+    assert f"server {A} weight=1 max_fails=2 fail_timeout=3s;" in conf(service(A, passive=slow))
+
+
+def test_only_safe_retries_bounded_by_tries_and_time() -> None:
+    text = conf(service(A, tries=2, retry_timeout=1.5))
+    assert "proxy_next_upstream error timeout;" in text
+    assert "non_idempotent" not in text
+    assert "proxy_next_upstream_tries 2;" in text
+    assert "proxy_next_upstream_timeout 1500ms;" in text
+
+
+def test_hosts_get_server_blocks_and_paths_prefix_locations() -> None:
+    text = conf(
+        service(A, name="web"),
+        service(B, name="api", path="/api", strip_prefix=True),
+        service(C, name="admin", host="admin.test"),
+    )
+    admin, catch_all = server_block(text, "admin.test"), server_block(text, "_")
+    assert "listen 127.0.0.1:8080 default_server;" in text
+    # On a segment boundary: /api and /api/..., never /apix.
+    assert "location = /api {" in text
+    assert "location ^~ /api/ {" in text
+    assert "rewrite ^/api/?(.*)$ /$1 break;" in text
+    # admin.test's own "/" covers every path: "*"'s /api is out of its reach.
+    assert "proxy_pass http://zd_admin;" in admin
+    assert "zd_api" not in admin
+    assert "zd_api" in catch_all
+
+
+def test_a_host_falls_back_to_less_specific_hosts_for_paths_it_lacks() -> None:
+    text = conf(
+        service(A, name="any"),
+        service(B, name="wild", host="*.example.test", path="/app"),
+        service(C, name="exact", host="shop.example.test", path="/shop"),
+    )
+    block = server_block(text, "shop.example.test")
+    assert "proxy_pass http://zd_exact;" in block
+    assert "proxy_pass http://zd_wild;" in block
+    assert "proxy_pass http://zd_any;" in block
+    assert "return 404" not in block
+    assert "zd_exact" not in server_block(text, "*.example.test")
+
+
+def test_a_service_no_target_can_serve_answers_503_without_an_upstream() -> None:
+    spec = ServiceSpec(name="web", stable=PoolSpec(targets=(TargetSpec(address=A, state="down"),)))
+    text = conf(spec)
+    assert "location ^~ / {\n            return 503;\n        }" in server_block(text, "_")
+    assert "upstream zd_web" not in text
+
+
+def test_balance_algorithms_map_to_nginx_directives() -> None:
+    assert "least_conn;" in conf(service(A, balance="least_conn"))
+    assert "ip_hash;" in conf(service(A, balance="ip_hash"))
+    assert "random two least_conn;" in conf(service(A, balance="random_two"))
+    assert "hash $uri consistent;" in conf(service(A, balance="hash"))
+    assert "hash $http_x_user consistent;" in conf(
+        service(A, balance="hash", hash_key="header:X-User")
+    )
+    assert "hash $cookie_sid consistent;" in conf(service(A, balance="hash", hash_key="cookie:sid"))
+
+
+def test_everything_lives_under_state_dir_and_the_generation_is_served() -> None:
+    text = conf(service(A))
+    assert "pid /srv/zd/nginx.pid;" in text
+    assert "proxy_temp_path /srv/zd/temp/proxy;" in text
+    assert "access_log syslog:server=unix:/srv/zd/access.sock,nohostname zerodown;" in text
+    assert "listen unix:/srv/zd/control.sock;" in text
+    assert 'location = /zerodown/generation { return 200 "7"; }' in text
+    assert "location = /zerodown/status { stub_status; }" in text
+    assert "user " not in text
+    assert "user www-data;" in conf(service(A), user="www-data")
+
+
+def test_request_ids_forwarded_for_and_shutdown_bound() -> None:
+    text = conf(service(A), worker_shutdown_timeout=45.0)
+    assert "worker_shutdown_timeout 45000ms;" in text
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in text
+    assert "proxy_set_header X-Request-ID $zd_request_id;" in text
+    assert "add_header X-Request-ID $zd_request_id always;" in text
+    assert "'' $request_id;" in text
+
+
+def test_extra_http_is_appended_verbatim() -> None:
+    assert conf(service(A), extra_http="client_max_body_size 1m;").endswith(
+        "    client_max_body_size 1m;\n}\n"
+    )
+
+
+def test_what_nginx_cannot_carry_is_named_by_key() -> None:
+    assert unsupported(service(A)) == []
+    cohort = CohortRule(header="X-Beta", values=("1",), pool="canary")
+    spec = service(
+        A,
+        split=Split(cohorts=(cohort,), sticky_cookie="zd"),
+        slow_start=5.0,
+        hold=HoldSpec(),
+        websocket_drain="close",
+        balance="least_time",
+    )
+    assert [line.split(" ")[0] for line in unsupported(spec)] == [
+        "services.web.split.cohorts",
+        "services.web.split.sticky_cookie",
+        "services.web.slow_start",
+        "services.web.hold",
+        "services.web.websocket_drain",
+        "services.web.balance",
+    ]
+
+
+def test_targets_come_again_as_panic_backups_where_nginx_allows_backups() -> None:
+    text = conf(service(A, canary=(B,), split=Split(canary_weight=25)))
+    assert f"server {A} weight=3 max_fails=0 backup;  # panic" in text
+    assert f"server {B} weight=1 max_fails=0 backup;  # panic" in text
+    assert "backup" not in conf(service(A, balance="hash"))
+    assert "backup" not in conf(service(A, passive=None))  # nothing marks them failed
+    assert f"{B} weight" not in conf(service(A, canary=(B,)))  # a canary at 0%: not even so
