@@ -310,20 +310,13 @@ class Deployment:
         canary_now, stable_now = await self._samples()
         canary = canary_now.since(self._baseline[0])
         stable = stable_now.since(self._baseline[1])
-        settings = self.fleet.config.canary
-        verdict = judge(
-            canary,
-            stable,
-            error_rate_threshold=settings.error_rate_threshold,
-            p99_threshold=settings.p99_threshold,
-            min_requests=settings.min_requests,
-        )
+        verdict = judge(canary, stable, self.fleet.config.canary.criteria())
+        # A fail is published wherever it comes (a pause checks every second),
+        # with its numbers: they are why the canary is rolled back.
+        if final or verdict.verdict == "fail":
+            self.ops.publish(self.fleet.name, self.id, "analysis", **verdict.numbers())
         if verdict.verdict == "fail":
             raise CanaryBreach(verdict.reason)
-        if final:
-            self.ops.publish(
-                self.fleet.name, self.id, "analysis", verdict=verdict.verdict, reason=verdict.reason
-            )
         return verdict.verdict
 
     # -- endings ---------------------------------------------------------------------------
