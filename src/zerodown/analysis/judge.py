@@ -29,12 +29,14 @@ the bounds narrow as 1/sqrt(n), which is the power rule in interval form.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from pydantic import JsonValue
 
 from zerodown.analysis.statistics import (
+    Interval,
     bucket_quantile,
     mann_whitney,
     median_shift,
@@ -218,8 +220,9 @@ def judge(canary: Sample, stable: Sample, criteria: Criteria) -> Judgement:
         reason = f"{canary.requests} canary requests, {criteria.min_requests} needed for a verdict"
         return Judgement("inconclusive", reason, canary, stable, criteria.confidence)
     z = z_of(criteria.confidence)
-    errors = _check_errors(canary, stable, criteria, z)
-    latency = _check_latency(canary, stable, criteria, z)
+    alpha = fail_level(criteria, canary.requests)
+    errors = _check_errors(canary, stable, criteria, z, alpha)
+    latency = _check_latency(canary, stable, criteria, z, alpha)
     said = [(errors.verdict, _say_errors(canary, stable, errors, criteria.confidence))]
     if latency is not None:
         said.append((latency.verdict, _say_latency(latency, criteria.confidence)))
@@ -237,27 +240,43 @@ def judge(canary: Sample, stable: Sample, criteria: Criteria) -> Judgement:
     )
 
 
-def _check_errors(canary: Sample, stable: Sample, criteria: Criteria, z: float) -> ErrorCheck:
-    bounds = newcombe(
-        canary.errors,
-        canary.requests,
-        stable.errors,
-        stable.requests,
-        z,
-        b_known=stable.requests == 0,
-    )
+def fail_level(criteria: Criteria, requests: int) -> float:
+    """The significance level a fail needs at a look at `requests` canary requests.
+
+    A step is looked at again and again as requests come in, and every look
+    at a healthy canary is one more chance of a false alarm. So the judge is
+    asked once per doubling of the window (the executor's `_judge`), and
+    1 - confidence is spent over those looks, half at the first, a quarter
+    at the second, ... and split between the two checks: a healthy canary is
+    then rolled back with at most that probability over its whole step. A
+    real regression still fails at the first looks, where most is spent.
+    """
+    looks = max(0, int(math.log2(requests / criteria.min_requests)))
+    return (1 - criteria.confidence) / 2 / 2 ** (looks + 1)
+
+
+def _check_errors(
+    canary: Sample, stable: Sample, criteria: Criteria, z: float, alpha: float
+) -> ErrorCheck:
+    def bounds(z: float) -> Interval:
+        counts = (canary.errors, canary.requests, stable.errors, stable.requests)
+        return newcombe(*counts, z, b_known=stable.requests == 0)
+
+    # The low bound at the fail level (significance), the high one at the
+    # confidence (does the interval exclude an increase that matters?).
+    low, high = bounds(z_of(1 - alpha)).low, bounds(z).high
     increase = canary.error_rate - stable.error_rate
     matters = criteria.min_error_increase
     verdict: Verdict = "inconclusive"
-    if bounds.low > 0 and increase >= matters:
+    if low > 0 and increase >= matters:
         verdict = "fail"
-    elif bounds.high < matters:
+    elif high < matters:
         verdict = "pass"
-    return ErrorCheck(verdict, increase, bounds.low, bounds.high, matters)
+    return ErrorCheck(verdict, increase, low, high, matters)
 
 
 def _check_latency(
-    canary: Sample, stable: Sample, criteria: Criteria, z: float
+    canary: Sample, stable: Sample, criteria: Criteria, z: float, alpha: float
 ) -> LatencyCheck | None:
     """None when one side has no latency: a data plane without a histogram,
     an idle stable pool, or a canary whose every try failed (which the
@@ -270,7 +289,7 @@ def _check_latency(
     stable_p50 = bucket_quantile(b, 0.5)
     matters = max(criteria.min_latency_shift, criteria.min_latency_increase * stable_p50)
     verdict: Verdict = "inconclusive"
-    if test.p_value < 1 - criteria.confidence and shift.estimate >= matters:
+    if test.p_value < alpha and shift.estimate >= matters:
         verdict = "fail"
     elif shift.high < matters:
         verdict = "pass"

@@ -94,6 +94,8 @@ class Deployment:
         self._running.set()
         self._wake = asyncio.Event()
         self._baseline: tuple[Sample, Sample] | None = None
+        self._next_look = 0  # canary requests in the window at the judge's next look
+        self._undecided = "too few canary requests for a verdict"  # the last inconclusive reason
         self._cause: ZerodownError | None = None  # why a rollback began, if one did
 
     def __repr__(self) -> str:
@@ -243,6 +245,7 @@ class Deployment:
                 fleet.route(fleet.ready(new))
         await self.ops.apply()
         self._baseline = await self._samples()
+        self._next_look = self.fleet.config.canary.min_requests
         self.ops.publish(fleet.name, self.id, "traffic", split=fleet.traffic())
 
     async def _pause(self, step: Pause) -> None:
@@ -274,7 +277,7 @@ class Deployment:
         deadline = loop.time() + self.fleet.config.deploy_timeout
         while await self._judge(final=True) == "inconclusive":
             if loop.time() >= deadline:
-                raise CanaryBreach("too few canary requests for a verdict before deploy_timeout")
+                raise CanaryBreach(f"no verdict before deploy_timeout: {self._undecided}")
             await self._checkpoint()
             await asyncio.sleep(JUDGE_EVERY)
 
@@ -310,13 +313,18 @@ class Deployment:
         canary_now, stable_now = await self._samples()
         canary = canary_now.since(self._baseline[0])
         stable = stable_now.since(self._baseline[1])
+        # One look per doubling of the window: judge.fail_level spends the confidence
+        # over them, so a healthy canary is not failed by being checked every second.
+        if canary.requests < self._next_look:
+            return "inconclusive"
+        self._next_look = 2 * canary.requests
         verdict = judge(canary, stable, self.fleet.config.canary.criteria())
-        # A fail is published wherever it comes (a pause checks every second),
-        # with its numbers: they are why the canary is rolled back.
+        # A fail is published wherever it comes, with its numbers: they say why.
         if final or verdict.verdict == "fail":
             self.ops.publish(self.fleet.name, self.id, "analysis", **verdict.numbers())
         if verdict.verdict == "fail":
             raise CanaryBreach(verdict.reason)
+        self._undecided = verdict.reason
         return verdict.verdict
 
     # -- endings ---------------------------------------------------------------------------
