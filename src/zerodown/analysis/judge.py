@@ -194,6 +194,7 @@ class Judgement:
     canary: Sample
     stable: Sample
     confidence: float = 0.0
+    alpha: float = 0.0  # the significance a fail needed at this look (fail_level)
     errors: ErrorCheck | None = None  # None: too few requests to judge at all
     latency: LatencyCheck | None = None  # None: no latency to compare (see _check_latency)
 
@@ -204,6 +205,7 @@ class Judgement:
             "verdict": self.verdict,
             "reason": self.reason,
             "confidence": self.confidence,
+            "alpha": round(self.alpha, 6),
             **{name: _pool_numbers(sample) for name, sample in pools.items()},
             "errors": _rounded(self.errors),
             "latency": _rounded(self.latency),
@@ -223,7 +225,7 @@ def judge(canary: Sample, stable: Sample, criteria: Criteria) -> Judgement:
     alpha = fail_level(criteria, canary.requests)
     errors = _check_errors(canary, stable, criteria, z, alpha)
     latency = _check_latency(canary, stable, criteria, z, alpha)
-    said = [(errors.verdict, _say_errors(canary, stable, errors, criteria.confidence))]
+    said = [(errors.verdict, _say_errors(canary, stable, errors, criteria.confidence, alpha))]
     if latency is not None:
         said.append((latency.verdict, _say_latency(latency, criteria.confidence)))
     else:
@@ -232,12 +234,9 @@ def judge(canary: Sample, stable: Sample, criteria: Criteria) -> Judgement:
     for wanted in ("inconclusive", "fail"):  # a fail outranks an open question
         if any(v == wanted for v, _ in said):
             verdict = wanted
-    shown = (
-        [words for v, words in said if v == verdict] if verdict == "fail" else [w for _, w in said]
-    )
-    return Judgement(
-        verdict, "; ".join(shown), canary, stable, criteria.confidence, errors, latency
-    )
+    # A fail names the failing checks only; any other verdict names both.
+    reason = "; ".join(words for v, words in said if v == verdict or verdict != "fail")
+    return Judgement(verdict, reason, canary, stable, criteria.confidence, alpha, errors, latency)
 
 
 def fail_level(criteria: Criteria, requests: int) -> float:
@@ -315,10 +314,12 @@ def _points(rate: float) -> str:
     return f"{rate * 100:+.2f} points"
 
 
-def _say_errors(canary: Sample, stable: Sample, check: ErrorCheck, confidence: float) -> str:
+def _say_errors(
+    canary: Sample, stable: Sample, check: ErrorCheck, confidence: float, alpha: float
+) -> str:
     head = f"error rate {_errors(canary)} on canary vs {_errors(stable)} on stable"
     if check.verdict == "fail":
-        bound = f"at least {_points(check.low)} at {confidence:.0%} confidence"
+        bound = f"at least {_points(check.low)} at {1 - alpha:.2%} confidence"
     elif check.verdict == "pass":
         bound = f"at most {_points(check.high)} at {confidence:.0%} confidence"
     else:
