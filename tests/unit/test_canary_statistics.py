@@ -130,8 +130,8 @@ def test_mann_whitney_counts_millions_without_expanding_them() -> None:
     assert 0.4 < test.p_value < 0.6
     # One bucket slower, all of it: certainly slower.
     later = mann_whitney([0, *canary[:-1]], stable)
-    assert later.p_value < 1e-300 or later.p_value == 0.0
-    assert later.slower > 0.8
+    assert later.p_value == 0.0  # z = 450: past what a float holds
+    assert later.slower == pytest.approx(0.7778, abs=1e-4)  # ties within a bucket count half
 
 
 def test_one_bucket_holding_everything_is_no_evidence() -> None:
