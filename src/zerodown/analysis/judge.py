@@ -251,7 +251,7 @@ def fail_level(criteria: Criteria, requests: int) -> float:
     real regression still fails at the first looks, where most is spent.
     """
     looks = max(0, int(math.log2(requests / criteria.min_requests)))
-    return (1 - criteria.confidence) / 2 / 2 ** (looks + 1)
+    return (1 - criteria.confidence) / 2 * 0.5 ** (looks + 1)
 
 
 def _check_errors(
