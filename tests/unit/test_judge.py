@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from zerodown.stats import (
 DEFAULTS = CanaryConfig().criteria()
 
 
-def verdict(canary: Sample, stable: Sample, **overrides: float) -> Judgement:
+def verdict(canary: Sample, stable: Sample, **overrides: Any) -> Judgement:
     """The judge's verdict with the default criteria, `overrides` replacing some."""
     return judge(canary, stable, replace(DEFAULTS, **overrides))
 
