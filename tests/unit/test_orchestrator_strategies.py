@@ -234,6 +234,13 @@ def test_a_healthy_canary_is_passed_once_an_increase_that_matters_is_ruled_out()
             assert latency["p_value"] == pytest.approx(0.5, abs=1e-3)  # alike: no side favoured
             assert latency["high"] < latency["matters"] == 0.005
             assert "at most" in verdict["reason"]
+            # The deploy view shows it on the analyze step that passed.
+            (analyzed,) = [
+                s for s in view["steps"] if s["kind"] == "analyze" and s["phase"] == "after"
+            ]
+            assert analyzed["verdict"] == view["verdict"]
+            assert analyzed["detail"] == verdict["reason"]
+            assert view["verdict"]["canary"]["requests"] == 800
 
     asyncio.run(run())
 
@@ -252,6 +259,11 @@ def test_a_canary_with_2_points_more_errors_is_rolled_back_within_400_requests()
             assert verdict["errors"]["increase"] == pytest.approx(0.02)
             assert view["reason"] == verdict["reason"]
             assert view["reason"].startswith("error rate 3.00% (")
+            # The deploy view carries the same numbers, on the step that failed too.
+            assert view["verdict"] == {k: v for k, v in verdict.items() if k != "deploy_id"}
+            (failed,) = [s for s in view["steps"] if s["phase"] == "failed"]
+            assert failed["detail"] == view["reason"]
+            assert failed["verdict"] == view["verdict"]
             assert r.releases() == {"v2": "failed", "v1": "current"}
 
     asyncio.run(run())

@@ -27,6 +27,56 @@ class _View(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+
+class PoolNumbers(_View):
+    """One pool's window as the canary judge saw it."""
+
+    requests: int
+    errors: int
+    error_rate: float
+    p99: float  # seconds
+
+
+class ErrorNumbers(_View):
+    """Canary error rate minus stable's, and its bounds (rates, 0.01 = one point)."""
+
+    verdict: Verdict
+    increase: float
+    low: float  # at the look's fail level: above 0 is significant
+    high: float  # at the confidence: below `matters` rules out an increase that matters
+    matters: float  # min_error_increase
+
+
+class LatencyNumbers(_View):
+    """Canary median latency minus stable's (seconds), its bounds, and the rank test."""
+
+    verdict: Verdict
+    canary_p50: float
+    stable_p50: float
+    shift: float
+    low: float
+    high: float
+    matters: float  # the shift that matters here
+    slower: float  # how often a canary request is the slower of a pair (0.5: alike)
+    p_value: float  # Mann-Whitney, one-sided: the canary is slower
+
+
+class VerdictView(_View):
+    """A canary verdict with its numbers (analysis/judge.py), as the `analysis`
+    event carries it: why a canary was passed or rolled back."""
+
+    verdict: Verdict
+    reason: str
+    confidence: float
+    alpha: float  # the significance a fail needed at this look
+    canary: PoolNumbers
+    stable: PoolNumbers
+    errors: ErrorNumbers | None  # null: too few requests to judge at all
+    latency: LatencyNumbers | None  # null: no latency on one side to compare
+
+
 class StepView(_View):
     """One journal entry of a deploy: a step "before", "after" it ran, or "failed"."""
 
@@ -36,6 +86,7 @@ class StepView(_View):
     phase: JournalPhase
     detail: str | None
     at: float  # unix seconds
+    verdict: VerdictView | None = None  # the canary verdict this step ended on, if any
 
 
 class DeployView(_View):
@@ -49,6 +100,7 @@ class DeployView(_View):
     started_at: float  # unix seconds
     finished_at: float | None
     steps: list[StepView]
+    verdict: VerdictView | None = None  # the last canary verdict of the deploy, if any
 
 
 class InstanceView(_View):
