@@ -13,6 +13,7 @@ import pytest
 from zerodown.analysis import NO_TRAFFIC, Criteria, Judgement, Sample, judge, pool_samples
 from zerodown.config import defaults
 from zerodown.config.strategy import CanaryConfig
+from zerodown.deploy.views import read_detail, verdict_detail
 from zerodown.proxy.metrics import Histogram, TargetMetrics
 from zerodown.routing import PoolName
 from zerodown.stats import (
@@ -276,3 +277,27 @@ def test_since_a_reset_takes_the_later_sample_whole() -> None:
 
 def test_since_without_buckets_keeps_the_later_p99() -> None:
     assert Sample(300, 4, 0.2).since(Sample(100, 1, 0.1)) == Sample(200, 3, 0.2)
+
+
+# -- the verdict in the deploy view ------------------------------------------------------
+
+
+def test_every_verdict_reads_back_as_the_deploy_views_model() -> None:
+    judgements = [
+        verdict(timed(2000, 20, 0.05), timed(18000, 180, 0.05)),  # both checks
+        verdict(S(400, 0, 0.5), NO_TRAFFIC),  # no latency
+        verdict(S(9, 0, 0.1), S(99, 0, 0.1)),  # no checks at all
+    ]
+    for judgement in judgements:
+        numbers = judgement.numbers()
+        message, view = read_detail(verdict_detail("deploy failed", numbers))
+        assert message == "deploy failed"
+        assert view is not None
+        assert view.model_dump(mode="json") == numbers
+        assert read_detail(verdict_detail("", numbers))[0] == judgement.reason
+
+
+def test_a_detail_without_a_verdict_is_the_plain_message() -> None:
+    assert verdict_detail("not healthy within 2s", None) == "not healthy within 2s"
+    assert read_detail("not healthy within 2s") == ("not healthy within 2s", None)
+    assert read_detail('{"json": "from an app"}') == ('{"json": "from an app"}', None)
