@@ -5,7 +5,9 @@ The orchestrator implements ControlPlane; the admin API depends only on it,
 so the HTTP layer stays thin and testable with a stand-in. The views are
 pydantic models so that the admin API's OpenAPI schema describes them; their
 JSON (`model_dump(mode="json")`) is the stable contract the CLI and CI
-scripts read: every key below is always present, null when it has no value.
+scripts read: every key below is always present, null when it has no value,
+except the canary `verdict`s, which came later and appear only where there
+is one, so that the JSON of every deploy without a canary stays as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from zerodown.config.strategy import StrategyName
 from zerodown.release import DeployState, Outcome
@@ -86,7 +88,9 @@ class StepView(_View):
     phase: JournalPhase
     detail: str | None
     at: float  # unix seconds
-    verdict: VerdictView | None = None  # the canary verdict this step ended on, if any
+    # The canary verdict this step ended on. Unlike the other keys, absent
+    # rather than null when there is none: a step's JSON stays what it was.
+    verdict: VerdictView | None = Field(default=None, exclude_if=lambda verdict: verdict is None)
 
 
 class DeployView(_View):
@@ -100,7 +104,8 @@ class DeployView(_View):
     started_at: float  # unix seconds
     finished_at: float | None
     steps: list[StepView]
-    verdict: VerdictView | None = None  # the last canary verdict of the deploy, if any
+    # The deploy's last canary verdict; absent, not null, without one (as StepView's).
+    verdict: VerdictView | None = Field(default=None, exclude_if=lambda verdict: verdict is None)
 
 
 class InstanceView(_View):
