@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from zerodown.analysis import NO_TRAFFIC, Criteria, Judgement, Sample, judge, pool_samples
-from zerodown.config import defaults
+from zerodown.config import defaults, parse_config
 from zerodown.config.strategy import CanaryConfig
 from zerodown.deploy.views import read_detail, verdict_detail
+from zerodown.errors import ConfigError
 from zerodown.proxy.metrics import Histogram, TargetMetrics
 from zerodown.routing import PoolName
 from zerodown.stats import (
@@ -301,3 +302,54 @@ def test_a_detail_without_a_verdict_is_the_plain_message() -> None:
     assert verdict_detail("not healthy within 2s", None) == "not healthy within 2s"
     assert read_detail("not healthy within 2s") == ("not healthy within 2s", None)
     assert read_detail('{"json": "from an app"}') == ('{"json": "from an app"}', None)
+
+
+# -- the canary keys -----------------------------------------------------------------------
+
+
+def canary_problems(table: str) -> list[str]:
+    text = f"[services.web]\ncommand = 'app'\ncanary = {table}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, file="zerodown.toml")
+    return str(caught.value).splitlines()
+
+
+def canary_of(table: str) -> Criteria:
+    config = parse_config(f"[services.web]\ncommand = 'app'\ncanary = {table}\n")
+    return config.services["web"].canary.criteria()
+
+
+def test_the_canary_keys_reach_the_judge() -> None:
+    table = (
+        "{ confidence = 0.99, min_error_increase = 0.02, min_latency_increase = 0.25, "
+        'min_latency_shift = "20ms", min_requests = 500 }'
+    )
+    assert canary_of(table) == Criteria(0.99, 0.02, 0.25, 0.02, 500)
+
+
+def test_the_old_threshold_keys_still_load_as_their_new_names() -> None:
+    old = canary_of("{ error_rate_threshold = 0.05, p99_threshold = 1.5 }")
+    assert (old.min_error_increase, old.min_latency_increase) == (0.05, 0.5)
+    (line,) = canary_problems("{ error_rate_threshold = 0.05, min_error_increase = 0.02 }")
+    assert line == (
+        "zerodown.toml: services.web.canary.error_rate_threshold: "
+        "error_rate_threshold is the old name of min_error_increase: give only min_error_increase"
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("{ confidence = 1.0 }", "confidence"),
+        ("{ confidence = 0.5 }", "confidence"),
+        ("{ min_error_increase = 0 }", "min_error_increase"),
+        ("{ min_error_increase = 1.5 }", "min_error_increase"),
+        ("{ min_latency_increase = -0.1 }", "min_latency_increase"),
+        ('{ min_latency_shift = "0s" }', "min_latency_shift"),
+        ('{ min_latency_shift = "soon" }', "min_latency_shift"),
+        ("{ min_requests = 0 }", "min_requests"),
+    ],
+)
+def test_bad_canary_values_are_refused_by_key(table: str, key: str) -> None:
+    (line,) = canary_problems(table)
+    assert line.startswith(f"zerodown.toml: services.web.canary.{key}: "), line
