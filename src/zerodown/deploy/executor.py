@@ -278,6 +278,7 @@ class Deployment:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.fleet.config.deploy_timeout
+        self._next_look = 0  # the step's own look, now: a pass of the pause's looks is not kept
         while await self._judge(final=True) == "inconclusive":
             if loop.time() >= deadline:
                 said = self._verdict["reason"] if self._verdict else "too few canary requests"
@@ -314,13 +315,12 @@ class Deployment:
         canary_now, stable_now = await self.ops.samples(self.fleet.name)
         canary = canary_now.since(self._baseline[0])
         stable = stable_now.since(self._baseline[1])
-        # One look per doubling of the window: judge.fail_level spends the confidence
-        # over them, so a healthy canary is not failed by being checked every second.
+        # One look per doubling of the window (judge.fail_level spends the confidence over
+        # them); a final verdict, and a fail wherever it comes, published with its numbers.
         if canary.requests < self._next_look:
             return "inconclusive"
         self._next_look = 2 * canary.requests
         verdict = judge(canary, stable, self.fleet.config.canary.criteria())
-        # A fail is published wherever it comes, with its numbers: they say why.
         if final or verdict.verdict == "fail":
             self._verdict = verdict.numbers()
             self.ops.publish(self.fleet.name, self.id, "analysis", **self._verdict)
