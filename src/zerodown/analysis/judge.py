@@ -10,18 +10,21 @@ over the same window, each metric with a one-sided question at the
 configured confidence and a minimum effect that matters (docs/config.md):
 
 - errors: Newcombe's interval of (canary rate - stable rate). Fail when its
-  low bound is above 0 (the canary is worse, significantly) and the
+  low bound (at the look's level) is above 0 (significantly worse) and the
   increase is at least `min_error_increase`; pass when its high bound is
   below `min_error_increase` (an increase that matters is ruled out).
 - latency: a Mann-Whitney U test on the two histograms says whether the
   canary is slower at all (p-value); the shift of the median says by how
-  much. Fail when p < 1 - confidence and the shift is at least the one that
+  much. Fail when p < the look's level (`fail_level`: a share of
+  1 - confidence) and the shift is at least the one that
   matters, max(`min_latency_shift`, `min_latency_increase` x stable's p50):
   1 ms on a 2 ms service is noise, not a failure. Pass when the shift's
   high bound is below it.
 - anything else is "inconclusive": the sample cannot tell yet. It never
   passes (the executor waits for more requests up to deploy_timeout, then
   rolls back). So does a canary with fewer than `min_requests` requests.
+- latency is not compared when one side has none (an idle stable pool, a
+  data plane without a histogram): the error check decides alone.
 
 A pass thus needs enough requests that the minimum effect would have shown:
 the bounds narrow as 1/sqrt(n), which is the power rule in interval form.
@@ -163,12 +166,12 @@ class Criteria:
 
 @dataclass(frozen=True, slots=True)
 class ErrorCheck:
-    """Canary error rate minus stable's, with its bounds at the confidence."""
+    """Canary error rate minus stable's, with its bounds."""
 
     verdict: Verdict
     increase: float
-    low: float
-    high: float
+    low: float  # at the look's fail level: above 0 is significant
+    high: float  # at the confidence: below `matters` rules an increase that matters out
     matters: float  # min_error_increase
 
 
@@ -180,7 +183,7 @@ class LatencyCheck:
     canary_p50: float
     stable_p50: float
     shift: float
-    low: float
+    low: float  # the shift's bounds at the confidence
     high: float
     matters: float  # the shift that matters here, seconds
     slower: float  # how often a canary request is the slower of a pair (0.5: alike)
@@ -247,8 +250,9 @@ def fail_level(criteria: Criteria, requests: int) -> float:
     asked once per doubling of the window (the executor's `_judge`), and
     1 - confidence is spent over those looks, half at the first, a quarter
     at the second, ... and split between the two checks: a healthy canary is
-    then rolled back with at most that probability over its whole step. A
-    real regression still fails at the first looks, where most is spent.
+    then rolled back with at most about that probability over its whole step
+    (the analyze step's own look comes on top). A real regression still
+    fails at the first looks, where most is spent.
     """
     looks = max(0, int(math.log2(requests / criteria.min_requests)))
     return (1 - criteria.confidence) / 2 * 0.5 ** (looks + 1)
