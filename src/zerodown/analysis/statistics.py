@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from zerodown.stats import LATENCY_BUCKETS
+from zerodown.stats import quantile
 
 NORMAL = NormalDist()
 
@@ -112,20 +112,11 @@ def mann_whitney(a: Sequence[int], b: Sequence[int]) -> RankTest:
 
 
 def bucket_quantile(counts: Sequence[int], q: float) -> float:
-    """The q-quantile of per-bucket latency counts: linear inside the bucket
-    holding it, as `zerodown.stats.quantile` (one estimator for all views),
-    but continuous at bucket edges so that an interval of ranks maps onto an
-    interval of seconds without jumps."""
-    total = sum(counts)
-    rank, below = min(max(q, 0.0), 1.0) * total, 0
-    for index, n in enumerate(counts):
-        if n and below + n >= rank:
-            if index == len(LATENCY_BUCKETS):  # the +Inf bucket: nothing better known
-                return LATENCY_BUCKETS[-1]
-            lower = LATENCY_BUCKETS[index - 1] if index else 0.0
-            return lower + (LATENCY_BUCKETS[index] - lower) * (rank - below) / n
-        below += n
-    return 0.0
+    """The q-quantile of per-bucket latency counts by the data plane's own
+    estimator (`zerodown.stats.quantile`: linear inside the bucket), q
+    clamped to [0, 1]: the rank bounds of a median on a few requests can
+    reach past either end."""
+    return quantile(counts, min(max(q, 0.0), 1.0))
 
 
 def median_bounds(counts: Sequence[int], z: float) -> Interval:
