@@ -9,7 +9,9 @@ the canary judge reads the shape the embedded data plane produces.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from fakes.changes import Changes
 from zerodown.dataplane.base import DataPlane
@@ -26,7 +28,21 @@ class PoolTraffic:
 
     requests: int
     errors: int = 0  # of those, answered 5xx
-    seconds: float = 0.005  # latency of each
+    seconds: float = 0.005  # latency of each, or the median with a spread
+    # Log-normal sigma of the latencies: 0 gives every request `seconds`;
+    # 0.5 is a typical web app's spread. Drawn at evenly spaced quantiles,
+    # not at random, so that every interval has the same distribution and a
+    # test's request counts are exact.
+    spread: float = 0.0
+
+    def latencies(self) -> list[float]:
+        n = self.requests
+        if not self.spread:
+            return [self.seconds] * n
+        normal = NormalDist()
+        return [
+            self.seconds * math.exp(self.spread * normal.inv_cdf((i + 0.5) / n)) for i in range(n)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +151,9 @@ def _pool(counters: Counters) -> PoolStats:
 
 
 def _count(metrics: TargetMetrics, traffic: PoolTraffic) -> None:
-    for n in range(traffic.requests):
+    # Errors spread over the interval, so that they meet every latency alike.
+    step = traffic.requests / traffic.errors if traffic.errors else 0.0
+    failing = {int(i * step) for i in range(traffic.errors)}
+    for n, seconds in enumerate(traffic.latencies()):
         metrics.request()
-        metrics.response(500 if n < traffic.errors else 200, traffic.seconds)
+        metrics.response(500 if n in failing else 200, seconds)

@@ -9,8 +9,12 @@ In the histories (fakes.describe) each word is one routed target's version,
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
-from fakes import PoolTraffic, Rig, as_json, rig, service_toml, web
+import pytest
+
+from fakes import Json, PoolTraffic, Rig, as_json, rig, service_toml, web
+from zerodown.deploy import executor
 
 CANARY = (
     '{ steps = [{ weight = 10, pause = "20ms" }, { weight = 50, pause = "20ms" }], '
@@ -101,8 +105,8 @@ def test_canary_moves_weight_step_by_step_on_passing_verdicts() -> None:
     async def run() -> None:
         async with rig(web(strategy='"canary"', canary=CANARY)) as r:
             mark = await serving_v1(r)
-            r.dataplane.serve("web", "stable", PoolTraffic(80))
-            r.dataplane.serve("web", "canary", PoolTraffic(20))
+            r.dataplane.serve("web", "stable", PoolTraffic(800))
+            r.dataplane.serve("web", "canary", PoolTraffic(200))
             deploy_id = await r.orch.deploy("web", "v2")
             view = await r.outcome(deploy_id)
             assert view["outcome"] == "succeeded"
@@ -114,8 +118,9 @@ def test_canary_moves_weight_step_by_step_on_passing_verdicts() -> None:
             ]
             verdicts = r.events("analysis")
             assert [(v["deploy_id"], v["verdict"]) for v in verdicts] == [(deploy_id, "pass")] * 2
-            # Judged over what passed since the weight moved: two reads of 20 and 80.
-            assert "(0/40) on canary vs 0.00% (0/160) on stable" in verdicts[0]["reason"]
+            # Judged over what passed since the weight moved: looked at after one
+            # read (200 canary requests: too few to rule out +1 point), passed after two.
+            assert "(0/400) on canary vs 0.00% (0/1600) on stable" in verdicts[0]["reason"]
             assert r.runtime.starts == [("v1", 2), ("v2", 2)]  # the whole new set up front
 
     asyncio.run(run())
@@ -169,5 +174,137 @@ def test_two_services_deploy_side_by_side_each_in_its_own_part_of_the_table() ->
             assert r.runtimes["web"].starts == [("v1", 2)]
             assert r.runtimes["api"].starts == [("a1", 1)]
             assert [as_json(s)["service"] for s in r.orch.status()] == ["web", "api"]
+
+    asyncio.run(run())
+
+
+# -- the canary judged by statistics ---------------------------------------------------
+#
+# One canary step of 10 % with no pause, so that its analyze step does all the
+# looking; every stats read (the judge's, once per JUDGE_EVERY) adds one
+# interval: 100 canary requests beside 900 stable ones, log-normal latencies
+# around a 50 ms median (sigma 0.5). The judge looks at the window each time
+# its canary requests double (100, 200, 400, ...), so the request counts at a
+# verdict are exact, and a bound on them is what a team would wait.
+
+ONE_STEP = '{ steps = [{ weight = 10, pause = "0s" }] }'
+STABLE = PoolTraffic(900, errors=9, seconds=0.05, spread=0.5)  # 1 % errors
+
+
+async def judged_canary(r: Rig, canary: PoolTraffic) -> tuple[Json, list[Json]]:
+    """Deploy v2 as a canary beside v1 serving STABLE; its view and analysis events."""
+    await serving_v1(r)
+    r.dataplane.serve("web", "stable", STABLE)
+    r.dataplane.serve("web", "canary", canary)
+    view = await r.deploy("v2")
+    return view, r.events("analysis")
+
+
+@pytest.fixture
+def quick_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The analyze step re-reads the stats every JUDGE_EVERY; a second is real
+    # time a test need not spend.
+    monkeypatch.setattr(executor, "JUDGE_EVERY", 0.01)
+
+
+@pytest.mark.usefixtures("quick_judge")
+def test_a_healthy_canary_is_passed_once_an_increase_that_matters_is_ruled_out() -> None:
+    async def run() -> None:
+        config = web(strategy='"canary"', canary=ONE_STEP, deploy_timeout='"5s"')
+        async with rig(config) as r:
+            view, verdicts = await judged_canary(r, replace(STABLE, requests=100, errors=1))
+            assert view["outcome"] == "succeeded"
+            *undecided, verdict = verdicts
+            assert verdict["verdict"] == "pass"
+            assert {v["verdict"] for v in undecided} <= {"inconclusive"}
+            # Passed at 800 canary requests. At 400, 1 % against 1 % was still
+            # open: +1.23 points not ruled out.
+            assert [v["canary"]["requests"] for v in verdicts] == [100, 200, 400, 800]
+            assert undecided[-1]["errors"]["high"] == pytest.approx(0.0123, abs=1e-4)
+            assert verdict["canary"] == {
+                "requests": 800,
+                "errors": 8,
+                "error_rate": 0.01,
+                "p99": verdict["canary"]["p99"],
+            }
+            errors = verdict["errors"]
+            assert (errors["verdict"], errors["increase"]) == ("pass", 0.0)
+            assert errors["high"] < errors["matters"] == 0.01
+            latency = verdict["latency"]
+            assert (latency["verdict"], latency["shift"]) == ("pass", 0.0)
+            assert latency["p_value"] == pytest.approx(0.5, abs=1e-3)  # alike: no side favoured
+            assert latency["high"] < latency["matters"] == 0.005
+            assert "at most" in verdict["reason"]
+            # The deploy view shows it on the analyze step that passed.
+            (analyzed,) = [
+                s for s in view["steps"] if s["kind"] == "analyze" and s["phase"] == "after"
+            ]
+            assert analyzed["verdict"] == view["verdict"]
+            assert analyzed["detail"] == verdict["reason"]
+            assert view["verdict"]["canary"]["requests"] == 800
+
+    asyncio.run(run())
+
+
+@pytest.mark.usefixtures("quick_judge")
+def test_a_canary_with_2_points_more_errors_is_rolled_back_within_400_requests() -> None:
+    async def run() -> None:
+        async with rig(web(strategy='"canary"', canary=ONE_STEP)) as r:
+            view, verdicts = await judged_canary(r, replace(STABLE, requests=100, errors=3))
+            assert view["outcome"] == "rolled_back"
+            # Open at 100 and 200 canary requests, failed at 400.
+            assert [(v["canary"]["requests"], v["verdict"]) for v in verdicts] == [
+                (100, "inconclusive"),
+                (200, "inconclusive"),
+                (400, "fail"),
+            ]
+            verdict = verdicts[-1]
+            assert verdict["errors"]["verdict"] == "fail"
+            assert verdict["errors"]["low"] > 0
+            assert verdict["errors"]["increase"] == pytest.approx(0.02)
+            assert view["reason"] == verdict["reason"]
+            assert view["reason"].startswith("error rate 3.00% (")
+            # The deploy view carries the same numbers, on the step that failed too.
+            assert view["verdict"] == {k: v for k, v in verdict.items() if k != "deploy_id"}
+            (failed,) = [s for s in view["steps"] if s["phase"] == "failed"]
+            assert failed["detail"] == view["reason"]
+            assert failed["verdict"] == view["verdict"]
+            assert r.releases() == {"v2": "failed", "v1": "current"}
+
+    asyncio.run(run())
+
+
+@pytest.mark.usefixtures("quick_judge")
+def test_a_canary_30_percent_slower_is_rolled_back_within_100_requests() -> None:
+    async def run() -> None:
+        async with rig(web(strategy='"canary"', canary=ONE_STEP)) as r:
+            slower = replace(STABLE, requests=100, errors=1, seconds=0.065)
+            view, verdicts = await judged_canary(r, slower)
+            assert view["outcome"] == "rolled_back"
+            (verdict,) = verdicts
+            assert verdict["canary"]["requests"] == 100  # the first look
+            latency = verdict["latency"]
+            assert latency["verdict"] == "fail"
+            assert latency["p_value"] < 0.0125  # the first look's share of 5 %
+            assert latency["shift"] >= latency["matters"] == 0.005
+            assert view["reason"].startswith("p50 ")
+
+    asyncio.run(run())
+
+
+@pytest.mark.usefixtures("quick_judge")
+def test_a_canary_with_too_little_traffic_is_never_passed() -> None:
+    async def run() -> None:
+        config = web(strategy='"canary"', canary=ONE_STEP, deploy_timeout='"1s"')
+        async with rig(config) as r:
+            # 2 clean requests a read, a read every 10 ms at most: at most
+            # ~200 canary requests before deploy_timeout, and ruling out one
+            # point of errors takes 270 clean ones (Wilson's bound, 95 %).
+            view, verdicts = await judged_canary(r, PoolTraffic(2, seconds=0.05, spread=0.5))
+            assert view["outcome"] == "rolled_back"
+            assert view["reason"].startswith("no verdict before deploy_timeout: ")
+            # Looked at (100, 200 requests) or not, never passed.
+            assert all(v["verdict"] == "inconclusive" for v in verdicts), verdicts
+            assert r.releases() == {"v2": "failed", "v1": "current"}
 
     asyncio.run(run())

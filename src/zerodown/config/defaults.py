@@ -37,8 +37,14 @@ PREVIEW_HEADER = "X-Zerodown-Preview"
 
 # canary
 CANARY_STEPS = ((10.0, 30.0), (50.0, 30.0))  # (weight %, pause seconds)
-ERROR_RATE_THRESHOLD = 0.05  # canary error rate above stable's by more than this: breach
-P99_THRESHOLD = 1.5  # canary p99 above this multiple of stable's: breach
+# The judge's (analysis/judge.py): each one-sided bound at this confidence.
+# 0.95 rather than 0.99: a clean canary then passes after ~300 requests
+# instead of ~600; a false rollback costs a redeploy, a false pass is what
+# the minimum effects below and the repeated checks of a step guard against.
+CANARY_CONFIDENCE = 0.95
+MIN_ERROR_INCREASE = 0.01  # one percentage point above stable's error rate matters
+MIN_LATENCY_INCREASE = 0.1  # a median 10 % above stable's matters...
+MIN_LATENCY_SHIFT = 0.005  # ...and 5 ms: a 1 ms shift on a 2 ms service is noise
 MIN_REQUESTS = 100  # fewer canary requests in a step: "inconclusive", never "pass"
 STICKY_COOKIE = "zerodown_pool"
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from zerodown.analysis.judge import Criteria
 from zerodown.config import defaults
 from zerodown.config.fields import Duration, NotEmpty, Table, problem, same_as
 from zerodown.config.units import parse_duration
@@ -73,17 +74,55 @@ def _false_is_none(value: Any) -> Any:
     return None if value is False else value
 
 
+# Deprecated key -> the key it became (docs/config.md).
+_RENAMED = {"error_rate_threshold": "min_error_increase", "p99_threshold": "min_latency_increase"}
+
 _DEFAULT_STEPS = tuple(CanaryStep(weight=w, pause=p) for w, p in defaults.CANARY_STEPS)
 
 
 class CanaryConfig(Table):
     steps: Annotated[tuple[CanaryStep, ...], NotEmpty] = Field(default=_DEFAULT_STEPS, strict=False)
-    error_rate_threshold: float = Field(default=defaults.ERROR_RATE_THRESHOLD, ge=0, le=1)
-    p99_threshold: float = Field(default=defaults.P99_THRESHOLD, ge=1)
+    # Strictly inside (0.5, 1): at 0.5 a bound is the estimate itself, at 1 infinite.
+    confidence: float = Field(default=defaults.CANARY_CONFIDENCE, gt=0.5, lt=1)
+    # Above 0: a canary can pass only once an increase of this size is ruled
+    # out, and no sample rules out every increase.
+    min_error_increase: float = Field(default=defaults.MIN_ERROR_INCREASE, gt=0, le=1)
+    min_latency_increase: float = Field(default=defaults.MIN_LATENCY_INCREASE, ge=0)
+    min_latency_shift: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = (
+        defaults.MIN_LATENCY_SHIFT
+    )
     min_requests: int = Field(default=defaults.MIN_REQUESTS, ge=1)
     cohorts: tuple[CohortConfig, ...] = Field(default=(), strict=False)
     # false: no stickiness, a client may flip between versions from one request to the next
     sticky_cookie: Annotated[str | None, BeforeValidator(_false_is_none)] = defaults.STICKY_COOKIE
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """The keys of the fixed-threshold judge, read as the nearest new ones so
+        that old configs load: "fail above stable by more than X" is a minimum
+        effect of X; a p99 multiple M is a minimum increase of M - 1."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in _RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise problem(f"{old} is the old name of {new}: give only {new}", old)
+                value = data.pop(old)
+                is_number = isinstance(value, int | float) and not isinstance(value, bool)
+                data[new] = value - 1 if old == "p99_threshold" and is_number else value
+        return data
+
+    def criteria(self) -> Criteria:
+        """What the judge asks, from these keys."""
+        return Criteria(
+            confidence=self.confidence,
+            min_error_increase=self.min_error_increase,
+            min_latency_increase=self.min_latency_increase,
+            min_latency_shift=self.min_latency_shift,
+            min_requests=self.min_requests,
+        )
 
     @field_validator("steps")
     @classmethod

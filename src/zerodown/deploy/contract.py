@@ -5,7 +5,9 @@ The orchestrator implements ControlPlane; the admin API depends only on it,
 so the HTTP layer stays thin and testable with a stand-in. The views are
 pydantic models so that the admin API's OpenAPI schema describes them; their
 JSON (`model_dump(mode="json")`) is the stable contract the CLI and CI
-scripts read: every key below is always present, null when it has no value.
+scripts read: every key below is always present, null when it has no value,
+except the canary `verdict`s, which came later and appear only where there
+is one, so that the JSON of every deploy without a canary stays as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from zerodown.config.strategy import StrategyName
 from zerodown.release import DeployState, Outcome
@@ -27,6 +29,56 @@ class _View(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+
+class PoolNumbers(_View):
+    """One pool's window as the canary judge saw it."""
+
+    requests: int
+    errors: int
+    error_rate: float
+    p99: float  # seconds
+
+
+class ErrorNumbers(_View):
+    """Canary error rate minus stable's, and its bounds (rates, 0.01 = one point)."""
+
+    verdict: Verdict
+    increase: float
+    low: float  # at the look's fail level: above 0 is significant
+    high: float  # at the confidence: below `matters` rules out an increase that matters
+    matters: float  # min_error_increase
+
+
+class LatencyNumbers(_View):
+    """Canary median latency minus stable's (seconds), its bounds, and the rank test."""
+
+    verdict: Verdict
+    canary_p50: float
+    stable_p50: float
+    shift: float
+    low: float
+    high: float
+    matters: float  # the shift that matters here
+    slower: float  # how often a canary request is the slower of a pair (0.5: alike)
+    p_value: float  # Mann-Whitney, one-sided: the canary is slower
+
+
+class VerdictView(_View):
+    """A canary verdict with its numbers (analysis/judge.py), as the `analysis`
+    event carries it: why a canary was passed or rolled back."""
+
+    verdict: Verdict
+    reason: str
+    confidence: float
+    alpha: float  # the significance a fail needed at this look
+    canary: PoolNumbers
+    stable: PoolNumbers
+    errors: ErrorNumbers | None  # null: too few requests to judge at all
+    latency: LatencyNumbers | None  # null: no latency on one side to compare
+
+
 class StepView(_View):
     """One journal entry of a deploy: a step "before", "after" it ran, or "failed"."""
 
@@ -36,6 +88,9 @@ class StepView(_View):
     phase: JournalPhase
     detail: str | None
     at: float  # unix seconds
+    # The canary verdict this step ended on. Unlike the other keys, absent
+    # rather than null when there is none: a step's JSON stays what it was.
+    verdict: VerdictView | None = Field(default=None, exclude_if=lambda verdict: verdict is None)
 
 
 class DeployView(_View):
@@ -49,6 +104,8 @@ class DeployView(_View):
     started_at: float  # unix seconds
     finished_at: float | None
     steps: list[StepView]
+    # The deploy's last canary verdict; absent, not null, without one (as StepView's).
+    verdict: VerdictView | None = Field(default=None, exclude_if=lambda verdict: verdict is None)
 
 
 class InstanceView(_View):

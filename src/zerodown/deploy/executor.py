@@ -40,6 +40,7 @@ from zerodown.deploy.plan import (
     Stop,
     WaitHealthy,
 )
+from zerodown.deploy.views import verdict_detail
 from zerodown.errors import (
     CanaryBreach,
     DeployAborted,
@@ -86,14 +87,15 @@ class Deployment:
         self.state: DeployState = "pending"
         self.step_index = -1
         self.waiting_for_promote = False
-        self.failure: DeployError | None = (
-            None  # set from outside (crash, abort): raised at the next check
-        )
+        # Set from outside (a crash, an abort): raised at the next check.
+        self.failure: DeployError | None = None
         self._promoted = asyncio.Event()
         self._running = asyncio.Event()  # cleared by pause(), set by resume()
         self._running.set()
         self._wake = asyncio.Event()
         self._baseline: tuple[Sample, Sample] | None = None
+        self._next_look = 0  # canary requests in the window at the judge's next look
+        self._verdict: dict[str, Any] | None = None  # the running step's last published verdict
         self._cause: ZerodownError | None = None  # why a rollback began, if one did
 
     def __repr__(self) -> str:
@@ -169,16 +171,19 @@ class Deployment:
     async def _run_step(self, index: int, step: Step) -> None:
         self.step_index = index
         self._set_state(STATE_OF_STEP[step.kind])
-        self.store.journal(self.id, index, step_json(step), "before")
+        entry = step_json(step)
+        self.store.journal(self.id, index, entry, "before")
         self.ops.publish(
             self.fleet.name, self.id, "step", index=index, step=dataclasses.asdict(step)
         )
+        self._verdict = None
         try:
             await HANDLERS[step.kind](self, step)
         except BaseException as exc:
-            self.store.journal(self.id, index, step_json(step), "failed", str(exc))
+            detail = verdict_detail(str(exc), self._verdict)  # why, with the verdict's numbers
+            self.store.journal(self.id, index, entry, "failed", detail)
             raise
-        self.store.journal(self.id, index, step_json(step), "after")
+        self.store.journal(self.id, index, entry, "after", verdict_detail("", self._verdict))
 
     async def _checkpoint(self) -> None:
         if self.failure is not None:
@@ -242,7 +247,8 @@ class Deployment:
             if fleet.canary_version or fleet.preview_version:
                 fleet.route(fleet.ready(new))
         await self.ops.apply()
-        self._baseline = await self._samples()
+        self._baseline = await self.ops.samples(self.fleet.name)
+        self._next_look = self.fleet.config.canary.min_requests
         self.ops.publish(fleet.name, self.id, "traffic", split=fleet.traffic())
 
     async def _pause(self, step: Pause) -> None:
@@ -272,9 +278,11 @@ class Deployment:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.fleet.config.deploy_timeout
+        self._next_look = 0  # the step's own look, now: a pass of the pause's looks is not kept
         while await self._judge(final=True) == "inconclusive":
             if loop.time() >= deadline:
-                raise CanaryBreach("too few canary requests for a verdict before deploy_timeout")
+                said = self._verdict["reason"] if self._verdict else "too few canary requests"
+                raise CanaryBreach(f"no verdict before deploy_timeout: {said}")
             await self._checkpoint()
             await asyncio.sleep(JUDGE_EVERY)
 
@@ -301,29 +309,23 @@ class Deployment:
 
     # -- the canary judge --------------------------------------------------------------
 
-    async def _samples(self) -> tuple[Sample, Sample]:
-        return await self.ops.samples(self.fleet.name)
-
     async def _judge(self, *, final: bool) -> str:
         if self._baseline is None or self.fleet.canary_version is None:
             return "pass"  # no canary pool in traffic: nothing to compare
-        canary_now, stable_now = await self._samples()
+        canary_now, stable_now = await self.ops.samples(self.fleet.name)
         canary = canary_now.since(self._baseline[0])
         stable = stable_now.since(self._baseline[1])
-        settings = self.fleet.config.canary
-        verdict = judge(
-            canary,
-            stable,
-            error_rate_threshold=settings.error_rate_threshold,
-            p99_threshold=settings.p99_threshold,
-            min_requests=settings.min_requests,
-        )
+        # One look per doubling of the window (judge.fail_level spends the confidence over
+        # them); a final verdict, and a fail wherever it comes, published with its numbers.
+        if canary.requests < self._next_look:
+            return "inconclusive"
+        self._next_look = 2 * canary.requests
+        verdict = judge(canary, stable, self.fleet.config.canary.criteria())
+        if final or verdict.verdict == "fail":
+            self._verdict = verdict.numbers()
+            self.ops.publish(self.fleet.name, self.id, "analysis", **self._verdict)
         if verdict.verdict == "fail":
             raise CanaryBreach(verdict.reason)
-        if final:
-            self.ops.publish(
-                self.fleet.name, self.id, "analysis", verdict=verdict.verdict, reason=verdict.reason
-            )
         return verdict.verdict
 
     # -- endings ---------------------------------------------------------------------------

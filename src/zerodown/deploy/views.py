@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from pydantic import JsonValue
 
 from zerodown.deploy.contract import (
     CrashLoopView,
@@ -16,6 +18,7 @@ from zerodown.deploy.contract import (
     ReleaseView,
     StatusView,
     StepView,
+    VerdictView,
 )
 from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.plan import Pause
@@ -27,6 +30,8 @@ StepBegan = Callable[[int], float | None]
 
 
 def deploy_view(record: DeployRecord, journal: Sequence[JournalEntry]) -> DeployView:
+    steps = [step_view(entry) for entry in journal]
+    verdicts = [step.verdict for step in steps if step.verdict is not None]
     return DeployView(
         id=record.id,
         service=record.service,
@@ -37,20 +42,46 @@ def deploy_view(record: DeployRecord, journal: Sequence[JournalEntry]) -> Deploy
         reason=record.reason or None,
         started_at=record.started_at,
         finished_at=record.finished_at,
-        steps=[step_view(entry) for entry in journal],
+        steps=steps,
+        verdict=verdicts[-1] if verdicts else None,
     )
 
 
 def step_view(entry: JournalEntry) -> StepView:
     step = json.loads(entry.step_json)
+    detail, verdict = read_detail(entry.detail)
     return StepView(
         index=entry.step_index,
         kind=step.get("kind"),
         step=step,
         phase=entry.phase,
-        detail=entry.detail,
+        detail=detail,
         at=entry.at,
+        verdict=verdict,
     )
+
+
+# The journal keeps one string of detail per entry (an error's message). A
+# step that ended on a canary verdict carries the verdict in it as well, as
+# JSON under this prefix, so the deploy view can show the numbers; every
+# other detail stays the plain message it always was.
+_WITH_VERDICT = '{"message": '
+
+
+def verdict_detail(message: str, verdict: Mapping[str, JsonValue] | None) -> str:
+    """A journal entry's detail: `message`, with the canary verdict if there is one."""
+    if verdict is None:
+        return message
+    return json.dumps({"message": message, "verdict": verdict})
+
+
+def read_detail(detail: str) -> tuple[str, VerdictView | None]:
+    """The message and the verdict of a journal entry's detail (`verdict_detail`)."""
+    if not detail.startswith(_WITH_VERDICT):
+        return detail, None
+    data = json.loads(detail)
+    verdict = VerdictView.model_validate(data["verdict"])
+    return data["message"] or verdict.reason, verdict
 
 
 def status_view(
