@@ -41,6 +41,7 @@ def versions(first: int, last: int) -> list[str]:
 STRATEGIES_BY_DATAPLANE = [
     *((strategy, "embedded") for strategy in ("rolling", "blue_green", "canary", "recreate")),
     *((strategy, "haproxy") for strategy in ("rolling", "blue_green", "canary")),
+    *((strategy, "nginx") for strategy in ("rolling", "blue_green", "canary")),
 ]
 
 

@@ -41,14 +41,33 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
                 assert (await request(port, path="/api/users")).body == b"api"
                 assert (await request(port, path="/apix")).body == b"web"  # segments only
                 assert (await request(port, path="/", host="admin.test")).body == b"admin"
-                sent = await request(port, path="/y", headers={"X-Request-ID": "abc"})
+                forged = {"X-Request-ID": "abc", "X-Forwarded-For": "6.6.6.6"}
+                sent = await request(port, path="/y", headers=forged)
         assert api.requests[0].path == "/users"  # the prefix was stripped
         assert [r.path for r in web.requests] == ["/x", "/apix", "/y"]
         assert web.requests[0].header("X-Forwarded-For") == "127.0.0.1"
         generated = web.requests[0].header("X-Request-ID")
         assert generated is not None
         assert len(generated) == 32  # nginx's $request_id
-        assert web.requests[2].header("X-Request-ID") == "abc"
+        # From a client that is not a trusted proxy, identity headers are replaced.
+        assert web.requests[2].header("X-Forwarded-For") == "127.0.0.1"
+        replaced = web.requests[2].header("X-Request-ID")
+        assert replaced != "abc"
+        assert sent.header("X-Request-ID") == replaced
+
+    run(main())
+
+
+def test_a_trusted_proxy_s_identity_headers_pass(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with (
+            backends("web") as (web,),
+            nginx(tmp_path, service(web.address), trusted_proxies=("127.0.0.0/8",)) as plane,
+        ):
+            headers = {"X-Request-ID": "abc", "X-Forwarded-For": "203.0.113.9"}
+            sent = await request(port_of(plane), path="/", headers=headers)
+        assert web.requests[0].header("X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
+        assert web.requests[0].header("X-Request-ID") == "abc"
         assert sent.header("X-Request-ID") == "abc"
 
     run(main())

@@ -174,10 +174,12 @@ def test_everything_lives_under_state_dir_and_the_generation_is_served() -> None
 def test_request_ids_forwarded_for_and_shutdown_bound() -> None:
     text = conf(service(A), worker_shutdown_timeout=45.0)
     assert "worker_shutdown_timeout 45000ms;" in text
-    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in text
+    assert "proxy_set_header X-Forwarded-For $zd_forwarded_for;" in text
     assert "proxy_set_header X-Request-ID $zd_request_id;" in text
     assert "add_header X-Request-ID $zd_request_id always;" in text
-    assert "'' $request_id;" in text
+    assert "geo $zd_trusted { default 0; }" in text  # nobody is trusted by default
+    trusted = conf(service(A), trusted_proxies=("10.0.0.0/8", "::1/128"))
+    assert "geo $zd_trusted { default 0; 10.0.0.0/8 1; ::1/128 1; }" in trusted
 
 
 def test_extra_http_is_appended_verbatim() -> None:

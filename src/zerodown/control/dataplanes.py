@@ -12,6 +12,9 @@ from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.render import render as render_haproxy
 from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.nginx.driver import NginxDataPlane
+from zerodown.dataplane.nginx.render import render as render_nginx
+from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
 from zerodown.errors import ConfigError
 
 
@@ -20,6 +23,8 @@ def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
     proxy, table = config.proxy, config.routing_table()
     if proxy.dataplane == "haproxy":
         return HaproxyDataPlane(haproxy_settings(config, state_dir), table)
+    if proxy.dataplane == "nginx":
+        return NginxDataPlane(nginx_settings(config, state_dir), table)
     return DetachedDataPlane(config.proxy_settings(), table, proxy.worker_count(), state_dir)
 
 
@@ -40,6 +45,22 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
     )
 
 
+def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
+    """`[proxy]` and `[proxy.nginx]` as the nginx driver takes them."""
+    proxy = config.proxy
+    drains = [service.drain_timeout for service in config.services.values()]
+    return NginxSettings(
+        state_dir=state_dir / "nginx",
+        binary=proxy.nginx.binary,
+        workers=proxy.worker_count(),
+        # Old workers keep long-lived connections past a reload this long:
+        # never shorter than a drain, which waits for them.
+        worker_shutdown_timeout=max([DEFAULT_WORKER_SHUTDOWN_TIMEOUT, *drains]),
+        extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
+        trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
+    )
+
+
 def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
     """The configuration file the `proxy` driver would start with, from `config`;
     ConfigError for a key that proxy cannot carry, as loading with it would."""
@@ -49,4 +70,7 @@ def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
     listen = list(config.proxy.listen)
     if proxy == "haproxy":
         return render_haproxy(config.routing_table(), listen, haproxy_settings(config, state_dir))
+    if proxy == "nginx":
+        settings = nginx_settings(config, state_dir)
+        return render_nginx(config.routing_table().services, listen, settings, generation=0)
     raise ValueError(f"no driver renders {proxy!r}")

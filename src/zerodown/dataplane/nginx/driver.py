@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.base import ListeningDataPlane
+from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
@@ -59,7 +59,9 @@ ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
 WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
 
 
-class NginxDataPlane(ListeningDataPlane):
+class NginxDataPlane(ManagedDataPlane):
+    carries = frozenset()  # plain weighted pools (config/support.py)
+
     def __init__(self, settings: NginxSettings, table: RoutingTable | None = None) -> None:
         self.settings = _with_user(settings)
         self.paths = Paths(settings.state_dir)

@@ -170,8 +170,13 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';",
         f"access_log syslog:server={log.server},nohostname zerodown;",
         "server_tokens off;",
-        # The client's X-Request-ID passes through; otherwise nginx's own.
-        "map $http_x_request_id $zd_request_id { default $http_x_request_id; '' $request_id; }",
+        # Client-identity headers are taken only from trusted_proxies, as the
+        # embedded proxy does: from anyone else they are replaced, so no
+        # client can name another address or another request id.
+        _trusted(settings.trusted_proxies),
+        "map $zd_trusted $zd_forwarded_for { 1 $proxy_add_x_forwarded_for; default $remote_addr; }",
+        "map $zd_trusted:$http_x_request_id $zd_request_id "
+        "{ default $request_id; '~^1:(?<zd_rid>.+)$' $zd_rid; }",
         # Upgrade for WebSockets; otherwise an empty Connection keeps the
         # upstream connection alive for `keepalive`.
         "map $http_upgrade $zd_connection { default upgrade; '' ''; }",
@@ -179,7 +184,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         "proxy_set_header Host $http_host;",
         "proxy_set_header Connection $zd_connection;",
         "proxy_set_header Upgrade $http_upgrade;",
-        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-For $zd_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_set_header X-Request-ID $zd_request_id;",
         "add_header X-Request-ID $zd_request_id always;",
@@ -188,6 +193,11 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         # PATCH once it was sent, since the app may have acted on it.
         "proxy_next_upstream error timeout;",
     ]
+
+
+def _trusted(cidrs: Sequence[str]) -> str:
+    entries = " ".join(f"{cidr} 1;" for cidr in cidrs)
+    return f"geo $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
 
 
 def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:

@@ -37,6 +37,9 @@ class NginxSettings:
     # queues up to its receive buffer (4 MiB here, thousands of lines);
     # each line carries a random key so no other local process can forge one.
     log_transport: LogTransport = "udp"
+    # Client addresses (CIDRs) whose X-Forwarded-For and X-Request-ID are
+    # kept (ProxySettings.trusted_proxies); from anyone else they are replaced.
+    trusted_proxies: tuple[str, ...] = ()
     # Appended verbatim inside `http {}` (tuning), checked by `nginx -t` with the rest.
     extra_http: str = ""
 
