@@ -32,6 +32,7 @@ from zerodown.config import (
 )
 from zerodown.config import defaults as d
 from zerodown.config import proxy as proxy_config
+from zerodown.config.dataplane import HaproxyConfig, NginxConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
@@ -475,7 +476,7 @@ DOCS = Path(__file__).parents[2] / "docs" / "config.md"
 
 # Where each model's keys appear in the reference, and with which prefix.
 DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
-    "[proxy]": [("", ProxyConfig)],
+    "[proxy]": [("", ProxyConfig), ("haproxy.", HaproxyConfig), ("nginx.", NginxConfig)],
     "[services.NAME]": [
         ("", ServiceConfig),
         ("route.", RouteConfig),

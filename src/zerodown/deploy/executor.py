@@ -40,6 +40,7 @@ from zerodown.deploy.plan import (
     Stop,
     WaitHealthy,
 )
+from zerodown.deploy.recorded import record_current, recorded_current, recorded_ids, store_message
 from zerodown.deploy.views import verdict_detail
 from zerodown.errors import (
     CanaryBreach,
@@ -404,9 +405,9 @@ class Deployment:
         log.error("deploy %s: the state store failed, stopping: %s", self.id, error)
         self.state = "rolling_back"  # in memory: the store may not take it
         serving = await self._settle_on_store()
-        reason = f"state store write failed: {_store_message(error)}; traffic left on {serving}"
+        reason = f"state store write failed: {store_message(error)}; traffic left on {serving}"
         if serving == self.new.version:
-            reason += _record_current(self.store, self.fleet.name, serving)
+            reason += record_current(self.store, self.fleet.name, serving)
         if self._cause is not None:
             reason += f" (while rolling back from: {self._cause})"
         self.state = "failed"
@@ -418,8 +419,8 @@ class Deployment:
         """Route one release's ready, recorded instances; drain and stop the
         deploy's others. Returns the version left serving ("nothing" if none)."""
         fleet, ops, new = self.fleet, self.ops, self.new.version
-        known = _recorded_ids(self.store, fleet)
-        recorded = _recorded_current(self.store, fleet.name, self.old)
+        known = recorded_ids(self.store, fleet)
+        recorded = recorded_current(self.store, fleet.name, self.old)
         back = [i for i in fleet.ready(recorded) if i.id in known] if recorded else []
         stay = back or [i for i in fleet.ready(new) if i.id in known]
         version = stay[0].version if stay else None
@@ -441,36 +442,6 @@ class Deployment:
         await ops.drain(fleet, [i for i in leaving if i.id in fleet.routed])
         await ops.stop_instances(fleet, leaving)
         return version or "nothing"
-
-
-def _store_message(error: StoreError) -> str:
-    # sqlite3's own words ("database or disk is full") without our "store: " prefix.
-    return str(error.__cause__ or error)
-
-
-def _recorded_ids(store: Store, fleet: Fleet) -> set[str]:
-    """Ids of the instances the store knows; when even reads fail, the fleet's
-    (stopping what serves because the store cannot say would be an outage)."""
-    try:
-        return {i.id for i in store.instances(fleet.name)}
-    except StoreError:
-        return {i.id for i in fleet.instances}
-
-
-def _recorded_current(store: Store, service: str, fallback: str | None) -> str | None:
-    try:
-        return store.current(service)
-    except StoreError:
-        return fallback
-
-
-def _record_current(store: Store, service: str, version: str) -> str:
-    """Try to make the store agree that `version` serves; say so if it cannot."""
-    try:
-        store.set_current(service, version)
-    except StoreError:
-        return ", which the store could not record as current"
-    return ""
 
 
 Handler = Callable[[Deployment, Any], Awaitable[None]]
