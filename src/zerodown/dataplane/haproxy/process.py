@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane import binaries
 from zerodown.dataplane.haproxy.runtime import ProcEntry, command, parse_proc
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.errors import DataPlaneError
@@ -30,13 +30,7 @@ LOG_TAIL: Final = 2000  # characters of HAProxy's log quoted in an error
 
 
 def find_binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise DataPlaneError(
-            f"the HAProxy binary {name!r} is not on PATH: install it (Debian/Ubuntu: "
-            "`apt-get install haproxy`) or set [proxy.haproxy] binary to its path"
-        )
-    return found
+    return binaries.find_binary(name, "haproxy", "[proxy.haproxy] binary")
 
 
 async def check_config(binary: str, config: Path) -> None:

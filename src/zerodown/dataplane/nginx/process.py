@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 from pathlib import Path
 
+from zerodown.dataplane import binaries
 from zerodown.dataplane.nginx.render import CONTROL_PATH, STATUS_PATH
 from zerodown.dataplane.nginx.settings import Paths
 from zerodown.errors import DataPlaneError
@@ -36,13 +36,7 @@ POLL = 0.01  # seconds between looks at another process's state
 
 
 def find_binary(binary: str) -> str:
-    found = shutil.which(binary)
-    if found is None:
-        raise DataPlaneError(
-            f"nginx binary {binary!r} not found (PATH={os.environ.get('PATH', '')}): "
-            "install it (Debian/Ubuntu: `apt-get install nginx`) or set proxy.nginx.binary"
-        )
-    return found
+    return binaries.find_binary(binary, "nginx", "[proxy.nginx] binary")
 
 
 def command(binary: str, paths: Paths, conf: Path, *extra: str) -> list[str]:
