@@ -391,9 +391,12 @@ def default_service(mark: str) -> dict[str, str]:
         "stop_grace": '"3s"',
         "deploy_timeout": '"20s"',
         "blue_green": '{ scale_down_delay = "1s" }',
+        # Effects that matter here are large: a step of 1 s sees tens of
+        # canary requests, and the judge passes a healthy canary only once
+        # its sample rules out the smallest effect that matters.
         "canary": (
             '{ steps = [{ weight = 20, pause = "1s" }, { weight = 50, pause = "1s" }], '
-            "min_requests = 20 }"
+            'min_requests = 20, min_error_increase = 0.2, min_latency_shift = "50ms" }'
         ),
         "recreate": '{ max_pause = "15s" }',
     }
