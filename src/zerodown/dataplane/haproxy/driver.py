@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -163,6 +164,8 @@ class HaproxyDataPlane(ManagedDataPlane):
         if not await process.stop(self.master, wait):
             log.warning("haproxy %d did not finish within %.1fs: killed", self.master, wait)
         self.settings.pid_file.unlink(missing_ok=True)
+        if self.settings.socket_dir != self.settings.state_dir:
+            shutil.rmtree(self.settings.socket_dir, ignore_errors=True)  # the short one
         self.master, self.workers = None, []
 
     def alive(self) -> bool:
