@@ -241,13 +241,13 @@ class NullDataPlane(DataPlane):
     """The deploy routes never touch the data plane; the admin app needs one."""
 
     async def apply(self, table: RoutingTable) -> None:
-        raise NotImplementedError("not in these tests")
+        raise AssertionError("a deploy route applied a routing table itself")
 
     def routing(self) -> RoutingTable:
         return RoutingTable(services=())
 
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
-        raise NotImplementedError("not in these tests")
+        raise AssertionError("a deploy route drained a target itself")
 
     async def stats(self) -> Stats:
         return Stats(services={}, connections=0, rejected={})
