@@ -17,8 +17,8 @@ from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
 from zerodown.dataplane.sticky_key import sticky_key
-from zerodown.proxy.settings import ProxySettings
 from zerodown.errors import ConfigError
+from zerodown.proxy.settings import ProxySettings
 
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
