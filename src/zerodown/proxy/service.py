@@ -66,12 +66,19 @@ class Pool:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """Where one request goes first, and the pool cookie to set, if any; with
-    `sticky`, the target its cookie names (if it may go there) and that cookie."""
+    """Where one request goes first, and the sticky cookie to set, if any."""
 
     pool: Pool
     key: str
     set_cookie: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StickyChoice(Choice):
+    """A choice in a service with `sticky`: also the target its cookie names
+    (if it may go there) and that cookie. A class of its own so a request to
+    any other service builds no more than a Choice (the hot path)."""
+
     bound: Target | None = None
     presented: bytes | None = None  # the instance cookie's value as the client sent it
 
@@ -240,7 +247,7 @@ class Service:
         if bound is not None and bound not in pool.targets:
             bound = None  # a cohort rule sent it to the other pool
         key = self._balance_key(head, cookies, client_ip, path)
-        return Choice(pool, key, set_cookie, bound, presented)
+        return StickyChoice(pool, key, set_cookie, bound, presented)
 
     def sticky_header(
         self, choice: Choice, target: Target, head: RequestHead, forwarded: Forwarded
@@ -248,6 +255,7 @@ class Service:
         """The Set-Cookie value(s) for an attempt at `target`: the pool cookie
         of the choice, and the instance cookie unless the client's names it."""
         assert self.sticky is not None
+        assert isinstance(choice, StickyChoice)
         if choice.presented is not None and target is choice.bound:
             return choice.set_cookie  # the common sticky path: already bound here
         mine = self.sticky.header(target, choice.presented, came_over_tls(head, forwarded))
@@ -312,9 +320,10 @@ class Service:
     def pick(self, choice: Choice, tried: Collection[Target]) -> Target | None:
         """The target for a request's next attempt: the one its sticky cookie
         names, else from its pool, else the other, else panic."""
-        bound = choice.bound
-        if bound is not None and bound not in tried and may_follow(bound, self._clock()):
-            return bound
+        if self.sticky is not None:
+            bound = self._bound(choice, tried)
+            if bound is not None:
+                return bound
         target = choice.pool.balancer.pick(choice.key, tried)
         if target is None:
             # Prefer a target with a free connection slot; queue only when all are full.
@@ -326,6 +335,12 @@ class Service:
                 if target is not None and target.metrics is not None:
                     target.metrics.panic()
         return target
+
+    def _bound(self, choice: Choice, tried: Collection[Target]) -> Target | None:
+        bound = choice.bound if isinstance(choice, StickyChoice) else None
+        if bound is not None and bound not in tried and may_follow(bound, self._clock()):
+            return bound
+        return None
 
     def panic_pick(self, pool: Pool, tried: Collection[Target]) -> Target | None:
         """Every target is out by health: pick one anyway, or None.
