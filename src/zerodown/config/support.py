@@ -29,7 +29,7 @@ EMBEDDED_HAPROXY: frozenset[DataPlaneName] = frozenset({"embedded", "haproxy"})
 FEATURES: tuple[Feature, ...] = (
     Feature('balance = "least_time"', lambda s: s.balance == "least_time", EMBEDDED),
     Feature("slow_start", lambda s: s.slow_start > 0, EMBEDDED_HAPROXY),
-    Feature("sticky", lambda s: s.sticky is not None, EMBEDDED),
+    Feature("sticky", lambda s: s.sticky is not None, EMBEDDED_HAPROXY),
     Feature('websocket_drain = "close"', lambda s: s.websocket_drain == "close", EMBEDDED),
     Feature("canary.cohorts", lambda s: bool(s.canary.cohorts), EMBEDDED),
     # Only when written: the default cookie is simply not set where not carried.

@@ -59,6 +59,7 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         queue_timeout=limits.queue_timeout,
         stop_timeout=limits.shutdown_timeout,
         trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
+        sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
     )
 
 
