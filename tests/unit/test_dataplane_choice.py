@@ -24,6 +24,7 @@ USES = [
     'balance = "least_time"',
     'slow_start = "5s"',
     'sticky = { cookie = "zd_route", ttl = "1h" }',
+    'sticky = { cookie = "zd-route" }',
     'websocket_drain = "close"',
     'canary = { cohorts = [{ header = "X-Beta", values = ["1"], pool = "canary" }] }',
     'canary = { sticky_cookie = "pool" }',

@@ -76,6 +76,7 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         worker_shutdown_timeout=max([DEFAULT_WORKER_SHUTDOWN_TIMEOUT, *drains]),
         extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
         trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
+        sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
     )
 
 
