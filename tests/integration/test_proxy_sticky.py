@@ -23,6 +23,7 @@ from harness import (
     service,
     until,
 )
+from zerodown.dataplane.supervisor import MultiWorkerDataPlane
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.sticky import new_key
@@ -159,5 +160,24 @@ def test_a_cookie_set_before_a_restart_holds_after_it_with_the_same_key() -> Non
             async with proxy(*table.services, settings=SETTINGS) as server:
                 seen = Counter([await get(port_of(server), cookie) for _ in range(10)])
                 assert seen == {(200, "c", None): 10}
+
+    run(main())
+
+
+def test_every_worker_honours_the_cookie_one_of_them_set() -> None:
+    async def main() -> None:
+        async with backends("a", "b", "c") as started:
+            # No key in the settings: the supervisor makes one for all its workers.
+            plane = MultiWorkerDataPlane(ProxySettings(), sticky(*(b.address for b in started)), 2)
+            await plane.start(["127.0.0.1:0"])
+            try:
+                port = plane.addresses[0][1]
+                cookie = await bound_to(port, "b")
+                # New connections, spread over both workers by the kernel.
+                seen = Counter([await get(port, cookie) for _ in range(30)])
+                assert seen == {(200, "b", None): 30}
+                assert sum(1 for _ in plane.workers) == 2
+            finally:
+                await plane.stop(1.0)
 
     run(main())

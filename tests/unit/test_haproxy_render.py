@@ -174,7 +174,7 @@ def test_sticky_is_a_dynamic_insert_cookie_with_the_key_ttl_and_secure_from_trus
     assert f"dynamic-cookie-key {'ab' * 32}" in lines
     assert (
         "http-after-response replace-header Set-Cookie ^(zd_route=.*) \\1;\\ Secure "
-        "if { var(txn.https) -m bool }"
+        "if { var(txn.https) -m bool } || { ssl_fc }"
     ) in lines
     assert (
         "http-request set-var(txn.https) bool(1) if trusted { req.hdr(x-forwarded-proto) -i https }"

@@ -222,11 +222,12 @@ def _sticky(spec: ServiceSpec, settings: HaproxySettings) -> list[str]:
         f"maxlife {ttl}s {attributes}",
         f"dynamic-cookie-key {settings.sticky_key}",
     ]
-    # Secure when a trusted proxy says the client came over TLS (_forwarded);
+    # Secure when the client came over TLS: a TLS listener's (ssl_fc), or a
+    # trusted proxy says so (_forwarded);
     # after-response: the cookie is inserted after every http-response rule.
     lines.append(
         f"http-after-response replace-header Set-Cookie ^({_regex(sticky.cookie)}=.*) "
-        "\\1;\\ Secure if { var(txn.https) -m bool }"
+        "\\1;\\ Secure if { var(txn.https) -m bool } || { ssl_fc }"
     )
     return lines
 
