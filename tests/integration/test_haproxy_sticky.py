@@ -141,3 +141,36 @@ def test_a_draining_server_keeps_its_clients_then_they_move(tmp_path: Path) -> N
             await a.stop()
 
     run(main())
+
+
+def test_a_long_drain_lets_its_cookie_clients_go_after_half_its_time(tmp_path: Path) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        a = await holding("a", gate).start()
+        try:
+            async with backends("b") as (b,):
+                plane = driver(tmp_path, sticky(a.address, b.address))
+                port = reserved_port()
+                await plane.start([f"127.0.0.1:{port}"])
+                try:
+                    cookie = await bound_to(port, "a")
+                    slow = {"Cookie": cookie}
+                    held = asyncio.create_task(request(port, path="/slow", headers=slow))
+                    await until(lambda: any(r.path == "/slow" for r in a.requests), "slow at a")
+                    drain = asyncio.create_task(plane.drain("web", a.address, timeout=1.0))
+                    await asyncio.sleep(0.2)
+                    assert (await get(port, cookie))[:2] == (200, "a")
+                    await asyncio.sleep(0.5)  # past half the drain: a is in maint
+                    moved = await get(port, cookie)
+                    assert moved[:2] == (200, "b")
+                    assert moved[2] is not None  # rewritten
+                    gate.set()
+                    assert (await held).status == 200  # in flight: kept
+                    result = await asyncio.wait_for(drain, 2.0)
+                    assert result.completed
+                finally:
+                    await plane.stop(2.0)
+        finally:
+            await a.stop()
+
+    run(main())

@@ -181,3 +181,32 @@ def test_every_worker_honours_the_cookie_one_of_them_set() -> None:
                 await plane.stop(1.0)
 
     run(main())
+
+
+def test_a_long_drain_lets_its_cookie_clients_go_after_half_its_time() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        a = await holding_at("a", gate).start()
+        try:
+            async with backends("b") as (b,):
+                table = sticky(a.address, b.address)
+                async with proxy(*table.services, settings=SETTINGS) as server:
+                    port = port_of(server)
+                    cookie = await bound_to(port, "a")
+                    slow = {"Cookie": cookie}
+                    held = asyncio.create_task(request(port, path="/slow", headers=slow))
+                    await until(lambda: any(r.path == "/slow" for r in a.requests), "slow at a")
+                    drain = asyncio.create_task(server.drain("web", a.address, timeout=0.6))
+                    await asyncio.sleep(0.05)
+                    assert (await get(port, cookie))[:2] == (200, "a")
+                    await asyncio.sleep(0.3)  # past half the drain
+                    status, backend, rewritten = await get(port, cookie)
+                    assert (status, backend) == (200, "b")
+                    assert rewritten is not None
+                    gate.set()
+                    assert (await held).status == 200
+                    assert (await drain).completed
+        finally:
+            await a.stop()
+
+    run(main())
