@@ -8,6 +8,7 @@ seconds (float); the config layer turns "1s"-style strings into these.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,6 +130,29 @@ class HoldSpec(_Value):
     retry_after: int = Field(default=5, ge=0)  # seconds, for the maintenance page
 
 
+# RFC 6265 §4.1.1: a cookie name is an RFC 9110 token.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def check_cookie_name(name: str) -> str:
+    if not _COOKIE_NAME.fullmatch(name):
+        raise ValueError(f"cookie name {name!r} is not a token (letters, digits, !#$%&'*+.^_`|~-)")
+    return name
+
+
+class StickySpec(_Value):
+    """Keep a client on one instance: the data plane sets `cookie` to an opaque,
+    signed name of the target that served it, for `ttl` seconds (Max-Age)."""
+
+    cookie: str = "zd_route"
+    ttl: float = Field(default=3600.0, gt=0)
+
+    @field_validator("cookie")
+    @classmethod
+    def _token(cls, name: str) -> str:
+        return check_cookie_name(name)
+
+
 class ServiceSpec(_Value):
     name: str
     host: str = "*"  # exact, "*.example.com", or "*" for any
@@ -146,6 +170,7 @@ class ServiceSpec(_Value):
     retry_timeout: float = Field(default=DEFAULT_RETRY_TIMEOUT, gt=0)
     websocket_drain: WebSocketDrain = "keep"
     hold: HoldSpec | None = None
+    sticky: StickySpec | None = None
 
     @field_validator("path")
     @classmethod

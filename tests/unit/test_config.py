@@ -33,6 +33,7 @@ from zerodown.config import (
 from zerodown.config import defaults as d
 from zerodown.config import proxy as proxy_config
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
+from zerodown.config.service import StickyConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
@@ -147,7 +148,8 @@ def test_service_defaults_are_the_named_constants() -> None:
 def test_every_proxy_setting_is_a_proxy_key() -> None:
     # A new ProxySettings field without a [proxy] key would be unreachable from the file.
     keys = set(ProxyConfig.model_fields)
-    assert {f.name for f in dataclasses.fields(ProxySettings)} <= keys
+    # sticky_key is made and kept by zerodown (state_dir), never written by hand.
+    assert {f.name for f in dataclasses.fields(ProxySettings)} - {"sticky_key"} <= keys
 
 
 def test_proxy_keys_take_durations_sizes_and_cidrs() -> None:
@@ -489,6 +491,7 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
         ("canary.steps[].", CanaryStep),
         ("canary.cohorts[].", CohortConfig),
         ("recreate.", RecreateConfig),
+        ("sticky.", StickyConfig),
     ],
 }
 

@@ -23,6 +23,8 @@ SERVICE = '[services.web]\ncommand = "app --port {port}"\n'
 USES = [
     'balance = "least_time"',
     'slow_start = "5s"',
+    'sticky = { cookie = "zd_route", ttl = "1h" }',
+    'sticky = { cookie = "zd-route" }',
     'websocket_drain = "close"',
     'canary = { cohorts = [{ header = "X-Beta", values = ["1"], pool = "canary" }] }',
     'canary = { sticky_cookie = "pool" }',
@@ -90,3 +92,20 @@ def test_render_refuses_what_the_proxy_cannot_carry(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["render", "haproxy", "-c", str(path)])
     assert result.exit_code == 2
     assert "services.web.balance: not carried by the haproxy data plane" in result.output
+
+
+def test_a_sticky_config_gives_each_driver_the_key_kept_in_state_dir(tmp_path: Path) -> None:
+    line = "sticky = {}"
+    embedded = managed_dataplane(parse_config(config("embedded", line)), tmp_path)
+    haproxy = managed_dataplane(parse_config(config("haproxy", line)), tmp_path)
+    assert isinstance(embedded, DetachedDataPlane)
+    assert isinstance(haproxy, HaproxyDataPlane)
+    key = (tmp_path / "sticky.key").read_text().strip()
+    assert embedded.settings.sticky_key == haproxy.settings.sticky_key == key
+    again = managed_dataplane(parse_config(config("embedded", line)), tmp_path)
+    assert isinstance(again, DetachedDataPlane)
+    assert again.settings == embedded.settings  # a new controller adopts the host
+    plain = managed_dataplane(parse_config(config("embedded")), tmp_path / "plain")
+    assert isinstance(plain, DetachedDataPlane)
+    assert plain.settings.sticky_key == ""
+    assert not (tmp_path / "plain" / "sticky.key").exists()

@@ -58,6 +58,7 @@ NOT_DEFAULT: dict[str, dict[str, object]] = {
     "tries": {"tries": 4},
     "retry_timeout": {"retry_timeout": "7s"},
     "websocket_drain": {"websocket_drain": "close"},
+    "sticky": {"sticky": {"cookie": "sid", "ttl": "2h"}},
 }
 
 

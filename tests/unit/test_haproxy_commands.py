@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
 from zerodown.dataplane.haproxy.runtime import ServerRow
-from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split, TargetSpec
+from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split, StickySpec, TargetSpec
 
 
 def table(
@@ -109,3 +109,15 @@ def test_a_switch_gives_the_new_servers_traffic_before_taking_the_old_ones_out()
     assert raised
     assert lowered
     assert max(raised) < min(lowered), step.commands
+
+
+def test_a_server_added_to_a_sticky_backend_gets_its_dynamic_cookie() -> None:
+    sticky = StickySpec()
+    step = plan(
+        table("h:1", sticky=sticky, health=None), table("h:1", "h:2", sticky=sticky, health=None)
+    )
+    assert step.commands == (
+        "add server be_web/t_h:2 h:2 weight 256",
+        "set server be_web/t_h:2 state ready",
+        "enable dynamic-cookie backend be_web",
+    )

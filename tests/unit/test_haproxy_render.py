@@ -14,6 +14,7 @@ from zerodown.routing import (
     RoutingTable,
     ServiceSpec,
     Split,
+    StickySpec,
     TargetSpec,
 )
 
@@ -157,3 +158,27 @@ def test_forwarded_headers_are_kept_only_from_trusted_proxies() -> None:
     assert "acl trusted src 10.0.0.0/8 ::1" in text
     assert "http-request del-header X-Forwarded-For unless trusted" in text
     assert "http-request set-header X-Request-ID %[unique-id] unless trusted" in text
+
+
+def test_sticky_is_a_dynamic_insert_cookie_with_the_key_ttl_and_secure_from_trusted() -> None:
+    sticky = StickySpec(cookie="zd_route", ttl=90.5)
+    settings = HaproxySettings(
+        state_dir=Path("/srv/zd"), sticky_key="ab" * 32, trusted_proxies=("10.0.0.0/8",)
+    )
+    text = render(RoutingTable(services=(spec("a:1", sticky=sticky),)), ["0:80"], settings)
+    lines = backend(text, "be_web")
+    assert (
+        "cookie zd_route insert indirect nocache dynamic httponly maxlife 91s "
+        'attr "SameSite=Lax" attr "Max-Age=91"'
+    ) in lines
+    assert f"dynamic-cookie-key {'ab' * 32}" in lines
+    assert (
+        "http-after-response replace-header Set-Cookie ^(zd_route=.*) \\1;\\ Secure "
+        "if { var(txn.https) -m bool } || { ssl_fc }"
+    ) in lines
+    assert (
+        "http-request set-var(txn.https) bool(1) if trusted { req.hdr(x-forwarded-proto) -i https }"
+    ) in text
+    assert unsupported(RoutingTable(services=(spec("a:1", sticky=sticky),))) == []
+    plain = render(RoutingTable(services=(spec("a:1"),)), ["0:80"], settings)
+    assert "cookie" not in plain

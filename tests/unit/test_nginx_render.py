@@ -8,6 +8,7 @@ from pathlib import Path
 from harness import service
 from zerodown.dataplane.nginx.render import Server, render, server_weights, unsupported
 from zerodown.dataplane.nginx.settings import NginxSettings
+from zerodown.proxy.sticky import token
 from zerodown.routing import (
     CohortRule,
     HoldSpec,
@@ -15,6 +16,7 @@ from zerodown.routing import (
     PoolSpec,
     ServiceSpec,
     Split,
+    StickySpec,
     TargetSpec,
 )
 
@@ -216,3 +218,41 @@ def test_targets_come_again_as_panic_backups_where_nginx_allows_backups() -> Non
     assert "backup" not in conf(service(A, balance="hash"))
     assert "backup" not in conf(service(A, passive=None))  # nothing marks them failed
     assert f"{B} weight" not in conf(service(A, canary=(B,)))  # a canary at 0%: not even so
+
+
+# -- sticky ---------------------------------------------------------------------
+
+
+def test_sticky_maps_each_live_or_draining_target_to_its_own_upstream() -> None:
+    targets = (
+        TargetSpec(address=A),
+        TargetSpec(address=B, state="draining"),
+        TargetSpec(address=C, state="down"),
+    )
+    sticky = ServiceSpec(
+        name="web", stable=PoolSpec(targets=targets), health=None, sticky=StickySpec(ttl=90)
+    )
+    key = "ab" * 32
+    text = conf(sticky, sticky_key=key)
+    a, b = (token(bytes.fromhex(key), "web", t) for t in (A, B))
+    assert f"{a} zd_web.0;" in text
+    assert f"{b} zd_web.1;" in text
+    assert "zd_web.2" not in text  # down: its clients are balanced
+    assert "default zd_web;" in text
+    # The draining target's upstream falls back on the live one, never the reverse.
+    upstream = f"upstream zd_web.1 {{\n        server {B} max_fails=0;\n"
+    upstream += f"        server {A} max_fails=0 backup;"
+    assert upstream in text
+    assert f"upstream zd_web.0 {{\n        server {A} max_fails=0;\n        keepalive" in text
+    assert "proxy_pass http://$zd_web_upstream;" in text
+    assert "add_header Set-Cookie $zd_web_set_cookie;" in text
+    assert "Max-Age=90; Path=/; HttpOnly; SameSite=Lax$zd_sticky_secure" in text
+    assert "zd_sticky_secure" not in conf(service(A))
+    assert unsupported(sticky) == []
+
+
+def test_sticky_needs_a_cookie_name_nginx_can_read() -> None:
+    spec = service(A, sticky=StickySpec(cookie="zd-route"))
+    assert unsupported(spec) == [
+        "services.web.sticky.cookie (nginx reads a cookie by name: letters, digits and '_' only)"
+    ]

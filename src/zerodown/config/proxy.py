@@ -75,5 +75,8 @@ class ProxyConfig(Table):
         return self.workers
 
     def settings(self) -> ProxySettings:
-        names = (f.name for f in dataclasses.fields(ProxySettings))
+        # All but sticky_key, which zerodown keeps in state_dir (control/dataplanes.py).
+        names = (
+            f.name for f in dataclasses.fields(ProxySettings) if f.name in type(self).model_fields
+        )
         return ProxySettings(**{name: getattr(self, name) for name in names})

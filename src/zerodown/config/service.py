@@ -39,8 +39,10 @@ from zerodown.routing import (
     PoolSpec,
     ServiceSpec,
     Split,
+    StickySpec,
     TargetSpec,
     WebSocketDrain,
+    check_cookie_name,
 )
 
 # What a deploy fills into `command` and `cwd` (DESIGN: user-facing contract).
@@ -113,6 +115,21 @@ class PassiveConfig(Table):
         return PassiveHealthSpec(**self.model_dump())
 
 
+class StickyConfig(Table):
+    """`sticky = { cookie, ttl }`: keep each client on the instance that served it."""
+
+    cookie: str = same_as(StickySpec, "cookie")
+    ttl: Timeout = same_as(StickySpec, "ttl")
+
+    @field_validator("cookie")
+    @classmethod
+    def _cookie(cls, name: str) -> str:
+        return check_cookie_name(name)  # one rule for a cookie name, the spec's
+
+    def spec(self) -> StickySpec:
+        return StickySpec(**self.model_dump())
+
+
 class ServiceConfig(Table):
     # routing and balancing
     route: RouteConfig = RouteConfig()
@@ -127,6 +144,7 @@ class ServiceConfig(Table):
     tries: int = same_as(ServiceSpec, "tries")
     retry_timeout: Timeout = same_as(ServiceSpec, "retry_timeout")
     websocket_drain: WebSocketDrain = same_as(ServiceSpec, "websocket_drain")
+    sticky: Annotated[StickyConfig | None, BeforeValidator(table_or_false)] = None
 
     # orchestration (a service zerodown runs itself, with `command`)
     strategy: StrategyName = defaults.STRATEGY
@@ -248,4 +266,5 @@ class ServiceConfig(Table):
             tries=self.tries,
             retry_timeout=self.retry_timeout,
             websocket_drain=self.websocket_drain,
+            sticky=self.sticky.spec() if self.sticky else None,
         )

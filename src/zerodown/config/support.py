@@ -5,6 +5,7 @@ never silently ignored (README: "Features by data plane").
 HAProxy and nginx are driven as plain weighted pools (dataplane/haproxy,
 dataplane/nginx): request rules to a pool, a cookie that keeps a client on
 its pool and requests held while no instance serves are the embedded proxy's.
+A cookie that keeps a client on its instance (`sticky`) all three carry.
 """
 
 from __future__ import annotations
@@ -25,10 +26,18 @@ class Feature:
 
 EMBEDDED: frozenset[DataPlaneName] = frozenset({"embedded"})
 EMBEDDED_HAPROXY: frozenset[DataPlaneName] = frozenset({"embedded", "haproxy"})
+DATAPLANES_ALL: frozenset[DataPlaneName] = frozenset(DATAPLANES)
 
 FEATURES: tuple[Feature, ...] = (
     Feature('balance = "least_time"', lambda s: s.balance == "least_time", EMBEDDED),
     Feature("slow_start", lambda s: s.slow_start > 0, EMBEDDED_HAPROXY),
+    Feature("sticky", lambda s: s.sticky is not None, DATAPLANES_ALL),
+    # nginx reads the cookie as $cookie_NAME: a variable name (nginx/sticky.py).
+    Feature(
+        "sticky.cookie (with a character other than letters, digits and '_')",
+        lambda s: s.sticky is not None and not s.sticky.cookie.replace("_", "").isalnum(),
+        EMBEDDED_HAPROXY,
+    ),
     Feature('websocket_drain = "close"', lambda s: s.websocket_drain == "close", EMBEDDED),
     Feature("canary.cohorts", lambda s: bool(s.canary.cohorts), EMBEDDED),
     # Only when written: the default cookie is simply not set where not carried.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from zerodown.config import Config
@@ -15,7 +16,9 @@ from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
+from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import ConfigError
+from zerodown.proxy.settings import ProxySettings
 
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
@@ -25,7 +28,21 @@ def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
         return HaproxyDataPlane(haproxy_settings(config, state_dir), table)
     if proxy.dataplane == "nginx":
         return NginxDataPlane(nginx_settings(config, state_dir), table)
-    return DetachedDataPlane(config.proxy_settings(), table, proxy.worker_count(), state_dir)
+    settings = proxy_settings(config, state_dir)
+    return DetachedDataPlane(settings, table, proxy.worker_count(), state_dir)
+
+
+def proxy_settings(config: Config, state_dir: Path) -> ProxySettings:
+    """`[proxy]` as the embedded data plane takes it, with the sticky key
+    of state_dir when a service is sticky (else none is made)."""
+    settings = config.proxy_settings()
+    if not _any_sticky(config):
+        return settings
+    return dataclasses.replace(settings, sticky_key=sticky_key(state_dir))
+
+
+def _any_sticky(config: Config) -> bool:
+    return any(service.sticky is not None for service in config.services.values())
 
 
 def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
@@ -42,6 +59,7 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         queue_timeout=limits.queue_timeout,
         stop_timeout=limits.shutdown_timeout,
         trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
+        sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
     )
 
 
@@ -58,6 +76,7 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         worker_shutdown_timeout=max([DEFAULT_WORKER_SHUTDOWN_TIMEOUT, *drains]),
         extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
         trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
+        sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
     )
 
 

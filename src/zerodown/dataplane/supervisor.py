@@ -44,6 +44,7 @@ from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
+from zerodown.proxy.sticky import new_key
 from zerodown.proxy.target import Target
 from zerodown.routing import RoutingTable
 from zerodown.stats import Stats
@@ -100,6 +101,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     def __init__(self, settings: ProxySettings, table: RoutingTable | None, workers: int) -> None:
         if workers < 2:
             raise ValueError("a multi-worker data plane needs at least 2 workers")
+        if not settings.sticky_key:
+            # One key for all workers, or a cookie one signs the others ignore.
+            settings = dataclasses.replace(settings, sticky_key=new_key())
         self.settings = settings
         self.server = ProxyServer(settings, table, on_health=self._broadcast)
         self.workers = [WorkerProcess(i) for i in range(workers)]

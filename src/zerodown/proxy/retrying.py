@@ -38,6 +38,10 @@ async def forward(exchange: Exchange, service: Service) -> None:
         if target is None:
             # Every candidate failed: the client learns why the last one did.
             raise last_error or NoHealthyTarget(service.unavailable_reason())
+        if service.sticky is not None:
+            exchange.set_cookie = service.sticky_header(
+                choice, target, exchange.head, exchange.client.forwarded
+            )
         try:
             await exchange.attempt(service, target, fresh=raced)
             return

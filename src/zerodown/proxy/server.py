@@ -177,6 +177,9 @@ class ProxyServer:
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         started = time.monotonic()
         target = self._find(service, address)
+        # Sticky clients may follow it for the first half of the drain only:
+        # the second is for their requests to finish (proxy/sticky.py).
+        target.sticky_until = time.monotonic() + timeout / 2
         self.apply_now(with_target_state(self.table, service, address, "draining"))
         assert target.connections is not None
         target.connections.close_idle()
@@ -184,6 +187,7 @@ class ProxyServer:
         if self.services[service].spec.websocket_drain == "close":
             cancelled = self._cancel_busy(target, tunnels_only=True)
         completed = await self._wait_idle(target, timeout)
+        target.sticky_until = 0.0  # drained: its clients move on
         if not completed:
             cancelled += self._cancel_busy(target, tunnels_only=False)
         return DrainResult(service, address, completed, cancelled, time.monotonic() - started)

@@ -20,10 +20,17 @@ from dataclasses import dataclass
 from zerodown.proxy.balancer import Balancer, balancer_type, make_balancer
 from zerodown.proxy.checker import CheckResult, HealthChecker
 from zerodown.proxy.health import HealthShare, TargetHealth, may_eject
-from zerodown.proxy.http import RequestHead
+from zerodown.proxy.http import Forwarded, RequestHead
 from zerodown.proxy.metrics import TargetMetrics
 from zerodown.proxy.retry import RetryBudget
 from zerodown.proxy.settings import ProxySettings
+from zerodown.proxy.sticky import (
+    StickyCookie,
+    came_over_tls,
+    join_set_cookies,
+    key_bytes,
+    may_follow,
+)
 from zerodown.proxy.target import Target
 from zerodown.proxy.target import transition as admin_transition
 from zerodown.proxy.upstream import ConnectionPool
@@ -64,6 +71,16 @@ class Choice:
     pool: Pool
     key: str
     set_cookie: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StickyChoice(Choice):
+    """A choice in a service with `sticky`: also the target its cookie names
+    (if it may go there) and that cookie. A class of its own so a request to
+    any other service builds no more than a Choice (the hot path)."""
+
+    bound: Target | None = None
+    presented: bytes | None = None  # the instance cookie's value as the client sent it
 
 
 def parse_cookies(header: bytes | None) -> dict[bytes, bytes]:
@@ -110,8 +127,13 @@ class Service:
         self._panic_turn = 0
         self.stable = self._build_pool("stable", spec.stable, known, previous)
         self.canary = self._build_pool("canary", spec.canary, known, previous)
+        self.sticky: StickyCookie | None = None
+        if spec.sticky is not None:
+            key = key_bytes(settings.sticky_key)
+            self.sticky = StickyCookie(spec.sticky, key, spec.name, self.targets())
         self._needs_cookies = bool(
-            spec.split.sticky_cookie
+            spec.sticky
+            or spec.split.sticky_cookie
             or any(rule.cookie for rule in spec.split.cohorts)
             or spec.hash_key.startswith("cookie:")
         )
@@ -204,11 +226,43 @@ class Service:
 
     def choose(self, head: RequestHead, client_ip: str, path: bytes) -> Choice:
         cookies = parse_cookies(head.header(b"cookie")) if self._needs_cookies else {}
-        pool, set_cookie = self._choose_pool(head, cookies)
-        return Choice(pool, self._balance_key(head, cookies, client_ip, path), set_cookie)
+        if self.sticky is None:
+            pool, set_cookie = self._choose_pool(head, cookies, None)
+            return Choice(pool, self._balance_key(head, cookies, client_ip, path), set_cookie)
+        return self._choose_sticky(head, cookies, client_ip, path, self.sticky)
+
+    def _choose_sticky(
+        self,
+        head: RequestHead,
+        cookies: dict[bytes, bytes],
+        client_ip: str,
+        path: bytes,
+        sticky: StickyCookie,
+    ) -> Choice:
+        presented = cookies.get(sticky.name)
+        bound = sticky.target(presented)
+        if bound is not None and not may_follow(bound, self._clock()):
+            bound = None
+        pool, set_cookie = self._choose_pool(head, cookies, bound)
+        if bound is not None and bound not in pool.targets:
+            bound = None  # a cohort rule sent it to the other pool
+        key = self._balance_key(head, cookies, client_ip, path)
+        return StickyChoice(pool, key, set_cookie, bound, presented)
+
+    def sticky_header(
+        self, choice: Choice, target: Target, head: RequestHead, forwarded: Forwarded
+    ) -> bytes | None:
+        """The Set-Cookie value(s) for an attempt at `target`: the pool cookie
+        of the choice, and the instance cookie unless the client's names it."""
+        assert self.sticky is not None
+        assert isinstance(choice, StickyChoice)
+        if choice.presented is not None and target is choice.bound:
+            return choice.set_cookie  # the common sticky path: already bound here
+        mine = self.sticky.header(target, choice.presented, came_over_tls(head, forwarded))
+        return join_set_cookies(choice.set_cookie, mine)
 
     def _choose_pool(
-        self, head: RequestHead, cookies: dict[bytes, bytes]
+        self, head: RequestHead, cookies: dict[bytes, bytes], bound: Target | None
     ) -> tuple[Pool, bytes | None]:
         split = self.spec.split
         if not self.canary.targets:
@@ -223,6 +277,13 @@ class Service:
                 return self._pool(rule.pool), None
         sticky = split.sticky_cookie.encode() if split.sticky_cookie else None
         remembered = cookies.get(sticky) if sticky else None
+        if bound is not None:
+            # The instance cookie is the finer choice: its pool wins, and the
+            # pool cookie is made to agree, so that when this instance is gone
+            # the client stays on its version (one version per client in a canary).
+            pool = self.canary if bound in self.canary.targets else self.stable
+            agree = sticky is None or remembered == pool.name.encode()
+            return pool, None if agree else self._pool_cookie(sticky, pool)
         if remembered in (b"stable", b"canary"):
             pool = self._pool("canary" if remembered == b"canary" else "stable")
             if pool.available:
@@ -230,8 +291,11 @@ class Service:
         pool = self.canary if self._rng.random() * 100 < split.canary_weight else self.stable
         if not pool.available:
             pool = self.stable if pool is self.canary else self.canary
-        cookie = sticky + b"=" + pool.name.encode() + b"; Path=/; HttpOnly" if sticky else None
-        return pool, cookie
+        return pool, self._pool_cookie(sticky, pool)
+
+    @staticmethod
+    def _pool_cookie(name: bytes | None, pool: Pool) -> bytes | None:
+        return name + b"=" + pool.name.encode() + b"; Path=/; HttpOnly" if name else None
 
     def _pool(self, name: PoolName) -> Pool:
         return self.canary if name == "canary" else self.stable
@@ -254,7 +318,12 @@ class Service:
         return path.partition(b"?")[0].decode("latin-1")
 
     def pick(self, choice: Choice, tried: Collection[Target]) -> Target | None:
-        """The target for a request's next attempt: from its pool, else the other, else panic."""
+        """The target for a request's next attempt: the one its sticky cookie
+        names, else from its pool, else the other, else panic."""
+        if self.sticky is not None:
+            bound = self._bound(choice, tried)
+            if bound is not None:
+                return bound
         target = choice.pool.balancer.pick(choice.key, tried)
         if target is None:
             # Prefer a target with a free connection slot; queue only when all are full.
@@ -266,6 +335,12 @@ class Service:
                 if target is not None and target.metrics is not None:
                     target.metrics.panic()
         return target
+
+    def _bound(self, choice: Choice, tried: Collection[Target]) -> Target | None:
+        bound = choice.bound if isinstance(choice, StickyChoice) else None
+        if bound is not None and bound not in tried and may_follow(bound, self._clock()):
+            return bound
+        return None
 
     def panic_pick(self, pool: Pool, tried: Collection[Target]) -> Target | None:
         """Every target is out by health: pick one anyway, or None.

@@ -58,3 +58,6 @@ class ProxySettings:
     # from anyone else they are replaced, so a client cannot spoof its address.
     trusted_proxies: tuple[str, ...] = ()
     access_log: str | None = None  # path, "-" for stdout, None for off
+    # The key that signs sticky cookies (hex), one for every worker and kept
+    # across restarts in state_dir; not a [proxy] key. "": one per process.
+    sticky_key: str = ""

@@ -56,6 +56,7 @@ class Target:
         "metrics",
         "port",
         "state",
+        "sticky_until",
         "version",
         "weight",
     )
@@ -79,6 +80,9 @@ class Target:
         # Set by the data plane that owns the target; None in pure tests.
         self.connections: ConnectionPool | None = None
         self.metrics: TargetMetrics | None = None
+        # While draining, sticky clients may follow it until then (monotonic
+        # seconds; 0: not at all). The drain sets it (proxy/sticky.py).
+        self.sticky_until = 0.0
 
     def __repr__(self) -> str:
         return (

@@ -97,7 +97,15 @@ def _added(spec: ServiceSpec, backend: str, server: Server) -> list[str]:
     commands = [f"add server {where} {line}", f"set server {where} state {server.state}"]
     if spec.health is not None:
         commands.append(f"enable health {where}")
-    return commands
+    return commands + _dynamic_cookie(spec, backend)
+
+
+def _dynamic_cookie(spec: ServiceSpec, backend: str) -> list[str]:
+    """A server added at run time has no sticky cookie until the backend's
+    dynamic cookies are enabled again, which makes one for every server
+    from the key and its address (HAProxy 2.6: else it answers with a
+    cookie that deletes the client's, and no client can stick to it)."""
+    return [f"enable dynamic-cookie backend {backend}"] if spec.sticky is not None else []
 
 
 def removals(backend: str, name: str) -> list[str]:

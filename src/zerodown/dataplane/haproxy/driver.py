@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -36,6 +38,7 @@ from zerodown.dataplane.haproxy.servers import backend_name, server_name
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.haproxy.stats import build_stats
 from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
 from zerodown.routing import RoutingTable, parse_address, with_target_state
 from zerodown.stats import Stats
@@ -277,10 +280,18 @@ class HaproxyDataPlane(ManagedDataPlane):
         except FileNotFoundError:
             previous = ""
         candidate = self.settings.config.with_suffix(".cfg.new")
+        self._sticky_key(table)
         candidate.write_text(render(table, self.listen, self.settings))
         await process.check_config(binary, candidate)
         os.replace(candidate, self.settings.config)
         return previous
+
+    def _sticky_key(self, table: RoutingTable) -> None:
+        """The dynamic-cookie key, from state_dir when the config gave none
+        (made once there: cookies outlive a restart of HAProxy and of us)."""
+        if not self.settings.sticky_key and any(s.sticky for s in table.services):
+            key = sticky_key(self.settings.state_dir)
+            self.settings = dataclasses.replace(self.settings, sticky_key=key)
 
     def _save(self) -> None:
         doc = {"listen": self.listen, "table": self.table.model_dump(mode="json")}
@@ -303,7 +314,15 @@ class HaproxyDataPlane(ManagedDataPlane):
         await self.apply(with_target_state(self.table, service, address, "draining"))
         where = f"{backend_name(service)}/{server_name(address)}"
         deadline = started + timeout
+        # In `drain`, HAProxy still sends a server its cookie clients: for
+        # the first half of the drain only, as the embedded proxy does, so
+        # that they cannot keep it busy past the deadline (maint moves them;
+        # requests in flight stay).
+        release = started + timeout / 2 if spec.sticky is not None else math.inf
         while (busy := await self._sessions(service, address)) > 0:
+            if time.monotonic() >= release:
+                await self._send(f"set server {where} state maint")
+                release = math.inf
             if time.monotonic() >= deadline:
                 # The deadline cuts what is left, WebSockets included.
                 await self._send(f"shutdown sessions server {where}")

@@ -9,6 +9,7 @@ health states from `server-state-file`, saved just before it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Final
 
@@ -70,7 +71,7 @@ def unsupported(table: RoutingTable) -> list[str]:
 def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
     parts = [_global(settings), _defaults(settings)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
-    parts += [_backend(spec) for spec in table.services]
+    parts += [_backend(spec, settings) for spec in table.services]
     parts.append(_no_route())
     if settings.extra is not None:
         parts.append(f"# {settings.extra}, appended verbatim\n{settings.extra.read_text()}")
@@ -126,6 +127,12 @@ def _forwarded(settings: HaproxySettings) -> list[str]:
     trusted = " ".join(settings.trusted_proxies)
     unless = " unless trusted" if trusted else ""
     lines = [f"acl trusted src {trusted}"] if trusted else []
+    if trusted:
+        # Read by a sticky backend, to add Secure to its cookie (_sticky).
+        lines.append(
+            "http-request set-var(txn.https) bool(1) if trusted "
+            "{ req.hdr(x-forwarded-proto) -i https }"
+        )
     lines += [
         f"http-request del-header X-Forwarded-For{unless}",
         f"http-request set-header X-Forwarded-Proto http{unless}",
@@ -176,7 +183,7 @@ def _route(rank: int, spec: ServiceSpec) -> list[str]:
     return [*acls, f"use_backend {backend_name(spec.name)}{condition}"]
 
 
-def _backend(spec: ServiceSpec) -> str:
+def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
     lines = [*_balance(spec), f"retries {spec.tries - 1}"]
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")
@@ -188,8 +195,41 @@ def _backend(spec: ServiceSpec) -> str:
     if spec.strip_prefix and stem:
         # "/api/x" -> "/x", "/api" -> "/" (router.strip_prefix); the query stays.
         lines.append(f"http-request replace-path ^{_regex(stem)}/?(.*)$ /\\1")
+    lines += _sticky(spec, settings)
     lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
     return _section(f"backend {backend_name(spec.name)}", *lines)
+
+
+def _sticky(spec: ServiceSpec, settings: HaproxySettings) -> list[str]:
+    """`sticky`: HAProxy's own persistence cookie (configuration.txt, "cookie").
+
+    `dynamic`: each server's value is a hash of the key and its address, so
+    servers added at run time get one, it is opaque, and it cannot be made
+    without the key; `insert indirect`: set only when the client's does not
+    already name the server that answered (a stale or forged one is rewritten,
+    `option redispatch` moves a client whose server is gone or down);
+    `nocache`: the response that sets it is not cached for others. A server
+    in `drain` keeps its cookie clients, as the embedded proxy does. `maxlife`
+    ignores a cookie older than ttl, as the browser drops it (Max-Age).
+    """
+    sticky = spec.sticky
+    if sticky is None:
+        return []
+    ttl = math.ceil(sticky.ttl)
+    attributes = f'attr "SameSite=Lax" attr "Max-Age={ttl}"'
+    lines = [
+        f"cookie {sticky.cookie} insert indirect nocache dynamic httponly "
+        f"maxlife {ttl}s {attributes}",
+        f"dynamic-cookie-key {settings.sticky_key}",
+    ]
+    # Secure when the client came over TLS: a TLS listener's (ssl_fc), or a
+    # trusted proxy says so (_forwarded);
+    # after-response: the cookie is inserted after every http-response rule.
+    lines.append(
+        f"http-after-response replace-header Set-Cookie ^({_regex(sticky.cookie)}=.*) "
+        "\\1;\\ Secure if { var(txn.https) -m bool } || { ssl_fc }"
+    )
+    return lines
 
 
 def _balance(spec: ServiceSpec) -> list[str]:

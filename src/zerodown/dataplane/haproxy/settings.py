@@ -40,6 +40,8 @@ class HaproxySettings:
     # Client addresses (CIDRs) whose X-Forwarded-* and X-Request-ID are kept
     # (ProxySettings.trusted_proxies); from anyone else they are replaced.
     trusted_proxies: tuple[str, ...] = ()
+    # The `dynamic-cookie-key` of sticky backends (hex, from state_dir).
+    sticky_key: str = ""
 
     @property
     def config(self) -> Path:

@@ -49,7 +49,8 @@ def parse_line(datagram: bytes) -> dict[str, str] | None:
 
 def tries(entry: dict[str, str]) -> Iterator[Try]:
     """The tries one log entry records, in order."""
-    service = entry.get("svc", "").removeprefix(UPSTREAM_PREFIX)
+    # A sticky service's per-target upstreams are "zd_<svc>.<n>" (nginx/sticky.py).
+    service = entry.get("svc", "").removeprefix(UPSTREAM_PREFIX).partition(".")[0]
     addresses = _split(entry.get("addr", ""))
     statuses = _split(entry.get("ustatus", ""))
     times = _split(entry.get("urt", ""))

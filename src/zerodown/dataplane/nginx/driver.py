@@ -45,6 +45,7 @@ from zerodown.dataplane.nginx.render import LogTarget, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
 from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
 from zerodown.stats import Stats
@@ -239,6 +240,7 @@ class NginxDataPlane(ManagedDataPlane):
         """Render, test, swap in and make live `table`; the old config serves on failure."""
         unhealthy = self._unhealthy(table)
         generation = self._generation + 1
+        self._sticky_key(table)
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         _write_private(self.paths.pending, text)
         try:
@@ -255,6 +257,13 @@ class NginxDataPlane(ManagedDataPlane):
         await self._confirm(generation, old)
         self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
         self._save()
+
+    def _sticky_key(self, table: RoutingTable) -> None:
+        """The key of sticky cookies, from state_dir when the config gave none
+        (made once there: cookies outlive a restart of nginx and of us)."""
+        if not self.settings.sticky_key and any(s.sticky for s in table.services):
+            key = sticky_key(self.settings.state_dir)
+            self.settings = replace(self.settings, sticky_key=key)
 
     async def _confirm(self, generation: int, old: set[int]) -> None:
         """Wait until new workers answer `generation` and `old` ones accept nothing more.

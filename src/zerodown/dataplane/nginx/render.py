@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from functools import reduce
 
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.dataplane.nginx.sticky import (
+    SECURE_MAP,
+    location_lines,
+    sticky_blocks,
+    unsupported_sticky,
+)
 from zerodown.proxy.router import prefix_matches
+from zerodown.proxy.sticky import key_bytes
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
 
 __all__ = [
@@ -66,6 +73,7 @@ _BALANCE = {
 }
 _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
 _BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
+_REQUEST_ID_HEADER = "add_header X-Request-ID $zd_request_id always;"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,7 @@ def render(
     http = [
         *_http_common(settings, paths, log),
         *(_upstream(s, unhealthy, settings.keepalive) for s in services),
+        *_sticky(services, unhealthy, settings),
         *_servers(services, listen, unhealthy),
         _control_server(paths, generation),
     ]
@@ -187,7 +196,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         "proxy_set_header X-Forwarded-For $zd_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
         "proxy_set_header X-Request-ID $zd_request_id;",
-        "add_header X-Request-ID $zd_request_id always;",
+        _REQUEST_ID_HEADER,
         # Safe retries only: a connect error or a timeout before any answer,
         # and (nginx's default, kept: no `non_idempotent`) never a POST or
         # PATCH once it was sent, since the app may have acted on it.
@@ -301,7 +310,7 @@ def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> st
         body += [
             f"proxy_next_upstream_tries {service.tries};",
             f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
-            f"proxy_pass http://{upstream_name(service.name)};",
+            *_proxy_pass(service),
         ]
     block = _indent(body)
     # A prefix matches on a segment boundary, as in proxy/router.py: "/api"
@@ -310,6 +319,27 @@ def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> st
     if not stem:
         return f"location ^~ / {{\n{block}\n}}"
     return f"location = {stem} {{\n{block}\n}}\nlocation ^~ {stem}/ {{\n{block}\n}}"
+
+
+def _sticky(
+    services: Sequence[ServiceSpec], unhealthy: frozenset[tuple[str, str]], settings: NginxSettings
+) -> list[str]:
+    """The upstreams and maps of sticky services (dataplane/nginx/sticky.py)."""
+    sticky = [s for s in services if s.sticky is not None]
+    if not sticky:
+        return []
+    key = key_bytes(settings.sticky_key)
+    blocks = [SECURE_MAP]
+    for service in sticky:
+        down = frozenset(a for s, a in unhealthy if s == service.name)
+        blocks += sticky_blocks(service, down, key, settings.keepalive)
+    return blocks
+
+
+def _proxy_pass(service: ServiceSpec) -> list[str]:
+    if service.sticky is not None:
+        return location_lines(service, _REQUEST_ID_HEADER)
+    return [f"proxy_pass http://{upstream_name(service.name)};"]
 
 
 def _control_server(paths: Paths, generation: int) -> str:
@@ -358,4 +388,5 @@ def unsupported(service: ServiceSpec) -> list[str]:
         (service.websocket_drain == "close", 'websocket_drain = "close"'),
         (service.balance == "least_time", 'balance = "least_time" (NGINX Plus; use least_conn)'),
     ]
-    return [f"services.{service.name}.{what}" for failed, what in checks if failed]
+    problems = [what for failed, what in checks if failed] + unsupported_sticky(service)
+    return [f"services.{service.name}.{what}" for what in problems]

@@ -42,6 +42,8 @@ class NginxSettings:
     trusted_proxies: tuple[str, ...] = ()
     # Appended verbatim inside `http {}` (tuning), checked by `nginx -t` with the rest.
     extra_http: str = ""
+    # Signs the tokens of sticky cookies (hex, from state_dir; proxy/sticky.py).
+    sticky_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
