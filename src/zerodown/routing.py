@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from zerodown.guardspec import GuardSpec
+
 TargetState = Literal["ready", "draining", "down"]
 # What a data plane reports of a target (zerodown.stats): its admin state
 # (the lifecycle of proxy/target.py) and its health (proxy/health.py).
@@ -146,6 +148,7 @@ class ServiceSpec(_Value):
     retry_timeout: float = Field(default=DEFAULT_RETRY_TIMEOUT, gt=0)
     websocket_drain: WebSocketDrain = "keep"
     hold: HoldSpec | None = None
+    guard: GuardSpec | None = None  # allow/deny, block, rate_limit (guardspec.py)
 
     @field_validator("path")
     @classmethod

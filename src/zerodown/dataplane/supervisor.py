@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import sys
 import time
@@ -42,6 +43,7 @@ from zerodown.dataplane.sockets import ListenSet
 from zerodown.dataplane.worker import ANSWERS_EVERY
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
+from zerodown.proxy.ratelimit import create_table_file
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
@@ -116,6 +118,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         self.listening = ListenSet([], workers)
         self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
         self._readers: set[asyncio.Task[None]] = set()  # channels, read until the worker exits
+        self._rate_table: str | None = None
 
     def __repr__(self) -> str:
         return f"<MultiWorkerDataPlane {self.addresses} workers={self.workers!r}>"
@@ -123,6 +126,10 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     # -- starting and stopping -------------------------------------------------
 
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        # One rate-limit table for all workers (proxy/ratelimit.py); a sparse
+        # file, so it costs memory only once a service limits rates.
+        self._rate_table = create_table_file()
+        self.settings = dataclasses.replace(self.settings, rate_limit_table=self._rate_table)
         self.listening = ListenSet.open(listen, len(self.workers))
         results = await asyncio.gather(
             *(self._spawn(w) for w in self.workers), return_exceptions=True
@@ -162,6 +169,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             worker.ready = False  # the keepers that would have said so were cancelled
         self.listening.close()
         await self.server.stop(0)
+        if self._rate_table is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._rate_table)
 
     async def _stop_worker(self, worker: WorkerProcess, timeout: float) -> None:
         process = worker.process
