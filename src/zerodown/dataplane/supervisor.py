@@ -129,7 +129,6 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         # One rate-limit table for all workers (proxy/ratelimit.py); a sparse
         # file, so it costs memory only once a service limits rates.
         self._rate_table = create_table_file()
-        self.settings = dataclasses.replace(self.settings, rate_limit_table=self._rate_table)
         self.listening = ListenSet.open(listen, len(self.workers))
         results = await asyncio.gather(
             *(self._spawn(w) for w in self.workers), return_exceptions=True
@@ -237,6 +236,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     def _start_message(self, table: RoutingTable) -> dict[str, Any]:
         return {
             "settings": dataclasses.asdict(self.settings),
+            "rate_table": self._rate_table,
             "table": table.model_dump(mode="json"),
             "health": self._health(),
         }

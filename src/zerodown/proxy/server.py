@@ -44,8 +44,12 @@ class ProxyServer:
         *,
         checks: bool = True,
         on_health: HealthHook | None = None,
+        rate_table: str | None = None,
     ) -> None:
         self.settings = settings
+        # The file of the rate-limit buckets all workers of a node share
+        # (proxy/ratelimit.py); None: this process keeps its own.
+        self._rate_table = rate_table
         # A worker of several runs no checks of its own and reports the
         # verdicts it reaches (passive ejections) through on_health.
         self._checks = checks
@@ -141,7 +145,7 @@ class ProxyServer:
         if self._buckets is None and any(
             spec.guard is not None and spec.guard.rate_limit is not None for spec in table.services
         ):
-            self._buckets = BucketTable(self.settings.rate_limit_table)
+            self._buckets = BucketTable(self._rate_table)
         return self._buckets
 
     async def wait_for_target(self, name: str, deadline: float) -> Service | None:

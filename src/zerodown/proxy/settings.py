@@ -58,6 +58,3 @@ class ProxySettings:
     # from anyone else they are replaced, so a client cannot spoof its address.
     trusted_proxies: tuple[str, ...] = ()
     access_log: str | None = None  # path, "-" for stdout, None for off
-    # The rate-limit bucket table several workers share (proxy/ratelimit.py);
-    # None: this process keeps its own.
-    rate_limit_table: str | None = None
