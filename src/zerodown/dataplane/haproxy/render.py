@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
@@ -70,7 +71,7 @@ def unsupported(table: RoutingTable) -> list[str]:
 def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
     parts = [_global(settings), _defaults(settings)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
-    parts += [_backend(spec) for spec in table.services]
+    parts += [_backend(spec, settings.trusted_proxies) for spec in table.services]
     parts.append(_no_route())
     if settings.extra is not None:
         parts.append(f"# {settings.extra}, appended verbatim\n{settings.extra.read_text()}")
@@ -176,8 +177,9 @@ def _route(rank: int, spec: ServiceSpec) -> list[str]:
     return [*acls, f"use_backend {backend_name(spec.name)}{condition}"]
 
 
-def _backend(spec: ServiceSpec) -> str:
+def _backend(spec: ServiceSpec, trusted: Sequence[str] = ()) -> str:
     lines = [*_balance(spec), f"retries {spec.tries - 1}"]
+    lines += guard_lines(spec, trusted)  # allow/deny, block, rate_limit: before any server
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")
         lines.append(f"timeout check {_ms(spec.health.timeout)}")
