@@ -25,6 +25,7 @@ class Feature:
 
 EMBEDDED: frozenset[DataPlaneName] = frozenset({"embedded"})
 EMBEDDED_HAPROXY: frozenset[DataPlaneName] = frozenset({"embedded", "haproxy"})
+EVERY: frozenset[DataPlaneName] = frozenset(DATAPLANES)
 
 FEATURES: tuple[Feature, ...] = (
     Feature('balance = "least_time"', lambda s: s.balance == "least_time", EMBEDDED),
@@ -53,6 +54,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "recreate.maintenance_page", lambda s: s.recreate.maintenance_page is not None, EMBEDDED
     ),
+    # At the edge (config/guard.py): every data plane renders them, each in its own
+    # terms (README: "Features by data plane" says how closely).
+    Feature("allow", lambda s: bool(s.allow), EVERY),
+    Feature("deny", lambda s: bool(s.deny), EVERY),
+    Feature("block", lambda s: s.block is not None, EVERY),
+    Feature("rate_limit", lambda s: s.rate_limit is not None, EVERY),
 )
 
 
