@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import KeepAliveClient, backends, port_of, proxy, request, run, service
+from prometheus_text import value
 from zerodown.dataplane.supervisor import MultiWorkerDataPlane
 from zerodown.guardspec import BlockSpec, GuardSpec, RateLimitSpec
 from zerodown.proxy.settings import ProxySettings
@@ -135,6 +136,10 @@ def test_rate_limit_answers_429_with_retry_after_past_the_burst_then_recovers(
             assert [r.status for r in after] == [200, 429]
             assert len(a.requests) == 5
             assert s.stats().services["web"].rate_limited == 3
+            metrics = s.prometheus()
+            assert (
+                value(metrics, "zerodown_refused_total", service="web", reason="rate_limited") == 3
+            )
 
     run(main())
     rules = [e["rule"] for e in log_lines(log) if e["status"] == 429]
@@ -159,7 +164,7 @@ def test_rate_limit_by_header_keeps_one_bucket_per_value_and_the_address_without
 
 def test_two_workers_share_one_rate_limit() -> None:
     limit = RateLimitSpec(requests=10, per=60)
-    sent = 40
+    sent = 30
 
     async def main() -> None:
         async with backends("a") as (a,):
