@@ -166,11 +166,13 @@ def test_two_workers_share_one_rate_limit() -> None:
     limit = RateLimitSpec(requests=10, per=60)
     sent = 30
 
-    async def main() -> None:
+    async def main() -> str:
         async with backends("a") as (a,):
             table = RoutingTable(services=(guarded(a.address, rate_limit=limit),))
             plane = MultiWorkerDataPlane(ProxySettings(), table, 2)
             await plane.start(["127.0.0.1:0"])
+            shared = plane._rate_table
+            assert shared is not None
             try:
                 port = plane.addresses[0][1]
                 # A new connection each: SO_REUSEPORT spreads them over both workers.
@@ -183,8 +185,9 @@ def test_two_workers_share_one_rate_limit() -> None:
         assert len(a.requests) == 10
         assert all(n > 0 for n in per_worker), per_worker  # both workers refused some
         assert merged.rate_limited == sent - 10
+        return shared
 
-    run(main())
+    assert not Path(run(main())).exists()  # removed with the data plane
 
 
 def test_a_service_without_rules_has_no_guard() -> None:

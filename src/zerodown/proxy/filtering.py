@@ -37,9 +37,9 @@ class BlockRules:
             return f"block.methods {method.decode('ascii')}"
         if self._paths:
             path = path.partition(b"?")[0]
-            forms = (path, unquote_to_bytes(path)) if b"%" in path else (path,)
+            decoded = unquote_to_bytes(path) if b"%" in path else None
             for pattern, source in self._paths:
-                if any(pattern.search(form) for form in forms):
+                if pattern.search(path) or (decoded is not None and pattern.search(decoded)):
                     return f"block.paths {source}"
         if user_agent is not None:
             for pattern, source in self._agents:

@@ -26,7 +26,6 @@ import mmap
 import os
 import struct
 import tempfile
-from pathlib import Path
 from typing import Final
 
 __all__ = ["BUCKETS", "WAYS", "BucketTable", "create_table_file", "refill"]
@@ -51,8 +50,13 @@ def key_hash(key: bytes) -> int:
 
 
 def create_table_file(directory: str | None = None) -> str:
-    """A new zeroed table file for several workers to share; the caller removes it."""
-    if directory is None and Path("/dev/shm").is_dir():
+    """A new zeroed table file for several workers to share; the caller removes it.
+
+    In /dev/shm (memory) unless told otherwise; where there is none, or it
+    is not writable (some containers), the temporary directory will do: the
+    file is mapped, so its pages are read and written in memory either way.
+    """
+    if directory is None and os.access("/dev/shm", os.W_OK):
         directory = "/dev/shm"
     fd, path = tempfile.mkstemp(prefix="zerodown-ratelimit-", dir=directory)
     try:
@@ -113,11 +117,11 @@ class BucketTable:
         """The slot of `wanted` and its tokens now; else a free or the least recent slot, full."""
         oldest, oldest_stamp = 0, float("inf")
         for way in range(WAYS):
-            key, tokens, stamp = slots[3 * way : 3 * way + 3]
+            key = slots[3 * way]
             if key == wanted:
-                return way, refill(tokens, stamp, now, rate, capacity)
-            if key == 0:
-                stamp = float("-inf")  # a free slot before any eviction
+                return way, refill(slots[3 * way + 1], slots[3 * way + 2], now, rate, capacity)
+            # A free slot (key 0) goes before any eviction.
+            stamp = slots[3 * way + 2] if key else float("-inf")
             if stamp < oldest_stamp:
                 oldest, oldest_stamp = way, stamp
         return oldest, float(capacity)
