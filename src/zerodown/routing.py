@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from zerodown.guardspec import GuardSpec
+
 TargetState = Literal["ready", "draining", "down"]
 # What a data plane reports of a target (zerodown.stats): its admin state
 # (the lifecycle of proxy/target.py) and its health (proxy/health.py).
@@ -171,6 +173,7 @@ class ServiceSpec(_Value):
     websocket_drain: WebSocketDrain = "keep"
     hold: HoldSpec | None = None
     sticky: StickySpec | None = None
+    guard: GuardSpec | None = None  # allow/deny, block, rate_limit (guardspec.py)
 
     @field_validator("path")
     @classmethod

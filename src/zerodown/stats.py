@@ -33,7 +33,10 @@ The JSON, as /v1/stats serves it::
             "canary": {"totals": {...}, "targets": {...}}
           },
           "canary_weight": 10.0,                  # percent of the service's traffic to canary
-          "panic": 0                              # tries routed in panic (sum of its targets')
+          "panic": 0,                             # tries routed in panic (sum of its targets')
+          "denied": 0,                            # refused by allow/deny (403)
+          "blocked": 0,                           # refused by block rules (403)
+          "rate_limited": 0                       # refused by rate_limit (429)
         }
       },
       "connections": 3,                           # open client connections
@@ -191,6 +194,11 @@ class ServiceStats(_Value):
     pools: dict[PoolName, PoolStats]
     canary_weight: float
     panic: int
+    # Requests the service's own rules refused before any target saw them:
+    # allow/deny (403), block (403), rate_limit (429).
+    denied: int = 0
+    blocked: int = 0
+    rate_limited: int = 0
 
 
 class Stats(_Value):

@@ -33,6 +33,7 @@ from zerodown.config import (
 from zerodown.config import defaults as d
 from zerodown.config import proxy as proxy_config
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
+from zerodown.config.guard import BlockConfig, RateLimitConfig
 from zerodown.config.service import StickyConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
@@ -485,6 +486,8 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
         ("upstreams[].", UpstreamConfig),
         ("health.", HealthConfig),
         ("passive.", PassiveConfig),
+        ("rate_limit.", RateLimitConfig),
+        ("block.", BlockConfig),
         ("rolling.", RollingConfig),
         ("blue_green.", BlueGreenConfig),
         ("canary.", CanaryConfig),

@@ -31,6 +31,10 @@ USES = [
     'blue_green = { preview_pause = "manual" }',
     'recreate = { max_pause = "5s" }',
     'recreate = { maintenance_page = "down.html" }',
+    'allow = ["10.0.0.0/8"]',
+    'deny = ["10.9.0.0/16"]',
+    "block = { paths = ['^/\\.git'], methods = [\"TRACE\"] }",
+    'rate_limit = { requests = 10, per = "1s", key = "header:X-Api-Key" }',
 ]
 
 

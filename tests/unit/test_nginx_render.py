@@ -179,9 +179,11 @@ def test_request_ids_forwarded_for_and_shutdown_bound() -> None:
     assert "proxy_set_header X-Forwarded-For $zd_forwarded_for;" in text
     assert "proxy_set_header X-Request-ID $zd_request_id;" in text
     assert "add_header X-Request-ID $zd_request_id always;" in text
-    assert "geo $zd_trusted { default 0; }" in text  # nobody is trusted by default
+    assert (
+        "geo $realip_remote_addr $zd_trusted { default 0; }" in text
+    )  # nobody is trusted by default
     trusted = conf(service(A), trusted_proxies=("10.0.0.0/8", "::1/128"))
-    assert "geo $zd_trusted { default 0; 10.0.0.0/8 1; ::1/128 1; }" in trusted
+    assert "geo $realip_remote_addr $zd_trusted { default 0; 10.0.0.0/8 1; ::1/128 1; }" in trusted
 
 
 def test_extra_http_is_appended_verbatim() -> None:

@@ -29,6 +29,7 @@ FAMILIES = [
     ("zerodown_target_up", "gauge"),
     ("zerodown_canary_weight_percent", "gauge"),
     ("zerodown_panic_total", "counter"),
+    ("zerodown_refused_total", "counter"),
     ("zerodown_rejected_total", "counter"),
     ("zerodown_client_connections", "gauge"),
 ]
@@ -94,6 +95,7 @@ def test_service_and_proxy_samples() -> None:
     text = render_prometheus(stats(served()))
     assert value(text, "zerodown_canary_weight_percent", service="web") == 10.0
     assert value(text, "zerodown_panic_total", service="web") == 0
+    assert value(text, "zerodown_refused_total", service="web", reason="rate_limited") == 0
     assert value(text, "zerodown_rejected_total", code="400") == 2
     assert value(text, "zerodown_client_connections") == 4
 
@@ -104,6 +106,7 @@ def test_no_targets_and_no_rejections_leave_their_families_out() -> None:
     assert names == {
         "zerodown_canary_weight_percent",
         "zerodown_panic_total",
+        "zerodown_refused_total",
         "zerodown_client_connections",
     }
     empty = render_prometheus(Stats(services={}, connections=0, rejected={}))

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from zerodown.config import defaults
 from zerodown.config.fields import (
     Address,
+    Cidr,
     Duration,
     Table,
     Timeout,
@@ -23,6 +24,7 @@ from zerodown.config.fields import (
     same_as,
     table_or_false,
 )
+from zerodown.config.guard import BlockConfig, RateLimitConfig, guard_spec
 from zerodown.config.strategy import (
     BlueGreenConfig,
     CanaryConfig,
@@ -146,6 +148,12 @@ class ServiceConfig(Table):
     websocket_drain: WebSocketDrain = same_as(ServiceSpec, "websocket_drain")
     sticky: Annotated[StickyConfig | None, BeforeValidator(table_or_false)] = None
 
+    # at the edge: who may ask, what is refused, how fast (config/guard.py)
+    allow: tuple[Cidr, ...] = Field(default=(), strict=False)
+    deny: tuple[Cidr, ...] = Field(default=(), strict=False)
+    rate_limit: RateLimitConfig | None = None
+    block: BlockConfig | None = None
+
     # orchestration (a service zerodown runs itself, with `command`)
     strategy: StrategyName = defaults.STRATEGY
     instances: int = Field(default=defaults.INSTANCES, ge=1)
@@ -267,4 +275,5 @@ class ServiceConfig(Table):
             retry_timeout=self.retry_timeout,
             websocket_drain=self.websocket_drain,
             sticky=self.sticky.spec() if self.sticky else None,
+            guard=guard_spec(self.allow, self.deny, self.rate_limit, self.block),
         )

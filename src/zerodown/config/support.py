@@ -26,12 +26,12 @@ class Feature:
 
 EMBEDDED: frozenset[DataPlaneName] = frozenset({"embedded"})
 EMBEDDED_HAPROXY: frozenset[DataPlaneName] = frozenset({"embedded", "haproxy"})
-DATAPLANES_ALL: frozenset[DataPlaneName] = frozenset(DATAPLANES)
+EVERY: frozenset[DataPlaneName] = frozenset(DATAPLANES)
 
 FEATURES: tuple[Feature, ...] = (
     Feature('balance = "least_time"', lambda s: s.balance == "least_time", EMBEDDED),
     Feature("slow_start", lambda s: s.slow_start > 0, EMBEDDED_HAPROXY),
-    Feature("sticky", lambda s: s.sticky is not None, DATAPLANES_ALL),
+    Feature("sticky", lambda s: s.sticky is not None, EVERY),
     # nginx reads the cookie as $cookie_NAME: a variable name (nginx/sticky.py).
     Feature(
         "sticky.cookie (with a character other than letters, digits and '_')",
@@ -62,6 +62,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "recreate.maintenance_page", lambda s: s.recreate.maintenance_page is not None, EMBEDDED
     ),
+    # At the edge (config/guard.py): every data plane renders them, each in its own
+    # terms (README: "Features by data plane" says how closely).
+    Feature("allow", lambda s: bool(s.allow), EVERY),
+    Feature("deny", lambda s: bool(s.deny), EVERY),
+    Feature("block", lambda s: s.block is not None, EVERY),
+    Feature("rate_limit", lambda s: s.rate_limit is not None, EVERY),
 )
 
 

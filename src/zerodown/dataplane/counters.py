@@ -26,6 +26,7 @@ class RetiredCounters:
     def __init__(self) -> None:
         self._targets: dict[Key, Counters] = {}
         self._rejected: dict[str, int] = {}
+        self._refused: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         requests = sum(c.requests for c in self._targets.values())
@@ -38,6 +39,10 @@ class RetiredCounters:
             self._targets[key] = sum_counters([counters] if kept is None else [kept, counters])
         for status, count in tally.rejected.items():
             self._rejected[status] = self._rejected.get(status, 0) + count
+        for service, counts in tally.refused.items():
+            counted = self._refused.setdefault(service, {})
+            for kind, count in counts.items():
+                counted[kind] = counted.get(kind, 0) + count
 
     def keep_only(self, keys: set[Key]) -> None:
         """Forget targets that left the table: their series end, and memory stays bounded."""
@@ -46,4 +51,8 @@ class RetiredCounters:
 
     def tally(self) -> Tally:
         """The kept counters as one more worker's, with no request in flight."""
-        return Tally(counters=dict(self._targets), rejected=dict(self._rejected))
+        return Tally(
+            counters=dict(self._targets),
+            rejected=dict(self._rejected),
+            refused={name: dict(counts) for name, counts in self._refused.items()},
+        )

@@ -39,6 +39,8 @@ class Tally:
     in_flight: Mapping[Key, int] = field(default_factory=dict)
     connections: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
+    # Per service: requests its rules refused, by kind (REFUSALS).
+    refused: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: Stats) -> Tally:
@@ -49,7 +51,15 @@ class Tally:
             in_flight={key: entry.in_flight for key, entry in entries.items()},
             connections=stats.connections,
             rejected=stats.rejected,
+            refused={name: refused_counts(entry) for name, entry in stats.services.items()},
         )
+
+
+REFUSALS = ("denied", "blocked", "rate_limited")
+
+
+def refused_counts(service: ServiceStats) -> dict[str, int]:
+    return {kind: getattr(service, kind) for kind in REFUSALS}
 
 
 def target_entries(stats: Stats) -> Iterator[tuple[Key, TargetStats]]:
@@ -100,7 +110,11 @@ def _merged_service(name: str, service: ServiceStats, tallies: list[Tally]) -> S
             )
         pools[pool_name] = pool_entry(entries)
     panic = service_panic(pools)
-    return ServiceStats(pools=pools, canary_weight=service.canary_weight, panic=panic)
+    refused = {
+        kind: sum(tally.refused.get(name, {}).get(kind, 0) for tally in tallies)
+        for kind in REFUSALS
+    }
+    return ServiceStats(pools=pools, canary_weight=service.canary_weight, panic=panic, **refused)
 
 
 def answered_counts(stats: Stats) -> dict[tuple[str, str], int]:

@@ -84,6 +84,12 @@ class _Families:
             "Tries routed to a target while health had every target of the service out (panic).",
             "service",
         )
+        self.refused = _counter(
+            "zerodown_refused_total",
+            "Requests a service's own rules refused: denied (allow/deny), blocked, rate_limited.",
+            "service",
+            "reason",
+        )
         self.rejected = _counter(
             "zerodown_rejected_total", "Requests the proxy answered itself, by status.", "code"
         )
@@ -102,6 +108,7 @@ class _Families:
             self.up,
             self.canary_weight,
             self.panic,
+            self.refused,
             self.rejected,
             self.connections,
         )
@@ -136,6 +143,8 @@ class StatsCollector:
         for service, entry in self.stats.services.items():
             families.canary_weight.add_metric([service], entry.canary_weight)
             families.panic.add_metric([service], entry.panic)
+            for reason in ("denied", "blocked", "rate_limited"):
+                families.refused.add_metric([service, reason], getattr(entry, reason))
             for pool, pool_stats in entry.pools.items():
                 for address, target in pool_stats.targets.items():
                     families.add_target([service, pool, address, target.version or ""], target)

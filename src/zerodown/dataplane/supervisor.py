@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import sys
 import time
@@ -42,6 +43,7 @@ from zerodown.dataplane.sockets import ListenSet
 from zerodown.dataplane.worker import ANSWERS_EVERY
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.health import HealthShare
+from zerodown.proxy.ratelimit import create_table_file
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.sticky import new_key
@@ -120,6 +122,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
         self.listening = ListenSet([], workers)
         self._keepers: set[asyncio.Task[None]] = set()  # restart loops, cancelled on stop
         self._readers: set[asyncio.Task[None]] = set()  # channels, read until the worker exits
+        self._rate_table: str | None = None
 
     def __repr__(self) -> str:
         return f"<MultiWorkerDataPlane {self.addresses} workers={self.workers!r}>"
@@ -127,6 +130,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     # -- starting and stopping -------------------------------------------------
 
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        # One rate-limit table for all workers (proxy/ratelimit.py); a sparse
+        # file, so it costs memory only once a service limits rates.
+        self._rate_table = create_table_file()
         self.listening = ListenSet.open(listen, len(self.workers))
         results = await asyncio.gather(
             *(self._spawn(w) for w in self.workers), return_exceptions=True
@@ -166,6 +172,9 @@ class MultiWorkerDataPlane(ListeningDataPlane):
             worker.ready = False  # the keepers that would have said so were cancelled
         self.listening.close()
         await self.server.stop(0)
+        if self._rate_table is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._rate_table)
 
     async def _stop_worker(self, worker: WorkerProcess, timeout: float) -> None:
         process = worker.process
@@ -231,6 +240,7 @@ class MultiWorkerDataPlane(ListeningDataPlane):
     def _start_message(self, table: RoutingTable) -> dict[str, Any]:
         return {
             "settings": dataclasses.asdict(self.settings),
+            "rate_table": self._rate_table,
             "table": table.model_dump(mode="json"),
             "health": self._health(),
         }

@@ -88,7 +88,13 @@ class Worker:
     async def _start(self, message: Message) -> int:
         settings = ProxySettings(**_settings_fields(message["settings"]))
         table = RoutingTable.model_validate(message["table"])
-        self.server = ProxyServer(settings, table, checks=False, on_health=self._report)
+        self.server = ProxyServer(
+            settings,
+            table,
+            checks=False,
+            on_health=self._report,
+            rate_table=message.get("rate_table"),
+        )
         for service, address, share in message["health"]:
             self.server.adopt_health(service, address, HealthShare(*share))
         await self.server.start([socket.socket(fileno=fd) for fd in self.listen_fds])

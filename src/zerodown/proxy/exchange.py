@@ -143,8 +143,13 @@ class Exchange:
             if self.error is not None:
                 raise self.error
             assert self.service is not None
+            service = self._current(self.service)
+            if service.guard is not None:  # the one check before anything reaches the app
+                refusal = service.guard.check(self.client_ip, self.head, self.path)
+                if refusal is not None:
+                    raise refusal
             self._move(Phase.ROUTING)
-            await forward(self, self._current(self.service))
+            await forward(self, service)
         except ProxyError as exc:
             self._fail(self.error if self.cut is Cut.CLIENT and self.error is not None else exc)
         finally:

@@ -14,6 +14,7 @@ from typing import Final, Protocol
 
 from zerodown.errors import ProxyError
 from zerodown.proxy import http
+from zerodown.proxy.guard import Refusal
 
 # Statuses whose response never has a body, whatever its fields say.
 _NO_BODY: Final = frozenset({101, 204, 304})
@@ -101,6 +102,8 @@ def error_answer(exc: ProxyError, request_id: bytes, *, close: bool, head_only: 
     """The proxy's own answer to a request it could not forward."""
     if isinstance(exc, Maintenance):
         return exc.response(request_id, head_only=head_only)
+    if isinstance(exc, Refusal):  # 403/429 of the service's rules: the body says which
+        return exc.response(request_id, close=close, head_only=head_only)
     # Our own 5xx say which failure they are; a 503's body also says why
     # (its reasons name services, never an address of the network behind).
     return http.error_response(

@@ -21,9 +21,11 @@ from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.errors import DataPlaneError
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.guard import Refusal
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.listener import Listener, bind_listener
 from zerodown.proxy.metrics import target_entry
+from zerodown.proxy.ratelimit import BucketTable
 from zerodown.proxy.router import Router
 from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
@@ -42,8 +44,12 @@ class ProxyServer:
         *,
         checks: bool = True,
         on_health: HealthHook | None = None,
+        rate_table: str | None = None,
     ) -> None:
         self.settings = settings
+        # The file of the rate-limit buckets all workers of a node share
+        # (proxy/ratelimit.py); None: this process keeps its own.
+        self._rate_table = rate_table
         # A worker of several runs no checks of its own and reports the
         # verdicts it reaches (passive ejections) through on_health.
         self._checks = checks
@@ -65,6 +71,7 @@ class ProxyServer:
         self._table_changed: asyncio.Future[None] = self.loop.create_future()
         self._closed_event = asyncio.Event()
         self._access_log: IO[str] | None = None
+        self._buckets: BucketTable | None = None  # made when a service first limits rates
         self.apply_now(table or RoutingTable())
 
     def __repr__(self) -> str:
@@ -106,6 +113,7 @@ class ProxyServer:
         """Swap the table in this loop iteration; DataPlaneError leaves the old one."""
         old = self.services
         try:
+            buckets = self._bucket_table(table)
             new = {
                 spec.name: Service(
                     spec,
@@ -113,6 +121,7 @@ class ProxyServer:
                     old.get(spec.name),
                     checks=self._checks,
                     on_health=self._on_health,
+                    buckets=buckets,
                 )
                 for spec in table.services
             }
@@ -130,6 +139,14 @@ class ProxyServer:
             self.target_idle(target)
         changed, self._table_changed = self._table_changed, self.loop.create_future()
         changed.set_result(None)
+
+    def _bucket_table(self, table: RoutingTable) -> BucketTable | None:
+        """The rate-limit buckets, opened the first time a service asks for them."""
+        if self._buckets is None and any(
+            spec.guard is not None and spec.guard.rate_limit is not None for spec in table.services
+        ):
+            self._buckets = BucketTable(self._rate_table)
+        return self._buckets
 
     async def wait_for_target(self, name: str, deadline: float) -> Service | None:
         """Hold a request until service `name` has a target that can serve, or the deadline.
@@ -244,6 +261,7 @@ class ProxyServer:
                 pools=pools,
                 canary_weight=service.spec.split.canary_weight,
                 panic=service_panic(pools),
+                **service.refused.as_dict(),
             )
         return Stats(
             services=services,
@@ -270,6 +288,8 @@ class ProxyServer:
             "request_id": exchange.request_id.decode("latin-1"),
             "error": exchange.failure.kind if exchange.failure is not None else None,
         }
+        if isinstance(exchange.failure, Refusal):
+            entry["rule"] = exchange.failure.rule  # which allow/deny, block or rate_limit rule
         self._access_log.write(json.dumps(entry) + "\n")
 
     def _open_access_log(self) -> None:
@@ -307,6 +327,8 @@ class ProxyServer:
         await self._close_services()
         if self._access_log is not None and self._access_log is not sys.stdout:
             self._access_log.close()
+        if self._buckets is not None:
+            self._buckets.close()
 
     async def _close_services(self) -> None:
         for service in self.services.values():

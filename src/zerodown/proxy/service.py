@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 from zerodown.proxy.balancer import Balancer, balancer_type, make_balancer
 from zerodown.proxy.checker import CheckResult, HealthChecker
+from zerodown.proxy.guard import Guard, GuardCounters
 from zerodown.proxy.health import HealthShare, TargetHealth, may_eject
 from zerodown.proxy.http import Forwarded, RequestHead
 from zerodown.proxy.metrics import TargetMetrics
+from zerodown.proxy.ratelimit import BucketTable
 from zerodown.proxy.retry import RetryBudget
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.sticky import (
@@ -103,6 +105,7 @@ class Service:
         rng: random.Random | None = None,
         checks: bool = True,
         on_health: HealthHook | None = None,
+        buckets: BucketTable | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -120,6 +123,14 @@ class Service:
             previous.budget
             if previous
             else RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+        )
+        # Refusal counters outlive table swaps too; None when no rule is set.
+        self.refused: GuardCounters = previous.refused if previous else GuardCounters()
+        guard = spec.guard
+        self.guard = (
+            Guard(spec.name, guard, self.refused, buckets, clock)
+            if guard is not None and not guard.empty
+            else None
         )
         known = previous.targets_by_address() if previous else {}
         _check_buildable(spec, known)

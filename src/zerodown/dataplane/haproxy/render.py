@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
@@ -185,6 +186,8 @@ def _route(rank: int, spec: ServiceSpec) -> list[str]:
 
 def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
     lines = [*_balance(spec), f"retries {spec.tries - 1}"]
+    # allow/deny, block, rate_limit: before any server
+    lines += guard_lines(spec, settings.trusted_proxies)
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")
         lines.append(f"timeout check {_ms(spec.health.timeout)}")

@@ -75,6 +75,8 @@ class AccessCounters:
     rejected: dict[str, int] = field(default_factory=dict)
     lines: int = 0
     foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
+    # service -> kind (denied, blocked, rate_limited) -> requests its rules refused (guard.py)
+    refused: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def feed(self, datagram: bytes) -> list[Try]:
         """Count one datagram; return its tries (the health checks' proof of answers)."""
@@ -87,6 +89,10 @@ class AccessCounters:
         if not seen:
             status = entry.get("status", "")
             self.rejected[status] = self.rejected.get(status, 0) + 1
+            kind = entry.get("zr", "")
+            if kind:
+                counts = self.refused.setdefault(entry.get("zsvc", ""), {})
+                counts[kind] = counts.get(kind, 0) + 1
         for one in seen:
             self._count(one)
         return seen

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.nginx.sticky import (
     SECURE_MAP,
@@ -61,7 +62,7 @@ WEIGHT_SCALE = 100
 LOG_FORMAT = (
     '{"k":"%(key)s","svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
     '"urt":"$upstream_response_time","rt":"$request_time","status":"$status",'
-    '"msec":"$msec"}'
+    '"msec":"$msec","zr":"$zd_refused","rule":"$zd_rule","zsvc":"$zd_svc"}'
 )
 _BALANCE = {
     "round_robin": "",
@@ -110,6 +111,7 @@ def render(
     log = log or LogTarget(f"unix:{paths.access_socket}")
     http = [
         *_http_common(settings, paths, log),
+        *guard_http(services),
         *(_upstream(s, unhealthy, settings.keepalive) for s in services),
         *_sticky(services, unhealthy, settings),
         *_servers(services, listen, unhealthy),
@@ -182,8 +184,13 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         # Client-identity headers are taken only from trusted_proxies, as the
         # embedded proxy does: from anyone else they are replaced, so no
         # client can name another address or another request id.
+        # With trusted proxies, realip makes $remote_addr the client they
+        # forward for (guard.py); the peer stays $realip_remote_addr.
+        *realip(settings.trusted_proxies),
         _trusted(settings.trusted_proxies),
-        "map $zd_trusted $zd_forwarded_for { 1 $proxy_add_x_forwarded_for; default $remote_addr; }",
+        "map $http_x_forwarded_for $zd_forwarded_chain "
+        "{ '' $realip_remote_addr; default '$http_x_forwarded_for, $realip_remote_addr'; }",
+        "map $zd_trusted $zd_forwarded_for { 1 $zd_forwarded_chain; default $realip_remote_addr; }",
         "map $zd_trusted:$http_x_request_id $zd_request_id "
         "{ default $request_id; '~^1:(?<zd_rid>.+)$' $zd_rid; }",
         # Upgrade for WebSockets; otherwise an empty Connection keeps the
@@ -206,7 +213,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
 
 def _trusted(cidrs: Sequence[str]) -> str:
     entries = " ".join(f"{cidr} 1;" for cidr in cidrs)
-    return f"geo $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
+    return f"geo $realip_remote_addr $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
 
 
 def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:
@@ -268,6 +275,7 @@ def _servers(
         listens = [_listen(a, default=host == "*") for a in listen]
         body = [*listens, f"server_name {'_' if host == '*' else host};"]
         body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
+        body += guard_named(routed)
         if not any(s.path == "/" for s in routed):
             body.append("location / { return 404; }")
         blocks.append(f"server {{\n{_indent(body)}\n}}")
@@ -301,10 +309,10 @@ def _covering_wildcards(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[
 def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> str:
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
+    body = guard_location(service)  # refusals first: before any rewrite or upstream
     if not any(s.weight for s in server_weights(service, down)):
-        body = ["return 503;"]
+        body.append("return 503;")
     else:
-        body = []
         if service.strip_prefix and stem:
             body.append(f"rewrite ^{stem}/?(.*)$ /$1 break;")
         body += [

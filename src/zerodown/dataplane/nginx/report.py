@@ -35,7 +35,15 @@ def _service(
         "stable": _pool(spec.name, spec.stable, counters, unhealthy),
         "canary": _pool(spec.name, spec.canary, counters, unhealthy),
     }
-    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0)
+    refused = counters.refused.get(spec.name, {})
+    return ServiceStats(
+        pools=pools,
+        canary_weight=spec.split.canary_weight,
+        panic=0,
+        denied=refused.get("denied", 0),
+        blocked=refused.get("blocked", 0),
+        rate_limited=refused.get("rate_limited", 0),
+    )
 
 
 def _pool(
