@@ -59,6 +59,7 @@ NOT_DEFAULT: dict[str, dict[str, object]] = {
     "retry_timeout": {"retry_timeout": "7s"},
     "websocket_drain": {"websocket_drain": "close"},
     "sticky": {"sticky": {"cookie": "sid", "ttl": "2h"}},
+    "guard": {"deny": ["10.9.0.0/16"]},
 }
 
 
