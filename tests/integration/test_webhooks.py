@@ -12,7 +12,7 @@ from typing import Any
 
 from harness import DEADLINE, run, until
 from zerodown.config.operate import NotifyConfig
-from zerodown.control.webhooks import Webhooks, post_json
+from zerodown.control.webhooks import Webhooks, post_json, shown_url
 from zerodown.deploy.contract import EventView
 
 
@@ -207,3 +207,9 @@ def test_no_receivers_no_tasks() -> None:
         await hooks.stop()
 
     run(scenario())
+
+
+def test_logs_show_no_webhook_secret() -> None:
+    assert shown_url("https://hooks.slack.com/services/T0/B0/XXXX") == "https://hooks.slack.com/…"
+    assert shown_url("http://user:pw@127.0.0.1:8000/x?token=1") == "http://127.0.0.1:8000/…"
+    assert "XXXX" not in repr(Webhooks(config("https://h.example/services/XXXX")).receivers[0])

@@ -33,7 +33,7 @@ from zerodown.config.operate import NOTIFY_BACKOFF_MAX, NotifyConfig
 from zerodown.control.notices import Notices
 from zerodown.deploy.contract import EventView
 
-__all__ = ["STOP_GRACE", "Receiver", "Webhooks", "post_json"]
+__all__ = ["STOP_GRACE", "Receiver", "Webhooks", "post_json", "shown_url"]
 
 log = logging.getLogger("zerodown.notify")
 
@@ -62,11 +62,18 @@ def post_json(url: str, document: dict[str, Any], timeout: float) -> str | None:
     return f"HTTP {response.status} {response.reason}"
 
 
+def shown_url(url: str) -> str:
+    """`url` as logs may show it: a webhook's path is often its secret (Slack's is)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
+
+
 class Receiver:
     """One webhook URL: its queue and the task that sends from it."""
 
     def __init__(self, url: str, config: NotifyConfig) -> None:
         self.url = url
+        self.shown = shown_url(url)
         self.config = config
         self.queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.queue)
         self.dropped = 0
@@ -77,7 +84,7 @@ class Receiver:
 
     def __repr__(self) -> str:
         return (
-            f"<Receiver {self.url} queued={len(self.queue)} sent={self.sent} "
+            f"<Receiver {self.shown} queued={len(self.queue)} sent={self.sent} "
             f"dropped={self.dropped} given_up={self.given_up}>"
         )
 
@@ -87,7 +94,7 @@ class Receiver:
             self.dropped += 1
             log.warning(
                 "notify %s: queue full (%d), dropped the oldest notification (%d dropped so far)",
-                self.url,
+                self.shown,
                 self.config.queue,
                 self.dropped,
             )
@@ -118,11 +125,11 @@ class Receiver:
             if problem is None:
                 self.sent += 1
                 return
-            log.info("notify %s: try %d failed: %s", self.url, attempt + 1, problem)
+            log.info("notify %s: try %d failed: %s", self.shown, attempt + 1, problem)
         self.given_up += 1
         log.warning(
             "notify %s: gave up on %s of deploy %s after %d tries: %s",
-            self.url,
+            self.shown,
             document.get("event"),
             document.get("deploy_id"),
             config.retries + 1,
