@@ -114,6 +114,9 @@ def test_refusals_of_the_control_plane_pass_through(secret: str) -> None:
             raw, headers = signed({"service": "api", "version": "v2", "timestamp": now()})
             status, _, reply = await api(post, api.port, raw, headers)
             assert (status, reply["error"]) == (404, "no service named 'api'")
+            # refused, it started nothing: sent again, it is answered again, not called a replay
+            status, _, reply = await api(post, api.port, raw, headers)
+            assert (status, reply["error"]) == (404, "no service named 'api'")
 
     run(scenario())
 

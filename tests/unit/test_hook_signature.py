@@ -75,3 +75,5 @@ def test_replay_guard_refuses_a_second_time_until_past_the_window() -> None:
     now[0] += 2  # 21 s: twice the window, which the timestamp check alone now refuses
     assert guard.first_time("a")
     assert len(guard._until) == 1  # "b" was forgotten
+    guard.forget("a")
+    assert guard.first_time("a")

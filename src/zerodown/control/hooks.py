@@ -136,6 +136,10 @@ class ReplayGuard:
         self._until[signature] = now + 2 * self.window
         return True
 
+    def forget(self, signature: str) -> None:
+        """Accept `signature` again: what it asked for was refused, so it did nothing."""
+        self._until.pop(signature, None)
+
 
 def add_hook_routes(app: FastAPI, control: ControlPlane | None) -> None:
     """POST HOOK_PATH on `app`, keyed with ZERODOWN_HOOK_SECRET as set now (unset: 403)."""
@@ -152,10 +156,15 @@ def add_hook_routes(app: FastAPI, control: ControlPlane | None) -> None:
         body = await _body(request)
         _authenticate(secret, body, request.headers.get(SIGNATURE_HEADER))
         hook = _parse(body)
-        _authenticate_time(hook.timestamp, guard, request.headers[SIGNATURE_HEADER])
-        if control is None:
-            raise HTTPException(503, "no control plane")
-        deploy_id = await control.deploy(hook.service, hook.version, hook.strategy)
+        signature = request.headers[SIGNATURE_HEADER].strip().lower()
+        _authenticate_time(hook.timestamp, guard, signature)
+        try:
+            if control is None:
+                raise HTTPException(503, "no control plane")
+            deploy_id = await control.deploy(hook.service, hook.version, hook.strategy)
+        except BaseException:
+            guard.forget(signature)  # it started nothing: the same request may come again
+            raise
         url = f"/v1/deploys/{deploy_id}"
         response.headers["Location"] = url
         return DeployAccepted(deploy_id=deploy_id, url=url)
@@ -183,7 +192,7 @@ def _authenticate_time(timestamp: float, guard: ReplayGuard, signature: str) -> 
     reason = timestamp_problem(timestamp, guard.clock(), guard.window)
     if reason is not None:
         raise HTTPException(401, reason, headers={"WWW-Authenticate": "HMAC-SHA256"})
-    if not guard.first_time(signature.strip().lower()):
+    if not guard.first_time(signature):
         raise HTTPException(409, "this signed request was already accepted (a replay)")
 
 
