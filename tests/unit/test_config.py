@@ -34,6 +34,7 @@ from zerodown.config import defaults as d
 from zerodown.config import proxy as proxy_config
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
 from zerodown.config.guard import BlockConfig, RateLimitConfig
+from zerodown.config.operate import EventsConfig, NotifyConfig
 from zerodown.config.service import StickyConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
@@ -496,6 +497,8 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
         ("recreate.", RecreateConfig),
         ("sticky.", StickyConfig),
     ],
+    "[notify]": [("", NotifyConfig)],
+    "[events]": [("", EventsConfig)],
 }
 
 

@@ -16,9 +16,11 @@ client adds no dependency to a tool whose job is to be installed anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import socket
 import urllib.parse
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any, Final
@@ -35,7 +37,14 @@ from zerodown.control.wire import (
 from zerodown.deploy.contract import JsonView as View
 from zerodown.errors import ConfigError, ZerodownError
 
-__all__ = ["TOKEN_ENV", "AdminClient", "AdminError", "AdminUnreachable", "parse_sse"]
+__all__ = [
+    "TOKEN_ENV",
+    "AdminClient",
+    "AdminError",
+    "AdminUnreachable",
+    "EventStream",
+    "parse_sse",
+]
 
 DEFAULT_TIMEOUT: Final = 10.0  # seconds for the daemon to answer a plain request
 # The server sends a comment every SSE_KEEPALIVE on an idle event stream;
@@ -154,23 +163,27 @@ class AdminClient:
 
         Closing the iterator (or leaving a `for` loop over it) closes the connection.
         """
+        stream = self.event_stream(after, service)
+        try:
+            yield from stream
+        finally:
+            stream.close()
+
+    def event_stream(self, after: int = 0, service: str | None = None) -> EventStream:
+        """The event stream, connected: iterate it for EventViews; `close()` ends it
+        from any thread (a reader blocked on it sees the end)."""
         params: dict[str, Any] = {"after": after}
         if service is not None:
             params["service"] = service
         path = f"/v1/events?{urllib.parse.urlencode(params)}"
         headers = {"Accept": "text/event-stream"}
         conn, response = self._open("GET", path, None, headers, EVENTS_READ_TIMEOUT)
-        try:
-            if response.status != 200:
+        if response.status != 200:
+            try:
                 raise _refusal(response.status, response.reason, response.read())
-            lines = (raw.decode("utf-8").rstrip("\r\n") for raw in _lines(response))
-            for message in parse_sse(lines):
-                if message.get("data"):
-                    yield json.loads(message["data"])
-        except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            raise self._lost(exc) from exc
-        finally:
-            conn.close()
+            finally:
+                conn.close()
+        return EventStream(self, conn, response)
 
     # -- transport -------------------------------------------------------------
 
@@ -231,6 +244,48 @@ class AdminClient:
         if isinstance(exc, TimeoutError):
             return AdminUnreachable(f"zerodown at {self.base_url} did not answer in time")
         return AdminUnreachable(f"lost the connection to zerodown at {self.base_url}: {exc}")
+
+
+class EventStream:
+    """One open `GET /v1/events`: iterating yields EventView dicts until it ends."""
+
+    def __init__(
+        self,
+        client: AdminClient,
+        conn: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+    ) -> None:
+        self._client = client
+        self._conn = conn
+        self._response = response
+        self._reading = False
+        self.closed = False
+
+    def __iter__(self) -> Iterator[View]:
+        self._reading = True
+        try:
+            lines = (raw.decode("utf-8").rstrip("\r\n") for raw in _lines(self._response))
+            for message in parse_sse(lines):
+                if message.get("data"):
+                    yield json.loads(message["data"])
+        except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
+            if not self.closed:  # a close() from another thread is no loss
+                raise self._client._lost(exc) from exc
+        finally:
+            self.closed = True
+            self._conn.close()  # in the reader's thread: http.client is not thread-safe
+
+    def close(self) -> None:
+        """End the stream; from another thread, it wakes the reader, which closes it."""
+        self.closed = True
+        if not self._reading:
+            self._conn.close()
+            return
+        sock = self._conn.sock
+        if sock is not None:
+            # shutdown, not close: it wakes a reader blocked in recv().
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def admin_url(address: str) -> str:

@@ -2,10 +2,15 @@
 
 `follow()` is the live view of one deploy: its steps as they happen, the
 service's instances with their state, and the traffic split per version.
-It polls the admin API (a long poll of POLL_INTERVAL on the deploy, then
-the service's status) rather than reading the event stream: the two views
-already hold everything shown, and a poll that fails says so at once where a
-stream could stall silently.
+It follows the daemon's event stream (cli/feed.py): each event of the deploy
+(or of the service's instances since it started) fetches the deploy and the
+service's status again, so the view changes the moment the daemon acts and
+costs nothing while it waits. Between events it redraws every POLL_INTERVAL
+(elapsed time, a pause's countdown) and, as a check against a missed event,
+fetches the views again after RECHECK_INTERVAL of silence. If the stream
+cannot be kept (an older daemon, a proxy that buffers it, reconnects that
+fail) it says so and polls instead: a long poll of POLL_INTERVAL on the
+deploy, then the service's status.
 
 The render functions are pure (views in, renderables out), so tests check
 them without a terminal.
@@ -23,10 +28,13 @@ from rich.table import Table
 from rich.text import Text
 
 from zerodown.cli.client import AdminClient
+from zerodown.cli.feed import EventFeed, StreamLost
 from zerodown.deploy.contract import JsonView as View
 
 __all__ = [
     "POLL_INTERVAL",
+    "RECHECK_INTERVAL",
+    "concerns",
     "crash_loop_text",
     "follow",
     "latest_steps",
@@ -38,7 +46,10 @@ __all__ = [
     "step_text",
 ]
 
-POLL_INTERVAL: Final = 0.5  # seconds between refreshes of the live view
+POLL_INTERVAL: Final = 0.5  # seconds between redraws of the live view
+# Silence on the stream this long fetches the views anyway: a missed event
+# (a stream replays at most a page of history) cannot stall the view.
+RECHECK_INTERVAL: Final = 10.0
 SHOWN_STEPS: Final = 12  # the live view keeps the latest steps; --json has them all
 BAR_WIDTH: Final = 30
 
@@ -80,13 +91,70 @@ def follow(
     """
     view = client.deploy_view(deploy_id)
     with Live(console=console, refresh_per_second=4, auto_refresh=False) as live:
+        try:
+            return _follow_events(client, view, live, deadline)
+        except StreamLost as exc:
+            console.print(f"event stream lost ({exc}); following by polling", style="dim")
+            return _follow_polling(client, deploy_id, live, deadline)
+
+
+def _follow_events(client: AdminClient, view: View, live: Live, deadline: float | None) -> View:
+    # The feed opens first and replays the service's stored events, so an event
+    # that lands between it and the views fetched next is not missed.
+    feed = EventFeed(client, view["service"])
+    try:
+        view, status, fetched = _fetch(client, view["id"])
         while True:
-            status = client.status(view["service"])[0]
-            live.update(render_deploy(view, status), refresh=True)
+            aged = _aged(status, time.monotonic() - fetched)
+            live.update(render_deploy(view, aged), refresh=True)
             if view["outcome"] is not None or _past(deadline):
                 return view
-            # A long poll, not a sleep: the outcome shows the moment it is known.
-            view = client.wait(deploy_id, _next_wait(deadline))
+            event = feed.next(_next_wait(deadline))
+            quiet = time.monotonic() - fetched >= RECHECK_INTERVAL
+            if (event is not None and concerns(event, view)) or quiet:
+                view, status, fetched = _fetch(client, view["id"])
+    finally:
+        feed.close()
+
+
+def _follow_polling(
+    client: AdminClient, deploy_id: int, live: Live, deadline: float | None
+) -> View:
+    view = client.deploy_view(deploy_id)
+    while True:
+        status = client.status(view["service"])[0]
+        live.update(render_deploy(view, status), refresh=True)
+        if view["outcome"] is not None or _past(deadline):
+            return view
+        # A long poll, not a sleep: the outcome shows the moment it is known.
+        view = client.wait(deploy_id, _next_wait(deadline))
+
+
+def concerns(event: View, view: View) -> bool:
+    """Whether `event` changes what the live view of deploy `view` shows: one of its
+    own, or one of the service's instances since it started (not replayed history)."""
+    if event.get("deploy_id") == view["id"]:
+        return True
+    at = event.get("at")
+    return (
+        event.get("deploy_id") is None and isinstance(at, int | float) and at >= view["started_at"]
+    )
+
+
+def _fetch(client: AdminClient, deploy_id: int) -> tuple[View, View, float]:
+    view = client.deploy_view(deploy_id)
+    return view, client.status(view["service"])[0], time.monotonic()
+
+
+def _aged(status: View, seconds: float) -> View:
+    """`status` as it is `seconds` after it was fetched: a timed pause has less left."""
+    pause = status.get("pause")
+    if not isinstance(pause, dict):
+        return status
+    left = pause.get("left")
+    if not isinstance(left, int | float) or seconds <= 0:
+        return status
+    return {**status, "pause": {**pause, "left": max(0.0, left - seconds)}}
 
 
 def _past(deadline: float | None) -> bool:

@@ -1,4 +1,5 @@
-"""The whole file: `[proxy]` plus `[services.NAME]`, and what the data plane gets from it."""
+"""The whole file: `[proxy]`, `[services.NAME]`, `[notify]` and `[events]`, and what
+the data plane gets from it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from pydantic import field_validator, model_validator
 
 from zerodown.config.fields import Table, problem
+from zerodown.config.operate import EventsConfig, NotifyConfig
 from zerodown.config.proxy import ProxyConfig
 from zerodown.config.service import ServiceConfig
 from zerodown.config.support import not_carried
@@ -20,6 +22,8 @@ _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 class Config(Table):
     proxy: ProxyConfig = ProxyConfig()
     services: dict[str, ServiceConfig] = {}
+    notify: NotifyConfig = NotifyConfig()
+    events: EventsConfig = EventsConfig()
 
     @field_validator("services")
     @classmethod

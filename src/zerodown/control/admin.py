@@ -56,6 +56,7 @@ from zerodown.control.auth import (
 )
 from zerodown.control.deploys import add_deploy_routes
 from zerodown.control.error_map import add_error_handlers
+from zerodown.control.hooks import add_hook_routes
 from zerodown.dataplane.base import DataPlane
 from zerodown.deploy.contract import ControlPlane
 from zerodown.routing import RoutingTable
@@ -85,6 +86,7 @@ def create_admin_app(
     add_error_handlers(app)
     _add_routes(app, dataplane, control)
     add_deploy_routes(app, control)
+    add_hook_routes(app, control)  # POST /v1/hooks/deploy: HMAC-signed, no token (hooks.py)
     # The last added runs first: who may ask (401/403) before how they asked (415).
     app.add_middleware(JsonOnly)
     if token:

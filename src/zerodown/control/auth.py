@@ -28,8 +28,9 @@ from starlette.websockets import WebSocketClose
 from zerodown.control.wire import JSON_TYPE, STATE_CHANGING
 from zerodown.errors import ConfigError
 
-# Liveness probes (systemd, a load balancer) must work without the secret.
-OPEN_PATHS: Final = frozenset({"/v1/health"})
+# Liveness probes (systemd, a load balancer) must work without the secret;
+# the deploy hook is authenticated by its own HMAC signature (hooks.py).
+OPEN_PATHS: Final = frozenset({"/v1/health", "/v1/hooks/deploy"})
 # RFC 6455 §7.4.1 "policy violation": the closest WebSocket close code to 401.
 WS_POLICY_VIOLATION: Final = 1008
 # Fetch Metadata (W3C): "same-origin" is this API's own page, "none" is the

@@ -36,6 +36,7 @@ from zerodown.control.auth import require_token_for
 from zerodown.control.dataplanes import managed_dataplane
 from zerodown.control.handover import HandoverError, inherited, start_successor
 from zerodown.control.server import AdminServer
+from zerodown.control.upkeep import Upkeep
 from zerodown.control.wire import TOKEN_ENV
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.deploy.orchestrator import Orchestrator
@@ -71,6 +72,7 @@ class Daemon:
         self.dataplane: ManagedDataPlane | None = None
         self.store: SqliteStore | None = None
         self.orchestrator: Orchestrator | None = None
+        self.upkeep: Upkeep | None = None
         self.admin: AdminServer | None = None
         self.handed_over_to: int | None = None
 
@@ -92,6 +94,8 @@ class Daemon:
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
         self.orchestrator = Orchestrator(config, self.dataplane, self.store, self._runtime_for)
         await self.orchestrator.start()
+        self.upkeep = Upkeep(config, self.store, self.orchestrator)  # event pruning, webhooks
+        self.upkeep.start()
         host, port = _admin_address(config.proxy.admin)
         app = create_admin_app(self.dataplane, self.token, self.orchestrator)
         self.admin = AdminServer(app, host, port, sock=given.admin if given else None)
@@ -117,6 +121,8 @@ class Daemon:
                 await self.dataplane.stop()
         if self.orchestrator is not None:
             await self.orchestrator.close(stop_instances=not self.keep_instances)
+        if self.upkeep is not None:
+            await self.upkeep.stop()  # after the orchestrator: its last events are sent
         if self.store is not None:
             self.store.close()
         if self.state_lock is not None:

@@ -283,16 +283,22 @@ class Orchestrator:
         return self.deploy_view(deploy_id)
 
     def promote(self, service: str) -> None:
-        self._running(service).promote()
+        deployment = self._running(service)
+        deployment.promote()
+        self.bus.publish(service, deployment.id, "promoted")  # a person's verdict: notified
 
     def abort(self, service: str) -> None:
         self._running(service).abort()
 
     def pause(self, service: str) -> None:
-        self._running(service).pause()
+        deployment = self._running(service)
+        deployment.pause()
+        self.bus.publish(service, deployment.id, "paused")
 
     def resume(self, service: str) -> None:
-        self._running(service).resume()
+        deployment = self._running(service)
+        deployment.resume()
+        self.bus.publish(service, deployment.id, "resumed")
 
     def _running(self, service: str) -> Deployment:
         self._fleet(service)

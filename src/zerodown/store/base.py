@@ -271,6 +271,15 @@ class Store(ABC):
         """Events with id > `after_id`, oldest first: a stream resumes from the
         last id it sent."""
 
+    @abstractmethod
+    def last_event_id(self) -> int:
+        """The id of the newest event ever added (0: none), pruned or not."""
+
+    @abstractmethod
+    def prune_events(self, before: float, keep: int) -> int:
+        """Delete events older than `before` (epoch seconds) and all but the
+        newest `keep`; returns how many went. Ids are never reused."""
+
     # -- lifetime --------------------------------------------------------------
 
     @abstractmethod

@@ -71,3 +71,9 @@ EVENT_COLUMNS = "id, service, deploy_id, kind, data_json, at"
 SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?"
 SELECT_SERVICE_EVENTS = f"""SELECT {EVENT_COLUMNS} FROM events
     WHERE id > ? AND service = ? ORDER BY id LIMIT ?"""
+# AUTOINCREMENT keeps ids rising after a prune: a stream resumes by id.
+LAST_EVENT_ID = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+PRUNE_OLD_EVENTS = "DELETE FROM events WHERE at < ?"
+# Everything below the newest `max_count` ids (OFFSET counts from the newest).
+PRUNE_EXTRA_EVENTS = """DELETE FROM events WHERE id <=
+    (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)"""

@@ -64,7 +64,10 @@ from zerodown.store.sql import (
     INSERT_DEPLOY,
     INSERT_EVENT,
     INSERT_JOURNAL,
+    LAST_EVENT_ID,
     MAKE_CURRENT,
+    PRUNE_EXTRA_EVENTS,
+    PRUNE_OLD_EVENTS,
     RELEASE_LOCK,
     SAVE_INSTANCE,
     SELECT_ALL_INSTANCES,
@@ -303,6 +306,16 @@ class SqliteStore(Store):
         else:
             rows = self._all(SELECT_SERVICE_EVENTS, after_id, service, limit)
         return [as_event_record(row) for row in rows]
+
+    def last_event_id(self) -> int:
+        row = self._one(LAST_EVENT_ID)
+        return 0 if row is None else int(row["seq"])
+
+    def prune_events(self, before: float, keep: int) -> int:
+        with self._write() as db:
+            old = db.execute(PRUNE_OLD_EVENTS, (before,)).rowcount
+            extra = db.execute(PRUNE_EXTRA_EVENTS, (keep,)).rowcount
+        return old + extra
 
     # -- plumbing --------------------------------------------------------------
 
