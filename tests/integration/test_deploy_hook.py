@@ -101,9 +101,23 @@ def test_a_signed_body_that_is_not_a_deploy_request_is_400(secret: str) -> None:
             status, _, reply = await api(post, api.port, raw, headers)
             assert status == 400
             assert "version" in reply["error"]
-            raw, headers = signed({"service": "web", "version": "v2"})
+            raw, headers = signed({"service": "web", "version": "v2", "timestamp": "soon"})
             status, _, reply = await api(post, api.port, raw, headers)
             assert (status, "timestamp" in reply["error"]) == (400, True)
+
+    run(scenario())
+
+
+def test_the_plain_contract_body_is_accepted_once(secret: str) -> None:
+    """{"service", "version"} with no timestamp: 202, and its replay 409."""
+
+    async def scenario() -> None:
+        async with admin(FakeControl()) as api:
+            raw, headers = signed({"service": "web", "version": "v2"})
+            first = await api(post, api.port, raw, headers)
+            again = await api(post, api.port, raw, headers)
+            assert (first[0], again[0]) == (202, 409)
+            assert first[2]["deploy_id"] >= 1
 
     run(scenario())
 

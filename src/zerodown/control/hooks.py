@@ -12,12 +12,16 @@ without holding the admin token.
 The signature is GitHub's (`X-Hub-Signature-256`, HMAC-SHA256 of the body,
 hex), so any sender that signs webhooks the GitHub way can call this, and
 `openssl dgst -sha256 -hmac` makes one in a shell. A signature of the body
-alone cannot expire, so the replay window lives in the body: `timestamp`
-(Unix seconds) is signed with everything else and must lie within
-REPLAY_WINDOW of the daemon's clock, and a signature already accepted is
-refused (409) until it is out of the window. A captured request is thus
+alone cannot expire, so the replay window lives in the body: an optional
+`timestamp` (Unix seconds) is signed with everything else and must lie
+within REPLAY_WINDOW of the daemon's clock, and a signature already accepted
+is refused (409) until it is out of the window. A captured request is thus
 good for one deploy, within minutes of being made: never later to roll
-production back to the version it named.
+production back to the version it named. A body without `timestamp` (the
+plain `{"service", "version"}` form, for senders that cannot add one) is
+accepted once: its signature is remembered for UNSTAMPED_MEMORY, so a
+replay is refused for that long, but not after a daemon restart; send a
+timestamp for the strict window.
 
 Answers: 202 with the deploy id; 401 with the reason on a missing, malformed
 or wrong signature or a timestamp outside the window; 409 on a replay (or a
@@ -62,6 +66,9 @@ SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
 # Seconds a signed request stays good either side of the daemon's clock: CI
 # runners' clocks drift, and a queued job may send a minute late.
 REPLAY_WINDOW: Final = 300.0
+# How long the signature of a body without a timestamp is refused again: a
+# day outlives any retry of the sender's, and only secret holders add entries.
+UNSTAMPED_MEMORY: Final = 24 * 3600.0
 # A deploy request is a few hundred bytes; a larger body is not one, and
 # hashing megabytes for an unauthenticated caller is work for nothing.
 MAX_BODY: Final = 16 * 1024
@@ -75,7 +82,9 @@ class HookRequest(BaseModel):
     service: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=128, pattern=VERSION_PATTERN)
     strategy: StrategyName | None = None  # None: the service's configured strategy
-    timestamp: float  # Unix seconds when it was signed: the replay window's anchor
+    # Unix seconds when it was signed: the replay window's anchor (None: the
+    # signature alone is remembered, for UNSTAMPED_MEMORY)
+    timestamp: float | None = None
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -126,14 +135,17 @@ class ReplayGuard:
         self.clock = clock
         self._until: dict[str, float] = {}
 
-    def first_time(self, signature: str) -> bool:
-        """True, and remembered, the first time `signature` comes within the window."""
+    def first_time(self, signature: str, memory: float | None = None) -> bool:
+        """True, and remembered for `memory` s, the first time `signature` comes.
+
+        By default twice the window: past it the timestamp check refuses the
+        request on its own.
+        """
         now = self.clock()
         self._until = {s: t for s, t in self._until.items() if t > now}
         if signature in self._until:
             return False
-        # Past twice the window the timestamp check refuses it on its own.
-        self._until[signature] = now + 2 * self.window
+        self._until[signature] = now + (2 * self.window if memory is None else memory)
         return True
 
     def forget(self, signature: str) -> None:
@@ -188,11 +200,13 @@ def _authenticate(secret: str, body: bytes, header: str | None) -> None:
         raise HTTPException(401, reason, headers={"WWW-Authenticate": "HMAC-SHA256"})
 
 
-def _authenticate_time(timestamp: float, guard: ReplayGuard, signature: str) -> None:
-    reason = timestamp_problem(timestamp, guard.clock(), guard.window)
-    if reason is not None:
-        raise HTTPException(401, reason, headers={"WWW-Authenticate": "HMAC-SHA256"})
-    if not guard.first_time(signature):
+def _authenticate_time(timestamp: float | None, guard: ReplayGuard, signature: str) -> None:
+    memory = UNSTAMPED_MEMORY if timestamp is None else None
+    if timestamp is not None:
+        reason = timestamp_problem(timestamp, guard.clock(), guard.window)
+        if reason is not None:
+            raise HTTPException(401, reason, headers={"WWW-Authenticate": "HMAC-SHA256"})
+    if not guard.first_time(signature, memory):
         raise HTTPException(409, "this signed request was already accepted (a replay)")
 
 
