@@ -100,7 +100,7 @@ def test_the_page_has_no_inline_script_and_nothing_from_the_internet() -> None:
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
     assert scripts == [(' src="/ui/app.js" defer', "")]
     assert not re.search(r"\son[a-z]+=", html), "an inline handler needs 'unsafe-inline'"
-    for asset in ("index.html", "app.js", "app.css"):
+    for asset in ("index.html", "app.js", "app.css", "favicon.svg"):
         text = (folder / asset).read_text()
         urls = [u for u in re.findall(r"https?://[^\s\"')]+", text) if "www.w3.org" not in u]
         assert urls == [], f"{asset} names {urls}"  # the SVG namespace is a name, not a fetch

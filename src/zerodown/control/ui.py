@@ -3,6 +3,7 @@
     GET /ui            the page (index.html)
     GET /ui/app.js     everything it does: vanilla JS, charts drawn as inline SVG
     GET /ui/app.css
+    GET /ui/favicon.svg
 
 The files are package data (ui_assets/), read once. The page itself holds
 no secret and needs no token: it asks the operator for the admin token,
@@ -57,6 +58,7 @@ ASSETS: Final = {
     f"{UI_PATH}/": Asset("index.html", "text/html; charset=utf-8"),
     f"{UI_PATH}/app.js": Asset("app.js", "text/javascript; charset=utf-8"),
     f"{UI_PATH}/app.css": Asset("app.css", "text/css; charset=utf-8"),
+    f"{UI_PATH}/favicon.svg": Asset("favicon.svg", "image/svg+xml"),
 }
 CSP: Final = "; ".join(
     (

@@ -7,6 +7,7 @@ const TOKEN_KEY = "zerodown.token"; // sessionStorage: this tab only, never a UR
 const STATS_EVERY = 1000; // ms between /v1/stats polls (rates are their differences)
 const STATUS_EVERY = 2000; // ms between /v1/status polls (events also trigger one)
 const HISTORY = 300; // seconds of chart history kept
+const MIN_SPAN = 60; // seconds: the charts' x axis is never shorter
 const RECONNECT = 1000; // ms before the event stream is opened again
 const EVENTS_SHOWN = 12;
 const PALETTE = ["#2f6fde", "#e8590c", "#2b8a3e", "#9c36b5", "#c2255c", "#0b7285", "#5c940d"];
@@ -412,6 +413,8 @@ function renderCharts() {
 
 function chart(history, versions, key, title, format) {
   const width = 220, height = 70, now = Date.now() / 1000;
+  // The x axis spans the history there is (a minute at least), up to HISTORY.
+  const span = Math.min(HISTORY, Math.max(MIN_SPAN, history.length ? now - history[0].t : 0));
   const values = history.flatMap((p) => versions.map((v) => (p.versions[v] || {})[key])).filter((x) => x !== null && x !== undefined);
   const top = Math.max(...values, key === "err" ? 1 : 1e-9) * 1.1;
   const graph = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img", "aria-label": title });
@@ -419,13 +422,13 @@ function chart(history, versions, key, title, format) {
   const latest = [];
   for (const v of versions) {
     const points = history.filter((p) => p.versions[v] && p.versions[v][key] !== null)
-      .map((p) => `${(((p.t - (now - HISTORY)) / HISTORY) * width).toFixed(1)},${(height - (p.versions[v][key] / top) * height).toFixed(1)}`);
+      .map((p) => `${(((p.t - (now - span)) / span) * width).toFixed(1)},${(height - (p.versions[v][key] / top) * height).toFixed(1)}`);
     if (points.length) graph.append(svg("polyline", { points: points.join(" "), stroke: colorOf(v) }));
     const last = history.length ? (history[history.length - 1].versions[v] || {})[key] : null;
     if (last !== null && last !== undefined) latest.push(el("span", {}, swatch(v), format(last)));
   }
   return el("div", { class: "chart", "data-chart": key },
-    el("div", { class: "title" }, el("span", { text: `${title} (last ${HISTORY / 60} min)` }), el("span", {}, ...latest)), graph);
+    el("div", { class: "title" }, el("span", { text: `${title}, last ${Math.round(span / 60)} min` }), el("span", {}, ...latest)), graph);
 }
 
 // -- actions -------------------------------------------------------------------------
@@ -446,12 +449,26 @@ async function act(card, action) {
 
 // -- small things --------------------------------------------------------------------
 
-const round = (x) => Math.round(x * 10) / 10;
-const pct = (x) => (x === null || x === undefined ? "–" : `${round(x * 100)}%`);
-const ms = (s) => (s === null || s === undefined ? "–" : s < 0.01 ? `${(s * 1000).toFixed(2)} ms` : `${Math.round(s * 1000)} ms`);
-const clock = (t) => new Date(t * 1000).toLocaleTimeString();
-const sleep = (ms_) => new Promise((resolve) => setTimeout(resolve, ms_));
-const brief = (data) => Object.entries(data || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+function round(x) {
+  return Math.round(x * 10) / 10;
+}
+function pct(x) {
+  return x === null || x === undefined ? "–" : `${round(x * 100)}%`;
+}
+function ms(s) {
+  if (s === null || s === undefined) return "–";
+  return s < 0.01 ? `${(s * 1000).toFixed(2)} ms` : `${Math.round(s * 1000)} ms`;
+}
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString();
+}
+function sleep(millis) {
+  return new Promise((resolve) => setTimeout(resolve, millis));
+}
+function brief(data) {
+  return Object.entries(data || {})
+    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+}
 
 const pending = new Map();
 function soon(key, fn) {

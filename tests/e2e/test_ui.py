@@ -1,0 +1,142 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by
+Selenium through Debian's chromedriver, against a real daemon deploying the
+demo app under load.
+
+The page asks for the token, shows the canary's weight move from 0 to the
+manual pause's and to 100 %, and its Promote button ends the pause and the
+deploy. A screenshot of the page at the pause goes to the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from e2e.conftest import ClusterFactory, Load, assert_no_failures
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's `chromium`
+CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's `chromium-driver`, the same build
+# Nothing but the page under test: no update checks, no sync, no first-run UI.
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",  # root in a container has no user namespace for the sandbox
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # a container's /dev/shm is small
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1000",
+)
+TOKEN = "ui-e2e-token"
+PAGE_TIMEOUT = 10.0  # seconds for the page to show what the daemon did
+POLL = 0.1
+CANARY = (
+    '{ steps = [{ weight = 30, pause = "manual" }], '
+    'min_requests = 20, min_error_increase = 0.2, min_latency_shift = "50ms" }'
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        assert shutil.which(binary), f"{binary} missing: apt-get install {package}"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP reports
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_page(driver: webdriver.Chrome, what: str, check: Any) -> Any:
+    """Poll `check(driver)` until truthy; fail naming `what` with the page's text."""
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    while True:
+        try:
+            value = check(driver)
+        except (StaleElementReferenceException, WebDriverException):
+            value = None  # the page re-rendered under us: look again
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = driver.find_element(By.TAG_NAME, "body").text
+            log = "\n".join(console(driver))
+            raise AssertionError(f"page: {what}: not within {PAGE_TIMEOUT:g}s\n{text}\n{log}")
+        time.sleep(POLL)
+
+
+def console(driver: webdriver.Chrome) -> list[str]:
+    """What the page logged since the last call (errors, CSP refusals)."""
+    entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return [str(entry["message"]) for entry in entries]
+
+
+def on_card(driver: webdriver.Chrome, css: str) -> list[Any]:
+    """Elements matching `css` on the card of the service `web`."""
+    return driver.find_elements(By.CSS_SELECTOR, f"section[data-service=web] {css}")
+
+
+def text_of(driver: webdriver.Chrome, css: str) -> str:
+    return " ".join(node.text for node in on_card(driver, css))
+
+
+def weights(driver: webdriver.Chrome) -> dict[str, str]:
+    """The split as the page shows it: version -> "30%"."""
+    shown = on_card(driver, ".weight")
+    return {node.get_attribute("data-version") or "?": node.text for node in shown}
+
+
+def test_the_dashboard_follows_a_canary_and_promotes_it(
+    make_cluster: ClusterFactory, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    cluster = make_cluster(strategy='"canary"', canary=CANARY, env={"ZERODOWN_TOKEN": TOKEN})
+    browser.get(f"http://127.0.0.1:{cluster.admin}/ui")
+
+    # The page asks for the token; it goes to sessionStorage, never the URL.
+    token_box = wait_page(browser, "the token form", lambda d: d.find_element(By.ID, "token"))
+    wait_page(browser, "the form shown", lambda d: token_box.is_displayed())
+    token_box.send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    wait_page(browser, "all traffic on v1", lambda d: weights(d) == {"v1": "100%"})
+    assert TOKEN not in browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('zerodown.token')") == TOKEN
+
+    with Load(cluster.url, rate=100.0) as load:
+        deploy = cluster.cli_background("deploy", "web", "v2")
+        wait_page(browser, "the canary at 30 %", lambda d: weights(d) == {"v1": "70%", "v2": "30%"})
+        paused = "waiting for promote"
+        wait_page(browser, "the pause", lambda d: paused in text_of(d, "[data-role=paused]"))
+        timeline = text_of(browser, ".timeline")
+        assert "traffic: 30% to new" in timeline
+        assert "pause until promote" in timeline
+        # Both versions drawn in the request-rate chart once the stats saw them serve.
+        lines = "[data-chart=rps] polyline"
+        wait_page(browser, "both versions charted", lambda d: len(on_card(d, lines)) == 2)
+        browser.save_screenshot(str(tmp_path / "dashboard-canary.png"))
+
+        on_card(browser, "[data-action=promote]")[0].click()
+        wait_page(browser, "all traffic on v2", lambda d: weights(d) == {"v2": "100%"})
+        outcome = "[data-role=outcome]"
+        wait_page(browser, "the deploy's end", lambda d: text_of(d, outcome) == "succeeded")
+        stdout, stderr = deploy.communicate(timeout=PAGE_TIMEOUT)
+    assert deploy.returncode == 0, f"{stdout}\n{stderr}\n{cluster.log_tail()}"
+    assert_no_failures(load)
+    assert (tmp_path / "dashboard-canary.png").stat().st_size > 10_000
+    assert cluster.status()["current"] == "v2"
+    # The page ran under its CSP without one refusal (a blocked script or style says so here).
+    refused = [line for line in console(browser) if "Content Security Policy" in line]
+    assert refused == []
