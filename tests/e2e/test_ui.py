@@ -2,9 +2,10 @@
 Selenium through Debian's chromedriver, against a real daemon deploying the
 demo app under load.
 
-The page asks for the token, shows the canary's weight move from 0 to the
-manual pause's and to 100 %, and its Promote button ends the pause and the
-deploy. A screenshot of the page at the pause goes to the test's tmp_path.
+The page asks for the token, shows the canary's weight move from 0 to 30 %,
+the judge's verdict on that step, 60 % at a manual pause and 100 %, and its
+Promote button ends the pause and the deploy. A screenshot of the page at
+the pause goes to the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TOKEN = "ui-e2e-token"
 PAGE_TIMEOUT = 10.0  # seconds for the page to show what the daemon did
 POLL = 0.1
 CANARY = (
-    '{ steps = [{ weight = 30, pause = "manual" }], '
+    '{ steps = [{ weight = 30, pause = "1s" }, { weight = 60, pause = "manual" }], '
     'min_requests = 20, min_error_increase = 0.2, min_latency_shift = "50ms" }'
 )
 
@@ -118,11 +119,21 @@ def test_the_dashboard_follows_a_canary_and_promotes_it(
     with Load(cluster.url, rate=100.0) as load:
         deploy = cluster.cli_background("deploy", "web", "v2")
         wait_page(browser, "the canary at 30 %", lambda d: weights(d) == {"v1": "70%", "v2": "30%"})
+        wait_page(browser, "the canary at 60 %", lambda d: weights(d) == {"v1": "40%", "v2": "60%"})
         paused = "waiting for promote"
         wait_page(browser, "the pause", lambda d: paused in text_of(d, "[data-role=paused]"))
         timeline = text_of(browser, ".timeline")
         assert "traffic: 30% to new" in timeline
+        assert "pause 1 s" in timeline
+        assert "traffic: 60% to new" in timeline
         assert "pause until promote" in timeline
+        # The judge's verdict on the first step, with its numbers.
+        verdict = text_of(browser, ".timeline [data-role=verdict]")
+        assert verdict.startswith("pass"), verdict
+        assert "canary " in verdict
+        assert " req, " in verdict
+        events = " ".join(n.get_attribute("textContent") for n in on_card(browser, ".events li"))
+        assert "traffic" in events  # heard on the event stream
         # Both versions drawn in the request-rate chart once the stats saw them serve.
         lines = "[data-chart=rps] polyline"
         wait_page(browser, "both versions charted", lambda d: len(on_card(d, lines)) == 2)
@@ -138,5 +149,6 @@ def test_the_dashboard_follows_a_canary_and_promotes_it(
     assert (tmp_path / "dashboard-canary.png").stat().st_size > 10_000
     assert cluster.status()["current"] == "v2"
     # The page ran under its CSP without one refusal (a blocked script or style says so here).
-    refused = [line for line in console(browser) if "Content Security Policy" in line]
-    assert refused == []
+    log = console(browser)
+    assert [line for line in log if "Content Security Policy" in line] == []
+    assert [line for line in log if "Uncaught" in line] == []  # no script error either

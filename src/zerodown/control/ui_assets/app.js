@@ -25,6 +25,7 @@ const state = {
   colors: new Map(), // version -> color
   lastEventId: 0,
   latestDeploy: new Map(), // name -> the highest deploy id its events named
+  looks: new Map(), // name -> the judge's latest "analysis" event (its looks during a pause)
   started: false,
   locked: false, // the token form is up: polls wait
 };
@@ -92,6 +93,7 @@ function onEvent(event) {
   const list = state.events.get(event.service) || [];
   list.push(event);
   state.events.set(event.service, list.slice(-EVENTS_SHOWN));
+  if (event.kind === "analysis") state.looks.set(event.service, event);
   if (event.deploy_id !== null) {
     const id = Math.max(event.deploy_id, state.latestDeploy.get(event.service) || 0);
     state.latestDeploy.set(event.service, id);
@@ -352,12 +354,19 @@ function deployTimeline(deploy, view) {
     if (last && !deploy.outcome && entry.kind === "pause" && view.pause) cls = "paused";
     return el("li", { class: cls, "data-step": entry.kind },
       `${clock(entry.at)} ${stepText(entry.step)}`,
-      entry.detail ? el("span", { class: "muted", text: ` — ${entry.detail}` }) : null,
+      // A verdict's reason is the step's detail: shown once, in the verdict.
+      entry.detail && !entry.verdict ? el("span", { class: "muted", text: ` — ${entry.detail}` }) : null,
       cls === "paused" ? el("span", { class: "warn", text: ` — ${pauseText(view.pause)}` }) : null,
       entry.verdict ? verdictBlock(entry.verdict) : null);
   });
   const parts = [head, el("ol", { class: "timeline" }, ...items)];
-  if (deploy.verdict) parts.push(el("div", { class: "muted", text: "last verdict:" }), verdictBlock(deploy.verdict));
+  // The journal has a step's verdict once the step ends; the judge's looks
+  // during a pause come as events.
+  const look = state.looks.get(deploy.service);
+  const judged = Math.max(0, ...deploy.steps.filter((e) => e.verdict).map((e) => e.at));
+  if (!deploy.outcome && look && look.deploy_id === deploy.id && look.at > judged) {
+    parts.push(el("div", { class: "muted", text: `judge, look at ${clock(look.at)}:` }), verdictBlock(look.data));
+  } else if (deploy.verdict) parts.push(el("div", { class: "muted", text: "last verdict:" }), verdictBlock(deploy.verdict));
   return parts;
 }
 
@@ -377,6 +386,8 @@ function stepText(step) {
 }
 
 function verdictBlock(v) {
+  const none = { requests: 0, error_rate: null, p99: null };
+  v = { ...v, canary: v.canary || none, stable: v.stable || none };
   const lines = [
     el("b", { text: v.verdict }), ` — ${v.reason}`,
     el("br"),
@@ -389,9 +400,9 @@ function verdictBlock(v) {
   }
   if (v.latency) {
     lines.push(el("br"), `latency ${v.latency.verdict}: p50 ${ms(v.latency.canary_p50)} vs ${ms(v.latency.stable_p50)}, ` +
-      `shift ${ms(v.latency.shift)} [${ms(v.latency.low)}, ${ms(v.latency.high)}], p=${v.latency.p_value.toPrecision(2)}`);
+      `shift ${ms(v.latency.shift)} [${ms(v.latency.low)}, ${ms(v.latency.high)}], p=${num(v.latency.p_value)}`);
   }
-  lines.push(el("br"), el("span", { class: "muted", text: `confidence ${v.confidence}, α at this look ${v.alpha.toPrecision(2)}` }));
+  lines.push(el("br"), el("span", { class: "muted", text: `confidence ${v.confidence}, α at this look ${num(v.alpha)}` }));
   return el("div", { class: `verdict ${v.verdict}`, "data-role": "verdict" }, ...lines);
 }
 
@@ -458,6 +469,9 @@ function pct(x) {
 function ms(s) {
   if (s === null || s === undefined) return "–";
   return s < 0.01 ? `${(s * 1000).toFixed(2)} ms` : `${Math.round(s * 1000)} ms`;
+}
+function num(x) {
+  return typeof x === "number" ? x.toPrecision(2) : "–";
 }
 function clock(t) {
   return new Date(t * 1000).toLocaleTimeString();
