@@ -10,7 +10,11 @@ the pause goes to the test's tmp_path.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import http.server
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +27,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from e2e.conftest import ClusterFactory, Load, assert_no_failures
+from integration.test_admin_deploy import FakeControl, make_app
+from zerodown.control.server import AdminServer
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's `chromium`
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's `chromium-driver`, the same build
@@ -152,3 +158,102 @@ def test_the_dashboard_follows_a_canary_and_promotes_it(
     log = console(browser)
     assert [line for line in log if "Content Security Policy" in line] == []
     assert [line for line in log if "Uncaught" in line] == []  # no script error either
+
+
+# -- without a token: the page acts, another origin's page cannot -----------------------
+
+# A page of another origin that tries what a malicious site would: read the
+# status, and abort the deploy three ways. It reports what it could read.
+ATTACKER = """<!doctype html><title>attacker</title><script>
+const admin = "http://127.0.0.1:%d";
+const said = [];
+const tries = [
+  fetch(admin + "/v1/status").then(r => r.text()).then(t => said.push("read: " + t),
+                                                        () => said.push("read blocked")),
+  fetch(admin + "/v1/services/web/abort", {method: "POST", mode: "no-cors",
+        headers: {"Content-Type": "text/plain"}, body: "{}"}).then(() => said.push("simple sent")),
+  fetch(admin + "/v1/services/web/abort", {method: "POST",
+        headers: {"Content-Type": "application/json"}, body: "{}"})
+    .then(() => said.push("json sent"), () => said.push("json blocked")),
+];
+Promise.allSettled(tries).then(() => {
+  const form = document.createElement("form");
+  form.method = "POST";
+  form.action = admin + "/v1/services/web/abort";
+  document.body.append(form);
+  document.title = said.sort().join("; ");  // the test then submits the form
+});
+</script>"""
+
+
+class AttackerPage(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass  # quiet
+
+
+@contextlib.contextmanager
+def fake_admin(control: FakeControl) -> Iterator[int]:
+    """The admin API without a token, over `control`, on a loop in a thread: its port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="admin", daemon=True)
+    thread.start()
+    server = AdminServer(make_app(control, None), "127.0.0.1", 0)
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(PAGE_TIMEOUT)
+        yield server.port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(PAGE_TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(PAGE_TIMEOUT)
+        loop.close()
+
+
+@contextlib.contextmanager
+def attacker_site(admin_port: int) -> Iterator[int]:
+    handler = type("Page", (AttackerPage,), {"body": (ATTACKER % admin_port).encode()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="attacker", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        thread.join(PAGE_TIMEOUT)
+        server.server_close()
+
+
+def test_without_a_token_the_page_acts_and_another_origin_cannot(
+    browser: webdriver.Chrome,
+) -> None:
+    control = FakeControl()
+    control.outcome = None  # the deploy below runs on, so the page offers promote
+    control.hold_open = True  # the event stream stays open, as the daemon's does
+    with fake_admin(control) as port:
+        control._new("web", "v2", "canary")
+        browser.get(f"http://127.0.0.1:{port}/ui")
+        wait_page(browser, "the split", lambda d: weights(d) == {"v1": "90%", "v2": "10%"})
+        assert not browser.find_element(By.ID, "login").is_displayed()  # no token to ask for
+        on_card(browser, "[data-action=promote]")[0].click()
+        wait_page(browser, "promote sent", lambda d: ("promote", "web") in control.calls)
+        wait_page(browser, "promote said", lambda d: "promote: done" in text_of(d, ".said"))
+
+        with attacker_site(port) as evil:
+            browser.get(f"http://127.0.0.1:{evil}/")
+            said = wait_page(browser, "the tries", lambda d: "sent" in d.title and d.title)
+            browser.execute_script("document.forms[0].submit()")
+            wait_page(browser, "the form posted", lambda d: "abort" in d.current_url)
+            refusal = browser.find_element(By.TAG_NAME, "body").text
+    # The preflighted POST never left, the read was withheld, and the simple
+    # POST and the form went out and were refused (Sec-Fetch-Site, Origin).
+    assert said == "json blocked; read blocked; simple sent"
+    assert [call for call in control.calls if call[0] in ("abort", "rollback")] == []
+    assert "cross-site request refused" in refusal
