@@ -98,13 +98,13 @@ def test_the_page_has_no_inline_script_and_nothing_from_the_internet() -> None:
     folder = files("zerodown.control") / "ui_assets"
     html = (folder / "index.html").read_text()
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
-    assert scripts == [(' src="/ui/app.js" defer', "")]
+    assert scripts == [(' type="module" src="/ui/app.js"', "")]
     assert not re.search(r"\son[a-z]+=", html), "an inline handler needs 'unsafe-inline'"
-    for asset in ("index.html", "app.js", "app.css", "favicon.svg"):
+    for asset in {asset.file for asset in ASSETS.values()}:
         text = (folder / asset).read_text()
         urls = [u for u in re.findall(r"https?://[^\s\"')]+", text) if "www.w3.org" not in u]
         assert urls == [], f"{asset} names {urls}"  # the SVG namespace is a name, not a fetch
-    script = (folder / "app.js").read_text()
+    script = "".join((folder / name).read_text() for name in ("app.js", "views.js", "dom.js"))
     assert ".innerHTML" not in script  # what the API says never becomes markup
     assert "new EventSource" not in script  # it cannot send the token
 
@@ -209,3 +209,8 @@ def test_no_cors_header_ever(method: str, path: str) -> None:
     reply, control = ask(TOKEN, method, path, headers=headers)
     assert not [name for name in reply.headers if name.startswith("access-control-")], reply
     assert ("promote", "web") not in control.calls
+
+
+def test_every_asset_file_is_served_and_every_served_file_exists() -> None:
+    folder = files("zerodown.control") / "ui_assets"
+    assert {entry.name for entry in folder.iterdir()} == {asset.file for asset in ASSETS.values()}

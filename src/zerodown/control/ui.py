@@ -1,9 +1,9 @@
 """The dashboard: a page at /ui, served by the admin API, with no build step.
 
     GET /ui            the page (index.html)
-    GET /ui/app.js     everything it does: vanilla JS, charts drawn as inline SVG
-    GET /ui/app.css
-    GET /ui/favicon.svg
+    GET /ui/app.js     what it does, as ES modules (app.js imports views.js,
+                       rates.js, dom.js): vanilla JS, charts drawn as inline SVG
+    GET /ui/app.css, /ui/favicon.svg
 
 The files are package data (ui_assets/), read once. The page itself holds
 no secret and needs no token: it asks the operator for the admin token,
@@ -56,7 +56,10 @@ class Asset:
 ASSETS: Final = {
     UI_PATH: Asset("index.html", "text/html; charset=utf-8"),
     f"{UI_PATH}/": Asset("index.html", "text/html; charset=utf-8"),
-    f"{UI_PATH}/app.js": Asset("app.js", "text/javascript; charset=utf-8"),
+    **{
+        f"{UI_PATH}/{name}": Asset(name, "text/javascript; charset=utf-8")
+        for name in ("app.js", "views.js", "rates.js", "dom.js")
+    },
     f"{UI_PATH}/app.css": Asset("app.css", "text/css; charset=utf-8"),
     f"{UI_PATH}/favicon.svg": Asset("favicon.svg", "image/svg+xml"),
 }
