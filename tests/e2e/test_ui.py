@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import http.server
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from selenium.common.exceptions import StaleElementReferenceException, WebDriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from e2e.conftest import ClusterFactory, Load, assert_no_failures
+from e2e.conftest import ClusterFactory, Load, assert_no_failures, toml_str
 from integration.test_admin_deploy import FakeControl, make_app
 from zerodown.control.server import AdminServer
 
@@ -47,6 +48,9 @@ CHROMIUM_ARGS = (
 TOKEN = "ui-e2e-token"
 PAGE_TIMEOUT = 10.0  # seconds for the page to show what the daemon did
 POLL = 0.1
+# The demo app without its start-up delay: this test is about the page, and
+# each deploy would wait it out.
+COMMAND = f"{sys.executable} -m zerodown.demo --port {{port}} --version {{version}}"
 CANARY = (
     '{ steps = [{ weight = 30, pause = "1s" }, { weight = 60, pause = "manual" }], '
     'min_requests = 20, min_error_increase = 0.2, min_latency_shift = "50ms" }'
@@ -110,7 +114,12 @@ def weights(driver: webdriver.Chrome) -> dict[str, str]:
 def test_the_dashboard_follows_a_canary_and_promotes_it(
     make_cluster: ClusterFactory, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    cluster = make_cluster(strategy='"canary"', canary=CANARY, env={"ZERODOWN_TOKEN": TOKEN})
+    cluster = make_cluster(
+        command=toml_str(COMMAND),
+        strategy='"canary"',
+        canary=CANARY,
+        env={"ZERODOWN_TOKEN": TOKEN},
+    )
     browser.get(f"http://127.0.0.1:{cluster.admin}/ui")
 
     # The page asks for the token; it goes to sessionStorage, never the URL.
