@@ -152,6 +152,9 @@ def test_the_dashboard_follows_a_canary_and_promotes_it(
         # Both versions drawn in the request-rate chart once the stats saw them serve.
         lines = "[data-chart=rps] polyline"
         wait_page(browser, "both versions charted", lambda d: len(on_card(d, lines)) == 2)
+        # Four instances, each up as the data plane's health checks see it.
+        health = "[data-role=health]"
+        wait_page(browser, "health", lambda d: [n.text for n in on_card(d, health)] == ["up"] * 4)
         browser.save_screenshot(str(tmp_path / "dashboard-canary.png"))
 
         on_card(browser, "[data-action=promote]")[0].click()

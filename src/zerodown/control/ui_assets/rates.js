@@ -4,8 +4,9 @@
 
 export const HISTORY = 300; // seconds of history kept for the charts
 
-// `store` holds {previous, history}: the last poll's totals, and per service
-// the points of the last HISTORY seconds, each {t, versions: {v: {rps, err, p50, p99}}}.
+// `store` holds {previous, history, targets}: the last poll's totals, per
+// service the points of the last HISTORY seconds, each {t, versions: {v:
+// {rps, err, p50, p99}}}, and the data plane's view of each target now.
 // Counters per service and version: the sum over that version's targets.
 function totals(stats) {
   const out = {};
@@ -30,6 +31,7 @@ function totals(stats) {
 }
 
 export function addSample(store, stats, now) {
+  store.targets = targetsOf(stats);
   const current = { t: now, totals: totals(stats) };
   const before = store.previous;
   store.previous = current;
@@ -75,4 +77,15 @@ function quantile(buckets, q) {
     lowCount = count;
   }
   return lowBound;
+}
+
+// service -> address -> {health, in_flight}: how the data plane sees each target.
+function targetsOf(stats) {
+  const out = new Map();
+  for (const [service, entry] of Object.entries(stats.services || {})) {
+    const targets = {};
+    for (const pool of Object.values(entry.pools || {})) Object.assign(targets, pool.targets || {});
+    out.set(service, targets);
+  }
+  return out;
 }

@@ -61,11 +61,21 @@ export function fillCard(card, view, state) {
   p.weights.replaceChildren(...split.map(([v, pct]) => el("span", {},
     swatch(v), `${v} `, el("b", { class: "weight", "data-version": v, text: `${round(pct)}%` }))));
 
+  // Health is the data plane's (up, down, ejected), from the last /v1/stats.
+  const targets = (state.rates.targets && state.rates.targets.get(card.name)) || {};
+  const headings = ["instance", "version", "address", "state", "health", "in flight", "routed"];
   p.instances.replaceChildren(el("table", {},
-    el("tr", {}, ...["instance", "version", "address", "state", "routed"].map((h) => el("th", { text: h }))),
-    ...view.instances.map((i) => el("tr", {},
-      el("td", { text: i.id }), el("td", {}, swatch(i.version), i.version), el("td", { text: i.address }),
-      el("td", { class: `state-${i.state}`, text: i.state }), el("td", { text: i.routed ? "yes" : "no" })))));
+    el("tr", {}, ...headings.map((h) => el("th", { text: h }))),
+    ...view.instances.map((i) => {
+      const target = targets[i.address];
+      const health = target ? target.health : "–";
+      return el("tr", { "data-instance": i.id },
+        el("td", { text: i.id }), el("td", {}, swatch(i.version), i.version), el("td", { text: i.address }),
+        el("td", { class: `state-${i.state}`, text: i.state }),
+        el("td", { class: `health-${health}`, "data-role": "health", text: health }),
+        el("td", { text: target ? String(target.in_flight) : "–" }),
+        el("td", { text: i.routed ? "yes" : "no" }));
+    })));
 
   p.deploy.replaceChildren(...deployTimeline(state.lastDeploy.get(card.name), view, state.looks.get(card.name)));
   p.events.replaceChildren(...(state.events.get(card.name) || []).slice().reverse().map((e) =>
@@ -109,12 +119,13 @@ function deployTimeline(deploy, view, look) {
       entry.verdict ? verdictBlock(entry.verdict) : null);
   });
   const parts = [head, el("ol", { class: "timeline" }, ...items)];
-  // The journal has a step's verdict once the step ends; the judge's looks
-  // during a pause come as events.
+  // The journal has a step's verdict once the step ends (the deploy's own
+  // `verdict` is the last of them, shown there); the judge's looks during a
+  // pause come as events, and show here until a step's verdict is newer.
   const judged = Math.max(0, ...deploy.steps.filter((e) => e.verdict).map((e) => e.at));
   if (!deploy.outcome && look && look.deploy_id === deploy.id && look.at > judged) {
     parts.push(el("div", { class: "muted", text: `judge, look at ${clock(look.at)}:` }), verdictBlock(look.data));
-  } else if (deploy.verdict) parts.push(el("div", { class: "muted", text: "last verdict:" }), verdictBlock(deploy.verdict));
+  }
   return parts;
 }
 
