@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import itertools
 import shutil
 import sys
 import threading
@@ -30,6 +31,7 @@ from selenium.webdriver.common.by import By
 from e2e.conftest import ClusterFactory, Load, assert_no_failures, toml_str
 from integration.test_admin_deploy import FakeControl, make_app
 from zerodown.control.server import AdminServer
+from zerodown.stats import BUCKET_LABELS, quantile
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's `chromium`
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's `chromium-driver`, the same build
@@ -57,8 +59,9 @@ CANARY = (
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the module's tests (each test uses its own origins)."""
     for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         assert shutil.which(binary), f"{binary} missing: apt-get install {package}"
     options = webdriver.ChromeOptions()
@@ -120,6 +123,7 @@ def test_the_dashboard_follows_a_canary_and_promotes_it(
         canary=CANARY,
         env={"ZERODOWN_TOKEN": TOKEN},
     )
+    console(browser)  # what an earlier test's pages logged is not this page's
     browser.get(f"http://127.0.0.1:{cluster.admin}/ui")
 
     # The page asks for the token; it goes to sessionStorage, never the URL.
@@ -269,3 +273,27 @@ def test_without_a_token_the_page_acts_and_another_origin_cannot(
     assert said == "json blocked; read blocked; simple sent"
     assert [call for call in control.calls if call[0] in ("abort", "rollback")] == []
     assert "cross-site request refused" in refusal
+
+
+def test_the_page_computes_quantiles_as_the_data_plane_does(browser: webdriver.Chrome) -> None:
+    """rates.js turns /v1/stats' cumulative buckets into p50/p99 for the charts:
+    the same numbers as zerodown.stats.quantile gives the judge and /v1/stats."""
+    cases = [
+        [0] * 5 + [10] + [0] * 10,
+        [3, 0, 7, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 5],  # a tail in +Inf
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        [0] * 16,
+    ]
+    with fake_admin(FakeControl()) as port:
+        browser.get(f"http://127.0.0.1:{port}/ui")
+        for counts in cases:
+            cumulative = dict(zip(BUCKET_LABELS, itertools.accumulate(counts), strict=True))
+            for q in (0.5, 0.99):
+                got = browser.execute_async_script(
+                    "const [buckets, q, done] = arguments;"
+                    "import('/ui/rates.js').then((m) => done(m.quantile(buckets, q)));",
+                    cumulative,
+                    q,
+                )
+                want = quantile(counts, q) if sum(counts) else None
+                assert got == pytest.approx(want), (counts, q)
