@@ -7,6 +7,7 @@ has its own module:
     events.py     the event stream (Server-Sent Events)
     error_map.py  errors in one shape, by type (ERROR_STATUS)
     auth.py       who may ask: bearer token, or loopback and same-origin without one
+    ui.py         the dashboard page at /ui
     server.py     AdminServer: uvicorn on the daemon's event loop
     wire.py       what the client and the server agree on (token variable, long-poll bounds)
 
@@ -57,6 +58,7 @@ from zerodown.control.auth import (
 from zerodown.control.deploys import add_deploy_routes
 from zerodown.control.error_map import add_error_handlers
 from zerodown.control.hooks import add_hook_routes
+from zerodown.control.ui import add_dashboard
 from zerodown.dataplane.base import DataPlane
 from zerodown.deploy.contract import ControlPlane
 from zerodown.routing import RoutingTable
@@ -94,6 +96,7 @@ def create_admin_app(
     else:
         app.add_middleware(SameOriginOnly)
         app.add_middleware(LoopbackHostOnly)
+    add_dashboard(app)  # /ui: the page loads before any token (ui.py guards it)
     return app
 
 
