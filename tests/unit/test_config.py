@@ -33,6 +33,7 @@ from zerodown.config import (
 from zerodown.config import defaults as d
 from zerodown.config import proxy as proxy_config
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
+from zerodown.config.redis import RedisConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
@@ -490,6 +491,7 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
         ("canary.cohorts[].", CohortConfig),
         ("recreate.", RecreateConfig),
     ],
+    "[redis]": [("", RedisConfig)],
 }
 
 

@@ -1,4 +1,4 @@
-"""The whole file: `[proxy]` plus `[services.NAME]`, and what the data plane gets from it."""
+"""The whole file: `[proxy]`, `[services.NAME]`, `[redis]`; what the data plane gets from it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic import field_validator, model_validator
 
 from zerodown.config.fields import Table, problem
 from zerodown.config.proxy import ProxyConfig
+from zerodown.config.redis import RedisConfig
 from zerodown.config.service import ServiceConfig
 from zerodown.config.support import not_carried
 from zerodown.proxy.settings import ProxySettings
@@ -20,6 +21,7 @@ _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 class Config(Table):
     proxy: ProxyConfig = ProxyConfig()
     services: dict[str, ServiceConfig] = {}
+    redis: RedisConfig | None = None  # no shared store unless one is named
 
     @field_validator("services")
     @classmethod
