@@ -77,6 +77,7 @@ def test_unverified_and_failed_logins_are_not_kept_and_say_why() -> None:
         "errors": 2,
         "lost_before_deploy": 0,
         "lost_during_deploy": 0,
+        "errors_said": ["503 why"],
         "why": [],
     }
 

@@ -21,6 +21,7 @@ from zerodown.demo.login import (
     Send,
     login_user,
 )
+from zerodown.store.redis import redis_reason
 
 SESSION_COOKIE = "zd_session"  # the session id; the data is in the store
 
@@ -78,7 +79,7 @@ class StoredSessions:
             # so a failed read or write has sent nothing yet: say what failed.
             if started:
                 raise
-            what = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            what = redis_reason(exc)
             await self._reply.text(
                 send, 503, f"session store unavailable ({self._name}): {what}; try again"
             )

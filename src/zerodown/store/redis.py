@@ -38,7 +38,7 @@ def check_redis(config: RedisConfig) -> None:
     except redis.ResponseError as exc:  # e.g. NOAUTH, or a db index out of range
         raise RedisUnavailable(config.url, f"Redis refused: {exc}", _FIX_AUTH) from None
     except (redis.RedisError, OSError) as exc:
-        raise RedisUnavailable(config.url, _reason(exc), _FIX_REACH) from None
+        raise RedisUnavailable(config.url, redis_reason(exc), _FIX_REACH) from None
     finally:
         client.close()
 
@@ -48,7 +48,7 @@ _FIX_REACH = "start redis-server there, or point [redis] url at a Redis that run
 _FIX_AUTH = "put the right user and password in [redis] url (redis://user:password@host:port/db)"
 
 
-def _reason(exc: BaseException) -> str:
+def redis_reason(exc: BaseException) -> str:
     """The innermost cause in words (redis-py wraps the socket error in its own)."""
     text = _ERRNO.sub("", str(exc).strip()).rstrip(".").replace(". ", ": ", 1)
     text = text or type(exc).__name__

@@ -217,7 +217,13 @@ class Report:
         """The sessions line, and why any were not kept (each reason on its own line)."""
         if self.sessions is None:
             return []
-        return [self.sessions.line(), *(f"  {why}" for why in self.sessions.why)]
+        said = self.sessions
+        errors = (
+            [f"  {said.errors} of {said.checks} checks were errors: {'; '.join(said.errors_said)}"]
+            if said.errors
+            else []
+        )
+        return [said.line(), *errors, *(f"  {why}" for why in said.why)]
 
     def chart_svg(self) -> str:
         return chart.render(self)

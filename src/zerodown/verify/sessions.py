@@ -18,7 +18,7 @@ Any lost, unverified or not logged in fails the run, with why and what to change
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -95,6 +95,7 @@ class SessionsTally:
     errors: int  # checks that were neither 200 nor 401
     lost_before: int  # lost before the deploy started: another instance did not know them
     lost_during: int  # lost once the deploy had started
+    errors_said: tuple[str, ...] = ()  # the most frequent error answers ("503 session store ...")
     why: tuple[str, ...] = ()  # one sentence per kind of problem, advice included
 
     @property
@@ -118,6 +119,7 @@ class SessionsTally:
             "errors": self.errors,
             "lost_before_deploy": self.lost_before,
             "lost_during_deploy": self.lost_during,
+            "errors_said": list(self.errors_said),
             "why": list(self.why),
         }
 
@@ -138,6 +140,7 @@ def tally(runs: Sequence[UserRun], deploy_start: float | None = None) -> Session
         not_logged_in=fates["not_logged_in"],
         checks=len(checks),
         errors=sum(1 for c in checks if c.outcome == "error"),
+        errors_said=_most_said(c for c in checks if c.outcome == "error"),
         lost_before=before,
         lost_during=len(lost_at) - before,
     )
@@ -178,12 +181,13 @@ def _with_why(counts: SessionsTally, runs: Sequence[UserRun], deployed: bool) ->
 
 def _last_errors(runs: Sequence[UserRun]) -> str:
     """The distinct last answers of unverified users, most frequent first, at most 3."""
-    seen = Counter(
-        _said(run.checks[-1]) if run.checks else "no check was made"
-        for run in runs
-        if run.fate == "unverified"
-    )
-    return "; ".join(text for text, _ in seen.most_common(3))
+    last = [run.checks[-1] for run in runs if run.fate == "unverified" and run.checks]
+    return "; ".join(_most_said(last)) or "no check was made"
+
+
+def _most_said(checks: Iterable[Check]) -> tuple[str, ...]:
+    """The distinct answers among `checks`, most frequent first, at most 3."""
+    return tuple(text for text, _ in Counter(map(_said, checks)).most_common(3))
 
 
 def _said(check: Check) -> str:

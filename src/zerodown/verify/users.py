@@ -106,7 +106,7 @@ class VirtualUser:
     async def check(self) -> None:
         answer = await self._request("GET", self.spec.me_path)
         if isinstance(answer, Response):
-            reason = "" if answer.status == 200 else _reason(answer)
+            reason = "" if answer.status == 200 else _first_line(answer.body)
             check = Check(clock(), answer.status, answer.version or "-", reason)
         else:
             check = Check(clock(), 0, "-", answer)
@@ -168,8 +168,12 @@ class VirtualUser:
 def _reason(answer: Response | str) -> str:
     if isinstance(answer, str):
         return answer
-    text = answer.body.decode("utf-8", "replace").strip().splitlines()
-    return f"{answer.status} {text[0] if text else ''}".strip()
+    return f"{answer.status} {_first_line(answer.body)}".strip()
+
+
+def _first_line(body: bytes) -> str:
+    lines = body.decode("utf-8", "replace").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 async def log_in(users: list[VirtualUser]) -> None:
