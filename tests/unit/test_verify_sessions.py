@@ -53,7 +53,7 @@ def test_losses_before_the_deploy_point_at_per_instance_memory() -> None:
     assert (counted.lost_before, counted.lost_during) == (1, 1)
     said = " ".join(counted.why)
     assert "1 sessions were unknown to another instance before anything was deployed" in said
-    assert "1 sessions were lost once the deploy started" in said
+    assert "1 sessions were lost once the deploy started: another instance answered" in said
     for fix in ("shared store", "tokens", "`sticky`", "not past that instance's stop"):
         assert fix in said, said
 
@@ -80,6 +80,15 @@ def test_unverified_and_failed_logins_are_not_kept_and_say_why() -> None:
         "errors_said": ["503 why"],
         "why": [],
     }
+
+
+def test_losses_only_during_the_deploy_point_at_stopped_instances() -> None:
+    counted = tally([user("a", OK, OK, LOST), user("b", OK, OK, OK)], deploy_start=1.5)
+    assert (counted.lost_before, counted.lost_during) == (0, 1)
+    assert counted.why[0] == (
+        "1 sessions were lost once the deploy started: the instances that held them "
+        "stopped, and their sessions went with them"
+    )
 
 
 def test_without_a_deploy_every_loss_is_before() -> None:

@@ -159,7 +159,7 @@ def _verdict(report: Report) -> str:
         ended += f" ({during.reason})"
     kept = report.sessions
     lost = "" if kept is None or kept.ok else kept.line().removeprefix("sessions: ")
-    lost = f"sessions not kept ({lost}): {' '.join(kept.why)}" if kept and lost else ""
+    lost = f"sessions not kept ({lost}): {'; '.join(kept.why)}" if kept and lost else ""
     return "; ".join(part for part in (failed, lost, ended) if part)
 
 

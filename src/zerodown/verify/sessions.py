@@ -156,10 +156,12 @@ def _with_why(counts: SessionsTally, runs: Sequence[UserRun], deployed: bool) ->
         )
     if counts.lost_during:
         where = "once the deploy started" if deployed else "during the run"
-        why.append(
-            f"{counts.lost_during} sessions were lost {where}: the instances that held "
-            "them stopped, and their sessions went with them"
+        cause = (
+            "another instance answered, as above, or the one that held them stopped"
+            if counts.lost_before
+            else "the instances that held them stopped, and their sessions went with them"
         )
+        why.append(f"{counts.lost_during} sessions were lost {where}: {cause}")
     if counts.lost:
         why.append(f"to keep them: {ADVICE}")
     if counts.unverified:

@@ -168,7 +168,8 @@ class VirtualUser:
 def _reason(answer: Response | str) -> str:
     if isinstance(answer, str):
         return answer
-    return f"{answer.status} {_first_line(answer.body)}".strip()
+    line = _first_line(answer.body)
+    return line if line.startswith(str(answer.status)) else f"{answer.status} {line}".strip()
 
 
 def _first_line(body: bytes) -> str:
