@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from zerodown.demo.sessions import SESSION_PATHS
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -60,9 +62,6 @@ class DemoSettings:
     version: str
     error_rate: float = 0.0  # share of non-health requests answered 500
     latency_ms: float = 0.0  # added before every non-health request
-
-
-SESSION_PATHS = frozenset({"/login", "/me", "/logout"})  # as demo/sessions.py answers
 
 
 class DemoApp:
