@@ -80,6 +80,16 @@ class RedisServer:
         self.kill()
         self.start()
 
+    def restart_empty(self) -> None:
+        """SIGKILL, lose the data (as a Redis without persistence does), start again."""
+        self.kill()
+        for leftover in self.root.iterdir():
+            if leftover.is_dir():  # appendonlydir/
+                shutil.rmtree(leftover)
+            elif leftover != self.log_path:
+                leftover.unlink()
+        self.start()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import reserved_port
+from redis_harness import RedisServer
 from zerodown.demo.process import AppProcess, spawn_app
 from zerodown.verify import LoadSpec, verify
 from zerodown.verify.report import Report
@@ -92,3 +93,27 @@ def test_users_that_cannot_log_in_are_counted_with_the_reason() -> None:
     assert said.line() == "sessions: 0 kept, 0 lost, 2 not logged in"
     assert said.checks == 0, "a user who never logged in has nothing to check"
     assert "could not log in before the load (500 injected error)" in said.why[0], said.why
+
+
+def test_sessions_a_redis_restart_lost_are_reported_lost_not_silently_kept(
+    redis_server: RedisServer,
+) -> None:
+    app = spawn_app("v1", "--sessions", "redis", "--redis-url", redis_server.url)
+
+    async def outage() -> None:
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(redis_server.restart_empty)  # no AOF, no RDB: all gone
+        await asyncio.sleep(0.2)
+
+    async def go() -> Report:
+        group = UserGroup.of(SPEC, f"http://{app.address}/", {})
+        report, _ = await verify(load_spec(app), outage, users=group)
+        return report
+
+    try:
+        report = asyncio.run(go())
+    finally:
+        app.stop(0)
+    said = report.sessions
+    assert said is not None
+    assert (said.kept, said.lost, said.lost_during) == (0, USERS, USERS), said
