@@ -35,6 +35,7 @@ from zerodown.config import proxy as proxy_config
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
 from zerodown.config.guard import BlockConfig, RateLimitConfig
 from zerodown.config.operate import EventsConfig, NotifyConfig
+from zerodown.config.redis import RedisConfig
 from zerodown.config.service import StickyConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
@@ -499,6 +500,7 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
     ],
     "[notify]": [("", NotifyConfig)],
     "[events]": [("", EventsConfig)],
+    "[redis]": [("", RedisConfig)],
 }
 
 
