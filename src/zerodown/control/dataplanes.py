@@ -16,6 +16,7 @@ from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
 from zerodown.errors import ConfigError
+from zerodown.proxy import tls
 
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
@@ -26,6 +27,13 @@ def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
     if proxy.dataplane == "nginx":
         return NginxDataPlane(nginx_settings(config, state_dir), table)
     return DetachedDataPlane(config.proxy_settings(), table, proxy.worker_count(), state_dir)
+
+
+def check_certificates(config: Config) -> None:
+    """Every `[proxy.tls]` certificate readable, matching its key and not expired;
+    ConfigError names the key (proxy/tls.py). Any data plane: drivers included."""
+    if config.proxy.tls is not None:
+        tls.check_all(config.proxy.tls.settings())
 
 
 def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:

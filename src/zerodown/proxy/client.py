@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from zerodown.errors import BadRequest, NoRoute
+from zerodown.errors import BadRequest, NoRoute, ProxyError
 from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.redirect import HttpsRedirect, location
 from zerodown.proxy.router import strip_prefix
 from zerodown.proxy.timers import Deadline
 from zerodown.proxy.watchdog import ReadWatchdog
@@ -34,8 +35,9 @@ if TYPE_CHECKING:
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, *, scheme: bytes = b"http") -> None:
         self.server = server
+        self.scheme = scheme  # b"https" on a TLS listener: X-Forwarded-Proto
         self.settings = server.settings
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -75,7 +77,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.forwarded = http.Forwarded(
-            self.client_ip, trusted=self.server.is_trusted(self.client_ip)
+            self.client_ip, self.scheme, trusted=self.server.is_trusted(self.client_ip)
         )
         self.server.connections.add(self)
         self._arm(self.settings.header_timeout, self._header_timeout)
@@ -226,11 +228,13 @@ class ClientConnection(asyncio.Protocol):
     # -- building an exchange --------------------------------------------------
 
     def _new_exchange(self, head: http.RequestHead) -> Exchange:
-        error = self._refusal(head)
+        error: ProxyError | None = self._refusal(head)
         service = None
         path = head.url
         if error is None:
             host, path = _routing_host_path(head)
+            error = self._redirect(head, host, path)
+        if error is None:
             service = self.server.router.match(host, path.partition(b"?")[0])
             if service is None:
                 error = NoRoute()
@@ -239,6 +243,17 @@ class ClientConnection(asyncio.Protocol):
         if error is not None and head.has_body:
             self.closing = True  # the body will not be read: the connection ends here
         return Exchange(self, self.server, head, service, path, error)
+
+    def _redirect(self, head: http.RequestHead, host: str, path: bytes) -> ProxyError | None:
+        """A 308 to https, for a plain-HTTP request when `redirect_http` is on."""
+        port = self.server.https_port
+        if self.scheme == b"https" or port is None or not self.server.redirect_http:
+            return None
+        try:
+            url = location(host, path, port)
+        except BadRequest as exc:
+            return exc
+        return HttpsRedirect(url, close=head.has_body or not head.keep_alive)
 
     def _refusal(self, head: http.RequestHead) -> BadRequest | None:
         """Requests refused on their head alone, before any routing."""
