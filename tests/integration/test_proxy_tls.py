@@ -15,6 +15,8 @@ import trustme
 
 from certs import CertFiles, TlsClient, client_context, write_cert
 from harness import Backend, backends, request, run, service
+from zerodown.dataplane.detached import DetachedDataPlane
+from zerodown.errors import ConfigError
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings, TlsSettings
 from zerodown.routing import RoutingTable
@@ -170,5 +172,56 @@ def test_reload_serves_the_new_certificate_and_keeps_open_connections(
             await before.close()
             await after.close()
             assert len(app.requests) == 3
+
+    run(main())
+
+
+def test_a_detached_multi_worker_plane_reloads_in_every_worker(
+    ca: trustme.CA, site: CertFiles, tmp_path: Path
+) -> None:
+    """The whole chain `zerodown serve` drives: controller -> host -> supervisor
+    -> 2 workers, each with its share of the TLS listener (SO_REUSEPORT)."""
+
+    async def main() -> None:
+        async with backends("app") as (app,):
+            table = RoutingTable(services=(service(app.address),))
+            plane = DetachedDataPlane(tls_settings(site), table, 2, tmp_path / "state")
+            await plane.start(["127.0.0.1:0", "127.0.0.1:0"])
+            try:
+                port = plane.addresses[1][1]
+                kept = [await TlsClient.open(port, client_context(ca)) for _ in range(6)]
+                serials = {c.ssl_object.getpeercert()["serialNumber"] for c in kept}  # type: ignore[index]
+                (tmp_path / "new").mkdir()
+                replace_files(site, write_cert(ca, tmp_path / "new", "example.test"))
+                await plane.reload_tls()
+                fresh = [await TlsClient.open(port, client_context(ca)) for _ in range(6)]
+                renewed = {c.ssl_object.getpeercert()["serialNumber"] for c in fresh}  # type: ignore[index]
+                assert len(serials) == len(renewed) == 1
+                assert serials != renewed  # whichever worker accepted, the new one
+                for client in kept + fresh:
+                    assert (await client.get()).status == 200  # none was dropped
+                    await client.close()
+                assert [r.header("X-Forwarded-Proto") for r in app.requests] == ["https"] * 12
+            finally:
+                await plane.stop(1.0)
+
+    run(main())
+
+
+def test_a_reload_with_a_bad_key_keeps_the_old_certificate(
+    ca: trustme.CA, site: CertFiles, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with backends("app") as (app,), tls_proxy(app, tls_settings(site)) as proxied:
+            server, _, port = proxied
+            other = write_cert(ca, tmp_path, "other", "other.test")
+            Path(site.key).write_bytes(Path(other.key).read_bytes())  # noqa: ASYNC240
+            with pytest.raises(ConfigError) as raised:
+                server.reload_tls()
+            assert raised.value.key == "proxy.tls.key"
+            client = await TlsClient.open(port, client_context(ca))
+            assert client.peer_names == ["example.test"]
+            assert (await client.get()).status == 200
+            await client.close()
 
     run(main())
