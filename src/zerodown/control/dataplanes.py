@@ -15,6 +15,7 @@ from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
+from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.errors import ConfigError
 from zerodown.proxy import tls
 
@@ -50,6 +51,7 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         queue_timeout=limits.queue_timeout,
         stop_timeout=limits.shutdown_timeout,
         trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
+        tls=limits.tls,
     )
 
 
@@ -66,7 +68,18 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         worker_shutdown_timeout=max([DEFAULT_WORKER_SHUTDOWN_TIMEOUT, *drains]),
         extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
         trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
+        tls=_nginx_tls(config),
     )
+
+
+def _nginx_tls(config: Config) -> NginxTls | None:
+    """`[proxy.tls]` with each certificate's names, which nginx's SNI blocks need:
+    read from the files here (checked as at start), so the renderer stays pure."""
+    settings = config.proxy_settings().tls
+    if settings is None:
+        return None
+    names = tuple(c.names for c in tls.check_all(settings)) if len(settings.certs) > 1 else ((),)
+    return NginxTls(settings, names)
 
 
 def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
@@ -75,7 +88,7 @@ def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
     for name, service in config.services.items():
         for key, reason in not_carried(proxy, service):
             raise ConfigError(reason, key=f"services.{name}.{key.split(' ')[0]}")
-    listen = list(config.proxy.listen)
+    listen = config.proxy.listeners()
     if proxy == "haproxy":
         return render_haproxy(config.routing_table(), listen, haproxy_settings(config, state_dir))
     if proxy == "nginx":

@@ -49,6 +49,11 @@ INTERMEDIATE_CIPHERS: Final = ":".join(
         "DHE-RSA-CHACHA20-POLY1305",
     )
 )
+# TLS 1.3 suites of Mozilla "intermediate", for HAProxy and nginx (the embedded
+# proxy keeps OpenSSL's, the same three).
+TLS13_CIPHERSUITES: Final = (
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+)
 ALPN: Final = ("http/1.1",)
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from zerodown.dataplane.nginx.tls import NginxTls
+
 LogTransport = Literal["udp", "unix"]
 
 DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
@@ -42,6 +44,7 @@ class NginxSettings:
     trusted_proxies: tuple[str, ...] = ()
     # Appended verbatim inside `http {}` (tuning), checked by `nginx -t` with the rest.
     extra_http: str = ""
+    tls: NginxTls | None = None  # [proxy.tls]: listeners among `listen`, certificates
 
 
 @dataclass(frozen=True, slots=True)
