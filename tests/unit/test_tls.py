@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from zerodown.config.load import parse_config
 from zerodown.errors import ConfigError
 from zerodown.proxy.redirect import location
 from zerodown.proxy.settings import ProxySettings, TlsSettings
-from zerodown.proxy.tls import check_all, pick
+from zerodown.proxy.tls import check_all, pick, tls_fds
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -135,3 +137,16 @@ def test_a_tls_listener_may_not_also_be_plain() -> None:
             '[proxy.tls]\nlisten = ["127.0.0.1:8443"]\ncert = "c"\nkey = "k"'
         )
     assert "proxy.tls.listen[0]: 127.0.0.1:8443 is also in proxy.listen" in str(raised.value)
+
+
+def test_tls_listeners_are_the_last_addresses_when_their_ports_agree() -> None:
+    with contextlib.ExitStack() as stack:
+        plain, secure, extra = (
+            stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(3)
+        )
+        wanted = TlsSettings(listen=(f"127.0.0.1:{secure.getsockname()[1]}",), certs=())
+        assert tls_fds([plain, secure], wanted) == {secure.fileno()}
+        anywhere = TlsSettings(listen=("127.0.0.1:0",), certs=())
+        assert tls_fds([plain, secure, secure], anywhere) == {secure.fileno()}
+        # Handed over by a generation without TLS: the last socket is a plain one.
+        assert tls_fds([plain, extra], wanted) == set()

@@ -198,12 +198,19 @@ def load(settings: TlsSettings) -> ssl.SSLContext:
 
 def tls_fds(sockets: Sequence[socket.socket], settings: TlsSettings | None) -> set[int]:
     """The file descriptors of the TLS listeners among `sockets` (see the module doc)."""
-    if settings is None:
+    if settings is None or not settings.listen:
         return set()
     order: list[tuple[str, int]] = []
     for sock in sockets:
         address = sock.getsockname()[:2]
         if address not in order:
             order.append(address)
-    tls = set(order[len(order) - len(settings.listen) :]) if settings.listen else set()
+    paired = zip(order[-len(settings.listen) :], settings.listen, strict=False)
+    # The port too must agree (unless the config asked for any, port 0): sockets
+    # handed over by a generation that had no TLS listeners are no TLS ones.
+    tls = {bound for bound, wanted in paired if _port(wanted) in (0, bound[1])}
     return {sock.fileno() for sock in sockets if sock.getsockname()[:2] in tls}
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
