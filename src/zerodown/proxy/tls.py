@@ -161,7 +161,7 @@ def pick(names: Sequence[tuple[str, ...]], server_name: str | None) -> int:
 
 def server_context(certificates: Sequence[Certificate]) -> ssl.SSLContext:
     """The context a TLS listener offers: the first certificate, or another by SNI."""
-    contexts = [_one_context(c) for c in certificates]
+    contexts = [_one_context(i, c) for i, c in enumerate(certificates)]
     names = [c.names for c in certificates]
     default = contexts[0]
     if len(contexts) > 1:
@@ -175,7 +175,7 @@ def server_context(certificates: Sequence[Certificate]) -> ssl.SSLContext:
     return default
 
 
-def _one_context(certificate: Certificate) -> ssl.SSLContext:
+def _one_context(index: int, certificate: Certificate) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -187,7 +187,8 @@ def _one_context(certificate: Certificate) -> ssl.SSLContext:
     try:
         context.load_cert_chain(certificate.cert, certificate.key)
     except (OSError, ssl.SSLError) as exc:  # checked already: a file changed in between
-        raise ConfigError(f"cannot load {certificate.cert}: {exc}", key="proxy.tls") from None
+        key = cert_key_name(index, "cert")
+        raise ConfigError(f"cannot load {certificate.cert}: {exc}", key=key) from None
     return context
 
 
