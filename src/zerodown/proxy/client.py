@@ -25,7 +25,7 @@ import httptools
 from zerodown.errors import BadRequest, NoRoute, ProxyError
 from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
-from zerodown.proxy.redirect import HttpsRedirect, location
+from zerodown.proxy.redirect import redirect_for
 from zerodown.proxy.router import strip_prefix
 from zerodown.proxy.timers import Deadline
 from zerodown.proxy.watchdog import ReadWatchdog
@@ -233,7 +233,8 @@ class ClientConnection(asyncio.Protocol):
         path = head.url
         if error is None:
             host, path = _routing_host_path(head)
-            error = self._redirect(head, host, path)
+            if self.scheme == b"http":
+                error = redirect_for(head, host, path, self.server.redirect_port)
         if error is None:
             service = self.server.router.match(host, path.partition(b"?")[0])
             if service is None:
@@ -243,17 +244,6 @@ class ClientConnection(asyncio.Protocol):
         if error is not None and head.has_body:
             self.closing = True  # the body will not be read: the connection ends here
         return Exchange(self, self.server, head, service, path, error)
-
-    def _redirect(self, head: http.RequestHead, host: str, path: bytes) -> ProxyError | None:
-        """A 308 to https, for a plain-HTTP request when `redirect_http` is on."""
-        port = self.server.https_port
-        if self.scheme == b"https" or port is None or not self.server.redirect_http:
-            return None
-        try:
-            url = location(host, path, port)
-        except BadRequest as exc:
-            return exc
-        return HttpsRedirect(url, close=head.has_body or not head.keep_alive)
 
     def _refusal(self, head: http.RequestHead) -> BadRequest | None:
         """Requests refused on their head alone, before any routing."""

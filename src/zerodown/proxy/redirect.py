@@ -10,13 +10,27 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from zerodown.errors import BadRequest
+from zerodown.errors import BadRequest, ProxyError
 from zerodown.proxy import http
 from zerodown.proxy.response import LocalAnswer
 
 HTTPS_PORT: Final = 443
 # A name or an IP literal: anything else must not reach a Location header.
 _HOST: Final = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")
+
+
+def redirect_for(
+    head: http.RequestHead, host: str, path: bytes, https_port: int | None
+) -> ProxyError | None:
+    """The 308 for a plain-HTTP request (None when `redirect_http` is off:
+    `https_port` None); a 400 when its Host cannot make a URL."""
+    if https_port is None:
+        return None
+    try:
+        url = location(host, path, https_port)
+    except BadRequest as exc:
+        return exc
+    return HttpsRedirect(url, close=head.has_body or not head.keep_alive)
 
 
 def location(host: str, path: bytes, https_port: int) -> bytes:

@@ -102,10 +102,11 @@ class ProxyServer:
         self._listeners.append(listener)
 
     @property
-    def redirect_http(self) -> bool:
-        """Plain-HTTP clients get a 308 to https (`[proxy.tls] redirect_http`)."""
+    def redirect_port(self) -> int | None:
+        """The port plain-HTTP clients are sent to with a 308 (`[proxy.tls]
+        redirect_http`), None when they are served."""
         on = self.settings.tls is not None and self.settings.tls.redirect_http
-        return on and self.https_port is not None
+        return self.https_port if on else None
 
     def reload_tls(self) -> bool:
         """Read the certificates again (SIGHUP, a hot restart): new connections get
