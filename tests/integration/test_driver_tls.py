@@ -71,6 +71,9 @@ def test_tls_on_the_driver(kind: str, tmp_path: Path) -> None:
             plane = make_plane(kind, tmp_path / "state", table, tls)
             await plane.start([f"127.0.0.1:{plain_port}", tls.listen[0]])
             try:
+                if kind == "haproxy":  # chain and key in one file: for this user's eyes only
+                    combined = tmp_path / "state" / "tls" / "0.pem"
+                    assert combined.stat().st_mode & 0o777 == 0o600
                 await _versions_and_alpn(ca, tls_port, app)
                 await _sni(ca, tls_port)
                 answer = await request(plain_port, "GET", "/a?b=1", host="example.test")
