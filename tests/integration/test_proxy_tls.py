@@ -5,7 +5,9 @@ connections."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import trustme
 
 from certs import CertFiles, TlsClient, client_context, write_cert
-from harness import Backend, backends, request, run, service
+from harness import DEADLINE, Backend, backends, exchange, request, run, service
 from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.errors import ConfigError
 from zerodown.proxy.server import ProxyServer
@@ -223,5 +225,26 @@ def test_a_reload_with_a_bad_key_keeps_the_old_certificate(
             assert client.peer_names == ["example.test"]
             assert (await client.get()).status == 200
             await client.close()
+
+    run(main())
+
+
+def test_a_silent_or_plain_http_client_on_the_tls_listener_is_cut(site: CertFiles) -> None:
+    """A handshake has header_timeout, as a request head does (no slowloris
+    over TLS); plain HTTP on the TLS port never reaches the app."""
+
+    async def main() -> None:
+        settings = dataclasses.replace(tls_settings(site), header_timeout=0.2)
+        async with backends("app") as (app,), tls_proxy(app, settings) as (server, _, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(DEADLINE):
+                assert await reader.read() == b""  # closed, nothing sent
+            assert asyncio.get_running_loop().time() - started < 2.0
+            writer.close()
+            answer = await exchange(port, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            assert not answer.startswith(b"HTTP/1.1 200")
+            assert app.requests == []
+            assert not server.connections
 
     run(main())
