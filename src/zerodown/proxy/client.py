@@ -265,7 +265,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def write_lines(self, parts: list[bytes]) -> None:
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self.scheme == b"https":
+            # uvloop's SSL transport would make each piece a TLS record of its own.
+            self.transport.write(b"".join(parts))
+        else:
             self.transport.writelines(parts)
 
     def real_client_ip(self, head: http.RequestHead) -> str:
