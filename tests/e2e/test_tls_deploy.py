@@ -77,3 +77,4 @@ def test_rolling_deploy_over_tls_with_a_renewal_fails_no_request(
         cluster.deploy_ok("v2")
     report = assert_no_failures(load)
     assert list(report.versions) == ["v1", "v2"], report.summary()
+    assert "zerodown: TLS certificates reloaded" in cluster.log_path.read_text()

@@ -202,7 +202,7 @@ class Daemon:
         except ZerodownError as exc:
             log.error("TLS certificates not reloaded, the old ones serve on: %s", exc)
             return False
-        log.info("TLS certificates reloaded")
+        print("zerodown: TLS certificates reloaded", flush=True)  # as `announce` says it serves
         return True
 
     def announce(self) -> None:
