@@ -18,7 +18,7 @@ from zerodown.config.load import parse_config
 from zerodown.errors import ConfigError
 from zerodown.proxy.redirect import location
 from zerodown.proxy.settings import ProxySettings, TlsSettings
-from zerodown.proxy.tls import check_all, pick, tls_fds
+from zerodown.proxy.tls import check_all, expiring, pick, tls_fds
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -150,3 +150,11 @@ def test_tls_listeners_are_the_last_addresses_when_their_ports_agree() -> None:
         assert tls_fds([plain, secure, secure], anywhere) == {secure.fileno()}
         # Handed over by a generation without TLS: the last socket is a plain one.
         assert tls_fds([plain, extra], wanted) == set()
+
+
+def test_a_certificate_close_to_its_end_is_warned_of(tmp_path: Path) -> None:
+    soon = NOW + datetime.timedelta(days=3, hours=1)
+    files = write_cert(trustme.CA(), tmp_path, "soon", "example.test", not_after=soon)
+    found = check_all(settings((files.cert, files.key)), NOW)
+    assert expiring(found, NOW) == [f"{files.cert} expires on {soon:%Y-%m-%d %H:%M} UTC, in 3 days"]
+    assert expiring(found, NOW - datetime.timedelta(days=30)) == []

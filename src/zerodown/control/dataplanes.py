@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
 from pathlib import Path
 
 from zerodown.config import Config
@@ -19,6 +21,8 @@ from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.errors import ConfigError
 from zerodown.proxy import tls
 
+log = logging.getLogger("zerodown.daemon")
+
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
     """The data plane of `config`, not started yet (its start adopts a running one)."""
@@ -34,7 +38,9 @@ def check_certificates(config: Config) -> None:
     """Every `[proxy.tls]` certificate readable, matching its key and not expired;
     ConfigError names the key (proxy/tls.py). Any data plane: drivers included."""
     if config.proxy.tls is not None:
-        tls.check_all(config.proxy.tls.settings())
+        now = datetime.datetime.now(datetime.UTC)
+        for warning in tls.expiring(tls.check_all(config.proxy.tls.settings(), now), now):
+            log.warning("TLS: %s", warning)
 
 
 def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:

@@ -9,15 +9,15 @@ asked for h2 falls back to it (HAProxy and nginx offer h2).
 
 Which listeners speak TLS: the data plane gets `[proxy] listen` then
 `[proxy.tls] listen`, in that order, and the last len(tls.listen) distinct
-addresses are the TLS ones (`tls_fds`). Handed-over sockets keep that
-order (dataplane/sockets.py groups them by address, in order), so a hot
-restart or a worker knows them without being told again.
+addresses are the TLS ones, where their ports agree (`tls_fds`; port 0
+agrees with any). Handed-over sockets keep that order (dataplane/sockets.py
+groups them by address, in order), so a hot restart or a worker knows them
+without being told again.
 """
 
 from __future__ import annotations
 
 import datetime
-import logging
 import socket
 import ssl
 from collections.abc import Sequence
@@ -31,8 +31,6 @@ from cryptography.x509.oid import NameOID
 
 from zerodown.errors import ConfigError, os_reason
 from zerodown.proxy.settings import TlsSettings
-
-log = logging.getLogger("zerodown.proxy")
 
 # https://ssl-config.mozilla.org/guidelines/5.7.json, "intermediate": forward
 # secrecy and AEAD only. Applies to TLS 1.2; TLS 1.3 has its own (all AEAD).
@@ -55,6 +53,9 @@ TLS13_CIPHERSUITES: Final = (
     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 )
 ALPN: Final = ("http/1.1",)
+# Let's Encrypt renews 30 days ahead: a certificate this close to its end
+# was not renewed, and start and SIGHUP say so.
+EXPIRY_WARNING: Final = datetime.timedelta(days=14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,15 @@ def check_pair(index: int, cert: str, key: str, now: datetime.datetime) -> Certi
         reason = f"{cert} is not valid before {not_before:%Y-%m-%d %H:%M} UTC"
         raise ConfigError(reason, key=cert_key)
     return Certificate(cert, key, _names(leaf), not_after)
+
+
+def expiring(certificates: Sequence[Certificate], now: datetime.datetime) -> list[str]:
+    """A warning for each certificate that expires within EXPIRY_WARNING."""
+    return [
+        f"{c.cert} expires on {c.not_after:%Y-%m-%d %H:%M} UTC, in {(c.not_after - now).days} days"
+        for c in certificates
+        if c.not_after - now < EXPIRY_WARNING
+    ]
 
 
 def check_all(settings: TlsSettings, now: datetime.datetime | None = None) -> list[Certificate]:
