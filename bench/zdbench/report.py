@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zdbench.https import HttpsRun, https_table
 from zdbench.model import (
     MODE_TITLES,
     MODES,
@@ -48,6 +49,7 @@ class Report:
     not_measured: Mapping[str, str] = field(default_factory=dict)  # what else -> why
     failures: Sequence[str] = ()  # runs that broke (a proxy that would not start, ...)
     deploy: DeployLoad | None = None  # the deploy-under-load extra
+    https: Sequence[HttpsRun] = ()  # the HTTPS row (https.py)
 
     @property
     def rows(self) -> list[Row]:
@@ -99,6 +101,9 @@ def to_markdown(report: Report) -> str:
         d = report.deploy
         out += ["", f"## A deploy under the highest sustained load (zerodown, {d.workers} workers)"]
         out += ["", *deploy_lines(d)]
+    if report.https:
+        out += ["", "## HTTPS: TLS 1.3 terminated, keep-alive (shared, 1 worker)", ""]
+        out += https_table(report.https)
     if report.unavailable or report.not_measured or report.failures:
         out += ["", "## Not measured", ""]
         out += [f"- {Variant.parse(k).label}: {why}" for k, why in report.unavailable.items()]

@@ -21,6 +21,7 @@ from typing import Any
 import uvloop
 
 from zdbench import clients, deploy, procfs
+from zdbench import https as https_row
 from zdbench.machine import loadavg, machine_info
 from zdbench.model import OWN_CORE, SHARED, Bursts, DeployLoad, Idle, Run, Transfer, Variant
 from zdbench.plan import BURST_GAP_S, Plan, order
@@ -245,6 +246,23 @@ class Suite:
             )
         return result
 
+    def https(self) -> list[https_row.HttpsRun]:
+        """The HTTPS row (zdbench/https.py): zerodown and nginx terminating TLS 1.3."""
+        try:
+            runs, failures = https_row.measure(
+                self.sup,
+                self.work,
+                self.ports,
+                self.plan.conns,
+                self.plan.duration_s,
+                self.plan.threads,
+            )
+        except StartError as exc:
+            self.failures.append(f"https: a proxy did not start: {exc}")
+            return []
+        self.failures += failures
+        return runs
+
     # -- processes ---------------------------------------------------------------------------
 
     def start_backends(self) -> None:
@@ -319,6 +337,7 @@ def run_suite(plan: Plan, command: str) -> Report:
             ("idle connections", suite.idle),
             ("large bodies", suite.stream),
             ("deploy under load", suite.deploys),
+            ("https", suite.https),
         ]
         results: dict[str, Any] = {}
         for name, step in steps:
@@ -334,6 +353,7 @@ def run_suite(plan: Plan, command: str) -> Report:
         idle=results["idle connections"],
         transfers=results["large bodies"],
         deploy=results["deploy under load"],
+        https=results["https"],
         unavailable=suite.unavailable,
         not_measured=suite.not_measured,
         failures=suite.failures,

@@ -37,6 +37,7 @@ from zerodown.dataplane.haproxy.runtime import (
 from zerodown.dataplane.haproxy.servers import backend_name, server_name
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.haproxy.stats import build_stats
+from zerodown.dataplane.haproxy.tls import write_cert_files
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
@@ -237,6 +238,15 @@ class HaproxyDataPlane(ManagedDataPlane):
             return None
         return problem
 
+    async def reload_tls(self) -> None:
+        """The certificate files again, then HAProxy's graceful reload: the new
+        worker shakes hands with them, the old one finishes its connections."""
+        if self.settings.tls is None:
+            return
+        async with self._lock:
+            await self._write_config(process.find_binary(self.settings.binary), self.table)
+            await self._reload()
+
     async def _sweep(self) -> None:
         for line in sweep(await self._servers(), self.table):
             await self._send(line)
@@ -279,6 +289,8 @@ class HaproxyDataPlane(ManagedDataPlane):
             previous = self.settings.config.read_text()
         except FileNotFoundError:
             previous = ""
+        if self.settings.tls is not None:  # `haproxy -c` loads them: written first
+            write_cert_files(self.settings.state_dir, self.settings.tls)
         candidate = self.settings.config.with_suffix(".cfg.new")
         self._sticky_key(table)
         candidate.write_text(render(table, self.listen, self.settings))

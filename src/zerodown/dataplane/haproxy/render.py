@@ -16,6 +16,7 @@ from typing import Final
 from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.haproxy.tls import bind_options, global_lines, is_tls, redirect_lines
 from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
 
 __all__ = ["NO_ROUTE_BACKEND", "render", "route_order", "server_line", "unsupported"]
@@ -87,6 +88,7 @@ def _global(settings: HaproxySettings) -> str:
         # sockets from the old one, so no connection is refused across it.
         f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
         f"server-state-file {settings.server_state_file}",
+        *global_lines(settings.tls),
     )
 
 
@@ -111,16 +113,21 @@ def _defaults(settings: HaproxySettings) -> str:
 def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySettings) -> str:
     host, port = parse_address(address)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    lines = [f"bind {bind}", f"unique-id-format {_UNIQUE_ID}", *_forwarded(settings)]
+    secure = is_tls(address, settings.tls)
+    if secure and settings.tls is not None:
+        bind += bind_options(settings.state_dir, settings.tls)
+    proto = "https" if secure else "http"
+    lines = [f"bind {bind}", f"unique-id-format {_UNIQUE_ID}", *_forwarded(settings, proto)]
     # The Host header without its port, lowercased, as the router compares it.
     lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
+    lines += redirect_lines(address, settings.tls)
     for rank, spec in enumerate(route_order(table.services)):
         lines += _route(rank, spec)
     lines.append(f"default_backend {NO_ROUTE_BACKEND}")
     return _section(f"frontend fe_{index}", *lines)
 
 
-def _forwarded(settings: HaproxySettings) -> list[str]:
+def _forwarded(settings: HaproxySettings, proto: str) -> list[str]:
     """X-Forwarded-* and X-Request-ID as the embedded proxy sets them
     (proxy/http.py): a client's own are kept only from a trusted proxy, so
     no client can name its own address or request id; `option forwardfor`
@@ -136,7 +143,7 @@ def _forwarded(settings: HaproxySettings) -> list[str]:
         )
     lines += [
         f"http-request del-header X-Forwarded-For{unless}",
-        f"http-request set-header X-Forwarded-Proto http{unless}",
+        f"http-request set-header X-Forwarded-Proto {proto}{unless}",
         f"http-request set-header X-Forwarded-Host %[req.hdr(host)]{unless}",
         f"http-request set-header X-Request-ID %[unique-id]{unless}",
         # A trusted proxy that sent none gets one too.

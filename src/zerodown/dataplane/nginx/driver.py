@@ -81,6 +81,7 @@ class NginxDataPlane(ManagedDataPlane):
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
         self._watch: asyncio.Task[None] | None = None
+        self.adopted = False  # start found a master serving this state_dir and kept it
 
     def __repr__(self) -> str:
         return (
@@ -101,6 +102,7 @@ class NginxDataPlane(ManagedDataPlane):
         try:
             self._master = process.master_pid(self.paths)
             if self._master is not None:
+                self.adopted = True
                 await self._adopt(saved)
             else:
                 self._generation = _int(saved.get("generation"))
@@ -235,6 +237,13 @@ class NginxDataPlane(ManagedDataPlane):
         return render_prometheus(await self.stats())
 
     # -- reloads ----------------------------------------------------------------
+
+    async def reload_tls(self) -> None:
+        """nginx's graceful reload: new workers read the certificate files, old
+        ones finish their connections (worker_shutdown_timeout)."""
+        if self.settings.tls is not None:
+            async with self._lock:
+                await self._reload(self._table)
 
     async def _reload(self, table: RoutingTable) -> None:
         """Render, test, swap in and make live `table`; the old config serves on failure."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+from zerodown.dataplane.nginx import tls as nginx_tls
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.nginx.sticky import (
@@ -36,6 +37,7 @@ from zerodown.dataplane.nginx.sticky import (
     sticky_blocks,
     unsupported_sticky,
 )
+from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
@@ -114,7 +116,8 @@ def render(
         *guard_http(services),
         *(_upstream(s, unhealthy, settings.keepalive) for s in services),
         *_sticky(services, unhealthy, settings),
-        *_servers(services, listen, unhealthy),
+        *_servers(services, listen, unhealthy, settings.tls),
+        *nginx_tls.redirect_block(listen, settings.tls),
         _control_server(paths, generation),
     ]
     if settings.extra_http.strip():
@@ -208,6 +211,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         # and (nginx's default, kept: no `non_idempotent`) never a POST or
         # PATCH once it was sent, since the app may have acted on it.
         "proxy_next_upstream error timeout;",
+        *nginx_tls.http_lines(settings.tls),
     ]
 
 
@@ -263,17 +267,24 @@ def _balance(service: ServiceSpec) -> str:
 
 
 def _servers(
-    services: Sequence[ServiceSpec], listen: Sequence[str], unhealthy: frozenset[tuple[str, str]]
+    services: Sequence[ServiceSpec],
+    listen: Sequence[str],
+    unhealthy: frozenset[tuple[str, str]],
+    tls: NginxTls | None = None,
 ) -> list[str]:
     hosts: dict[str, list[ServiceSpec]] = {}
     for s in services:
         hosts.setdefault(s.host.lower(), []).append(s)
     hosts.setdefault("*", [])  # a catch-all answers 404 for hosts nobody routes
+    for name in nginx_tls.sni_hosts(tls):
+        hosts.setdefault(name, [])  # routed as its host would be, with its certificate
+    listen = nginx_tls.route_listen(listen, tls)
     blocks = []
     for host in sorted(hosts, key=lambda h: h == "*"):
         routed = _routes_for(host, hosts)
-        listens = [_listen(a, default=host == "*") for a in listen]
+        listens = [nginx_tls.listen_line(a, default=host == "*", tls=tls) for a in listen]
         body = [*listens, f"server_name {'_' if host == '*' else host};"]
+        body += nginx_tls.certificate_lines(host, tls)
         body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
         body += guard_named(routed)
         if not any(s.path == "/" for s in routed):
@@ -361,12 +372,6 @@ def _control_server(paths: Paths, generation: int) -> str:
         f"    location = {STATUS_PATH} {{ stub_status; }}\n"
         "}"
     )
-
-
-def _listen(address: str, *, default: bool) -> str:
-    host, port = parse_address(address)
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"listen {where}{' default_server' if default else ''};"
 
 
 def _upstream_address(address: str) -> str:

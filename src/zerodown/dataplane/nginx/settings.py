@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from zerodown.dataplane.nginx.tls import NginxTls
+
 LogTransport = Literal["udp", "unix"]
 
 DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
@@ -44,6 +46,7 @@ class NginxSettings:
     extra_http: str = ""
     # Signs the tokens of sticky cookies (hex, from state_dir; proxy/sticky.py).
     sticky_key: str = ""
+    tls: NginxTls | None = None  # [proxy.tls]: listeners among `listen`, certificates
 
 
 @dataclass(frozen=True, slots=True)
