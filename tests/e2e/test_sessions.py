@@ -4,7 +4,9 @@ data plane, the demo app with its login flow on `--sessions redis|jwt|memory`
 runs it, read from its --json output and its exit code.
 
 One cheap combination per claim (the app starts in 0.5 s here): redis x
-rolling, jwt x blue_green, redis x canary keep every session; memory loses
+rolling through HAProxy, jwt x blue_green through nginx, redis x canary on
+the embedded data plane keep every session (each store on each strategy, and
+each data plane once: a shared store does not care which proxy is in front); memory loses
 them and says why, with a non-zero exit; Redis killed and restarted in the
 middle of a deploy gives 503s that say what failed, and the sessions, kept by
 its fsynced append-only file, are all there after it.
@@ -63,14 +65,28 @@ def verified(done: subprocess.CompletedProcess[str] | tuple[int, str, str]) -> d
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    ("store", "strategy"), [("redis", "rolling"), ("jwt", "blue_green"), ("redis", "canary")]
+    ("store", "strategy", "dataplane"),
+    [
+        ("redis", "rolling", "haproxy"),
+        ("jwt", "blue_green", "nginx"),
+        ("redis", "canary", "embedded"),
+    ],
 )
 def test_a_shared_session_store_keeps_every_user_logged_in(
-    make_cluster: ClusterFactory, redis_server: RedisServer, store: str, strategy: str
+    make_cluster: ClusterFactory,
+    redis_server: RedisServer,
+    store: str,
+    strategy: str,
+    dataplane: str,
 ) -> None:
     flags = ["--sessions", store]
     flags += ["--redis-url", redis_server.url] if store == "redis" else []
-    cluster = make_cluster(command=app_command(*flags), strategy=f'"{strategy}"', canary=CANARY)
+    cluster = make_cluster(
+        command=app_command(*flags),
+        strategy=f'"{strategy}"',
+        canary=CANARY,
+        proxy={"dataplane": f'"{dataplane}"'},
+    )
     said = verified(cluster.cli(*verify_args(cluster, strategy)))
     report = said["report"]
     assert said["exit"] == 0, said["stderr"]
