@@ -119,6 +119,25 @@ def test_sessions_in_memory_are_lost_and_the_report_says_why(
 
 
 @pytest.mark.timeout(60)
+def test_sticky_memory_sessions_are_lost_only_with_their_stopped_instances(
+    make_cluster: ClusterFactory,
+) -> None:
+    """`sticky` keeps each user on the instance that holds its session: none is
+    lost before the deploy; a rolling deploy stops every instance, so each is
+    lost then, and the report says sticky does not outlive a stop."""
+    cluster = make_cluster(
+        command=app_command("--sessions", "memory"), sticky='{ cookie = "zd_route" }'
+    )
+    said = verified(cluster.cli(*verify_args(cluster, "rolling")))
+    sessions = said["report"]["sessions"]
+    assert said["exit"] == 1, said["stderr"]
+    assert said["report"]["failed"] == 0, said["report"]["failures"]
+    assert sessions["lost_before_deploy"] == 0, sessions
+    assert sessions["lost_during_deploy"] == sessions["lost"] == USERS, sessions
+    assert "not past that instance's stop" in said["stderr"], said["stderr"]
+
+
+@pytest.mark.timeout(60)
 def test_redis_restarted_mid_deploy_keeps_its_sessions_and_its_errors_say_why(
     make_cluster: ClusterFactory, redis_server: RedisServer
 ) -> None:
