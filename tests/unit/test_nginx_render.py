@@ -195,7 +195,7 @@ def test_what_nginx_cannot_carry_is_named_by_key() -> None:
         A,
         split=Split(cohorts=(cohort,), sticky_cookie="zd"),
         slow_start=5.0,
-        hold=HoldSpec(),
+        hold=HoldSpec(maintenance_html="<h1>soon</h1>"),
         websocket_drain="close",
         balance="least_time",
     )
@@ -203,7 +203,7 @@ def test_what_nginx_cannot_carry_is_named_by_key() -> None:
         "services.web.split.cohorts",
         "services.web.split.sticky_cookie",
         "services.web.slow_start",
-        "services.web.hold",
+        "services.web.hold.maintenance_html",
         "services.web.websocket_drain",
         "services.web.balance",
     ]
@@ -216,3 +216,16 @@ def test_targets_come_again_as_panic_backups_where_nginx_allows_backups() -> Non
     assert "backup" not in conf(service(A, balance="hash"))
     assert "backup" not in conf(service(A, passive=None))  # nothing marks them failed
     assert f"{B} weight" not in conf(service(A, canary=(B,)))  # a canary at 0%: not even so
+
+
+def test_a_hold_with_nothing_to_route_sends_to_the_drivers_hold_socket() -> None:
+    held = conf(service(hold=HoldSpec(timeout=2.0), path="/api", strip_prefix=True))
+    assert "server unix:/srv/zd/hold-web.sock max_fails=0;" in held
+    assert "keepalive" not in held.split("upstream zd_web", 1)[1].split("}", 1)[0]
+    assert "proxy_read_timeout 62000ms;" in held
+    assert "rewrite ^/api/?(.*)$ /$1 break;" in held
+    assert "return 503" not in held.split("location = /api", 1)[1].split("}", 1)[0]
+    # With a ready target the hold changes nothing: the target takes the requests.
+    routed = conf(service(A, hold=HoldSpec()))
+    assert "hold-web.sock" not in routed
+    assert f"server {A} weight=1" in routed

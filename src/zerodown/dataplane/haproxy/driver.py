@@ -23,6 +23,7 @@ from typing import Final
 from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
+from zerodown.dataplane.haproxy.hold import HOLD_SCRIPT
 from zerodown.dataplane.haproxy.render import render, unsupported
 from zerodown.dataplane.haproxy.runtime import (
     ServerRow,
@@ -49,7 +50,9 @@ WATCH_EVERY: Final = 1.0  # seconds between looks at the master while driving it
 
 
 class HaproxyDataPlane(ManagedDataPlane):
-    carries = frozenset()  # plain weighted pools (config/support.py)
+    # Weighted pools, and recreate's hold (hold.py); no request rules to a
+    # pool or sticky cookie (config/support.py).
+    carries = frozenset({"hold"})
 
     def __init__(self, settings: HaproxySettings, table: RoutingTable | None = None) -> None:
         self.settings = settings
@@ -276,6 +279,8 @@ class HaproxyDataPlane(ManagedDataPlane):
             previous = self.settings.config.read_text()
         except FileNotFoundError:
             previous = ""
+        if any(spec.hold is not None for spec in table.services):
+            _write_atomic(self.settings.hold_script, HOLD_SCRIPT)  # the config's lua-load
         candidate = self.settings.config.with_suffix(".cfg.new")
         candidate.write_text(render(table, self.listen, self.settings))
         await process.check_config(binary, candidate)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.haproxy.hold import hold_rules
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
@@ -62,13 +63,15 @@ def unsupported(table: RoutingTable) -> list[str]:
             problems.append(
                 f"{where}: a sticky canary cookie is carried by the embedded data plane only"
             )
-        if spec.hold is not None:
-            problems.append(f"{where}.hold is carried by the embedded data plane only")
+        if spec.hold is not None and spec.hold.maintenance_html is not None:
+            problems.append(
+                f"{where}: a maintenance page is carried by the embedded data plane only"
+            )
     return problems
 
 
 def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
-    parts = [_global(settings), _defaults(settings)]
+    parts = [_global(table, settings), _defaults(settings)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_backend(spec) for spec in table.services]
     parts.append(_no_route())
@@ -77,15 +80,17 @@ def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings
     return "\n".join(parts)
 
 
-def _global(settings: HaproxySettings) -> str:
-    return _section(
-        "global",
+def _global(table: RoutingTable, settings: HaproxySettings) -> str:
+    lines = [
         f"nbthread {settings.threads}",
         # expose-fd listeners: a reload's new worker takes the listening
         # sockets from the old one, so no connection is refused across it.
         f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
         f"server-state-file {settings.server_state_file}",
-    )
+    ]
+    if any(spec.hold is not None for spec in table.services):
+        lines.append(f"lua-load {settings.hold_script}")  # the driver writes it (hold.py)
+    return _section("global", *lines)
 
 
 def _defaults(settings: HaproxySettings) -> str:
@@ -177,7 +182,8 @@ def _route(rank: int, spec: ServiceSpec) -> list[str]:
 
 
 def _backend(spec: ServiceSpec) -> str:
-    lines = [*_balance(spec), f"retries {spec.tries - 1}"]
+    backend = backend_name(spec.name)
+    lines = [*_balance(spec), f"retries {spec.tries - 1}", *hold_rules(spec, backend)]
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")
         lines.append(f"timeout check {_ms(spec.health.timeout)}")
@@ -189,7 +195,7 @@ def _backend(spec: ServiceSpec) -> str:
         # "/api/x" -> "/x", "/api" -> "/" (router.strip_prefix); the query stays.
         lines.append(f"http-request replace-path ^{_regex(stem)}/?(.*)$ /\\1")
     lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
-    return _section(f"backend {backend_name(spec.name)}", *lines)
+    return _section(f"backend {backend}", *lines)
 
 
 def _balance(spec: ServiceSpec) -> list[str]:

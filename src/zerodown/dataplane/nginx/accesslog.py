@@ -74,6 +74,7 @@ class AccessCounters:
     rejected: dict[str, int] = field(default_factory=dict)
     lines: int = 0
     foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
+    held: int = 0  # requests held across a recreate's gap and piped by the driver
 
     def feed(self, datagram: bytes) -> list[Try]:
         """Count one datagram; return its tries (the health checks' proof of answers)."""
@@ -83,7 +84,9 @@ class AccessCounters:
             return []
         self.lines += 1
         seen = list(tries(entry))
-        if not seen:
+        if not seen and "unix:" in entry.get("addr", ""):
+            self.held += 1  # through the driver's hold socket (hold.py), not nginx's own answer
+        elif not seen:
             status = entry.get("status", "")
             self.rejected[status] = self.rejected.get(status, 0) + 1
         for one in seen:

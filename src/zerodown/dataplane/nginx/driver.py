@@ -41,6 +41,7 @@ from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
+from zerodown.dataplane.nginx.hold import HoldServers
 from zerodown.dataplane.nginx.render import LogTarget, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
@@ -60,7 +61,9 @@ WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still
 
 
 class NginxDataPlane(ManagedDataPlane):
-    carries = frozenset()  # plain weighted pools (config/support.py)
+    # Weighted pools, and recreate's hold (hold.py); no request rules to a
+    # pool or sticky cookie (config/support.py).
+    carries = frozenset({"hold"})
 
     def __init__(self, settings: NginxSettings, table: RoutingTable | None = None) -> None:
         self.settings = _with_user(settings)
@@ -75,6 +78,7 @@ class NginxDataPlane(ManagedDataPlane):
         self._lock = asyncio.Lock()
         self._counters = AccessCounters()
         self._health = ActiveHealth(self._health_changed)
+        self._holds = HoldServers(self.paths.prefix)
         self._log_socket: socket.socket | None = None
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
@@ -167,6 +171,7 @@ class NginxDataPlane(ManagedDataPlane):
             await asyncio.wait([self._rerender])
             self._rerender = None
         await self._health.stop()
+        await self._holds.close()
         self._close_log()
 
     @property
@@ -239,12 +244,14 @@ class NginxDataPlane(ManagedDataPlane):
         """Render, test, swap in and make live `table`; the old config serves on failure."""
         unhealthy = self._unhealthy(table)
         generation = self._generation + 1
+        await self._holds.listen(table)  # before nginx is told to send there
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         _write_private(self.paths.pending, text)
         try:
             await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)
         except DataPlaneError:
             self.paths.pending.unlink(missing_ok=True)
+            self._holds.update(self._table)
             raise
         os.replace(self.paths.pending, self.paths.conf)  # atomic: nginx never reads half a file
         old = self._workers()
@@ -252,7 +259,12 @@ class NginxDataPlane(ManagedDataPlane):
             self._master = await process.launch(self._binary, self.paths, self._timeout)
         else:
             process.signal_master(self._master, signal.SIGHUP)
-        await self._confirm(generation, old)
+        try:
+            await self._confirm(generation, old)
+        except DataPlaneError:
+            self._holds.update(self._table)
+            raise
+        self._holds.update(table)  # held requests go to the targets nginx now routes to
         self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
         self._save()
 

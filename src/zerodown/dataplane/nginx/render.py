@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.proxy.router import prefix_matches
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
@@ -66,6 +67,8 @@ _BALANCE = {
 }
 _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
 _BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
+# Beyond the hold timeout, the app's own time to answer a held request.
+HOLD_READ_MARGIN = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ def render(
     log = log or LogTarget(f"unix:{paths.access_socket}")
     http = [
         *_http_common(settings, paths, log),
-        *(_upstream(s, unhealthy, settings.keepalive) for s in services),
+        *(_upstream(s, unhealthy, settings.keepalive, paths) for s in services),
         *_servers(services, listen, unhealthy),
         _control_server(paths, generation),
     ]
@@ -200,7 +203,11 @@ def _trusted(cidrs: Sequence[str]) -> str:
     return f"geo $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
 
 
-def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:
+def _upstream(
+    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int, paths: Paths
+) -> str:
+    if holds(service):
+        return _hold_upstream(service, paths)
     down = frozenset(a for s, a in unhealthy if s == service.name)
     servers = server_weights(service, down)
     if not any(s.weight for s in servers):
@@ -216,6 +223,14 @@ def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepa
     lines += _panic_backups(service, servers)
     lines.append(f"keepalive {keepalive};")
     body = _indent(line for line in lines if line)
+    return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
+
+
+def _hold_upstream(service: ServiceSpec, paths: Paths) -> str:
+    """Recreate's gap: the driver holds the requests (hold.py). No keepalive:
+    one connection per held request, piped to the new target once it serves."""
+    where = socket_path(paths.prefix, service.name)
+    body = _indent([f"server unix:{where} max_fails=0;  # held by zerodown"])
     return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
 
 
@@ -292,7 +307,18 @@ def _covering_wildcards(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[
 def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> str:
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
-    if not any(s.weight for s in server_weights(service, down)):
+    if holds(service):
+        assert service.hold is not None
+        # One try (the hold socket), and a read timeout past the hold's, so
+        # nginx waits for the held request's answer rather than give up first.
+        body = [
+            "proxy_next_upstream off;",
+            f"proxy_read_timeout {_seconds(service.hold.timeout + HOLD_READ_MARGIN)};",
+            f"proxy_pass http://{upstream_name(service.name)};",
+        ]
+        if service.strip_prefix and stem:
+            body.insert(0, f"rewrite ^{stem}/?(.*)$ /$1 break;")
+    elif not any(s.weight for s in server_weights(service, down)):
         body = ["return 503;"]
     else:
         body = []
@@ -354,7 +380,10 @@ def unsupported(service: ServiceSpec) -> list[str]:
         (bool(service.split.cohorts), "split.cohorts (header/cookie rules to a pool)"),
         (service.split.sticky_cookie is not None, "split.sticky_cookie"),
         (service.slow_start > 0, "slow_start (NGINX Plus only)"),
-        (service.hold is not None, "hold (waiting for a target while none serves)"),
+        (
+            service.hold is not None and service.hold.maintenance_html is not None,
+            "hold.maintenance_html (a maintenance page)",
+        ),
         (service.websocket_drain == "close", 'websocket_drain = "close"'),
         (service.balance == "least_time", 'balance = "least_time" (NGINX Plus; use least_conn)'),
     ]
