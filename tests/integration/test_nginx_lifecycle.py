@@ -23,9 +23,9 @@ from harness import (
     until,
 )
 from nginx_harness import nginx, port_of
+from zerodown.dataplane.accesslog import LogTransport
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.dataplane.nginx.process import alive
-from zerodown.dataplane.nginx.settings import LogTransport
 from zerodown.routing import HealthSpec, RoutingTable
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)

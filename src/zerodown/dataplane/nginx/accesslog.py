@@ -13,10 +13,10 @@ rejected by status.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from zerodown.dataplane.accesslog import parse_line
 from zerodown.proxy.metrics import TargetMetrics
 
 __all__ = ["AccessCounters", "Try", "parse_line", "tries"]
@@ -33,18 +33,6 @@ class Try:
     status: int | None  # None: no status (the connection failed before one)
     seconds: float
     last: bool  # the request's final try: its response is the client's
-
-
-def parse_line(datagram: bytes) -> dict[str, str] | None:
-    """The JSON object of one syslog datagram, or None when it holds none."""
-    start = datagram.find(b"{")
-    if start < 0:
-        return None
-    try:
-        value = json.loads(datagram[start:])
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def tries(entry: dict[str, str]) -> Iterator[Try]:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import pwd
-import secrets
 import signal
 import socket
 import time
@@ -37,12 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.accesslog import LogSocket, LogTarget
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
 from zerodown.dataplane.nginx.hold import HoldServers
-from zerodown.dataplane.nginx.render import LogTarget, render
+from zerodown.dataplane.nginx.render import render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.prometheus import render_prometheus
@@ -54,8 +54,6 @@ __all__ = ["NginxDataPlane"]
 
 log = logging.getLogger(__name__)
 
-# Many datagrams may arrive between two turns of the event loop under load.
-LOG_RECEIVE_BUFFER: Final = 4 * 1024 * 1024
 ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
 WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
 
@@ -79,7 +77,7 @@ class NginxDataPlane(ManagedDataPlane):
         self._counters = AccessCounters()
         self._health = ActiveHealth(self._health_changed)
         self._holds = HoldServers(self.paths.prefix)
-        self._log_socket: socket.socket | None = None
+        self._log_socket = LogSocket(self._read_log)
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
@@ -348,40 +346,23 @@ class NginxDataPlane(ManagedDataPlane):
 
     def _open_log(self, saved: dict[str, object]) -> None:
         """Bind where nginx sends its log: where the last driver had it, if free."""
-        key = saved.get("log_key")
-        key = key if isinstance(key, str) and key.isalnum() else secrets.token_hex(8)
-        if self.settings.log_transport == "unix":
-            path = self.paths.access_socket
-            path.unlink(missing_ok=True)  # a dead driver's socket: nginx reconnects by path
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(str(path))
-            server = f"unix:{path}"
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("127.0.0.1", _saved_port(saved.get("log"))))
-            server = f"127.0.0.1:{sock.getsockname()[1]}"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOG_RECEIVE_BUFFER)
-        sock.setblocking(False)
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_log)
-        self._log_socket, self._log = sock, LogTarget(server, key)
-        self._counters.key = key
+        server, key = saved.get("log"), saved.get("log_key")
+        last = (
+            LogTarget(server, key if isinstance(key, str) else "")
+            if isinstance(server, str)
+            else None
+        )
+        transport = self.settings.log_transport
+        self._log = self._log_socket.open(transport, self.paths.access_socket, last)
+        self._counters.key = self._log.key
 
     def _close_log(self) -> None:
-        sock, self._log_socket = self._log_socket, None
-        if sock is not None:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        self._log_socket.close()
 
-    def _read_log(self) -> None:
-        sock = self._log_socket
-        while sock is not None:
-            try:
-                datagram = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            for one in self._counters.feed(datagram):
-                if one.status is not None and one.status < 500:
-                    self._health.answered((one.service, one.address))
+    def _read_log(self, datagram: bytes) -> None:
+        for one in self._counters.feed(datagram):
+            if one.status is not None and one.status < 500:
+                self._health.answered((one.service, one.address))
 
 
 def _with_user(settings: NginxSettings) -> NginxSettings:
@@ -409,19 +390,6 @@ def _int(value: object) -> int:
 
 def _list(value: object) -> list[list[object]]:
     return [v for v in value if isinstance(v, list)] if isinstance(value, list) else []
-
-
-def _saved_port(server: object) -> int:
-    """The last driver's UDP log port if it is still free, else 0 (any)."""
-    if not isinstance(server, str) or not server.startswith("127.0.0.1:"):
-        return 0
-    port = int(server.rpartition(":")[2])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return 0
-    return port
 
 
 def _write_private(path: Path, text: str) -> None:

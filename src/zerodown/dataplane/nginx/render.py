@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.proxy.router import prefix_matches
@@ -69,14 +70,6 @@ _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
 _BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
 # Beyond the hold timeout, the app's own time to answer a held request.
 HOLD_READ_MARGIN = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class LogTarget:
-    """Where nginx sends its access log (syslog `server=`), and the key each line carries."""
-
-    server: str  # "unix:/path" or "127.0.0.1:port"
-    key: str = ""  # [0-9a-f]*: it goes into the config unquoted
 
 
 @dataclass(frozen=True, slots=True)
