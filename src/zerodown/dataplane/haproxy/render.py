@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.haproxy.hold import hold_rules
+from zerodown.dataplane.haproxy.latency import LOG_FORMAT as LATENCY_LOG_FORMAT
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
@@ -70,8 +72,14 @@ def unsupported(table: RoutingTable) -> list[str]:
     return problems
 
 
-def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
-    parts = [_global(table, settings), _defaults(settings)]
+def render(
+    table: RoutingTable,
+    listen: Sequence[str],
+    settings: HaproxySettings,
+    log: LogTarget | None = None,
+) -> str:
+    """The whole haproxy.cfg; `log`, where each request's line goes (latency.py)."""
+    parts = [_global(table, settings, log), _defaults(settings, log)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_backend(spec) for spec in table.services]
     parts.append(_no_route())
@@ -80,7 +88,7 @@ def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings
     return "\n".join(parts)
 
 
-def _global(table: RoutingTable, settings: HaproxySettings) -> str:
+def _global(table: RoutingTable, settings: HaproxySettings, log: LogTarget | None) -> str:
     lines = [
         f"nbthread {settings.threads}",
         # expose-fd listeners: a reload's new worker takes the listening
@@ -88,15 +96,22 @@ def _global(table: RoutingTable, settings: HaproxySettings) -> str:
         f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
         f"server-state-file {settings.server_state_file}",
     ]
+    if log is not None:
+        where = log.server.removeprefix("unix:")  # HAProxy: a path is a unix datagram socket
+        lines.append(f"log {where} len 1024 local0 info")
     if any(spec.hold is not None for spec in table.services):
         lines.append(f"lua-load {settings.hold_script}")  # the driver writes it (hold.py)
     return _section("global", *lines)
 
 
-def _defaults(settings: HaproxySettings) -> str:
+def _defaults(settings: HaproxySettings, log: LogTarget | None) -> str:
+    logging = []
+    if log is not None:
+        logging = ["log global", f"log-format '{LATENCY_LOG_FORMAT % {'key': log.key}}'"]
     return _section(
         "defaults",
         "mode http",
+        *logging,
         "option forwardfor",
         "option redispatch 1",
         f"retry-on {_RETRY_ON}",

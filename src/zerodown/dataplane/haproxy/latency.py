@@ -1,0 +1,53 @@
+"""HAProxy's per-request log lines -> a latency histogram per server. Pure.
+
+`show stat` counts requests and responses per server but keeps no
+histogram (only `rtime`, a mean of the last 1024, and `rtime_max`), and the
+canary judge's rank test needs one. So HAProxy also logs one line per
+request (LOG_FORMAT) to the driver's socket (dataplane/accesslog.py), and
+each line's `%Tr` (milliseconds from the request sent to the server to its
+response headers; -1 with no response) goes into the bucket of its server.
+The counts stay `show stat`'s; only latency comes from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from zerodown.dataplane.accesslog import parse_line
+from zerodown.proxy.metrics import Histogram
+
+__all__ = ["LOG_FORMAT", "LatencyLog"]
+
+# One JSON object per request; keys short because each is a datagram. %b is
+# the backend, %s the server's name (servers.server_name), %Tr the time to
+# the response headers in ms, as the embedded proxy and nginx's
+# $upstream_response_time measure it.
+LOG_FORMAT: Final = '{"k":"%(key)s","b":"%%b","s":"%%s","tr":"%%Tr"}'
+
+
+@dataclass
+class LatencyLog:
+    """Histograms per (backend, server) from the log lines carrying `key`."""
+
+    key: str = ""
+    servers: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    lines: int = 0
+    foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
+
+    def feed(self, datagram: bytes) -> None:
+        entry = parse_line(datagram)
+        if entry is None or entry.get("k", "") != self.key:
+            self.foreign += 1
+            return
+        self.lines += 1
+        took = entry.get("tr", "")
+        if not took.isdigit():  # "-1": no response (a failed connect, a client gone)
+            return
+        where = (entry.get("b", ""), entry.get("s", ""))
+        self.servers.setdefault(where, Histogram()).observe(int(took) / 1000)
+
+    def forget_all_but(self, keep: set[tuple[str, str]]) -> None:
+        """Drop servers no longer in the table, so memory stays bounded."""
+        for where in self.servers.keys() - keep:
+            del self.servers[where]
