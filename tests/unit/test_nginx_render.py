@@ -6,13 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import service
-from zerodown.dataplane.nginx.render import Server, render, server_weights, unsupported
+from zerodown.dataplane.nginx.render import (
+    Server,
+    in_panic,
+    render,
+    server_weights,
+    unsupported,
+)
 from zerodown.dataplane.nginx.settings import NginxSettings
 from zerodown.routing import (
     CohortRule,
     HoldSpec,
     PassiveHealthSpec,
     PoolSpec,
+    RoutingTable,
     ServiceSpec,
     Split,
     TargetSpec,
@@ -229,3 +236,10 @@ def test_a_hold_with_nothing_to_route_sends_to_the_drivers_hold_socket() -> None
     routed = conf(service(A, hold=HoldSpec()))
     assert "hold-web.sock" not in routed
     assert f"server {A} weight=1" in routed
+
+
+def test_targets_routed_only_because_their_whole_pool_is_out_are_in_panic() -> None:
+    table = RoutingTable(services=(service(A, B, canary=(C,)),))
+    assert in_panic(table, frozenset({("web", A)})) == frozenset()
+    assert in_panic(table, frozenset({("web", A), ("web", B)})) == {("web", A), ("web", B)}
+    assert in_panic(table, frozenset({("web", C)})) == {("web", C)}

@@ -63,6 +63,10 @@ class AccessCounters:
     lines: int = 0
     foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
     held: int = 0  # requests held across a recreate's gap and piped by the driver
+    # (service, address) the live config routes to only because our checks
+    # have every target of its pool out (render._healthy: panic routing):
+    # a try there is a panic try, as the embedded proxy counts one.
+    in_panic: frozenset[tuple[str, str]] = frozenset()
 
     def feed(self, datagram: bytes) -> list[Try]:
         """Count one datagram; return its tries (the health checks' proof of answers)."""
@@ -87,6 +91,8 @@ class AccessCounters:
     def _count(self, one: Try) -> None:
         metrics = self.metrics(one.service, one.address)
         metrics.request()
+        if (one.service, one.address) in self.in_panic:
+            metrics.panic()
         if one.last:
             if one.status is None:
                 metrics.fail("other")  # e.g. the client left before an answer

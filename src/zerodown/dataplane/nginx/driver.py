@@ -42,7 +42,7 @@ from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
 from zerodown.dataplane.nginx.hold import HoldServers
-from zerodown.dataplane.nginx.render import render
+from zerodown.dataplane.nginx.render import in_panic, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.prometheus import render_prometheus
@@ -135,6 +135,7 @@ class NginxDataPlane(ManagedDataPlane):
         # checks (which start optimistic, every target up) re-render.
         out = {(str(k[0]), str(k[1])) for k in _list(saved.get("unhealthy")) if len(k) == 2}
         self._rendered = (self._table, frozenset(out))
+        self._counters.in_panic = in_panic(self._table, frozenset(out))
         if out:
             self._health_changed()
         log.info("adopted nginx master %s at generation %s", self._master, self._generation)
@@ -264,6 +265,7 @@ class NginxDataPlane(ManagedDataPlane):
             raise
         self._holds.update(table)  # held requests go to the targets nginx now routes to
         self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
+        self._counters.in_panic = in_panic(table, unhealthy)
         self._save()
 
     async def _confirm(self, generation: int, old: set[int]) -> None:

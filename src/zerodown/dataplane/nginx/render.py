@@ -32,7 +32,7 @@ from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.proxy.router import prefix_matches
-from zerodown.routing import ServiceSpec, TargetSpec, parse_address
+from zerodown.routing import RoutingTable, ServiceSpec, TargetSpec, parse_address
 
 __all__ = [
     "CONTROL_PATH",
@@ -40,6 +40,7 @@ __all__ = [
     "STATUS_PATH",
     "LogTarget",
     "Server",
+    "in_panic",
     "render",
     "server_weights",
     "unsupported",
@@ -127,6 +128,20 @@ def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()
         )
         for t in targets
     ]
+
+
+def in_panic(
+    table: RoutingTable, unhealthy: frozenset[tuple[str, str]]
+) -> frozenset[tuple[str, str]]:
+    """(service, address) routed although our checks have them out: every
+    routable target of their pool is out, so the pool routes to all (_healthy)."""
+    panic = set()
+    for spec in table.services:
+        for pool in (spec.stable.targets, spec.canary.targets):
+            routable = [t.address for t in pool if t.state == "ready" and t.weight > 0]
+            if routable and all((spec.name, a) in unhealthy for a in routable):
+                panic |= {(spec.name, a) for a in routable}
+    return frozenset(panic)
 
 
 def _healthy(targets: Iterable[TargetSpec], unhealthy: frozenset[str]) -> list[TargetSpec]:
