@@ -47,7 +47,7 @@ class Report:
     unavailable: Mapping[str, str] = field(default_factory=dict)  # variant key -> why
     not_measured: Mapping[str, str] = field(default_factory=dict)  # what else -> why
     failures: Sequence[str] = ()  # runs that broke (a proxy that would not start, ...)
-    deploy: DeployLoad | None = None  # the deploy-under-load extra
+    deploys: Sequence[DeployLoad] = ()  # the deploy-under-load extra, one per data plane
 
     @property
     def rows(self) -> list[Row]:
@@ -56,7 +56,9 @@ class Report:
     def checks(self) -> list[Check]:
         conns = sorted({r.conns for r in self.runs})
         checks = check_all(self.rows, self.bursts, self.idle, conns, set(self.unavailable))
-        return [*checks, deploy_under_load(self.deploy)]
+        if not self.deploys:
+            return [*checks, deploy_under_load(None)]
+        return [*checks, *(deploy_under_load(d) for d in self.deploys)]
 
 
 def to_json(report: Report) -> str:
@@ -95,10 +97,10 @@ def to_markdown(report: Report) -> str:
     if report.transfers:
         out += ["", "## Large bodies streamed through zerodown (1 worker)", ""]
         out += transfer_table(report.transfers)
-    if report.deploy is not None:
-        d = report.deploy
-        out += ["", f"## A deploy under the highest sustained load (zerodown, {d.workers} workers)"]
-        out += ["", *deploy_lines(d)]
+    for d in report.deploys:
+        title = f"zerodown ({d.dataplane}), {d.workers} workers"
+        out += ["", f"## A deploy under the highest sustained load ({title})", ""]
+        out += deploy_lines(d)
     if report.unavailable or report.not_measured or report.failures:
         out += ["", "## Not measured", ""]
         out += [f"- {Variant.parse(k).label}: {why}" for k, why in report.unavailable.items()]
