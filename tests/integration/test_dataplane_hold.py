@@ -102,3 +102,34 @@ def test_without_a_hold_no_target_is_a_503_at_once(tmp_path: Path, name: str) ->
         assert waited < 0.2
 
     run(main())
+
+
+def test_haproxy_a_worker_stopped_by_the_hold_off_reload_never_holds(tmp_path: Path) -> None:
+    # The reload that ends a hold leaves the old worker finishing what it
+    # has, and a stopping worker reads nbsrv 0 for its stopped backend:
+    # were it to hold, a request it takes then would wait out the whole
+    # hold (seen in e2e: 503 after max_pause). Here the request's head is
+    # half sent to the old worker before the reload, the rest after.
+    async def main() -> None:
+        hold = HoldSpec(timeout=5.0)
+        async with backends("new") as (new,), haproxy(tmp_path / "state", service()) as plane:
+            assert isinstance(plane, HaproxyDataPlane)
+            port = plane.addresses[0][1]
+            await plane.apply(table(service(new.address, hold=hold)))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /late HTTP/1.1\r\nHost: example.test\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            old = list(plane.workers)
+            await plane.apply(table(service(new.address)))  # Hold(off): a reload
+            assert plane.workers != old
+            sent = time.monotonic()
+            writer.write(b"Connection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10.0)
+            waited = time.monotonic() - sent
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert [r.path for r in new.requests] == ["/late"]
+        assert waited < 1.0
+
+    run(main())

@@ -165,7 +165,8 @@ def test_a_hold_is_a_lua_wait_only_while_the_table_asks_for_one() -> None:
     text = render(RoutingTable(services=(held,)), ["127.0.0.1:8080"], SETTINGS)
     assert "lua-load /srv/zd/zerodown-hold.lua" in text
     lines = backend(text, "be_web")
-    assert "http-request lua.zerodown_hold be_web 2500 if { nbsrv(be_web) eq 0 }" in lines
+    wait = "http-request lua.zerodown_hold be_web 2500 if { nbsrv(be_web) eq 0 } !{ stopping }"
+    assert wait in lines
     assert any("X-Zerodown-Error hold_timeout" in line for line in lines)
     plain = render(RoutingTable(services=(spec("a:1"),)), ["127.0.0.1:8080"], SETTINGS)
     assert "lua" not in plain

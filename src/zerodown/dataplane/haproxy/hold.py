@@ -31,8 +31,13 @@ core.register_action("{HOLD_ACTION}", {{"http-req"}}, function(txn, backend, tim
     local t = core.now()
     return t.sec * 1000 + t.usec / 1000
   end
+  -- A boolean fetch comes back as 0 or 1 here, and 0 is true in Lua.
+  local function stopping()
+    local value = txn.f:stopping()
+    return value == true or value == 1
+  end
   local deadline = now_ms() + tonumber(timeout_ms)
-  while txn.f:nbsrv(backend) == 0 and now_ms() < deadline do
+  while txn.f:nbsrv(backend) == 0 and not stopping() and now_ms() < deadline do
     core.msleep({HOLD_POLL_MS})
   end
 end, 2)
@@ -44,7 +49,10 @@ def hold_rules(spec: ServiceSpec, backend: str) -> list[str]:
     if spec.hold is None:
         return []
     timeout_ms = max(1, round(spec.hold.timeout * 1000))
-    none = f"{{ nbsrv({backend}) eq 0 }}"
+    # Not in a worker a reload is stopping: it reads nbsrv 0 for a backend it
+    # stopped, servers or not, and would hold the last requests of its
+    # keep-alive connections to the timeout; they go to the servers it has.
+    none = f"{{ nbsrv({backend}) eq 0 }} !{{ stopping }}"
     name = "".join(c for c in spec.name if c.isalnum() or c in "-_.")
     reason = (
         f"503 Service Unavailable: no target for {name} "
