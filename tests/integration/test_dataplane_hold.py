@@ -17,6 +17,7 @@ from nginx_harness import nginx
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.routing import HoldSpec, RoutingTable, ServiceSpec
 
 HELD = 6  # requests sent into the gap
@@ -131,5 +132,27 @@ def test_haproxy_a_worker_stopped_by_the_hold_off_reload_never_holds(tmp_path: P
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert [r.path for r in new.requests] == ["/late"]
         assert waited < 1.0
+
+    run(main())
+
+
+def test_nginx_adopted_in_the_gap_holds_again_for_the_new_driver(tmp_path: Path) -> None:
+    async def main() -> None:
+        hold = HoldSpec(timeout=5.0)
+        state = tmp_path / "state"
+        async with backends("new") as (new,), nginx(state, service(hold=hold)) as first:
+            await first.detach()  # the daemon goes away mid-gap; nginx serves on
+            second = NginxDataPlane(NginxSettings(state_dir=state, reload_timeout=5.0))
+            await second.start([f"{host}:{port}" for host, port in first.addresses])
+            try:
+                held = asyncio.create_task(request(second.addresses[0][1]))
+                await asyncio.sleep(0.3)
+                assert not held.done()
+                await second.apply(table(service(new.address, hold=hold)))
+                response = await held
+            finally:
+                await second.detach()
+        assert response.status == 200
+        assert response.header("x-backend") == "new"
 
     run(main())

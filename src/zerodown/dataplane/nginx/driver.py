@@ -139,6 +139,10 @@ class NginxDataPlane(ManagedDataPlane):
         if out:
             self._health_changed()
         log.info("adopted nginx master %s at generation %s", self._master, self._generation)
+        # A driver that died in a recreate's gap left nginx sending to the
+        # hold socket: listen there again at once (held requests were lost).
+        await self._holds.listen(self._table)
+        self._holds.update(self._table)
         if saved.get("listen") != self._listen or saved.get("log") != self._log.server:
             await self._reload(self._table)
 
