@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from zerodown.dataplane.haproxy.latency import LatencyLog
 from zerodown.dataplane.haproxy.runtime import parse_stat
 from zerodown.dataplane.haproxy.stats import build_stats
@@ -22,8 +20,7 @@ STAT = HEADER + (
 
 
 def line(server: str, took: str, key: str = KEY) -> bytes:
-    entry = {"k": key, "b": "be_web", "s": server, "tr": took}
-    return b"<134>Dec  4 16:00:00 haproxy[7]: " + json.dumps(entry).encode()
+    return f"<134>Dec  4 16:00:00 haproxy[7]: {key} be_web {server} {took}\n".encode()
 
 
 def test_each_keyed_line_goes_into_its_servers_bucket() -> None:
@@ -33,8 +30,9 @@ def test_each_keyed_line_goes_into_its_servers_bucket() -> None:
     log.feed(line("t_a:1", "-1"))  # no response: no latency
     log.feed(line("t_a:1", "1", key="forged"))
     log.feed(b"<134>haproxy[7]: Connect from 127.0.0.1 to 127.0.0.1:8080")
+    log.feed(b"<134>haproxy[7]: " + KEY.encode())
     histogram = log.servers[("be_web", "t_a:1")]
-    assert (histogram.count, log.lines, log.foreign) == (3, 4, 2)
+    assert (histogram.count, log.lines, log.foreign) == (3, 4, 3)
     assert histogram.snapshot().buckets["0.005"] == 2
     assert histogram.snapshot().buckets["0.05"] == 3
     log.forget_all_but(set())

@@ -107,7 +107,7 @@ def _global(table: RoutingTable, settings: HaproxySettings, log: LogTarget | Non
 def _defaults(settings: HaproxySettings, log: LogTarget | None) -> str:
     logging = []
     if log is not None:
-        logging = ["log global", f"log-format '{LATENCY_LOG_FORMAT % {'key': log.key}}'"]
+        logging = ["log global", f'log-format "{LATENCY_LOG_FORMAT % {"key": log.key}}"']
     return _section(
         "defaults",
         "mode http",
