@@ -86,7 +86,11 @@ class AccessCounters:
         return seen
 
     def metrics(self, service: str, address: str) -> TargetMetrics:
-        return self.targets.setdefault((service, address), TargetMetrics())
+        # get first: one line per request, and a TargetMetrics is not free to build.
+        metrics = self.targets.get((service, address))
+        if metrics is None:
+            metrics = self.targets[(service, address)] = TargetMetrics()
+        return metrics
 
     def _count(self, one: Try) -> None:
         metrics = self.metrics(one.service, one.address)
@@ -107,7 +111,9 @@ class AccessCounters:
 
 def _split(value: str) -> list[str]:
     # "a, b : c" -> ["a", "b", "c"]: the ":" group separator is a try boundary too.
-    return [part.strip() for part in value.replace(" : ", ", ").split(",")] if value else []
+    if "," not in value and " : " not in value:
+        return [value] if value else []  # one try: most lines
+    return [part.strip() for part in value.replace(" : ", ", ").split(",")]
 
 
 def _int(text: str) -> int | None:
