@@ -48,7 +48,7 @@ class Report:
     unavailable: Mapping[str, str] = field(default_factory=dict)  # variant key -> why
     not_measured: Mapping[str, str] = field(default_factory=dict)  # what else -> why
     failures: Sequence[str] = ()  # runs that broke (a proxy that would not start, ...)
-    deploy: DeployLoad | None = None  # the deploy-under-load extra
+    deploys: Sequence[DeployLoad] = ()  # the deploy-under-load extra, one per data plane
     https: Sequence[HttpsRun] = ()  # the HTTPS row (https.py)
 
     @property
@@ -58,7 +58,9 @@ class Report:
     def checks(self) -> list[Check]:
         conns = sorted({r.conns for r in self.runs})
         checks = check_all(self.rows, self.bursts, self.idle, conns, set(self.unavailable))
-        return [*checks, deploy_under_load(self.deploy)]
+        if not self.deploys:
+            return [*checks, deploy_under_load(None)]
+        return [*checks, *(deploy_under_load(d) for d in self.deploys)]
 
 
 def to_json(report: Report) -> str:
@@ -97,10 +99,10 @@ def to_markdown(report: Report) -> str:
     if report.transfers:
         out += ["", "## Large bodies streamed through zerodown (1 worker)", ""]
         out += transfer_table(report.transfers)
-    if report.deploy is not None:
-        d = report.deploy
-        out += ["", f"## A deploy under the highest sustained load (zerodown, {d.workers} workers)"]
-        out += ["", *deploy_lines(d)]
+    for d in report.deploys:
+        title = f"zerodown ({d.dataplane}), {d.workers} workers"
+        out += ["", f"## A deploy under the highest sustained load ({title})", ""]
+        out += deploy_lines(d)
     if report.https:
         out += ["", "## HTTPS: TLS 1.3 terminated, keep-alive (shared, 1 worker)", ""]
         out += https_table(report.https)

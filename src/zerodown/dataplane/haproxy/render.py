@@ -13,7 +13,10 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.haproxy.guard import guard_lines
+from zerodown.dataplane.haproxy.hold import hold_rules
+from zerodown.dataplane.haproxy.latency import LOG_FORMAT as LATENCY_LOG_FORMAT
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.haproxy.tls import bind_options, global_lines, is_tls, redirect_lines
@@ -65,13 +68,21 @@ def unsupported(table: RoutingTable) -> list[str]:
             problems.append(
                 f"{where}: a sticky canary cookie is carried by the embedded data plane only"
             )
-        if spec.hold is not None:
-            problems.append(f"{where}.hold is carried by the embedded data plane only")
+        if spec.hold is not None and spec.hold.maintenance_html is not None:
+            problems.append(
+                f"{where}: a maintenance page is carried by the embedded data plane only"
+            )
     return problems
 
 
-def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
-    parts = [_global(settings), _defaults(settings)]
+def render(
+    table: RoutingTable,
+    listen: Sequence[str],
+    settings: HaproxySettings,
+    log: LogTarget | None = None,
+) -> str:
+    """The whole haproxy.cfg; `log`, where each request's line goes (latency.py)."""
+    parts = [_global(table, settings, log), _defaults(settings, log)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_backend(spec, settings) for spec in table.services]
     parts.append(_no_route())
@@ -80,22 +91,31 @@ def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings
     return "\n".join(parts)
 
 
-def _global(settings: HaproxySettings) -> str:
-    return _section(
-        "global",
+def _global(table: RoutingTable, settings: HaproxySettings, log: LogTarget | None) -> str:
+    lines = [
         f"nbthread {settings.threads}",
         # expose-fd listeners: a reload's new worker takes the listening
         # sockets from the old one, so no connection is refused across it.
         f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
         f"server-state-file {settings.server_state_file}",
         *global_lines(settings.tls),
-    )
+    ]
+    if log is not None:
+        where = log.server.removeprefix("unix:")  # HAProxy: a path is a unix datagram socket
+        lines.append(f"log {where} len 1024 local0 info")
+    if any(spec.hold is not None for spec in table.services):
+        lines.append(f"lua-load {settings.hold_script}")  # the driver writes it (hold.py)
+    return _section("global", *lines)
 
 
-def _defaults(settings: HaproxySettings) -> str:
+def _defaults(settings: HaproxySettings, log: LogTarget | None) -> str:
+    logging = []
+    if log is not None:
+        logging = ["log global", f'log-format "{LATENCY_LOG_FORMAT % {"key": log.key}}"']
     return _section(
         "defaults",
         "mode http",
+        *logging,
         "option forwardfor",
         "option redispatch 1",
         f"retry-on {_RETRY_ON}",
@@ -192,7 +212,8 @@ def _route(rank: int, spec: ServiceSpec) -> list[str]:
 
 
 def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
-    lines = [*_balance(spec), f"retries {spec.tries - 1}"]
+    backend = backend_name(spec.name)
+    lines = [*_balance(spec), f"retries {spec.tries - 1}", *hold_rules(spec, backend)]
     # allow/deny, block, rate_limit: before any server
     lines += guard_lines(spec, settings.trusted_proxies)
     if spec.health is not None:
@@ -207,7 +228,7 @@ def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
         lines.append(f"http-request replace-path ^{_regex(stem)}/?(.*)$ /\\1")
     lines += _sticky(spec, settings)
     lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
-    return _section(f"backend {backend_name(spec.name)}", *lines)
+    return _section(f"backend {backend}", *lines)
 
 
 def _sticky(spec: ServiceSpec, settings: HaproxySettings) -> list[str]:

@@ -84,5 +84,9 @@ class HaproxySettings:
         return self.state_dir / "haproxy-table.json"
 
     @property
+    def hold_script(self) -> Path:
+        return self.state_dir / "zerodown-hold.lua"
+
+    @property
     def log_file(self) -> Path:
         return self.state_dir / "haproxy.log"

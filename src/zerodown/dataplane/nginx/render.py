@@ -28,8 +28,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.nginx import tls as nginx_tls
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
+from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.nginx.sticky import (
     SECURE_MAP,
@@ -40,7 +42,7 @@ from zerodown.dataplane.nginx.sticky import (
 from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
-from zerodown.routing import ServiceSpec, TargetSpec, parse_address
+from zerodown.routing import RoutingTable, ServiceSpec, TargetSpec, parse_address
 
 __all__ = [
     "CONTROL_PATH",
@@ -48,6 +50,7 @@ __all__ = [
     "STATUS_PATH",
     "LogTarget",
     "Server",
+    "in_panic",
     "render",
     "server_weights",
     "unsupported",
@@ -77,14 +80,8 @@ _BALANCE = {
 _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
 _BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
 _REQUEST_ID_HEADER = "add_header X-Request-ID $zd_request_id always;"
-
-
-@dataclass(frozen=True, slots=True)
-class LogTarget:
-    """Where nginx sends its access log (syslog `server=`), and the key each line carries."""
-
-    server: str  # "unix:/path" or "127.0.0.1:port"
-    key: str = ""  # [0-9a-f]*: it goes into the config unquoted
+# Beyond the hold timeout, the app's own time to answer a held request.
+HOLD_READ_MARGIN = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +111,7 @@ def render(
     http = [
         *_http_common(settings, paths, log),
         *guard_http(services),
-        *(_upstream(s, unhealthy, settings.keepalive) for s in services),
+        *(_upstream(s, unhealthy, settings.keepalive, paths) for s in services),
         *_sticky(services, unhealthy, settings),
         *_servers(services, listen, unhealthy, settings.tls),
         *nginx_tls.redirect_block(listen, settings.tls),
@@ -145,6 +142,20 @@ def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()
         )
         for t in targets
     ]
+
+
+def in_panic(
+    table: RoutingTable, unhealthy: frozenset[tuple[str, str]]
+) -> frozenset[tuple[str, str]]:
+    """(service, address) routed although our checks have them out: every
+    routable target of their pool is out, so the pool routes to all (_healthy)."""
+    panic = set()
+    for spec in table.services:
+        for pool in (spec.stable.targets, spec.canary.targets):
+            routable = [t.address for t in pool if t.state == "ready" and t.weight > 0]
+            if routable and all((spec.name, a) in unhealthy for a in routable):
+                panic |= {(spec.name, a) for a in routable}
+    return frozenset(panic)
 
 
 def _healthy(targets: Iterable[TargetSpec], unhealthy: frozenset[str]) -> list[TargetSpec]:
@@ -220,7 +231,11 @@ def _trusted(cidrs: Sequence[str]) -> str:
     return f"geo $realip_remote_addr $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
 
 
-def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:
+def _upstream(
+    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int, paths: Paths
+) -> str:
+    if holds(service):
+        return _hold_upstream(service, paths)
     down = frozenset(a for s, a in unhealthy if s == service.name)
     servers = server_weights(service, down)
     if not any(s.weight for s in servers):
@@ -236,6 +251,14 @@ def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepa
     lines += _panic_backups(service, servers)
     lines.append(f"keepalive {keepalive};")
     body = _indent(line for line in lines if line)
+    return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
+
+
+def _hold_upstream(service: ServiceSpec, paths: Paths) -> str:
+    """Recreate's gap: the driver holds the requests (hold.py). No keepalive:
+    one connection per held request, piped to the new target once it serves."""
+    where = socket_path(paths.prefix, service.name)
+    body = _indent([f"server unix:{where} max_fails=0;  # held by zerodown"])
     return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
 
 
@@ -321,7 +344,18 @@ def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> st
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
     body = guard_location(service)  # refusals first: before any rewrite or upstream
-    if not any(s.weight for s in server_weights(service, down)):
+    if holds(service):
+        assert service.hold is not None
+        # One try (the hold socket), and a read timeout past the hold's, so
+        # nginx waits for the held request's answer rather than give up first.
+        if service.strip_prefix and stem:
+            body.append(f"rewrite ^{stem}/?(.*)$ /$1 break;")
+        body += [
+            "proxy_next_upstream off;",
+            f"proxy_read_timeout {_seconds(service.hold.timeout + HOLD_READ_MARGIN)};",
+            f"proxy_pass http://{upstream_name(service.name)};",
+        ]
+    elif not any(s.weight for s in server_weights(service, down)):
         body.append("return 503;")
     else:
         if service.strip_prefix and stem:
@@ -397,7 +431,10 @@ def unsupported(service: ServiceSpec) -> list[str]:
         (bool(service.split.cohorts), "split.cohorts (header/cookie rules to a pool)"),
         (service.split.sticky_cookie is not None, "split.sticky_cookie"),
         (service.slow_start > 0, "slow_start (NGINX Plus only)"),
-        (service.hold is not None, "hold (waiting for a target while none serves)"),
+        (
+            service.hold is not None and service.hold.maintenance_html is not None,
+            "hold.maintenance_html (a maintenance page)",
+        ),
         (service.websocket_drain == "close", 'websocket_drain = "close"'),
         (service.balance == "least_time", 'balance = "least_time" (NGINX Plus; use least_conn)'),
     ]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
+from zerodown.dataplane.accesslog import LogTransport
 from zerodown.dataplane.nginx.tls import NginxTls
-
-LogTransport = Literal["udp", "unix"]
 
 DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
 DEFAULT_KEEPALIVE: Final = 32  # idle upstream connections each worker keeps per service
