@@ -1,0 +1,128 @@
+"""`cache` on every data plane, through real sockets: the embedded proxy, a
+real nginx and a real HAProxy in front of one small app whose answers say
+how to cache them (by path) and count how often it was asked.
+
+Each test runs once per data plane; where a plane's own cache differs from
+the embedded one (HAProxy never stores an answer to a request with
+Authorization; nginx evicts in its cache manager, a moment later), the test
+says so where it asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import Request, Response, backends, ok, port_of, proxy, request, reserved_port, run
+from nginx_harness import nginx
+from zerodown.cachespec import CacheSpec
+from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
+
+PLANES = ("embedded", "nginx", "haproxy")
+KB = 1024
+# HAProxy counts its cache in whole megabytes: 1 MB is the smallest there is.
+CACHE = CacheSpec(max_size=1024 * KB, max_object_size=400 * KB)
+LARGE = 300 * KB  # three fit in the cache, a fourth evicts one
+
+
+@dataclass
+class Plane:
+    port: int
+    apply: Callable[[RoutingTable], Awaitable[None]]
+
+
+def cached(address: str, version: str = "v1", cache: CacheSpec = CACHE) -> ServiceSpec:
+    target = TargetSpec(address=address, version=version)
+    return ServiceSpec(name="web", stable=PoolSpec(targets=(target,)), health=None, cache=cache)
+
+
+@contextlib.asynccontextmanager
+async def plane(kind: str, tmp_path: Path, spec: ServiceSpec) -> AsyncIterator[Plane]:
+    table = RoutingTable(services=(spec,))
+    if kind == "embedded":
+        async with proxy(spec) as server:
+            yield Plane(port_of(server), server.apply)
+    elif kind == "nginx":
+        async with nginx(tmp_path / "nginx", spec) as driver:
+            yield Plane(driver.addresses[0][1], driver.apply)
+    else:
+        settings = HaproxySettings(state_dir=tmp_path / "haproxy", stop_timeout=2.0)
+        haproxy = HaproxyDataPlane(settings, table)
+        port = reserved_port()
+        await haproxy.start([f"127.0.0.1:{port}"])
+        try:
+            yield Plane(port, haproxy.apply)
+        finally:
+            await haproxy.stop(2.0)
+
+
+class App:
+    """Answers by path; counts the requests it saw per path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.asked: Counter[str] = Counter()
+
+    async def __call__(self, req: Request) -> bytes:
+        path = req.path.partition("?")[0]
+        self.asked[path] += 1
+        n = self.asked[path]
+        body = f"{self.name}:{path}:{n}".encode()
+        if path.startswith("/large"):
+            body = body.ljust(LARGE, b".")
+        if path == "/huge":
+            body = body.ljust(500 * KB, b".")
+        control = {
+            "/short": "max-age=1",
+            "/no-store": "no-store",
+            "/private": "private, max-age=60",
+            "/public": "public, max-age=60",
+            "/silent": "",
+        }.get(path, "max-age=60")
+        headers = {"Cache-Control": control} if control else {}
+        if path == "/vary":
+            headers["Vary"] = "Referer"
+            body += f":{req.header('referer')}".encode()
+        return ok(body, headers=headers)
+
+
+@contextlib.asynccontextmanager
+async def app_behind(kind: str, tmp_path: Path) -> AsyncIterator[tuple[Plane, App]]:
+    app = App("a")
+    async with backends("a", handler=app) as (a,), plane(kind, tmp_path, cached(a.address)) as p:
+        yield p, app
+
+
+async def get(port: int, path: str, **headers: str) -> Response:
+    return await request(port, path=path, headers=headers)
+
+
+def said(responses: list[Response]) -> list[tuple[str | None, bytes]]:
+    return [(r.header("x-cache"), r.body[:40].rstrip(b".")) for r in responses]
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_a_miss_then_hits_until_max_age_passes(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            first = [await get(p.port, "/short") for _ in range(3)]
+            hit = ("HIT", b"a:/short:1")
+            assert said(first) == [("MISS", b"a:/short:1"), hit, hit]
+            assert first[0].header("x-request-id") != first[1].header("x-request-id")
+            if kind != "nginx":  # nginx keeps no Age
+                assert first[1].header("age") in ("0", "1")
+            await asyncio.sleep(1.1)
+            assert said([await get(p.port, "/short")]) == [("MISS", b"a:/short:2")]
+            assert app.asked["/short"] == 2
+            head = await request(p.port, "HEAD", "/short")
+            assert head.status == 200
+
+    run(main())
