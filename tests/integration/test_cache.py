@@ -126,3 +126,108 @@ def test_a_miss_then_hits_until_max_age_passes(kind: str, tmp_path: Path) -> Non
             assert head.status == 200
 
     run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_no_store_private_and_silent_answers_are_not_kept(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            for path in ("/no-store", "/private", "/silent"):
+                answers = [await get(p.port, path) for _ in range(2)]
+                assert said(answers) == [
+                    ("MISS", f"a:{path}:1".encode()),
+                    ("MISS", f"a:{path}:2".encode()),
+                ]
+            assert app.asked == Counter({"/no-store": 2, "/private": 2, "/silent": 2})
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_one_variant_per_value_of_the_field_a_response_varies_by(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            x, y = {"Referer": "http://x.test/"}, {"Referer": "http://y.test/"}
+            answers = [await get(p.port, "/vary", **h) for h in (x, y, x, y)]
+            assert [(r.header("x-cache"), r.body.split(b":", 3)[-1]) for r in answers] == [
+                ("MISS", b"http://x.test/"),
+                ("MISS", b"http://y.test/"),
+                ("HIT", b"http://x.test/"),
+                ("HIT", b"http://y.test/"),
+            ]
+            assert app.asked["/vary"] == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_an_answer_to_a_request_with_authorization_is_not_shared(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            token = {"Authorization": "Bearer alice"}
+            mine = [await get(p.port, "/account", **token) for _ in range(2)]
+            anyone = await get(p.port, "/account")
+            assert said([*mine, anyone]) == [
+                ("MISS", b"a:/account:1"),
+                ("MISS", b"a:/account:2"),
+                ("MISS", b"a:/account:3"),
+            ]
+            assert app.asked["/account"] == 3
+            # `public` lets a shared cache keep it (RFC 9111 §3.5); HAProxy
+            # never stores an answer to a request with Authorization.
+            await get(p.port, "/public", **token)
+            kept = await get(p.port, "/public")
+            assert kept.header("x-cache") == ("MISS" if kind == "haproxy" else "HIT")
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_an_object_over_the_limit_streams_through_uncached(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            answers = [await get(p.port, "/huge") for _ in range(2)]
+            assert [len(r.body) for r in answers] == [500 * KB, 500 * KB]
+            assert said(answers) == [("MISS", b"a:/huge:1"), ("MISS", b"a:/huge:2")]
+            assert app.asked["/huge"] == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_the_least_recently_used_answer_goes_when_the_cache_is_full(
+    kind: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            for path in ("/large-a", "/large-b", "/large-c", "/large-a"):
+                await get(p.port, path)  # three stored, then a used again
+            await get(p.port, "/large-d")  # over 1 MB: the least recently used goes
+            if kind == "nginx":
+                await asyncio.sleep(0.5)  # its cache manager evicts, a moment later
+            again = [await get(p.port, path) for path in ("/large-a", "/large-b")]
+            assert said(again) == [("HIT", b"a:/large-a:1"), ("MISS", b"a:/large-b:2")]
+            assert app.asked["/large-a"] == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_after_a_switch_to_another_release_the_old_answers_are_not_served(
+    kind: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        one, two = App("one"), App("two")
+        async with (
+            backends("one", handler=one) as (a,),
+            backends("two", handler=two) as (b,),
+            plane(kind, tmp_path, cached(a.address, "v1")) as p,
+        ):
+            before = [await get(p.port, "/page") for _ in range(2)]
+            assert said(before) == [("MISS", b"one:/page:1"), ("HIT", b"one:/page:1")]
+            await p.apply(RoutingTable(services=(cached(b.address, "v2"),)))
+            after = [await get(p.port, "/page") for _ in range(2)]
+            assert said(after) == [("MISS", b"two:/page:1"), ("HIT", b"two:/page:1")]
+            assert (one.asked["/page"], two.asked["/page"]) == (1, 1)
+
+    run(main())

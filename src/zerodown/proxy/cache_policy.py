@@ -21,6 +21,7 @@ from zerodown.proxy.http import RequestHead
 __all__ = [
     "CACHEABLE_STATUSES",
     "Storable",
+    "cacheable_request",
     "directives",
     "may_look_up",
     "secondary_key",
@@ -46,10 +47,16 @@ class Storable:
     vary: tuple[bytes, ...]
 
 
+def cacheable_request(head: RequestHead) -> bool:
+    """Is this a request the cache takes part in at all (a GET or HEAD, no
+    body, no protocol switch)?"""
+    return head.method in (b"GET", b"HEAD") and not head.has_body and head.upgrade is None
+
+
 def may_look_up(head: RequestHead, authorized: bool) -> bool:
-    """May this request be answered from the cache, or its answer stored?"""
-    if head.method not in (b"GET", b"HEAD") or head.has_body or head.upgrade is not None:
-        return False
+    """May a cacheable request be answered from the cache? Not with
+    Authorization, unless the service allows it: what a user asks with
+    credentials goes to the app (its answer may still be kept: `storable`)."""
     return authorized or head.header(b"authorization") is None
 
 

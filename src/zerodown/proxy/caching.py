@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Final
 from zerodown.cachespec import CacheSpec, generation
 from zerodown.proxy import http
 from zerodown.proxy.cache import CacheStore, Entry
-from zerodown.proxy.cache_policy import Storable, may_look_up, secondary_key, storable
+from zerodown.proxy.cache_policy import (
+    Storable,
+    cacheable_request,
+    may_look_up,
+    secondary_key,
+    storable,
+)
 from zerodown.proxy.phase import Phase, advance
 from zerodown.proxy.response import Framing, ResponseStream
 
@@ -73,8 +79,9 @@ def from_cache(exchange: Exchange, cache: ServiceCache) -> bool:
     fill the cache with the response to come."""
     head = exchange.head
     primary = None
-    if may_look_up(head, cache.spec.authorized):
+    if cacheable_request(head):
         primary = head.host.lower() + b" " + head.url
+    if primary is not None and may_look_up(head, cache.spec.authorized):
         now = exchange.loop.time()
         vary = cache.store.vary(primary)
         entry = None if vary is None else cache.store.get(primary, secondary_key(head, vary), now)
