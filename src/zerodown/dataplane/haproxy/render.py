@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.haproxy.cache import cache_backend, cache_sections
 from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
@@ -66,11 +67,16 @@ def unsupported(table: RoutingTable) -> list[str]:
             )
         if spec.hold is not None:
             problems.append(f"{where}.hold is carried by the embedded data plane only")
+        if spec.cache is not None and spec.cache.authorized:
+            problems.append(
+                f"{where}.cache.authorized: HAProxy never answers a request with "
+                "Authorization from its cache"
+            )
     return problems
 
 
 def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
-    parts = [_global(settings), _defaults(settings)]
+    parts = [_global(settings), _defaults(settings), *cache_sections(table)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_backend(spec, settings) for spec in table.services]
     parts.append(_no_route())
@@ -188,6 +194,7 @@ def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
     lines = [*_balance(spec), f"retries {spec.tries - 1}"]
     # allow/deny, block, rate_limit: before any server
     lines += guard_lines(spec, settings.trusted_proxies)
+    lines += cache_backend(spec, settings.cache_map)  # after the refusals, before any server
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")
         lines.append(f"timeout check {_ms(spec.health.timeout)}")
