@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, StickySpec, Ta
 MAP = Path("/state/haproxy-cache.map")
 
 
-def spec(version: str = "v1", cache: CacheSpec | None = None, **extra: object) -> ServiceSpec:
+def spec(version: str = "v1", cache: CacheSpec | None = None, **extra: Any) -> ServiceSpec:
     target = TargetSpec(address="127.0.0.1:9001", version=version)
     return ServiceSpec(
         name="web", stable=PoolSpec(targets=(target,)), cache=cache or CacheSpec(), **extra
