@@ -20,7 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from harness import Request, Response, backends, ok, port_of, proxy, request, reserved_port, run
+from harness import (
+    KeepAliveClient,
+    Request,
+    Response,
+    backends,
+    ok,
+    port_of,
+    proxy,
+    request,
+    reserved_port,
+    run,
+)
 from nginx_harness import nginx
 from zerodown.cachespec import CacheSpec
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
@@ -86,7 +97,7 @@ class App:
         body = f"{self.name}:{path}:{n}".encode()
         if path.startswith("/large"):
             body = body.ljust(LARGE, b".")
-        if path == "/huge":
+        if path in ("/huge", "/chunked-huge"):
             body = body.ljust(500 * KB, b".")
         control = {
             "/short": "max-age=1",
@@ -96,6 +107,8 @@ class App:
             "/silent": "",
         }.get(path, "max-age=60")
         headers = {"Cache-Control": control} if control else {}
+        if path.startswith("/chunked"):
+            return chunked([body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB)], control)
         if path == "/vary":
             # HAProxy varies by Accept-Encoding and Referer only (and, in 2.6,
             # serves no hit for Referer): the one all three carry.
@@ -103,6 +116,12 @@ class App:
             headers |= {"Vary": "Accept-Encoding", "Content-Encoding": coding}
             body += f":{coding}".encode()
         return ok(body, headers=headers)
+
+
+def chunked(pieces: list[bytes], control: str) -> bytes:
+    """A response whose length is not known before its end."""
+    head = f"HTTP/1.1 200 OK\r\nCache-Control: {control}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head.encode() + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
 
 @contextlib.asynccontextmanager
@@ -249,5 +268,35 @@ def test_after_a_switch_to_another_release_the_old_answers_are_not_served(
             after = [await get(p.port, "/page") for _ in range(2)]
             assert said(after) == [("MISS", b"two:/page:1"), ("HIT", b"two:/page:1")]
             assert (one.asked["/page"], two.asked["/page"]) == (1, 1)
+
+    run(main())
+
+
+# nginx checks max_object_size by Content-Length only (docs/config.md).
+@pytest.mark.parametrize("kind", ["embedded", "haproxy"])
+def test_a_chunked_answer_over_the_limit_is_not_kept_either(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind(kind, tmp_path) as (p, app):
+            small = [await get(p.port, "/chunked") for _ in range(2)]
+            assert said(small) == [("MISS", b"a:/chunked:1"), ("HIT", b"a:/chunked:1")]
+            huge = [await get(p.port, "/chunked-huge") for _ in range(2)]
+            assert [len(r.body) for r in huge] == [500 * KB, 500 * KB]
+            assert said(huge) == [("MISS", b"a:/chunked-huge:1"), ("MISS", b"a:/chunked-huge:2")]
+            assert app.asked["/chunked-huge"] == 2
+
+    run(main())
+
+
+def test_hits_keep_the_connection_alive_and_a_head_gets_the_head_only(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with app_behind("embedded", tmp_path) as (p, app), KeepAliveClient(p.port) as client:
+            answers = [await client.request("GET", "/page") for _ in range(3)]
+            head = await client.request("HEAD", "/page")
+            after = await client.request("GET", "/other")
+            assert said(answers) == [("MISS", b"a:/page:1"), *[("HIT", b"a:/page:1")] * 2]
+            assert (head.status, head.header("x-cache"), head.body) == (200, "HIT", b"")
+            assert head.header("content-length") == str(len(b"a:/page:1"))
+            assert said([after]) == [("MISS", b"a:/other:1")]
+            assert app.asked == Counter({"/page": 1, "/other": 1})
 
     run(main())
