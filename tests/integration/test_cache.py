@@ -106,7 +106,7 @@ class App:
             "/public": "public, max-age=60",
             "/silent": "",
         }.get(path, "max-age=60")
-        headers = {"Cache-Control": control} if control else {}
+        headers = {"Cache-Control": control, "ETag": f'"{n}"'} if control else {}
         if path.startswith("/chunked"):
             return chunked([body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB)], control)
         if path == "/vary":
@@ -297,6 +297,11 @@ def test_hits_keep_the_connection_alive_and_a_head_gets_the_head_only(tmp_path: 
             assert (head.status, head.header("x-cache"), head.body) == (200, "HIT", b"")
             assert head.header("content-length") == str(len(b"a:/page:1"))
             assert said([after]) == [("MISS", b"a:/other:1")]
+            etag = answers[0].header("etag")
+            current = await client.request("GET", "/page", headers={"If-None-Match": f"{etag}"})
+            assert (current.status, current.header("x-cache"), current.body) == (304, "HIT", b"")
+            assert current.header("etag") == etag
+            assert current.header("content-length") is None
             assert app.asked == Counter({"/page": 1, "/other": 1})
 
     run(main())

@@ -14,6 +14,7 @@ from zerodown.proxy.cache_policy import (
     cacheable_request,
     directives,
     may_look_up,
+    not_modified,
     secondary_key,
     storable,
 )
@@ -241,3 +242,17 @@ def test_a_rebuilt_service_keeps_its_cache_until_the_generation_or_settings_chan
 def test_an_object_limit_over_half_the_cache_is_refused() -> None:
     with pytest.raises(ValueError, match="at most half of max_size"):
         CacheSpec(max_size=4096, max_object_size=3000)
+
+
+def test_a_conditional_request_is_told_its_copy_is_current() -> None:
+    stored = ((b"ETag", b'"v1"'), (b"Last-Modified", b"Sun, 06 Nov 1994 08:49:37 GMT"))
+    assert not_modified(head(If_None_Match='W/"v1", "v0"'), stored)
+    assert not_modified(head(If_None_Match="*"), stored)
+    assert not not_modified(head(If_None_Match='"v2"'), stored)
+    # If-None-Match decides alone when given (RFC 9110 §13.2.2).
+    late = "Mon, 07 Nov 1994 00:00:00 GMT"
+    assert not not_modified(head(If_None_Match='"v2"', If_Modified_Since=late), stored)
+    assert not_modified(head(If_Modified_Since=late), stored)
+    assert not not_modified(head(If_Modified_Since="Sat, 05 Nov 1994 00:00:00 GMT"), stored)
+    assert not not_modified(head(), stored)
+    assert not not_modified(head(If_None_Match='"v1"'), ())

@@ -24,6 +24,7 @@ __all__ = [
     "cacheable_request",
     "directives",
     "may_look_up",
+    "not_modified",
     "secondary_key",
     "storable",
 ]
@@ -96,6 +97,32 @@ def storable(
         return None
     age = _seconds(fields.get(b"age", (b"0",))[0]) or 0
     return Storable(float(lifetime), float(age), vary) if age < lifetime else None
+
+
+def not_modified(head: RequestHead, stored: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """Does the client hold the stored response already (RFC 9110 §13.1)?
+
+    If-None-Match by weak comparison (`*` matches any); without it,
+    If-Modified-Since against the stored Last-Modified.
+    """
+    fields = {name.lower(): value for name, value in stored}
+    match = head.header(b"if-none-match")
+    if match is not None:
+        etag = fields.get(b"etag")
+        if etag is None:
+            return False
+        tags = {_weak(tag) for tag in match.split(b",")}
+        return b"*" in tags or _weak(etag) in tags
+    since = head.header(b"if-modified-since")
+    modified = fields.get(b"last-modified")
+    if since is None or modified is None:
+        return False
+    since_at, modified_at = _date(since), _date(modified)
+    return since_at is not None and modified_at is not None and modified_at <= since_at
+
+
+def _weak(tag: bytes) -> bytes:
+    return tag.strip().removeprefix(b"W/")
 
 
 def secondary_key(head: RequestHead, vary: tuple[bytes, ...]) -> tuple[bytes | None, ...]:

@@ -26,6 +26,7 @@ from zerodown.proxy.cache_policy import (
     Storable,
     cacheable_request,
     may_look_up,
+    not_modified,
     secondary_key,
     storable,
 )
@@ -45,6 +46,9 @@ X_CACHE_MISS: Final = b"X-Cache: MISS\r\n"
 # now), and what the proxy adds to each response itself.
 _NOT_STORED: Final = http.HOP_BY_HOP | {b"content-length", b"age", b"x-request-id", b"x-cache"}
 _NO_BODY: Final = frozenset({204, 304})
+_NOT_MODIFIED_FIELDS: Final = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
+)
 
 
 class ServiceCache:
@@ -97,20 +101,25 @@ def from_cache(exchange: Exchange, cache: ServiceCache) -> bool:
 
 def _answer(exchange: Exchange, entry: Entry, now: float) -> None:
     head = exchange.head
-    exchange.status = entry.status
+    status, reason, kept = entry.status, entry.reason, entry.headers
+    if status == 200 and not_modified(head, kept):
+        # The client's copy is current: the head a 304 carries (RFC 9110 §15.4.5).
+        status, reason = 304, b"Not Modified"
+        kept = tuple((n, v) for n, v in kept if n.lower() in _NOT_MODIFIED_FIELDS)
+    exchange.status = status
     exchange.keep_alive = exchange.keep_alive and exchange.client.keep_alive_allowed(exchange)
-    framing = b"" if entry.status in _NO_BODY else b"Content-Length: %d\r\n" % len(entry.body)
-    headers = [*entry.headers, (b"Age", b"%d" % entry.age(now)), X_CACHE_HIT]
+    framing = b"" if status in _NO_BODY else b"Content-Length: %d\r\n" % len(entry.body)
+    headers = [*kept, (b"Age", b"%d" % entry.age(now)), X_CACHE_HIT]
     parts = http.response_head(
-        entry.status,
-        entry.reason,
+        status,
+        reason,
         headers,
         version=head.version,
         framing=framing,
         keep_alive=exchange.keep_alive,
         request_id=exchange.request_id,
     )
-    if head.method != b"HEAD" and entry.body:
+    if head.method != b"HEAD" and status not in _NO_BODY and entry.body:
         parts.append(entry.body)
     exchange.phase = advance(exchange.phase, Phase.DONE)
     exchange.client.write_lines(parts)
