@@ -13,11 +13,14 @@ generation used once only, so an answer stored mid-switch is never served
 after it, whichever release gave it.
 
 What HAProxy's cache does of its own (configuration.txt, 6.1): only 200
-answers to GET, never a request with Authorization (`cache.authorized` is
-refused at load), Vary only by Accept-Encoding and Referer (any other:
-not kept), s-maxage/max-age/Expires capped by `max-age` (MAX_AGE here), and
-`Age` on hits. Answers with no lifetime of their own (only a validator) or
-with Set-Cookie are not stored, as on the embedded proxy.
+answers to GET; a request with Authorization is never answered from it
+(as the embedded proxy's default; `cache.authorized` is refused at load),
+though a `public` answer to one is kept for others, as RFC 9111 allows;
+Vary only by Accept-Encoding and Referer (any other: not kept; 2.6 keeps
+Referer variants but serves none of them); s-maxage/max-age/Expires capped
+by `max-age` (MAX_AGE here); `Age` on hits. Answers with no lifetime of
+their own (only a validator) or with Set-Cookie are not stored, as on the
+embedded proxy.
 """
 
 from __future__ import annotations
