@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from zerodown.cachespec import CacheSpec
 from zerodown.guardspec import GuardSpec
 
 TargetState = Literal["ready", "draining", "down"]
@@ -174,6 +175,7 @@ class ServiceSpec(_Value):
     hold: HoldSpec | None = None
     sticky: StickySpec | None = None
     guard: GuardSpec | None = None  # allow/deny, block, rate_limit (guardspec.py)
+    cache: CacheSpec | None = None  # a shared HTTP cache (cachespec.py)
 
     @field_validator("path")
     @classmethod

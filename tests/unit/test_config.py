@@ -32,6 +32,7 @@ from zerodown.config import (
 )
 from zerodown.config import defaults as d
 from zerodown.config import proxy as proxy_config
+from zerodown.config.cache import CacheConfig
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
 from zerodown.config.guard import BlockConfig, RateLimitConfig
 from zerodown.config.operate import EventsConfig, NotifyConfig
@@ -497,6 +498,7 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
         ("passive.", PassiveConfig),
         ("rate_limit.", RateLimitConfig),
         ("block.", BlockConfig),
+        ("cache.", CacheConfig),
         ("rolling.", RollingConfig),
         ("blue_green.", BlueGreenConfig),
         ("canary.", CanaryConfig),

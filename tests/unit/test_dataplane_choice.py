@@ -35,6 +35,9 @@ USES = [
     'deny = ["10.9.0.0/16"]',
     "block = { paths = ['^/\\.git'], methods = [\"TRACE\"] }",
     'rate_limit = { requests = 10, per = "1s", key = "header:X-Api-Key" }',
+    'cache = { max_size = "64MB" }',
+    "cache = { authorized = true }",
+    'cache = { max_size = "5g" }',
 ]
 
 

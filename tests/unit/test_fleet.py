@@ -60,6 +60,7 @@ NOT_DEFAULT: dict[str, dict[str, object]] = {
     "websocket_drain": {"websocket_drain": "close"},
     "sticky": {"sticky": {"cookie": "sid", "ttl": "2h"}},
     "guard": {"deny": ["10.9.0.0/16"]},
+    "cache": {"cache": {"max_size": "8m"}},
 }
 
 

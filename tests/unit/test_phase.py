@@ -12,6 +12,7 @@ P = Phase
 # Every legal move, written out by hand: the table must say exactly this.
 LEGAL = {
     (P.QUEUED, P.ROUTING),
+    (P.QUEUED, P.DONE),  # answered from the cache (caching.py)
     (P.QUEUED, P.FAILED),  # refused on its head alone
     (P.ROUTING, P.CONNECTING),
     (P.ROUTING, P.FAILED),  # no target, hold timeout, maintenance page

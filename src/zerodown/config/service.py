@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from zerodown.config import defaults
+from zerodown.config.cache import CacheConfig
 from zerodown.config.fields import (
     Address,
     Cidr,
@@ -153,6 +154,8 @@ class ServiceConfig(Table):
     deny: tuple[Cidr, ...] = Field(default=(), strict=False)
     rate_limit: RateLimitConfig | None = None
     block: BlockConfig | None = None
+    # a shared HTTP cache by the responses' own Cache-Control (config/cache.py)
+    cache: Annotated[CacheConfig | None, BeforeValidator(table_or_false)] = None
 
     # orchestration (a service zerodown runs itself, with `command`)
     strategy: StrategyName = defaults.STRATEGY
@@ -276,4 +279,5 @@ class ServiceConfig(Table):
             websocket_drain=self.websocket_drain,
             sticky=self.sticky.spec() if self.sticky else None,
             guard=guard_spec(self.allow, self.deny, self.rate_limit, self.block),
+            cache=self.cache.spec() if self.cache else None,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from zerodown.config.dataplane import DATAPLANES, DataPlaneName
 from zerodown.config.service import ServiceConfig
@@ -27,7 +28,10 @@ class Feature:
 
 EMBEDDED: frozenset[DataPlaneName] = frozenset({"embedded"})
 EMBEDDED_HAPROXY: frozenset[DataPlaneName] = frozenset({"embedded", "haproxy"})
+EMBEDDED_NGINX: frozenset[DataPlaneName] = frozenset({"embedded", "nginx"})
 EVERY: frozenset[DataPlaneName] = frozenset(DATAPLANES)
+# HAProxy's `total-max-size` is in megabytes, 4095 at most (configuration.txt 6.2.1).
+HAPROXY_MAX_CACHE: Final = 4095 * 1024 * 1024
 
 FEATURES: tuple[Feature, ...] = (
     Feature('balance = "least_time"', lambda s: s.balance == "least_time", EMBEDDED),
@@ -69,6 +73,19 @@ FEATURES: tuple[Feature, ...] = (
     Feature("deny", lambda s: bool(s.deny), EVERY),
     Feature("block", lambda s: s.block is not None, EVERY),
     Feature("rate_limit", lambda s: s.rate_limit is not None, EVERY),
+    # A shared cache (config/cache.py); HAProxy's never stores nor serves a
+    # request with Authorization, and holds 4095 MB at most.
+    Feature("cache", lambda s: s.cache is not None, EVERY),
+    Feature(
+        "cache.authorized = true",
+        lambda s: s.cache is not None and s.cache.authorized,
+        EMBEDDED_NGINX,
+    ),
+    Feature(
+        "cache.max_size (over 4095MB)",
+        lambda s: s.cache is not None and s.cache.max_size > HAPROXY_MAX_CACHE,
+        EMBEDDED_NGINX,
+    ),
 )
 
 

@@ -25,6 +25,7 @@ from zerodown.errors import (
 )
 from zerodown.proxy import http
 from zerodown.proxy.attempt import NOT_SENT, AttemptFailed, Cut, as_proxy_error, failure_kind
+from zerodown.proxy.caching import from_cache
 from zerodown.proxy.phase import ANSWERING, ATTEMPTING, Phase, advance
 from zerodown.proxy.request_body import RequestBody
 from zerodown.proxy.response import (
@@ -149,6 +150,8 @@ class Exchange:
                 refusal = service.guard.check(self.client_ip, self.head, self.path)
                 if refusal is not None:
                     raise refusal
+            if service.cache is not None and from_cache(self, service.cache):
+                return  # a hit: answered in full, no target chosen
             self._move(Phase.ROUTING)
             await forward(self, service)
         except ProxyError as exc:
@@ -397,7 +400,7 @@ class Exchange:
             request_id=self.request_id,
             set_cookie=self.set_cookie,
         )
-        self.response.head(parts, framed, keep_alive)
+        self.response.head(parts, framed, keep_alive, status, reason, headers, names)
 
     def on_response_body(self, data: bytes) -> None:
         self.client.watchdog.last_read = self.loop.time()

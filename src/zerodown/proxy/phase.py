@@ -6,6 +6,7 @@ move the table does not list is a bug that raises at once (PhaseError)
 instead of a response written twice or a connection reused mid-body.
 
     QUEUED ─▶ ROUTING ─▶ CONNECTING ─▶ SENT ─▶ STREAMING ─▶ DONE
+       └──────────────── a cache hit (caching.py) ──────────────▶ DONE
                  ▲           │  ▲        │         │    ╲
                  └───────────┴──┼────────┘ retry   ▼     ╲
                                 └── keep-alive race  TUNNEL ─▶ DONE
@@ -42,7 +43,7 @@ class Phase(enum.Enum):
 
 
 TRANSITIONS: Final[dict[Phase, tuple[Phase, ...]]] = {
-    Phase.QUEUED: (Phase.ROUTING, Phase.FAILED),
+    Phase.QUEUED: (Phase.ROUTING, Phase.DONE, Phase.FAILED),  # DONE: answered from the cache
     Phase.ROUTING: (Phase.CONNECTING, Phase.FAILED),
     Phase.CONNECTING: (Phase.SENT, Phase.ROUTING, Phase.FAILED),
     # Back to CONNECTING: the keep-alive race, once more on a fresh connection.

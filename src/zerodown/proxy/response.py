@@ -141,7 +141,18 @@ class ResponseStream:
     def __repr__(self) -> str:
         return f"<ResponseStream {self.framing} queued={len(self._out)}>"
 
-    def head(self, parts: list[bytes], framing_: Framing, upstream_keep_alive: bool) -> None:
+    def head(
+        self,
+        parts: list[bytes],
+        framing_: Framing,
+        upstream_keep_alive: bool,
+        status: int = 0,
+        reason: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        names: list[bytes] | None = None,
+    ) -> None:
+        """Queue the client head `parts`; the upstream's own head (status to
+        names) is for a stream that keeps a copy (caching.CacheFill)."""
         self.framing = framing_
         self.upstream_keep_alive = upstream_keep_alive
         self._out += parts

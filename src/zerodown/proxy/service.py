@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from zerodown.proxy.balancer import Balancer, balancer_type, make_balancer
+from zerodown.proxy.caching import ServiceCache, carried_over
 from zerodown.proxy.checker import CheckResult, HealthChecker
 from zerodown.proxy.guard import Guard, GuardCounters
 from zerodown.proxy.health import HealthShare, TargetHealth, may_eject
@@ -134,6 +135,8 @@ class Service:
         )
         known = previous.targets_by_address() if previous else {}
         _check_buildable(spec, known)
+        # Kept while the releases taking traffic are the same; purged when not.
+        self.cache: ServiceCache | None = carried_over(spec, previous.cache if previous else None)
         self.checkers: dict[Target, HealthChecker] = {}
         self._panic_turn = 0
         self.stable = self._build_pool("stable", spec.stable, known, previous)

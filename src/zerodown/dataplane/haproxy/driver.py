@@ -25,6 +25,7 @@ from typing import Final
 from zerodown.dataplane.accesslog import LogSocket, LogTarget
 from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
+from zerodown.dataplane.haproxy.cache import cache_map, switching
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
 from zerodown.dataplane.haproxy.hold import HOLD_SCRIPT
 from zerodown.dataplane.haproxy.latency import LatencyLog
@@ -233,7 +234,12 @@ class HaproxyDataPlane(ManagedDataPlane):
                     log.info("haproxy reload: %s", step.reload)
                     await self._reload()
                 else:
-                    await self._send_all(step.commands, undo=plan(table, self.table).commands)
+                    once, where = os.urandom(4).hex(), self.settings.cache_map
+                    undo = plan(table, self.table).commands
+                    await self._send_all(
+                        switching(self.table, table, where, step.commands, once),
+                        undo=switching(table, self.table, where, undo, once),
+                    )
             except DataPlaneError:
                 # HAProxy runs the old table: the file says so again, or the
                 # next reload would bring in what this one refused.
@@ -322,6 +328,8 @@ class HaproxyDataPlane(ManagedDataPlane):
             _write_atomic(self.settings.hold_script, HOLD_SCRIPT)  # the config's lua-load
         candidate = self.settings.config.with_suffix(".cfg.new")
         self._sticky_key(table)
+        # Read only when HAProxy starts or reloads; at run time `set map` (apply).
+        _write_atomic(self.settings.cache_map, cache_map(table))
         candidate.write_text(render(table, self.listen, self.settings, self._log))
         await process.check_config(binary, candidate)
         os.replace(candidate, self.settings.config)

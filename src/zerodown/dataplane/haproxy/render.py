@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from zerodown.dataplane.accesslog import LogTarget
+from zerodown.dataplane.haproxy.cache import cache_backend, cache_sections
 from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.hold import hold_rules
 from zerodown.dataplane.haproxy.latency import LOG_FORMAT as LATENCY_LOG_FORMAT
@@ -72,6 +73,11 @@ def unsupported(table: RoutingTable) -> list[str]:
             problems.append(
                 f"{where}: a maintenance page is carried by the embedded data plane only"
             )
+        if spec.cache is not None and spec.cache.authorized:
+            problems.append(
+                f"{where}.cache.authorized: HAProxy never answers a request with "
+                "Authorization from its cache"
+            )
     return problems
 
 
@@ -82,7 +88,7 @@ def render(
     log: LogTarget | None = None,
 ) -> str:
     """The whole haproxy.cfg; `log`, where each request's line goes (latency.py)."""
-    parts = [_global(table, settings, log), _defaults(settings, log)]
+    parts = [_global(table, settings, log), _defaults(settings, log), *cache_sections(table)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_backend(spec, settings) for spec in table.services]
     parts.append(_no_route())
@@ -216,6 +222,7 @@ def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
     lines = [*_balance(spec), f"retries {spec.tries - 1}", *hold_rules(spec, backend)]
     # allow/deny, block, rate_limit: before any server
     lines += guard_lines(spec, settings.trusted_proxies)
+    lines += cache_backend(spec, settings.cache_map)  # after the refusals, before any server
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")
         lines.append(f"timeout check {_ms(spec.health.timeout)}")

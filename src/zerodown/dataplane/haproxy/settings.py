@@ -88,5 +88,9 @@ class HaproxySettings:
         return self.state_dir / "zerodown-hold.lua"
 
     @property
+    def cache_map(self) -> Path:
+        return self.state_dir / "haproxy-cache.map"  # release generations (haproxy/cache.py)
+
+    @property
     def log_file(self) -> Path:
         return self.state_dir / "haproxy.log"

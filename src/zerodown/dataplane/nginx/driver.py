@@ -99,6 +99,7 @@ class NginxDataPlane(ManagedDataPlane):
         self._listen = [str(a) for a in listen]
         self._binary = process.find_binary(self.settings.binary)
         self.paths.temp.mkdir(parents=True, exist_ok=True)
+        self.paths.cache.mkdir(exist_ok=True)  # nginx makes each service's directory in it
         saved = self._saved()
         self._open_log(saved)
         try:

@@ -30,6 +30,7 @@ from functools import reduce
 
 from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.nginx import tls as nginx_tls
+from zerodown.dataplane.nginx.cache import cache_http, cache_location
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
 from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
@@ -111,6 +112,7 @@ def render(
     http = [
         *_http_common(settings, paths, log),
         *guard_http(services),
+        *cache_http(services, paths.cache),
         *(_upstream(s, unhealthy, settings.keepalive, paths) for s in services),
         *_sticky(services, unhealthy, settings),
         *_servers(services, listen, unhealthy, settings.tls),
@@ -365,6 +367,7 @@ def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> st
             f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
             *_proxy_pass(service),
         ]
+        body += _cache(service)
     block = _indent(body)
     # A prefix matches on a segment boundary, as in proxy/router.py: "/api"
     # takes "/api" and "/api/x", never "/apix". ^~: a matching prefix is
@@ -393,6 +396,15 @@ def _proxy_pass(service: ServiceSpec) -> list[str]:
     if service.sticky is not None:
         return location_lines(service, _REQUEST_ID_HEADER)
     return [f"proxy_pass http://{upstream_name(service.name)};"]
+
+
+def _cache(service: ServiceSpec) -> list[str]:
+    lines = cache_location(service)
+    if lines and service.sticky is None:
+        # nginx inherits add_header only into a block with none of its own
+        # (sticky's location_lines repeats it already).
+        lines.append(_REQUEST_ID_HEADER)
+    return lines
 
 
 def _control_server(paths: Paths, generation: int) -> str:

@@ -83,5 +83,9 @@ class Paths:
         return self.prefix / "temp"
 
     @property
+    def cache(self) -> Path:
+        return self.prefix / "cache"  # one directory per cached service (nginx/cache.py)
+
+    @property
     def state(self) -> Path:
         return self.prefix / "state.json"  # the driver's: table, listen, generation, log
