@@ -11,50 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import struct
 from pathlib import Path
 
 import trustme
 
 from certs import client_context, write_cert
-from harness import DEADLINE, backends, parse_responses, proxy, read_response, run, service
+from harness import DEADLINE, backends, proxy, read_response, run, service
+from proxy_protocol_harness import BALANCER, GET, STRANGER, send, status, v1, v2
 from zerodown.guardspec import GuardSpec
 from zerodown.proxy.proxy_protocol import V2_SIGNATURE
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings, TlsSettings
 from zerodown.routing import RoutingTable
-
-BALANCER = "127.0.0.1"
-STRANGER = "127.0.0.2"
-GET = b"GET / HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
-
-
-def v1(client: str) -> bytes:
-    return f"PROXY TCP4 {client} 127.0.0.1 40000 80\r\n".encode()
-
-
-def v2(client: str) -> bytes:
-    addresses = bytes(map(int, client.split("."))) + bytes([127, 0, 0, 1])
-    return V2_SIGNATURE + b"\x21\x11\x00\x0c" + addresses + struct.pack("!HH", 40000, 443)
-
-
-async def send(port: int, data: bytes, source: str = BALANCER) -> bytes:
-    """Send `data` from `source`; everything the proxy answers until it closes
-    (a refusal closes with the request unread: a reset, nothing answered)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    writer.write(data)
-    try:
-        async with asyncio.timeout(DEADLINE):
-            return await reader.read(-1)
-    except ConnectionResetError:
-        return b""
-    finally:
-        writer.close()
-
-
-def status(raw: bytes) -> int | None:
-    responses = parse_responses(raw)
-    return responses[0].status if responses else None
 
 
 def test_a_trusted_header_names_the_client_an_untrusted_one_is_refused(tmp_path: Path) -> None:
