@@ -114,3 +114,41 @@ def test_a_header_in_pieces_is_waited_for_and_a_local_one_keeps_the_peer() -> No
             assert [r.header("X-Forwarded-For") for r in a.requests] == ["10.4.4.4", BALANCER]
 
     run(main())
+
+
+async def read_until_cut(reader: asyncio.StreamReader) -> bytes:
+    """What came before the proxy closed; a close with our bytes unread is a reset."""
+    try:
+        return await reader.read(-1)
+    except ConnectionResetError:
+        return b""
+
+
+def test_a_silent_trusted_peer_is_cut_at_header_timeout_and_at_stop() -> None:
+    settings = ProxySettings(
+        trusted_proxies=(f"{BALANCER}/32",), proxy_protocol=True, header_timeout=0.2
+    )
+
+    async def main() -> None:
+        async with backends("a") as (a,):
+            server = ProxyServer(settings, RoutingTable(services=(service(a.address),)))
+            await server.start(["127.0.0.1:0"])
+            port = server.addresses[0][1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"PROXY TCP4 10.1.2.3")  # and nothing more
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(DEADLINE):
+                assert await read_until_cut(reader) == b""
+            assert 0.15 < loop.time() - started < 1.0
+            writer.close()
+            # A peer still silent when the proxy stops is let go with it.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.sleep(0.02)
+            await server.stop(timeout=1.0)
+            async with asyncio.timeout(0.15):
+                assert await read_until_cut(reader) == b""
+            writer.close()
+            assert a.requests == []
+
+    run(main())

@@ -43,18 +43,31 @@ class ExpectProxy:
 async def read_header(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float
 ) -> ProxyHeader:
-    """The header at the start of `sock`, consumed; ProxyHeaderError or TimeoutError else."""
-    async with asyncio.timeout(timeout):
-        while True:
-            await _readable(loop, sock)
+    """The header at the start of `sock`, consumed; ProxyHeaderError if there is none
+    (malformed, cut short, or not all there within `timeout` seconds)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read(loop, sock)
+    except TimeoutError:
+        raise ProxyHeaderError(f"no whole PROXY header within {timeout:g}s") from None
+
+
+async def _read(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> ProxyHeader:
+    while True:
+        await _readable(loop, sock)
+        try:
             data = sock.recv(MAX_HEADER, socket.MSG_PEEK)
-            if not data:
-                raise ProxyHeaderError("the peer closed before its PROXY header ended")
-            header = parse(data)
-            if header is not None:
-                sock.recv(header.length)  # all there: it was peeked
-                return header
-            await asyncio.sleep(PARTIAL_POLL)
+        except BlockingIOError:
+            continue  # woken with nothing to read after all
+        except OSError as exc:  # a reset before the header
+            raise ProxyHeaderError(f"the peer left before its PROXY header: {exc}") from None
+        if not data:
+            raise ProxyHeaderError("the peer closed before its PROXY header ended")
+        header = parse(data)
+        if header is not None:
+            sock.recv(header.length)  # all there: it was peeked
+            return header
+        await asyncio.sleep(PARTIAL_POLL)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

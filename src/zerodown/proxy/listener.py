@@ -104,6 +104,7 @@ class Listener:
         # `[proxy] proxy_protocol`: trusted peers send a PROXY header first (accept_proxy.py).
         self.expect_proxy = expect_proxy
         self._handing_over: set[asyncio.Task[object]] = set()
+        self._awaiting_header: set[asyncio.Task[object]] = set()
         self._listening = False
 
     def __repr__(self) -> str:
@@ -123,6 +124,9 @@ class Listener:
     def close(self) -> None:
         self.stop()
         self.sock.close()
+        # A peer still owing its PROXY header is no client yet: nobody to answer.
+        for task in list(self._awaiting_header):
+            task.cancel()
 
     def _accept_ready(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -153,10 +157,12 @@ class Listener:
                 await self.loop.connect_accepted_socket(
                     factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
                 )
-        except (ProxyHeaderError, TimeoutError) as exc:
-            reason = exc or "no PROXY header in time"
-            log.info("connection from %s refused: %s", _peer(conn), reason)
+        except ProxyHeaderError as exc:
+            log.info("connection from %s refused: %s", _peer(conn), exc)
             conn.close()
+        except asyncio.CancelledError:
+            conn.close()  # the listener closed while the header was awaited
+            raise
         except OSError:  # SSLError and a handshake timeout too: the transport closed itself
             conn.close()  # the client left before we got to it
 
@@ -168,7 +174,13 @@ class Listener:
         peer = _peer(conn)
         if not expect.trusted(peer):
             return self.factory
-        header = await read_header(self.loop, conn, expect.timeout)
+        task = asyncio.current_task()
+        assert task is not None
+        self._awaiting_header.add(task)
+        try:
+            header = await read_header(self.loop, conn, expect.timeout)
+        finally:
+            self._awaiting_header.discard(task)
         client = peer if header.source is None else header.source[0]
         return lambda: expect.protocol_for(client)
 
