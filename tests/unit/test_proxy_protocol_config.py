@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import NginxSettings
 from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.errors import ConfigError
-from zerodown.proxy.settings import TlsSettings
+from zerodown.proxy.settings import ProxySettings, TlsSettings
 from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, TargetSpec
 
 TLS = TlsSettings(listen=("0.0.0.0:8443",), certs=(("/c/site.pem", "/c/site.key"),))
@@ -45,6 +47,10 @@ def test_the_key_reaches_every_data_plane(tmp_path: Path) -> None:
     assert haproxy_settings(config, tmp_path).proxy_protocol is True
     assert nginx_settings(config, tmp_path).proxy_protocol is True
     assert parse_config("").proxy_settings().proxy_protocol is False
+    # Workers and a hot restart's successor get the settings as JSON.
+    settings = config.proxy_settings()
+    as_json = json.loads(json.dumps(dataclasses.asdict(settings)))
+    assert ProxySettings.from_document(as_json) == settings
 
 
 def test_haproxy_expects_a_header_from_trusted_peers_on_every_frontend() -> None:
