@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 
-from harness import DEADLINE, parse_responses
+from harness import DEADLINE, Response, parse_responses, read_response
 from zerodown.proxy.proxy_protocol import V2_SIGNATURE
 
 BALANCER = "127.0.0.1"
@@ -40,3 +41,17 @@ async def send(port: int, data: bytes, source: str = BALANCER) -> bytes:
 def status(raw: bytes) -> int | None:
     responses = parse_responses(raw)
     return responses[0].status if responses else None
+
+
+async def tls_get(port: int, header: bytes, context: ssl.SSLContext) -> Response:
+    """GET over TLS from the balancer, `header` sent before the handshake."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(DEADLINE):
+            writer.write(header)
+            await writer.drain()
+            await writer.start_tls(context, server_hostname="example.test")
+            writer.write(GET)
+            return await read_response(reader)
+    finally:
+        writer.close()

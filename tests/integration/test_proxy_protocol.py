@@ -17,7 +17,7 @@ import trustme
 
 from certs import client_context, write_cert
 from harness import DEADLINE, backends, proxy, read_response, run, service
-from proxy_protocol_harness import BALANCER, GET, STRANGER, send, status, v1, v2
+from proxy_protocol_harness import BALANCER, GET, STRANGER, send, status, tls_get, v1, v2
 from zerodown.guardspec import GuardSpec
 from zerodown.proxy.proxy_protocol import V2_SIGNATURE
 from zerodown.proxy.server import ProxyServer
@@ -71,16 +71,8 @@ def test_the_header_comes_before_the_tls_handshake(tmp_path: Path) -> None:
             server = ProxyServer(settings, RoutingTable(services=(service(a.address),)))
             await server.start(["127.0.0.1:0"])
             try:
-                port = server.addresses[0][1]
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(v2("10.7.7.7"))
-                await writer.drain()
                 context = client_context(ca, version=ssl.TLSVersion.TLSv1_3)
-                async with asyncio.timeout(DEADLINE):
-                    await writer.start_tls(context, server_hostname="example.test")
-                    writer.write(GET)
-                    response = await read_response(reader)
-                writer.close()
+                response = await tls_get(server.addresses[0][1], v2("10.7.7.7"), context)
             finally:
                 await server.stop(timeout=1.0)
             assert response.status == 200
