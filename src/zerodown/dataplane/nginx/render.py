@@ -117,10 +117,11 @@ def render(
         *guard_http(services),
         *(_upstream(s, unhealthy, settings.keepalive) for s in services),
         *_sticky(services, unhealthy, settings),
-        *_proxied(settings, _servers(services, listen, unhealthy, settings.tls)),
-        *_proxied(settings, nginx_tls.redirect_block(listen, settings.tls)),
+        *_servers(services, listen, unhealthy, settings.tls),
+        *nginx_tls.redirect_block(listen, settings.tls),
         _control_server(paths, generation),
     ]
+    http = _proxied(settings, http)  # the server blocks' TCP listeners, when asked
     if settings.extra_http.strip():
         http.append(settings.extra_http)
     return "\n".join([*_main(settings, paths), "http {", _indent(http), "}", ""])
@@ -232,6 +233,8 @@ def _client_lines(settings: NginxSettings) -> list[str]:
 
 
 def _proxied(settings: NginxSettings, blocks: list[str]) -> list[str]:
+    """`proxy_protocol`: each block with a TCP `listen` expects the header there
+    (the control server's unix socket and blocks with no listener are left as they are)."""
     if not settings.proxy_protocol:
         return blocks
     return [proxy_protocol.proxied_server(block) for block in blocks]
