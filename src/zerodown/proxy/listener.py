@@ -160,9 +160,6 @@ class Listener:
         except ProxyHeaderError as exc:
             log.info("connection from %s refused: %s", _peer(conn), exc)
             conn.close()
-        except asyncio.CancelledError:
-            conn.close()  # the listener closed while the header was awaited
-            raise
         except OSError:  # SSLError and a handshake timeout too: the transport closed itself
             conn.close()  # the client left before we got to it
 
@@ -179,6 +176,9 @@ class Listener:
         self._awaiting_header.add(task)
         try:
             header = await read_header(self.loop, conn, expect.timeout)
+        except asyncio.CancelledError:
+            conn.close()  # the listener closed while the header was awaited
+            raise
         finally:
             self._awaiting_header.discard(task)
         client = peer if header.source is None else header.source[0]
