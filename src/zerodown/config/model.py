@@ -12,7 +12,7 @@ from zerodown.config.operate import EventsConfig, NotifyConfig
 from zerodown.config.proxy import ProxyConfig
 from zerodown.config.redis import RedisConfig
 from zerodown.config.service import ServiceConfig
-from zerodown.config.support import not_carried
+from zerodown.config.support import not_carried, proxy_not_carried
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
 
@@ -36,6 +36,8 @@ class Config(Table):
 
     @model_validator(mode="after")
     def _carried(self) -> Config:
+        for key, reason in proxy_not_carried(self.proxy):
+            raise problem(reason, "proxy", *key.split("."))
         for name, service in self.services.items():
             for key, reason in not_carried(self.proxy.dataplane, service):
                 raise problem(reason, "services", name, *key.split(" ")[0].split("."))

@@ -67,6 +67,7 @@ class ProxyConfig(Table):
     retry_budget_ratio: float = Field(default=s.RETRY_BUDGET_RATIO, ge=0, le=1)
     retry_budget_min: int = Field(default=s.RETRY_BUDGET_MIN, ge=0)
     trusted_proxies: tuple[Cidr, ...] = Field(default=(), strict=False)
+    proxy_protocol: bool = False
     access_log: str | None = None
     tls: TlsConfig | None = None
 
@@ -77,6 +78,18 @@ class ProxyConfig(Table):
         for index, address in enumerate(self.tls.listen if self.tls else ()):
             if address in plain:
                 raise problem(f"{address} is also in proxy.listen", "tls", "listen", index)
+        return self
+
+    @model_validator(mode="after")
+    def _proxy_protocol_trusted(self) -> ProxyConfig:
+        # Only the balancers in trusted_proxies may name a client; with none, no
+        # peer would be asked for a header and the key would silently do nothing.
+        if self.proxy_protocol and not self.trusted_proxies:
+            reason = (
+                "needs trusted_proxies: list the addresses of the load balancers that "
+                "send the PROXY header (only they may name a client)"
+            )
+            raise problem(reason, "proxy_protocol")
         return self
 
     def listeners(self) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from zerodown.config.dataplane import DATAPLANES, DataPlaneName
+from zerodown.config.proxy import ProxyConfig
 from zerodown.config.service import ServiceConfig
 
 
@@ -89,15 +90,41 @@ FEATURES: tuple[Feature, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyFeature:
+    key: str  # as the user writes it under [proxy]
+    used: Callable[[ProxyConfig], bool]
+    carried_by: frozenset[DataPlaneName]
+
+
+PROXY_FEATURES: tuple[ProxyFeature, ...] = (
+    # nginx demands the header of every peer on the listener, the others of
+    # trusted peers only (docs/config.md, "PROXY protocol").
+    ProxyFeature("proxy_protocol", lambda p: p.proxy_protocol, EVERY),
+)
+
+
 def not_carried(dataplane: DataPlaneName, service: ServiceConfig) -> list[tuple[str, str]]:
     """(key, reason) for each feature `service` uses that `dataplane` does not carry."""
-    found = []
-    for feature in FEATURES:
-        if dataplane not in feature.carried_by and feature.used(service):
-            by = " and ".join(d for d in DATAPLANES if d in feature.carried_by)
-            reason = (
-                f"not carried by the {dataplane} data plane, only by {by}: "
-                f'remove it, or set [proxy] dataplane = "embedded"'
-            )
-            found.append((feature.key, reason))
-    return found
+    return [
+        (feature.key, _reason(dataplane, feature.carried_by))
+        for feature in FEATURES
+        if dataplane not in feature.carried_by and feature.used(service)
+    ]
+
+
+def proxy_not_carried(proxy: ProxyConfig) -> list[tuple[str, str]]:
+    """(key, reason) for each `[proxy]` feature the chosen data plane does not carry."""
+    return [
+        (feature.key, _reason(proxy.dataplane, feature.carried_by))
+        for feature in PROXY_FEATURES
+        if proxy.dataplane not in feature.carried_by and feature.used(proxy)
+    ]
+
+
+def _reason(dataplane: DataPlaneName, carried_by: frozenset[DataPlaneName]) -> str:
+    by = " and ".join(d for d in DATAPLANES if d in carried_by)
+    return (
+        f"not carried by the {dataplane} data plane, only by {by}: "
+        f'remove it, or set [proxy] dataplane = "embedded"'
+    )

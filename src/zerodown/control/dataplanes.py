@@ -74,6 +74,7 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         queue_timeout=limits.queue_timeout,
         stop_timeout=limits.shutdown_timeout,
         trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
+        proxy_protocol=limits.proxy_protocol,
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=limits.tls,
     )
@@ -92,6 +93,7 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         worker_shutdown_timeout=max([DEFAULT_WORKER_SHUTDOWN_TIMEOUT, *drains]),
         extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
         trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
+        proxy_protocol=config.proxy.proxy_protocol,
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=_nginx_tls(config),
     )

@@ -41,7 +41,7 @@ class ClientConnection(asyncio.Protocol):
         self.settings = server.settings
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.client_ip = ""
+        self.client_ip = ""  # set before connection_made: a PROXY header's (accept_proxy.py)
         self.forwarded = http.Forwarded("")
         self.queue: collections.deque[Exchange] = collections.deque()
         self.reading: Exchange | None = None  # the exchange whose body is being parsed
@@ -74,8 +74,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        if not self.client_ip:
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.forwarded = http.Forwarded(
             self.client_ip, self.scheme, trusted=self.server.is_trusted(self.client_ip)
         )

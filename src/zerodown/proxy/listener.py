@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Final
 
 from zerodown.errors import ListenError
+from zerodown.proxy.accept_proxy import ExpectProxy, read_header
+from zerodown.proxy.proxy_protocol import ProxyHeaderError
 from zerodown.routing import parse_address
 
 log = logging.getLogger("zerodown.proxy")
@@ -90,6 +92,7 @@ class Listener:
         loop: asyncio.AbstractEventLoop,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
+        expect_proxy: ExpectProxy | None = None,
     ) -> None:
         self.sock = sock
         self.factory = protocol_factory
@@ -98,7 +101,10 @@ class Listener:
         # serves new connections while open ones keep the one they shook hands with.
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        # `[proxy] proxy_protocol`: trusted peers send a PROXY header first (accept_proxy.py).
+        self.expect_proxy = expect_proxy
         self._handing_over: set[asyncio.Task[object]] = set()
+        self._awaiting_header: set[asyncio.Task[object]] = set()
         self._listening = False
 
     def __repr__(self) -> str:
@@ -118,6 +124,9 @@ class Listener:
     def close(self) -> None:
         self.stop()
         self.sock.close()
+        # A peer still owing its PROXY header is no client yet: nobody to answer.
+        for task in list(self._awaiting_header):
+            task.cancel()
 
     def _accept_ready(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -139,14 +148,41 @@ class Listener:
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
+            factory = self.factory
+            if self.expect_proxy is not None:
+                factory = await self._proxied(conn, self.expect_proxy)
             if self.tls is None:
-                await self.loop.connect_accepted_socket(self.factory, conn)
+                await self.loop.connect_accepted_socket(factory, conn)
             else:
                 await self.loop.connect_accepted_socket(
-                    self.factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
+                    factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
                 )
+        except ProxyHeaderError as exc:
+            log.info("connection from %s refused: %s", _peer(conn), exc)
+            conn.close()
         except OSError:  # SSLError and a handshake timeout too: the transport closed itself
             conn.close()  # the client left before we got to it
+
+    async def _proxied(
+        self, conn: socket.socket, expect: ExpectProxy
+    ) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory for `conn`: a trusted peer's PROXY header names the
+        client (its own address for LOCAL or UNKNOWN); anyone else is the client."""
+        peer = _peer(conn)
+        if not expect.trusted(peer):
+            return self.factory
+        task = asyncio.current_task()
+        assert task is not None
+        self._awaiting_header.add(task)
+        try:
+            header = await read_header(self.loop, conn, expect.timeout)
+        except asyncio.CancelledError:
+            conn.close()  # the listener closed while the header was awaited
+            raise
+        finally:
+            self._awaiting_header.discard(task)
+        client = peer if header.source is None else header.source[0]
+        return lambda: expect.protocol_for(client)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -159,3 +195,11 @@ class Listener:
     def _resume(self) -> None:
         if not self._listening and self.sock.fileno() != -1:
             self.start()
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        peer = conn.getpeername()
+    except OSError:
+        return ""
+    return peer[0] if isinstance(peer, tuple) else ""

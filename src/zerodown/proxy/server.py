@@ -22,6 +22,7 @@ from typing import IO
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.errors import ConfigError, DataPlaneError
 from zerodown.proxy import tls
+from zerodown.proxy.accept_proxy import ExpectProxy
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.guard import Refusal
@@ -104,9 +105,22 @@ class ProxyServer:
         scheme = b"https" if secure else b"http"
         factory = lambda: ClientConnection(self, scheme=scheme)  # noqa: E731
         timeout = self.settings.header_timeout
-        listener = Listener(sock, factory, self.loop, context, handshake_timeout=timeout)
+        expect = self._expect_proxy(scheme) if self.settings.proxy_protocol else None
+        listener = Listener(
+            sock, factory, self.loop, context, handshake_timeout=timeout, expect_proxy=expect
+        )
         listener.start()
         self._listeners.append(listener)
+
+    def _expect_proxy(self, scheme: bytes) -> ExpectProxy:
+        """`proxy_protocol`: trusted peers name the client in a PROXY header first."""
+
+        def protocol_for(client_ip: str) -> ClientConnection:
+            connection = ClientConnection(self, scheme=scheme)
+            connection.client_ip = client_ip  # and trust, X-Forwarded-For: as if it came itself
+            return connection
+
+        return ExpectProxy(self.is_trusted, protocol_for, self.settings.header_timeout)
 
     @property
     def redirect_port(self) -> int | None:

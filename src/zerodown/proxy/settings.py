@@ -69,6 +69,9 @@ class ProxySettings:
     # Client addresses (CIDRs) whose X-Forwarded-* headers are kept and extended;
     # from anyone else they are replaced, so a client cannot spoof its address.
     trusted_proxies: tuple[str, ...] = ()
+    # Peers in trusted_proxies send a PROXY protocol header (v1 or v2) before
+    # anything else, on every listener; it names the client (accept_proxy.py).
+    proxy_protocol: bool = False
     access_log: str | None = None  # path, "-" for stdout, None for off
     # The key that signs sticky cookies (hex), one for every worker and kept
     # across restarts in state_dir; not a [proxy] key. "": one per process.

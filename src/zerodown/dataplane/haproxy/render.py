@@ -143,7 +143,8 @@ def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySe
     if secure and settings.tls is not None:
         bind += bind_options(settings.state_dir, settings.tls)
     proto = "https" if secure else "http"
-    lines = [f"bind {bind}", f"unique-id-format {_UNIQUE_ID}", *_forwarded(settings, proto)]
+    lines = [f"bind {bind}", *_expect_proxy(settings), f"unique-id-format {_UNIQUE_ID}"]
+    lines += _forwarded(settings, proto)
     # The Host header without its port, lowercased, as the router compares it.
     lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
     lines += redirect_lines(address, settings.tls)
@@ -151,6 +152,18 @@ def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySe
         lines += _route(rank, spec)
     lines.append(f"default_backend {NO_ROUTE_BACKEND}")
     return _section(f"frontend fe_{index}", *lines)
+
+
+def _expect_proxy(settings: HaproxySettings) -> list[str]:
+    """`proxy_protocol`: a PROXY header (v1 or v2) first from trusted peers, before
+    TLS too; from then on `src` is the client it names (logs, acls, `balance
+    source`), as the embedded proxy does. Others speak HTTP: a header of theirs
+    is a 400, and a trusted peer without one is cut (configuration.txt,
+    "tcp-request connection expect-proxy")."""
+    if not settings.proxy_protocol or not settings.trusted_proxies:
+        return []
+    trusted = " ".join(settings.trusted_proxies)
+    return [f"tcp-request connection expect-proxy layer4 if {{ src {trusted} }}"]
 
 
 def _forwarded(settings: HaproxySettings, proto: str) -> list[str]:

@@ -42,6 +42,8 @@ class HaproxySettings:
     # Client addresses (CIDRs) whose X-Forwarded-* and X-Request-ID are kept
     # (ProxySettings.trusted_proxies); from anyone else they are replaced.
     trusted_proxies: tuple[str, ...] = ()
+    # Peers in trusted_proxies send a PROXY header first (ProxySettings.proxy_protocol).
+    proxy_protocol: bool = False
     # The `dynamic-cookie-key` of sticky backends (hex, from state_dir).
     sticky_key: str = ""
     tls: TlsSettings | None = None  # [proxy.tls]: listeners among `listen`, certificates

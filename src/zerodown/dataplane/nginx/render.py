@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from zerodown.dataplane.accesslog import LogTarget
+from zerodown.dataplane.nginx import proxy_protocol
 from zerodown.dataplane.nginx import tls as nginx_tls
 from zerodown.dataplane.nginx.cache import cache_http, cache_location
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
@@ -119,6 +120,7 @@ def render(
         *nginx_tls.redirect_block(listen, settings.tls),
         _control_server(paths, generation),
     ]
+    http = _proxied(settings, http)  # the server blocks' TCP listeners, when asked
     if settings.extra_http.strip():
         http.append(settings.extra_http)
     return "\n".join([*_main(settings, paths), "http {", _indent(http), "}", ""])
@@ -202,11 +204,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         # client can name another address or another request id.
         # With trusted proxies, realip makes $remote_addr the client they
         # forward for (guard.py); the peer stays $realip_remote_addr.
-        *realip(settings.trusted_proxies),
-        _trusted(settings.trusted_proxies),
-        "map $http_x_forwarded_for $zd_forwarded_chain "
-        "{ '' $realip_remote_addr; default '$http_x_forwarded_for, $realip_remote_addr'; }",
-        "map $zd_trusted $zd_forwarded_for { 1 $zd_forwarded_chain; default $realip_remote_addr; }",
+        *_client_lines(settings),
         "map $zd_trusted:$http_x_request_id $zd_request_id "
         "{ default $request_id; '~^1:(?<zd_rid>.+)$' $zd_rid; }",
         # Upgrade for WebSockets; otherwise an empty Connection keeps the
@@ -228,9 +226,36 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
     ]
 
 
-def _trusted(cidrs: Sequence[str]) -> str:
+def _client_lines(settings: NginxSettings) -> list[str]:
+    """Who the client is, whom we trust, and the X-Forwarded-For the app gets.
+
+    With `proxy_protocol` the client a trusted header names stands in for the
+    peer everywhere, as if it had connected itself (nginx/proxy_protocol.py).
+    """
+    if settings.proxy_protocol:
+        peer, lines = "$remote_addr", proxy_protocol.realip(settings.trusted_proxies)
+    else:
+        peer, lines = "$realip_remote_addr", realip(settings.trusted_proxies)
+    return [
+        *lines,
+        _trusted(settings.trusted_proxies, peer),
+        "map $http_x_forwarded_for $zd_forwarded_chain "
+        f"{{ '' {peer}; default '$http_x_forwarded_for, {peer}'; }}",
+        f"map $zd_trusted $zd_forwarded_for {{ 1 $zd_forwarded_chain; default {peer}; }}",
+    ]
+
+
+def _proxied(settings: NginxSettings, blocks: list[str]) -> list[str]:
+    """`proxy_protocol`: each block with a TCP `listen` expects the header there
+    (the control server's unix socket and blocks with no listener are left as they are)."""
+    if not settings.proxy_protocol:
+        return blocks
+    return [proxy_protocol.proxied_server(block) for block in blocks]
+
+
+def _trusted(cidrs: Sequence[str], peer: str) -> str:
     entries = " ".join(f"{cidr} 1;" for cidr in cidrs)
-    return f"geo $realip_remote_addr $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
+    return f"geo {peer} $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
 
 
 def _upstream(

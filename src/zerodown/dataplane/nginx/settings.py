@@ -41,6 +41,9 @@ class NginxSettings:
     # Client addresses (CIDRs) whose X-Forwarded-For and X-Request-ID are
     # kept (ProxySettings.trusted_proxies); from anyone else they are replaced.
     trusted_proxies: tuple[str, ...] = ()
+    # Every connection on every listener sends a PROXY header first, and only a
+    # trusted peer's is believed (ProxySettings.proxy_protocol; nginx/proxy_protocol.py).
+    proxy_protocol: bool = False
     # Appended verbatim inside `http {}` (tuning), checked by `nginx -t` with the rest.
     extra_http: str = ""
     # Signs the tokens of sticky cookies (hex, from state_dir; proxy/sticky.py).
