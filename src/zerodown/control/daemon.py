@@ -90,7 +90,7 @@ class Daemon:
         # Sockets handed over by an older generation that served in-process
         # count only if no data plane runs to adopt.
         handed = given.listen if given and config.proxy.dataplane == "embedded" else None
-        await self.dataplane.start(handed or list(config.proxy.listen))
+        await self.dataplane.start(handed or config.listen_addresses())
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
         self.orchestrator = Orchestrator(config, self.dataplane, self.store, self._runtime_for)
         await self.orchestrator.start()
@@ -178,7 +178,7 @@ class Daemon:
             pid = await start_successor(self.restart_argv, [], self.admin.socket, lock)
         except HandoverError as exc:
             log.error("hot restart failed, serving on: %s", exc)
-            await self.dataplane.start(list(self.config.proxy.listen))  # adopt it again
+            await self.dataplane.start(self.config.listen_addresses())  # adopt it again
             await self.admin.start()
             return False
         print(f"zerodown: handed over to pid {pid}; finishing in-flight requests", flush=True)

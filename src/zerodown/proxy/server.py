@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import socket
@@ -30,7 +31,8 @@ from zerodown.proxy.router import Router
 from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
-from zerodown.routing import DrainResult, RoutingTable, with_target_state
+from zerodown.proxy.tcp import TcpFront
+from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
 from zerodown.stats import ServiceStats, Stats, pool_entry, service_panic
 
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
@@ -72,6 +74,9 @@ class ProxyServer:
         self._closed_event = asyncio.Event()
         self._access_log: IO[str] | None = None
         self._buckets: BucketTable | None = None  # made when a service first limits rates
+        # tcp services: their open connections, and which listening port is whose
+        self.tcp = TcpFront(self)
+        self._tcp_ports: dict[int, str] = {}
         self.apply_now(table or RoutingTable())
 
     def __repr__(self) -> str:
@@ -84,9 +89,16 @@ class ProxyServer:
         for item in listen:
             sock = bind_listener(item) if isinstance(item, str) else item
             self._sockets.append(sock)
-            listener = Listener(sock, lambda: ClientConnection(self), self.loop)
+            protocol = functools.partial(self._protocol, sock.getsockname()[1])
+            listener = Listener(sock, protocol, self.loop)
             listener.start()
             self._listeners.append(listener)
+
+    def _protocol(self, port: int) -> asyncio.Protocol:
+        # Looked up per connection, so the table in force decides: a listener
+        # is a tcp service's when the table says that service listens there.
+        tcp = self._tcp_ports.get(port)
+        return self.tcp.protocol(tcp) if tcp is not None else ClientConnection(self)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -127,7 +139,10 @@ class ProxyServer:
             }
         except Exception as exc:  # an illegal target move: the old table stays in force
             raise DataPlaneError(f"routing table refused: {exc}") from exc
-        self.router = Router(list(new.values()))
+        self.router = Router([s for s in new.values() if s.spec.mode == "http"])
+        self._tcp_ports = {
+            parse_address(s.listen)[1]: s.name for s in table.services if s.listen is not None
+        }
         self.services = new
         self.table = table
         for name, service in old.items():
@@ -207,6 +222,7 @@ class ProxyServer:
         target.sticky_until = 0.0  # drained: its clients move on
         if not completed:
             cancelled += self._cancel_busy(target, tunnels_only=False)
+            cancelled += self.tcp.cut(target)  # open tcp connections end at the deadline
         return DrainResult(service, address, completed, cancelled, time.monotonic() - started)
 
     def _find(self, service: str, address: str) -> Target:
@@ -318,12 +334,14 @@ class ProxyServer:
             listener.close()
         for conn in list(self.connections):
             conn.shutdown(min(idle_grace, timeout))
+        deadline = self.loop.time() + timeout
         if self.connections:
             try:
                 await asyncio.wait_for(self._closed_event.wait(), timeout)
             except TimeoutError:
                 for conn in list(self.connections):
                     conn.abort()
+        await self.tcp.close(max(0.0, deadline - self.loop.time()))
         await self._close_services()
         if self._access_log is not None and self._access_log is not sys.stdout:
             self._access_log.close()
