@@ -60,6 +60,8 @@ NOT_DEFAULT: dict[str, dict[str, object]] = {
     "websocket_drain": {"websocket_drain": "close"},
     "sticky": {"sticky": {"cookie": "sid", "ttl": "2h"}},
     "guard": {"deny": ["10.9.0.0/16"]},
+    "mode": {"mode": "tcp", "listen": "0.0.0.0:6432"},
+    "listen": {"mode": "tcp", "listen": "0.0.0.0:6432"},
 }
 
 

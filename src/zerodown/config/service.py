@@ -286,7 +286,7 @@ class ServiceConfig(Table):
             canary=canary,
             split=split,
             hold=hold,
-            health=self._health_spec(),
+            health=self.health_spec(),
             passive=self.passive.spec() if self.passive else None,
             slow_start=self.slow_start,
             tries=self.tries,
@@ -298,7 +298,7 @@ class ServiceConfig(Table):
             listen=self.listen,
         )
 
-    def _health_spec(self) -> HealthSpec | None:
+    def health_spec(self) -> HealthSpec | None:
         if self.health is None:
             return None
         spec = self.health.spec()
