@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 from harness import run, until
+from zerodown.dataplane.supervisor import MultiWorkerDataPlane
 from zerodown.demo import echo
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
@@ -239,5 +240,28 @@ def test_an_http_listener_beside_a_tcp_one_still_speaks_http() -> None:
                 assert answer.startswith(b"HTTP/1.1 404"), answer
             finally:
                 await server.stop(timeout=1.0)
+
+    run(main())
+
+
+def test_every_worker_of_several_serves_the_tcp_listener_and_drains_it() -> None:
+    async def main() -> None:
+        async with echoes("a", "b") as (a, b):
+            plane = MultiWorkerDataPlane(ProxySettings(), RoutingTable(), 2)
+            await plane.start(["127.0.0.1:0", "127.0.0.1:0"])
+            try:
+                port = plane.addresses[1][1]
+                await plane.apply(RoutingTable(services=(tcp_service(port, a, b),)))
+                answers = Counter([(await ask(port)).split()[0] for _ in range(20)])
+                # Each worker balances on its own: both targets, not an exact split.
+                assert set(answers) == {b"a", b"b"}
+                version, reader, writer = await hold(port)
+                held = a if version == "a" else b
+                result = await plane.drain("db", held, timeout=0.3)
+                assert (result.completed, result.cancelled) == (False, 1)
+                assert await reader.read() == b""
+                writer.close()
+            finally:
+                await plane.stop(1.0)
 
     run(main())
