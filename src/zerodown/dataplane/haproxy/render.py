@@ -72,7 +72,9 @@ def unsupported(table: RoutingTable) -> list[str]:
 def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
     parts = [_global(settings), _defaults(settings)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
-    parts += [_backend(spec, settings) for spec in table.services]
+    parts += [_tcp_frontend(spec) for spec in table.tcp_services]
+    parts += [_backend(spec, settings) for spec in table.http_services]
+    parts += [_tcp_backend(spec) for spec in table.tcp_services]
     parts.append(_no_route())
     if settings.extra is not None:
         parts.append(f"# {settings.extra}, appended verbatim\n{settings.extra.read_text()}")
@@ -94,7 +96,6 @@ def _defaults(settings: HaproxySettings) -> str:
     return _section(
         "defaults",
         "mode http",
-        "option forwardfor",
         "option redispatch 1",
         f"retry-on {_RETRY_ON}",
         "load-server-state-from-file global",
@@ -111,13 +112,35 @@ def _defaults(settings: HaproxySettings) -> str:
 def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySettings) -> str:
     host, port = parse_address(address)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    lines = [f"bind {bind}", f"unique-id-format {_UNIQUE_ID}", *_forwarded(settings)]
+    lines = [f"bind {bind}", "option forwardfor", f"unique-id-format {_UNIQUE_ID}"]
+    lines += _forwarded(settings)
     # The Host header without its port, lowercased, as the router compares it.
     lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
-    for rank, spec in enumerate(route_order(table.services)):
+    for rank, spec in enumerate(route_order(table.http_services)):
         lines += _route(rank, spec)
     lines.append(f"default_backend {NO_ROUTE_BACKEND}")
     return _section(f"frontend fe_{index}", *lines)
+
+
+def _tcp_frontend(spec: ServiceSpec) -> str:
+    """A tcp service's own listener, in `mode tcp`: bytes to its backend."""
+    assert spec.listen is not None
+    host, port = parse_address(spec.listen)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = backend_name(spec.name).replace("be_", "ft_", 1)
+    lines = ["mode tcp", f"bind {bind}"]
+    return _section(f"frontend {name}", *lines, f"default_backend {backend_name(spec.name)}")
+
+
+def _tcp_backend(spec: ServiceSpec) -> str:
+    """Balanced per connection; a server's `check` with no httpchk is a TCP
+    connect (configuration.txt, "check"), as the embedded one checks; a
+    failed connect is retried on another server (`redispatch`)."""
+    lines = ["mode tcp", *_balance(spec), f"retries {spec.tries - 1}"]
+    if spec.health is not None:
+        lines += ["option tcp-check", f"timeout check {_ms(spec.health.timeout)}"]
+    lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
+    return _section(f"backend {backend_name(spec.name)}", *lines)
 
 
 def _forwarded(settings: HaproxySettings) -> list[str]:
@@ -256,7 +279,8 @@ def server_line(spec: ServiceSpec, server: Server) -> str:
         # by errors comes back by passing checks; with none it would stay out.
         if spec.passive is not None:
             limit = spec.passive.consecutive_errors
-            words.append(f"observe layer7 error-limit {limit} on-error mark-down")
+            layer = "layer4" if spec.mode == "tcp" else "layer7"  # connects, or 5xx too
+            words.append(f"observe {layer} error-limit {limit} on-error mark-down")
     if spec.slow_start > 0:
         words.append(f"slowstart {_ms(spec.slow_start)}")
     if server.state == "maint":

@@ -1,0 +1,85 @@
+"""tcp services on HAProxy and nginx (issue 13), each a real process started by
+its driver, with the demo echo app (zerodown.demo.echo) as targets in this loop:
+balancing per connection, connect health, drain by open connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from harness import reserved_port, run
+from tcp_harness import FAST_CONNECT, ask, echoes, free_address, hold, tcp_service
+from zerodown.dataplane.base import ManagedDataPlane
+from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.routing import RoutingTable, ServiceSpec
+
+
+def haproxy(tmp_path: Path, spec: ServiceSpec) -> HaproxyDataPlane:
+    settings = HaproxySettings(state_dir=tmp_path / "state", stop_timeout=2.0)
+    return HaproxyDataPlane(settings, RoutingTable(services=(spec,)))
+
+
+@contextlib.asynccontextmanager
+async def started(plane: ManagedDataPlane) -> AsyncIterator[None]:
+    await plane.start([f"127.0.0.1:{reserved_port()}"])  # the HTTP listener, unused here
+    try:
+        yield
+    finally:
+        await plane.stop(2.0)
+
+
+async def versions(port: int, count: int) -> Counter[bytes]:
+    return Counter([(await ask(port)).split(b" ")[0] for _ in range(count)])
+
+
+def test_haproxy_balances_connections_round_robin_and_least_conn(tmp_path: Path) -> None:
+    async def main() -> None:
+        port = reserved_port()
+        async with echoes("a", "b") as targets:
+            plane = haproxy(tmp_path, tcp_service(port, *targets))
+            async with started(plane):
+                assert await versions(port, 6) == {b"a": 3, b"b": 3}
+                spec = tcp_service(port, *targets, balance="least_conn")
+                await plane.apply(RoutingTable(services=(spec,)))
+                first, _, w1 = await hold(port)
+                assert await versions(port, 3) == {(b"b" if first == "a" else b"a"): 3}
+                w1.close()
+
+    run(main())
+
+
+def test_haproxy_checks_by_connect_and_drains_by_connection(tmp_path: Path) -> None:
+    async def main() -> None:
+        port = reserved_port()
+        dead = free_address()
+        async with echoes("a") as (a,):
+            plane = haproxy(tmp_path, tcp_service(port, a, dead, health=FAST_CONNECT))
+
+            async def dead_is_down() -> bool:
+                stats = await plane.stats()
+                entry = stats.services["db"].pools["stable"].targets[dead]
+                return entry.health == "down"
+
+            async with started(plane):
+                await until_async(dead_is_down, "the dead target checked down")
+                assert await versions(port, 4) == {b"a": 4}
+                _, reader, writer = await hold(port)
+                result = await plane.drain("db", a, timeout=0.3)
+                assert (result.completed, result.cancelled) == (False, 1)
+                assert await reader.read() == b""
+                writer.close()
+
+    run(main())
+
+
+async def until_async(check: object, what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
