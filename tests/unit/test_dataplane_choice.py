@@ -35,6 +35,7 @@ USES = [
     'deny = ["10.9.0.0/16"]',
     "block = { paths = ['^/\\.git'], methods = [\"TRACE\"] }",
     'rate_limit = { requests = 10, per = "1s", key = "header:X-Api-Key" }',
+    'mode = "tcp"\nlisten = "0.0.0.0:6432"',
 ]
 
 
