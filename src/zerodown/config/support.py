@@ -69,7 +69,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("block", lambda s: s.block is not None, EVERY),
     Feature("rate_limit", lambda s: s.rate_limit is not None, EVERY),
     # L4 (config/tcp.py): HAProxy in `mode tcp`, nginx in its `stream {}` block.
-    Feature('mode = "tcp"', lambda s: s.mode == "tcp", EMBEDDED_HAPROXY),
+    Feature('mode = "tcp"', lambda s: s.mode == "tcp", EVERY),
 )
 
 

@@ -36,6 +36,7 @@ from zerodown.dataplane.nginx.sticky import (
     sticky_blocks,
     unsupported_sticky,
 )
+from zerodown.dataplane.nginx.stream import load_stream, stream_block
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
@@ -109,6 +110,8 @@ def render(
     """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
     paths = Paths(settings.state_dir)
     log = log or LogTarget(f"unix:{paths.access_socket}")
+    tcp = [s for s in services if s.mode == "tcp"]
+    services = [s for s in services if s.mode == "http"]  # tcp ones: stream.py
     http = [
         *_http_common(settings, paths, log),
         *guard_http(services),
@@ -119,7 +122,20 @@ def render(
     ]
     if settings.extra_http.strip():
         http.append(settings.extra_http)
-    return "\n".join([*_main(settings, paths), "http {", _indent(http), "}", ""])
+    main = _main(settings, paths)
+    stream = stream_block(tcp, _tcp_weights(tcp, unhealthy))
+    main = [main[0], *load_stream(tcp), *main[1:]]  # load_module: before any block
+    return "\n".join([*main, "http {", _indent(http), "}", *stream, ""])
+
+
+def _tcp_weights(
+    services: Sequence[ServiceSpec], unhealthy: frozenset[tuple[str, str]]
+) -> dict[str, list[tuple[str, int | None]]]:
+    weights = {}
+    for service in services:
+        down = frozenset(a for s, a in unhealthy if s == service.name)
+        weights[service.name] = [(s.address, s.weight) for s in server_weights(service, down)]
+    return weights
 
 
 def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()) -> list[Server]:
