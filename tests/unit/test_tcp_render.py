@@ -1,0 +1,81 @@
+"""tcp services rendered for HAProxy and nginx (issue 13): pure text checks;
+the real processes are driven in tests/integration/test_tcp_drivers.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zerodown.dataplane.haproxy.render import render as render_haproxy
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.nginx.render import render as render_nginx
+from zerodown.dataplane.nginx.settings import NginxSettings
+from zerodown.dataplane.nginx.stream import load_stream
+from zerodown.routing import (
+    HealthSpec,
+    PoolSpec,
+    RoutingTable,
+    ServiceSpec,
+    TargetSpec,
+    TargetState,
+)
+
+
+def tcp(state: TargetState = "ready") -> ServiceSpec:
+    return ServiceSpec(
+        name="db",
+        mode="tcp",
+        listen="0.0.0.0:6432",
+        balance="least_conn",
+        health=HealthSpec(path=None),
+        stable=PoolSpec(
+            targets=(
+                TargetSpec(address="127.0.0.1:9001"),
+                TargetSpec(address="127.0.0.1:9002", state=state),
+            )
+        ),
+    )
+
+
+WEB = ServiceSpec(name="web", stable=PoolSpec(targets=(TargetSpec(address="127.0.0.1:8001"),)))
+
+
+def test_haproxy_has_a_tcp_frontend_and_backend_and_no_route_for_it(tmp_path: Path) -> None:
+    text = render_haproxy(
+        RoutingTable(services=(WEB, tcp())), ["127.0.0.1:8080"], HaproxySettings(tmp_path)
+    )
+    frontend = text.split("frontend ft_db\n")[1].split("\n\n")[0]
+    assert frontend.split("\n") == [
+        "    mode tcp",
+        "    bind 0.0.0.0:6432",
+        "    default_backend be_db",
+    ]
+    backend = text.split("\nbackend be_db\n")[1].split("\n\n")[0]
+    assert "    mode tcp" in backend
+    assert "    balance leastconn" in backend
+    assert "    option tcp-check" in backend
+    assert "httpchk" not in backend
+    assert backend.count(" check inter ") == 2
+    assert "observe layer4" in backend
+    assert "use_backend be_db" not in text  # reached by its listener only
+
+
+def test_nginx_renders_a_stream_block_outside_http(tmp_path: Path) -> None:
+    text = render_nginx([WEB, tcp("draining")], ["127.0.0.1:8080"], NginxSettings(tmp_path), 1)
+    stream = text.split("\nstream {\n")[1]
+    assert "upstream zd_tcp_db {" in stream
+    assert "least_conn;" in stream
+    assert "server 127.0.0.1:9001 weight=1" in stream
+    assert "server 127.0.0.1:9002 down;" in stream  # draining: no new connection
+    assert "listen 0.0.0.0:6432;" in stream
+    assert "proxy_pass zd_tcp_db;" in stream
+    assert "proxy_half_close on;" in stream
+    http = text.split("\nhttp {\n")[1].split("\nstream {\n")[0]
+    assert "zd_db" not in http  # no HTTP upstream or route for it
+
+
+def test_nginx_loads_the_stream_module_only_for_a_tcp_service(tmp_path: Path) -> None:
+    module = tmp_path / "ngx_stream_module.so"
+    assert load_stream([tcp()], module) == []  # not installed there: built in, or nginx -t says
+    module.touch()
+    assert load_stream([tcp()], module) == [f"load_module {module};"]
+    assert load_stream([WEB], module) == []
