@@ -145,3 +145,16 @@ def test_a_rolling_deploy_of_a_tcp_service_fails_no_connection(
     assert any(v == "v1" and closed > seen.first_v2 for v, _, closed in seen.long), seen.long
     assert any(v == "v2" and opened > switched for v, opened, _ in seen.long), seen.long
     wait_for("only v2 running", lambda: cluster.running() == {"v2": INSTANCES}, 10)
+    # The other strategies move a tcp service too (no load: rolling's is the proof).
+    for version, strategy in (("v3", "blue_green"), ("v4", "recreate")):
+        assert cluster.deploy_ok(version, "--strategy", strategy)["strategy"] == strategy
+        assert asyncio.run(ask_version(port)) == version
+
+
+async def ask_version(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"which\n")
+    writer.write_eof()
+    answer = await reader.read()
+    writer.close()
+    return answer.decode().split(" ")[0]

@@ -187,6 +187,7 @@ class Pipe:
     async def _try(self, service: Service, target: Target) -> bool:
         """Connect to `target`; True once the bytes flow (the target counts us)."""
         loop = asyncio.get_running_loop()
+        started = loop.time()
         target.in_flight += 1  # counted while connecting too: a drain waits for it
         self.target = target
         if target.metrics is not None:
@@ -202,6 +203,10 @@ class Pipe:
             log.debug("tcp %s: connect to %s failed: %s", self.service, target.address, exc)
             return False
         service.observe(target, ok=True)
+        if target.metrics is not None:
+            # A connection is a tcp service's "answer": the canary judge counts
+            # connect errors against connections, and compares connect times.
+            target.metrics.response(200, loop.time() - started)
         self.connected = True
         if self._done or self._upstream_lost:  # the client left, or the target, meanwhile
             self.close()
