@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from harness import run, until
+from harness import reserved_port, run, until
 from tcp_harness import FAST_CONNECT, ask, echoes, free_address, hold, tcp_service
+from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.dataplane.supervisor import MultiWorkerDataPlane
 from zerodown.proxy.server import ProxyServer
 from zerodown.proxy.settings import ProxySettings
@@ -197,5 +201,42 @@ def test_every_worker_of_several_serves_the_tcp_listener_and_drains_it() -> None
                 writer.close()
             finally:
                 await plane.stop(1.0)
+
+    run(main())
+
+
+def test_a_replaced_data_plane_host_keeps_the_tcp_listener_and_open_connections(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        port = reserved_port()
+        async with echoes("a") as targets:
+            table = RoutingTable(services=(tcp_service(port, *targets),))
+            first = DetachedDataPlane(ProxySettings(shutdown_timeout=5.0), table, 1, tmp_path)
+            other = ProxySettings(shutdown_timeout=4.0)  # other settings: a new host
+            second = DetachedDataPlane(other, None, 1, tmp_path)
+            try:
+                await first.start(["127.0.0.1:0", f"127.0.0.1:{port}"])
+                old = first.pids[0]
+                _, reader, writer = await hold(port)
+                await first.detach()
+                new = asyncio.gather(*(ask(port) for _ in range(20)))
+                # The old host is stopped as part of the take-over: it waits
+                # for its open connections (up to shutdown_timeout).
+                replacing = asyncio.create_task(second.start(["127.0.0.1:0", f"127.0.0.1:{port}"]))
+                assert await new == [b"a hi\n"] * 20  # none refused across the hand-over
+                writer.write(b"still\n")  # served on by the old host, which waits for it
+                assert await reader.readline() == b"a still\n"
+                writer.close()
+                started = asyncio.get_running_loop().time()
+                await replacing
+                assert asyncio.get_running_loop().time() - started < 3.0  # not cut at 4 s
+                assert second.pids != [old]
+                assert await ask(port) == b"a hi\n"
+                await second.stop()
+            finally:
+                for pid in {*first.pids, *second.pids}:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
 
     run(main())
