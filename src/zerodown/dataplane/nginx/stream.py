@@ -28,6 +28,7 @@ __all__ = ["STREAM_MODULE", "load_stream", "stream_block"]
 
 STREAM_MODULE: Final = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 CONNECT_TRIES: Final = 3  # as the embedded proxy's (proxy/tcp.py)
+IDLE_TIMEOUT: Final = "1h"
 _BALANCE: Final = {
     "round_robin": "",
     "least_conn": "least_conn;",
@@ -83,6 +84,9 @@ def _service(
         # A client's FIN is passed on and the answer still comes back (1.21.4+);
         # off, nginx would close both directions at the first FIN.
         "proxy_half_close on;",
+        # Idle both ways this long: cut (nginx's default is 10 min; HAProxy's
+        # `timeout tunnel` is this hour, so both data planes agree).
+        f"proxy_timeout {IDLE_TIMEOUT};",
     ]
     return [
         f"upstream {name} {{",
