@@ -281,7 +281,7 @@ class ProxyServer:
             )
         return Stats(
             services=services,
-            connections=len(self.connections),
+            connections=len(self.connections) + len(self.tcp.pipes),  # tcp ones too
             rejected={str(status): n for status, n in sorted(self.rejected.items())},
         )
 

@@ -198,7 +198,7 @@ class Pipe:
         except (OSError, TimeoutError) as exc:
             self._release()
             if target.metrics is not None:
-                target.metrics.fail("connect")
+                target.metrics.fail("timeout" if isinstance(exc, TimeoutError) else "connect")
             service.observe(target, ok=False)
             log.debug("tcp %s: connect to %s failed: %s", self.service, target.address, exc)
             return False
