@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 
 from zerodown.demo import echo
+from zerodown.guardspec import GuardSpec
 from zerodown.routing import BalanceName, HealthSpec, PoolSpec, ServiceSpec, Split, TargetSpec
 
 FAST_CONNECT = HealthSpec(path=None, interval=0.05, timeout=0.5, rise=1, fall=1)
@@ -68,3 +69,17 @@ async def hold(port: int) -> tuple[str, asyncio.StreamReader, asyncio.StreamWrit
     writer.write(b"who\n")
     answer = await reader.readline()
     return answer.split()[0].decode(), reader, writer
+
+
+def guarded(
+    spec: ServiceSpec, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()
+) -> ServiceSpec:
+    return spec.model_copy(update={"guard": GuardSpec(allow=allow, deny=deny)})
+
+
+async def refused(port: int) -> bool:
+    """A connection closed or reset before any answer: refused by allow/deny."""
+    try:
+        return await ask(port) == b""
+    except ConnectionError:
+        return True

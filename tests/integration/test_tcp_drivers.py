@@ -12,7 +12,16 @@ from pathlib import Path
 
 from harness import reserved_port, run
 from nginx_harness import nginx
-from tcp_harness import FAST_CONNECT, ask, echoes, free_address, hold, tcp_service
+from tcp_harness import (
+    FAST_CONNECT,
+    ask,
+    echoes,
+    free_address,
+    guarded,
+    hold,
+    refused,
+    tcp_service,
+)
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.settings import HaproxySettings
@@ -151,3 +160,25 @@ def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return check()
 
     return wrapped
+
+
+def test_haproxy_and_nginx_refuse_by_peer_address(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with echoes("a") as (a,):
+            port = reserved_port()
+            denied = guarded(tcp_service(port, a), deny=("127.0.0.1/32",))
+            plane = haproxy(tmp_path / "haproxy", denied)
+            async with started(plane):
+                assert await refused(port)
+                allowed = guarded(tcp_service(port, a), allow=("127.0.0.0/8",))
+                await plane.apply(RoutingTable(services=(allowed,)))
+                assert await ask(port) == b"a hi\n"
+            port = reserved_port()
+            denied = guarded(tcp_service(port, a), allow=("10.0.0.0/8",))
+            async with nginx(tmp_path / "nginx", denied) as driven:
+                assert await refused(port)
+                allowed = guarded(tcp_service(port, a), allow=("127.0.0.0/8",))
+                await driven.apply(RoutingTable(services=(allowed,)))
+                assert await ask(port) == b"a hi\n"
+
+    run(main())

@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from harness import reserved_port, run, until
-from tcp_harness import FAST_CONNECT, ask, echoes, free_address, hold, tcp_service
+from tcp_harness import (
+    FAST_CONNECT,
+    ask,
+    echoes,
+    free_address,
+    guarded,
+    hold,
+    refused,
+    tcp_service,
+)
 from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.dataplane.supervisor import MultiWorkerDataPlane
 from zerodown.proxy.server import ProxyServer
@@ -238,5 +247,25 @@ def test_a_replaced_data_plane_host_keeps_the_tcp_listener_and_open_connections(
                 for pid in {*first.pids, *second.pids}:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
+
+    run(main())
+
+
+def test_allow_and_deny_refuse_a_connection_by_its_peer_address() -> None:
+    async def main() -> None:
+        async with echoes("a") as (a,), tcp_proxy() as (server, port):
+            spec = guarded(tcp_service(port, a), allow=("10.0.0.0/8",))
+            await server.apply(RoutingTable(services=(spec,)))
+            assert await refused(port)
+            spec = guarded(tcp_service(port, a), allow=("127.0.0.0/8",), deny=("127.0.0.1/32",))
+            await server.apply(RoutingTable(services=(spec,)))
+            assert await refused(port)  # deny wins
+            assert server.services["db"].refused.denied == 2
+            spec = guarded(tcp_service(port, a), allow=("127.0.0.0/8",))
+            await server.apply(RoutingTable(services=(spec,)))
+            assert await ask(port) == b"a hi\n"
+            metrics = server.services["db"].targets_by_address()[a].metrics
+            assert metrics is not None
+            assert metrics.requests == 1  # the refused ones never reached it
 
     run(main())

@@ -49,7 +49,6 @@ REFUSED = [
     ('websocket_drain = "close"', "websocket_drain"),
     ('block = { methods = ["TRACE"] }', "block"),
     ('rate_limit = { requests = 5, per = "1s", key = "header:X-Key" }', "rate_limit"),
-    ('allow = ["10.0.0.0/8"]', "allow"),
     ('health = { path = "/health" }', "health.path"),
     ("health = { expect_status = [200] }", "health.expect_status"),
     (
@@ -74,7 +73,7 @@ def test_an_http_only_key_on_a_tcp_service_is_refused_naming_it(text: str, key: 
 
 def test_every_http_only_key_but_cache_is_covered_above() -> None:
     # `cache` is refused as soon as the key exists on a service (another change adds it).
-    covered = {key for _, key in REFUSED} | {"cache", "deny", "recreate.maintenance_page"}
+    covered = {key for _, key in REFUSED} | {"cache", "recreate.maintenance_page"}
     assert covered == {key for key, _, _ in HTTP_ONLY} | {"balance"}
 
 
@@ -91,6 +90,13 @@ def test_a_tcp_listener_on_a_port_already_taken_is_refused() -> None:
     assert lines[0].startswith("zerodown.toml: services.db.listen: port 6432 is also")
     two = TCP + TCP.replace("services.db", "services.db2")
     assert problems_of(two)[0].startswith("zerodown.toml: services.db2.listen: ")
+
+
+def test_allow_and_deny_reach_a_tcp_service() -> None:
+    config = parse_config(TCP + 'allow = ["10.0.0.0/8"]\ndeny = ["10.9.0.0/16"]\n')
+    guard = config.routing_table().services[0].guard
+    assert guard is not None
+    assert (guard.allow, guard.deny) == (("10.0.0.0/8",), ("10.9.0.0/16",))
 
 
 def test_tcp_services_share_no_route_with_http_ones() -> None:

@@ -10,6 +10,7 @@ from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import NginxSettings
 from zerodown.dataplane.nginx.stream import load_stream
+from zerodown.guardspec import GuardSpec
 from zerodown.routing import (
     HealthSpec,
     PoolSpec,
@@ -79,3 +80,24 @@ def test_nginx_loads_the_stream_module_only_for_a_tcp_service(tmp_path: Path) ->
     module.touch()
     assert load_stream([tcp()], module) == [f"load_module {module};"]
     assert load_stream([WEB], module) == []
+
+
+def guarded() -> ServiceSpec:
+    guard = GuardSpec(allow=("10.0.0.0/8",), deny=("10.9.0.0/16",))
+    return tcp().model_copy(update={"guard": guard})
+
+
+def test_haproxy_refuses_by_address_at_connect(tmp_path: Path) -> None:
+    text = render_haproxy(RoutingTable(services=(guarded(),)), [], HaproxySettings(tmp_path))
+    frontend = text.split("frontend ft_db\n")[1].split("\n\n")[0]
+    assert "tcp-request connection reject unless { src 10.0.0.0/8 }" in frontend
+    assert "tcp-request connection reject if { src 10.9.0.0/16 }" in frontend
+
+
+def test_nginx_denies_first_then_allows_then_denies_the_rest(tmp_path: Path) -> None:
+    text = render_nginx([guarded()], ["127.0.0.1:8080"], NginxSettings(tmp_path), 1)
+    stream = text.split("\nstream {\n")[1]
+    rules = [
+        line.strip() for line in stream.splitlines() if line.strip().startswith(("allow", "deny"))
+    ]
+    assert rules == ["deny 10.9.0.0/16;", "allow 10.0.0.0/8;", "deny all;"]

@@ -34,8 +34,6 @@ HTTP_ONLY: Final[tuple[tuple[str, str, _Used], ...]] = (
     ("cache", "there are no responses to cache", _written("cache")),
     ("block", "there are no paths, methods or user agents", _written("block")),
     ("rate_limit", "requests are not counted on a tcp service", _written("rate_limit")),
-    ("allow", "not carried for tcp services yet", _written("allow")),
-    ("deny", "not carried for tcp services yet", _written("deny")),
     (
         "health.path",
         "its health check is a TCP connect",

@@ -26,6 +26,8 @@ import logging
 import random
 from typing import TYPE_CHECKING, Final, cast
 
+from zerodown.guardspec import GuardSpec
+from zerodown.proxy.access import AccessList
 from zerodown.proxy.service import Choice, Service
 from zerodown.proxy.target import Target
 
@@ -46,6 +48,8 @@ class TcpFront:
         self.pipes: set[Pipe] = set()
         self.rng = rng or random.Random()
         self._all_closed = asyncio.Event()
+        # allow/deny by service, compiled once per guard (a table swap may change it)
+        self._access: dict[str, tuple[GuardSpec, AccessList]] = {}
 
     def __repr__(self) -> str:
         return f"<TcpFront pipes={len(self.pipes)}>"
@@ -77,6 +81,20 @@ class TcpFront:
         self.pipes.discard(pipe)
         if not self.pipes:
             self._all_closed.set()
+
+    def refusal(self, service: Service, client_ip: str) -> str | None:
+        """The allow/deny rule that refuses `client_ip` (the peer: L4 has no
+        X-Forwarded-For), counted as `denied`; None to let it through."""
+        guard = service.spec.guard
+        if guard is None or not (guard.allow or guard.deny):
+            return None
+        compiled = self._access.get(service.name)
+        if compiled is None or compiled[0] is not guard:
+            compiled = self._access[service.name] = (guard, AccessList(guard.allow, guard.deny))
+        rule = compiled[1].refusal(client_ip)
+        if rule is not None:
+            service.refused.denied += 1
+        return rule
 
     def choose(self, service: Service, client_ip: str) -> Choice:
         """The pool by the canary weight (a share of connections), the key by the balancer."""
@@ -172,7 +190,13 @@ class Pipe:
             self.abort()
             return
         peer = self.client.transport.get_extra_info("peername")
-        choice = self.front.choose(service, str(peer[0]) if peer else "")
+        client_ip = str(peer[0]) if peer else ""
+        rule = self.front.refusal(service, client_ip)
+        if rule is not None:
+            log.info("tcp %s: %s refused by %s", self.service, client_ip, rule)
+            self.close()  # before any byte reaches a target
+            return
+        choice = self.front.choose(service, client_ip)
         tried: list[Target] = []
         for _ in range(CONNECT_TRIES):
             target = service.pick(choice, tried)

@@ -128,8 +128,19 @@ def _tcp_frontend(spec: ServiceSpec) -> str:
     host, port = parse_address(spec.listen)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     name = backend_name(spec.name).replace("be_", "ft_", 1)
-    lines = ["mode tcp", f"bind {bind}"]
+    lines = ["mode tcp", f"bind {bind}", *_tcp_access(spec)]
     return _section(f"frontend {name}", *lines, f"default_backend {backend_name(spec.name)}")
+
+
+def _tcp_access(spec: ServiceSpec) -> list[str]:
+    """allow/deny by the peer address, before anything is read (deny wins)."""
+    guard = spec.guard
+    lines = []
+    if guard is not None and guard.allow:
+        lines.append(f"tcp-request connection reject unless {{ src {' '.join(guard.allow)} }}")
+    if guard is not None and guard.deny:
+        lines.append(f"tcp-request connection reject if {{ src {' '.join(guard.deny)} }}")
+    return lines
 
 
 def _tcp_backend(spec: ServiceSpec) -> str:

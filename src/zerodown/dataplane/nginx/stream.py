@@ -66,9 +66,10 @@ def _service(
     assert service.listen is not None
     name = f"zd_tcp_{service.name}"
     listen = f"listen {_address(service.listen)};"
+    access = _access(service)
     if not any(weight for _, weight in servers):
         # No target takes a connection: accept and close it at once.
-        return ["server {", *_indent([listen, 'return "";']), "}"]
+        return ["server {", *_indent([listen, *access, 'return "";']), "}"]
     passive = service.passive
     fails = f"max_fails={passive.consecutive_errors}" if passive else "max_fails=0"
     timeout = f" fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""
@@ -78,6 +79,7 @@ def _service(
         lines.append(f"server {_address(address)} {state};")
     server = [
         listen,
+        *access,
         f"proxy_pass {name};",
         f"proxy_connect_timeout {max(1, round(connect_timeout * 1000))}ms;",
         f"proxy_next_upstream_tries {CONNECT_TRIES};",
@@ -96,6 +98,17 @@ def _service(
         *_indent(server),
         "}",
     ]
+
+
+def _access(service: ServiceSpec) -> list[str]:
+    """allow/deny by the peer address (ngx_stream_access_module: the first
+    rule that matches decides, so every deny comes first: deny wins)."""
+    guard = service.guard
+    if guard is None:
+        return []
+    lines = [f"deny {cidr};" for cidr in guard.deny]
+    lines += [f"allow {cidr};" for cidr in guard.allow]
+    return lines + (["deny all;"] if guard.allow else [])
 
 
 def _address(address: str) -> str:
