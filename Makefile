@@ -24,7 +24,7 @@ help:
 	@echo "make test          set up, then ruff check, mypy and the whole test suite"
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make venv          $(VENV) with zerodown installed editable, extras test and dev, at constraints.txt's versions"
-	@echo "make check-system  install nginx, haproxy, wrk, curl, rsvg-convert (librsvg2-bin) when missing"
+	@echo "make check-system  install nginx, haproxy, redis-server, wrk, curl, rsvg-convert (librsvg2-bin) when missing"
 	@echo "make bench         zerodown vs nginx and HAProxy (BENCH_QUICK=1 for a short run)"
 
 venv: $(INSTALLED)
@@ -56,6 +56,6 @@ demo: venv
 	$(BIN)/zerodown demo
 
 # Not part of `make test`: zerodown against nginx and HAProxy (see bench/README.md).
-# About 13 minutes on 2 cores; BENCH_QUICK=1 for a 2-3 minute smoke run.
+# About 23 minutes on 2 cores; BENCH_QUICK=1 for a 5 minute smoke run.
 bench: venv check-system
 	$(BIN)/python bench/run.py

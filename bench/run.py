@@ -1,7 +1,7 @@
 """`make bench`: zerodown against nginx and HAProxy, side by side, in one run.
 
-    .venv/bin/python bench/run.py            # about 13 minutes on 2 cores
-    BENCH_QUICK=1 .venv/bin/python bench/run.py   # about 2 minutes, a smoke run
+    .venv/bin/python bench/run.py            # about 23 minutes on 2 cores
+    BENCH_QUICK=1 .venv/bin/python bench/run.py   # about 5 minutes, a smoke run
 
 Writes bench/results/<date>.json (every raw number) and <date>.md (the
 tables, ratios against nginx, the targets); a quick run writes

@@ -62,15 +62,22 @@ def zerodown_bin() -> str:
 
 
 def under_load(
-    sup: Supervisor, work: Path, ports: Ports, *, conns: int, threads: int, settle_s: float
+    sup: Supervisor,
+    work: Path,
+    ports: Ports,
+    *,
+    conns: int,
+    threads: int,
+    settle_s: float,
+    dataplane: str = "embedded",
 ) -> DeployLoad:
-    """The whole extra; StartError when `zerodown serve` does not start."""
+    """The whole extra through one data plane; StartError when `zerodown serve` does not start."""
     work.mkdir(parents=True, exist_ok=True)
     mark = uuid.uuid4().hex
-    config = write_config(work, ports, mark)
+    config = write_config(work, ports, mark, dataplane)
     log = work / "serve.log"
     daemon = sup.start([zerodown_bin(), "serve", "-c", str(config)], log=log)
-    base = DeployLoad(conns, threads, WORKERS, INSTANCES, settle_s)
+    base = DeployLoad(dataplane, conns, threads, WORKERS, INSTANCES, settle_s)
     try:
         wait_listening(daemon, ports.admin, log)
         wait_listening(daemon, ports.front, log)
@@ -80,7 +87,7 @@ def under_load(
     return dataclasses.replace(result, daemon_exit=code, leftovers=left)
 
 
-def write_config(work: Path, ports: Ports, mark: str) -> Path:
+def write_config(work: Path, ports: Ports, mark: str, dataplane: str = "embedded") -> Path:
     low = random.randrange(PORTS_LOW, PORTS_HIGH - PORT_WINDOW)
     command = f"{sys.executable} -m zerodown.demo --port {{port}} --version {{version}}"
     config = work / "zerodown.toml"
@@ -91,6 +98,7 @@ def write_config(work: Path, ports: Ports, mark: str) -> Path:
             port=ports.front,
             admin=ports.admin,
             workers=WORKERS,
+            dataplane=dataplane,
             instances=INSTANCES,
             command=json.dumps(command),  # a JSON string is a TOML basic string
             mark_env=MARK_ENV,
@@ -119,7 +127,9 @@ def _deploys(
     url = f"http://127.0.0.1:{ports.front}/"
     before = proxy_ticks(daemon, mark)
     steady = steady_load(sup, url, base.conns, base.threads, 2 * base.settle_s)
-    serving = len(procfs.busy_processes(before, proxy_ticks(daemon, mark), BUSY_SHARE))
+    serving: int | None = len(procfs.busy_processes(before, proxy_ticks(daemon, mark), BUSY_SHARE))
+    if base.dataplane != "embedded":
+        serving = None  # HAProxy's workers are threads; nginx's its own: no worker count to check
     deploys: list[LoadedDeploy] = []
     current = FIRST
     for strategy, version in STEPS:

@@ -18,7 +18,12 @@ TIMES = "\N{MULTIPLICATION SIGN}"  # ratios read "0.93" TIMES; spelt out for the
 SHARED = "shared"
 OWN_CORE = "own_core"
 MODES = (SHARED, OWN_CORE)
-PROXY_ORDER = {"zerodown": 0, "nginx": 1, "haproxy": 2}  # within one row group
+# Within one row group: each driver's row beside the plain proxy it drives.
+PROXY_ORDER = {"zerodown": 0, "nginx": 1, "zerodown-nginx": 2, "haproxy": 3, "zerodown-haproxy": 4}
+PROXIES = tuple(PROXY_ORDER)
+# zerodown driving nginx or HAProxy ([proxy] dataplane): the same program under
+# test, off the data path, with the plain proxy's own rows to compare with.
+DRIVEN = {"zerodown-nginx": "nginx", "zerodown-haproxy": "haproxy"}
 MODE_TITLES = {
     SHARED: "shared (nothing pinned)",
     OWN_CORE: "own core (proxy on CPU 0; wrk and backends on CPU 1)",
@@ -29,7 +34,7 @@ MODE_TITLES = {
 class Variant:
     """One proxy configuration of the matrix: a program and its worker (or thread) count."""
 
-    proxy: str  # "zerodown", "nginx" or "haproxy"
+    proxy: str  # one of PROXIES
     workers: int
 
     @property
@@ -37,15 +42,23 @@ class Variant:
         return f"{self.proxy}-{self.workers}"
 
     @property
+    def dataplane(self) -> str:
+        """zerodown's `[proxy] dataplane`: "embedded", or the proxy it drives."""
+        return DRIVEN.get(self.proxy, "embedded")
+
+    @property
     def label(self) -> str:
-        unit = "thread" if self.proxy == "haproxy" else "worker"
-        return f"{self.proxy} {self.workers} {unit}{'s' if self.workers > 1 else ''}"
+        unit = "thread" if "haproxy" in self.proxy else "worker"
+        name = f"zerodown ({self.dataplane})" if self.proxy in DRIVEN else self.proxy
+        return f"{name} {self.workers} {unit}{'s' if self.workers > 1 else ''}"
 
     @classmethod
     def parse(cls, key: str) -> Variant:
         proxy, _, workers = key.strip().rpartition("-")
-        if proxy not in ("zerodown", "nginx", "haproxy") or not workers.isdigit():
-            raise ValueError(f"not a proxy variant: {key!r} (as 'zerodown-1', 'nginx-2')")
+        if proxy not in PROXIES or not workers.isdigit():
+            raise ValueError(
+                f"not a proxy variant: {key!r} (as 'zerodown-1', 'nginx-2', 'zerodown-haproxy-1')"
+            )
         return cls(proxy, int(workers))
 
 
@@ -180,6 +193,7 @@ class LoadedDeploy:
 class DeployLoad:
     """zerodown (its demo app as the service) deploying under a closed-loop wrk."""
 
+    dataplane: str  # [proxy] dataplane: "embedded", "haproxy", "nginx"
     conns: int
     threads: int  # wrk's
     workers: int  # [proxy] workers

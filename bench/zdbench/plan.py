@@ -5,13 +5,14 @@ BENCH_DURATION=10       seconds per wrk run
 BENCH_WARMUP=2          seconds of the warm-up run after each proxy start
 BENCH_REPS=2            repetitions of the whole matrix
 BENCH_CONNS=50,200,1000 wrk connections
-BENCH_PROXIES=...       variants, e.g. zerodown-1,nginx-1 (default: all six)
+BENCH_PROXIES=...       variants, e.g. zerodown-1,nginx-1,zerodown-nginx-1 (default: all ten)
 BENCH_MODES=shared,own_core
 BENCH_BURSTS=4          reconnect bursts per proxy (0: skip)
 BENCH_IDLE_CONNS=10000  idle keep-alive connections (0: skip)
 BENCH_STREAM_MB=1024    size of the streamed upload and download (0: skip)
 BENCH_DEPLOY_CONNS=200  wrk connections during the deploys under load (0: skip)
 BENCH_DEPLOY_SETTLE=5   seconds of that load before and after each deploy (quick: 2)
+BENCH_DEPLOY_DATAPLANES=embedded,haproxy,nginx  the data planes the deploys run through
 BENCH_OUT=bench/results where the JSON and markdown go
 """
 
@@ -20,9 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from zdbench.model import MODES, OWN_CORE, Variant
+from zdbench.model import MODES, OWN_CORE, PROXIES, Variant
 
-ALL_VARIANTS = tuple(Variant(p, w) for p in ("zerodown", "nginx", "haproxy") for w in (1, 2))
+ALL_VARIANTS = tuple(Variant(p, w) for p in PROXIES for w in (1, 2))
+DATAPLANES = ("embedded", "haproxy", "nginx")
 ENV_KEYS = (
     "BENCH_QUICK",
     "BENCH_DURATION",
@@ -36,6 +38,7 @@ ENV_KEYS = (
     "BENCH_STREAM_MB",
     "BENCH_DEPLOY_CONNS",
     "BENCH_DEPLOY_SETTLE",
+    "BENCH_DEPLOY_DATAPLANES",
     "BENCH_OUT",
 )
 START_S = 2.0  # a proxy start, readiness and stop, for the time estimate
@@ -62,6 +65,7 @@ class Plan:
     stream_bytes: int
     deploy_conns: int
     deploy_settle_s: float
+    deploy_dataplanes: tuple[str, ...] = DATAPLANES
 
     def variants_for(self, mode: str) -> tuple[Variant, ...]:
         """Own core is the per-core comparison: one worker, on one CPU."""
@@ -90,7 +94,8 @@ class Plan:
         if self.deploy_conns <= 0:
             return 0.0
         load = 2 * self.deploy_settle_s
-        return DEPLOY_FIXED_S + load + DEPLOYS * (load + DEPLOY_EACH_S)
+        each = DEPLOY_FIXED_S + load + DEPLOYS * (load + DEPLOY_EACH_S)
+        return each * len(self.deploy_dataplanes)
 
 
 def order(variants: tuple[Variant, ...], rep: int) -> tuple[Variant, ...]:
@@ -110,6 +115,12 @@ def plan_from_env(env: Mapping[str, str]) -> Plan:
         variants = tuple(Variant.parse(k) for k in keys)
     except ValueError as exc:
         raise ValueError(f"BENCH_PROXIES: {exc}") from None
+    dataplanes = _list(env, "BENCH_DEPLOY_DATAPLANES", ",".join(DATAPLANES))
+    for dataplane in dataplanes:
+        if dataplane not in DATAPLANES:
+            raise ValueError(
+                f"BENCH_DEPLOY_DATAPLANES: {dataplane!r} is not one of {', '.join(DATAPLANES)}"
+            )
     return Plan(
         quick=quick,
         duration_s=_number(env, "BENCH_DURATION", 3 if quick else 10, low=1),
@@ -125,6 +136,7 @@ def plan_from_env(env: Mapping[str, str]) -> Plan:
         stream_bytes=int(_number(env, "BENCH_STREAM_MB", 1024, low=0)) << 20,
         deploy_conns=int(_number(env, "BENCH_DEPLOY_CONNS", 200, low=0)),
         deploy_settle_s=_number(env, "BENCH_DEPLOY_SETTLE", 2 if quick else 5, low=1),
+        deploy_dataplanes=tuple(dataplanes),
     )
 
 

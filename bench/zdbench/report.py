@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zdbench.https import HttpsRun, https_table
 from zdbench.model import (
     MODE_TITLES,
     MODES,
@@ -47,7 +48,8 @@ class Report:
     unavailable: Mapping[str, str] = field(default_factory=dict)  # variant key -> why
     not_measured: Mapping[str, str] = field(default_factory=dict)  # what else -> why
     failures: Sequence[str] = ()  # runs that broke (a proxy that would not start, ...)
-    deploy: DeployLoad | None = None  # the deploy-under-load extra
+    deploys: Sequence[DeployLoad] = ()  # the deploy-under-load extra, one per data plane
+    https: Sequence[HttpsRun] = ()  # the HTTPS row (https.py)
 
     @property
     def rows(self) -> list[Row]:
@@ -56,7 +58,9 @@ class Report:
     def checks(self) -> list[Check]:
         conns = sorted({r.conns for r in self.runs})
         checks = check_all(self.rows, self.bursts, self.idle, conns, set(self.unavailable))
-        return [*checks, deploy_under_load(self.deploy)]
+        if not self.deploys:
+            return [*checks, deploy_under_load(None)]
+        return [*checks, *(deploy_under_load(d) for d in self.deploys)]
 
 
 def to_json(report: Report) -> str:
@@ -95,10 +99,13 @@ def to_markdown(report: Report) -> str:
     if report.transfers:
         out += ["", "## Large bodies streamed through zerodown (1 worker)", ""]
         out += transfer_table(report.transfers)
-    if report.deploy is not None:
-        d = report.deploy
-        out += ["", f"## A deploy under the highest sustained load (zerodown, {d.workers} workers)"]
-        out += ["", *deploy_lines(d)]
+    for d in report.deploys:
+        title = f"zerodown ({d.dataplane}), {d.workers} workers"
+        out += ["", f"## A deploy under the highest sustained load ({title})", ""]
+        out += deploy_lines(d)
+    if report.https:
+        out += ["", "## HTTPS: TLS 1.3 terminated, keep-alive (shared, 1 worker)", ""]
+        out += https_table(report.https)
     if report.unavailable or report.not_measured or report.failures:
         out += ["", "## Not measured", ""]
         out += [f"- {Variant.parse(k).label}: {why}" for k, why in report.unavailable.items()]

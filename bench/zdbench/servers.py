@@ -1,7 +1,8 @@
 """The processes under test and in support: the fixed nginx backends, the
-three proxies, and zerodown's demo app. Each is rendered from a template in
-bench/templates into its own temporary directory and started under the
-Supervisor, never as a system service.
+proxies (zerodown on each data plane, nginx, HAProxy), and zerodown's demo
+app. Each is rendered from a template in bench/templates into its own
+temporary directory and started under the Supervisor, never as a system
+service.
 """
 
 from __future__ import annotations
@@ -90,14 +91,12 @@ def start_proxy(
     else:
         conf = work / "zerodown.toml"
         addresses = ", ".join(f'"127.0.0.1:{p}"' for p in (upstreams or ports.backends))
+        # zerodown-nginx / zerodown-haproxy: the same config, the proxy it drives as its data plane.
+        extra = "\n".join(
+            line for line in (f'dataplane = "{variant.dataplane}"', zerodown_extra) if line
+        )
         conf.write_text(
-            render(
-                "zerodown.toml",
-                **values,
-                admin=ports.admin,
-                upstreams=addresses,
-                extra=zerodown_extra,
-            )
+            render("zerodown.toml", **values, admin=ports.admin, upstreams=addresses, extra=extra)
         )
         argv = [str(Path(sys.executable).parent / "zerodown"), "serve", "-c", str(conf)]
     proc = sup.start(argv, log=log, cpus=cpus)

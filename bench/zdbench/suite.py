@@ -21,6 +21,7 @@ from typing import Any
 import uvloop
 
 from zdbench import clients, deploy, procfs
+from zdbench import https as https_row
 from zdbench.machine import loadavg, machine_info
 from zdbench.model import OWN_CORE, SHARED, Bursts, DeployLoad, Idle, Run, Transfer, Variant
 from zdbench.plan import BURST_GAP_S, Plan, order
@@ -91,6 +92,8 @@ class Suite:
         before = procfs.tree(proc.pid)
         self._wrk(mode, self.plan.conns[0], self.plan.warmup_s)
         busy = procfs.busy_processes(before, procfs.tree(proc.pid), BUSY_SHARE)
+        # Only the embedded proxy's workers are processes; nginx's and HAProxy's
+        # (threads) are the proxies' own business, as in their plain rows.
         if variant.proxy == "zerodown" and variant.workers > 1 and len(busy) < variant.workers:
             self.unavailable[variant.key] = (
                 f"not available: with `workers = {variant.workers}` only {len(busy)} process"
@@ -212,38 +215,64 @@ class Suite:
 
     # -- a deploy under the highest sustained load -------------------------------------------
 
-    def deploys(self) -> DeployLoad | None:
+    def deploys(self) -> list[DeployLoad]:
         conns = self.plan.deploy_conns
         if conns <= 0:
             self.not_measured["deploy under load"] = "BENCH_DEPLOY_CONNS=0"
-            return None
+            return []
+        out = []
+        for dataplane in self.plan.deploy_dataplanes:
+            result = self._deploys_through(dataplane, conns)
+            if result is not None:
+                out.append(result)
+        return out
+
+    def _deploys_through(self, dataplane: str, conns: int) -> DeployLoad | None:
+        where = f"deploy under load ({dataplane})"
         try:
             result = deploy.under_load(
                 self.sup,
-                self.work / "deploy",
+                self.work / f"deploy-{dataplane}",
                 self.ports,
                 conns=conns,
                 threads=self.plan.threads,
                 settle_s=self.plan.deploy_settle_s,
+                dataplane=dataplane,
             )
         except StartError as exc:
-            self.failures.append(f"deploy under load: `zerodown serve` did not start: {exc}")
+            self.failures.append(f"{where}: `zerodown serve` did not start: {exc}")
             return None
         finally:
             wait_port_free(self.ports.front)
         if result.error:
-            self.failures.append(f"deploy under load: {result.error}")
+            self.failures.append(f"{where}: {result.error}")
         if result.daemon_exit != 0:
             how = (
                 "had to be killed" if result.daemon_exit is None else f"exited {result.daemon_exit}"
             )
-            self.failures.append(f"deploy under load: `zerodown serve` {how} on SIGTERM")
+            self.failures.append(f"{where}: `zerodown serve` {how} on SIGTERM")
         if result.leftovers:
             self.failures.append(
-                f"deploy under load: {result.leftovers} app instance(s) outlived"
-                " `zerodown serve` (killed)"
+                f"{where}: {result.leftovers} app instance(s) outlived `zerodown serve` (killed)"
             )
         return result
+
+    def https(self) -> list[https_row.HttpsRun]:
+        """The HTTPS row (zdbench/https.py): zerodown and nginx terminating TLS 1.3."""
+        try:
+            runs, failures = https_row.measure(
+                self.sup,
+                self.work,
+                self.ports,
+                self.plan.conns,
+                self.plan.duration_s,
+                self.plan.threads,
+            )
+        except StartError as exc:
+            self.failures.append(f"https: a proxy did not start: {exc}")
+            return []
+        self.failures += failures
+        return runs
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -319,6 +348,7 @@ def run_suite(plan: Plan, command: str) -> Report:
             ("idle connections", suite.idle),
             ("large bodies", suite.stream),
             ("deploy under load", suite.deploys),
+            ("https", suite.https),
         ]
         results: dict[str, Any] = {}
         for name, step in steps:
@@ -333,7 +363,8 @@ def run_suite(plan: Plan, command: str) -> Report:
         bursts=suite.bursts,
         idle=results["idle connections"],
         transfers=results["large bodies"],
-        deploy=results["deploy under load"],
+        deploys=results["deploy under load"],
+        https=results["https"],
         unavailable=suite.unavailable,
         not_measured=suite.not_measured,
         failures=suite.failures,

@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from zdbench.model import (
+    DRIVEN,
     OWN_CORE,
     SHARED,
     TIMES,
@@ -50,6 +51,7 @@ def check_all(
     """Every target; `unavailable` holds the keys of variants that could not run."""
     na = unavailable
     checks = [
+        *driven_checks(rows, conns),
         rps_at_least(rows, OWN_CORE, 1, 50, "nginx", 0.9, na),
         p99_at_most(rows, OWN_CORE, 1, 50, "nginx", 1.2, na),
         rps_at_least(rows, SHARED, 1, 50, "nginx", 1.0, na),
@@ -65,6 +67,35 @@ def check_all(
         checks.append(clean_reconnects(bursts, workers, na))
     checks.append(idle_memory(idle))
     return checks
+
+
+DRIVEN_FLOOR = 0.95  # zerodown is off the data path: the driven proxy's own speed
+
+
+def driven_checks(rows: Sequence[Row], conns: Sequence[int]) -> list[Check]:
+    """zerodown driving nginx or HAProxy against the plain proxy in the same run,
+    where both rows exist (a run without the driven variants checks none)."""
+    checks = []
+    for mode in (SHARED, OWN_CORE):
+        for workers in (1, 2):
+            for c in conns:
+                for proxy, plain in DRIVEN.items():
+                    ours = find(rows, mode, c, Variant(proxy, workers))
+                    if ours is not None:
+                        checks.append(driven_rps(rows, ours, plain))
+    return checks
+
+
+def driven_rps(rows: Sequence[Row], ours: Row, plain: str) -> Check:
+    theirs = find(rows, ours.mode, ours.conns, Variant(plain, ours.variant.workers))
+    name = (
+        f"{_where(ours.mode, ours.variant.workers, ours.conns)}: {ours.variant.label}"
+        f" req/s ≥ {DRIVEN_FLOOR:.2f} {TIMES} {_name(plain)}"
+    )
+    r = ratio(ours.rps, theirs.rps if theirs else None)
+    if r is None:
+        return Check(name, "—", NOT_MEASURED)
+    return Check(name, f"{r:.2f}{TIMES}", PASS if r >= DRIVEN_FLOOR else FAIL)
 
 
 def rps_at_least(
@@ -144,9 +175,10 @@ def deploy_under_load(load: DeployLoad | None) -> Check:
     """Every deploy succeeds inside the closed-loop load, and not one request fails
     (connect, read or write error, timeout, non-2xx/3xx)."""
     strategies = ", then ".join(d.strategy for d in load.deploys) if load else ""
+    through = f", through {load.dataplane}" if load is not None else ""
     name = (
-        f"a deploy under the highest sustained load ({strategies or 'rolling, then blue_green'}):"
-        " it succeeds with 0 failed requests"
+        f"a deploy under the highest sustained load ({strategies or 'rolling, then blue_green'}"
+        f"{through}): it succeeds with 0 failed requests"
     )
     if load is None:
         return Check(name, "—", NOT_MEASURED)

@@ -265,3 +265,50 @@ def test_haproxy_outlives_a_killed_controller_and_is_adopted(tmp_path: Path) -> 
                 await plane.stop(2.0)
 
     run(main())
+
+
+def test_stats_have_a_latency_histogram_from_haproxys_log_kept_across_adoption(
+    tmp_path: Path,
+) -> None:
+    async def answer(req: Request) -> bytes:
+        if req.path == "/slow":
+            await asyncio.sleep(0.06)
+        return ok(b"web")
+
+    async def logged(plane: HaproxyDataPlane, count: int) -> dict[str, int]:
+        async def count_of() -> int:
+            stats = await plane.stats()
+            return stats.services["web"].pools["stable"].totals.latency.count
+
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while await count_of() < count:
+            assert asyncio.get_running_loop().time() < deadline, "log lines did not arrive"
+            await asyncio.sleep(0.02)
+        stats = await plane.stats()
+        return stats.services["web"].pools["stable"].totals.latency.buckets
+
+    async def main() -> None:
+        web = await Backend(name="web", handler=answer).start()
+        first = driver(tmp_path, service(web.address))
+        port = reserved_port()
+        await first.start([f"127.0.0.1:{port}"])
+        second = driver(tmp_path)
+        try:
+            for path in ["/"] * 8 + ["/slow"] * 2:
+                assert (await request(port, path=path)).status == 200
+            buckets = await logged(first, 10)
+            assert buckets["0.05"] == 8
+            assert buckets["0.25"] == buckets["+Inf"] == 10
+            workers = list(first.workers)
+            await first.detach()
+            await second.start([f"127.0.0.1:{port}"])
+            assert second.adopted
+            assert second.workers == workers  # the same log socket: no reload
+            for _ in range(3):
+                assert (await request(port)).status == 200
+            assert (await logged(second, 3))["+Inf"] == 3
+        finally:
+            await second.stop(2.0)
+            await web.stop()
+
+    run(main())

@@ -23,9 +23,9 @@ from harness import (
     until,
 )
 from nginx_harness import nginx, port_of
+from zerodown.dataplane.accesslog import LogTransport
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.dataplane.nginx.process import alive
-from zerodown.dataplane.nginx.settings import LogTransport
 from zerodown.routing import HealthSpec, RoutingTable
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
@@ -124,7 +124,15 @@ def test_every_target_down_routes_to_all_anyway(tmp_path: Path) -> None:
                 await until(lambda: len(a.requests) >= 3, "checks ran")
                 stats = await plane.stats()
                 assert stats.services["web"].pools["stable"].targets[a.address].health == "down"
+                await until(lambda: plane.out_by_health != frozenset(), "re-rendered")
                 assert (await request(port_of(plane))).body == b"a"  # panic: all in
+                for _ in range(100):  # the log line comes as a datagram
+                    stats = await plane.stats()
+                    if stats.services["web"].panic:
+                        break
+                    await asyncio.sleep(0.01)
+                assert stats.services["web"].panic == 1
+                assert stats.services["web"].pools["stable"].targets[a.address].panic == 1
 
     run(main())
 

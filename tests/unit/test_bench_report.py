@@ -449,17 +449,18 @@ def test_bytes_format() -> None:
 def test_default_and_quick_plans() -> None:
     full = plan_from_env({})
     assert (full.duration_s, full.warmup_s, full.reps, full.conns) == (10, 2, 2, (50, 200, 1000))
-    assert len(full.variants) == 6
-    assert full.estimate_s() < 15 * 60
+    assert len(full.variants) == 10  # zerodown on each data plane, nginx, HAProxy; 1 and 2
+    assert full.deploy_dataplanes == ("embedded", "haproxy", "nginx")
+    assert full.estimate_s() < 25 * 60
     quick = plan_from_env({"BENCH_QUICK": "1"})
     assert (quick.duration_s, quick.reps) == (3, 1)
-    assert quick.estimate_s() < 4 * 60  # the deploy-under-load extra adds about 20 s
+    assert quick.estimate_s() < 6 * 60  # the deploy-under-load extra adds about 20 s a data plane
 
 
 def test_own_core_runs_only_one_worker_variants() -> None:
     plan = plan_from_env({})
     assert {v.workers for v in plan.variants_for(OWN_CORE)} == {1}
-    assert len(plan.variants_for(SHARED)) == 6
+    assert len(plan.variants_for(SHARED)) == 10
 
 
 def test_settings_from_the_environment() -> None:
@@ -480,6 +481,7 @@ def test_settings_from_the_environment() -> None:
         {"BENCH_MODES": "pinned"},
         {"BENCH_DURATION": "fast"},
         {"BENCH_REPS": "0"},
+        {"BENCH_DEPLOY_DATAPLANES": "envoy"},
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
@@ -492,3 +494,17 @@ def test_order_alternates_each_repetition() -> None:
     assert order(variants, 0) == variants
     assert order(variants, 1) == variants[::-1]
     assert order(variants, 2) == variants
+
+
+def test_zerodown_driving_a_proxy_is_a_variant_of_its_own_checked_against_the_plain_one() -> None:
+    zh = Variant.parse("zerodown-haproxy-2")
+    assert (zh.proxy, zh.workers, zh.dataplane) == ("zerodown-haproxy", 2, "haproxy")
+    assert zh.label == "zerodown (haproxy) 2 threads"
+    assert Variant.parse("zerodown-nginx-1").label == "zerodown (nginx) 1 worker"
+    zn1 = Variant("zerodown-nginx", 1)
+    rows = aggregate([run(zn1, 9600, 2), run(NG1, 10000, 2), run(zh, 9000, 2), run(HA2, 10000, 2)])
+    checks = {c.target: c for c in check_all(rows, [], None, [50])}
+    nginx = checks[f"shared · 1 worker · c=50: zerodown (nginx) 1 worker req/s ≥ 0.95 {X} nginx"]
+    assert (nginx.measured, nginx.verdict) == (f"0.96{X}", PASS)
+    name = f"shared · 2 workers · c=50: zerodown (haproxy) 2 threads req/s ≥ 0.95 {X} HAProxy"
+    assert (checks[name].measured, checks[name].verdict) == (f"0.90{X}", FAIL)

@@ -35,7 +35,9 @@ from zerodown.config import proxy as proxy_config
 from zerodown.config.dataplane import HaproxyConfig, NginxConfig
 from zerodown.config.guard import BlockConfig, RateLimitConfig
 from zerodown.config.operate import EventsConfig, NotifyConfig
+from zerodown.config.redis import RedisConfig
 from zerodown.config.service import StickyConfig
+from zerodown.config.tls import CertConfig, TlsConfig
 from zerodown.errors import ConfigError
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
@@ -480,7 +482,13 @@ DOCS = Path(__file__).parents[2] / "docs" / "config.md"
 
 # Where each model's keys appear in the reference, and with which prefix.
 DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
-    "[proxy]": [("", ProxyConfig), ("haproxy.", HaproxyConfig), ("nginx.", NginxConfig)],
+    "[proxy]": [
+        ("", ProxyConfig),
+        ("haproxy.", HaproxyConfig),
+        ("nginx.", NginxConfig),
+        ("tls.", TlsConfig),
+        ("tls.certs[].", CertConfig),
+    ],
     "[services.NAME]": [
         ("", ServiceConfig),
         ("route.", RouteConfig),
@@ -499,6 +507,7 @@ DOCUMENTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
     ],
     "[notify]": [("", NotifyConfig)],
     "[events]": [("", EventsConfig)],
+    "[redis]": [("", RedisConfig)],
 }
 
 
@@ -538,9 +547,11 @@ def test_docs_full_example_parses() -> None:
     assert toml is not None
     config = parse_config(toml[1])
     assert set(config.services) == {"web", "api"}
-    assert config.proxy_settings() == dataclasses.replace(
+    assert dataclasses.replace(config.proxy_settings(), tls=None) == dataclasses.replace(
         ProxySettings(), trusted_proxies=("10.0.0.0/8",), access_log="-"
     )
+    assert config.proxy.tls is not None
+    assert len(config.proxy.tls.certs) == 1
 
 
 # --- durations and sizes ---------------------------------------------------------

@@ -75,7 +75,7 @@ def test_the_daemon_builds_the_data_plane_the_config_names(tmp_path: Path) -> No
     assert isinstance(embedded, DetachedDataPlane)
     assert isinstance(haproxy, HaproxyDataPlane)
     assert haproxy.settings.state_dir == tmp_path / "haproxy"
-    assert haproxy.carries == frozenset()
+    assert haproxy.carries == frozenset({"hold"})
 
 
 def test_render_prints_the_haproxy_configuration(tmp_path: Path) -> None:

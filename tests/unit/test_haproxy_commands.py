@@ -77,7 +77,7 @@ def test_what_the_runtime_api_cannot_change_is_a_reload_with_its_reason() -> Non
         plan(table("h:1"), RoutingTable()).reload == "services changed (added: none; removed: web)"
     )
     changed = plan(table("h:1"), table("h:1", path="/api"))
-    assert changed.reload == "service web: its route, balance, checks or retries changed"
+    assert changed.reload == "service web: its route, balance, checks, retries or hold changed"
     assert changed.commands == ()
     assert plan(table("h:1"), table("h:1")) == plan(RoutingTable(), RoutingTable())
 

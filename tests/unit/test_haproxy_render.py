@@ -10,6 +10,7 @@ from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.routing import (
     CohortRule,
     HealthSpec,
+    HoldSpec,
     PoolSpec,
     RoutingTable,
     ServiceSpec,
@@ -182,3 +183,18 @@ def test_sticky_is_a_dynamic_insert_cookie_with_the_key_ttl_and_secure_from_trus
     assert unsupported(RoutingTable(services=(spec("a:1", sticky=sticky),))) == []
     plain = render(RoutingTable(services=(spec("a:1"),)), ["0:80"], settings)
     assert "cookie" not in plain
+
+
+def test_a_hold_is_a_lua_wait_only_while_the_table_asks_for_one() -> None:
+    held = spec(hold=HoldSpec(timeout=2.5))
+    text = render(RoutingTable(services=(held,)), ["127.0.0.1:8080"], SETTINGS)
+    assert "lua-load /srv/zd/zerodown-hold.lua" in text
+    lines = backend(text, "be_web")
+    wait = "http-request lua.zerodown_hold be_web 2500 if { nbsrv(be_web) eq 0 } !{ stopping }"
+    assert wait in lines
+    assert any("X-Zerodown-Error hold_timeout" in line for line in lines)
+    plain = render(RoutingTable(services=(spec("a:1"),)), ["127.0.0.1:8080"], SETTINGS)
+    assert "lua" not in plain
+    assert unsupported(RoutingTable(services=(held,))) == []
+    page = spec(hold=HoldSpec(maintenance_html="<h1>soon</h1>"))
+    assert "maintenance page" in unsupported(RoutingTable(services=(page,)))[0]

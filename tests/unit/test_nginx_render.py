@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import service
-from zerodown.dataplane.nginx.render import Server, render, server_weights, unsupported
+from zerodown.dataplane.nginx.render import (
+    Server,
+    in_panic,
+    render,
+    server_weights,
+    unsupported,
+)
 from zerodown.dataplane.nginx.settings import NginxSettings
 from zerodown.proxy.sticky import token
 from zerodown.routing import (
@@ -14,6 +20,7 @@ from zerodown.routing import (
     HoldSpec,
     PassiveHealthSpec,
     PoolSpec,
+    RoutingTable,
     ServiceSpec,
     Split,
     StickySpec,
@@ -199,7 +206,7 @@ def test_what_nginx_cannot_carry_is_named_by_key() -> None:
         A,
         split=Split(cohorts=(cohort,), sticky_cookie="zd"),
         slow_start=5.0,
-        hold=HoldSpec(),
+        hold=HoldSpec(maintenance_html="<h1>soon</h1>"),
         websocket_drain="close",
         balance="least_time",
     )
@@ -207,7 +214,7 @@ def test_what_nginx_cannot_carry_is_named_by_key() -> None:
         "services.web.split.cohorts",
         "services.web.split.sticky_cookie",
         "services.web.slow_start",
-        "services.web.hold",
+        "services.web.hold.maintenance_html",
         "services.web.websocket_drain",
         "services.web.balance",
     ]
@@ -258,3 +265,23 @@ def test_sticky_needs_a_cookie_name_nginx_can_read() -> None:
     assert unsupported(spec) == [
         "services.web.sticky.cookie (nginx reads a cookie by name: letters, digits and '_' only)"
     ]
+
+
+def test_a_hold_with_nothing_to_route_sends_to_the_drivers_hold_socket() -> None:
+    held = conf(service(hold=HoldSpec(timeout=2.0), path="/api", strip_prefix=True))
+    assert "server unix:/srv/zd/hold-web.sock max_fails=0;" in held
+    assert "keepalive" not in held.split("upstream zd_web", 1)[1].split("}", 1)[0]
+    assert "proxy_read_timeout 62000ms;" in held
+    assert "rewrite ^/api/?(.*)$ /$1 break;" in held
+    assert "return 503" not in held.split("location = /api", 1)[1].split("}", 1)[0]
+    # With a ready target the hold changes nothing: the target takes the requests.
+    routed = conf(service(A, hold=HoldSpec()))
+    assert "hold-web.sock" not in routed
+    assert f"server {A} weight=1" in routed
+
+
+def test_targets_routed_only_because_their_whole_pool_is_out_are_in_panic() -> None:
+    table = RoutingTable(services=(service(A, B, canary=(C,)),))
+    assert in_panic(table, frozenset({("web", A)})) == frozenset()
+    assert in_panic(table, frozenset({("web", A), ("web", B)})) == {("web", A), ("web", B)}
+    assert in_panic(table, frozenset({("web", C)})) == {("web", C)}

@@ -33,6 +33,10 @@ def serve(
 
     try:
         loaded = load_config(config)
+        if loaded.redis is not None:
+            from zerodown.store.redis import check_redis
+
+            check_redis(loaded.redis)  # before anything binds: a clear stop, not a late failure
         keep = "--keep-instances" if keep_instances else "--stop-instances"
         daemon = Daemon(
             loaded, keep_instances=keep_instances, restart_argv=["serve", "-c", str(config), keep]

@@ -74,6 +74,15 @@ def verify(
             help="Share of requests the app answers slowly, in flight across a drain.",
         ),
     ] = 0.0,
+    sessions: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000,
+            help="Log N virtual users in (POST /login) before the load, keep them asking "
+            "GET /me all through it, and report how many stayed logged in; a lost one fails.",
+        ),
+    ] = 0,
     out: Annotated[Path, typer.Option(help="Writes OUT.json and OUT.svg.")] = Path("verify"),
     as_json: Annotated[
         bool,
@@ -89,13 +98,17 @@ def verify(
 
     Writes OUT.json (every number) and OUT.svg (a chart of which version
     served when, request rate and latency, with the deploy's steps marked).
-    Exits 0 only when no request failed and the deploy (or command) succeeded;
+    With --sessions N, the report has a line `sessions: N kept, M lost`, and
+    why any were lost with what to change (a shared store, `sticky`, tokens).
+
+    Exits 0 only when no request failed, no session was lost and the deploy (or command) succeeded;
     127 (not found) or 126 (not executable) for a command that cannot run.
     """
     from zerodown.config import load_config
     from zerodown.verify import LoadSpec
     from zerodown.verify.load import LONG_PATH, POST_PATH
     from zerodown.verify.proof import verify as run_verify
+    from zerodown.verify.users import SessionSpec, UserGroup
 
     command: list[str] = ctx.args
     _check_verify_args(deploy_to, strategy, command, duration)
@@ -114,9 +127,16 @@ def verify(
             post_ratio=post_ratio,
             long_ratio=long_ratio,
         )
-        typer.echo(f"zerodown verify: {_plan(spec, deploy_to, strategy, command)}", err=True)
+        logins = f"; first {sessions} virtual users log in" if sessions else ""
+        typer.echo(
+            f"zerodown verify: {_plan(spec, deploy_to, strategy, command)}{logins}", err=True
+        )
         during = _during(config, deploy_to, strategy, command)
-        report, outcome = uvloop.run(run_verify(spec, during))
+        users = None
+        if sessions:
+            paths = SessionSpec(sessions, where.prefix + "/login", where.prefix + "/me")
+            users = UserGroup.of(paths, where.url, where.headers)
+        report, outcome = uvloop.run(run_verify(spec, during, users=users))
     report = _told(report, outcome, command)
     report.write(str(out))
     if as_json:
@@ -124,7 +144,8 @@ def verify(
     else:
         typer.echo(report.summary())
         typer.echo(f"report: {out}.json, chart: {out}.svg")
-    if report.failed or not _succeeded(outcome):
+    sessions_lost = report.sessions is not None and not report.sessions.ok
+    if report.failed or sessions_lost or not _succeeded(outcome):
         typer.echo(f"zerodown: verify: {_verdict(report)}", err=True)
         raise typer.Exit(EXIT_FAILURE)
 
@@ -136,7 +157,10 @@ def _verdict(report: Report) -> str:
     ended = "" if during is None or during.ok else f"the {during.kind} ended {during.outcome}"
     if during is not None and not during.ok and during.reason:
         ended += f" ({during.reason})"
-    return "; ".join(part for part in (failed, ended) if part)
+    kept = report.sessions
+    lost = "" if kept is None or kept.ok else kept.line().removeprefix("sessions: ")
+    lost = f"sessions not kept ({lost}): {'; '.join(kept.why)}" if kept and lost else ""
+    return "; ".join(part for part in (failed, lost, ended) if part)
 
 
 def _check_command(command: list[str]) -> None:

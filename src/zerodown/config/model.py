@@ -1,5 +1,5 @@
-"""The whole file: `[proxy]`, `[services.NAME]`, `[notify]` and `[events]`, and what
-the data plane gets from it."""
+"""The whole file: `[proxy]`, `[services.NAME]`, `[notify]`, `[events]` and
+`[redis]`, and what the data plane gets from it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import field_validator, model_validator
 from zerodown.config.fields import Table, problem
 from zerodown.config.operate import EventsConfig, NotifyConfig
 from zerodown.config.proxy import ProxyConfig
+from zerodown.config.redis import RedisConfig
 from zerodown.config.service import ServiceConfig
 from zerodown.config.support import not_carried
 from zerodown.proxy.settings import ProxySettings
@@ -24,6 +25,7 @@ class Config(Table):
     services: dict[str, ServiceConfig] = {}
     notify: NotifyConfig = NotifyConfig()
     events: EventsConfig = EventsConfig()
+    redis: RedisConfig | None = None  # no shared store unless one is named
 
     @field_validator("services")
     @classmethod
@@ -57,9 +59,9 @@ class Config(Table):
         the embedded one, each tcp service's own listener (it tells them apart
         by the routing table, proxy/tcp.py; HAProxy and nginx render theirs)."""
         if self.proxy.dataplane != "embedded":
-            return list(self.proxy.listen)
+            return self.proxy.listeners()
         tcp = [s.listen for s in self.services.values() if s.listen is not None]
-        return [*self.proxy.listen, *tcp]
+        return [*self.proxy.listeners(), *tcp]
 
     def proxy_settings(self) -> ProxySettings:
         return self.proxy.settings()

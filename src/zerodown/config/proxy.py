@@ -6,11 +6,12 @@ import dataclasses
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 
 from zerodown.config import defaults
 from zerodown.config.dataplane import DataPlaneName, HaproxyConfig, NginxConfig
-from zerodown.config.fields import Cidr, Listener, NotEmpty, Size, Table, Timeout
+from zerodown.config.fields import Cidr, Listener, NotEmpty, Size, Table, Timeout, problem
+from zerodown.config.tls import TlsConfig
 from zerodown.proxy import settings as s
 from zerodown.proxy.settings import ProxySettings
 
@@ -67,6 +68,21 @@ class ProxyConfig(Table):
     retry_budget_min: int = Field(default=s.RETRY_BUDGET_MIN, ge=0)
     trusted_proxies: tuple[Cidr, ...] = Field(default=(), strict=False)
     access_log: str | None = None
+    tls: TlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _tls_apart(self) -> ProxyConfig:
+        # One socket cannot speak both; a port 0 is a new port each time.
+        plain = {a for a in self.listen if not a.endswith(":0")}
+        for index, address in enumerate(self.tls.listen if self.tls else ()):
+            if address in plain:
+                raise problem(f"{address} is also in proxy.listen", "tls", "listen", index)
+        return self
+
+    def listeners(self) -> list[str]:
+        """Every address the data plane listens on: `listen`, then `tls.listen` (in
+        that order: the data plane tells TLS listeners by it, proxy/tls.py)."""
+        return [*self.listen, *(self.tls.listen if self.tls else ())]
 
     def worker_count(self) -> int:
         """`workers`, with "auto" resolved to one per core this process may run on."""
@@ -75,8 +91,9 @@ class ProxyConfig(Table):
         return self.workers
 
     def settings(self) -> ProxySettings:
-        # All but sticky_key, which zerodown keeps in state_dir (control/dataplanes.py).
-        names = (
-            f.name for f in dataclasses.fields(ProxySettings) if f.name in type(self).model_fields
-        )
-        return ProxySettings(**{name: getattr(self, name) for name in names})
+        # All but sticky_key, which zerodown keeps in state_dir (control/dataplanes.py),
+        # and tls, which is a table of its own.
+        fields = dataclasses.fields(ProxySettings)
+        names = (f.name for f in fields if f.name in type(self).model_fields and f.name != "tls")
+        values = {name: getattr(self, name) for name in names}
+        return ProxySettings(**values, tls=self.tls.settings() if self.tls else None)

@@ -2,9 +2,10 @@
 carry is refused at load, naming the key and the data planes that can,
 never silently ignored (README: "Features by data plane").
 
-HAProxy and nginx are driven as plain weighted pools (dataplane/haproxy,
-dataplane/nginx): request rules to a pool, a cookie that keeps a client on
-its pool and requests held while no instance serves are the embedded proxy's.
+HAProxy and nginx are driven as weighted pools (dataplane/haproxy,
+dataplane/nginx) that also hold requests across a recreate's gap (each
+driver's hold.py); request rules to a pool, a cookie that keeps a client on
+its pool and a maintenance page instead of the hold are the embedded proxy's.
 A cookie that keeps a client on its instance (`sticky`) all three carry.
 """
 
@@ -57,7 +58,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature(
         "recreate.max_pause",
         lambda s: "max_pause" in s.recreate.model_fields_set and s.recreate.max_pause > 0,
-        EMBEDDED,
+        EVERY,
     ),
     Feature(
         "recreate.maintenance_page", lambda s: s.recreate.maintenance_page is not None, EMBEDDED

@@ -33,13 +33,14 @@ from zerodown.config.service import ServiceConfig
 from zerodown.control import notify
 from zerodown.control.admin import create_admin_app
 from zerodown.control.auth import require_token_for
-from zerodown.control.dataplanes import managed_dataplane
+from zerodown.control.dataplanes import check_certificates, managed_dataplane
 from zerodown.control.handover import HandoverError, inherited, start_successor
 from zerodown.control.server import AdminServer
 from zerodown.control.upkeep import Upkeep
 from zerodown.control.wire import TOKEN_ENV
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.deploy.orchestrator import Orchestrator
+from zerodown.errors import ZerodownError
 from zerodown.routing import parse_address
 from zerodown.runtime.base import Runtime
 from zerodown.runtime.process import ProcessRuntime
@@ -75,6 +76,7 @@ class Daemon:
         self.upkeep: Upkeep | None = None
         self.admin: AdminServer | None = None
         self.handed_over_to: int | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         config = self.config
@@ -86,11 +88,14 @@ class Daemon:
         else:
             self.state_lock = StateDirLock.acquire(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        check_certificates(config)  # before anything listens: a bad one names its key
         self.dataplane = managed_dataplane(config, self.state_dir)
         # Sockets handed over by an older generation that served in-process
         # count only if no data plane runs to adopt.
         handed = given.listen if given and config.proxy.dataplane == "embedded" else None
         await self.dataplane.start(handed or config.listen_addresses())
+        if config.proxy.tls is not None and getattr(self.dataplane, "adopted", False):
+            await self.dataplane.reload_tls()  # a hot restart reads the certificates again
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
         self.orchestrator = Orchestrator(config, self.dataplane, self.store, self._runtime_for)
         await self.orchestrator.start()
@@ -136,6 +141,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR2, restart.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         try:
             # A signal during start-up (many workers, a slow adoption) stops it
             # there: start() is cancelled and stop() below undoes what it did.
@@ -184,6 +190,25 @@ class Daemon:
         print(f"zerodown: handed over to pid {pid}; finishing in-flight requests", flush=True)
         self.handed_over_to = pid
         self.keep_instances = True  # they are the new generation's now
+        return True
+
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload_tls())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_tls(self) -> bool:
+        """SIGHUP: the data plane reads the certificates again; new connections
+        get them, open ones are kept. A bad file is logged; the old ones serve on."""
+        if self.config.proxy.tls is None or self.dataplane is None:
+            return False
+        try:
+            check_certificates(self.config)
+            await self.dataplane.reload_tls()
+        except ZerodownError as exc:
+            log.error("TLS certificates not reloaded, the old ones serve on: %s", exc)
+            return False
+        print("zerodown: TLS certificates reloaded", flush=True)  # as `announce` says it serves
         return True
 
     def announce(self) -> None:

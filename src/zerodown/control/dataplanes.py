@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import logging
 from pathlib import Path
 
 from zerodown.config import Config
@@ -16,9 +18,13 @@ from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
+from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import ConfigError
+from zerodown.proxy import tls
 from zerodown.proxy.settings import ProxySettings
+
+log = logging.getLogger("zerodown.daemon")
 
 
 def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
@@ -45,6 +51,15 @@ def _any_sticky(config: Config) -> bool:
     return any(service.sticky is not None for service in config.services.values())
 
 
+def check_certificates(config: Config) -> None:
+    """Every `[proxy.tls]` certificate readable, matching its key and not expired;
+    ConfigError names the key (proxy/tls.py). Any data plane: drivers included."""
+    if config.proxy.tls is not None:
+        now = datetime.datetime.now(datetime.UTC)
+        for warning in tls.expiring(tls.check_all(config.proxy.tls.settings(), now), now):
+            log.warning("TLS: %s", warning)
+
+
 def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
     """`[proxy]` and `[proxy.haproxy]` as the HAProxy driver takes them."""
     proxy, limits = config.proxy, config.proxy_settings()
@@ -60,6 +75,7 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         stop_timeout=limits.shutdown_timeout,
         trusted_proxies=tuple(str(cidr) for cidr in limits.trusted_proxies),
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
+        tls=limits.tls,
     )
 
 
@@ -77,7 +93,18 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
         trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
+        tls=_nginx_tls(config),
     )
+
+
+def _nginx_tls(config: Config) -> NginxTls | None:
+    """`[proxy.tls]` with each certificate's names, which nginx's SNI blocks need:
+    read from the files here (checked as at start), so the renderer stays pure."""
+    settings = config.proxy_settings().tls
+    if settings is None:
+        return None
+    names = tuple(c.names for c in tls.check_all(settings)) if len(settings.certs) > 1 else ((),)
+    return NginxTls(settings, names)
 
 
 def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
@@ -86,7 +113,7 @@ def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
     for name, service in config.services.items():
         for key, reason in not_carried(proxy, service):
             raise ConfigError(reason, key=f"services.{name}.{key.split(' ')[0]}")
-    listen = list(config.proxy.listen)
+    listen = config.proxy.listeners()
     if proxy == "haproxy":
         return render_haproxy(config.routing_table(), listen, haproxy_settings(config, state_dir))
     if proxy == "nginx":

@@ -79,6 +79,10 @@ class ListeningDataPlane(DataPlane):
         """The processes that serve traffic (empty: this one)."""
         return []
 
+    async def reload_tls(self) -> None:
+        """Read the TLS certificates again: new connections get them, open ones
+        keep theirs (SIGHUP, and a hot restart that kept this data plane)."""
+
 
 class ManagedDataPlane(ListeningDataPlane):
     """A data plane that serves from processes of its own, which outlive the

@@ -320,6 +320,9 @@ class DetachedDataPlane(ManagedDataPlane):
     def routing(self) -> RoutingTable:
         return self.table
 
+    async def reload_tls(self) -> None:
+        await self._link().request("reload_tls")
+
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         wait = timeout + STOP_GRACE
         result = await self._link().request(

@@ -35,6 +35,9 @@ class EmbeddedDataPlane(ListeningDataPlane):
     def sockets(self) -> list[socket.socket]:
         return self.server.sockets
 
+    async def reload_tls(self) -> None:
+        self.server.reload_tls()
+
     async def apply(self, table: RoutingTable) -> None:
         await self.server.apply(table)
 

@@ -120,11 +120,7 @@ def settings_document(settings: ProxySettings) -> dict[str, JsonValue]:
 
 
 def settings_from(document: dict[str, JsonValue]) -> ProxySettings:
-    # JSON has no tuples; the dataclass is frozen and wants hashable values.
-    fields: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in document.items()
-    }
-    return ProxySettings(**fields)
+    return ProxySettings.from_document(document)
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -241,6 +237,8 @@ class DataPlaneHost:
             return _stats_document(dataplane)
         if op == "health":
             return health_snapshot(_server_of(dataplane))
+        if op == "reload_tls":
+            return dataplane.reload_tls()
         raise ValueError(f"unknown op {op!r}")
 
     async def _start(self, message: Message) -> dict[str, Any]:

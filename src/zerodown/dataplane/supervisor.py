@@ -42,6 +42,7 @@ from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet
 from zerodown.dataplane.worker import ANSWERS_EVERY
 from zerodown.errors import DataPlaneError
+from zerodown.proxy import tls
 from zerodown.proxy.health import HealthShare
 from zerodown.proxy.ratelimit import create_table_file
 from zerodown.proxy.server import ProxyServer
@@ -396,6 +397,12 @@ class MultiWorkerDataPlane(ListeningDataPlane):
 
     def routing(self) -> RoutingTable:
         return self.server.routing()
+
+    async def reload_tls(self) -> None:
+        # Checked here first: a worker that failed to reload would be replaced.
+        if self.settings.tls is not None:
+            tls.check_all(self.settings.tls)
+            await self._each("reload_tls")
 
     async def drain(self, service: str, address: str, timeout: float) -> DrainResult:
         started = time.monotonic()

@@ -83,10 +83,12 @@ class Worker:
             return server.stats().model_dump(mode="json")
         if op == "stop":
             return self._stop(message.get("timeout"))
+        if op == "reload_tls":
+            return server.reload_tls()
         raise ValueError(f"unknown op {op!r}")
 
     async def _start(self, message: Message) -> int:
-        settings = ProxySettings(**_settings_fields(message["settings"]))
+        settings = ProxySettings.from_document(message["settings"])
         table = RoutingTable.model_validate(message["table"])
         self.server = ProxyServer(
             settings,
@@ -140,11 +142,6 @@ class Worker:
         if self.server is None:
             raise RuntimeError("worker not started")
         return self.server
-
-
-def _settings_fields(values: dict[str, Any]) -> dict[str, Any]:
-    # JSON has no tuples; the dataclass is frozen and wants hashable values.
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ served each request.
     POST (any path)       the body echoed back as it arrives (also PUT and PATCH), in
                           bounded memory; Content-Type and Content-Length copied
     WS   /ws              every message echoed back
+    POST /login           the login flow (demo/sessions.py): a user name in, a session out;
+    GET  /me              200 with the user, or 401; 503 when the session store failed
+    POST /logout          (where the session lives: --sessions memory|redis|jwt)
 
 `--error-rate` and `--latency` apply to every request except /health.
 """
@@ -29,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
+
+from zerodown.demo.sessions import SESSION_PATHS
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -62,8 +67,14 @@ class DemoSettings:
 class DemoApp:
     """The ASGI application (lifespan off: there is nothing to set up)."""
 
-    def __init__(self, settings: DemoSettings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: DemoSettings,
+        rng: random.Random | None = None,
+        sessions: Callable[..., Awaitable[None]] | None = None,  # an ASGI app
+    ) -> None:
         self.settings = settings
+        self._sessions = sessions  # the login flow's app; None: those paths are ordinary ones
         self._rng = rng or random.Random()
         self._version_body = f"{settings.version}\n".encode()
         self._version_header = (b"x-version", settings.version.encode())
@@ -88,8 +99,10 @@ class DemoApp:
             if self._rng.random() < self.settings.error_rate:
                 await self._respond(send, 500, b"injected error\n")
                 return
-        if scope["method"] in ECHO_METHODS:
-            handler: Handler = self._echo
+        if self._sessions is not None and scope["path"] in SESSION_PATHS:
+            handler: Handler = self._sessions
+        elif scope["method"] in ECHO_METHODS:
+            handler = self._echo
         else:
             handler = self._routes.get(scope["path"], self._root)
         try:

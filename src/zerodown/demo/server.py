@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import socket
 import sys
@@ -26,6 +27,7 @@ from types import FrameType
 import uvicorn
 
 from zerodown.demo.app import DemoApp, DemoSettings
+from zerodown.demo.sessions import SECRET_ENV, SESSIONS_MODES, LazySessions
 
 KEEPALIVE_TIMEOUT = 5  # seconds; as uvicorn's and node's default, so proxies meet the usual race
 STARTUP_POLL = 0.05  # how often a startup delay looks for a stop signal
@@ -99,6 +101,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency", type=_non_negative, default=0.0, metavar="MS")
     parser.add_argument("--ignore-sigterm", action="store_true")
+    parser.add_argument(
+        "--sessions",
+        choices=SESSIONS_MODES,
+        default="memory",
+        help="where the login flow (/login, /me, /logout) keeps sessions: this instance's "
+        "memory (lost when it stops), Redis (shared; needs --redis-url), or signed tokens "
+        f"(jwt; the secret from {SECRET_ENV}, the same for every instance)",
+    )
+    parser.add_argument("--redis-url", metavar="URL", help="with --sessions redis: redis://...")
+    args = parser.parse_args(argv)
+    if args.sessions == "redis" and not args.redis_url:
+        parser.error("--sessions redis needs --redis-url URL")
+    if args.sessions == "redis" and importlib.util.find_spec("redis") is None:
+        parser.error("--sessions redis needs redis-py: pip install 'zerodown[redis]'")
+    if args.redis_url and args.sessions != "redis":
+        parser.error("--redis-url goes with --sessions redis")
+    return args
     return parser.parse_args(argv)
 
 
@@ -107,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     error_rate = dict(args.error_rate_for).get(args.version, args.error_rate)
     settings = DemoSettings(args.version, error_rate=error_rate, latency_ms=args.latency)
     config = uvicorn.Config(
-        DemoApp(settings),
+        DemoApp(settings, sessions=LazySessions(args.sessions, args.version, args.redis_url)),
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from zerodown.errors import BadRequest, NoRoute
+from zerodown.errors import BadRequest, NoRoute, ProxyError
 from zerodown.proxy import http
 from zerodown.proxy.exchange import Exchange
+from zerodown.proxy.redirect import redirect_for
 from zerodown.proxy.router import strip_prefix
 from zerodown.proxy.timers import Deadline
 from zerodown.proxy.watchdog import ReadWatchdog
@@ -34,8 +35,9 @@ if TYPE_CHECKING:
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, *, scheme: bytes = b"http") -> None:
         self.server = server
+        self.scheme = scheme  # b"https" on a TLS listener: X-Forwarded-Proto
         self.settings = server.settings
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -75,7 +77,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.forwarded = http.Forwarded(
-            self.client_ip, trusted=self.server.is_trusted(self.client_ip)
+            self.client_ip, self.scheme, trusted=self.server.is_trusted(self.client_ip)
         )
         self.server.connections.add(self)
         self._arm(self.settings.header_timeout, self._header_timeout)
@@ -226,11 +228,14 @@ class ClientConnection(asyncio.Protocol):
     # -- building an exchange --------------------------------------------------
 
     def _new_exchange(self, head: http.RequestHead) -> Exchange:
-        error = self._refusal(head)
+        error: ProxyError | None = self._refusal(head)
         service = None
         path = head.url
         if error is None:
             host, path = _routing_host_path(head)
+            if self.scheme == b"http":
+                error = redirect_for(head, host, path, self.server.redirect_port)
+        if error is None:
             service = self.server.router.match(host, path.partition(b"?")[0])
             if service is None:
                 error = NoRoute()
@@ -260,7 +265,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def write_lines(self, parts: list[bytes]) -> None:
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self.scheme == b"https":
+            # uvloop's SSL transport would make each piece a TLS record of its own.
+            self.transport.write(b"".join(parts))
+        else:
             self.transport.writelines(parts)
 
     def real_client_ip(self, head: http.RequestHead) -> str:

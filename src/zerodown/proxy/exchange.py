@@ -28,6 +28,7 @@ from zerodown.proxy.attempt import NOT_SENT, AttemptFailed, Cut, as_proxy_error,
 from zerodown.proxy.phase import ANSWERING, ATTEMPTING, Phase, advance
 from zerodown.proxy.request_body import RequestBody
 from zerodown.proxy.response import (
+    LocalAnswer,
     Maintenance,
     ResponseStream,
     client_head,
@@ -174,7 +175,7 @@ class Exchange:
         answering = self.phase in ANSWERING
         self._move(Phase.FAILED)
         self.failure = exc
-        if isinstance(exc, Maintenance):  # a page the proxy serves: the stream is fine
+        if isinstance(exc, LocalAnswer):  # a page the proxy serves: the stream is fine
             self.status = exc.status
             self.client.write(
                 error_answer(exc, self.request_id, close=False, head_only=self._head_only)

@@ -14,6 +14,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Final
 
@@ -87,10 +88,16 @@ class Listener:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.Protocol],
         loop: asyncio.AbstractEventLoop,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.sock = sock
         self.factory = protocol_factory
         self.loop = loop
+        # Read per connection: a reloaded certificate (ProxyServer.reload_tls)
+        # serves new connections while open ones keep the one they shook hands with.
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self._handing_over: set[asyncio.Task[object]] = set()
         self._listening = False
 
@@ -132,8 +139,13 @@ class Listener:
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn)
-        except OSError:
+            if self.tls is None:
+                await self.loop.connect_accepted_socket(self.factory, conn)
+            else:
+                await self.loop.connect_accepted_socket(
+                    self.factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
+                )
+        except OSError:  # SSLError and a handshake timeout too: the transport closed itself
             conn.close()  # the client left before we got to it
 
     def _accept_failed(self, exc: OSError) -> None:

@@ -100,7 +100,7 @@ def client_head(
 
 def error_answer(exc: ProxyError, request_id: bytes, *, close: bool, head_only: bool) -> bytes:
     """The proxy's own answer to a request it could not forward."""
-    if isinstance(exc, Maintenance):
+    if isinstance(exc, LocalAnswer):
         return exc.response(request_id, head_only=head_only)
     if isinstance(exc, Refusal):  # 403/429 of the service's rules: the body says which
         return exc.response(request_id, close=close, head_only=head_only)
@@ -164,7 +164,14 @@ class ResponseStream:
             self._client.write_lines(out)
 
 
-class Maintenance(ProxyError):
+class LocalAnswer(ProxyError):
+    """A response the proxy gives itself on purpose (not a failure): the stream is fine."""
+
+    def response(self, request_id: bytes, *, head_only: bool = False) -> bytes:
+        raise NotImplementedError
+
+
+class Maintenance(LocalAnswer):
     """The service is being recreated and shows a maintenance page."""
 
     status = 503

@@ -13,13 +13,16 @@ import contextlib
 import functools
 import ipaddress
 import json
+import logging
 import socket
+import ssl
 import sys
 import time
 from typing import IO
 
 from zerodown.dataplane.prometheus import render_prometheus
-from zerodown.errors import DataPlaneError
+from zerodown.errors import ConfigError, DataPlaneError
+from zerodown.proxy import tls
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.guard import Refusal
@@ -36,6 +39,8 @@ from zerodown.routing import DrainResult, RoutingTable, parse_address, with_targ
 from zerodown.stats import ServiceStats, Stats, pool_entry, service_panic
 
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
+
+log = logging.getLogger("zerodown.proxy")
 
 
 class ProxyServer:
@@ -65,6 +70,8 @@ class ProxyServer:
         self.rejected: dict[int, int] = {}
         self._listeners: list[Listener] = []
         self._sockets: list[socket.socket] = []
+        self.tls_context: ssl.SSLContext | None = None
+        self.https_port: int | None = None  # where redirect_http sends plain-HTTP clients
         self._trusted_nets = [
             ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
         ]
@@ -85,20 +92,56 @@ class ProxyServer:
     # -- listening -------------------------------------------------------------
 
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
+        """Listen on `listen`: `[proxy] listen`, then `[proxy.tls] listen` (proxy/tls.py)."""
         self._open_access_log()
-        for item in listen:
-            sock = bind_listener(item) if isinstance(item, str) else item
+        sockets = [bind_listener(item) if isinstance(item, str) else item for item in listen]
+        secure = tls.tls_fds(sockets, self.settings.tls)
+        if secure and self.settings.tls is not None:
+            self.tls_context = tls.load(self.settings.tls)
+        for sock in sockets:
             self._sockets.append(sock)
-            protocol = functools.partial(self._protocol, sock.getsockname()[1])
-            listener = Listener(sock, protocol, self.loop)
-            listener.start()
-            self._listeners.append(listener)
+            self._listen(sock, sock.fileno() in secure)
 
-    def _protocol(self, port: int) -> asyncio.Protocol:
+    def _listen(self, sock: socket.socket, secure: bool) -> None:
+        context = self.tls_context if secure else None
+        if secure and self.https_port is None:
+            self.https_port = sock.getsockname()[1]
+        scheme = b"https" if secure else b"http"
+        factory = functools.partial(self._protocol, sock.getsockname()[1], scheme)
+        timeout = self.settings.header_timeout
+        listener = Listener(sock, factory, self.loop, context, handshake_timeout=timeout)
+        listener.start()
+        self._listeners.append(listener)
+
+    @property
+    def redirect_port(self) -> int | None:
+        """The port plain-HTTP clients are sent to with a 308 (`[proxy.tls]
+        redirect_http`), None when they are served."""
+        on = self.settings.tls is not None and self.settings.tls.redirect_http
+        return self.https_port if on else None
+
+    def reload_tls(self) -> bool:
+        """Read the certificates again (SIGHUP, a hot restart): new connections get
+        them, open ones keep theirs. A bad file leaves the old ones in force."""
+        if self.tls_context is None or self.settings.tls is None:
+            return False
+        try:
+            context = tls.load(self.settings.tls)
+        except ConfigError as exc:
+            log.error("TLS certificates not reloaded, the old ones serve on: %s", exc)
+            raise
+        self.tls_context = context
+        for listener in self._listeners:
+            if listener.tls is not None:
+                listener.tls = context
+        log.info("TLS certificates reloaded")
+        return True
+
+    def _protocol(self, port: int, scheme: bytes) -> asyncio.Protocol:
         # Looked up per connection, so the table in force decides: a listener
         # is a tcp service's when the table says that service listens there.
         tcp = self._tcp_ports.get(port)
-        return self.tcp.protocol(tcp) if tcp is not None else ClientConnection(self)
+        return self.tcp.protocol(tcp) if tcp is not None else ClientConnection(self, scheme=scheme)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

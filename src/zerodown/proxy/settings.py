@@ -7,6 +7,7 @@ Each has a named default; the config layer fills a ProxySettings from the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 HEADER_TIMEOUT = 10.0  # a client must send a whole request head within this
 BODY_TIMEOUT = 60.0  # longest gap between two reads of a request body
@@ -36,6 +37,17 @@ DRAIN_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """`[proxy.tls]`: listeners that speak TLS and the certificates they offer."""
+
+    listen: tuple[str, ...]
+    # (cert, key) file pairs: the first is `cert`/`key`, offered when no other
+    # matches the client's SNI; then each of `certs`, chosen by SNI (tls.py).
+    certs: tuple[tuple[str, str], ...]
+    redirect_http: bool = False  # plain-HTTP listeners answer 308 to https
+
+
+@dataclass(frozen=True, slots=True)
 class ProxySettings:
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
@@ -61,3 +73,19 @@ class ProxySettings:
     # The key that signs sticky cookies (hex), one for every worker and kept
     # across restarts in state_dir; not a [proxy] key. "": one per process.
     sticky_key: str = ""
+    # TLS listeners, handed to the data plane after the plain ones (proxy/tls.py).
+    tls: TlsSettings | None = None
+
+    @classmethod
+    def from_document(cls, values: dict[str, Any]) -> ProxySettings:
+        """Back from `dataclasses.asdict` as JSON carries it (lists for tuples)."""
+        fields = {k: _tuples(v) for k, v in values.items() if k != "tls"}
+        tls = values.get("tls")
+        if tls is not None:
+            fields["tls"] = TlsSettings(**{k: _tuples(v) for k, v in tls.items()})
+        return cls(**fields)
+
+
+def _tuples(value: Any) -> Any:
+    # JSON has no tuples; the dataclass is frozen and wants hashable values.
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -22,6 +22,7 @@ from typing import cast
 import httptools
 
 VERSION_HEADER = b"x-version"
+SET_COOKIE = b"set-cookie"
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -54,13 +55,18 @@ class BadResponse(Exception):
 class Response:
     status: int
     version: str | None  # the X-Version header, if any
+    cookies: tuple[str, ...] = ()  # Set-Cookie values, for a client that keeps a cookie jar
+    body: bytes = b""  # the first `keep_body` bytes, when the connection keeps any
 
 
 class Connection(asyncio.Protocol):
     """A client connection; `closed` once either side ended it."""
 
-    def __init__(self) -> None:
-        self.served = 0  # complete responses received
+    def __init__(self, keep_body: int = 0) -> None:
+        self.served = 0
+        self._keep_body = keep_body  # bytes of each body kept (the load keeps none)
+        self._body = bytearray()
+        self._cookies: list[str] = []  # complete responses received
         self.closed = False
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -76,10 +82,12 @@ class Connection(asyncio.Protocol):
         return f"<Connection served={self.served} closed={self.closed}>"
 
     @classmethod
-    async def open(cls, host: str, port: int, tls: ssl.SSLContext | None) -> Connection:
+    async def open(
+        cls, host: str, port: int, tls: ssl.SSLContext | None, keep_body: int = 0
+    ) -> Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, protocol = await loop.create_connection(cls, host, port, ssl=tls)
+            _, protocol = await loop.create_connection(lambda: cls(keep_body), host, port, ssl=tls)
         except OSError as exc:  # refused, unreachable, TLS handshake failed, ...
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         return protocol
@@ -142,6 +150,8 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._status, self._version = 0, None
         self._framed = self._headers_done = False
+        self._cookies = []
+        self._body.clear()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -149,6 +159,13 @@ class Connection(asyncio.Protocol):
             self._version = value.decode("latin-1")
         elif name in _FRAMING_HEADERS:
             self._framed = True
+        elif name == SET_COOKIE:
+            self._cookies.append(value.decode("latin-1"))
+
+    def on_body(self, body: bytes) -> None:
+        room = self._keep_body - len(self._body)
+        if room > 0:
+            self._body += body[:room]
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -167,7 +184,8 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self.served += 1
-            waiter.set_result(Response(self._status, self._version))
+            cookies = tuple(self._cookies)
+            waiter.set_result(Response(self._status, self._version, cookies, bytes(self._body)))
 
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter

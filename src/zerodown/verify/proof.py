@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from zerodown.verify.load import LoadResult, LoadSpec, clock, run_load
 from zerodown.verify.report import Mark, Report
+from zerodown.verify.sessions import tally
+from zerodown.verify.users import UserGroup
 
 T = TypeVar("T")
 
@@ -31,6 +33,7 @@ async def verify(
     *,
     bucket: float | None = None,
     label: str = "deploy",
+    users: UserGroup | None = None,
 ) -> tuple[Report, T | None]:
     """Run load around `during()` and return the report with what `during` returned.
 
@@ -38,7 +41,13 @@ async def verify(
     cooldown. `bucket` is the report's time bucket (None: chosen from the run's
     length). If `during` raises, the load is cancelled and the error goes up
     (a `during` that wants a report either way returns its failure instead).
+
+    `users` (verify --sessions) log in before the load starts, keep asking who
+    they are all through it, and once more after it; the report counts them.
     """
+    if users is not None:
+        await users.log_in()
+        users.start()
     stop = asyncio.Event()
     load = asyncio.create_task(run_load(spec, stop))
     try:
@@ -55,10 +64,16 @@ async def verify(
     except BaseException:
         load.cancel()
         await asyncio.gather(load, return_exceptions=True)
+        if users is not None:
+            await users.cancel()
         raise
     stop.set()
     result = await load
-    return Report.from_result(result, bucket, marks=_marks(result, marks)), outcome
+    report = Report.from_result(result, bucket, marks=_marks(result, marks))
+    if users is not None:
+        deploy_start = marks[0][0] if marks else None
+        report = report.with_sessions(tally(await users.finish(), deploy_start))
+    return report, outcome
 
 
 def _marks(result: LoadResult, marks: list[tuple[float, str]]) -> list[Mark]:

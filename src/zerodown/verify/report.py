@@ -19,6 +19,7 @@ from typing import Any
 
 from zerodown.verify import chart
 from zerodown.verify.load import FAILURE_KINDS, LoadResult, Sample
+from zerodown.verify.sessions import SessionsTally
 from zerodown.verify.story import During, Mark, deploy_marks, deploy_told
 
 __all__ = ["Bucket", "During", "Latency", "Mark", "Report", "VersionSeen", "bucket_for"]
@@ -100,6 +101,7 @@ class Report:
     marks: tuple[Mark, ...] = ()
     started_at: float = 0.0  # wall clock at the origin: places journal times on the axis
     during: During | None = None
+    sessions: SessionsTally | None = None  # verify --sessions N: the users' fates
 
     @property
     def failed(self) -> int:
@@ -153,6 +155,9 @@ class Report:
         what = f"`{shlex.join(command)}`"
         return replace(self, during=During(what, f"exit {code}", ok=code == 0, kind="command"))
 
+    def with_sessions(self, sessions: SessionsTally) -> Report:
+        return replace(self, sessions=sessions)
+
     def to_json(self) -> dict[str, Any]:
         ms = {name: round(seconds * 1000, 3) for name, seconds in self.latency.items()}
         return {
@@ -190,6 +195,7 @@ class Report:
             "marks": [{"at": round(m.at, 3), "label": m.label, "tone": m.tone} for m in self.marks],
             "started_at": round(self.started_at, 3),
             "during": None if self.during is None else asdict(self.during),
+            "sessions": None if self.sessions is None else self.sessions.to_json(),
         }
 
     def summary(self) -> str:
@@ -203,8 +209,21 @@ class Report:
                 f"failures: {_failure_text(self.failures)}",
                 "latency: " + " · ".join(f"{n} {_ms(v)}" for n, v in self.latency.items()),
                 f"versions: {self._versions_text()}",
+                *self._sessions_text(),
             ]
         )
+
+    def _sessions_text(self) -> list[str]:
+        """The sessions line, and why any were not kept (each reason on its own line)."""
+        if self.sessions is None:
+            return []
+        said = self.sessions
+        errors = (
+            [f"  {said.errors} of {said.checks} checks were errors: {'; '.join(said.errors_said)}"]
+            if said.errors
+            else []
+        )
+        return [said.line(), *errors, *(f"  {why}" for why in said.why)]
 
     def chart_svg(self) -> str:
         return chart.render(self)

@@ -50,7 +50,7 @@ def _reload_reason(old: RoutingTable, new: RoutingTable) -> str | None:
     for spec in new.services:
         before = old.service(spec.name)
         if before is not None and _shape(before) != _shape(spec):
-            return f"service {spec.name}: its route, balance, checks or retries changed"
+            return f"service {spec.name}: its route, balance, checks, retries or hold changed"
     return None
 
 

@@ -22,9 +22,12 @@ import time
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.accesslog import LogSocket, LogTarget
 from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
+from zerodown.dataplane.haproxy.hold import HOLD_SCRIPT
+from zerodown.dataplane.haproxy.latency import LatencyLog
 from zerodown.dataplane.haproxy.render import render, unsupported
 from zerodown.dataplane.haproxy.runtime import (
     ServerRow,
@@ -37,6 +40,7 @@ from zerodown.dataplane.haproxy.runtime import (
 from zerodown.dataplane.haproxy.servers import backend_name, server_name
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.haproxy.stats import build_stats
+from zerodown.dataplane.haproxy.tls import write_cert_files
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
@@ -52,7 +56,9 @@ WATCH_EVERY: Final = 1.0  # seconds between looks at the master while driving it
 
 
 class HaproxyDataPlane(ManagedDataPlane):
-    carries = frozenset()  # plain weighted pools (config/support.py)
+    # Weighted pools, and recreate's hold (hold.py); no request rules to a
+    # pool or sticky cookie (config/support.py).
+    carries = frozenset({"hold"})
 
     def __init__(self, settings: HaproxySettings, table: RoutingTable | None = None) -> None:
         self.settings = settings
@@ -63,6 +69,9 @@ class HaproxyDataPlane(ManagedDataPlane):
         self.adopted = False
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
+        self.latency = LatencyLog()
+        self._log_socket = LogSocket(self.latency.feed)
+        self._log: LogTarget | None = None
 
     def __repr__(self) -> str:
         return (
@@ -73,8 +82,22 @@ class HaproxyDataPlane(ManagedDataPlane):
 
     async def start(self, listen: list[str] | list[socket.socket]) -> None:
         """Adopt the HAProxy serving this state_dir, or start one; then watch it."""
-        await self._start(listen)
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if self._log is None:  # a start again (after a death) keeps the socket it has
+            self._open_log()
+        try:
+            await self._start(listen)
+        except BaseException:
+            self._close_log()
+            raise
         self.watch()
+
+    def _open_log(self) -> None:
+        """Where HAProxy logs each request (latency.py): where the last driver
+        had it, if free, so an adopted HAProxy goes on sending here."""
+        saved = self._saved_log()
+        self._log = self._log_socket.open("udp", self.settings.state_dir / "log.sock", saved)
+        self.latency.key = self._log.key
 
     async def _start(self, listen: list[str] | list[socket.socket]) -> None:
         if any(isinstance(item, socket.socket) for item in listen):
@@ -84,8 +107,11 @@ class HaproxyDataPlane(ManagedDataPlane):
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         wanted = [str(item) for item in listen]
         if await self._adopt():
-            if wanted != self.listen:  # the config moved the listeners: a reload binds them
-                log.info("haproxy listeners %s -> %s: reload", self.listen, wanted)
+            # The config moved the listeners, or the log socket moved: a reload.
+            if wanted != self.listen or self._saved_log() != self._log:
+                log.info(
+                    "haproxy listeners %s -> %s, log to %s: reload", self.listen, wanted, self._log
+                )
                 async with self._lock:
                     self.listen = wanted
                     await self._write_config(process.find_binary(self.settings.binary), self.table)
@@ -151,6 +177,7 @@ class HaproxyDataPlane(ManagedDataPlane):
     async def detach(self) -> None:
         """Stop driving; HAProxy serves on for the next controller to adopt."""
         await self._end_watch()
+        self._close_log()
 
     async def _end_watch(self) -> None:
         if self._watch is not None:
@@ -161,6 +188,7 @@ class HaproxyDataPlane(ManagedDataPlane):
 
     async def stop(self, timeout: float | None = None) -> None:
         await self._end_watch()
+        self._close_log()
         if self.master is None:
             return
         wait = self.settings.stop_timeout if timeout is None else timeout
@@ -237,6 +265,15 @@ class HaproxyDataPlane(ManagedDataPlane):
             return None
         return problem
 
+    async def reload_tls(self) -> None:
+        """The certificate files again, then HAProxy's graceful reload: the new
+        worker shakes hands with them, the old one finishes its connections."""
+        if self.settings.tls is None:
+            return
+        async with self._lock:
+            await self._write_config(process.find_binary(self.settings.binary), self.table)
+            await self._reload()
+
     async def _sweep(self) -> None:
         for line in sweep(await self._servers(), self.table):
             await self._send(line)
@@ -279,9 +316,13 @@ class HaproxyDataPlane(ManagedDataPlane):
             previous = self.settings.config.read_text()
         except FileNotFoundError:
             previous = ""
+        if self.settings.tls is not None:  # `haproxy -c` loads them: written first
+            write_cert_files(self.settings.state_dir, self.settings.tls)
+        if any(spec.hold is not None for spec in table.services):
+            _write_atomic(self.settings.hold_script, HOLD_SCRIPT)  # the config's lua-load
         candidate = self.settings.config.with_suffix(".cfg.new")
         self._sticky_key(table)
-        candidate.write_text(render(table, self.listen, self.settings))
+        candidate.write_text(render(table, self.listen, self.settings, self._log))
         await process.check_config(binary, candidate)
         os.replace(candidate, self.settings.config)
         return previous
@@ -294,8 +335,25 @@ class HaproxyDataPlane(ManagedDataPlane):
             self.settings = dataclasses.replace(self.settings, sticky_key=key)
 
     def _save(self) -> None:
-        doc = {"listen": self.listen, "table": self.table.model_dump(mode="json")}
+        doc: dict[str, object] = {
+            "listen": self.listen,
+            "table": self.table.model_dump(mode="json"),
+        }
+        if self._log is not None:
+            doc["log"] = {"server": self._log.server, "key": self._log.key}
         _write_atomic(self.settings.table_file, json.dumps(doc))
+
+    def _close_log(self) -> None:
+        self._log_socket.close()
+        self._log = None
+
+    def _saved_log(self) -> LogTarget | None:
+        """The log target the running HAProxy's config names (the last save)."""
+        try:
+            last = json.loads(self.settings.table_file.read_text())["log"]
+            return LogTarget(str(last["server"]), str(last["key"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _refuse_unsupported(self, table: RoutingTable) -> None:
         problems = unsupported(table)
@@ -339,7 +397,9 @@ class HaproxyDataPlane(ManagedDataPlane):
 
     async def stats(self) -> Stats:
         text = await command(self.settings.stats_socket, "show stat")
-        return build_stats(self.table, parse_stat(text), frontend_sessions(text))
+        self.latency.forget_all_but(set(expected(self.table)))
+        rows = parse_stat(text)
+        return build_stats(self.table, rows, frontend_sessions(text), self.latency.servers)
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

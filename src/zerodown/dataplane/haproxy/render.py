@@ -13,9 +13,13 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.haproxy.guard import guard_lines
+from zerodown.dataplane.haproxy.hold import hold_rules
+from zerodown.dataplane.haproxy.latency import LOG_FORMAT as LATENCY_LOG_FORMAT
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.haproxy.tls import bind_options, global_lines, is_tls, redirect_lines
 from zerodown.routing import BalanceName, RoutingTable, ServiceSpec, parse_address
 
 __all__ = ["NO_ROUTE_BACKEND", "render", "route_order", "server_line", "unsupported"]
@@ -42,6 +46,7 @@ _RETRY_ON: Final = "conn-failure 0rtt-rejected"
 # Hex of the frontend and client endpoints, the accept time and a counter:
 # unique per request across workers and reloads of this host.
 _UNIQUE_ID: Final = "%{+X}o%ci%cp%fi%fp%Ts%ms%rt%pid"
+_TCP_LOG_FORMAT: Final = '"%ci:%cp %b/%s %Tw/%Tc/%Tt %B"'
 
 
 def unsupported(table: RoutingTable) -> list[str]:
@@ -64,13 +69,21 @@ def unsupported(table: RoutingTable) -> list[str]:
             problems.append(
                 f"{where}: a sticky canary cookie is carried by the embedded data plane only"
             )
-        if spec.hold is not None:
-            problems.append(f"{where}.hold is carried by the embedded data plane only")
+        if spec.hold is not None and spec.hold.maintenance_html is not None:
+            problems.append(
+                f"{where}: a maintenance page is carried by the embedded data plane only"
+            )
     return problems
 
 
-def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings) -> str:
-    parts = [_global(settings), _defaults(settings)]
+def render(
+    table: RoutingTable,
+    listen: Sequence[str],
+    settings: HaproxySettings,
+    log: LogTarget | None = None,
+) -> str:
+    """The whole haproxy.cfg; `log`, where each request's line goes (latency.py)."""
+    parts = [_global(table, settings, log), _defaults(settings, log)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_tcp_frontend(spec) for spec in table.tcp_services]
     parts += [_backend(spec, settings) for spec in table.http_services]
@@ -81,21 +94,31 @@ def render(table: RoutingTable, listen: Sequence[str], settings: HaproxySettings
     return "\n".join(parts)
 
 
-def _global(settings: HaproxySettings) -> str:
-    return _section(
-        "global",
+def _global(table: RoutingTable, settings: HaproxySettings, log: LogTarget | None) -> str:
+    lines = [
         f"nbthread {settings.threads}",
         # expose-fd listeners: a reload's new worker takes the listening
         # sockets from the old one, so no connection is refused across it.
         f"stats socket {settings.stats_socket} mode 600 level admin expose-fd listeners",
         f"server-state-file {settings.server_state_file}",
-    )
+        *global_lines(settings.tls),
+    ]
+    if log is not None:
+        where = log.server.removeprefix("unix:")  # HAProxy: a path is a unix datagram socket
+        lines.append(f"log {where} len 1024 local0 info")
+    if any(spec.hold is not None for spec in table.services):
+        lines.append(f"lua-load {settings.hold_script}")  # the driver writes it (hold.py)
+    return _section("global", *lines)
 
 
-def _defaults(settings: HaproxySettings) -> str:
+def _defaults(settings: HaproxySettings, log: LogTarget | None) -> str:
+    logging = []
+    if log is not None:
+        logging = ["log global", f'log-format "{LATENCY_LOG_FORMAT % {"key": log.key}}"']
     return _section(
         "defaults",
         "mode http",
+        *logging,
         "option redispatch 1",
         f"retry-on {_RETRY_ON}",
         "load-server-state-from-file global",
@@ -112,10 +135,15 @@ def _defaults(settings: HaproxySettings) -> str:
 def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySettings) -> str:
     host, port = parse_address(address)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    secure = is_tls(address, settings.tls)
+    if secure and settings.tls is not None:
+        bind += bind_options(settings.state_dir, settings.tls)
+    proto = "https" if secure else "http"
     lines = [f"bind {bind}", "option forwardfor", f"unique-id-format {_UNIQUE_ID}"]
-    lines += _forwarded(settings)
+    lines += _forwarded(settings, proto)
     # The Host header without its port, lowercased, as the router compares it.
     lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
+    lines += redirect_lines(address, settings.tls)
     for rank, spec in enumerate(route_order(table.http_services)):
         lines += _route(rank, spec)
     lines.append(f"default_backend {NO_ROUTE_BACKEND}")
@@ -128,7 +156,10 @@ def _tcp_frontend(spec: ServiceSpec) -> str:
     host, port = parse_address(spec.listen)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     name = backend_name(spec.name).replace("be_", "ft_", 1)
-    lines = ["mode tcp", f"bind {bind}", *_tcp_access(spec)]
+    # Not logged, with a format of its own: a log-format in `defaults` that
+    # names HTTP fields (%Tr, %ST) makes a tcp frontend invalid.
+    logging = ["no log", f"log-format {_TCP_LOG_FORMAT}"]
+    lines = ["mode tcp", f"bind {bind}", *logging, *_tcp_access(spec)]
     return _section(f"frontend {name}", *lines, f"default_backend {backend_name(spec.name)}")
 
 
@@ -154,7 +185,7 @@ def _tcp_backend(spec: ServiceSpec) -> str:
     return _section(f"backend {backend_name(spec.name)}", *lines)
 
 
-def _forwarded(settings: HaproxySettings) -> list[str]:
+def _forwarded(settings: HaproxySettings, proto: str) -> list[str]:
     """X-Forwarded-* and X-Request-ID as the embedded proxy sets them
     (proxy/http.py): a client's own are kept only from a trusted proxy, so
     no client can name its own address or request id; `option forwardfor`
@@ -170,7 +201,7 @@ def _forwarded(settings: HaproxySettings) -> list[str]:
         )
     lines += [
         f"http-request del-header X-Forwarded-For{unless}",
-        f"http-request set-header X-Forwarded-Proto http{unless}",
+        f"http-request set-header X-Forwarded-Proto {proto}{unless}",
         f"http-request set-header X-Forwarded-Host %[req.hdr(host)]{unless}",
         f"http-request set-header X-Request-ID %[unique-id]{unless}",
         # A trusted proxy that sent none gets one too.
@@ -219,7 +250,8 @@ def _route(rank: int, spec: ServiceSpec) -> list[str]:
 
 
 def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
-    lines = [*_balance(spec), f"retries {spec.tries - 1}"]
+    backend = backend_name(spec.name)
+    lines = [*_balance(spec), f"retries {spec.tries - 1}", *hold_rules(spec, backend)]
     # allow/deny, block, rate_limit: before any server
     lines += guard_lines(spec, settings.trusted_proxies)
     if spec.health is not None:
@@ -234,7 +266,7 @@ def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
         lines.append(f"http-request replace-path ^{_regex(stem)}/?(.*)$ /\\1")
     lines += _sticky(spec, settings)
     lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
-    return _section(f"backend {backend_name(spec.name)}", *lines)
+    return _section(f"backend {backend}", *lines)
 
 
 def _sticky(spec: ServiceSpec, settings: HaproxySettings) -> list[str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from zerodown.proxy.settings import TlsSettings
+
 CONNECT_TIMEOUT: Final = 5.0
 CLIENT_TIMEOUT: Final = 75.0  # an idle client (keep-alive or mid-request) is closed after this
 SERVER_TIMEOUT: Final = 60.0  # longest wait for the next upstream byte
@@ -42,6 +44,7 @@ class HaproxySettings:
     trusted_proxies: tuple[str, ...] = ()
     # The `dynamic-cookie-key` of sticky backends (hex, from state_dir).
     sticky_key: str = ""
+    tls: TlsSettings | None = None  # [proxy.tls]: listeners among `listen`, certificates
 
     @property
     def config(self) -> Path:
@@ -79,6 +82,10 @@ class HaproxySettings:
     @property
     def table_file(self) -> Path:
         return self.state_dir / "haproxy-table.json"
+
+    @property
+    def hold_script(self) -> Path:
+        return self.state_dir / "zerodown-hold.lua"
 
     @property
     def log_file(self) -> Path:

@@ -7,11 +7,12 @@ What HAProxy counts per server, mapped:
   + `wredis` (tries retried here, and tries sent on to another server);
   failures: `econ` as connect, `eresp` as protocol (the tries that failed
   for good: one that a retry saved counts as a retry only).
-- latency: HAProxy keeps no histogram, so `buckets` is {} (as stats.py
-  says a data plane without one reports). p50 is `rtime`, the mean response
-  time of the last 1024 responses (the best central figure it has); p99 is
-  `rtime_max`, the slowest response seen, an upper bound. count is the
-  responses, sum the mean times the count (an estimate).
+- latency: HAProxy keeps no histogram, so the driver builds one from its
+  per-request log (latency.py): buckets, count, sum, p50 and p99 from it.
+  A server with no logged response yet falls back on `show stat`: p50 is
+  `rtime`, the mean response time of the last 1024 responses, p99
+  `rtime_max`, the slowest seen (an upper bound), and `buckets` {} (as
+  stats.py says a data plane without a histogram reports).
 - ejections and panic are 0: HAProxy's passive marks-down are not counted
   apart from check failures, and it has no panic routing.
 
@@ -24,8 +25,10 @@ from collections.abc import Mapping, Sequence
 
 from zerodown.dataplane.haproxy.runtime import StatRow
 from zerodown.dataplane.haproxy.servers import backend_name, server_name
+from zerodown.proxy.metrics import Histogram
 from zerodown.routing import HealthState, PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
 from zerodown.stats import (
+    BUCKET_LABELS,
     FAILURE_KINDS,
     STATUS_CLASSES,
     Counters,
@@ -35,30 +38,47 @@ from zerodown.stats import (
     ServiceStats,
     Stats,
     TargetStats,
+    latency_of,
     sum_counters,
 )
 
 __all__ = ["build_stats", "target_stats"]
 
 
-def build_stats(table: RoutingTable, rows: Sequence[StatRow], connections: int = 0) -> Stats:
+Histograms = Mapping[tuple[str, str], Histogram]  # (backend, server) -> from the log
+
+
+def build_stats(
+    table: RoutingTable,
+    rows: Sequence[StatRow],
+    connections: int = 0,
+    latency: Histograms | None = None,
+) -> Stats:
     by_name = {(row.backend, row.name): row for row in rows}
-    services = {spec.name: _service(spec, by_name) for spec in table.services}
+    services = {spec.name: _service(spec, by_name, latency or {}) for spec in table.services}
     return Stats(services=services, connections=connections, rejected={})
 
 
-def _service(spec: ServiceSpec, rows: Mapping[tuple[str, str], StatRow]) -> ServiceStats:
+def _service(
+    spec: ServiceSpec, rows: Mapping[tuple[str, str], StatRow], latency: Histograms
+) -> ServiceStats:
     pools: dict[PoolName, PoolStats] = {
-        "stable": _pool(spec, spec.stable, rows),
-        "canary": _pool(spec, spec.canary, rows),
+        "stable": _pool(spec, spec.stable, rows, latency),
+        "canary": _pool(spec, spec.canary, rows, latency),
     }
     return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0)
 
 
-def _pool(spec: ServiceSpec, pool: PoolSpec, rows: Mapping[tuple[str, str], StatRow]) -> PoolStats:
+def _pool(
+    spec: ServiceSpec,
+    pool: PoolSpec,
+    rows: Mapping[tuple[str, str], StatRow],
+    latency: Histograms,
+) -> PoolStats:
     backend = backend_name(spec.name)
+    keys = {t.address: (backend, server_name(t.address)) for t in pool.targets}
     targets = {
-        t.address: target_stats(t, rows.get((backend, server_name(t.address))))
+        t.address: target_stats(t, rows.get(keys[t.address]), latency.get(keys[t.address]))
         for t in pool.targets
     }
     summed = sum_counters(targets.values())
@@ -74,15 +94,22 @@ def _pool(spec: ServiceSpec, pool: PoolSpec, rows: Mapping[tuple[str, str], Stat
 
 
 def _pool_latency(items: Sequence[Latency]) -> Latency:
-    """With no histogram to add, the pool's p50 is its targets' p50 weighted
-    by their counts, and its p99 the worst target's."""
+    """The targets' histograms added; with none to add, the pool's p50 is
+    its targets' p50 weighted by their counts, and its p99 the worst target's."""
+    if any(item.buckets for item in items):
+        counted = [item for item in items if item.buckets]
+        cumulative = [sum(i.buckets.get(label, 0) for i in counted) for label in BUCKET_LABELS]
+        counts = [b - a for a, b in zip((0, *cumulative[:-1]), cumulative, strict=True)]
+        return latency_of(counts, sum(i.count for i in counted), sum(i.sum for i in counted))
     count = sum(item.count for item in items)
     p50 = sum(item.p50 * item.count for item in items) / count if count else 0.0
     p99 = max((item.p99 for item in items if item.count), default=0.0)
     return Latency(count=count, sum=sum(i.sum for i in items), p50=p50, p99=p99, buckets={})
 
 
-def target_stats(target: TargetSpec, row: StatRow | None) -> TargetStats:
+def target_stats(
+    target: TargetSpec, row: StatRow | None, histogram: Histogram | None = None
+) -> TargetStats:
     """One target's entry; a target HAProxy does not list (yet) counts nothing and is down."""
     health: HealthState = (
         "down" if row is None or row.status.startswith(("DOWN", "MAINT")) else "up"
@@ -108,7 +135,9 @@ def target_stats(target: TargetSpec, row: StatRow | None) -> TargetStats:
         ejections=0,
         panic=0,
         failures=failures,
-        latency=Latency(
+        latency=histogram.snapshot()
+        if histogram is not None and histogram.count
+        else Latency(
             count=answered,
             sum=mean * answered,
             p50=mean,

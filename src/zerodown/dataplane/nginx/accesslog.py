@@ -13,10 +13,10 @@ rejected by status.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from zerodown.dataplane.accesslog import parse_line
 from zerodown.proxy.metrics import TargetMetrics
 
 __all__ = ["AccessCounters", "Try", "parse_line", "tries"]
@@ -33,18 +33,6 @@ class Try:
     status: int | None  # None: no status (the connection failed before one)
     seconds: float
     last: bool  # the request's final try: its response is the client's
-
-
-def parse_line(datagram: bytes) -> dict[str, str] | None:
-    """The JSON object of one syslog datagram, or None when it holds none."""
-    start = datagram.find(b"{")
-    if start < 0:
-        return None
-    try:
-        value = json.loads(datagram[start:])
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def tries(entry: dict[str, str]) -> Iterator[Try]:
@@ -77,6 +65,11 @@ class AccessCounters:
     foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
     # service -> kind (denied, blocked, rate_limited) -> requests its rules refused (guard.py)
     refused: dict[str, dict[str, int]] = field(default_factory=dict)
+    held: int = 0  # requests held across a recreate's gap and piped by the driver
+    # (service, address) the live config routes to only because our checks
+    # have every target of its pool out (render._healthy: panic routing):
+    # a try there is a panic try, as the embedded proxy counts one.
+    in_panic: frozenset[tuple[str, str]] = frozenset()
 
     def feed(self, datagram: bytes) -> list[Try]:
         """Count one datagram; return its tries (the health checks' proof of answers)."""
@@ -86,7 +79,9 @@ class AccessCounters:
             return []
         self.lines += 1
         seen = list(tries(entry))
-        if not seen:
+        if not seen and "unix:" in entry.get("addr", ""):
+            self.held += 1  # through the driver's hold socket (hold.py), not nginx's own answer
+        elif not seen:
             status = entry.get("status", "")
             self.rejected[status] = self.rejected.get(status, 0) + 1
             kind = entry.get("zr", "")
@@ -98,11 +93,17 @@ class AccessCounters:
         return seen
 
     def metrics(self, service: str, address: str) -> TargetMetrics:
-        return self.targets.setdefault((service, address), TargetMetrics())
+        # get first: one line per request, and a TargetMetrics is not free to build.
+        metrics = self.targets.get((service, address))
+        if metrics is None:
+            metrics = self.targets[(service, address)] = TargetMetrics()
+        return metrics
 
     def _count(self, one: Try) -> None:
         metrics = self.metrics(one.service, one.address)
         metrics.request()
+        if (one.service, one.address) in self.in_panic:
+            metrics.panic()
         if one.last:
             if one.status is None:
                 metrics.fail("other")  # e.g. the client left before an answer
@@ -117,7 +118,9 @@ class AccessCounters:
 
 def _split(value: str) -> list[str]:
     # "a, b : c" -> ["a", "b", "c"]: the ":" group separator is a try boundary too.
-    return [part.strip() for part in value.replace(" : ", ", ").split(",")] if value else []
+    if "," not in value and " : " not in value:
+        return [value] if value else []  # one try: most lines
+    return [part.strip() for part in value.replace(" : ", ", ").split(",")]
 
 
 def _int(text: str) -> int | None:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import pwd
-import secrets
 import signal
 import socket
 import time
@@ -37,11 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.accesslog import LogSocket, LogTarget
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
-from zerodown.dataplane.nginx.render import LogTarget, render
+from zerodown.dataplane.nginx.hold import HoldServers
+from zerodown.dataplane.nginx.render import in_panic, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.prometheus import render_prometheus
@@ -54,14 +55,14 @@ __all__ = ["NginxDataPlane"]
 
 log = logging.getLogger(__name__)
 
-# Many datagrams may arrive between two turns of the event loop under load.
-LOG_RECEIVE_BUFFER: Final = 4 * 1024 * 1024
 ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
 WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
 
 
 class NginxDataPlane(ManagedDataPlane):
-    carries = frozenset()  # plain weighted pools (config/support.py)
+    # Weighted pools, and recreate's hold (hold.py); no request rules to a
+    # pool or sticky cookie (config/support.py).
+    carries = frozenset({"hold"})
 
     def __init__(self, settings: NginxSettings, table: RoutingTable | None = None) -> None:
         self.settings = _with_user(settings)
@@ -76,11 +77,13 @@ class NginxDataPlane(ManagedDataPlane):
         self._lock = asyncio.Lock()
         self._counters = AccessCounters()
         self._health = ActiveHealth(self._health_changed)
-        self._log_socket: socket.socket | None = None
+        self._holds = HoldServers(self.paths.prefix)
+        self._log_socket = LogSocket(self._read_log)
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
         self._watch: asyncio.Task[None] | None = None
+        self.adopted = False  # start found a master serving this state_dir and kept it
 
     def __repr__(self) -> str:
         return (
@@ -101,6 +104,7 @@ class NginxDataPlane(ManagedDataPlane):
         try:
             self._master = process.master_pid(self.paths)
             if self._master is not None:
+                self.adopted = True
                 await self._adopt(saved)
             else:
                 self._generation = _int(saved.get("generation"))
@@ -134,9 +138,14 @@ class NginxDataPlane(ManagedDataPlane):
         # checks (which start optimistic, every target up) re-render.
         out = {(str(k[0]), str(k[1])) for k in _list(saved.get("unhealthy")) if len(k) == 2}
         self._rendered = (self._table, frozenset(out))
+        self._counters.in_panic = in_panic(self._table, frozenset(out))
         if out:
             self._health_changed()
         log.info("adopted nginx master %s at generation %s", self._master, self._generation)
+        # A driver that died in a recreate's gap left nginx sending to the
+        # hold socket: listen there again at once (held requests were lost).
+        await self._holds.listen(self._table)
+        self._holds.update(self._table)
         if saved.get("listen") != self._listen or saved.get("log") != self._log.server:
             await self._reload(self._table)
 
@@ -168,6 +177,7 @@ class NginxDataPlane(ManagedDataPlane):
             await asyncio.wait([self._rerender])
             self._rerender = None
         await self._health.stop()
+        await self._holds.close()
         self._close_log()
 
     @property
@@ -236,17 +246,26 @@ class NginxDataPlane(ManagedDataPlane):
 
     # -- reloads ----------------------------------------------------------------
 
+    async def reload_tls(self) -> None:
+        """nginx's graceful reload: new workers read the certificate files, old
+        ones finish their connections (worker_shutdown_timeout)."""
+        if self.settings.tls is not None:
+            async with self._lock:
+                await self._reload(self._table)
+
     async def _reload(self, table: RoutingTable) -> None:
         """Render, test, swap in and make live `table`; the old config serves on failure."""
         unhealthy = self._unhealthy(table)
         generation = self._generation + 1
         self._sticky_key(table)
+        await self._holds.listen(table)  # before nginx is told to send there
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         _write_private(self.paths.pending, text)
         try:
             await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)
         except DataPlaneError:
             self.paths.pending.unlink(missing_ok=True)
+            self._holds.update(self._table)
             raise
         os.replace(self.paths.pending, self.paths.conf)  # atomic: nginx never reads half a file
         old = self._workers()
@@ -254,8 +273,14 @@ class NginxDataPlane(ManagedDataPlane):
             self._master = await process.launch(self._binary, self.paths, self._timeout)
         else:
             process.signal_master(self._master, signal.SIGHUP)
-        await self._confirm(generation, old)
+        try:
+            await self._confirm(generation, old)
+        except DataPlaneError:
+            self._holds.update(self._table)
+            raise
+        self._holds.update(table)  # held requests go to the targets nginx now routes to
         self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
+        self._counters.in_panic = in_panic(table, unhealthy)
         self._save()
 
     def _sticky_key(self, table: RoutingTable) -> None:
@@ -345,40 +370,23 @@ class NginxDataPlane(ManagedDataPlane):
 
     def _open_log(self, saved: dict[str, object]) -> None:
         """Bind where nginx sends its log: where the last driver had it, if free."""
-        key = saved.get("log_key")
-        key = key if isinstance(key, str) and key.isalnum() else secrets.token_hex(8)
-        if self.settings.log_transport == "unix":
-            path = self.paths.access_socket
-            path.unlink(missing_ok=True)  # a dead driver's socket: nginx reconnects by path
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(str(path))
-            server = f"unix:{path}"
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("127.0.0.1", _saved_port(saved.get("log"))))
-            server = f"127.0.0.1:{sock.getsockname()[1]}"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOG_RECEIVE_BUFFER)
-        sock.setblocking(False)
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_log)
-        self._log_socket, self._log = sock, LogTarget(server, key)
-        self._counters.key = key
+        server, key = saved.get("log"), saved.get("log_key")
+        last = (
+            LogTarget(server, key if isinstance(key, str) else "")
+            if isinstance(server, str)
+            else None
+        )
+        transport = self.settings.log_transport
+        self._log = self._log_socket.open(transport, self.paths.access_socket, last)
+        self._counters.key = self._log.key
 
     def _close_log(self) -> None:
-        sock, self._log_socket = self._log_socket, None
-        if sock is not None:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        self._log_socket.close()
 
-    def _read_log(self) -> None:
-        sock = self._log_socket
-        while sock is not None:
-            try:
-                datagram = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            for one in self._counters.feed(datagram):
-                if one.status is not None and one.status < 500:
-                    self._health.answered((one.service, one.address))
+    def _read_log(self, datagram: bytes) -> None:
+        for one in self._counters.feed(datagram):
+            if one.status is not None and one.status < 500:
+                self._health.answered((one.service, one.address))
 
 
 def _with_user(settings: NginxSettings) -> NginxSettings:
@@ -406,19 +414,6 @@ def _int(value: object) -> int:
 
 def _list(value: object) -> list[list[object]]:
     return [v for v in value if isinstance(v, list)] if isinstance(value, list) else []
-
-
-def _saved_port(server: object) -> int:
-    """The last driver's UDP log port if it is still free, else 0 (any)."""
-    if not isinstance(server, str) or not server.startswith("127.0.0.1:"):
-        return 0
-    port = int(server.rpartition(":")[2])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return 0
-    return port
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -28,7 +28,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
+from zerodown.dataplane.accesslog import LogTarget
+from zerodown.dataplane.nginx import tls as nginx_tls
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
+from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.nginx.sticky import (
     SECURE_MAP,
@@ -37,9 +40,10 @@ from zerodown.dataplane.nginx.sticky import (
     unsupported_sticky,
 )
 from zerodown.dataplane.nginx.stream import load_stream, stream_block
+from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
-from zerodown.routing import ServiceSpec, TargetSpec, parse_address
+from zerodown.routing import RoutingTable, ServiceSpec, TargetSpec, parse_address
 
 __all__ = [
     "CONTROL_PATH",
@@ -47,6 +51,7 @@ __all__ = [
     "STATUS_PATH",
     "LogTarget",
     "Server",
+    "in_panic",
     "render",
     "server_weights",
     "unsupported",
@@ -76,14 +81,8 @@ _BALANCE = {
 _HASH_KEYS = {"path": "$uri", "ip": "$remote_addr"}
 _BACKUP_BALANCERS = ("round_robin", "least_conn", "least_time")
 _REQUEST_ID_HEADER = "add_header X-Request-ID $zd_request_id always;"
-
-
-@dataclass(frozen=True, slots=True)
-class LogTarget:
-    """Where nginx sends its access log (syslog `server=`), and the key each line carries."""
-
-    server: str  # "unix:/path" or "127.0.0.1:port"
-    key: str = ""  # [0-9a-f]*: it goes into the config unquoted
+# Beyond the hold timeout, the app's own time to answer a held request.
+HOLD_READ_MARGIN = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +114,10 @@ def render(
     http = [
         *_http_common(settings, paths, log),
         *guard_http(services),
-        *(_upstream(s, unhealthy, settings.keepalive) for s in services),
+        *(_upstream(s, unhealthy, settings.keepalive, paths) for s in services),
         *_sticky(services, unhealthy, settings),
-        *_servers(services, listen, unhealthy),
+        *_servers(services, listen, unhealthy, settings.tls),
+        *nginx_tls.redirect_block(listen, settings.tls),
         _control_server(paths, generation),
     ]
     if settings.extra_http.strip():
@@ -158,6 +158,20 @@ def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()
         )
         for t in targets
     ]
+
+
+def in_panic(
+    table: RoutingTable, unhealthy: frozenset[tuple[str, str]]
+) -> frozenset[tuple[str, str]]:
+    """(service, address) routed although our checks have them out: every
+    routable target of their pool is out, so the pool routes to all (_healthy)."""
+    panic = set()
+    for spec in table.services:
+        for pool in (spec.stable.targets, spec.canary.targets):
+            routable = [t.address for t in pool if t.state == "ready" and t.weight > 0]
+            if routable and all((spec.name, a) in unhealthy for a in routable):
+                panic |= {(spec.name, a) for a in routable}
+    return frozenset(panic)
 
 
 def _healthy(targets: Iterable[TargetSpec], unhealthy: frozenset[str]) -> list[TargetSpec]:
@@ -224,6 +238,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         # and (nginx's default, kept: no `non_idempotent`) never a POST or
         # PATCH once it was sent, since the app may have acted on it.
         "proxy_next_upstream error timeout;",
+        *nginx_tls.http_lines(settings.tls),
     ]
 
 
@@ -232,7 +247,11 @@ def _trusted(cidrs: Sequence[str]) -> str:
     return f"geo $realip_remote_addr $zd_trusted {{ default 0; {entries} }}".replace("  ", " ")
 
 
-def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int) -> str:
+def _upstream(
+    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int, paths: Paths
+) -> str:
+    if holds(service):
+        return _hold_upstream(service, paths)
     down = frozenset(a for s, a in unhealthy if s == service.name)
     servers = server_weights(service, down)
     if not any(s.weight for s in servers):
@@ -248,6 +267,14 @@ def _upstream(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepa
     lines += _panic_backups(service, servers)
     lines.append(f"keepalive {keepalive};")
     body = _indent(line for line in lines if line)
+    return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
+
+
+def _hold_upstream(service: ServiceSpec, paths: Paths) -> str:
+    """Recreate's gap: the driver holds the requests (hold.py). No keepalive:
+    one connection per held request, piped to the new target once it serves."""
+    where = socket_path(paths.prefix, service.name)
+    body = _indent([f"server unix:{where} max_fails=0;  # held by zerodown"])
     return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
 
 
@@ -279,17 +306,24 @@ def _balance(service: ServiceSpec) -> str:
 
 
 def _servers(
-    services: Sequence[ServiceSpec], listen: Sequence[str], unhealthy: frozenset[tuple[str, str]]
+    services: Sequence[ServiceSpec],
+    listen: Sequence[str],
+    unhealthy: frozenset[tuple[str, str]],
+    tls: NginxTls | None = None,
 ) -> list[str]:
     hosts: dict[str, list[ServiceSpec]] = {}
     for s in services:
         hosts.setdefault(s.host.lower(), []).append(s)
     hosts.setdefault("*", [])  # a catch-all answers 404 for hosts nobody routes
+    for name in nginx_tls.sni_hosts(tls):
+        hosts.setdefault(name, [])  # routed as its host would be, with its certificate
+    listen = nginx_tls.route_listen(listen, tls)
     blocks = []
     for host in sorted(hosts, key=lambda h: h == "*"):
         routed = _routes_for(host, hosts)
-        listens = [_listen(a, default=host == "*") for a in listen]
+        listens = [nginx_tls.listen_line(a, default=host == "*", tls=tls) for a in listen]
         body = [*listens, f"server_name {'_' if host == '*' else host};"]
+        body += nginx_tls.certificate_lines(host, tls)
         body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
         body += guard_named(routed)
         if not any(s.path == "/" for s in routed):
@@ -326,7 +360,18 @@ def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> st
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
     body = guard_location(service)  # refusals first: before any rewrite or upstream
-    if not any(s.weight for s in server_weights(service, down)):
+    if holds(service):
+        assert service.hold is not None
+        # One try (the hold socket), and a read timeout past the hold's, so
+        # nginx waits for the held request's answer rather than give up first.
+        if service.strip_prefix and stem:
+            body.append(f"rewrite ^{stem}/?(.*)$ /$1 break;")
+        body += [
+            "proxy_next_upstream off;",
+            f"proxy_read_timeout {_seconds(service.hold.timeout + HOLD_READ_MARGIN)};",
+            f"proxy_pass http://{upstream_name(service.name)};",
+        ]
+    elif not any(s.weight for s in server_weights(service, down)):
         body.append("return 503;")
     else:
         if service.strip_prefix and stem:
@@ -379,12 +424,6 @@ def _control_server(paths: Paths, generation: int) -> str:
     )
 
 
-def _listen(address: str, *, default: bool) -> str:
-    host, port = parse_address(address)
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"listen {where}{' default_server' if default else ''};"
-
-
 def _upstream_address(address: str) -> str:
     host, port = parse_address(address)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -408,7 +447,10 @@ def unsupported(service: ServiceSpec) -> list[str]:
         (bool(service.split.cohorts), "split.cohorts (header/cookie rules to a pool)"),
         (service.split.sticky_cookie is not None, "split.sticky_cookie"),
         (service.slow_start > 0, "slow_start (NGINX Plus only)"),
-        (service.hold is not None, "hold (waiting for a target while none serves)"),
+        (
+            service.hold is not None and service.hold.maintenance_html is not None,
+            "hold.maintenance_html (a maintenance page)",
+        ),
         (service.websocket_drain == "close", 'websocket_drain = "close"'),
         (service.balance == "least_time", 'balance = "least_time" (NGINX Plus; use least_conn)'),
     ]

@@ -1,7 +1,14 @@
 """The table, the access-log counters and the health verdicts -> Stats. Pure.
 
-nginx cannot tell how many requests a target has open (it logs a request
-when it ends), so `in_flight` is 0 here; everything else is counted.
+nginx cannot tell how many requests a target has open: it logs a request
+when it ends, open-source nginx has no per-upstream live counters (that is
+NGINX Plus's API), and its connections to a target cannot stand in for
+them (`keepalive` holds idle ones open). So `in_flight` is 0 here; drains
+wait on the old workers instead (driver.py). Everything else is counted.
+`panic` counts tries at targets the live config routes to only because our
+checks had every target of their pool out (accesslog.AccessCounters.in_panic);
+nginx's own fallback to the `backup # panic` servers (max_fails) shows the
+same address in the log as the primary, so it cannot be told apart.
 `connections` comes from stub_status on the control socket (all workers,
 old ones still finishing included).
 """
@@ -13,7 +20,15 @@ from collections.abc import Collection
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.proxy.metrics import TargetMetrics
 from zerodown.routing import PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
-from zerodown.stats import Counters, PoolStats, ServiceStats, Stats, TargetStats, pool_entry
+from zerodown.stats import (
+    Counters,
+    PoolStats,
+    ServiceStats,
+    Stats,
+    TargetStats,
+    pool_entry,
+    service_panic,
+)
 
 __all__ = ["build_stats"]
 
@@ -39,7 +54,7 @@ def _service(
     return ServiceStats(
         pools=pools,
         canary_weight=spec.split.canary_weight,
-        panic=0,
+        panic=service_panic(pools),
         denied=refused.get("denied", 0),
         blocked=refused.get("blocked", 0),
         rate_limited=refused.get("rate_limited", 0),

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
-LogTransport = Literal["udp", "unix"]
+from zerodown.dataplane.accesslog import LogTransport
+from zerodown.dataplane.nginx.tls import NginxTls
 
 DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
 DEFAULT_KEEPALIVE: Final = 32  # idle upstream connections each worker keeps per service
@@ -44,6 +45,7 @@ class NginxSettings:
     extra_http: str = ""
     # Signs the tokens of sticky cookies (hex, from state_dir; proxy/sticky.py).
     sticky_key: str = ""
+    tls: NginxTls | None = None  # [proxy.tls]: listeners among `listen`, certificates
 
 
 @dataclass(frozen=True, slots=True)
