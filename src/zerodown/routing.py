@@ -31,6 +31,9 @@ TableFeature = Literal["cohorts", "sticky_cookie", "hold"]
 TABLE_FEATURES: frozenset[TableFeature] = frozenset({"cohorts", "sticky_cookie", "hold"})
 BalanceName = Literal["round_robin", "least_conn", "ip_hash", "hash", "random_two", "least_time"]
 WebSocketDrain = Literal["keep", "close"]
+# http: routed by host and path on the shared listeners; tcp: raw bytes on a
+# listener of its own (`listen`), balanced per connection (proxy/tcp.py).
+ServiceMode = Literal["http", "tcp"]
 
 DEFAULT_WEIGHT = 1
 MAX_WEIGHT = 1000
@@ -107,7 +110,7 @@ class Split(_Value):
 
 
 class HealthSpec(_Value):
-    path: str = "/health"
+    path: str | None = "/health"  # None: the check is a TCP connect (a tcp service's)
     interval: float = Field(default=1.0, gt=0)
     timeout: float = Field(default=2.0, gt=0)
     rise: int = Field(default=2, ge=1)
@@ -176,6 +179,16 @@ class ServiceSpec(_Value):
     sticky: StickySpec | None = None
     guard: GuardSpec | None = None  # allow/deny, block, rate_limit (guardspec.py)
     cache: CacheSpec | None = None  # a shared HTTP cache (cachespec.py)
+    mode: ServiceMode = "http"
+    listen: str | None = None  # "host:port" of a tcp service's own listener
+
+    @model_validator(mode="after")
+    def _listen_for_tcp(self) -> ServiceSpec:
+        if (self.mode == "tcp") != (self.listen is not None):
+            raise ValueError("a tcp service, and only a tcp service, has its own `listen`")
+        if self.listen is not None:
+            parse_address(self.listen)
+        return self
 
     @field_validator("path")
     @classmethod
@@ -202,8 +215,10 @@ class RoutingTable(_Value):
     @classmethod
     def _unique_routes(cls, services: tuple[ServiceSpec, ...]) -> tuple[ServiceSpec, ...]:
         names = [s.name for s in services]
-        routes = [f"{s.host.lower()}{s.path}" for s in services]
-        for label, items in (("service name", names), ("route", routes)):
+        # A tcp service is reached by its listener, not by a route.
+        routes = [f"{s.host.lower()}{s.path}" for s in services if s.mode == "http"]
+        listens = [s.listen for s in services if s.listen is not None]
+        for label, items in (("service name", names), ("route", routes), ("listen", listens)):
             dupes = {i for i in items if items.count(i) > 1}
             if dupes:
                 raise ValueError(f"{label} used twice: {', '.join(sorted(dupes))}")
@@ -211,6 +226,14 @@ class RoutingTable(_Value):
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def http_services(self) -> tuple[ServiceSpec, ...]:
+        return tuple(s for s in self.services if s.mode == "http")
+
+    @property
+    def tcp_services(self) -> tuple[ServiceSpec, ...]:
+        return tuple(s for s in self.services if s.mode == "tcp")
 
 
 def with_target_state(

@@ -223,6 +223,7 @@ def test_the_request_is_a_plain_get_with_connection_close(run: Run) -> None:
 
 def test_default_host_header_is_the_target_address() -> None:
     checker = HealthChecker("::1", 9001, FAST, lambda ok: None)
+    assert checker._request is not None
     assert b"\r\nHost: [::1]:9001\r\n" in checker._request
 
 

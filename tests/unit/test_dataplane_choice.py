@@ -38,6 +38,7 @@ USES = [
     'cache = { max_size = "64MB" }',
     "cache = { authorized = true }",
     'cache = { max_size = "5g" }',
+    'mode = "tcp"\nlisten = "0.0.0.0:6432"',
 ]
 
 

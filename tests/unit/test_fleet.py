@@ -61,6 +61,8 @@ NOT_DEFAULT: dict[str, dict[str, object]] = {
     "sticky": {"sticky": {"cookie": "sid", "ttl": "2h"}},
     "guard": {"deny": ["10.9.0.0/16"]},
     "cache": {"cache": {"max_size": "8m"}},
+    "mode": {"mode": "tcp", "listen": "0.0.0.0:6432"},
+    "listen": {"mode": "tcp", "listen": "0.0.0.0:6432"},
 }
 
 

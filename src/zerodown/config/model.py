@@ -35,6 +35,19 @@ class Config(Table):
         return services
 
     @model_validator(mode="after")
+    def _listeners(self) -> Config:
+        # Two listeners on one port: the second bind fails at start; say so at load.
+        seen = {_port(a): "[proxy] listen" for a in self.proxy.listen if _port(a) != 0}
+        for name, service in self.services.items():
+            if service.listen is None:
+                continue
+            port = _port(service.listen)
+            if port in seen:
+                raise problem(f"port {port} is also {seen[port]}", "services", name, "listen")
+            seen[port] = f"services.{name}.listen"
+        return self
+
+    @model_validator(mode="after")
     def _carried(self) -> Config:
         for key, reason in proxy_not_carried(self.proxy):
             raise problem(reason, "proxy", *key.split("."))
@@ -42,6 +55,15 @@ class Config(Table):
             for key, reason in not_carried(self.proxy.dataplane, service):
                 raise problem(reason, "services", name, *key.split(" ")[0].split("."))
         return self
+
+    def listen_addresses(self) -> list[str]:
+        """What the data plane is started on: `[proxy] listen` first, then, for
+        the embedded one, each tcp service's own listener (it tells them apart
+        by the routing table, proxy/tcp.py; HAProxy and nginx render theirs)."""
+        if self.proxy.dataplane != "embedded":
+            return self.proxy.listeners()
+        tcp = [s.listen for s in self.services.values() if s.listen is not None]
+        return [*self.proxy.listeners(), *tcp]
 
     def proxy_settings(self) -> ProxySettings:
         return self.proxy.settings()
@@ -64,8 +86,14 @@ def _check_routes(services: dict[str, ServiceConfig]) -> None:
     # Two services on one route: the router would pick one silently; say which two.
     seen: dict[tuple[str, str], str] = {}
     for name, service in services.items():
+        if service.mode == "tcp":
+            continue  # reached by its own listener
         route = (service.route.host, service.route.path)
         if route in seen:
             reason = f"same route (host {route[0]!r}, path {route[1]!r}) as service {seen[route]!r}"
             raise problem(reason, name, "route")
         seen[route] = name
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])

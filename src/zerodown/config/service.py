@@ -33,6 +33,7 @@ from zerodown.config.strategy import (
     RollingConfig,
     StrategyName,
 )
+from zerodown.config.tcp import http_only_keys
 from zerodown.proxy.settings import DRAIN_TIMEOUT
 from zerodown.routing import (
     BalanceName,
@@ -40,6 +41,7 @@ from zerodown.routing import (
     HoldSpec,
     PassiveHealthSpec,
     PoolSpec,
+    ServiceMode,
     ServiceSpec,
     Split,
     StickySpec,
@@ -134,6 +136,10 @@ class StickyConfig(Table):
 
 
 class ServiceConfig(Table):
+    # L7 (routed by host and path) or L4 (raw TCP on a listener of its own)
+    mode: ServiceMode = same_as(ServiceSpec, "mode")
+    listen: Address | None = None
+
     # routing and balancing
     route: RouteConfig = RouteConfig()
     balance: BalanceName = same_as(ServiceSpec, "balance")
@@ -215,6 +221,18 @@ class ServiceConfig(Table):
         return self
 
     @model_validator(mode="after")
+    def _tcp(self) -> ServiceConfig:
+        if self.mode == "http":
+            if self.listen is not None:
+                raise problem('only a mode = "tcp" service has a `listen` of its own', "listen")
+            return self
+        if self.listen is None:
+            raise problem('a mode = "tcp" service needs `listen = "host:port"`', "listen")
+        for key, why in http_only_keys(self):
+            raise problem(f"HTTP only, refused on a tcp service: {why}", *key.split("."))
+        return self
+
+    @model_validator(mode="after")
     def _ports_fit(self) -> ServiceConfig:
         # Checked at load, not at the deploy that runs out of ports half-way
         # (or spawns instances that all fail to bind).
@@ -271,7 +289,7 @@ class ServiceConfig(Table):
             canary=canary,
             split=split,
             hold=hold,
-            health=self.health.spec() if self.health else None,
+            health=self.health_spec(),
             passive=self.passive.spec() if self.passive else None,
             slow_start=self.slow_start,
             tries=self.tries,
@@ -280,4 +298,13 @@ class ServiceConfig(Table):
             sticky=self.sticky.spec() if self.sticky else None,
             guard=guard_spec(self.allow, self.deny, self.rate_limit, self.block),
             cache=self.cache.spec() if self.cache else None,
+            mode=self.mode,
+            listen=self.listen,
         )
+
+    def health_spec(self) -> HealthSpec | None:
+        if self.health is None:
+            return None
+        spec = self.health.spec()
+        # A tcp service's check is a connect: no path to ask for.
+        return spec.model_copy(update={"path": None}) if self.mode == "tcp" else spec

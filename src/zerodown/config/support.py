@@ -87,6 +87,8 @@ FEATURES: tuple[Feature, ...] = (
         lambda s: s.cache is not None and s.cache.max_size > HAPROXY_MAX_CACHE,
         EMBEDDED_NGINX,
     ),
+    # L4 (config/tcp.py): HAProxy in `mode tcp`, nginx in its `stream {}` block.
+    Feature('mode = "tcp"', lambda s: s.mode == "tcp", EVERY),
 )
 
 

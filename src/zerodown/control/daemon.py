@@ -93,7 +93,7 @@ class Daemon:
         # Sockets handed over by an older generation that served in-process
         # count only if no data plane runs to adopt.
         handed = given.listen if given and config.proxy.dataplane == "embedded" else None
-        await self.dataplane.start(handed or config.proxy.listeners())
+        await self.dataplane.start(handed or config.listen_addresses())
         if config.proxy.tls is not None and getattr(self.dataplane, "adopted", False):
             await self.dataplane.reload_tls()  # a hot restart reads the certificates again
         self.store = SqliteStore(self.state_dir / DB_FILENAME)
@@ -184,7 +184,7 @@ class Daemon:
             pid = await start_successor(self.restart_argv, [], self.admin.socket, lock)
         except HandoverError as exc:
             log.error("hot restart failed, serving on: %s", exc)
-            await self.dataplane.start(self.config.proxy.listeners())  # adopt it again
+            await self.dataplane.start(self.config.listen_addresses())  # adopt it again
             await self.admin.start()
             return False
         print(f"zerodown: handed over to pid {pid}; finishing in-flight requests", flush=True)

@@ -148,10 +148,9 @@ class FleetOperations:
     async def gate(
         self, fleet: Fleet, instances: list[Instance], alive: Callable[[Instance], bool]
     ) -> None:
-        health = fleet.config.health
         await wait_healthy(
             instances,
-            health.spec() if health else None,
+            fleet.config.health_spec(),  # a connect check for a tcp service
             fleet.config.deploy_timeout,
             alive,
             self.runtimes[fleet.name],

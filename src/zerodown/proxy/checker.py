@@ -13,6 +13,7 @@ on a passing check, so `on_check` is the only input the state machine needs.
 
 A fresh connection per check (never a pooled one) so a check proves the
 target still accepts connections, which is what a real request needs first.
+A spec without a path (a tcp service's) checks only that: the connect passes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ CheckResult = Literal["pass", "fail", "timeout"]
 JITTER: Final = 0.1
 READ_CHUNK: Final = 4096
 USER_AGENT: Final = "zerodown-health"
+CONNECTED: Final = 200  # what a passing connect check counts as
 
 
 class HealthChecker:
@@ -58,13 +60,18 @@ class HealthChecker:
         self.on_result = on_result
         self.last_error: str | None = None  # why the last check failed; None after a pass
         self._clock = clock
-        self._request = _build_request(spec.path, host_header or _authority(host, port))
+        self._request = (
+            None
+            if spec.path is None
+            else _build_request(spec.path, host_header or _authority(host, port))
+        )
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         running = self._task is not None and not self._task.done()
         return (
-            f"<HealthChecker {_authority(self.host, self.port)}{self.spec.path} running={running}>"
+            f"<HealthChecker {_authority(self.host, self.port)}{self.spec.path or ''} "
+            f"running={running}>"
         )
 
     def start(self) -> None:
@@ -97,7 +104,7 @@ class HealthChecker:
             return self._fail(f"no response within {self.spec.timeout}s", "timeout")
         except Exception as exc:  # noqa: BLE001 - a check turns every failure into "not ok"
             return self._fail(f"{type(exc).__name__}: {exc}")
-        if not _expected(status, self.spec.expect_status):
+        if self._request is not None and not _expected(status, self.spec.expect_status):
             return self._fail(f"status {status}")
         self.last_error = None
         return "pass"
@@ -130,6 +137,8 @@ class HealthChecker:
     async def _fetch_status(self) -> int:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
+            if self._request is None:
+                return CONNECTED  # a connect check: accepting is all it asks
             writer.write(self._request)
             await writer.drain()
             return await _read_status(reader)

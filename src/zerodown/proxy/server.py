@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -34,7 +35,8 @@ from zerodown.proxy.router import Router
 from zerodown.proxy.service import HealthHook, Service
 from zerodown.proxy.settings import ProxySettings
 from zerodown.proxy.target import Target
-from zerodown.routing import DrainResult, RoutingTable, with_target_state
+from zerodown.proxy.tcp import TcpFront
+from zerodown.routing import DrainResult, RoutingTable, parse_address, with_target_state
 from zerodown.stats import ServiceStats, Stats, pool_entry, service_panic
 
 HOLD_POLL = 0.1  # seconds between looks for a target while a request is held
@@ -80,6 +82,9 @@ class ProxyServer:
         self._closed_event = asyncio.Event()
         self._access_log: IO[str] | None = None
         self._buckets: BucketTable | None = None  # made when a service first limits rates
+        # tcp services: their open connections, and which listening port is whose
+        self.tcp = TcpFront(self)
+        self._tcp_ports: dict[int, str] = {}
         self.apply_now(table or RoutingTable())
 
     def __repr__(self) -> str:
@@ -103,7 +108,7 @@ class ProxyServer:
         if secure and self.https_port is None:
             self.https_port = sock.getsockname()[1]
         scheme = b"https" if secure else b"http"
-        factory = lambda: ClientConnection(self, scheme=scheme)  # noqa: E731
+        factory = functools.partial(self._protocol, sock.getsockname()[1], scheme)
         timeout = self.settings.header_timeout
         expect = self._expect_proxy(scheme) if self.settings.proxy_protocol else None
         listener = Listener(
@@ -146,6 +151,12 @@ class ProxyServer:
         log.info("TLS certificates reloaded")
         return True
 
+    def _protocol(self, port: int, scheme: bytes) -> asyncio.Protocol:
+        # Looked up per connection, so the table in force decides: a listener
+        # is a tcp service's when the table says that service listens there.
+        tcp = self._tcp_ports.get(port)
+        return self.tcp.protocol(tcp) if tcp is not None else ClientConnection(self, scheme=scheme)
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [sock.getsockname()[:2] for sock in self._sockets]
@@ -185,7 +196,10 @@ class ProxyServer:
             }
         except Exception as exc:  # an illegal target move: the old table stays in force
             raise DataPlaneError(f"routing table refused: {exc}") from exc
-        self.router = Router(list(new.values()))
+        self.router = Router([s for s in new.values() if s.spec.mode == "http"])
+        self._tcp_ports = {
+            parse_address(s.listen)[1]: s.name for s in table.services if s.listen is not None
+        }
         self.services = new
         self.table = table
         for name, service in old.items():
@@ -265,6 +279,7 @@ class ProxyServer:
         target.sticky_until = 0.0  # drained: its clients move on
         if not completed:
             cancelled += self._cancel_busy(target, tunnels_only=False)
+            cancelled += self.tcp.cut(target)  # open tcp connections end at the deadline
         return DrainResult(service, address, completed, cancelled, time.monotonic() - started)
 
     def _find(self, service: str, address: str) -> Target:
@@ -323,7 +338,7 @@ class ProxyServer:
             )
         return Stats(
             services=services,
-            connections=len(self.connections),
+            connections=len(self.connections) + len(self.tcp.pipes),  # tcp ones too
             rejected={str(status): n for status, n in sorted(self.rejected.items())},
         )
 
@@ -376,12 +391,14 @@ class ProxyServer:
             listener.close()
         for conn in list(self.connections):
             conn.shutdown(min(idle_grace, timeout))
+        deadline = self.loop.time() + timeout
         if self.connections:
             try:
                 await asyncio.wait_for(self._closed_event.wait(), timeout)
             except TimeoutError:
                 for conn in list(self.connections):
                     conn.abort()
+        await self.tcp.close(max(0.0, deadline - self.loop.time()))
         await self._close_services()
         if self._access_log is not None and self._access_log is not sys.stdout:
             self._access_log.close()

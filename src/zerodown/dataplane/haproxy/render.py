@@ -47,6 +47,7 @@ _RETRY_ON: Final = "conn-failure 0rtt-rejected"
 # Hex of the frontend and client endpoints, the accept time and a counter:
 # unique per request across workers and reloads of this host.
 _UNIQUE_ID: Final = "%{+X}o%ci%cp%fi%fp%Ts%ms%rt%pid"
+_TCP_LOG_FORMAT: Final = '"%ci:%cp %b/%s %Tw/%Tc/%Tt %B"'
 
 
 def unsupported(table: RoutingTable) -> list[str]:
@@ -90,7 +91,9 @@ def render(
     """The whole haproxy.cfg; `log`, where each request's line goes (latency.py)."""
     parts = [_global(table, settings, log), _defaults(settings, log), *cache_sections(table)]
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
-    parts += [_backend(spec, settings) for spec in table.services]
+    parts += [_tcp_frontend(spec) for spec in table.tcp_services]
+    parts += [_backend(spec, settings) for spec in table.http_services]
+    parts += [_tcp_backend(spec) for spec in table.tcp_services]
     parts.append(_no_route())
     if settings.extra is not None:
         parts.append(f"# {settings.extra}, appended verbatim\n{settings.extra.read_text()}")
@@ -122,7 +125,6 @@ def _defaults(settings: HaproxySettings, log: LogTarget | None) -> str:
         "defaults",
         "mode http",
         *logging,
-        "option forwardfor",
         "option redispatch 1",
         f"retry-on {_RETRY_ON}",
         "load-server-state-from-file global",
@@ -143,12 +145,13 @@ def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySe
     if secure and settings.tls is not None:
         bind += bind_options(settings.state_dir, settings.tls)
     proto = "https" if secure else "http"
-    lines = [f"bind {bind}", *_expect_proxy(settings), f"unique-id-format {_UNIQUE_ID}"]
+    lines = [f"bind {bind}", "option forwardfor", *_expect_proxy(settings)]
+    lines.append(f"unique-id-format {_UNIQUE_ID}")
     lines += _forwarded(settings, proto)
     # The Host header without its port, lowercased, as the router compares it.
     lines.append("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
     lines += redirect_lines(address, settings.tls)
-    for rank, spec in enumerate(route_order(table.services)):
+    for rank, spec in enumerate(route_order(table.http_services)):
         lines += _route(rank, spec)
     lines.append(f"default_backend {NO_ROUTE_BACKEND}")
     return _section(f"frontend fe_{index}", *lines)
@@ -164,6 +167,41 @@ def _expect_proxy(settings: HaproxySettings) -> list[str]:
         return []
     trusted = " ".join(settings.trusted_proxies)
     return [f"tcp-request connection expect-proxy layer4 if {{ src {trusted} }}"]
+
+
+def _tcp_frontend(spec: ServiceSpec) -> str:
+    """A tcp service's own listener, in `mode tcp`: bytes to its backend."""
+    assert spec.listen is not None
+    host, port = parse_address(spec.listen)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = backend_name(spec.name).replace("be_", "ft_", 1)
+    # Not logged, with a format of its own: a log-format in `defaults` that
+    # names HTTP fields (%Tr, %ST) makes a tcp frontend invalid.
+    logging = ["no log", f"log-format {_TCP_LOG_FORMAT}"]
+    lines = ["mode tcp", f"bind {bind}", *logging, *_tcp_access(spec)]
+    return _section(f"frontend {name}", *lines, f"default_backend {backend_name(spec.name)}")
+
+
+def _tcp_access(spec: ServiceSpec) -> list[str]:
+    """allow/deny by the peer address, before anything is read (deny wins)."""
+    guard = spec.guard
+    lines = []
+    if guard is not None and guard.allow:
+        lines.append(f"tcp-request connection reject unless {{ src {' '.join(guard.allow)} }}")
+    if guard is not None and guard.deny:
+        lines.append(f"tcp-request connection reject if {{ src {' '.join(guard.deny)} }}")
+    return lines
+
+
+def _tcp_backend(spec: ServiceSpec) -> str:
+    """Balanced per connection; a server's `check` with no httpchk is a TCP
+    connect (configuration.txt, "check"), as the embedded one checks; a
+    failed connect is retried on another server (`redispatch`)."""
+    lines = ["mode tcp", *_balance(spec), f"retries {spec.tries - 1}"]
+    if spec.health is not None:
+        lines += ["option tcp-check", f"timeout check {_ms(spec.health.timeout)}"]
+    lines += [f"server {server_line(spec, server)}" for server in servers(spec)]
+    return _section(f"backend {backend_name(spec.name)}", *lines)
 
 
 def _forwarded(settings: HaproxySettings, proto: str) -> list[str]:
@@ -304,7 +342,8 @@ def server_line(spec: ServiceSpec, server: Server) -> str:
         # by errors comes back by passing checks; with none it would stay out.
         if spec.passive is not None:
             limit = spec.passive.consecutive_errors
-            words.append(f"observe layer7 error-limit {limit} on-error mark-down")
+            layer = "layer4" if spec.mode == "tcp" else "layer7"  # connects, or 5xx too
+            words.append(f"observe {layer} error-limit {limit} on-error mark-down")
     if spec.slow_start > 0:
         words.append(f"slowstart {_ms(spec.slow_start)}")
     if server.state == "maint":

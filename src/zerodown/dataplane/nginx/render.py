@@ -41,6 +41,7 @@ from zerodown.dataplane.nginx.sticky import (
     sticky_blocks,
     unsupported_sticky,
 )
+from zerodown.dataplane.nginx.stream import load_stream, stream_block
 from zerodown.dataplane.nginx.tls import NginxTls
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
@@ -110,6 +111,8 @@ def render(
     """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
     paths = Paths(settings.state_dir)
     log = log or LogTarget(f"unix:{paths.access_socket}")
+    tcp = [s for s in services if s.mode == "tcp"]
+    services = [s for s in services if s.mode == "http"]  # tcp ones: stream.py
     http = [
         *_http_common(settings, paths, log),
         *guard_http(services),
@@ -123,7 +126,20 @@ def render(
     http = _proxied(settings, http)  # the server blocks' TCP listeners, when asked
     if settings.extra_http.strip():
         http.append(settings.extra_http)
-    return "\n".join([*_main(settings, paths), "http {", _indent(http), "}", ""])
+    main = _main(settings, paths)
+    stream = stream_block(tcp, _tcp_weights(tcp, unhealthy))
+    main = [main[0], *load_stream(tcp), *main[1:]]  # load_module: before any block
+    return "\n".join([*main, "http {", _indent(http), "}", *stream, ""])
+
+
+def _tcp_weights(
+    services: Sequence[ServiceSpec], unhealthy: frozenset[tuple[str, str]]
+) -> dict[str, list[tuple[str, int | None]]]:
+    weights = {}
+    for service in services:
+        down = frozenset(a for s, a in unhealthy if s == service.name)
+        weights[service.name] = [(s.address, s.weight) for s in server_weights(service, down)]
+    return weights
 
 
 def server_weights(service: ServiceSpec, unhealthy: frozenset[str] = frozenset()) -> list[Server]:
