@@ -42,6 +42,7 @@ _RETRY_ON: Final = "conn-failure 0rtt-rejected"
 # Hex of the frontend and client endpoints, the accept time and a counter:
 # unique per request across workers and reloads of this host.
 _UNIQUE_ID: Final = "%{+X}o%ci%cp%fi%fp%Ts%ms%rt%pid"
+_TCP_LOG_FORMAT: Final = '"%ci:%cp %b/%s %Tw/%Tc/%Tt %B"'
 
 
 def unsupported(table: RoutingTable) -> list[str]:
@@ -128,7 +129,10 @@ def _tcp_frontend(spec: ServiceSpec) -> str:
     host, port = parse_address(spec.listen)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     name = backend_name(spec.name).replace("be_", "ft_", 1)
-    lines = ["mode tcp", f"bind {bind}", *_tcp_access(spec)]
+    # Not logged, with a format of its own: a log-format in `defaults` that
+    # names HTTP fields (%Tr, %ST) makes a tcp frontend invalid.
+    logging = ["no log", f"log-format {_TCP_LOG_FORMAT}"]
+    lines = ["mode tcp", f"bind {bind}", *logging, *_tcp_access(spec)]
     return _section(f"frontend {name}", *lines, f"default_backend {backend_name(spec.name)}")
 
 
