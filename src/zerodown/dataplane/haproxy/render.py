@@ -145,7 +145,7 @@ def _frontend(index: int, address: str, table: RoutingTable, settings: HaproxySe
     if secure and settings.tls is not None:
         bind += bind_options(settings.state_dir, settings.tls)
     proto = "https" if secure else "http"
-    lines = [f"bind {bind}", "option forwardfor", *_expect_proxy(settings)]
+    lines = [f"bind {bind}", *_expect_proxy(settings), "option forwardfor"]
     lines.append(f"unique-id-format {_UNIQUE_ID}")
     lines += _forwarded(settings, proto)
     # The Host header without its port, lowercased, as the router compares it.
