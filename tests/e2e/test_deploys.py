@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    DATAPLANES,
     INSTANCES,
     Cluster,
     ClusterFactory,
     Load,
     assert_no_failures,
+    through,
     wait_for,
 )
 
@@ -53,7 +55,7 @@ STRATEGIES_BY_DATAPLANE = [
 def test_consecutive_deploys_under_load_fail_no_request(
     make_cluster: ClusterFactory, strategy: str, dataplane: str
 ) -> None:
-    cluster = make_cluster(strategy=f'"{strategy}"', proxy={"dataplane": f'"{dataplane}"'})
+    cluster = make_cluster(strategy=f'"{strategy}"', proxy=through(dataplane))
     count = DEPLOYS_PER_STRATEGY if dataplane == "embedded" else DEPLOYS_PER_DRIVER
     deployed = versions(2, count + 1)
     with Load(cluster.url) as load:
@@ -84,11 +86,12 @@ def _journal_times(view: dict[str, Any], kind: str, phase: str) -> list[float]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("dataplane", DATAPLANES)
 @pytest.mark.parametrize("strategy", ["rolling", "blue_green"])
 def test_long_requests_in_flight_at_the_switch_complete(
-    make_cluster: ClusterFactory, strategy: str
+    make_cluster: ClusterFactory, strategy: str, dataplane: str
 ) -> None:
-    cluster = make_cluster(strategy=f'"{strategy}"')
+    cluster = make_cluster(strategy=f'"{strategy}"', proxy=through(dataplane))
     long_load = Load(f"{cluster.url}/slow?ms={LONG_MS}", concurrency=LONG_CONCURRENCY, rate=None)
     with Load(cluster.url) as load, long_load:
         view = cluster.deploy_ok("v2")
@@ -129,8 +132,15 @@ def test_second_concurrent_deploy_is_refused(cluster: Cluster) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_rollback_within_scale_down_delay_is_instant(make_cluster: ClusterFactory) -> None:
-    cluster = make_cluster(strategy='"blue_green"', blue_green='{ scale_down_delay = "60s" }')
+@pytest.mark.parametrize("dataplane", DATAPLANES)
+def test_rollback_within_scale_down_delay_is_instant(
+    make_cluster: ClusterFactory, dataplane: str
+) -> None:
+    cluster = make_cluster(
+        strategy='"blue_green"',
+        blue_green='{ scale_down_delay = "60s" }',
+        proxy=through(dataplane),
+    )
     with Load(cluster.url) as load:
         cluster.deploy_ok("v2")
         before = {p.pid: p.version for p in cluster.processes()}
