@@ -69,7 +69,9 @@ def accepting(cluster: Cluster) -> bool:
 def first_shift(view: dict[str, Any]) -> float:
     """When the deploy first sent the proxy a new table (wall clock, from its journal)."""
     return min(
-        s["at"] for s in view["steps"] if s["kind"] == "set_traffic" and s["phase"] == "before"
+        float(s["at"])
+        for s in view["steps"]
+        if s["kind"] == "set_traffic" and s["phase"] == "before"
     )
 
 
