@@ -8,6 +8,11 @@ time because the issue states it as one ("fails within its deadline"); it is
 read from the daemon's own journal, with seconds of slack. The failing
 releases come from the knob script in conftest (WRAPPER): the version label
 "never" never listens, "flaky" answers 30 % of requests with 500.
+
+All but the SIGTERM one run through each data plane: the embedded proxy, and
+HAProxy and nginx as processes zerodown starts and drives. Through those two
+the canary judge reads the proxy's own counters, and a killed daemon leaves
+the proxy serving on its own until the next daemon adopts it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ import json
 import time
 
 import pytest
-
-from zerodown.cli.client import AdminClient
 
 from .conftest import (
     DATAPLANES,
@@ -33,7 +36,9 @@ from .conftest import (
 )
 
 EXIT_ROLLED_BACK = 3  # `zerodown deploy` exit code for a deploy that was rolled back
-GATE_DEADLINE = 8.0  # deploy_timeout of the never-healthy test
+# deploy_timeout of the never-healthy test: the first release (2 s to start)
+# must pass its gate within it too, on a loaded 2-core machine.
+GATE_DEADLINE = 6.0
 STOP_GRACE = 3.0  # stop_grace of every test here (conftest's default)
 SHORT_GRACE = 1.0  # the SIGTERM test waits it out once per old instance: keep it short
 # Past the gate's deadline, a rollback stops the never-ready instance (it
@@ -121,7 +126,7 @@ def test_failing_canary_is_rolled_back_within_its_error_budget(
 def test_daemon_killed_mid_deploy_converges_after_restart(
     make_cluster: ClusterFactory, dataplane: str
 ) -> None:
-    # A canary step long enough to be killed in; later deploys are rolling.
+    # A canary step long enough to be killed in; the first deploy is rolling.
     cluster = make_cluster(
         canary='{ steps = [{ weight = 20, pause = "60s" }], min_requests = 20 }',
         proxy=through(dataplane),
@@ -149,13 +154,13 @@ def test_daemon_killed_mid_deploy_converges_after_restart(
         # The proxy was adopted, not started again: the same process serves.
         assert cluster.dataplane_pid() == proxy
         deploy_id = int(json.loads(started.stdout)["id"])
-        client = AdminClient(f"http://127.0.0.1:{cluster.admin}", None)
-        assert client.deploy_view(deploy_id)["outcome"] == "rolled_back"
-        # The killed daemon's lock is stale, not in the way of the next deploy.
-        cluster.deploy_ok("v3")
+        assert cluster.client.deploy_view(deploy_id)["outcome"] == "rolled_back"
+        # The killed daemon's lock is stale, not in the way of the next deploy,
+        # and the adopted proxy is driven as if this daemon had started it.
+        cluster.deploy_ok("v3", "--strategy", "blue_green")
     report = assert_no_failures(load)
     assert served_between(load, killed_at, restarted_at) > 0, report.summary()
     # v2 is the interrupted canary's share, until the restart rolled it back.
     assert set(report.versions) == {"v1", "v2", "v3"}, report.summary()
     assert report.versions["v2"].last < report.versions["v3"].first, report.summary()
-    assert cluster.settled("v3")
+    wait_for("only v3 running", lambda: cluster.settled("v3"), 15)  # blue kept warm 1 s
