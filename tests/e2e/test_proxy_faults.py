@@ -1,8 +1,8 @@
 """The proxy process killed with SIGKILL in the middle of a deploy, under load.
 
 HAProxy or nginx -- master and workers, their whole process group, as a
-crash or an OOM kill of the unit leaves it -- dies while a rolling deploy
-starts the new release (blue-green). zerodown notices (it watches the master while it
+crash or an OOM kill of the unit leaves it -- dies while a blue-green deploy
+starts the new release. zerodown notices (it watches the master while it
 drives it) and starts the proxy again on the table in force, the old
 release's instances (not the configuration's first table); the deploy then
 goes on through the new process and completes. With the embedded data plane
@@ -21,9 +21,11 @@ What the contract allows, and what is asserted, by count:
 
 The kill lands while the new release starts (the "slow" label: 4 s), a
 window in which the deploy sends the proxy nothing, so no step races the
-restart. What a step that meets the dead proxy does is not this test's
-subject (see the report of this change: with HAProxy and the embedded data
-plane, a canary judge reading stats during the outage fails the deploy).
+restart. A step that meets the dead proxy is not this test's subject, and
+not yet right: killed during a canary pause, HAProxy's `show stat` (or the
+embedded data plane's channel) fails the judge's look, the rollback's apply
+fails the same way before the restart, and the deploy ends `failed` with
+both releases running and the restarted proxy splitting traffic between them.
 """
 
 from __future__ import annotations
