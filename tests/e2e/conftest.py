@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from harness import reserved_port, reserved_ports
+from zerodown.cli.client import AdminClient
 from zerodown.verify import LoadSpec, run_load
 from zerodown.verify.load import LoadResult, Sample
 from zerodown.verify.report import Report
@@ -40,6 +41,7 @@ from zerodown.verify.report import Report
 MARK_ENV = "ZD_TEST_MARK"
 INSTANCES = 2
 STARTUP_DELAY = 2  # seconds: the issue's app "takes 2 s to start"
+SLOW_STARTUP_DELAY = 4  # seconds the release labelled "slow" takes (see WRAPPER)
 DAEMON_START_TIMEOUT = 15.0  # from spawn to the admin API and the proxy accepting
 DAEMON_STOP_TIMEOUT = 40.0  # SIGTERM to exit: proxy shutdown, then instances' stop_grace
 CLI_TIMEOUT = 120.0  # one CLI call, a followed deploy included
@@ -59,6 +61,10 @@ LOAD_TIMEOUT = 20.0  # per request; above recreate.max_pause so a held request i
 # "address already in use". zerodown's default range (20000-29999) is below
 # it too.
 PORT_WINDOW = 200  # the instances' `ports` range, per test
+# Every data plane a deploy test runs through: the embedded proxy, and the
+# real HAProxy and nginx that zerodown starts (on the cluster's free ports).
+DATAPLANES = ("embedded", "haproxy", "nginx")
+DRIVEN = ("haproxy", "nginx")  # the proxies zerodown drives as processes of their own
 
 # The demo app with a knob per release, picked by the version label the
 # runtime puts in the environment (with the port), as the issue specifies.
@@ -67,6 +73,7 @@ WRAPPER = """\
 case "$ZERODOWN_VERSION" in
   never) knob="--startup-delay 1000" ;;  # never listens: never passes a health check
   flaky) knob="--error-rate 0.3" ;;  # fails 30 % of requests
+  slow) knob="--startup-delay {slow}" ;;  # a longer start: a window with no step in it
   *) knob="" ;;
 esac
 exec {python} -m zerodown.demo --port "$PORT" --version "$ZERODOWN_VERSION" \\
@@ -78,6 +85,11 @@ def free_port() -> int:
     # Not port 0: the daemon binds it later (and again after each restart),
     # and a port from the ephemeral range may be any connection's by then.
     return reserved_port()
+
+
+def through(dataplane: str) -> dict[str, str]:
+    """The `[proxy]` keys (for make_cluster's `proxy`) that pick `dataplane`."""
+    return {"dataplane": toml_str(dataplane)}
 
 
 def toml_str(text: str) -> str:
@@ -331,17 +343,20 @@ class Cluster:
             ) from None
         return view
 
+    @property
+    def client(self) -> AdminClient:
+        """The admin API, as the CLI calls it, from this process."""
+        return AdminClient(f"http://127.0.0.1:{self.admin}", None)
+
+    # Polled in loops: the admin API in-process, what `zerodown status web
+    # --json` prints, without a CLI process (0.6 s of CPU each) per look,
+    # taken from the apps starting beside it on 2 cores.
     def status(self) -> dict[str, Any]:
-        done = self.cli("status", "web", "--json")
-        assert done.returncode == 0, done.stderr
-        status: dict[str, Any] = json.loads(done.stdout)
-        return status
+        return self.client.status("web")[0]
 
     def releases(self) -> dict[str, str]:
-        """version -> status, from `zerodown releases web --json`."""
-        done = self.cli("releases", "web", "--json")
-        assert done.returncode == 0, done.stderr
-        return {r["version"]: r["status"] for r in json.loads(done.stdout)}
+        """version -> status, as `zerodown releases web --json` lists them."""
+        return {r["version"]: r["status"] for r in self.client.releases("web")}
 
     def get(self, path: str = "/") -> tuple[int, str | None]:
         """One request through the proxy: status and X-Version."""
@@ -386,7 +401,7 @@ def default_service(mark: str) -> dict[str, str]:
         "env": f'{{ {MARK_ENV} = "{mark}" }}',
         "health": '{ path = "/health", interval = "200ms", rise = 1 }',
         "ports": toml_str(f"{low}-{low + PORT_WINDOW - 1}"),
-        # Above the 5 s long requests, so a drain waits for them instead of cutting them.
+        # Above the long requests (2 s), so a drain waits for them instead of cutting them.
         "drain_timeout": '"10s"',
         "stop_grace": '"3s"',
         "deploy_timeout": '"20s"',
@@ -405,7 +420,8 @@ def default_service(mark: str) -> dict[str, str]:
 def wrapper_command(root: Path) -> str:
     """A service command whose version label picks a failure knob (see WRAPPER)."""
     script = root / "app.sh"
-    script.write_text(WRAPPER.format(python=sys.executable, delay=STARTUP_DELAY))
+    text = WRAPPER.format(python=sys.executable, delay=STARTUP_DELAY, slow=SLOW_STARTUP_DELAY)
+    script.write_text(text)
     script.chmod(0o755)
     return toml_str(str(script))
 
@@ -539,6 +555,15 @@ class Load:
         """A sample's start and end on the wall clock (as the daemon's journal times)."""
         start = self.result.started_at + sample.start
         return start, start + sample.latency
+
+
+def served_between(load: Load, start: float, end: float) -> int:
+    """Requests answered 2xx that started within [start, end] on the wall clock."""
+    return sum(
+        1
+        for sample in load.result.samples
+        if sample.failure is None and start <= load.wall(sample)[0] <= end
+    )
 
 
 def assert_no_failures(load: Load) -> Report:

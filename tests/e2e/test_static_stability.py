@@ -18,20 +18,20 @@ from typing import Any
 
 import pytest
 
-from .conftest import INSTANCES, Cluster, ClusterFactory, Load, alive, assert_no_failures, wait_for
+from .conftest import (
+    INSTANCES,
+    Cluster,
+    ClusterFactory,
+    Load,
+    alive,
+    assert_no_failures,
+    served_between,
+    wait_for,
+)
 
 HANDOVER_TIMEOUT = 30.0
 ONE_CONNECTION_PER_REQUEST: dict[str, Any] = {"headers": {"Connection": "close"}}
 CONNECTIONS = {"keep-alive": {}, "new-connection": ONE_CONNECTION_PER_REQUEST}
-
-
-def served_between(load: Load, start: float, end: float) -> int:
-    """Requests answered 2xx that started within [start, end] on the wall clock."""
-    return sum(
-        1
-        for sample in load.result.samples
-        if sample.failure is None and start <= load.wall(sample)[0] <= end
-    )
 
 
 def successor_of(cluster: Cluster, old: int) -> int | None:
