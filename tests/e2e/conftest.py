@@ -448,8 +448,6 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         root.mkdir()
         mark = uuid.uuid4().hex
         service = default_service(mark) | overrides
-        if (proxy or {}).get("dataplane", '"embedded"') != '"embedded"':
-            service.pop("recreate")  # requests are held by the embedded data plane only
         if wrapper:
             service["command"] = wrapper_command(root)
         cluster = Cluster(root, mark, service, proxy)

@@ -56,10 +56,11 @@ def versions(first: int, last: int) -> list[str]:
 
 # Recreate holds requests across its gap; HAProxy and nginx are driven as
 # plain weighted pools and answer 503 there (README: features by data plane).
+STRATEGIES = ("rolling", "blue_green", "canary", "recreate")
 STRATEGIES_BY_DATAPLANE = [
-    *((strategy, "embedded") for strategy in ("rolling", "blue_green", "canary", "recreate")),
-    *((strategy, "haproxy") for strategy in ("rolling", "blue_green", "canary")),
-    *((strategy, "nginx") for strategy in ("rolling", "blue_green", "canary")),
+    (strategy, dataplane)
+    for dataplane in ("embedded", "haproxy", "nginx")
+    for strategy in STRATEGIES
 ]
 
 
