@@ -35,12 +35,15 @@ T = TypeVar("T")
 async def through_restarts(
     what: str,
     call: Callable[[], Awaitable[T]],
-    deadline: float = RESTART_DEADLINE,
-    every: float = RETRY_EVERY,
+    deadline: float | None = None,
+    every: float | None = None,
 ) -> T:
-    """`call()`, asked again while it raises DataPlaneDown, up to `deadline` seconds.
+    """`call()`, asked again while it raises DataPlaneDown, up to `deadline`
+    seconds (RESTART_DEADLINE), every `every` (RETRY_EVERY).
 
     The last DataPlaneDown is raised when the proxy is not back in time."""
+    deadline = RESTART_DEADLINE if deadline is None else deadline
+    every = RETRY_EVERY if every is None else every
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline
     first: DataPlaneDown | None = None
