@@ -233,6 +233,32 @@ def test_a_master_killed_alone_is_started_again_and_its_workers_quit(tmp_path: P
     run(main())
 
 
+def test_a_driver_that_finds_a_dead_masters_workers_starts_nginx_anyway(tmp_path: Path) -> None:
+    # zerodown away (detached) while the master is killed alone: the next
+    # driver finds no master to adopt, and workers holding the port.
+    async def main() -> None:
+        async with backends("a") as (a,):
+            table = RoutingTable(services=(service(a.address),))
+            first = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0))
+            listen = f"127.0.0.1:{reserved_port()}"
+            await first.start([listen])
+            await first.apply(table)
+            master = first.pids[0]
+            await first.detach()
+            os.kill(master, signal.SIGKILL)
+            await until(lambda: not alive(master), "master killed")
+            second = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0), table)
+            await second.start([listen])  # a start, not an adoption: on the table it is given
+            try:
+                assert second.pids[0] != master
+                assert (await request(int(listen.rpartition(":")[2]))).body == b"a"
+                await until(lambda: not group(master), "the orphaned workers gone")
+            finally:
+                await second.stop(timeout=2.0)
+
+    run(main())
+
+
 def test_targets_back_from_a_total_outage_serve_at_once(tmp_path: Path) -> None:
     # nginx alone answers 502 for fail_timeout (10s) once max_fails marked
     # every server failed; the panic backups route to them again.

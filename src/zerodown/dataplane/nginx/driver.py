@@ -113,7 +113,8 @@ class NginxDataPlane(ManagedDataPlane):
                 await self._adopt(saved)
             else:
                 # A master that died alone may have left workers (orphans.py).
-                self._master = process.recorded_pid(self.paths)
+                if (dead := process.recorded_pid(self.paths)) is not None:
+                    await self._orphans.quit(dead)
                 self._generation = _int(saved.get("generation"))
                 await self._reload(self._table)
         except BaseException:
