@@ -32,6 +32,8 @@ serving alone -- never both releases left behind a restarted proxy.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 from typing import Any
@@ -45,6 +47,7 @@ from .conftest import (
     Cluster,
     ClusterFactory,
     Load,
+    group_members,
     served_between,
     through,
     wait_for,
@@ -177,3 +180,34 @@ def test_proxy_killed_in_a_canary_pause_then_promote_or_abort_ends_cleanly(
     # One release serves, alone, behind the restarted proxy.
     wait_for(f"only {version} running", lambda: cluster.settled(version), 15)
     assert cluster.status()["traffic"] == {version: 100.0}, cluster.status()
+
+
+@pytest.mark.timeout(60)
+def test_nginx_master_killed_alone_mid_deploy_leaves_no_orphan(
+    make_cluster: ClusterFactory,
+) -> None:
+    # kill -9 of the master only: its workers serve on, holding the port,
+    # until zerodown tells them to quit and starts a master that can bind.
+    cluster = make_cluster(wrapper=True, strategy='"blue_green"', proxy=through("nginx"))
+    with Load(cluster.url) as load:
+        deploy = cluster.cli_background("deploy", "web", "slow", "--json")
+        wait_for("the new release starting", lambda: starting(cluster), 30)
+        old = cluster.dataplane_pid()
+        assert old is not None
+        assert len(group_members(old)) > 1  # the master leads its workers' group
+        killing_at = time.time()
+        os.kill(old, signal.SIGKILL)
+        wait_for("the proxy started again", lambda: started_again(cluster, old), RESTART_TIMEOUT)
+        wait_for("the orphaned workers gone", lambda: not group_members(old), RESTART_TIMEOUT)
+        wait_for("the proxy accepting", lambda: accepting(cluster), RESTART_TIMEOUT)
+        back_at = time.time()
+        out, err = deploy.communicate(timeout=60)
+    view: dict[str, Any] = json.loads(out) if out else {}
+    assert view.get("outcome") == "succeeded", (view, err, cluster.log_tail())
+    failed = [s for s in load.result.samples if s.failure is not None]
+    outage = back_at - killing_at
+    summary = f"outage {outage:.2f}s, {load.report.summary()}\nfailures: {failed[:10]}"
+    assert {s.failure for s in failed} <= DYING, summary
+    assert all(load.wall(s)[0] <= back_at for s in failed), summary
+    assert len(failed) <= LOAD_RATE * outage + LOAD_CONCURRENCY, summary
+    wait_for("only the new release running", lambda: cluster.settled("slow"), 15)
