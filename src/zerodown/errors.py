@@ -78,6 +78,13 @@ class DataPlaneError(ZerodownError):
     """The data plane could not do what it was asked."""
 
 
+class DataPlaneDown(DataPlaneError):
+    """The data plane's process is not there to ask: it died (its socket or
+    channel is gone) and its watcher is starting it again, on the table in
+    force. Worth asking again once it is back (dataplane/restarts.py); any
+    other DataPlaneError is a refusal, and asking again changes nothing."""
+
+
 class ProxyError(ZerodownError):
     """An error on the request path; `status` is the HTTP status the client gets.
 

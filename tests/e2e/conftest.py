@@ -151,6 +151,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid`, from /proc (the group
+    outlives its leader: nginx's workers, once their master was killed alone)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def versions_running(mark: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for proc in marked_processes(mark):
@@ -270,29 +285,36 @@ class Cluster:
             time.sleep(POLL)
         return 0
 
-    def dataplane_pid(self) -> int | None:
-        """The data plane serving this cluster's state directory, if one runs:
-        the embedded one's host, or the HAProxy or nginx master."""
+    def _recorded_pids(self) -> list[int]:
+        """The data planes' pids in this cluster's pid files, running or not."""
         state = self.root / "state"
+        found = []
         for pid_file in (
             state / "dataplane.pid",
             state / "haproxy" / "haproxy.pid",
             state / "nginx" / "nginx.pid",
         ):
-            try:
-                pid = int(pid_file.read_text())
-            except (OSError, ValueError):
-                continue
-            if alive(pid):
-                return pid
-        return None
+            with contextlib.suppress(OSError, ValueError):
+                found.append(int(pid_file.read_text()))
+        return found
+
+    def dataplane_pid(self) -> int | None:
+        """The data plane serving this cluster's state directory, if one runs:
+        the embedded one's host, or the HAProxy or nginx master."""
+        return next((pid for pid in self._recorded_pids() if alive(pid)), None)
+
+    def dataplane_left(self) -> list[int]:
+        """Processes of the recorded data planes' groups still running, their
+        leader dead or alive (a master killed alone leaves its workers)."""
+        return [p for pid in self._recorded_pids() for p in group_members(pid)]
 
     def kill_dataplane(self) -> None:
-        """SIGKILL the data-plane host and its workers (their process group)."""
-        pid = self.dataplane_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        """SIGKILL the data-plane host and its workers: each recorded pid's
+        process group (a daemonized master leads its workers' group)."""
+        for pid in self._recorded_pids():
+            if group_members(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -467,11 +489,13 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         # A daemon stopped by SIGTERM stops its data plane; one that was killed
         # (and not started again) leaves it serving, by design: clean it up.
         deadline = time.monotonic() + LEFTOVER_GRACE
-        while cluster.dataplane_pid() is not None and time.monotonic() < deadline:
+        while cluster.dataplane_left() and time.monotonic() < deadline:
             time.sleep(POLL)
-        if cluster.dataplane_pid() is not None:
+        if left_running := cluster.dataplane_left():
             if code == 0:
-                problems.append(f"{cluster}: data plane left running after a clean stop")
+                problems.append(
+                    f"{cluster}: data plane left running after a clean stop: {left_running}"
+                )
             cluster.kill_dataplane()
         deadline = time.monotonic() + LEFTOVER_GRACE
         while (left := cluster.processes()) and time.monotonic() < deadline:

@@ -25,7 +25,7 @@ from harness import (
 from nginx_harness import nginx, port_of
 from zerodown.dataplane.accesslog import LogTransport
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
-from zerodown.dataplane.nginx.process import alive
+from zerodown.dataplane.nginx.process import alive, group
 from zerodown.routing import HealthSpec, RoutingTable
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
@@ -205,6 +205,56 @@ def test_a_killed_nginx_is_started_again_with_the_live_table(tmp_path: Path) -> 
             await until(lambda: not any(alive(p) for p in dead), "nginx killed")
             await until(lambda: bool(plane.pids) and plane.pids[0] not in dead, "restarted")
             assert (await request(port_of(plane))).body == b"a"
+
+    run(main())
+
+
+RESTARTED_WITHIN = 5.0  # a watch interval, the orphans' quit, nginx's start
+
+
+def test_a_master_killed_alone_is_started_again_and_its_workers_quit(tmp_path: Path) -> None:
+    # kill -9 of the master only: its workers serve on and hold the port,
+    # until the driver tells them to quit and starts a master that can bind.
+    async def main() -> None:
+        async with backends("a", "b") as (a, b), nginx(tmp_path, service(a.address)) as plane:
+            await plane.apply(RoutingTable(services=(service(b.address),)))
+            master, workers = plane.pids[0], set(plane.pids[1:])
+            assert group(master) == {master, *workers}  # the daemonized master leads its group
+            os.kill(master, signal.SIGKILL)
+            await until(lambda: not alive(master), "master killed")
+            assert (await request(port_of(plane))).body == b"b"  # the orphans serve on
+            restarted = lambda: bool(plane.pids) and plane.pids[0] != master  # noqa: E731
+            await until(restarted, "a new master", RESTARTED_WITHIN)
+            await until(lambda: not group(master), "the orphaned workers gone", RESTARTED_WITHIN)
+            assert (await request(port_of(plane))).body == b"b"  # the table in force
+            new = plane.pids[0]
+        assert not group(new)  # stopped: nothing of either master's left in /proc
+
+    run(main())
+
+
+def test_a_driver_that_finds_a_dead_masters_workers_starts_nginx_anyway(tmp_path: Path) -> None:
+    # zerodown away (detached) while the master is killed alone: the next
+    # driver finds no master to adopt, and workers holding the port.
+    async def main() -> None:
+        async with backends("a") as (a,):
+            table = RoutingTable(services=(service(a.address),))
+            first = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0))
+            listen = f"127.0.0.1:{reserved_port()}"
+            await first.start([listen])
+            await first.apply(table)
+            master = first.pids[0]
+            await first.detach()
+            os.kill(master, signal.SIGKILL)
+            await until(lambda: not alive(master), "master killed")
+            second = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0), table)
+            await second.start([listen])  # a start, not an adoption: on the table it is given
+            try:
+                assert second.pids[0] != master
+                assert (await request(int(listen.rpartition(":")[2]))).body == b"a"
+                await until(lambda: not group(master), "the orphaned workers gone")
+            finally:
+                await second.stop(timeout=2.0)
 
     run(main())
 

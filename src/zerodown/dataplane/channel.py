@@ -28,6 +28,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final
 
+from zerodown.errors import DataPlaneDown
+
 log = logging.getLogger("zerodown.dataplane")
 
 # A whole routing table or stats snapshot is one line; big fleets make big lines.
@@ -37,8 +39,12 @@ Message = dict[str, Any]
 Handler = Callable[[str, Message], Any]
 
 
-class ChannelClosed(ConnectionError):
-    """The other end went away (exited, crashed, or closed the channel)."""
+class ChannelClosed(DataPlaneDown, ConnectionError):
+    """The other end went away (exited, crashed, or closed the channel).
+
+    A DataPlaneDown, so that a controller whose host died meets a typed error
+    it may wait out (dataplane/restarts.py), never a traceback; a
+    ConnectionError still, for the code that reads the channel."""
 
 
 class RemoteError(RuntimeError):

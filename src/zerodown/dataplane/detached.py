@@ -45,7 +45,7 @@ from zerodown.dataplane.host import (
 )
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sockets import ListenSet
-from zerodown.errors import DataPlaneError
+from zerodown.errors import DataPlaneDown, DataPlaneError
 from zerodown.proxy.listener import bind_listener
 from zerodown.proxy.settings import ProxySettings
 from zerodown.routing import RoutingTable
@@ -77,6 +77,10 @@ class HostLink:
         except RemoteError as exc:
             kind, _, text = str(exc).partition(": ")
             raise DataPlaneError(text if kind == "DataPlaneError" else str(exc)) from None
+        except TimeoutError:
+            # Typed, as every error of the channel is (ChannelClosed is a
+            # DataPlaneDown): no traceback reaches a deploy.
+            raise DataPlaneError(f"the data plane did not answer {op!r} within {wait}s") from None
 
     def alive(self) -> bool:
         if self.process is not None:
@@ -338,7 +342,7 @@ class DetachedDataPlane(ManagedDataPlane):
 
     def _link(self) -> HostLink:
         if self.host is None or self.host.channel.closed:
-            raise DataPlaneError("the data plane is not running (it is being started again)")
+            raise DataPlaneDown("the data plane is not running (it is being started again)")
         return self.host
 
 

@@ -44,6 +44,7 @@ from zerodown.deploy.recorded import record_current, recorded_current, recorded_
 from zerodown.deploy.views import verdict_detail
 from zerodown.errors import (
     CanaryBreach,
+    DataPlaneDown,
     DeployAborted,
     DeployError,
     NotDeployable,
@@ -313,7 +314,14 @@ class Deployment:
     async def _judge(self, *, final: bool) -> str:
         if self._baseline is None or self.fleet.canary_version is None:
             return "pass"  # no canary pool in traffic: nothing to compare
-        canary_now, stable_now = await self.ops.samples(self.fleet.name)
+        try:
+            canary_now, stable_now = await self.ops.samples(self.fleet.name, wait=False)
+        except DataPlaneDown as exc:
+            # The proxy died and is being started again: no sample is no
+            # evidence against the canary. This look is skipped; the next
+            # one (counters reset by the restart: Sample.since) judges.
+            log.warning("deploy %s: canary look skipped: %s", self.id, exc)
+            return "inconclusive"
         canary = canary_now.since(self._baseline[0])
         stable = stable_now.since(self._baseline[1])
         # One look per doubling of the window (judge.fail_level spends the confidence over

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from zerodown.analysis.judge import Sample, pool_samples
 from zerodown.config import Config
-from zerodown.dataplane.base import DataPlane
+from zerodown.dataplane.base import DataPlane, DrainResult
+from zerodown.dataplane.restarts import through_restarts
 from zerodown.deploy.events import EventBus
 from zerodown.deploy.fleet import Fleet
 from zerodown.deploy.gate import wait_healthy
@@ -51,8 +52,11 @@ class FleetOps(Protocol):
     async def apply(self) -> None:
         """Route: give the data plane the table the fleets describe now."""
 
-    async def samples(self, service: str) -> tuple[Sample, Sample]:
-        """The canary pool's and the stable pool's counters, for the judge."""
+    async def samples(self, service: str, *, wait: bool = True) -> tuple[Sample, Sample]:
+        """The canary pool's and the stable pool's counters, for the judge.
+
+        `wait=False`: DataPlaneDown at once while the proxy is being started
+        again (a canary look is skipped, not held up)."""
 
     def release(self, service: str, version: str) -> Release:
         """A release on record; DeployError if there is none."""
@@ -126,11 +130,21 @@ class FleetOperations:
         )
         return RoutingTable(services=services)
 
-    async def apply(self) -> None:
-        await self.dataplane.apply(self.table())
+    # Every call to the data plane waits out its restart (dataplane/restarts.py):
+    # a proxy that died mid-deploy is started again by its watcher, and the
+    # step (or the rollback) goes on through the new process.
 
-    async def samples(self, service: str) -> tuple[Sample, Sample]:
-        return pool_samples(await self.dataplane.stats(), service)
+    async def apply(self) -> None:
+        # The table is read at each try: the newest, should the fleet move meanwhile.
+        await through_restarts("apply", lambda: self.dataplane.apply(self.table()))
+
+    async def samples(self, service: str, *, wait: bool = True) -> tuple[Sample, Sample]:
+        stats = (
+            await through_restarts("stats", self.dataplane.stats)
+            if wait
+            else await self.dataplane.stats()
+        )
+        return pool_samples(stats, service)
 
     # -- instances ------------------------------------------------------------------------
 
@@ -166,17 +180,21 @@ class FleetOperations:
         fleet.start_draining(instances)
         await self.apply()
         timeout = fleet.config.drain_timeout
+        routed = [i for i in instances if i.id in fleet.routed]
         results = await asyncio.gather(
-            *(
-                self.dataplane.drain(fleet.name, i.address, timeout)
-                for i in instances
-                if i.id in fleet.routed
-            )
+            *(self._drain_one(fleet.name, i.address, timeout) for i in routed)
         )
         fleet.unroute(instances)
         await self.apply()
         cut = sum(r.cancelled for r in results)
         self.publish(fleet.name, None, "drained", ids=[i.id for i in instances], cancelled=cut)
+
+    async def _drain_one(self, service: str, address: str, timeout: float) -> DrainResult:
+        # A drain asked again after a restart starts over: the new process
+        # has its own connections to the target, none of the old's.
+        return await through_restarts(
+            f"drain {address}", lambda: self.dataplane.drain(service, address, timeout)
+        )
 
     async def stop_instances(self, fleet: Fleet, instances: list[Instance]) -> None:
         if not instances:

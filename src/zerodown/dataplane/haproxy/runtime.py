@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from zerodown.errors import DataPlaneError
+from zerodown.errors import DataPlaneDown, DataPlaneError
 
 __all__ = [
     "ADMIN_DRAIN",
@@ -39,7 +39,7 @@ _SUCCESS: Final = {"add server": "New server registered", "del server": "Server 
 
 
 async def command(socket: Path, line: str, timeout: float = COMMAND_TIMEOUT) -> str:
-    """Send one command line, return the whole reply; DataPlaneError if the
+    """Send one command line, return the whole reply; DataPlaneDown if the
     socket does not answer (HAProxy gone, or not started yet)."""
     try:
         async with asyncio.timeout(timeout):
@@ -54,7 +54,7 @@ async def command(socket: Path, line: str, timeout: float = COMMAND_TIMEOUT) -> 
             finally:
                 writer.close()
     except (OSError, TimeoutError) as exc:
-        raise DataPlaneError(
+        raise DataPlaneDown(
             f"HAProxy's runtime API at {socket} did not answer {line.split()[0:2]}: {exc!r}; "
             "is haproxy running? its log is beside the socket"
         ) from exc

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import pwd
 import signal
@@ -42,6 +43,7 @@ from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters
 from zerodown.dataplane.nginx.health import ActiveHealth
 from zerodown.dataplane.nginx.hold import HoldServers
+from zerodown.dataplane.nginx.orphans import Orphans
 from zerodown.dataplane.nginx.render import in_panic, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
@@ -78,6 +80,8 @@ class NginxDataPlane(ManagedDataPlane):
         self._counters = AccessCounters()
         self._health = ActiveHealth(self._health_changed)
         self._holds = HoldServers(self.paths.prefix)
+        # A second past nginx's own deadline: a quitting worker ends itself first.
+        self._orphans = Orphans(self.settings.worker_shutdown_timeout + 1.0)
         self._log_socket = LogSocket(self._read_log)
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
@@ -108,6 +112,9 @@ class NginxDataPlane(ManagedDataPlane):
                 self.adopted = True
                 await self._adopt(saved)
             else:
+                # A master that died alone may have left workers (orphans.py).
+                if (dead := process.recorded_pid(self.paths)) is not None:
+                    await self._orphans.quit(dead)
                 self._generation = _int(saved.get("generation"))
                 await self._reload(self._table)
         except BaseException:
@@ -120,6 +127,7 @@ class NginxDataPlane(ManagedDataPlane):
         """Start nginx again, on the live table, if its master dies (kill -9, OOM)."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
+            self._orphans.reap()
             if self._master is None or process.alive(self._master):
                 continue
             log.error("nginx master %s died; starting it again", self._master)
@@ -153,6 +161,7 @@ class NginxDataPlane(ManagedDataPlane):
     async def stop(self, timeout: float | None = None) -> None:
         """Graceful quit (SIGQUIT); fast shutdown, then kill, past `timeout`."""
         await self.detach()
+        self._orphans.reap(now=math.inf)  # a stop ends them too, at once
         master, self._master = self._master, None
         if master is None:
             return
@@ -233,7 +242,7 @@ class NginxDataPlane(ManagedDataPlane):
         before, generation = self._workers(), self._generation
         await self.apply(with_target_state(self._table, service, address, "draining"))
         if self._generation == generation:  # no reload: already out; wait on old workers
-            before = {p for p in before if _shutting_down(p)}
+            before = {p for p in before if process.shutting_down(p)}
         left = max(0.0, timeout - (time.monotonic() - started))
         completed = await process.wait_gone(before, left)
         return DrainResult(service, address, completed, 0, time.monotonic() - started)
@@ -271,6 +280,8 @@ class NginxDataPlane(ManagedDataPlane):
         os.replace(self.paths.pending, self.paths.conf)  # atomic: nginx never reads half a file
         old = self._workers()
         if self._master is None or not process.alive(self._master):
+            if self._master is not None:  # died: its workers may serve on, holding the port
+                await self._orphans.quit(self._master)
             self._master = await process.launch(self._binary, self.paths, self._timeout)
         else:
             process.signal_master(self._master, signal.SIGHUP)
@@ -302,7 +313,7 @@ class NginxDataPlane(ManagedDataPlane):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while await process.probe_generation(self.paths) != generation or any(
-            process.alive(p) and not _shutting_down(p) for p in old
+            process.alive(p) and not process.shutting_down(p) for p in old
         ):
             if loop.time() > deadline:
                 raise DataPlaneError(
@@ -400,13 +411,6 @@ def _with_user(settings: NginxSettings) -> NginxSettings:
     while not owner.exists():
         owner = owner.parent
     return replace(settings, user=pwd.getpwuid(owner.stat().st_uid).pw_name)
-
-
-def _shutting_down(pid: int) -> bool:
-    try:
-        return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def _int(value: object) -> int:

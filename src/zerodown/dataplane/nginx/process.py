@@ -24,9 +24,12 @@ __all__ = [
     "alive",
     "client_connections",
     "find_binary",
+    "group",
     "launch",
     "master_pid",
     "probe_generation",
+    "recorded_pid",
+    "shutting_down",
     "test_config",
     "wait_gone",
     "workers",
@@ -82,11 +85,16 @@ async def launch(binary: str, paths: Paths, timeout: float) -> int:
 
 def master_pid(paths: Paths) -> int | None:
     """The running master of this state_dir, from its pid file; None if none runs."""
+    pid = recorded_pid(paths)
+    return pid if pid is not None and alive(pid) and _is_nginx(pid) else None
+
+
+def recorded_pid(paths: Paths) -> int | None:
+    """The pid in the pid file, whether or not that master still runs."""
     try:
-        pid = int(paths.pid.read_text().strip())
+        return int(paths.pid.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if alive(pid) and _is_nginx(pid) else None
 
 
 def alive(pid: int) -> bool:
@@ -99,16 +107,36 @@ def alive(pid: int) -> bool:
 
 def workers(master: int) -> set[int]:
     """The master's children now (workers, old ones still finishing included)."""
-    found = set()
+    return {pid for pid, (ppid, _) in _parents_and_groups().items() if ppid == master}
+
+
+def group(leader: int) -> set[int]:
+    """The nginx processes of the process group `leader` led: a daemonized
+    master calls setsid(), so its workers' group is its pid, even once it died."""
+    return {
+        pid for pid, (_, pgrp) in _parents_and_groups().items() if pgrp == leader and _is_nginx(pid)
+    }
+
+
+def shutting_down(pid: int) -> bool:
+    """A worker told to quit retitles itself as it closes its listeners."""
+    try:
+        return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _parents_and_groups() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process now."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(entry.name)] = (int(fields[1]), int(fields[2]))
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == master:
-            found.add(int(entry.name))
     return found
 
 
