@@ -110,7 +110,7 @@ class _Bulk(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         for start in range(0, WINDOW, CHUNK):
-            transport.write(self.PAYLOAD[start : start + CHUNK])
+            self.transport.write(self.PAYLOAD[start : start + CHUNK])
         self.in_flight = WINDOW
 
     def data_received(self, data: bytes) -> None:
@@ -139,13 +139,9 @@ async def _persistent(kind: str, port: int, conns: int, seconds: float) -> TcpLo
     stop_at = start + seconds
     protos: list[_Echoes | _Bulk] = []
     for _ in range(conns):
+        proto: _Echoes | _Bulk = (_Bulk if kind == BULK else _Echoes)(counts, stop_at)
         try:
-            if kind == BULK:
-                _, proto = await loop.create_connection(lambda: _Bulk(counts, stop_at), HOST, port)
-            else:
-                _, proto = await loop.create_connection(
-                    lambda: _Echoes(counts, stop_at), HOST, port
-                )
+            await loop.create_connection(lambda: proto, HOST, port)  # noqa: B023 - awaited here
             protos.append(proto)
         except OSError:
             counts.errors += 1
