@@ -130,6 +130,18 @@ def start(
     return proc
 
 
+def proxy_tree(pid: int, work: Path) -> dict[int, int]:
+    """pid -> CPU ticks of the proxy's tree, and of the nginx master zerodown's nginx
+    driver started under `work` (it daemonizes: nobody's child, found by its pid file)."""
+    ticks = procfs.tree(pid)
+    for pid_file in work.glob("state/**/nginx.pid"):
+        try:
+            ticks.update(procfs.tree(int(pid_file.read_text().strip())))
+        except (OSError, ValueError):
+            continue
+    return ticks
+
+
 def measure(
     sup: Supervisor,
     work: Path,
@@ -155,14 +167,15 @@ def measure(
             version = negotiated(tls_port)
             url = f"https://127.0.0.1:{tls_port}/"
             for count in conns:
-                before = procfs.tree(proc.pid)
+                before = proxy_tree(proc.pid, work / f"https-{variant.key}")
                 argv = wrk_command(url, connections=count, threads=threads, duration_s=duration_s)
                 try:
                     result = parse_wrk(sup.run(argv, timeout=duration_s + RUN_SLACK))
                 except (subprocess.TimeoutExpired, WrkOutputError):
                     failures.append(f"https {variant.label} c={count}: wrk did not finish")
                     continue
-                ticks = procfs.ticks_delta(before, procfs.tree(proc.pid))
+                after = proxy_tree(proc.pid, work / f"https-{variant.key}")
+                ticks = procfs.ticks_delta(before, after)
                 cpu = procfs.cpu_us_per_request(ticks, result.requests)
                 runs.append(HttpsRun(variant, count, version, result, cpu))
                 print(f"  https {variant.label} c={count}: {result.rps:,.0f} req/s", flush=True)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zdbench import procfs
+from zdbench.https import proxy_tree
 from zdbench.model import DRIVEN, PROXY_ORDER, Variant
 from zdbench.procs import RUN_SLACK, StartError, Supervisor, tail
 from zdbench.servers import (
@@ -110,12 +111,12 @@ def _one(
     duration_s: float,
     work: Path,
 ) -> TcpRun | str:
-    before = procfs.tree(proc.pid)
+    before = proxy_tree(proc.pid, work / f"tcp-{variant.key}")
     try:
         load = run_clients(sup, port, kind, conns, duration_s, work / "load")
     except TcpLoadError as exc:
         return f"tcp {variant.label} {kind} c={conns}: {exc}"
-    ticks = procfs.ticks_delta(before, procfs.tree(proc.pid))
+    ticks = procfs.ticks_delta(before, proxy_tree(proc.pid, work / f"tcp-{variant.key}"))
     # per operation; bulk per MB echoed back
     ops = load.bytes // 1_000_000 if kind == BULK else load.count
     run = TcpRun(variant, load, procfs.cpu_us_per_request(ticks, ops))

@@ -138,13 +138,17 @@ async def _persistent(kind: str, port: int, conns: int, seconds: float) -> TcpLo
     start = time.monotonic()
     stop_at = start + seconds
     protos: list[_Echoes | _Bulk] = []
-    for _ in range(conns):
+
+    async def connect() -> None:
         proto: _Echoes | _Bulk = (_Bulk if kind == BULK else _Echoes)(counts, stop_at)
         try:
-            await loop.create_connection(lambda: proto, HOST, port)  # noqa: B023 - awaited here
+            await loop.create_connection(lambda: proto, HOST, port)
             protos.append(proto)
         except OSError:
             counts.errors += 1
+
+    # All at once, as wrk opens its connections: none waits for the others to be open.
+    await asyncio.gather(*(connect() for _ in range(conns)))
     await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
     await _settle(protos, counts)
     elapsed = time.monotonic() - start
