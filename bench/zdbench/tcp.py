@@ -7,7 +7,9 @@ The upstreams are two echo processes (`zdbench.tcpload serve`, uvloop, no
 framing); the load is `zdbench.tcpload` in two processes at once (wrk's two
 threads): 64-byte round trips over persistent connections at each of the
 plan's concurrencies, new connections (connect, one echo, close) with the
-first of them in flight, and bulk echo over a few connections.
+first of them in flight, and bulk echo over a few connections. The same
+loads straight to the echo processes, no proxy between, come first: the
+ceiling the client and the echoes allow on this machine.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ def measure(
     echoes = (free_port(), free_port())
     servers = [start_echo(sup, port, work / f"echo{i + 1}") for i, port in enumerate(echoes)]
     try:
+        for kind, count in loads(conns):
+            try:
+                load = run_clients(sup, echoes, kind, count, duration_s, work / "direct")
+            except TcpLoadError as exc:
+                failures.append(f"tcp no proxy {kind} c={count}: {exc}")
+                continue
+            runs.append(TcpRun(None, load, None))
+            print(f"  tcp no proxy {kind} c={count}: {runs[-1].summary}", flush=True)
         for variant in variants:
             tcp_port = free_port()
             try:
@@ -113,7 +123,7 @@ def _one(
 ) -> TcpRun | str:
     before = proxy_tree(proc.pid, work / f"tcp-{variant.key}")
     try:
-        load = run_clients(sup, port, kind, conns, duration_s, work / "load")
+        load = run_clients(sup, (port,), kind, conns, duration_s, work / "load")
     except TcpLoadError as exc:
         return f"tcp {variant.label} {kind} c={conns}: {exc}"
     ticks = procfs.ticks_delta(before, proxy_tree(proc.pid, work / f"tcp-{variant.key}"))
@@ -125,7 +135,7 @@ def _one(
 
 
 def run_clients(
-    sup: Supervisor, port: int, kind: str, conns: int, duration_s: float, work: Path
+    sup: Supervisor, ports: Sequence[int], kind: str, conns: int, duration_s: float, work: Path
 ) -> TcpLoad:
     """CLIENTS load processes at once, their results as one."""
     work.mkdir(parents=True, exist_ok=True)
@@ -135,7 +145,7 @@ def run_clients(
     for i, share in enumerate(split(conns, CLIENTS)):
         log = work / f"{kind}-{conns}-{i}.log"
         log.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "zdbench.tcpload", kind, "--port", str(port)]
+        argv = [sys.executable, "-m", "zdbench.tcpload", kind, "--port", ",".join(map(str, ports))]
         argv += ["--conns", str(share), "--seconds", f"{duration_s:g}"]
         procs.append((sup.start(argv, log=log, env=env), log))
     results = []

@@ -1,7 +1,7 @@
 """The TCP row's load client and echo upstream (wrk speaks HTTP only).
 
     python -m zdbench.tcpload serve --port P
-    python -m zdbench.tcpload round_trips|connections|bulk --port P --conns N --seconds S
+    python -m zdbench.tcpload round_trips|connections|bulk --port P[,P2...] --conns N --seconds S
 
 `serve` echoes every byte it reads, at once (no line framing: the upstream
 should cost as little as it can). The client prints one JSON line
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import cast
 
 import uvloop
@@ -131,7 +132,7 @@ class _Bulk(asyncio.Protocol):
             self.done.set_result(False)
 
 
-async def _persistent(kind: str, port: int, conns: int, seconds: float) -> TcpLoad:
+async def _persistent(kind: str, ports: Sequence[int], conns: int, seconds: float) -> TcpLoad:
     """round_trips or bulk: open every connection, run until `seconds` have passed."""
     loop = asyncio.get_running_loop()
     counts = Counts()
@@ -139,7 +140,7 @@ async def _persistent(kind: str, port: int, conns: int, seconds: float) -> TcpLo
     stop_at = start + seconds
     protos: list[_Echoes | _Bulk] = []
 
-    async def connect() -> None:
+    async def connect(port: int) -> None:
         proto: _Echoes | _Bulk = (_Bulk if kind == BULK else _Echoes)(counts, stop_at)
         try:
             await loop.create_connection(lambda: proto, HOST, port)
@@ -148,7 +149,7 @@ async def _persistent(kind: str, port: int, conns: int, seconds: float) -> TcpLo
             counts.errors += 1
 
     # All at once, as wrk opens its connections: none waits for the others to be open.
-    await asyncio.gather(*(connect() for _ in range(conns)))
+    await asyncio.gather(*(connect(ports[i % len(ports)]) for i in range(conns)))
     await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
     await _settle(protos, counts)
     elapsed = time.monotonic() - start
@@ -169,14 +170,14 @@ async def _settle(protos: list[_Echoes | _Bulk], counts: Counts) -> None:
             counts.errors += 1
 
 
-async def _connections(port: int, conns: int, seconds: float) -> TcpLoad:
+async def _connections(ports: Sequence[int], conns: int, seconds: float) -> TcpLoad:
     """`conns` loops of connect, one echo, close, until `seconds` have passed."""
     loop = asyncio.get_running_loop()
     counts = Counts()
     start = time.monotonic()
     stop_at = start + seconds
 
-    async def one() -> None:
+    async def one(port: int) -> None:
         begun = time.perf_counter()
         proto = _Echoes(Counts(), stop_at, once=True)
         try:
@@ -196,11 +197,11 @@ async def _connections(port: int, conns: int, seconds: float) -> TcpLoad:
         else:
             counts.errors += 1
 
-    async def loop_until_stop() -> None:
+    async def loop_until_stop(port: int) -> None:
         while time.monotonic() < stop_at:
-            await one()
+            await one(port)
 
-    await asyncio.gather(*(loop_until_stop() for _ in range(conns)))
+    await asyncio.gather(*(loop_until_stop(ports[i % len(ports)]) for i in range(conns)))
     return _load(CONNECTIONS, conns, time.monotonic() - start, counts)
 
 
@@ -211,10 +212,11 @@ def _load(kind: str, conns: int, seconds: float, counts: Counts) -> TcpLoad:
     )  # fmt: skip
 
 
-async def measure(kind: str, port: int, conns: int, seconds: float) -> TcpLoad:
+async def measure(kind: str, ports: Sequence[int], conns: int, seconds: float) -> TcpLoad:
+    """One load; connection i goes to ports[i % len(ports)] (several: no proxy between)."""
     if kind == CONNECTIONS:
-        return await _connections(port, conns, seconds)
-    return await _persistent(kind, port, conns, seconds)
+        return await _connections(ports, conns, seconds)
+    return await _persistent(kind, ports, conns, seconds)
 
 
 # -- the echo upstream ---------------------------------------------------------------------
@@ -241,15 +243,16 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="zdbench.tcpload")
     parser.add_argument("kind", choices=("serve", *KINDS))
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", required=True, help="a port; the load: ports, comma-separated")
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.kind == "serve":
-            uvloop.run(serve(args.port))
+            uvloop.run(serve(int(args.port)))
             return
-        load = uvloop.run(measure(args.kind, args.port, args.conns, args.seconds))
+        ports = [int(p) for p in args.port.split(",")]
+        load = uvloop.run(measure(args.kind, ports, args.conns, args.seconds))
         print(to_line(load), flush=True)
 
 

@@ -148,9 +148,10 @@ def split(total: int, parts: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class TcpRun:
-    """One load run through one proxy; CPU per round trip or connection (bulk: per MB)."""
+    """One load run through one proxy (None: straight to the echoes, the ceiling);
+    CPU per round trip or connection (bulk: per MB)."""
 
-    variant: Variant
+    variant: Variant | None
     load: TcpLoad
     cpu_us: float | None
 
@@ -160,6 +161,8 @@ class TcpRun:
         return f"{_rate(self.load)}, p99 {_ms(self.load.p99_us)}, {errors}"
 
 
+NGINX = Variant("nginx", 1)
+NO_PROXY = "no proxy (client straight to the echoes)"
 LOAD_NAMES = {
     ROUND_TRIPS: "64 B round trips, {conns:,} persistent conns",
     CONNECTIONS: "new connections (connect, 64 B echo, close), {conns:,} at once",
@@ -172,14 +175,14 @@ def tcp_table(runs: Sequence[TcpRun]) -> list[str]:
     names = ["load", "proxy", "rate", "p50", "p99", "errors", "timeouts"]
     names += ["CPU µs/op (bulk: /MB)", "rate ÷ nginx"]
     lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
-    nginx = {(r.load.kind, r.load.conns): r.load for r in runs if r.variant.proxy == "nginx"}
+    nginx = {(r.load.kind, r.load.conns): r.load for r in runs if r.variant == NGINX}
     for r in sorted(runs, key=_order):
         load = r.load
         base = nginx.get((load.kind, load.conns))
         versus = ratio(_value(load), _value(base) if base else None)
         cells = [
             LOAD_NAMES.get(load.kind, load.kind).format(conns=load.conns),
-            r.variant.label,
+            r.variant.label if r.variant else NO_PROXY,
             _rate(load),
             _ms(load.p50_us),
             _ms(load.p99_us),
@@ -194,7 +197,8 @@ def tcp_table(runs: Sequence[TcpRun]) -> list[str]:
 
 def _order(r: TcpRun) -> tuple[int, int, int]:
     kind = KINDS.index(r.load.kind) if r.load.kind in KINDS else len(KINDS)
-    return (kind, r.load.conns, PROXY_ORDER.get(r.variant.proxy, 9))
+    proxy = PROXY_ORDER.get(r.variant.proxy, 9) if r.variant else -1
+    return (kind, r.load.conns, proxy)
 
 
 def _value(load: TcpLoad) -> float:

@@ -102,6 +102,14 @@ def test_each_proxy_gets_a_round_trip_run_per_concurrency_then_connections_and_b
     }
 
 
+def test_the_no_proxy_ceiling_comes_first_and_compares_with_nginx_too() -> None:
+    ceiling = TcpRun(None, TcpLoad(CONNECTIONS, 50, 2.0, 12_000), None)
+    lines = tcp_table([run("nginx", TcpLoad(CONNECTIONS, 50, 2.0, 6000)), ceiling])
+    assert "| no proxy (client straight to the echoes) | 6,000 conns/s |" in lines[2]
+    assert lines[2].endswith(f"| — | 2.00{X} |")
+    assert "| nginx 1 worker |" in lines[3]
+
+
 def run(proxy: str, load: TcpLoad) -> TcpRun:
     return TcpRun(Variant(proxy, 1), load, 12.5)
 
