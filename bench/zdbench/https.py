@@ -1,8 +1,10 @@
-"""The HTTPS row: zerodown (embedded, 1 worker) and nginx (1 worker) each
-terminating TLS 1.3 in front of the same backends, wrk over keep-alive
-connections at each of the plan's concurrencies, shared mode, one
-repetition. The certificate is a self-signed P-256 one made for the run
-(wrk does not verify it); the version each proxy negotiated is recorded.
+"""The HTTPS row: zerodown (embedded, and driving HAProxy and nginx:
+`[proxy.tls]` with `dataplane = "haproxy"` / `"nginx"`), plain nginx and
+plain HAProxy, 1 worker (or thread) each, terminating TLS 1.3 in front of
+the same backends, wrk over keep-alive connections at each of the plan's
+concurrencies, shared mode, one repetition. The certificate is a
+self-signed P-256 one made for the run (wrk does not verify it); the
+version each proxy negotiated is recorded.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from zdbench import procfs
-from zdbench.model import Variant, ratio
-from zdbench.procs import RUN_SLACK, Supervisor
+from zdbench.model import DRIVEN, PROXY_ORDER, Variant, ratio
+from zdbench.procs import RUN_SLACK, StartError, Supervisor
 from zdbench.servers import (
+    HAPROXY,
     NGINX,
     Ports,
     free_port,
@@ -35,7 +38,8 @@ from zdbench.servers import (
 )
 from zdbench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command
 
-VARIANTS = (Variant("zerodown", 1), Variant("nginx", 1))
+# In the matrix's order: each driver's row beside the plain proxy it drives.
+VARIANTS = tuple(Variant(proxy, 1) for proxy in PROXY_ORDER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,52 +99,83 @@ def start(
     sup: Supervisor, variant: Variant, ports: Ports, work: Path, tls_port: int
 ) -> subprocess.Popen[bytes]:
     cert, key = make_cert(work / "tls")
-    if variant.proxy == "zerodown":
+    if variant.proxy == "zerodown" or variant.proxy in DRIVEN:
         extra = f'\n[proxy.tls]\nlisten = ["127.0.0.1:{tls_port}"]\ncert = "{cert}"\nkey = "{key}"'
         return start_proxy(sup, variant, ports, work, cpus=None, zerodown_extra=extra)
     b1, b2 = ports.backends
-    conf = work / "nginx.conf"
-    conf.write_text(
-        render(
-            "nginx-proxy-https.conf",
-            dir=work,
-            port=ports.front,
-            tls_port=tls_port,
-            workers=variant.workers,
-            backend1=b1,
-            backend2=b2,
-            cert=cert,
-            key=key,
-            user=nginx_user_line(),
+    values = {"dir": work, "port": ports.front, "tls_port": tls_port, "workers": variant.workers}
+    if variant.proxy == "haproxy":
+        pem = work / "tls" / "bench-with-key.pem"  # HAProxy's crt: the chain, then the key
+        pem.write_bytes(cert.read_bytes() + key.read_bytes())
+        pem.chmod(0o600)
+        conf = work / "haproxy.cfg"
+        conf.write_text(render("haproxy-https.cfg", **values, backend1=b1, backend2=b2, pem=pem))
+        argv = [HAPROXY, "-db", "-f", str(conf)]
+    else:
+        conf = work / "nginx.conf"
+        conf.write_text(
+            render(
+                "nginx-proxy-https.conf",
+                **values,
+                backend1=b1,
+                backend2=b2,
+                cert=cert,
+                key=key,
+                user=nginx_user_line(),
+            )
         )
-    )
-    argv = [NGINX, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
+        argv = [NGINX, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
     proc = sup.start(argv, log=work / "stdout.log")
     wait_ready(proc, ports.front, work / "stdout.log", work / "error.log")
     return proc
 
 
+def proxy_tree(pid: int, work: Path) -> dict[int, int]:
+    """pid -> CPU ticks of the proxy's tree, and of the nginx master zerodown's nginx
+    driver started under `work` (it daemonizes: nobody's child, found by its pid file)."""
+    ticks = procfs.tree(pid)
+    for pid_file in work.glob("state/**/nginx.pid"):
+        try:
+            ticks.update(procfs.tree(int(pid_file.read_text().strip())))
+        except (OSError, ValueError):
+            continue
+    return ticks
+
+
 def measure(
-    sup: Supervisor, work: Path, ports: Ports, conns: Sequence[int], duration_s: float, threads: int
+    sup: Supervisor,
+    work: Path,
+    ports: Ports,
+    conns: Sequence[int],
+    duration_s: float,
+    threads: int,
+    variants: Sequence[Variant] = VARIANTS,
 ) -> tuple[list[HttpsRun], list[str]]:
     """Every variant at every concurrency: the runs, and what failed."""
     runs: list[HttpsRun] = []
     failures: list[str] = []
-    for variant in VARIANTS:
+    for variant in variants:
         tls_port = free_port()
-        proc = start(sup, variant, ports, work / f"https-{variant.key}", tls_port)
+        try:
+            proc = start(sup, variant, ports, work / f"https-{variant.key}", tls_port)
+        except StartError as exc:
+            failures.append(f"https {variant.label} did not start: {exc}")
+            print(f"  https {variant.label}: did not start: {exc}", flush=True)
+            wait_port_free(ports.front)
+            continue
         try:
             version = negotiated(tls_port)
             url = f"https://127.0.0.1:{tls_port}/"
             for count in conns:
-                before = procfs.tree(proc.pid)
+                before = proxy_tree(proc.pid, work / f"https-{variant.key}")
                 argv = wrk_command(url, connections=count, threads=threads, duration_s=duration_s)
                 try:
                     result = parse_wrk(sup.run(argv, timeout=duration_s + RUN_SLACK))
                 except (subprocess.TimeoutExpired, WrkOutputError):
                     failures.append(f"https {variant.label} c={count}: wrk did not finish")
                     continue
-                ticks = procfs.ticks_delta(before, procfs.tree(proc.pid))
+                after = proxy_tree(proc.pid, work / f"https-{variant.key}")
+                ticks = procfs.ticks_delta(before, after)
                 cpu = procfs.cpu_us_per_request(ticks, result.requests)
                 runs.append(HttpsRun(variant, count, version, result, cpu))
                 print(f"  https {variant.label} c={count}: {result.rps:,.0f} req/s", flush=True)
@@ -156,7 +191,7 @@ def https_table(runs: Sequence[HttpsRun]) -> list[str]:
     names += ["CPU µs/req", "req/s ÷ nginx"]
     lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
     nginx = {r.conns: r for r in runs if r.variant.proxy == "nginx"}
-    for r in sorted(runs, key=lambda r: (r.conns, r.variant.proxy != "zerodown")):
+    for r in sorted(runs, key=lambda r: (r.conns, PROXY_ORDER.get(r.variant.proxy, 9))):
         base = nginx.get(r.conns)
         versus = ratio(r.wrk.rps, base.wrk.rps if base else None)
         s = r.wrk.socket

@@ -13,6 +13,7 @@ BENCH_STREAM_MB=1024    size of the streamed upload and download (0: skip)
 BENCH_DEPLOY_CONNS=200  wrk connections during the deploys under load (0: skip)
 BENCH_DEPLOY_SETTLE=5   seconds of that load before and after each deploy (quick: 2)
 BENCH_DEPLOY_DATAPLANES=embedded,haproxy,nginx  the data planes the deploys run through
+BENCH_STEPS=...         the steps to run (default: all), e.g. https,tcp
 BENCH_OUT=bench/results where the JSON and markdown go
 """
 
@@ -25,6 +26,7 @@ from zdbench.model import MODES, OWN_CORE, PROXIES, Variant
 
 ALL_VARIANTS = tuple(Variant(p, w) for p in PROXIES for w in (1, 2))
 DATAPLANES = ("embedded", "haproxy", "nginx")
+STEPS = ("matrix", "bursts", "idle", "stream", "deploy", "https", "tcp")
 ENV_KEYS = (
     "BENCH_QUICK",
     "BENCH_DURATION",
@@ -39,6 +41,7 @@ ENV_KEYS = (
     "BENCH_DEPLOY_CONNS",
     "BENCH_DEPLOY_SETTLE",
     "BENCH_DEPLOY_DATAPLANES",
+    "BENCH_STEPS",
     "BENCH_OUT",
 )
 START_S = 2.0  # a proxy start, readiness and stop, for the time estimate
@@ -47,6 +50,8 @@ BURST_GAP_S = 1.0  # between two reconnect bursts: the last burst's connections 
 DEPLOY_FIXED_S = 4.0  # deploy extra: serve's start, the first deploy, its stop
 DEPLOY_EACH_S = 2.0  # one deploy of the demo app under load, for the time estimate
 DEPLOYS = 2  # rolling, then blue_green
+EDGE_PROXIES = 5  # the HTTPS and TCP rows: zerodown on each data plane, nginx, HAProxy
+TCP_EXTRA_LOADS = 2  # new connections and bulk, beside a round-trip run per concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,7 @@ class Plan:
     deploy_conns: int
     deploy_settle_s: float
     deploy_dataplanes: tuple[str, ...] = DATAPLANES
+    steps: tuple[str, ...] = STEPS
 
     def variants_for(self, mode: str) -> tuple[Variant, ...]:
         """Own core is the per-core comparison: one worker, on one CPU."""
@@ -85,9 +91,17 @@ class Plan:
         bursts = len(self.burst_variants()) * (
             START_S + self.bursts * (self.burst_s + BURST_GAP_S) if self.bursts else 0
         )
-        idle = 15.0 if self.idle_conns else 0.0
-        stream = self.stream_bytes / 150e6 + 3 if self.stream_bytes else 0.0
-        return starts * per_start + bursts + idle + stream + self.deploy_estimate_s()
+        run = self.duration_s + GAP_S
+        parts = {
+            "matrix": starts * per_start,
+            "bursts": bursts,
+            "idle": 15.0 if self.idle_conns else 0.0,
+            "stream": self.stream_bytes / 150e6 + 3 if self.stream_bytes else 0.0,
+            "deploy": self.deploy_estimate_s(),
+            "https": EDGE_PROXIES * (START_S + len(self.conns) * run),
+            "tcp": EDGE_PROXIES * (START_S + (len(self.conns) + TCP_EXTRA_LOADS) * run),
+        }
+        return sum(seconds for step, seconds in parts.items() if step in self.steps)
 
     def deploy_estimate_s(self) -> float:
         """The deploy extra: a steady run, then each deploy with its load before and after."""
@@ -121,6 +135,10 @@ def plan_from_env(env: Mapping[str, str]) -> Plan:
             raise ValueError(
                 f"BENCH_DEPLOY_DATAPLANES: {dataplane!r} is not one of {', '.join(DATAPLANES)}"
             )
+    steps = _list(env, "BENCH_STEPS", ",".join(STEPS))
+    for step in steps:
+        if step not in STEPS:
+            raise ValueError(f"BENCH_STEPS: {step!r} is not one of {', '.join(STEPS)}")
     return Plan(
         quick=quick,
         duration_s=_number(env, "BENCH_DURATION", 3 if quick else 10, low=1),
@@ -137,6 +155,7 @@ def plan_from_env(env: Mapping[str, str]) -> Plan:
         deploy_conns=int(_number(env, "BENCH_DEPLOY_CONNS", 200, low=0)),
         deploy_settle_s=_number(env, "BENCH_DEPLOY_SETTLE", 2 if quick else 5, low=1),
         deploy_dataplanes=tuple(dataplanes),
+        steps=tuple(steps),
     )
 
 

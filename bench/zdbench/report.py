@@ -32,6 +32,7 @@ from zdbench.model import (
     ratio,
 )
 from zdbench.targets import Check, check_all, deploy_under_load
+from zdbench.tcpstats import TcpRun, tcp_table
 from zdbench.wrk import WrkResult
 
 
@@ -50,6 +51,7 @@ class Report:
     failures: Sequence[str] = ()  # runs that broke (a proxy that would not start, ...)
     deploys: Sequence[DeployLoad] = ()  # the deploy-under-load extra, one per data plane
     https: Sequence[HttpsRun] = ()  # the HTTPS row (https.py)
+    tcp: Sequence[TcpRun] = ()  # the TCP row (tcp.py)
 
     @property
     def rows(self) -> list[Row]:
@@ -104,8 +106,11 @@ def to_markdown(report: Report) -> str:
         out += ["", f"## A deploy under the highest sustained load ({title})", ""]
         out += deploy_lines(d)
     if report.https:
-        out += ["", "## HTTPS: TLS 1.3 terminated, keep-alive (shared, 1 worker)", ""]
+        out += ["", "## HTTPS: TLS 1.3 terminated, keep-alive (shared, 1 worker or thread)", ""]
         out += https_table(report.https)
+    if report.tcp:
+        out += ["", "## TCP: an echo service through each proxy (shared, 1 worker)", ""]
+        out += tcp_table(report.tcp)
     if report.unavailable or report.not_measured or report.failures:
         out += ["", "## Not measured", ""]
         out += [f"- {Variant.parse(k).label}: {why}" for k, why in report.unavailable.items()]

@@ -22,6 +22,7 @@ import uvloop
 
 from zdbench import clients, deploy, procfs
 from zdbench import https as https_row
+from zdbench import tcp as tcp_row
 from zdbench.machine import loadavg, machine_info
 from zdbench.model import OWN_CORE, SHARED, Bursts, DeployLoad, Idle, Run, Transfer, Variant
 from zdbench.plan import BURST_GAP_S, Plan, order
@@ -36,6 +37,7 @@ from zdbench.servers import (
     wait_port_free,
 )
 from zdbench.targets import RECONNECT_CONNS
+from zdbench.tcpstats import TcpRun
 from zdbench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command
 
 PROXY_CPU = "0"  # own core: the proxy here ...
@@ -267,12 +269,34 @@ class Suite:
                 self.plan.conns,
                 self.plan.duration_s,
                 self.plan.threads,
+                self._edge_variants(https_row.VARIANTS),
             )
         except StartError as exc:
             self.failures.append(f"https: a proxy did not start: {exc}")
             return []
         self.failures += failures
         return runs
+
+    def tcp(self) -> list[TcpRun]:
+        """The TCP row (zdbench/tcp.py): an echo service through each proxy."""
+        try:
+            runs, failures = tcp_row.measure(
+                self.sup,
+                self.work / "tcp",
+                self.ports,
+                self.plan.conns,
+                self.plan.duration_s,
+                self._edge_variants(tcp_row.VARIANTS),
+            )
+        except StartError as exc:
+            self.failures.append(f"tcp: a process did not start: {exc}")
+            return []
+        self.failures += failures
+        return runs
+
+    def _edge_variants(self, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        """The HTTPS and TCP rows' proxies that BENCH_PROXIES names (all by default)."""
+        return tuple(v for v in variants if v in self.plan.variants)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -342,16 +366,20 @@ def run_suite(plan: Plan, command: str) -> Report:
     with tempfile.TemporaryDirectory(prefix="zdbench-") as tmp, guard(Supervisor()) as sup:
         suite = Suite(plan, sup, Path(tmp), ports)
         suite.start_backends()
-        steps: list[tuple[str, Callable[[], Any]]] = [
-            ("matrix", suite.matrix),
-            ("reconnect bursts", suite.reconnects),
-            ("idle connections", suite.idle),
-            ("large bodies", suite.stream),
-            ("deploy under load", suite.deploys),
-            ("https", suite.https),
+        steps: list[tuple[str, str, Callable[[], Any]]] = [
+            ("matrix", "matrix", suite.matrix),
+            ("bursts", "reconnect bursts", suite.reconnects),
+            ("idle", "idle connections", suite.idle),
+            ("stream", "large bodies", suite.stream),
+            ("deploy", "deploy under load", suite.deploys),
+            ("https", "https", suite.https),
+            ("tcp", "tcp", suite.tcp),
         ]
         results: dict[str, Any] = {}
-        for name, step in steps:
+        for key, name, step in steps:
+            if key not in plan.steps:
+                suite.not_measured[name] = f"not in BENCH_STEPS={','.join(plan.steps)}"
+                continue
             print(f"zdbench: {name}", flush=True)
             results[name] = step()
     return Report(
@@ -361,10 +389,11 @@ def run_suite(plan: Plan, command: str) -> Report:
         machine={**machine, "loadavg_after": loadavg()},
         runs=suite.runs,
         bursts=suite.bursts,
-        idle=results["idle connections"],
-        transfers=results["large bodies"],
-        deploys=results["deploy under load"],
-        https=results["https"],
+        idle=results.get("idle connections"),
+        transfers=results.get("large bodies", []),
+        deploys=results.get("deploy under load", []),
+        https=results.get("https", []),
+        tcp=results.get("tcp", []),
         unavailable=suite.unavailable,
         not_measured=suite.not_measured,
         failures=suite.failures,
