@@ -16,6 +16,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.zerodown-installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the suite's e2e tests mostly wait, so two
+# processes on two cores keep it well inside CI's 20 minutes.
+TEST_WORKERS ?= 2
 
 .PHONY: help venv check-system lint test demo bench
 
@@ -50,7 +53,7 @@ lint: venv
 test: venv check-system
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/zerodown demo
