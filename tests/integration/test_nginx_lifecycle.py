@@ -23,9 +23,9 @@ from harness import (
     until,
 )
 from nginx_harness import nginx, port_of
-from zerodown.dataplane.accesslog import LogTransport
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
 from zerodown.dataplane.nginx.process import alive
+from zerodown.dataplane.nginx.settings import NginxLogTransport
 from zerodown.routing import HealthSpec, RoutingTable
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
@@ -165,9 +165,9 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
     run(main())
 
 
-@pytest.mark.parametrize("transport", ["udp", "unix"])
+@pytest.mark.parametrize("transport", ["file", "udp", "unix"])
 def test_stats_count_requests_per_target_from_the_access_log(
-    tmp_path: Path, transport: LogTransport
+    tmp_path: Path, transport: NginxLogTransport
 ) -> None:
     async def main() -> None:
         async with backends("a", "b") as (a, b):
