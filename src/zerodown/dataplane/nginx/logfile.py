@@ -137,8 +137,10 @@ class LogFile:
             return
         os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         _create(self.path)
-        self._old, self._current = self._current, _Reader(self.path, at_end=False)
-        self._old.quiet_since = time.monotonic()
+        old, self._current = self._current, _Reader(self.path, at_end=False)
+        if old is not None:
+            old.quiet_since = time.monotonic()
+        self._old = old
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGUSR1)  # reopen: workers flush to the old file first
 
