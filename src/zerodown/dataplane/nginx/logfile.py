@@ -86,12 +86,13 @@ class LogFile:
         self.on_lines = on_lines
         self.master: Callable[[], int | None] = lambda: None  # the pid SIGUSR1 goes to
         self.target = LogTarget("")
+        self.rotations = 0
         self._current: _Reader | None = None
         self._old: _Reader | None = None
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<LogFile {self.target.server or 'closed'}>"
+        return f"<LogFile {self.target.server or 'closed'} rotations={self.rotations}>"
 
     def open(self, saved: LogTarget | None) -> LogTarget:
         """Follow the file from its end (what is there was counted by a driver before)."""
@@ -141,6 +142,7 @@ class LogFile:
         if old is not None:
             old.quiet_since = time.monotonic()
         self._old = old
+        self.rotations += 1
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGUSR1)  # reopen: workers flush to the old file first
 
