@@ -117,7 +117,9 @@ def render(
 ) -> str:
     """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
     paths = Paths(settings.state_dir)
-    log = log or LogTarget(f"unix:{paths.access_socket}")
+    if log is None:  # `zerodown render`: where the driver would have nginx log
+        where = paths.access_log if settings.log_transport == "file" else paths.access_socket
+        log = LogTarget(f"{'file' if settings.log_transport == 'file' else 'unix'}:{where}")
     http = [
         *_http_common(settings, paths, log),
         *guard_http(services),
