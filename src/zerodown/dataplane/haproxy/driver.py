@@ -71,7 +71,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self.latency = LatencyLog()
-        self._log_socket = LogStream(self.latency.feed_lines)
+        self._log_stream = LogStream(self.latency.feed_lines)
         self._log: LogTarget | None = None
 
     def __repr__(self) -> str:
@@ -97,7 +97,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         """Where HAProxy logs each request (latency.py): where the last driver
         had it, if free, so an adopted HAProxy goes on sending here."""
         saved = self._saved_log()
-        self._log = self._log_socket.open(saved)
+        self._log = self._log_stream.open(saved)
         self.latency.key = self._log.key
 
     async def _start(self, listen: list[str] | list[socket.socket]) -> None:
@@ -345,7 +345,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         _write_atomic(self.settings.table_file, json.dumps(doc))
 
     def _close_log(self) -> None:
-        self._log_socket.close()
+        self._log_stream.close()
         self._log = None
 
     def _saved_log(self) -> LogTarget | None:
