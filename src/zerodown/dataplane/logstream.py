@@ -29,6 +29,9 @@ __all__ = ["READ_INTERVAL", "LogStream"]
 
 READ_INTERVAL: Final = 0.05  # at most 20 reads a second a connection, each of all that is queued
 READ_SIZE: Final = 1024 * 1024
+# One connection per HAProxy process with the ring: the live worker, and
+# old ones finishing their connections after reloads.
+MAX_CONNECTIONS: Final = 32
 
 
 class LogStream:
@@ -82,6 +85,9 @@ class LogStream:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            if len(self._connections) >= MAX_CONNECTIONS:
+                conn.close()  # HAProxy needs one a process; this is someone else
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOG_RECEIVE_BUFFER)
             self._connections[conn.fileno()] = (conn, bytearray())
