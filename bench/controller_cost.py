@@ -8,13 +8,14 @@ Runs each driver (nginx with each log transport, HAProxy) in this process,
 in front of two nginx backends, with wrk (2 threads) for SECONDS at CONNS
 connections, and prints this process's CPU time (the driver: its log
 reading, its health checks, its event loop) over the requests wrk
-completed. The proxy's own CPU is not in it: nginx and HAProxy are other
-processes. Compare figures from the same run; a busy machine inflates all.
+completed, and apart the proxy's (its master and workers, /proc).
+Compare figures from the same run; a busy machine inflates all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -42,22 +43,36 @@ def table(backends: list[int]) -> RoutingTable:
     return RoutingTable(services=(spec,))
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (their exited children's too)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(plane: ManagedDataPlane, label: str, seconds: int, conns: int) -> None:
     port = free_port()
     await plane.start([f"127.0.0.1:{port}"])
     try:
         await asyncio.sleep(1.0)  # health checks up, config live
         argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
-        started = time.process_time()
+        started, proxy_started = time.process_time(), cpu_seconds(plane.pids)
         wrk = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
         out, _ = await wrk.communicate()
         await asyncio.sleep(0.6)  # the last buffered lines: nginx flushes every 250 ms
         await plane.stats()
         spent = time.process_time() - started
+        proxy = cpu_seconds(plane.pids) - proxy_started
         result = parse_wrk(out.decode())
+        per_request = 1e6 / max(1, result.requests)
         print(
-            f"{label:<28} {result.rps:9,.0f} req/s  controller "
-            f"{spent / max(1, result.requests) * 1e6:6.2f} µs/req",
+            f"{label:<16} {result.rps:9,.0f} req/s  controller {spent * per_request:6.2f} µs/req"
+            f"  proxy {proxy * per_request:6.2f} µs/req",
             flush=True,
         )
     finally:
