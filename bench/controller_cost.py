@@ -2,7 +2,9 @@
 
     PYTHONPATH=src:bench python bench/controller_cost.py [SECONDS] [CONNS] [VARIANTS]
 
-VARIANTS: comma-separated, of nginx-file, nginx-udp, haproxy (all three by default).
+VARIANTS: comma-separated, of nginx-file, nginx-udp, haproxy (those three by
+default) and haproxy-nolog (the same HAProxy config without the per-request
+log line: the log's share of HAProxy's own CPU).
 
 Runs each driver (nginx with each log transport, HAProxy) in this process,
 in front of two nginx backends, with wrk (2 threads) for SECONDS at CONNS
@@ -89,7 +91,10 @@ async def main(
             settings = NginxSettings(state_dir=work / variant, log_transport=transport)
             plane = NginxDataPlane(settings, table(backends))
         else:
-            plane = HaproxyDataPlane(HaproxySettings(state_dir=work / variant), table(backends))
+            haproxy = HaproxyDataPlane(HaproxySettings(state_dir=work / variant), table(backends))
+            if variant == "haproxy-nolog":
+                haproxy._open_log = lambda: None  # type: ignore[method-assign]
+            plane = haproxy
         await measure(plane, variant, seconds, conns)
 
 
