@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,9 @@ from harness import (
     until,
 )
 from nginx_harness import nginx, port_of
-from zerodown.dataplane.accesslog import LogTransport
-from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings
+from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings, logfile
 from zerodown.dataplane.nginx.process import alive, group
+from zerodown.dataplane.nginx.settings import NginxLogTransport
 from zerodown.routing import HealthSpec, RoutingTable
 
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
@@ -165,9 +166,9 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
     run(main())
 
 
-@pytest.mark.parametrize("transport", ["udp", "unix"])
+@pytest.mark.parametrize("transport", ["file", "udp", "unix"])
 def test_stats_count_requests_per_target_from_the_access_log(
-    tmp_path: Path, transport: LogTransport
+    tmp_path: Path, transport: NginxLogTransport
 ) -> None:
     async def main() -> None:
         async with backends("a", "b") as (a, b):
@@ -277,5 +278,36 @@ def test_targets_back_from_a_total_outage_serve_at_once(tmp_path: Path) -> None:
             back = [(await request(port_of(plane))).status for _ in range(4)]
         assert failed == [502] * 6
         assert back == [200] * 4
+
+    run(main())
+
+
+def counted(plane: NginxDataPlane, lines: int) -> Callable[[], bool]:
+    return lambda: plane._counters.lines == lines
+
+
+def test_the_access_log_file_is_rotated_without_losing_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logfile, "ROTATE_BYTES", 2000)  # about 35 lines
+    monkeypatch.setattr(logfile, "OLD_GRACE", 0.2)
+
+    async def main() -> None:
+        async with (
+            backends("a") as (a,),
+            nginx(tmp_path, service(a.address)) as plane,
+            KeepAliveClient(port_of(plane)) as held,
+        ):
+            for sent in (40, 80, 120):
+                for _ in range(40):
+                    await held.request()
+                await until(counted(plane, sent), f"{sent} lines", 5.0)
+            stats = await plane.stats()
+        assert stats.services["web"].pools["stable"].targets[a.address].requests == 120
+        assert plane._counters.foreign == 0
+        # A second rotation needs lines in the file made at the first: nginx reopened.
+        assert plane._log_file.rotations >= 2
+        assert plane.paths.access_log.with_name("access.log.1").stat().st_size < 2 * 2000
+        assert plane.paths.access_log.stat().st_mode & 0o777 == 0o600
 
     run(main())

@@ -54,3 +54,14 @@ def test_stats_take_buckets_from_the_log_and_pools_add_them() -> None:
     assert pool.totals.latency.buckets["0.01"] == 3
     assert pool.totals.latency.buckets["+Inf"] == 4
     assert pool.targets["c:1"].latency.buckets == {}  # nothing logged, not in show stat
+
+
+def test_streamed_lines_count_as_many_times_as_they_repeat() -> None:
+    log = LatencyLog(key=KEY)
+    chunk = b"ab12 be_web t_a:1 3\n" * 300 + b"ab12 be_web t_a:1 40\nab12 be_web t_a:1 -1\n"
+    log.feed_lines(chunk + b"forged be_web t_a:1 1\n" * 2 + b"ab12 be_web\n")
+    histogram = log.servers[("be_web", "t_a:1")]
+    assert (histogram.count, log.lines, log.foreign) == (301, 302, 3)
+    assert histogram.snapshot().buckets["0.005"] == 300
+    assert histogram.snapshot().buckets["0.05"] == 301
+    assert abs(histogram.sum - 0.94) < 1e-9

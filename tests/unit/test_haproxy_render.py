@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.haproxy.render import render, route_order, unsupported
 from zerodown.dataplane.haproxy.servers import servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
@@ -198,3 +199,14 @@ def test_a_hold_is_a_lua_wait_only_while_the_table_asks_for_one() -> None:
     assert unsupported(RoutingTable(services=(held,))) == []
     page = spec(hold=HoldSpec(maintenance_html="<h1>soon</h1>"))
     assert "maintenance page" in unsupported(RoutingTable(services=(page,)))[0]
+
+
+def test_the_latency_log_goes_through_a_ring_streamed_to_the_driver() -> None:
+    log = LogTarget("tcp:127.0.0.1:5140", "ab12")
+    text = render(RoutingTable(services=(spec("a:1"),)), ["127.0.0.1:8080"], SETTINGS, log)
+    assert "    log ring@zerodown_log len 1024 local0 info\n" in text
+    ring = text.split("\nring zerodown_log\n", 1)[1].split("\n\n", 1)[0]
+    assert "    format raw" in ring
+    assert "    server zerodown 127.0.0.1:5140" in ring
+    assert 'log-format "ab12 %b %s %Tr"' in text
+    assert "log 127.0.0.1:5140" not in text

@@ -104,3 +104,23 @@ def test_lines_without_this_nginx_key_are_ignored() -> None:
         "5xx": 0,
     }
     assert (counters.lines, counters.foreign) == (1, 2)
+
+
+def file_line(addr: str, ustatus: str, urt: str, status: str = "200", key: str = "5eed") -> bytes:
+    # render.FILE_LOG_FORMAT: nginx writes "-" for an unset variable.
+    return "\t".join((key, "zd_web", addr, ustatus, urt, status, "-", "-")).encode() + b"\n"
+
+
+def test_file_lines_count_as_many_times_as_they_repeat() -> None:
+    counters = AccessCounters(key="5eed")
+    chunk = file_line(A, "200", "0.002") * 500 + file_line(f"{A}, {B}", "502, 200", "0.000, 0.030")
+    chunk += file_line(A, "200", "0.1", key="bad") * 3 + file_line("-", "-", "-", status="404")
+    seen = counters.feed_lines(chunk + b"cut\tline")
+    assert (counters.lines, counters.foreign) == (502, 4)  # the key, or not 8 fields
+    assert {(t.address, t.status) for t in seen} == {(A, 200), (A, 502), (B, 200)}
+    a, b = counters.metrics("web", A).snapshot(), counters.metrics("web", B).snapshot()
+    assert (a.requests, a.retries, a.failures["connect"], a.responses["2xx"]) == (501, 1, 1, 500)
+    assert (a.latency.count, a.latency.buckets["0.0025"]) == (500, 500)
+    assert (b.requests, b.responses["2xx"], b.latency.count) == (1, 1, 1)
+    assert counters.rejected == {"404": 1}
+    assert counters.refused == {}

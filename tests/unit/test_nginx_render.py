@@ -172,7 +172,10 @@ def test_everything_lives_under_state_dir_and_the_generation_is_served() -> None
     text = conf(service(A))
     assert "pid /srv/zd/nginx.pid;" in text
     assert "proxy_temp_path /srv/zd/temp/proxy;" in text
-    assert "access_log syslog:server=unix:/srv/zd/access.sock,nohostname zerodown;" in text
+    assert "access_log /srv/zd/access.log zerodown buffer=64k flush=250ms;" in text
+    assert "access_log syslog:server=unix:/srv/zd/access.sock,nohostname zerodown;" in conf(
+        service(A), log_transport="unix"
+    )
     assert "listen unix:/srv/zd/control.sock;" in text
     assert 'location = /zerodown/generation { return 200 "7"; }' in text
     assert "location = /zerodown/status { stub_status; }" in text

@@ -94,6 +94,8 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         extra_http=Path(proxy.nginx.extra).read_text() if proxy.nginx.extra else "",
         trusted_proxies=tuple(str(cidr) for cidr in config.proxy_settings().trusted_proxies),
         proxy_protocol=config.proxy.proxy_protocol,
+        # nginx's `keepalive` (per worker and service) must be 1 at least.
+        keepalive=max(1, config.proxy_settings().upstream_max_idle),
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=_nginx_tls(config),
     )

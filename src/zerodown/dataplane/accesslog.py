@@ -1,5 +1,9 @@
 """Where a proxy zerodown drives sends one log line per request: a datagram
-socket the driver reads, shared by the nginx and HAProxy drivers.
+socket the driver reads. The nginx driver's `log_transport` "udp" and
+"unix" (its default is a buffered file, nginx/logfile.py); HAProxy streams
+its lines over TCP instead (logstream.py). A datagram per request costs the
+controller a wakeup and a recv per request: 15-30 µs of its CPU each,
+beside a proxy that spends 13-17 µs on the request itself.
 
 Both proxies speak syslog: `<190>Dec  4 13:52:02 nginx: {json}`. The line
 is a JSON object the driver's log format builds, carrying a random key

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.accesslog import LogSocket, LogTarget
+from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.cache import cache_map, switching
@@ -42,6 +42,7 @@ from zerodown.dataplane.haproxy.servers import backend_name, server_name
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.haproxy.stats import build_stats
 from zerodown.dataplane.haproxy.tls import write_cert_files
+from zerodown.dataplane.logstream import LogStream
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
@@ -71,7 +72,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self.latency = LatencyLog()
-        self._log_socket = LogSocket(self.latency.feed)
+        self._log_stream = LogStream(self.latency.feed_lines)
         self._log: LogTarget | None = None
 
     def __repr__(self) -> str:
@@ -97,7 +98,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         """Where HAProxy logs each request (latency.py): where the last driver
         had it, if free, so an adopted HAProxy goes on sending here."""
         saved = self._saved_log()
-        self._log = self._log_socket.open("udp", self.settings.state_dir / "log.sock", saved)
+        self._log = self._log_stream.open(saved)
         self.latency.key = self._log.key
 
     async def _start(self, listen: list[str] | list[socket.socket]) -> None:
@@ -352,7 +353,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         _write_atomic(self.settings.table_file, json.dumps(doc))
 
     def _close_log(self) -> None:
-        self._log_socket.close()
+        self._log_stream.close()
         self._log = None
 
     def _saved_log(self) -> LogTarget | None:

@@ -82,6 +82,10 @@ def unsupported(table: RoutingTable) -> list[str]:
     return problems
 
 
+LOG_RING = "zerodown_log"
+LOG_RING_SIZE = 1024 * 1024
+
+
 def render(
     table: RoutingTable,
     listen: Sequence[str],
@@ -89,7 +93,8 @@ def render(
     log: LogTarget | None = None,
 ) -> str:
     """The whole haproxy.cfg; `log`, where each request's line goes (latency.py)."""
-    parts = [_global(table, settings, log), _defaults(settings, log), *cache_sections(table)]
+    parts = [_global(table, settings, log), *_log_ring(log), _defaults(settings, log)]
+    parts += cache_sections(table)
     parts += [_frontend(i, address, table, settings) for i, address in enumerate(listen)]
     parts += [_tcp_frontend(spec) for spec in table.tcp_services]
     parts += [_backend(spec, settings) for spec in table.http_services]
@@ -109,12 +114,32 @@ def _global(table: RoutingTable, settings: HaproxySettings, log: LogTarget | Non
         f"server-state-file {settings.server_state_file}",
         *global_lines(settings.tls),
     ]
-    if log is not None:
+    if log is not None and log.server.startswith("tcp:"):
+        lines.append(f"log ring@{LOG_RING} len 1024 local0 info")  # streamed: _log_ring
+    elif log is not None:
         where = log.server.removeprefix("unix:")  # HAProxy: a path is a unix datagram socket
         lines.append(f"log {where} len 1024 local0 info")
     if any(spec.hold is not None for spec in table.services):
         lines.append(f"lua-load {settings.hold_script}")  # the driver writes it (hold.py)
     return _section("global", *lines)
+
+
+def _log_ring(log: LogTarget | None) -> list[str]:
+    """Log lines kept in HAProxy's memory and streamed to the driver over TCP
+    (dataplane/logstream.py): no datagram sent per request; `format raw`
+    sends each as the bare log-format line and a newline."""
+    if log is None or not log.server.startswith("tcp:"):
+        return []
+    ring = _section(
+        f"ring {LOG_RING}",
+        "format raw",
+        "maxlen 1024",
+        f"size {LOG_RING_SIZE}",  # a burst the driver has not read yet; then the oldest go
+        "timeout connect 1s",
+        "timeout server 10s",
+        f"server zerodown {log.server.removeprefix('tcp:')}",
+    )
+    return [ring]
 
 
 def _defaults(settings: HaproxySettings, log: LogTarget | None) -> str:

@@ -40,9 +40,10 @@ from typing import Final
 from zerodown.dataplane.accesslog import LogSocket, LogTarget
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
-from zerodown.dataplane.nginx.accesslog import AccessCounters
+from zerodown.dataplane.nginx.accesslog import AccessCounters, Try
 from zerodown.dataplane.nginx.health import ActiveHealth
 from zerodown.dataplane.nginx.hold import HoldServers
+from zerodown.dataplane.nginx.logfile import LogFile
 from zerodown.dataplane.nginx.orphans import Orphans
 from zerodown.dataplane.nginx.render import in_panic, render
 from zerodown.dataplane.nginx.report import build_stats
@@ -83,6 +84,8 @@ class NginxDataPlane(ManagedDataPlane):
         # A second past nginx's own deadline: a quitting worker ends itself first.
         self._orphans = Orphans(self.settings.worker_shutdown_timeout + 1.0)
         self._log_socket = LogSocket(self._read_log)
+        self._log_file = LogFile(self.paths.access_log, self._read_log_lines)
+        self._log_file.master = lambda: self._master
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
@@ -248,6 +251,7 @@ class NginxDataPlane(ManagedDataPlane):
         return DrainResult(service, address, completed, 0, time.monotonic() - started)
 
     async def stats(self) -> Stats:
+        self._catch_up_log()
         connections = await process.client_connections(self.paths) or 0
         return build_stats(self._table, self._counters, self._health.unhealthy(), connections)
 
@@ -389,14 +393,32 @@ class NginxDataPlane(ManagedDataPlane):
             else None
         )
         transport = self.settings.log_transport
-        self._log = self._log_socket.open(transport, self.paths.access_socket, last)
+        if transport == "file":
+            self._log = self._log_file.open(last)
+        else:
+            self._log = self._log_socket.open(transport, self.paths.access_socket, last)
         self._counters.key = self._log.key
 
     def _close_log(self) -> None:
         self._log_socket.close()
+        self._log_file.close()
+
+    def _catch_up_log(self) -> None:
+        """Count what the log file holds now, so stats() lag only nginx's buffers."""
+        if self.settings.log_transport == "file":
+            try:
+                self._log_file.read()
+            except OSError as error:
+                log.warning("nginx access log %s: %s", self.paths.access_log, error)
 
     def _read_log(self, datagram: bytes) -> None:
-        for one in self._counters.feed(datagram):
+        self._answered(self._counters.feed(datagram))
+
+    def _read_log_lines(self, chunk: bytes) -> None:
+        self._answered(self._counters.feed_lines(chunk))
+
+    def _answered(self, tries: list[Try]) -> None:
+        for one in tries:
             if one.status is not None and one.status < 500:
                 self._health.answered((one.service, one.address))
 

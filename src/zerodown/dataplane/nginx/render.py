@@ -34,6 +34,7 @@ from zerodown.dataplane.nginx import tls as nginx_tls
 from zerodown.dataplane.nginx.cache import cache_http, cache_location
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
 from zerodown.dataplane.nginx.hold import holds, socket_path
+from zerodown.dataplane.nginx.logfile import FILE_BUFFER, FILE_FLUSH
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.nginx.sticky import (
     SECURE_MAP,
@@ -49,6 +50,7 @@ from zerodown.routing import RoutingTable, ServiceSpec, TargetSpec, parse_addres
 
 __all__ = [
     "CONTROL_PATH",
+    "FILE_LOG_FORMAT",
     "LOG_FORMAT",
     "STATUS_PATH",
     "LogTarget",
@@ -71,6 +73,14 @@ LOG_FORMAT = (
     '{"k":"%(key)s","svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
     '"urt":"$upstream_response_time","rt":"$request_time","status":"$status",'
     '"msec":"$msec","zr":"$zd_refused","rule":"$zd_rule","zsvc":"$zd_svc"}'
+)
+# The same for the log file (logfile.py), tab-separated, in accesslog.FILE_FIELDS'
+# order: no per-request value but the upstream time (ms), so lines repeat.
+FILE_LOG_FORMAT = "\t".join(
+    [
+        *("%(key)s", "$proxy_host", "$upstream_addr", "$upstream_status"),
+        *("$upstream_response_time", "$status", "$zd_refused", "$zd_svc"),
+    ]
 )
 _BALANCE = {
     "round_robin": "",
@@ -110,7 +120,9 @@ def render(
 ) -> str:
     """The whole nginx.conf; `unhealthy` holds (service, address) our checks took out."""
     paths = Paths(settings.state_dir)
-    log = log or LogTarget(f"unix:{paths.access_socket}")
+    if log is None:  # `zerodown render`: where the driver would have nginx log
+        where = paths.access_log if settings.log_transport == "file" else paths.access_socket
+        log = LogTarget(f"{'file' if settings.log_transport == 'file' else 'unix'}:{where}")
     tcp = [s for s in services if s.mode == "tcp"]
     services = [s for s in services if s.mode == "http"]  # tcp ones: stream.py
     http = [
@@ -207,13 +219,25 @@ def _main(settings: NginxSettings, paths: Paths) -> list[str]:
     ]
 
 
+def _access_log(log: LogTarget) -> list[str]:
+    if log.server.startswith("file:"):
+        return [
+            f"log_format zerodown '{FILE_LOG_FORMAT % {'key': log.key}}';",
+            f"access_log {log.server.removeprefix('file:')} zerodown "
+            f"buffer={FILE_BUFFER} flush={FILE_FLUSH};",
+        ]
+    return [
+        f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';",
+        f"access_log syslog:server={log.server},nohostname zerodown;",
+    ]
+
+
 def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[str]:
     temp = paths.temp
     return [
         *(f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy")),
         *(f"{kind}_temp_path {temp / kind};" for kind in ("fastcgi", "uwsgi", "scgi")),
-        f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';",
-        f"access_log syslog:server={log.server},nohostname zerodown;",
+        *_access_log(log),
         "server_tokens off;",
         # Client-identity headers are taken only from trusted_proxies, as the
         # embedded proxy does: from anyone else they are replaced, so no
