@@ -54,8 +54,8 @@ def versions(first: int, last: int) -> list[str]:
     return [f"v{n}" for n in range(first, last + 1)]
 
 
-# Recreate holds requests across its gap; HAProxy and nginx are driven as
-# plain weighted pools and answer 503 there (README: features by data plane).
+# Every strategy through every data plane: recreate's gap is held by each
+# (embedded: in the proxy; HAProxy: a Lua wait; nginx: the driver's socket).
 STRATEGIES = ("rolling", "blue_green", "canary", "recreate")
 STRATEGIES_BY_DATAPLANE = [
     (strategy, dataplane)
