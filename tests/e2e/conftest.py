@@ -367,8 +367,9 @@ class Cluster:
 
     @property
     def client(self) -> AdminClient:
-        """The admin API, as the CLI calls it, from this process."""
-        return AdminClient(f"http://127.0.0.1:{self.admin}", None)
+        """The admin API, as the CLI calls it, from this process (with the
+        daemon's token, as the CLI takes it from ZERODOWN_TOKEN)."""
+        return AdminClient(f"http://127.0.0.1:{self.admin}", self.env.get("ZERODOWN_TOKEN"))
 
     # Polled in loops: the admin API in-process, what `zerodown status web
     # --json` prints, without a CLI process (0.6 s of CPU each) per look,

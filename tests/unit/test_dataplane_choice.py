@@ -113,7 +113,12 @@ def test_a_sticky_config_gives_each_driver_the_key_kept_in_state_dir(tmp_path: P
     again = managed_dataplane(parse_config(config("embedded", line)), tmp_path)
     assert isinstance(again, DetachedDataPlane)
     assert again.settings == embedded.settings  # a new controller adopts the host
+    # Without sticky services the embedded data plane gets the key all the
+    # same: its workers' supervisor would make one up otherwise, and the next
+    # controller's settings would differ and replace the host it should adopt.
     plain = managed_dataplane(parse_config(config("embedded")), tmp_path / "plain")
     assert isinstance(plain, DetachedDataPlane)
-    assert plain.settings.sticky_key == ""
-    assert not (tmp_path / "plain" / "sticky.key").exists()
+    assert plain.settings.sticky_key == (tmp_path / "plain" / "sticky.key").read_text().strip()
+    next_one = managed_dataplane(parse_config(config("embedded")), tmp_path / "plain")
+    assert isinstance(next_one, DetachedDataPlane)
+    assert next_one.settings == plain.settings

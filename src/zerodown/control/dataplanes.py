@@ -39,12 +39,12 @@ def managed_dataplane(config: Config, state_dir: Path) -> ManagedDataPlane:
 
 
 def proxy_settings(config: Config, state_dir: Path) -> ProxySettings:
-    """`[proxy]` as the embedded data plane takes it, with the sticky key
-    of state_dir when a service is sticky (else none is made)."""
-    settings = config.proxy_settings()
-    if not _any_sticky(config):
-        return settings
-    return dataclasses.replace(settings, sticky_key=sticky_key(state_dir))
+    """`[proxy]` as the embedded data plane takes it, with the sticky key of
+    state_dir. Always, sticky services or not: settings are how the next
+    controller tells whether it may adopt the running data plane, and a key
+    the workers' supervisor made up (as it does when given none) would differ
+    from the next one's and replace a data plane that should be adopted."""
+    return dataclasses.replace(config.proxy_settings(), sticky_key=sticky_key(state_dir))
 
 
 def _any_sticky(config: Config) -> bool:

@@ -114,7 +114,7 @@ class FleetOperations:
         self.store = store
         self.bus = EventBus(store)
         self.background = Background()
-        self.warm = WarmReleases(self.stop_instances, deploying, self.background.spawn)
+        self.warm = WarmReleases(self._retire_warm, deploying, self.background.spawn)
         # Outcomes the store could not record (it failed): deploy id -> outcome,
         # reason, finished at. Views show these, so `wait` and the CLI still
         # get the ending.
@@ -195,6 +195,12 @@ class FleetOperations:
         return await through_restarts(
             f"drain {address}", lambda: self.dataplane.drain(service, address, timeout)
         )
+
+    async def _retire_warm(self, fleet: Fleet, instances: list[Instance]) -> None:
+        """A blue-green warm release's window ended: stop it, then prune, as
+        the deploy that left it warm could not (running releases are kept)."""
+        await self.stop_instances(fleet, instances)
+        self.prune(fleet.name)
 
     async def stop_instances(self, fleet: Fleet, instances: list[Instance]) -> None:
         if not instances:

@@ -7,13 +7,11 @@ instead of, a system one.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.shortpath import socket_dir
 from zerodown.proxy.settings import TlsSettings
 
 CONNECT_TIMEOUT: Final = 5.0
@@ -69,13 +67,7 @@ class HaproxySettings:
         """state_dir, unless its sockets' paths would pass HAProxy's limit
         (97 bytes): then a short private directory named after it, so that an
         adopting driver finds the same one."""
-        if len(str(self.state_dir.absolute() / "haproxy-master.sock")) <= MAX_SOCKET_PATH:
-            return self.state_dir
-        digest = hashlib.sha256(str(self.state_dir.absolute()).encode()).hexdigest()[:16]
-        short = Path(tempfile.gettempdir()) / f"zerodown-{os.getuid()}" / digest
-        short.mkdir(mode=0o700, parents=True, exist_ok=True)
-        short.parent.chmod(0o700)  # only this user may reach the admin-level socket
-        return short
+        return socket_dir(self.state_dir, "haproxy-master.sock", MAX_SOCKET_PATH)
 
     @property
     def server_state_file(self) -> Path:

@@ -38,6 +38,8 @@ import re
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.shortpath import socket_dir
+from zerodown.errors import DataPlaneError
 from zerodown.routing import RoutingTable, ServiceSpec, parse_address
 
 __all__ = ["HoldServers", "holds", "socket_path"]
@@ -49,7 +51,8 @@ _NAME_BAD: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def socket_path(state_dir: Path, service: str) -> Path:
-    return state_dir / f"hold-{_NAME_BAD.sub('_', service)}.sock"
+    name = f"hold-{_NAME_BAD.sub('_', service)}.sock"
+    return socket_dir(state_dir, name) / name  # a deep state_dir: a short one (shortpath.py)
 
 
 def holds(spec: ServiceSpec) -> bool:
@@ -100,7 +103,12 @@ class HoldServers:
                 path.unlink(missing_ok=True)  # a dead driver's: nginx connects by path
 
                 serve = functools.partial(self._serve, spec.name)
-                server = await asyncio.start_unix_server(serve, path=str(path))
+                try:
+                    server = await asyncio.start_unix_server(serve, path=str(path))
+                except OSError as e:  # a step that fails, said, not a crash
+                    raise DataPlaneError(
+                        f"cannot hold requests of {spec.name} at {path}: {e}"
+                    ) from e
                 self._held[spec.name] = _Held(server, spec.hold.timeout)
 
     def update(self, table: RoutingTable) -> None:
