@@ -18,7 +18,8 @@ INSTALLED := $(VENV)/.zerodown-installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). The suite's e2e tests mostly wait on health
 # checks, pauses and drains (one process used 38% of 2 cores: 13 CPU-minutes
-# in 17.7), so three at once keep it well inside CI's 20 minutes.
+# in 17.7), so three at once keep it well inside CI's 20 minutes; worksteal,
+# so that no process is left with a queue of long tests at the end.
 TEST_WORKERS ?= 3
 
 .PHONY: help venv check-system lint test demo bench
@@ -54,7 +55,7 @@ lint: venv
 test: venv check-system
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/zerodown demo
