@@ -9,6 +9,7 @@ upstream's close, and the proxy's own maintenance page.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -175,11 +176,12 @@ class ResponseStream:
             self._client.write_lines(out)
 
 
-class LocalAnswer(ProxyError):
+class LocalAnswer(ProxyError, abc.ABC):
     """A response the proxy gives itself on purpose (not a failure): the stream is fine."""
 
+    @abc.abstractmethod
     def response(self, request_id: bytes, *, head_only: bool = False) -> bytes:
-        raise NotImplementedError
+        """The whole answer, head and (unless `head_only`) body."""
 
 
 class Maintenance(LocalAnswer):
