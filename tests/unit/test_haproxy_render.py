@@ -106,7 +106,7 @@ def test_global_and_defaults_keep_every_file_under_state_dir() -> None:
     text = render(RoutingTable(), ["127.0.0.1:8080", "[::1]:8081"], SETTINGS)
     assert "stats socket /srv/zd/haproxy.sock mode 600 level admin expose-fd listeners" in text
     assert "server-state-file /srv/zd/haproxy.state" in text
-    assert "retry-on conn-failure 0rtt-rejected" in text
+    assert "retry-on conn-failure\n" in text
     assert "option redispatch 1" in text
     assert "option forwardfor" in text
     assert "bind 127.0.0.1:8080" in text
@@ -160,6 +160,20 @@ def test_forwarded_headers_are_kept_only_from_trusted_proxies() -> None:
     assert "acl trusted src 10.0.0.0/8 ::1" in text
     assert "http-request del-header X-Forwarded-For unless trusted" in text
     assert "http-request set-header X-Request-ID %[unique-id] unless trusted" in text
+
+
+def test_request_id_and_host_cost_nothing_where_no_rule_reads_them() -> None:
+    """Without trusted proxies every id is the request's own: the response
+    reads %[unique-id] again, no variable; txn.host only where a route has a host."""
+    table = RoutingTable(services=(spec("a:1"),))
+    plain = render(table, ["127.0.0.1:8080"], SETTINGS)
+    assert "txn.request_id" not in plain
+    assert "txn.host" not in plain
+    assert "http-after-response set-header X-Request-ID %[unique-id]\n" in plain
+    trusting = HaproxySettings(state_dir=Path("/srv/zd"), trusted_proxies=("10.0.0.0/8",))
+    text = render(table, ["127.0.0.1:8080"], trusting)
+    assert text.count("set-header X-Request-ID %[unique-id]") == 1  # kept, or made
+    assert "http-after-response set-header X-Request-ID %[var(txn.request_id)]" in text
 
 
 def test_sticky_is_a_dynamic_insert_cookie_with_the_key_ttl_and_secure_from_trusted() -> None:

@@ -91,7 +91,6 @@ def cache_backend(spec: ServiceSpec, generations: Path) -> list[str]:
         "if { res.cache_hit }",
         "http-after-response set-header X-Cache HIT if { res.cache_hit }",
         "http-after-response set-header X-Cache MISS unless { res.cache_hit }",
-        "http-after-response set-header X-Request-ID %[var(txn.request_id)] if { res.cache_hit }",
     ]
 
 
