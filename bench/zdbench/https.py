@@ -31,6 +31,7 @@ from zdbench.servers import (
     Ports,
     free_port,
     nginx_user_line,
+    proxy_tree,
     render,
     start_proxy,
     wait_port_free,
@@ -128,18 +129,6 @@ def start(
     proc = sup.start(argv, log=work / "stdout.log")
     wait_ready(proc, ports.front, work / "stdout.log", work / "error.log")
     return proc
-
-
-def proxy_tree(pid: int, work: Path) -> dict[int, int]:
-    """pid -> CPU ticks of the proxy's tree, and of the nginx master zerodown's nginx
-    driver started under `work` (it daemonizes: nobody's child, found by its pid file)."""
-    ticks = procfs.tree(pid)
-    for pid_file in work.glob("state/**/nginx.pid"):
-        try:
-            ticks.update(procfs.tree(int(pid_file.read_text().strip())))
-        except (OSError, ValueError):
-            continue
-    return ticks
 
 
 def measure(

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from zdbench import procfs
 from zdbench.model import Variant
 from zdbench.procs import StartError, Supervisor, tail
 
@@ -102,6 +103,19 @@ def start_proxy(
     proc = sup.start(argv, log=log, cpus=cpus)
     wait_ready(proc, ports.front, log, work / "error.log")
     return proc
+
+
+def proxy_tree(pid: int, work: Path) -> dict[int, int]:
+    """pid -> CPU ticks of the proxy's tree, and of the nginx master zerodown's nginx
+    driver started under `work`: it daemonizes (the data plane outlives its
+    controller), so it is nobody's child and is found by its pid file."""
+    ticks = procfs.tree(pid)
+    for pid_file in work.glob("state/**/nginx.pid"):
+        try:
+            ticks.update(procfs.tree(int(pid_file.read_text().strip())))
+        except (OSError, ValueError):
+            continue
+    return ticks
 
 
 def start_demo(sup: Supervisor, port: int, work: Path) -> subprocess.Popen[bytes]:

@@ -31,6 +31,7 @@ from zdbench.report import Report
 from zdbench.servers import (
     Ports,
     free_port,
+    proxy_tree,
     start_backend,
     start_demo,
     start_proxy,
@@ -60,6 +61,7 @@ class Suite:
     not_measured: dict[str, str] = dataclasses.field(default_factory=dict)
     failures: list[str] = dataclasses.field(default_factory=list)
     _starts: int = 0
+    _work_of: dict[int, Path] = dataclasses.field(default_factory=dict)  # proxy pid -> its dir
 
     # -- the matrix ---------------------------------------------------------------------
 
@@ -91,9 +93,9 @@ class Suite:
 
     def _warm_up(self, proc: subprocess.Popen[bytes], mode: str, variant: Variant) -> bool:
         """A short run first; for zerodown with workers > 1 it also tells if they all serve."""
-        before = procfs.tree(proc.pid)
+        before = self._proxy_ticks(proc)
         self._wrk(mode, self.plan.conns[0], self.plan.warmup_s)
-        busy = procfs.busy_processes(before, procfs.tree(proc.pid), BUSY_SHARE)
+        busy = procfs.busy_processes(before, self._proxy_ticks(proc), BUSY_SHARE)
         # Only the embedded proxy's workers are processes; nginx's and HAProxy's
         # (threads) are the proxies' own business, as in their plain rows.
         if variant.proxy == "zerodown" and variant.workers > 1 and len(busy) < variant.workers:
@@ -109,9 +111,9 @@ class Suite:
     def _one_run(
         self, proc: subprocess.Popen[bytes], mode: str, variant: Variant, conns: int, rep: int
     ) -> bool:
-        before = procfs.tree(proc.pid)
+        before = self._proxy_ticks(proc)
         result = self._wrk(mode, conns, self.plan.duration_s)
-        after = procfs.tree(proc.pid)
+        after = self._proxy_ticks(proc)
         where = f"{mode} rep {rep + 1} {variant.label} c={conns}"
         if proc.poll() is not None:
             self.failures.append(f"{where}: the proxy exited with {proc.returncode}")
@@ -315,7 +317,7 @@ class Suite:
         self._starts += 1
         work = self.work / f"{self._starts:03d}-{variant.key}-{mode}"
         try:
-            return start_proxy(
+            proc = start_proxy(
                 self.sup,
                 variant,
                 self.ports,
@@ -334,6 +336,12 @@ class Suite:
                 self.failures.append(f"{variant.label} ({mode}) did not start: {exc}")
             print(f"  {variant.label}: did not start: {exc}", flush=True)
             return None
+        self._work_of[proc.pid] = work
+        return proc
+
+    def _proxy_ticks(self, proc: subprocess.Popen[bytes]) -> dict[int, int]:
+        """The proxy's CPU ticks by pid: a driven nginx counts, though not proc's child."""
+        return proxy_tree(proc.pid, self._work_of[proc.pid])
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
         self.sup.stop(proc)

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zdbench import procfs
-from zdbench.https import proxy_tree
 from zdbench.model import DRIVEN, PROXY_ORDER, Variant
 from zdbench.procs import RUN_SLACK, StartError, Supervisor, tail
 from zdbench.servers import (
@@ -34,6 +33,7 @@ from zdbench.servers import (
     Ports,
     free_port,
     nginx_user_line,
+    proxy_tree,
     render,
     start_proxy,
     wait_listening,

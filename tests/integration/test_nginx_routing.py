@@ -41,7 +41,11 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
                 assert (await request(port, path="/api/users")).body == b"api"
                 assert (await request(port, path="/apix")).body == b"web"  # segments only
                 assert (await request(port, path="/", host="admin.test")).body == b"admin"
-                forged = {"X-Request-ID": "abc", "X-Forwarded-For": "6.6.6.6"}
+                forged = {
+                    "X-Request-ID": "abc",
+                    "X-Forwarded-For": "6.6.6.6",
+                    "X-Forwarded-Host": "evil.test",
+                }
                 sent = await request(port, path="/y", headers=forged)
         assert api.requests[0].path == "/users"  # the prefix was stripped
         assert [r.path for r in web.requests] == ["/x", "/apix", "/y"]
@@ -54,6 +58,7 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
         replaced = web.requests[2].header("X-Request-ID")
         assert replaced != "abc"
         assert sent.header("X-Request-ID") == replaced
+        assert [r.header("X-Forwarded-Host") for r in web.requests] == ["example.test"] * 3
 
     run(main())
 
@@ -64,10 +69,15 @@ def test_a_trusted_proxy_s_identity_headers_pass(tmp_path: Path) -> None:
             backends("web") as (web,),
             nginx(tmp_path, service(web.address), trusted_proxies=("127.0.0.0/8",)) as plane,
         ):
-            headers = {"X-Request-ID": "abc", "X-Forwarded-For": "203.0.113.9"}
+            headers = {
+                "X-Request-ID": "abc",
+                "X-Forwarded-For": "203.0.113.9",
+                "X-Forwarded-Host": "shop.example",
+            }
             sent = await request(port_of(plane), path="/", headers=headers)
         assert web.requests[0].header("X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
         assert web.requests[0].header("X-Request-ID") == "abc"
+        assert web.requests[0].header("X-Forwarded-Host") == "shop.example"
         assert sent.header("X-Request-ID") == "abc"
 
     run(main())

@@ -35,7 +35,7 @@ from zerodown.dataplane.nginx.cache import cache_http, cache_location
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
 from zerodown.dataplane.nginx.hold import holds, socket_path
 from zerodown.dataplane.nginx.logfile import FILE_BUFFER, FILE_FLUSH
-from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.dataplane.nginx.settings import KEEPALIVE_REQUESTS, NginxSettings, Paths
 from zerodown.dataplane.nginx.sticky import (
     SECURE_MAP,
     location_lines,
@@ -239,6 +239,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         *(f"{kind}_temp_path {temp / kind};" for kind in ("fastcgi", "uwsgi", "scgi")),
         *_access_log(log),
         "server_tokens off;",
+        f"keepalive_requests {KEEPALIVE_REQUESTS};",
         # Client-identity headers are taken only from trusted_proxies, as the
         # embedded proxy does: from anyone else they are replaced, so no
         # client can name another address or another request id.
@@ -247,6 +248,8 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         *_client_lines(settings),
         "map $zd_trusted:$http_x_request_id $zd_request_id "
         "{ default $request_id; '~^1:(?<zd_rid>.+)$' $zd_rid; }",
+        "map $zd_trusted:$http_x_forwarded_host $zd_forwarded_host "
+        "{ default $http_host; '~^1:(?<zd_fhost>.+)$' $zd_fhost; }",
         # Upgrade for WebSockets; otherwise an empty Connection keeps the
         # upstream connection alive for `keepalive`.
         "map $http_upgrade $zd_connection { default upgrade; '' ''; }",
@@ -256,6 +259,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header X-Forwarded-For $zd_forwarded_for;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Forwarded-Host $zd_forwarded_host;",
         "proxy_set_header X-Request-ID $zd_request_id;",
         _REQUEST_ID_HEADER,
         # Safe retries only: a connect error or a timeout before any answer,
@@ -316,7 +320,7 @@ def _upstream(
         state = f"weight={s.weight} {fails}{timeout}" if s.weight else "down"
         lines.append(f"server {_upstream_address(s.address)} {state};  # {s.pool}")
     lines += _panic_backups(service, servers)
-    lines.append(f"keepalive {keepalive};")
+    lines += [f"keepalive {keepalive};", f"keepalive_requests {KEEPALIVE_REQUESTS};"]
     body = _indent(line for line in lines if line)
     return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
 

@@ -20,6 +20,12 @@ DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout
 # nginx served 0.55-0.74x plain nginx's (keepalive 1024) requests/s; with
 # 1024, 0.95-1.46x (bench, own core, same run, 2026-12-04).
 DEFAULT_KEEPALIVE: Final = 1024
+# Requests on one keep-alive connection, client's and upstream's, before
+# nginx closes it (its default, 1000, frees a connection's memory now and
+# then): at 1000, every 1000th request paid a new connection to the app and
+# made the client reconnect; 10,000 makes that cost a tenth, and still
+# recycles a connection's memory (bench/templates/nginx-proxy.conf uses 1e6).
+KEEPALIVE_REQUESTS: Final = 10_000
 DEFAULT_RELOAD_TIMEOUT: Final = 10.0  # for `nginx -t` and for new workers to answer
 DEFAULT_STOP_TIMEOUT: Final = 10.0
 

@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Iterable
 
+from zerodown.dataplane.nginx.settings import KEEPALIVE_REQUESTS
 from zerodown.proxy.sticky import token
 from zerodown.routing import ServiceSpec, TargetSpec, parse_address
 
@@ -116,7 +117,7 @@ def _target_upstream(
 ) -> str:
     lines = [f"server {_address(target.address)} max_fails=0;"]
     lines += [f"server {_address(b.address)} max_fails=0 backup;" for b in backups]
-    lines.append(f"keepalive {keepalive};")
+    lines += [f"keepalive {keepalive};", f"keepalive_requests {KEEPALIVE_REQUESTS};"]
     body = "\n".join(f"    {line}" for line in lines)
     return f"upstream {target_upstream(service, index)} {{\n{body}\n}}"
 
