@@ -18,6 +18,9 @@ async def nginx(
 ) -> AsyncIterator[NginxDataPlane]:
     """A started driver with these services; nginx stopped on exit."""
     settings.setdefault("reload_timeout", 5.0)
+    # Every request logged, so tests read nginx's per-target counts without a
+    # canary; "canary" (the default) has tests of its own (test_request_stats).
+    settings.setdefault("request_stats", "always")
     plane = NginxDataPlane(NginxSettings(state_dir=state_dir, **settings))
     await plane.start([f"127.0.0.1:{reserved_port()}"])
     try:

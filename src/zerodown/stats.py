@@ -209,6 +209,10 @@ class Stats(_Value):
     rejected: dict[str, int]  # by status code, as a string (a JSON key)
     # Only a multi-worker data plane says how many of its workers run.
     workers: int | None = Field(default=None, exclude_if=lambda workers: workers is None)
+    # Services whose requests the data plane does not report now, so their
+    # targets' counts stand still (nginx with `[proxy.nginx] request_stats =
+    # "canary"` and no canary: dataplane/request_stats.py). Refusals count.
+    not_counted: list[str] = Field(default_factory=list, exclude_if=lambda names: not names)
 
 
 # -- building and summing -------------------------------------------------------

@@ -30,7 +30,10 @@ from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec, Split, TargetS
 
 
 def driver(tmp_path: Path, *services: ServiceSpec) -> HaproxyDataPlane:
-    settings = HaproxySettings(state_dir=tmp_path / "state", stop_timeout=2.0)
+    # Every request's latency logged ("canary" has tests of its own: test_request_stats).
+    settings = HaproxySettings(
+        state_dir=tmp_path / "state", stop_timeout=2.0, request_stats="always"
+    )
     return HaproxyDataPlane(settings, RoutingTable(services=services))
 
 

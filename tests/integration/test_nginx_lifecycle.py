@@ -142,7 +142,7 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
     async def main() -> None:
         async with backends("a", "b") as (a, b):
             table = RoutingTable(services=(service(a.address),))
-            first = NginxDataPlane(NginxSettings(state_dir=tmp_path))
+            first = NginxDataPlane(NginxSettings(state_dir=tmp_path, request_stats="always"))
             listen = f"127.0.0.1:{reserved_port()}"
             await first.start([listen])
             await first.apply(table)
@@ -151,7 +151,7 @@ def test_nginx_outlives_its_driver_and_a_new_one_adopts_it(tmp_path: Path) -> No
             del first
             port = int(listen.rpartition(":")[2])
             assert (await request(port)).body == b"a"  # nobody drives it; it serves
-            second = NginxDataPlane(NginxSettings(state_dir=tmp_path))
+            second = NginxDataPlane(NginxSettings(state_dir=tmp_path, request_stats="always"))
             await second.start([listen])
             try:
                 assert second.pids[0] == master  # adopted, not started again
@@ -240,7 +240,9 @@ def test_a_driver_that_finds_a_dead_masters_workers_starts_nginx_anyway(tmp_path
     async def main() -> None:
         async with backends("a") as (a,):
             table = RoutingTable(services=(service(a.address),))
-            first = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0))
+            first = NginxDataPlane(
+                NginxSettings(state_dir=tmp_path, reload_timeout=5.0, request_stats="always")
+            )
             listen = f"127.0.0.1:{reserved_port()}"
             await first.start([listen])
             await first.apply(table)
@@ -248,7 +250,9 @@ def test_a_driver_that_finds_a_dead_masters_workers_starts_nginx_anyway(tmp_path
             await first.detach()
             os.kill(master, signal.SIGKILL)
             await until(lambda: not alive(master), "master killed")
-            second = NginxDataPlane(NginxSettings(state_dir=tmp_path, reload_timeout=5.0), table)
+            second = NginxDataPlane(
+                NginxSettings(state_dir=tmp_path, reload_timeout=5.0, request_stats="always"), table
+            )
             await second.start([listen])  # a start, not an adoption: on the table it is given
             try:
                 assert second.pids[0] != master

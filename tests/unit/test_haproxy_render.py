@@ -76,9 +76,12 @@ def test_backend_carries_balance_checks_retries_and_passive_health() -> None:
         SETTINGS,
     )
     lines = backend(text, "be_web")
-    assert lines[:6] == [
+    assert lines[:7] == [
         "balance leastconn",
         "retries 2",
+        # request_stats = "canary": logged only while the service has a canary.
+        "http-request set-log-level silent unless { str(web),map(/srv/zd/haproxy-counted.map) "
+        "-m found }",
         "option httpchk GET /health",
         "timeout check 2000ms",
         "http-check expect rstatus ^(200)$",

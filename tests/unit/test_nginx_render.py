@@ -153,7 +153,10 @@ def test_a_host_falls_back_to_less_specific_hosts_for_paths_it_lacks() -> None:
 def test_a_service_no_target_can_serve_answers_503_without_an_upstream() -> None:
     spec = ServiceSpec(name="web", stable=PoolSpec(targets=(TargetSpec(address=A, state="down"),)))
     text = conf(spec)
-    assert "location ^~ / {\n            return 503;\n        }" in server_block(text, "_")
+    quiet = "access_log /srv/zd/access.log zerodown buffer=64k flush=250ms if=$zd_refused;"
+    assert f"location ^~ / {{\n            {quiet}\n            return 503;\n        }}" in (
+        server_block(text, "_")
+    )
     assert "upstream zd_web" not in text
 
 

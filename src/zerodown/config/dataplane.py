@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from zerodown.config.fields import Table
+from zerodown.dataplane.request_stats import RequestStats
 
 DataPlaneName = Literal["embedded", "haproxy", "nginx"]
 DATAPLANES: tuple[DataPlaneName, ...] = ("embedded", "haproxy", "nginx")
@@ -21,6 +22,9 @@ class HaproxyConfig(Table):
     binary: str = "haproxy"  # looked up on PATH unless a path
     # A file appended verbatim (global/defaults tuning), checked with the rest.
     extra: str | None = None
+    # Each request's latency logged to zerodown: only while its service has a
+    # canary, or always (dataplane/request_stats.py).
+    request_stats: RequestStats = "canary"
 
 
 class NginxConfig(Table):
@@ -28,3 +32,6 @@ class NginxConfig(Table):
 
     binary: str = "nginx"
     extra: str | None = None  # a file included in the http block, checked with the rest
+    # Each request logged to zerodown (its per-target counts): only while its
+    # service has a canary, or always (dataplane/request_stats.py).
+    request_stats: RequestStats = "canary"

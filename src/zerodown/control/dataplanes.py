@@ -77,6 +77,7 @@ def haproxy_settings(config: Config, state_dir: Path) -> HaproxySettings:
         proxy_protocol=limits.proxy_protocol,
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=limits.tls,
+        request_stats=proxy.haproxy.request_stats,
     )
 
 
@@ -98,6 +99,7 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         keepalive=max(1, config.proxy_settings().upstream_max_idle),
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=_nginx_tls(config),
+        request_stats=proxy.nginx.request_stats,
     )
 
 

@@ -27,6 +27,7 @@ from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.cache import cache_map, switching
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
+from zerodown.dataplane.haproxy.counted import counted_map, map_moves
 from zerodown.dataplane.haproxy.hold import HOLD_SCRIPT
 from zerodown.dataplane.haproxy.latency import LatencyLog
 from zerodown.dataplane.haproxy.render import render, unsupported
@@ -44,8 +45,10 @@ from zerodown.dataplane.haproxy.stats import build_stats
 from zerodown.dataplane.haproxy.tls import write_cert_files
 from zerodown.dataplane.logstream import LogStream
 from zerodown.dataplane.prometheus import render_prometheus
+from zerodown.dataplane.request_stats import counted
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
+from zerodown.proxy.metrics import Histogram
 from zerodown.routing import RoutingTable, parse_address, with_target_state
 from zerodown.stats import Stats
 
@@ -235,12 +238,7 @@ class HaproxyDataPlane(ManagedDataPlane):
                     log.info("haproxy reload: %s", step.reload)
                     await self._reload()
                 else:
-                    once, where = os.urandom(4).hex(), self.settings.cache_map
-                    undo = plan(table, self.table).commands
-                    await self._send_all(
-                        switching(self.table, table, where, step.commands, once),
-                        undo=switching(table, self.table, where, undo, once),
-                    )
+                    await self._send_all(*self._step(table, step.commands))
             except DataPlaneError:
                 # HAProxy runs the old table: the file says so again, or the
                 # next reload would bring in what this one refused.
@@ -249,6 +247,21 @@ class HaproxyDataPlane(ManagedDataPlane):
             await self._converge(table)
             self.table = table
             self._save()
+
+    def _step(
+        self, table: RoutingTable, commands: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A step's server commands with the map moves around them (cache
+        generations, counted services), and what puts it all back."""
+        once, where = os.urandom(4).hex(), self.settings.cache_map
+        mode, counted_at = self.settings.request_stats, self.settings.counted_map
+        undo = plan(table, self.table).commands
+        first, last = map_moves(self.table, table, mode, counted_at)
+        back_first, back_last = map_moves(table, self.table, mode, counted_at)
+        return (
+            (*first, *switching(self.table, table, where, commands, once), *last),
+            (*back_first, *switching(table, self.table, where, undo, once), *back_last),
+        )
 
     async def _send_all(self, commands: tuple[str, ...], undo: tuple[str, ...]) -> None:
         """Send in order; at the first refusal put back what was sent (best
@@ -331,6 +344,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         self._sticky_key(table)
         # Read only when HAProxy starts or reloads; at run time `set map` (apply).
         _write_atomic(self.settings.cache_map, cache_map(table))
+        _write_atomic(self.settings.counted_map, counted_map(table, self.settings.request_stats))
         candidate.write_text(render(table, self.listen, self.settings, self._log))
         await process.check_config(binary, candidate)
         os.replace(candidate, self.settings.config)
@@ -406,9 +420,21 @@ class HaproxyDataPlane(ManagedDataPlane):
 
     async def stats(self) -> Stats:
         text = await command(self.settings.stats_socket, "show stat")
-        self.latency.forget_all_but(set(expected(self.table)))
+        self._histograms_of_counted()
         rows = parse_stat(text)
         return build_stats(self.table, rows, frontend_sessions(text), self.latency.servers)
+
+    def _histograms_of_counted(self) -> None:
+        """A histogram for every server of a service whose requests are logged
+        now, empty until its first line (so a canary's first look reads a
+        histogram, not show stat's mean); none for the others, whose latency
+        is then show stat's (stats.target_stats), and memory stays bounded."""
+        mode = self.settings.request_stats
+        names = {backend_name(s.name) for s in self.table.services if counted(s, mode)}
+        keep = {key for key in expected(self.table) if key[0] in names}
+        self.latency.forget_all_but(keep)
+        for key in keep:
+            self.latency.servers.setdefault(key, Histogram())
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

@@ -15,6 +15,7 @@ from typing import Final
 
 from zerodown.dataplane.accesslog import LogTarget
 from zerodown.dataplane.haproxy.cache import cache_backend, cache_sections
+from zerodown.dataplane.haproxy.counted import silence_rule
 from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.hold import hold_rules
 from zerodown.dataplane.haproxy.latency import LOG_FORMAT as LATENCY_LOG_FORMAT
@@ -309,6 +310,7 @@ def _backend(spec: ServiceSpec, settings: HaproxySettings) -> str:
     lines = [*_balance(spec), f"retries {spec.tries - 1}", *hold_rules(spec, backend)]
     # allow/deny, block, rate_limit: before any server
     lines += guard_lines(spec, settings.trusted_proxies)
+    lines += silence_rule(spec, settings.request_stats, settings.counted_map)  # after refusals
     lines += cache_backend(spec, settings.cache_map)  # after the refusals, before any server
     if spec.health is not None:
         lines.append(f"option httpchk GET {spec.health.path}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.request_stats import RequestStats
 from zerodown.dataplane.shortpath import socket_dir
 from zerodown.proxy.settings import TlsSettings
 
@@ -45,6 +46,8 @@ class HaproxySettings:
     # The `dynamic-cookie-key` of sticky backends (hex, from state_dir).
     sticky_key: str = ""
     tls: TlsSettings | None = None  # [proxy.tls]: listeners among `listen`, certificates
+    # Which requests the proxy reports to zerodown (dataplane/request_stats.py).
+    request_stats: RequestStats = "canary"
 
     @property
     def config(self) -> Path:
@@ -84,6 +87,10 @@ class HaproxySettings:
     @property
     def cache_map(self) -> Path:
         return self.state_dir / "haproxy-cache.map"  # release generations (haproxy/cache.py)
+
+    @property
+    def counted_map(self) -> Path:
+        return self.state_dir / "haproxy-counted.map"  # services whose requests are logged
 
     @property
     def log_file(self) -> Path:

@@ -136,7 +136,7 @@ def target_stats(
         panic=0,
         failures=failures,
         latency=histogram.snapshot()
-        if histogram is not None and histogram.count
+        if histogram is not None
         else Latency(
             count=answered,
             sum=mean * answered,

@@ -253,7 +253,8 @@ class NginxDataPlane(ManagedDataPlane):
     async def stats(self) -> Stats:
         self._catch_up_log()
         connections = await process.client_connections(self.paths) or 0
-        return build_stats(self._table, self._counters, self._health.unhealthy(), connections)
+        unhealthy, mode = self._health.unhealthy(), self.settings.request_stats
+        return build_stats(self._table, self._counters, unhealthy, connections, mode)
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

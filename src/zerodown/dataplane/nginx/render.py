@@ -43,7 +43,7 @@ from zerodown.dataplane.nginx.sticky import (
     unsupported_sticky,
 )
 from zerodown.dataplane.nginx.stream import load_stream, stream_block
-from zerodown.dataplane.nginx.tls import NginxTls
+from zerodown.dataplane.request_stats import counted
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
 from zerodown.routing import RoutingTable, ServiceSpec, TargetSpec, parse_address
@@ -131,7 +131,7 @@ def render(
         *cache_http(services, paths.cache),
         *(_upstream(s, unhealthy, settings.keepalive, paths) for s in services),
         *_sticky(services, unhealthy, settings),
-        *_servers(services, listen, unhealthy, settings.tls),
+        *_servers(services, listen, unhealthy, settings, log),
         *nginx_tls.redirect_block(listen, settings.tls),
         _control_server(paths, generation),
     ]
@@ -221,15 +221,28 @@ def _main(settings: NginxSettings, paths: Paths) -> list[str]:
 
 def _access_log(log: LogTarget) -> list[str]:
     if log.server.startswith("file:"):
-        return [
-            f"log_format zerodown '{FILE_LOG_FORMAT % {'key': log.key}}';",
-            f"access_log {log.server.removeprefix('file:')} zerodown "
-            f"buffer={FILE_BUFFER} flush={FILE_FLUSH};",
-        ]
-    return [
-        f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';",
-        f"access_log syslog:server={log.server},nohostname zerodown;",
-    ]
+        fmt = f"log_format zerodown '{FILE_LOG_FORMAT % {'key': log.key}}';"
+    else:
+        fmt = f"log_format zerodown escape=json '{LOG_FORMAT % {'key': log.key}}';"
+    return [fmt, _access_log_line(log)]
+
+
+def _access_log_line(log: LogTarget, condition: str = "") -> str:
+    """The `access_log` directive to the driver; the same buffer and flush
+    wherever it appears, so every location shares one buffer (nginx refuses
+    two directives on one file with different ones)."""
+    suffix = f" {condition};" if condition else ";"
+    if log.server.startswith("file:"):
+        where = log.server.removeprefix("file:")
+        return f"access_log {where} zerodown buffer={FILE_BUFFER} flush={FILE_FLUSH}{suffix}"
+    return f"access_log syslog:server={log.server},nohostname zerodown{suffix}"
+
+
+def _refusals_only(log: LogTarget) -> str:
+    """A location whose service is not counted now (request_stats.py) still logs
+    what its own rules refuse: each refusal sets $zd_refused (guard.py); the
+    429 of a rate limit ends in a named location, which logs at http level."""
+    return _access_log_line(log, "if=$zd_refused")
 
 
 def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[str]:
@@ -364,8 +377,10 @@ def _servers(
     services: Sequence[ServiceSpec],
     listen: Sequence[str],
     unhealthy: frozenset[tuple[str, str]],
-    tls: NginxTls | None = None,
+    settings: NginxSettings,
+    log: LogTarget,
 ) -> list[str]:
+    tls = settings.tls
     hosts: dict[str, list[ServiceSpec]] = {}
     for s in services:
         hosts.setdefault(s.host.lower(), []).append(s)
@@ -379,7 +394,9 @@ def _servers(
         listens = [nginx_tls.listen_line(a, default=host == "*", tls=tls) for a in listen]
         body = [*listens, f"server_name {'_' if host == '*' else host};"]
         body += nginx_tls.certificate_lines(host, tls)
-        body += [_location(s, unhealthy) for s in sorted(routed, key=lambda s: s.path)]
+        for s in sorted(routed, key=lambda s: s.path):
+            quiet = None if counted(s, settings.request_stats) else _refusals_only(log)
+            body.append(_location(s, unhealthy, quiet))
         body += guard_named(routed)
         if not any(s.path == "/" for s in routed):
             body.append("location / { return 404; }")
@@ -411,10 +428,15 @@ def _covering_wildcards(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[
     return sorted(wild, key=len, reverse=True)
 
 
-def _location(service: ServiceSpec, unhealthy: frozenset[tuple[str, str]]) -> str:
+def _location(
+    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], quiet: str | None = None
+) -> str:
+    """The service's location(s); `quiet`, the access_log that logs only
+    refusals, when its requests are not counted now."""
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
-    body = guard_location(service)  # refusals first: before any rewrite or upstream
+    body = [quiet] if quiet else []
+    body += guard_location(service)  # refusals first: before any rewrite or upstream
     if holds(service):
         assert service.hold is not None
         # One try (the hold socket), and a read timeout past the hold's, so

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from zerodown.dataplane.nginx.accesslog import AccessCounters
+from zerodown.dataplane.request_stats import RequestStats, counted
 from zerodown.proxy.metrics import TargetMetrics
 from zerodown.routing import PoolName, PoolSpec, RoutingTable, ServiceSpec, TargetSpec
 from zerodown.stats import (
@@ -38,9 +39,14 @@ def build_stats(
     counters: AccessCounters,
     unhealthy: Collection[tuple[str, str]],
     connections: int = 0,
+    request_stats: RequestStats = "always",
 ) -> Stats:
     services = {s.name: _service(s, counters, unhealthy) for s in table.services}
-    return Stats(services=services, connections=connections, rejected=dict(counters.rejected))
+    not_counted = [s.name for s in table.services if not counted(s, request_stats)]
+    rejected = dict(counters.rejected)
+    return Stats(
+        services=services, connections=connections, rejected=rejected, not_counted=not_counted
+    )
 
 
 def _service(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from zerodown.dataplane.nginx.tls import NginxTls
+from zerodown.dataplane.request_stats import RequestStats
 
 DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
 # Idle upstream connections each worker keeps per service: [proxy]
@@ -67,6 +68,8 @@ class NginxSettings:
     # Signs the tokens of sticky cookies (hex, from state_dir; proxy/sticky.py).
     sticky_key: str = ""
     tls: NginxTls | None = None  # [proxy.tls]: listeners among `listen`, certificates
+    # Which requests the proxy reports to zerodown (dataplane/request_stats.py).
+    request_stats: RequestStats = "canary"
 
 
 @dataclass(frozen=True, slots=True)
