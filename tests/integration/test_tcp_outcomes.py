@@ -19,7 +19,7 @@ import pytest
 from harness import reserved_port, run
 from tcp_harness import echoes, free_address, tcp_service
 from zerodown.analysis import Criteria, judge, pool_samples
-from zerodown.dataplane.base import ManagedDataPlane
+from zerodown.dataplane.base import ListeningDataPlane
 from zerodown.dataplane.embedded import EmbeddedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.settings import HaproxySettings
@@ -39,19 +39,19 @@ CRITERIA = Criteria(
     min_requests=10,
 )
 
-Plane = Callable[[Path, ServiceSpec], ManagedDataPlane]
+Plane = Callable[[Path, ServiceSpec], ListeningDataPlane]
 
 
-def embedded(tmp_path: Path, spec: ServiceSpec) -> ManagedDataPlane:
+def embedded(tmp_path: Path, spec: ServiceSpec) -> ListeningDataPlane:
     return EmbeddedDataPlane(ProxySettings(connect_timeout=1.0), RoutingTable(services=(spec,)))
 
 
-def haproxy(tmp_path: Path, spec: ServiceSpec) -> ManagedDataPlane:
+def haproxy(tmp_path: Path, spec: ServiceSpec) -> ListeningDataPlane:
     settings = HaproxySettings(state_dir=tmp_path / "state", stop_timeout=2.0)
     return HaproxyDataPlane(settings, RoutingTable(services=(spec,)))
 
 
-def nginx(tmp_path: Path, spec: ServiceSpec) -> ManagedDataPlane:
+def nginx(tmp_path: Path, spec: ServiceSpec) -> ListeningDataPlane:
     settings = NginxSettings(state_dir=tmp_path / "state", reload_timeout=5.0)
     return NginxDataPlane(settings, RoutingTable(services=(spec,)))
 
@@ -60,7 +60,7 @@ PLANES = {"embedded": embedded, "haproxy": haproxy, "nginx": nginx}
 
 
 @contextlib.asynccontextmanager
-async def started(plane: ManagedDataPlane, spec: ServiceSpec) -> AsyncIterator[None]:
+async def started(plane: ListeningDataPlane, spec: ServiceSpec) -> AsyncIterator[None]:
     # The embedded proxy listens where it is told (the daemon adds a tcp service's
     # `listen`); the drivers render that listener from the table themselves.
     own = isinstance(plane, EmbeddedDataPlane)
@@ -97,7 +97,7 @@ async def talk(port: int) -> str:
     return line.split(b" ")[0].decode() if line else "dropped"
 
 
-async def counted(plane: ManagedDataPlane, done: Callable[[Stats], bool]) -> Stats:
+async def counted(plane: ListeningDataPlane, done: Callable[[Stats], bool]) -> Stats:
     """The stats once `done` holds (nginx counts a connection when its log is flushed)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + COUNTED_WITHIN
