@@ -161,3 +161,45 @@ def test_a_failed_connect_counts_once_at_its_target(name: str, tmp_path: Path) -
         assert (stable.requests, stable.errors) == (10 + tried.requests, tried.requests)
 
     run(main())
+
+
+@contextlib.asynccontextmanager
+async def silent() -> AsyncIterator[str]:
+    """A target that reads and never answers (a slow query), nor closes."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_a_connection_cut_at_the_drain_deadline_is_cancelled_not_dropped(tmp_path: Path) -> None:
+    async def main() -> None:
+        port = reserved_port()
+        async with silent() as quiet, echoes("good") as (good,):
+            spec = tcp_service(port, quiet, good)
+            plane = embedded(tmp_path, spec)
+            async with started(plane, spec):
+                unanswered = await asyncio.open_connection("127.0.0.1", port)  # to `quiet`
+                unanswered[1].write(b"slow query\n")
+                answered = await asyncio.open_connection("127.0.0.1", port)  # to `good`
+                answered[1].write(b"hi\n")
+                assert (await answered[0].readline()).startswith(b"good ")
+                cuts = [plane.drain("db", quiet, 0.2), plane.drain("db", good, 0.2)]
+                results = await asyncio.gather(*cuts)
+                assert [r.cancelled for r in results] == [1, 1]
+                targets = (await plane.stats()).services["db"].pools["stable"].targets
+                for _, writer in (unanswered, answered):
+                    writer.close()
+        # Cut by us before any answer: cancelled, no error; once answered: an answer.
+        assert targets[quiet].failures["cancelled"] == 1, targets[quiet]
+        assert targets[quiet].failures["reset"] == 0, targets[quiet]
+        assert (targets[good].responses["2xx"], targets[good].failures["cancelled"]) == (1, 0)
+
+    run(main())
