@@ -105,7 +105,8 @@ def test_a_tcp_canary_that_drops_connections_is_rolled_back(
     assert verdict["verdict"] == "fail", verdict
     assert verdict["canary"]["errors"] > 0, verdict
     assert verdict["stable"]["errors"] == 0, verdict  # only the bad release's count
-    print(f"{dataplane}: {verdict['reason']}")
+    dropped = len(clients.seen.failures)
+    print(f"{dataplane}: {dropped} connections dropped before the rollback; {verdict['reason']}")
     # What the clients saw failing was the bad release's connections only:
     # dropped unanswered (an empty answer, a reset), never a refused connect.
     assert clients.seen.failures, "the bad release dropped no connection"
