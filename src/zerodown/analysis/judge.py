@@ -28,6 +28,14 @@ configured confidence and a minimum effect that matters (docs/config.md):
 
 A pass thus needs enough requests that the minimum effect would have shown:
 the bounds narrow as 1/sqrt(n), which is the power rule in interval form.
+
+A tcp service (`mode = "tcp"`) is judged by the same functions on its
+connections (docs/tcp.md): every data plane reports a connection that was
+answered (or ended without a fault) as a 2xx with its connect time as its
+latency, and a failed connect or a drop before any answer as a failure
+(`connect`, `timeout`, `reset`) or a retry; a connection cut at our own
+drain deadline is `cancelled`, as an HTTP request is. So the "requests"
+of a tcp verdict are connections.
 """
 
 from __future__ import annotations

@@ -17,6 +17,15 @@ balancer, connects to it and pipes both ways until both sides are done:
 An open connection counts in its target's `in_flight`: least_conn balances
 by it, and a drain waits for it to reach 0, then cuts what is left at the
 drain timeout (ProxyServer.drain -> TcpFront.cut).
+
+What the canary judge reads (docs/tcp.md): every connect is a request; a
+failed one is a `connect` or `timeout` failure (a `retry` when another
+target is tried next). A connected one has its outcome once the target
+says its first byte, or the pipe ends: an answer (counted as a 2xx, with
+the connect time as its latency), or a `reset` failure when the target
+reset or closed its end having sent nothing after the client had spoken
+(a release that accepts connections and drops them). A
+connection cut at a drain's deadline before any answer is `cancelled`.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from zerodown.guardspec import GuardSpec
 from zerodown.proxy.access import AccessList
+from zerodown.proxy.metrics import TargetMetrics
 from zerodown.proxy.service import Choice, Service
 from zerodown.proxy.target import Target
 
@@ -61,7 +71,7 @@ class TcpFront:
         """Reset every connection to `target` (a drain's deadline); how many."""
         cut = [pipe for pipe in self.pipes if pipe.target is target]
         for pipe in cut:
-            pipe.abort()
+            pipe.cut()
         return len(cut)
 
     async def close(self, timeout: float) -> None:
@@ -72,7 +82,7 @@ class TcpFront:
                 await asyncio.wait_for(self._all_closed.wait(), timeout)
             except TimeoutError:
                 for pipe in list(self.pipes):
-                    pipe.abort()
+                    pipe.cut()
 
     def opened(self, pipe: Pipe) -> None:
         self.pipes.add(pipe)
@@ -156,6 +166,21 @@ class _Client(_Side):
         super().connection_made(transport)
         self.pipe.start()
 
+    def data_received(self, data: bytes) -> None:
+        self.pipe.client_spoke = True
+        super().data_received(data)
+
+
+class _Upstream(_Side):
+    def data_received(self, data: bytes) -> None:
+        if self.pipe.pending is not None:  # its first byte: the connection's outcome
+            self.pipe.answered()
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        self.pipe.target_ended()
+        return super().eof_received()
+
 
 class Pipe:
     """One client connection and, once connected, its target connection."""
@@ -164,7 +189,7 @@ class Pipe:
         self.front = front
         self.service = service
         self.client = _Client(self)
-        self.upstream = _Side(self)
+        self.upstream = _Upstream(self)
         # What the target says goes to the client from its first byte on; the
         # client's wait in `early` until the target is connected.
         self.upstream.peer = self.client
@@ -173,6 +198,9 @@ class Pipe:
         self._upstream_lost = False
         self._connecting: asyncio.Task[None] | None = None
         self._done = False
+        self.client_spoke = False  # the client has sent a byte
+        # Connected, outcome not known yet: (the target's metrics, connect seconds).
+        self.pending: tuple[TargetMetrics, float] | None = None
 
     def __repr__(self) -> str:
         where = self.target.address if self.target else "-"
@@ -198,18 +226,26 @@ class Pipe:
             return
         choice = self.front.choose(service, client_ip)
         tried: list[Target] = []
-        for _ in range(CONNECT_TRIES):
-            target = service.pick(choice, tried)
-            if target is None:
-                break
+        target = service.pick(choice, tried)
+        while target is not None:
             tried.append(target)
-            if await self._try(service, target):
+            failure = await self._try(service, target)
+            if failure is None:
                 return
+            # Counted once, as an HTTP try is: a retry when another target
+            # is tried next, a failure when it was the last.
+            failed = target
+            target = service.pick(choice, tried) if len(tried) < CONNECT_TRIES else None
+            if failed.metrics is not None and target is not None:
+                failed.metrics.retry()
+            elif failed.metrics is not None:
+                failed.metrics.fail(failure)
         log.warning("tcp %s: %s", self.service, service.unavailable_reason())
         self.abort()
 
-    async def _try(self, service: Service, target: Target) -> bool:
-        """Connect to `target`; True once the bytes flow (the target counts us)."""
+    async def _try(self, service: Service, target: Target) -> str | None:
+        """Connect to `target`: None once the bytes flow (the target counts us),
+        else the failure kind (`connect`, `timeout`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         target.in_flight += 1  # counted while connecting too: a drain waits for it
@@ -221,23 +257,43 @@ class Pipe:
                 await loop.create_connection(lambda: self.upstream, target.host, target.port)
         except (OSError, TimeoutError) as exc:
             self._release()
-            if target.metrics is not None:
-                target.metrics.fail("timeout" if isinstance(exc, TimeoutError) else "connect")
             service.observe(target, ok=False)
             log.debug("tcp %s: connect to %s failed: %s", self.service, target.address, exc)
-            return False
+            return "timeout" if isinstance(exc, TimeoutError) else "connect"
         service.observe(target, ok=True)
         if target.metrics is not None:
-            # A connection is a tcp service's "answer": the canary judge counts
-            # connect errors against connections, and compares connect times.
-            target.metrics.response(200, loop.time() - started)
+            # The connect time is the latency the judge compares; the outcome
+            # waits for the target's first byte or the pipe's end.
+            self.pending = (target.metrics, loop.time() - started)
         self.connected = True
         if self._done or self._upstream_lost:  # the client left, or the target, meanwhile
+            if self._upstream_lost:
+                self.target_ended()
             self.close()
-            return True
+            self.answered()  # the client left meanwhile: the target failed nothing
+            return None
         self.client.peer = self.upstream
         self._flush_early()
-        return True
+        return None
+
+    def answered(self) -> None:
+        """The connection's outcome is an answer: a 2xx, its connect time as latency."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending[0].response(200, pending[1])
+
+    def failed(self, kind: str) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending[0].fail(kind)
+
+    def target_ended(self) -> None:
+        """The target closed or reset its end: before any byte of its own, after
+        the client had spoken, that is a dropped connection (`reset`). What
+        nginx can tell too (docs/tcp.md); a client that said nothing and a
+        target that closed is a served connection."""
+        if self.pending is not None and self.client_spoke:
+            self.failed("reset")
 
     def _flush_early(self) -> None:
         """Send what the client said while we connected, and its EOF if it came."""
@@ -265,6 +321,8 @@ class Pipe:
         if side is self.upstream and not self.connected:
             self._upstream_lost = True  # _try sees it once create_connection returns
             return
+        if side is self.upstream:
+            self.target_ended()
         self.close()
 
     def close(self) -> None:
@@ -273,6 +331,12 @@ class Pipe:
             if side.transport is not None:
                 side.transport.close()
         self._finish()
+
+    def cut(self) -> None:
+        """Reset both ends at a drain's or a stop's deadline: a connection not
+        answered yet was cut by us, not failed by its target (`cancelled`)."""
+        self.failed("cancelled")
+        self.abort()
 
     def abort(self) -> None:
         """Reset both ends: a drain's deadline, a stop's, or no target to go to."""
@@ -285,6 +349,7 @@ class Pipe:
         if self._done:
             return
         self._done = True
+        self.answered()  # ended with no byte from the target and no failure: served
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         self._release()

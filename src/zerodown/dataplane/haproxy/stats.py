@@ -16,6 +16,14 @@ What HAProxy counts per server, mapped:
 - ejections and panic are 0: HAProxy's passive marks-down are not counted
   apart from check failures, and it has no panic routing.
 
+A tcp service's servers (`mode tcp`) have no HTTP responses; a
+connection is the request (docs/tcp.md). `stot` counts every connection
+sent to the server, `econ` those whose connect failed for good, `eresp`
+those the server aborted (its `srv_abrt`: a reset, in tcp mode), `wretr` +
+`wredis` those retried; what ended otherwise is an answer (a 2xx):
+stot - scur - the rest. No latency: no tcp line is logged (latency.py), so
+the judge decides on errors alone there.
+
 Pools come from the table: a server belongs to the pool its target is in.
 """
 
@@ -37,6 +45,7 @@ from zerodown.stats import (
     PoolTotals,
     ServiceStats,
     Stats,
+    StatusClass,
     TargetStats,
     latency_of,
     sum_counters,
@@ -77,8 +86,9 @@ def _pool(
 ) -> PoolStats:
     backend = backend_name(spec.name)
     keys = {t.address: (backend, server_name(t.address)) for t in pool.targets}
+    tcp = spec.mode == "tcp"
     targets = {
-        t.address: target_stats(t, rows.get(keys[t.address]), latency.get(keys[t.address]))
+        t.address: target_stats(t, rows.get(keys[t.address]), latency.get(keys[t.address]), tcp)
         for t in pool.targets
     }
     summed = sum_counters(targets.values())
@@ -108,9 +118,10 @@ def _pool_latency(items: Sequence[Latency]) -> Latency:
 
 
 def target_stats(
-    target: TargetSpec, row: StatRow | None, histogram: Histogram | None = None
+    target: TargetSpec, row: StatRow | None, histogram: Histogram | None = None, tcp: bool = False
 ) -> TargetStats:
-    """One target's entry; a target HAProxy does not list (yet) counts nothing and is down."""
+    """One target's entry; a target HAProxy does not list (yet) counts nothing and is down.
+    `tcp`: a tcp service's server, whose connections are its requests (_tcp_counts)."""
     health: HealthState = (
         "down" if row is None or row.status.startswith(("DOWN", "MAINT")) else "up"
     )
@@ -121,6 +132,9 @@ def target_stats(
     failures = dict.fromkeys(FAILURE_KINDS, 0)
     failures["connect"] = row.connect_errors if row else 0
     failures["protocol"] = row.response_errors if row else 0
+    if tcp and row is not None:
+        responses, failures = _tcp_counts(row)
+        answered = responses["2xx"]
     return TargetStats(
         state=target.state,
         health=health,
@@ -145,3 +159,17 @@ def target_stats(
             buckets={},
         ),
     )
+
+
+def _tcp_counts(row: StatRow) -> tuple[dict[StatusClass, int], dict[str, int]]:
+    """A tcp server's connections as responses and failures: those that ended
+    neither failed nor retried are answers (2xx); an abort by the server is a
+    `reset`. Open ones (scur) have no outcome yet, as on the other data planes."""
+    failures = dict.fromkeys(FAILURE_KINDS, 0)
+    failures["connect"] = row.connect_errors
+    failures["reset"] = row.response_errors
+    retried = row.retries + row.redispatches
+    ended = row.total - row.sessions - row.connect_errors - row.response_errors - retried
+    responses: dict[StatusClass, int] = dict.fromkeys(STATUS_CLASSES, 0)
+    responses["2xx"] = max(0, ended)
+    return responses, failures

@@ -48,6 +48,7 @@ from zerodown.dataplane.nginx.orphans import Orphans
 from zerodown.dataplane.nginx.render import in_panic, render
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
+from zerodown.dataplane.nginx.streamlog import STREAM_LOG, StreamCounters
 from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import DataPlaneError
@@ -86,6 +87,12 @@ class NginxDataPlane(ManagedDataPlane):
         self._log_socket = LogSocket(self._read_log)
         self._log_file = LogFile(self.paths.access_log, self._read_log_lines)
         self._log_file.master = lambda: self._master
+        # tcp services' connections: a file of their own, always (streamlog.py).
+        self._stream_counters = StreamCounters(self._counters)
+        self._stream_file = LogFile(
+            self.paths.access_log.with_name(STREAM_LOG), self._stream_counters.feed_lines
+        )
+        self._stream_file.master = lambda: self._master
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
@@ -399,18 +406,23 @@ class NginxDataPlane(ManagedDataPlane):
         else:
             self._log = self._log_socket.open(transport, self.paths.access_socket, last)
         self._counters.key = self._log.key
+        self._stream_file.open(LogTarget("", self._log.key))  # the same key (render.py)
 
     def _close_log(self) -> None:
         self._log_socket.close()
         self._log_file.close()
+        self._stream_file.close()
 
     def _catch_up_log(self) -> None:
         """Count what the log file holds now, so stats() lag only nginx's buffers."""
+        files = [self._stream_file]
         if self.settings.log_transport == "file":
+            files.append(self._log_file)
+        for file in files:
             try:
-                self._log_file.read()
+                file.read()
             except OSError as error:
-                log.warning("nginx access log %s: %s", self.paths.access_log, error)
+                log.warning("nginx access log %s: %s", file.path, error)
 
     def _read_log(self, datagram: bytes) -> None:
         self._answered(self._counters.feed(datagram))

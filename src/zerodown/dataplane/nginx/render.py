@@ -43,6 +43,7 @@ from zerodown.dataplane.nginx.sticky import (
     unsupported_sticky,
 )
 from zerodown.dataplane.nginx.stream import load_stream, stream_block
+from zerodown.dataplane.nginx.streamlog import STREAM_LOG
 from zerodown.dataplane.request_stats import counted
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
@@ -139,7 +140,8 @@ def render(
     if settings.extra_http.strip():
         http.append(settings.extra_http)
     main = _main(settings, paths)
-    stream = stream_block(tcp, _tcp_weights(tcp, unhealthy))
+    stream_log = (paths.access_log.with_name(STREAM_LOG), log.key)  # streamlog.py
+    stream = stream_block(tcp, _tcp_weights(tcp, unhealthy), log=stream_log)
     main = [main[0], *load_stream(tcp), *main[1:]]  # load_module: before any block
     return "\n".join([*main, "http {", _indent(http), "}", *stream, ""])
 

@@ -9,6 +9,10 @@ a target it finds down is rendered `down`. A drain is a reload: the old
 workers keep their open connections until these close, or until
 `worker_shutdown_timeout` (never shorter than a drain) cuts them.
 
+Each connection is logged at its end to a buffered file of its own
+(streamlog.py), which the driver counts per target as it counts HTTP
+requests: the canary judge works on tcp services through nginx too.
+
 Debian builds the stream module as a dynamic one (libnginx-mod-stream):
 `load_module` it when it is installed there; an nginx with stream built in
 needs no line, and one without it fails `nginx -t` naming `stream`.
@@ -21,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
+from zerodown.dataplane.nginx.streamlog import SERVICE_VARIABLE, log_lines
 from zerodown.proxy.settings import CONNECT_TIMEOUT
 from zerodown.routing import ServiceSpec, parse_address
 
@@ -48,13 +53,15 @@ def stream_block(
     services: Sequence[ServiceSpec],
     weights: dict[str, list[tuple[str, int | None]]],
     connect_timeout: float = CONNECT_TIMEOUT,
+    log: tuple[Path, str] | None = None,
 ) -> list[str]:
     """`stream { … }` for the tcp services (none: no block). `weights`:
-    service -> (address, weight or None for `down`), from render.server_weights."""
+    service -> (address, weight or None for `down`), from render.server_weights;
+    `log`: the stream log's file and key (streamlog.py), or no log."""
     tcp = [s for s in services if s.mode == "tcp"]
     if not tcp:
         return []
-    body: list[str] = []
+    body: list[str] = log_lines(*log) if log is not None else []
     for service in tcp:
         body += _service(service, weights[service.name], connect_timeout)
     return ["stream {", *_indent(body), "}"]
@@ -66,7 +73,7 @@ def _service(
     assert service.listen is not None
     name = f"zd_tcp_{service.name}"
     listen = f"listen {_address(service.listen)};"
-    access = _access(service)
+    access = [f"set {SERVICE_VARIABLE} {service.name};", *_access(service)]
     if not any(weight for _, weight in servers):
         # No target takes a connection: accept and close it at once.
         return ["server {", *_indent([listen, *access, 'return "";']), "}"]
