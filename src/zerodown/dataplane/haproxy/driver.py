@@ -27,6 +27,7 @@ from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.cache import cache_map, switching
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
+from zerodown.dataplane.haproxy.guard import refusal_rules
 from zerodown.dataplane.haproxy.hold import HOLD_SCRIPT
 from zerodown.dataplane.haproxy.latency import LatencyLog
 from zerodown.dataplane.haproxy.render import render, unsupported
@@ -71,7 +72,7 @@ class HaproxyDataPlane(ManagedDataPlane):
         self.adopted = False
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
-        self.latency = LatencyLog()
+        self.latency = LatencyLog(on_refusal=self._log_refusal)
         self._log_stream = LogStream(self.latency.feed_lines)
         self._log: LogTarget | None = None
 
@@ -408,7 +409,23 @@ class HaproxyDataPlane(ManagedDataPlane):
         text = await command(self.settings.stats_socket, "show stat")
         self.latency.forget_all_but(set(expected(self.table)))
         rows = parse_stat(text)
-        return build_stats(self.table, rows, frontend_sessions(text), self.latency.servers)
+        return build_stats(
+            self.table, rows, frontend_sessions(text), self.latency.servers, self.latency.backends
+        )
+
+    def _log_refusal(self, backend: str, kind: str, index: int, client: str, times: int) -> None:
+        """Each refused request, with the rule that refused it (as the
+        embedded proxy's access log names it); identical lines of one batch
+        (one client, one rule) as one record with their count."""
+        spec = next((s for s in self.table.services if backend_name(s.name) == backend), None)
+        rules = refusal_rules(spec) if spec is not None else []
+        if 0 <= index < len(rules) and rules[index][0] == kind:
+            rule = rules[index][1]
+        else:  # the table changed between the request and this read
+            rule = f"rule #{index} of a table no longer in force"
+        service = spec.name if spec is not None else backend
+        more = f" ({times} requests)" if times > 1 else ""
+        log.info("%s: %s a request from %s: %s%s", service, kind, client or "-", rule, more)
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

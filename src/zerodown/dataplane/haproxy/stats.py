@@ -15,6 +15,9 @@ What HAProxy counts per server, mapped:
   stats.py says a data plane without a histogram reports).
 - ejections and panic are 0: HAProxy's passive marks-down are not counted
   apart from check failures, and it has no panic routing.
+- a service's refusals (denied, blocked, rate_limited) and, with `cache`,
+  its cache hits and misses: from the per-request log too (latency.py),
+  counted by backend.
 
 Pools come from the table: a server belongs to the pool its target is in.
 """
@@ -30,6 +33,7 @@ from zerodown.routing import HealthState, PoolName, PoolSpec, RoutingTable, Serv
 from zerodown.stats import (
     BUCKET_LABELS,
     FAILURE_KINDS,
+    SERVICE_COUNTS,
     STATUS_CLASSES,
     Counters,
     Latency,
@@ -46,6 +50,8 @@ __all__ = ["build_stats", "target_stats"]
 
 
 Histograms = Mapping[tuple[str, str], Histogram]  # (backend, server) -> from the log
+BackendCounts = Mapping[str, Mapping[str, int]]  # backend -> SERVICE_COUNTS name -> from the log
+_CACHE_COUNTS = ("cache_hits", "cache_misses")
 
 
 def build_stats(
@@ -53,20 +59,33 @@ def build_stats(
     rows: Sequence[StatRow],
     connections: int = 0,
     latency: Histograms | None = None,
+    backends: BackendCounts | None = None,
 ) -> Stats:
     by_name = {(row.backend, row.name): row for row in rows}
-    services = {spec.name: _service(spec, by_name, latency or {}) for spec in table.services}
+    services = {
+        spec.name: _service(spec, by_name, latency or {}, backends or {}) for spec in table.services
+    }
     return Stats(services=services, connections=connections, rejected={})
 
 
 def _service(
-    spec: ServiceSpec, rows: Mapping[tuple[str, str], StatRow], latency: Histograms
+    spec: ServiceSpec,
+    rows: Mapping[tuple[str, str], StatRow],
+    latency: Histograms,
+    backends: BackendCounts,
 ) -> ServiceStats:
     pools: dict[PoolName, PoolStats] = {
         "stable": _pool(spec, spec.stable, rows, latency),
         "canary": _pool(spec, spec.canary, rows, latency),
     }
-    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0)
+    logged = backends.get(backend_name(spec.name), {})
+    # Every line counts a hit or a miss; only a cached service has either.
+    counts = {
+        name: logged.get(name, 0)
+        for name in SERVICE_COUNTS
+        if spec.cache is not None or name not in _CACHE_COUNTS
+    }
+    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0, **counts)
 
 
 def _pool(
