@@ -25,7 +25,7 @@ from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.guardspec import BlockSpec, GuardSpec, RateLimitSpec
 from zerodown.proxy.settings import ProxySettings
-from zerodown.routing import RoutingTable, ServiceSpec
+from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec
 from zerodown.stats import ServiceStats, Stats
 
 PLANES = ("embedded", "nginx", "haproxy")
@@ -43,6 +43,7 @@ LOGGERS = {"nginx": "zerodown.dataplane.nginx.driver", "haproxy": "zerodown.data
 class Plane:
     port: int
     stats: Callable[[], Awaitable[Stats]]
+    apply: Callable[[RoutingTable], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
@@ -53,10 +54,10 @@ async def plane(kind: str, tmp_path: Path, spec: ServiceSpec) -> AsyncIterator[P
             async def stats() -> Stats:
                 return server.stats()
 
-            yield Plane(port_of(server), stats)
+            yield Plane(port_of(server), stats, server.apply)
     elif kind == "nginx":
         async with nginx(tmp_path / "nginx", spec, trusted_proxies=TRUSTED) as driver:
-            yield Plane(driver.addresses[0][1], driver.stats)
+            yield Plane(driver.addresses[0][1], driver.stats, driver.apply)
     else:
         settings = HaproxySettings(
             state_dir=tmp_path / "haproxy", stop_timeout=2.0, trusted_proxies=TRUSTED
@@ -65,7 +66,7 @@ async def plane(kind: str, tmp_path: Path, spec: ServiceSpec) -> AsyncIterator[P
         port = reserved_port()
         await haproxy.start([f"127.0.0.1:{port}"])
         try:
-            yield Plane(port, haproxy.stats)
+            yield Plane(port, haproxy.stats, haproxy.apply)
         finally:
             await haproxy.stop(2.0)
 
@@ -167,5 +168,25 @@ def test_rate_limited_requests_are_counted_and_logged_and_no_cache_counts_withou
         rule = "rate_limit (2 at once, 0.2/s per address)"
         said = f"web: rate_limited a request from 127.0.0.1: {rule}"
         assert refusals_logged(caplog, kind) == [said] * 4
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", PLANES)
+def test_cache_counts_go_on_across_a_switch_to_another_release(kind: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with backends("a", handler=cacheable) as (a,):
+            spec = service(a.address, cache=CacheSpec())
+            async with plane(kind, tmp_path, spec) as p:
+                said = [(await request(p.port, path="/page")).header("x-cache") for _ in range(3)]
+                assert said == ["MISS", "HIT", "HIT"]
+                await counted(p, cache_hits=2, cache_misses=1)
+                # Another release takes the traffic: the cache starts empty, its counts do not.
+                target = spec.stable.targets[0].model_copy(update={"version": "v2"})
+                moved = spec.model_copy(update={"stable": PoolSpec(targets=(target,))})
+                await p.apply(RoutingTable(services=(moved,)))
+                said = [(await request(p.port, path="/page")).header("x-cache") for _ in range(2)]
+                assert said == ["MISS", "HIT"]
+                await counted(p, cache_hits=3, cache_misses=2)
 
     run(main())

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.accesslog import LogTarget
+from zerodown.dataplane.accesslog import LogTarget, RefusalLog
 from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.cache import cache_map, switching
@@ -73,6 +73,9 @@ class HaproxyDataPlane(ManagedDataPlane):
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self.latency = LatencyLog(on_refusal=self._log_refusal)
+        self._refusals = RefusalLog(log)
+        # The table the rules were named from, and per backend: service, (kind, rule) by index.
+        self._rules: tuple[RoutingTable, dict[str, tuple[str, list[tuple[str, str]]]]] | None = None
         self._log_stream = LogStream(self.latency.feed_lines)
         self._log: LogTarget | None = None
 
@@ -356,6 +359,7 @@ class HaproxyDataPlane(ManagedDataPlane):
     def _close_log(self) -> None:
         self._log_stream.close()
         self._log = None
+        self._refusals.flush()
 
     def _saved_log(self) -> LogTarget | None:
         """The log target the running HAProxy's config names (the last save)."""
@@ -414,18 +418,18 @@ class HaproxyDataPlane(ManagedDataPlane):
         )
 
     def _log_refusal(self, backend: str, kind: str, index: int, client: str, times: int) -> None:
-        """Each refused request, with the rule that refused it (as the
-        embedded proxy's access log names it); identical lines of one batch
-        (one client, one rule) as one record with their count."""
-        spec = next((s for s in self.table.services if backend_name(s.name) == backend), None)
-        rules = refusal_rules(spec) if spec is not None else []
+        """A refused request's record, its rule named from its index (guard.py)."""
+        if self._rules is None or self._rules[0] is not self.table:  # once per table
+            by_backend = {
+                backend_name(s.name): (s.name, refusal_rules(s)) for s in self.table.services
+            }
+            self._rules = (self.table, by_backend)
+        service, rules = self._rules[1].get(backend, (backend, []))
         if 0 <= index < len(rules) and rules[index][0] == kind:
             rule = rules[index][1]
         else:  # the table changed between the request and this read
             rule = f"rule #{index} of a table no longer in force"
-        service = spec.name if spec is not None else backend
-        more = f" ({times} requests)" if times > 1 else ""
-        log.info("%s: %s a request from %s: %s%s", service, kind, client or "-", rule, more)
+        self._refusals(service, kind, rule, client, times)
 
     async def prometheus(self) -> str:
         return render_prometheus(await self.stats())

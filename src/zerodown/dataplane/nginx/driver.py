@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.accesslog import LogSocket, LogTarget
+from zerodown.dataplane.accesslog import LogSocket, LogTarget, RefusalLog
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters, Try
@@ -78,7 +78,8 @@ class NginxDataPlane(ManagedDataPlane):
         self._master: int | None = None
         self._binary = ""
         self._lock = asyncio.Lock()
-        self._counters = AccessCounters(on_refusal=_log_refusal)
+        self._refusals = RefusalLog(log)
+        self._counters = AccessCounters(on_refusal=self._refusals)
         self._health = ActiveHealth(self._health_changed)
         self._holds = HoldServers(self.paths.prefix)
         # A second past nginx's own deadline: a quitting worker ends itself first.
@@ -402,6 +403,7 @@ class NginxDataPlane(ManagedDataPlane):
     def _close_log(self) -> None:
         self._log_socket.close()
         self._log_file.close()
+        self._refusals.flush()
 
     def _catch_up_log(self) -> None:
         """Count what the log file holds now, so stats() lag only nginx's buffers."""
@@ -421,14 +423,6 @@ class NginxDataPlane(ManagedDataPlane):
         for one in tries:
             if one.status is not None and one.status < 500:
                 self._health.answered((one.service, one.address))
-
-
-def _log_refusal(service: str, kind: str, rule: str, client: str, times: int) -> None:
-    """Each refused request, with the rule that refused it (as the embedded
-    proxy's access log names it); identical lines of one read (one client,
-    one rule) as one record with their count."""
-    more = f" ({times} requests)" if times > 1 else ""
-    log.info("%s: %s a request from %s: %s%s", service, kind, client or "-", rule, more)
 
 
 def _with_user(settings: NginxSettings) -> NginxSettings:
