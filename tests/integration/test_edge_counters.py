@@ -29,6 +29,8 @@ from zerodown.routing import PoolSpec, RoutingTable, ServiceSpec
 from zerodown.stats import ServiceStats, Stats
 
 PLANES = ("embedded", "nginx", "haproxy")
+# nginx's log as JSON datagrams (log_transport "udp") rather than its default file.
+NGINX_UDP = "nginx-udp"
 TRUSTED = ("127.0.0.0/8",)
 RULES = GuardSpec(
     allow=("10.0.0.0/8",),
@@ -36,7 +38,11 @@ RULES = GuardSpec(
     block=BlockSpec(paths=(r"^/\.git", r"\.php$")),
 )
 INSIDE = {"X-Forwarded-For": "10.1.2.3"}
-LOGGERS = {"nginx": "zerodown.dataplane.nginx.driver", "haproxy": "zerodown.dataplane.haproxy"}
+LOGGERS = {
+    "nginx": "zerodown.dataplane.nginx.driver",
+    NGINX_UDP: "zerodown.dataplane.nginx.driver",
+    "haproxy": "zerodown.dataplane.haproxy",
+}
 
 
 @dataclass
@@ -55,8 +61,11 @@ async def plane(kind: str, tmp_path: Path, spec: ServiceSpec) -> AsyncIterator[P
                 return server.stats()
 
             yield Plane(port_of(server), stats, server.apply)
-    elif kind == "nginx":
-        async with nginx(tmp_path / "nginx", spec, trusted_proxies=TRUSTED) as driver:
+    elif kind in ("nginx", NGINX_UDP):
+        transport = "udp" if kind == NGINX_UDP else "file"
+        async with nginx(
+            tmp_path / "nginx", spec, trusted_proxies=TRUSTED, log_transport=transport
+        ) as driver:
             yield Plane(driver.addresses[0][1], driver.stats, driver.apply)
     else:
         settings = HaproxySettings(
@@ -107,7 +116,7 @@ def refusals_logged(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
     return sorted(each)
 
 
-@pytest.mark.parametrize("kind", PLANES)
+@pytest.mark.parametrize("kind", [*PLANES, NGINX_UDP])
 def test_refusals_and_cache_hits_are_counted_per_service_and_logged_with_the_rule(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
