@@ -36,7 +36,9 @@ The JSON, as /v1/stats serves it::
           "panic": 0,                             # tries routed in panic (sum of its targets')
           "denied": 0,                            # refused by allow/deny (403)
           "blocked": 0,                           # refused by block rules (403)
-          "rate_limited": 0                       # refused by rate_limit (429)
+          "rate_limited": 0,                      # refused by rate_limit (429)
+          "cache_hits": 0,                        # answered from the service's cache
+          "cache_misses": 0                       # let through by its rules, not from the cache
         }
       },
       "connections": 3,                           # open client connections
@@ -75,6 +77,7 @@ __all__ = [
     "BUCKET_LABELS",
     "FAILURE_KINDS",
     "LATENCY_BUCKETS",
+    "SERVICE_COUNTS",
     "STATUS_CLASSES",
     "Counters",
     "Latency",
@@ -87,6 +90,7 @@ __all__ = [
     "latency_of",
     "pool_entry",
     "quantile",
+    "service_counts",
     "service_panic",
     "sum_counters",
 ]
@@ -199,6 +203,14 @@ class ServiceStats(_Value):
     denied: int = 0
     blocked: int = 0
     rate_limited: int = 0
+    # A cached service's requests that passed its rules: answered from its
+    # cache (hits) or sent on to a target (misses); 0 without `cache`.
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+# A service's own counts, beside its pools': summed over workers as they are.
+SERVICE_COUNTS: Final = ("denied", "blocked", "rate_limited", "cache_hits", "cache_misses")
 
 
 class Stats(_Value):
@@ -295,6 +307,11 @@ def pool_entry(targets: Mapping[str, TargetStats]) -> PoolStats:
         available=sum(1 for t in targets.values() if t.available),
     )
     return PoolStats(totals=totals, targets=dict(targets))
+
+
+def service_counts(service: ServiceStats) -> dict[str, int]:
+    """A service's SERVICE_COUNTS, by name."""
+    return {name: getattr(service, name) for name in SERVICE_COUNTS}
 
 
 def service_panic(pools: Mapping[PoolName, PoolStats]) -> int:

@@ -1,7 +1,8 @@
 """allow/deny, block and rate_limit rendered for a real HAProxy, through real sockets.
 
-HAProxy keeps no access log here: the body of each refusal names its rule
-(as the embedded proxy's does), and the backend counts what got through.
+The body of each refusal names its rule (as the embedded proxy's does), and
+the backend counts what got through; the driver's counts and log of each
+refusal, from HAProxy's per-request log, are test_edge_counters'.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zerodown.dataplane.haproxy.guard import guard_lines, quoted, window
+from zerodown.dataplane.haproxy.guard import guard_lines, quoted, refusal_rules, window
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, rate
 from zerodown.guardspec import BlockSpec, GuardSpec, RateLimitSpec
 from zerodown.routing import ServiceSpec
@@ -20,7 +20,8 @@ def test_nothing_is_rendered_without_rules() -> None:
     assert guard_lines(spec(), ("10.0.0.0/8",)) == []
     assert guard_location(spec()) == []
     assert guard_named([spec()]) == []
-    assert all(line.startswith("geo $zd_") for line in guard_http([spec()]))
+    # Only what the log format names: the refusal's variables and its client.
+    assert all(line.startswith(("geo $zd_", "map $zd_refused ")) for line in guard_http([spec()]))
 
 
 def test_haproxy_quotes_a_pattern_as_written() -> None:
@@ -38,9 +39,17 @@ def test_haproxy_walks_trusted_hops_and_checks_deny_before_allow() -> None:
     assert walk[0].endswith(
         "if { src -m ip 192.0.2.0/24 } { req.hdr_ip(x-forwarded-for,-1) -m found }"
     )
-    refusals = [line for line in lines if "return status 403" in line]
-    assert refusals[0].endswith("if { var(txn.zd_client) -m ip 10.9.0.0/16 }")
-    assert refusals[1].endswith("unless { var(txn.zd_client) -m ip 10.0.0.0/8 }")
+    marks = [line for line in lines if "set-var-fmt(txn.zd_refusal)" in line]
+    assert marks[0] == (
+        "http-request set-var-fmt(txn.zd_refusal) denied,0,%[var(txn.zd_client)] "
+        "if { var(txn.zd_client) -m ip 10.9.0.0/16 }"
+    )
+    assert marks[1].endswith("unless { var(txn.zd_client) -m ip 10.0.0.0/8 }")
+    # Each answer right after its mark: the first rule that matches answers.
+    answers = [lines[lines.index(mark) + 1] for mark in marks]
+    assert all(line.startswith("http-request return status 403 ") for line in answers)
+    assert all(line.endswith(" if { var(txn.zd_refusal) -m found }") for line in answers)
+    assert "403 Forbidden: deny 10.9.0.0/16" in answers[0]
 
 
 def test_haproxy_window_carries_burst_and_rate() -> None:
@@ -48,8 +57,24 @@ def test_haproxy_window_carries_burst_and_rate() -> None:
     assert window(limit) == 1500  # 150 per 1.5 s: 150 at once, 100/s sustained
     lines = guard_lines(spec(rate_limit=limit), ())
     assert "stick-table type ip size 100k expire 3000ms store http_req_rate(1500ms)" in lines
-    assert lines[-1].endswith("if { sc_http_req_rate(0) gt 150 }")
+    assert lines[-2].endswith("if { sc_http_req_rate(0) gt 150 }")
     assert "hdr Retry-After 1 " in lines[-1]
+
+
+def test_haproxy_tracks_the_rate_after_the_other_refusals_and_numbers_every_rule() -> None:
+    limit = RateLimitSpec(requests=3, per=1)
+    web = spec(deny=("10.9.0.0/16",), block=BlockSpec(methods=("TRACE",)), rate_limit=limit)
+    lines = guard_lines(web, ())
+    # A request refused for its address or its method takes no part of the window.
+    track = lines.index("http-request track-sc0 var(txn.zd_client)")
+    assert track > max(i for i, line in enumerate(lines) if "blocked,1," in line)
+    assert "rate_limited,2,%[var(txn.zd_client)]" in lines[track + 1]
+    assert refusal_rules(web) == [
+        ("denied", "deny 10.9.0.0/16"),
+        ("blocked", "block.methods TRACE"),
+        ("rate_limited", "rate_limit (3 at once, 3/s per address)"),
+    ]
+    assert refusal_rules(spec()) == []
 
 
 def test_nginx_rates_are_whole_per_second_or_rounded_per_minute() -> None:

@@ -225,5 +225,5 @@ def test_the_latency_log_goes_through_a_ring_streamed_to_the_driver() -> None:
     ring = text.split("\nring zerodown_log\n", 1)[1].split("\n\n", 1)[0]
     assert "    format raw" in ring
     assert "    server zerodown 127.0.0.1:5140" in ring
-    assert 'log-format "ab12 %b %s %Tr"' in text
+    assert 'log-format "ab12 %b %s %Tr %[res.cache_hit] %[var(txn.zd_refusal)]"' in text
     assert "log 127.0.0.1:5140" not in text

@@ -30,6 +30,7 @@ FAMILIES = [
     ("zerodown_canary_weight_percent", "gauge"),
     ("zerodown_panic_total", "counter"),
     ("zerodown_refused_total", "counter"),
+    ("zerodown_cache_requests_total", "counter"),
     ("zerodown_rejected_total", "counter"),
     ("zerodown_client_connections", "gauge"),
 ]
@@ -38,7 +39,9 @@ FAMILIES = [
 def stats(*targets: Target, connections: int = 4, rejected: int = 2) -> Stats:
     pool = pool_entry({t.address: target_entry(t) for t in targets})
     pools: dict[PoolName, PoolStats] = {"stable": pool, "canary": pool_entry({})}
-    service = ServiceStats(pools=pools, canary_weight=10.0, panic=pool.totals.panic)
+    service = ServiceStats(
+        pools=pools, canary_weight=10.0, panic=pool.totals.panic, cache_hits=7, cache_misses=2
+    )
     rejects = {"400": rejected} if rejected else {}
     return Stats(services={"web": service}, connections=connections, rejected=rejects)
 
@@ -96,6 +99,8 @@ def test_service_and_proxy_samples() -> None:
     assert value(text, "zerodown_canary_weight_percent", service="web") == 10.0
     assert value(text, "zerodown_panic_total", service="web") == 0
     assert value(text, "zerodown_refused_total", service="web", reason="rate_limited") == 0
+    assert value(text, "zerodown_cache_requests_total", service="web", result="hit") == 7
+    assert value(text, "zerodown_cache_requests_total", service="web", result="miss") == 2
     assert value(text, "zerodown_rejected_total", code="400") == 2
     assert value(text, "zerodown_client_connections") == 4
 
@@ -107,6 +112,7 @@ def test_no_targets_and_no_rejections_leave_their_families_out() -> None:
         "zerodown_canary_weight_percent",
         "zerodown_panic_total",
         "zerodown_refused_total",
+        "zerodown_cache_requests_total",
         "zerodown_client_connections",
     }
     empty = render_prometheus(Stats(services={}, connections=0, rejected={}))

@@ -125,7 +125,10 @@ def test_the_json_has_every_key_in_its_order() -> None:
     document = json.loads(stats().model_dump_json())
     assert list(document) == ["services", "connections", "rejected"]  # no "workers" unless known
     service = document["services"]["web"]
-    assert list(service) == ["pools", "canary_weight", "panic", "denied", "blocked", "rate_limited"]
+    assert list(service) == [
+        *("pools", "canary_weight", "panic", "denied", "blocked", "rate_limited"),
+        *("cache_hits", "cache_misses"),
+    ]
     counters = ["requests", "responses", "retries", "ejections", "panic", "failures", "latency"]
     pool = service["pools"]["stable"]
     assert list(pool) == ["totals", "targets"]

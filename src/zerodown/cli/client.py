@@ -148,6 +148,11 @@ class AdminClient:
         result: list[View] = self._call("GET", f"/v1/services/{_q(service)}/releases")
         return result
 
+    def stats(self) -> View:
+        """The data plane's counters (/v1/stats: zerodown.stats.Stats as JSON)."""
+        result: View = self._call("GET", "/v1/stats")
+        return result
+
     def health(self) -> View:
         """`{"ok": true, "pid": N}`: the daemon answers, and which process it is."""
         result: View = self._call("GET", "/v1/health")

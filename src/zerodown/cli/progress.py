@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from zerodown.cli.client import AdminClient
+from zerodown.cli.edge import edge_text
 from zerodown.cli.feed import EventFeed, StreamLost
 from zerodown.deploy.contract import JsonView as View
 
@@ -339,10 +340,14 @@ def _traffic(traffic: dict[str, float]) -> Table:
 # -- services and releases -----------------------------------------------------------
 
 
-def status_table(views: Sequence[View]) -> Table:
-    """`zerodown status`: one row per service."""
-    table = Table("service", "current", "instances", "traffic", "deploying")
-    for view in views:
+def status_table(views: Sequence[View], stats: View | None = None) -> Table:
+    """`zerodown status`: one row per service; with `stats` (/v1/stats), an
+    `edge` column when a service's rules refused requests or its cache answered."""
+    services = (stats or {}).get("services") or {}
+    edges = [edge_text(services.get(view["service"])) for view in views]
+    columns = ["service", "current", "instances", "traffic", "deploying"]
+    table = Table(*columns, *(["edge"] if any(edges) else []))
+    for view, edge in zip(views, edges, strict=True):
         deploying = view.get("deploying")
         table.add_row(
             view["service"],
@@ -350,6 +355,7 @@ def status_table(views: Sequence[View]) -> Table:
             _instance_lines(view.get("instances", [])),
             _split(view.get("traffic", {})),
             _deploying(deploying, pause_text(view.get("pause"), view["service"])),
+            *([edge or "-"] if any(edges) else []),
         )
     return table
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from zerodown.cli.exits import errors
 from zerodown.cli.options import DEFAULT_CONFIG, ConfigOption, JsonOption, ServiceArgument, connect
 from zerodown.cli.output import console, print_json
+
+if TYPE_CHECKING:
+    from zerodown.cli.client import AdminClient
+    from zerodown.deploy.contract import JsonView as View
 
 
 def status(
@@ -20,11 +24,23 @@ def status(
     from zerodown.cli.progress import status_table
 
     with errors():
-        views = connect(config).status(service)
+        client = connect(config)
+        views = client.status(service)
     if as_json:
         print_json(views[0] if service is not None else views)
-    else:
-        console().print(status_table(views))
+        return
+    console().print(status_table(views, _stats(client)))
+
+
+def _stats(client: AdminClient) -> View | None:
+    """The data plane's counters for the edge column; None when they cannot
+    be had (a data plane that does not answer): the rest still shows."""
+    from zerodown.cli.client import AdminError
+
+    try:
+        return client.stats()
+    except AdminError:
+        return None
 
 
 def releases(

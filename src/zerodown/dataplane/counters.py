@@ -26,7 +26,7 @@ class RetiredCounters:
     def __init__(self) -> None:
         self._targets: dict[Key, Counters] = {}
         self._rejected: dict[str, int] = {}
-        self._refused: dict[str, dict[str, int]] = {}
+        self._per_service: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         requests = sum(c.requests for c in self._targets.values())
@@ -39,8 +39,8 @@ class RetiredCounters:
             self._targets[key] = sum_counters([counters] if kept is None else [kept, counters])
         for status, count in tally.rejected.items():
             self._rejected[status] = self._rejected.get(status, 0) + count
-        for service, counts in tally.refused.items():
-            counted = self._refused.setdefault(service, {})
+        for service, counts in tally.per_service.items():
+            counted = self._per_service.setdefault(service, {})
             for kind, count in counts.items():
                 counted[kind] = counted.get(kind, 0) + count
 
@@ -54,5 +54,5 @@ class RetiredCounters:
         return Tally(
             counters=dict(self._targets),
             rejected=dict(self._rejected),
-            refused={name: dict(counts) for name, counts in self._refused.items()},
+            per_service={name: dict(counts) for name, counts in self._per_service.items()},
         )

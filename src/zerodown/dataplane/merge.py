@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from zerodown.routing import PoolName
 from zerodown.stats import (
+    SERVICE_COUNTS,
     STATUS_CLASSES,
     Counters,
     PoolStats,
@@ -22,6 +23,7 @@ from zerodown.stats import (
     Stats,
     TargetStats,
     pool_entry,
+    service_counts,
     service_panic,
     sum_counters,
 )
@@ -39,8 +41,8 @@ class Tally:
     in_flight: Mapping[Key, int] = field(default_factory=dict)
     connections: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
-    # Per service: requests its rules refused, by kind (REFUSALS).
-    refused: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # Per service: its own counts (stats.SERVICE_COUNTS: refusals, cache hits and misses).
+    per_service: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: Stats) -> Tally:
@@ -51,15 +53,8 @@ class Tally:
             in_flight={key: entry.in_flight for key, entry in entries.items()},
             connections=stats.connections,
             rejected=stats.rejected,
-            refused={name: refused_counts(entry) for name, entry in stats.services.items()},
+            per_service={name: service_counts(entry) for name, entry in stats.services.items()},
         )
-
-
-REFUSALS = ("denied", "blocked", "rate_limited")
-
-
-def refused_counts(service: ServiceStats) -> dict[str, int]:
-    return {kind: getattr(service, kind) for kind in REFUSALS}
 
 
 def target_entries(stats: Stats) -> Iterator[tuple[Key, TargetStats]]:
@@ -110,11 +105,11 @@ def _merged_service(name: str, service: ServiceStats, tallies: list[Tally]) -> S
             )
         pools[pool_name] = pool_entry(entries)
     panic = service_panic(pools)
-    refused = {
-        kind: sum(tally.refused.get(name, {}).get(kind, 0) for tally in tallies)
-        for kind in REFUSALS
+    counts = {
+        kind: sum(tally.per_service.get(name, {}).get(kind, 0) for tally in tallies)
+        for kind in SERVICE_COUNTS
     }
-    return ServiceStats(pools=pools, canary_weight=service.canary_weight, panic=panic, **refused)
+    return ServiceStats(pools=pools, canary_weight=service.canary_weight, panic=panic, **counts)
 
 
 def answered_counts(stats: Stats) -> dict[tuple[str, str], int]:

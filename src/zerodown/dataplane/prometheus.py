@@ -90,6 +90,13 @@ class _Families:
             "service",
             "reason",
         )
+        self.cache = _counter(
+            "zerodown_cache_requests_total",
+            "A cached service's requests its rules let through: answered from its cache "
+            "(hit) or sent on (miss).",
+            "service",
+            "result",
+        )
         self.rejected = _counter(
             "zerodown_rejected_total", "Requests the proxy answered itself, by status.", "code"
         )
@@ -109,6 +116,7 @@ class _Families:
             self.canary_weight,
             self.panic,
             self.refused,
+            self.cache,
             self.rejected,
             self.connections,
         )
@@ -145,6 +153,9 @@ class StatsCollector:
             families.panic.add_metric([service], entry.panic)
             for reason in ("denied", "blocked", "rate_limited"):
                 families.refused.add_metric([service, reason], getattr(entry, reason))
+            # Every service, as refusals: a series there from the start (0 without `cache`).
+            families.cache.add_metric([service, "hit"], entry.cache_hits)
+            families.cache.add_metric([service, "miss"], entry.cache_misses)
             for pool, pool_stats in entry.pools.items():
                 for address, target in pool_stats.targets.items():
                     families.add_target([service, pool, address, target.version or ""], target)

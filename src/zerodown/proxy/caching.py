@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from zerodown.proxy.exchange import Exchange
     from zerodown.routing import ServiceSpec
 
-__all__ = ["CacheFill", "ServiceCache", "carried_over", "from_cache"]
+__all__ = ["CacheFill", "ServiceCache", "cache_counts", "carried_over", "from_cache"]
 
 X_CACHE_HIT: Final = (b"X-Cache", b"HIT")
 X_CACHE_MISS: Final = b"X-Cache: MISS\r\n"
@@ -69,13 +69,27 @@ class ServiceCache:
 
 def carried_over(spec: ServiceSpec, previous: ServiceCache | None) -> ServiceCache | None:
     """The cache of a service rebuilt from `spec`: the previous one while the
-    generation and the settings hold, else a new one (the old one purged)."""
+    generation and the settings hold, else a new one (the old one purged)
+    that counts on from the old one's hits and misses: they are counters
+    (stats.ServiceStats), and a deploy must not send them back to 0."""
     releases = generation(spec) if spec.cache is not None else ()
     if previous is not None:
         if previous.spec == spec.cache and previous.generation == releases:
             return previous
         previous.store.clear()
-    return ServiceCache(spec.cache, releases) if spec.cache is not None else None
+    if spec.cache is None:
+        return None
+    cache = ServiceCache(spec.cache, releases)
+    if previous is not None:
+        cache.hits, cache.misses = previous.hits, previous.misses
+    return cache
+
+
+def cache_counts(cache: ServiceCache | None) -> dict[str, int]:
+    """A service's cache hits and misses, as stats.ServiceStats names them."""
+    if cache is None:
+        return {"cache_hits": 0, "cache_misses": 0}
+    return {"cache_hits": cache.hits, "cache_misses": cache.misses}
 
 
 def from_cache(exchange: Exchange, cache: ServiceCache) -> bool:

@@ -24,6 +24,7 @@ from zerodown.dataplane.prometheus import render_prometheus
 from zerodown.errors import ConfigError, DataPlaneError
 from zerodown.proxy import tls
 from zerodown.proxy.accept_proxy import ExpectProxy
+from zerodown.proxy.caching import cache_counts
 from zerodown.proxy.client import ClientConnection, is_trusted
 from zerodown.proxy.exchange import Exchange
 from zerodown.proxy.guard import Refusal
@@ -335,6 +336,7 @@ class ProxyServer:
                 canary_weight=service.spec.split.canary_weight,
                 panic=service_panic(pools),
                 **service.refused.as_dict(),
+                **cache_counts(service.cache),
             )
         return Stats(
             services=services,

@@ -22,17 +22,19 @@ import time
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.accesslog import LogTarget
+from zerodown.dataplane.accesslog import LogTarget, RefusalLog
 from zerodown.dataplane.base import DrainResult, ManagedDataPlane
 from zerodown.dataplane.haproxy import process
 from zerodown.dataplane.haproxy.cache import cache_map, switching
 from zerodown.dataplane.haproxy.commands import converge, expected, plan, sweep
 from zerodown.dataplane.haproxy.counted import counted_map, map_moves
+from zerodown.dataplane.haproxy.guard import refusal_rules
 from zerodown.dataplane.haproxy.hold import HOLD_SCRIPT
 from zerodown.dataplane.haproxy.latency import LatencyLog
 from zerodown.dataplane.haproxy.render import render, unsupported
 from zerodown.dataplane.haproxy.runtime import (
     ServerRow,
+    backend_cache,
     command,
     frontend_sessions,
     parse_servers_state,
@@ -74,7 +76,10 @@ class HaproxyDataPlane(ManagedDataPlane):
         self.adopted = False
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
-        self.latency = LatencyLog()
+        self.latency = LatencyLog(on_refusal=self._log_refusal)
+        self._refusals = RefusalLog(log)
+        # The table the rules were named from, and per backend: service, (kind, rule) by index.
+        self._rules: tuple[RoutingTable, dict[str, tuple[str, list[tuple[str, str]]]]] | None = None
         self._log_stream = LogStream(self.latency.feed_lines)
         self._log: LogTarget | None = None
 
@@ -369,6 +374,7 @@ class HaproxyDataPlane(ManagedDataPlane):
     def _close_log(self) -> None:
         self._log_stream.close()
         self._log = None
+        self._refusals.flush()
 
     def _saved_log(self) -> LogTarget | None:
         """The log target the running HAProxy's config names (the last save)."""
@@ -422,7 +428,28 @@ class HaproxyDataPlane(ManagedDataPlane):
         text = await command(self.settings.stats_socket, "show stat")
         self._histograms_of_counted()
         rows = parse_stat(text)
-        return build_stats(self.table, rows, frontend_sessions(text), self.latency.servers)
+        return build_stats(
+            self.table,
+            rows,
+            frontend_sessions(text),
+            self.latency.servers,
+            self.latency.backends,
+            backend_cache(text),
+        )
+
+    def _log_refusal(self, backend: str, kind: str, index: int, client: str, times: int) -> None:
+        """A refused request's record, its rule named from its index (guard.py)."""
+        if self._rules is None or self._rules[0] is not self.table:  # once per table
+            by_backend = {
+                backend_name(s.name): (s.name, refusal_rules(s)) for s in self.table.services
+            }
+            self._rules = (self.table, by_backend)
+        service, rules = self._rules[1].get(backend, (backend, []))
+        if 0 <= index < len(rules) and rules[index][0] == kind:
+            rule = rules[index][1]
+        else:  # the table changed between the request and this read
+            rule = f"rule #{index} of a table no longer in force"
+        self._refusals(service, kind, rule, client, times)
 
     def _histograms_of_counted(self) -> None:
         """A histogram for every server of a service whose requests are logged

@@ -23,6 +23,7 @@ __all__ = [
     "ProcEntry",
     "ServerRow",
     "StatRow",
+    "backend_cache",
     "command",
     "frontend_sessions",
     "parse_proc",
@@ -202,3 +203,16 @@ def frontend_sessions(text: str) -> int:
         return 0
     rows = csv.DictReader(text[2:].splitlines())
     return sum(int(row.get("scur") or 0) for row in rows if row.get("type") == "0")
+
+
+def backend_cache(text: str) -> dict[str, tuple[int, int]]:
+    """backend -> (cache lookups, cache hits): the backends' own counters in
+    `show stat`, kept by HAProxy whether or not a request is logged."""
+    if not text.startswith("# "):
+        return {}
+    rows = csv.DictReader(text[2:].splitlines())
+    return {
+        row["pxname"]: (int(row.get("cache_lookups") or 0), int(row.get("cache_hits") or 0))
+        for row in rows
+        if row.get("type") == "1"
+    }

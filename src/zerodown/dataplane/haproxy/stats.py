@@ -15,6 +15,10 @@ What HAProxy counts per server, mapped:
   stats.py says a data plane without a histogram reports).
 - ejections and panic are 0: HAProxy's passive marks-down are not counted
   apart from check failures, and it has no panic routing.
+- a service's refusals (denied, blocked, rate_limited): from the
+  per-request log (latency.py), which logs every refusal whatever
+  request_stats says; with `cache`, its hits and misses: the backend's own
+  `cache_hits` and `cache_lookups` in show stat (a miss: a lookup not hit).
 
 A tcp service's servers (`mode tcp`) have no HTTP responses; a
 connection is the request (docs/tcp.md). `stot` counts every connection
@@ -38,6 +42,7 @@ from zerodown.routing import HealthState, PoolName, PoolSpec, RoutingTable, Serv
 from zerodown.stats import (
     BUCKET_LABELS,
     FAILURE_KINDS,
+    SERVICE_COUNTS,
     STATUS_CLASSES,
     Counters,
     Latency,
@@ -55,6 +60,8 @@ __all__ = ["build_stats", "target_stats"]
 
 
 Histograms = Mapping[tuple[str, str], Histogram]  # (backend, server) -> from the log
+BackendCounts = Mapping[str, Mapping[str, int]]  # backend -> SERVICE_COUNTS name -> from the log
+_CACHE_COUNTS = ("cache_hits", "cache_misses")
 
 
 def build_stats(
@@ -62,20 +69,37 @@ def build_stats(
     rows: Sequence[StatRow],
     connections: int = 0,
     latency: Histograms | None = None,
+    backends: BackendCounts | None = None,
+    cache: Mapping[str, tuple[int, int]] | None = None,
 ) -> Stats:
+    """`backends`: refusals from the log; `cache`: backend -> (lookups, hits)
+    from show stat (runtime.backend_cache)."""
     by_name = {(row.backend, row.name): row for row in rows}
-    services = {spec.name: _service(spec, by_name, latency or {}) for spec in table.services}
+    services = {
+        spec.name: _service(spec, by_name, latency or {}, backends or {}, cache or {})
+        for spec in table.services
+    }
     return Stats(services=services, connections=connections, rejected={})
 
 
 def _service(
-    spec: ServiceSpec, rows: Mapping[tuple[str, str], StatRow], latency: Histograms
+    spec: ServiceSpec,
+    rows: Mapping[tuple[str, str], StatRow],
+    latency: Histograms,
+    backends: BackendCounts,
+    cache: Mapping[str, tuple[int, int]],
 ) -> ServiceStats:
     pools: dict[PoolName, PoolStats] = {
         "stable": _pool(spec, spec.stable, rows, latency),
         "canary": _pool(spec, spec.canary, rows, latency),
     }
-    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0)
+    name = backend_name(spec.name)
+    logged = backends.get(name, {})
+    counts = {kind: logged.get(kind, 0) for kind in SERVICE_COUNTS if kind not in _CACHE_COUNTS}
+    if spec.cache is not None:  # only a cached service has hits or misses
+        lookups, hits = cache.get(name, (0, 0))
+        counts |= {"cache_hits": hits, "cache_misses": lookups - hits}
+    return ServiceStats(pools=pools, canary_weight=spec.split.canary_weight, panic=0, **counts)
 
 
 def _pool(

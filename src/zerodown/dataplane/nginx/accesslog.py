@@ -20,25 +20,53 @@ followed by another failed in a way `proxy_next_upstream` retries (error
 or timeout): it counts as a try, a retry and a failure on its target; the
 last try counts its response. Requests that never reached a target
 (`$upstream_addr` "-" or empty: a 404 or 503 of nginx itself) count as
-rejected by status.
+rejected by status, except answers from the cache.
+
+Per service, the requests its rules refused (by kind; each to `on_refusal`
+with its rule and client, for the driver's log) and its cache hits
+(`$upstream_cache_status` HIT) and misses (every other request of the
+service the rules let through, as the embedded proxy counts one);
+report.py reports hits and misses for cached services only. A line of
+OLD_FILE_FIELDS (an nginx started by an older zerodown, until its next
+reload) counts as before: no rule, no cache.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from zerodown.dataplane.accesslog import parse_line
 from zerodown.proxy.metrics import LATENCY_BUCKETS, TargetMetrics
 
-__all__ = ["FILE_FIELDS", "AccessCounters", "Try", "parse_line", "tries"]
+__all__ = ["FILE_FIELDS", "AccessCounters", "OnRefusal", "Try", "parse_line", "tries"]
 
 UPSTREAM_PREFIX = "zd_"  # render.upstream_name
 # The tab-separated fields of render.FILE_LOG_FORMAT after the key, by their JSON names.
-FILE_FIELDS: Final = ("svc", "addr", "ustatus", "urt", "status", "zr", "zsvc")
+FILE_FIELDS: Final = (
+    *("svc", "addr", "ustatus", "urt", "status", "zr", "zsvc"),
+    *("rule", "zc", "cache"),
+)
+OLD_FILE_FIELDS: Final = FILE_FIELDS[:7]
+_WIDTHS: Final = {len(FILE_FIELDS) + 1: FILE_FIELDS, len(OLD_FILE_FIELDS) + 1: OLD_FILE_FIELDS}
+# nginx's default log escaping: `"`, `\` and bytes outside printable ASCII as \xXX.
+_ESCAPED: Final = re.compile(r"\\x([0-9A-Fa-f]{2})")
+# (service, kind, rule, client, how many such lines): for the driver's log.
+OnRefusal = Callable[[str, str, str, str, int], None]
+
+
+def _ignore(service: str, kind: str, rule: str, client: str, times: int) -> None:
+    pass
+
+
+def service_of(upstream: str) -> str:
+    """The service of `$proxy_host`: "zd_<svc>", or a sticky service's "zd_<svc>.<n>"
+    (nginx/sticky.py)."""
+    return upstream.removeprefix(UPSTREAM_PREFIX).partition(".")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +82,7 @@ class Try:
 
 def tries(entry: dict[str, str]) -> Iterator[Try]:
     """The tries one log entry records, in order."""
-    # A sticky service's per-target upstreams are "zd_<svc>.<n>" (nginx/sticky.py).
-    service = entry.get("svc", "").removeprefix(UPSTREAM_PREFIX).partition(".")[0]
+    service = service_of(entry.get("svc", ""))
     addresses = _split(entry.get("addr", ""))
     statuses = _split(entry.get("ustatus", ""))
     times = _split(entry.get("urt", ""))
@@ -82,6 +109,9 @@ class AccessCounters:
     foreign: int = 0  # datagrams ignored: not JSON, or not carrying the key
     # service -> kind (denied, blocked, rate_limited) -> requests its rules refused (guard.py)
     refused: dict[str, dict[str, int]] = field(default_factory=dict)
+    # service -> [hits, misses] of its cache
+    cache: dict[str, list[int]] = field(default_factory=dict)
+    on_refusal: OnRefusal = _ignore
     held: int = 0  # requests held across a recreate's gap and piped by the driver
     # (service, address) the live config routes to only because our checks
     # have every target of its pool out (render._healthy: panic routing):
@@ -103,29 +133,50 @@ class AccessCounters:
             if not line:
                 continue
             words = line.decode(errors="replace").split("\t")
-            if len(words) != len(FILE_FIELDS) + 1 or words[0] != self.key or not self.key:
+            fields = _WIDTHS.get(len(words))
+            if fields is None or words[0] != self.key or not self.key:
                 self.foreign += times
                 continue
             # nginx logs an empty or unset variable as "-" outside JSON.
             values = ("" if word == "-" else word for word in words[1:])
-            seen += self._entry(dict(zip(FILE_FIELDS, values, strict=True)), times)
+            entry = dict(zip(fields, values, strict=True))
+            if "\\x" in entry.get("rule", ""):
+                entry["rule"] = _unescape(entry["rule"])
+            seen += self._entry(entry, times)
         return seen
 
     def _entry(self, entry: dict[str, str], times: int) -> list[Try]:
         self.lines += times
         seen = list(tries(entry))
+        kind = entry.get("zr", "")
+        hit = entry.get("cache", "") == "HIT"
+        if kind:
+            self._refused(entry, kind, times)
+        elif "cache" in entry:  # not an older nginx's line
+            self._cached(service_of(entry.get("svc", "")), hit, times)
         if not seen and "unix:" in entry.get("addr", ""):
             self.held += times  # through the driver's hold socket (hold.py), not nginx's own answer
-        elif not seen:
+        elif not seen and not hit:
             status = entry.get("status", "")
             self.rejected[status] = self.rejected.get(status, 0) + times
-            kind = entry.get("zr", "")
-            if kind:
-                counts = self.refused.setdefault(entry.get("zsvc", ""), {})
-                counts[kind] = counts.get(kind, 0) + times
         for one in seen:
             self._count(one, times)
         return seen
+
+    def _refused(self, entry: dict[str, str], kind: str, times: int) -> None:
+        service = entry.get("zsvc", "")
+        counts = self.refused.setdefault(service, {})
+        counts[kind] = counts.get(kind, 0) + times
+        if "rule" in entry:  # not an older nginx's line
+            self.on_refusal(service, kind, entry["rule"], entry.get("zc", ""), times)
+
+    def _cached(self, service: str, hit: bool, times: int) -> None:
+        if not service:
+            return  # nginx answered before any service's location (a 405, a 400)
+        counts = self.cache.get(service)
+        if counts is None:
+            counts = self.cache[service] = [0, 0]
+        counts[0 if hit else 1] += times
 
     def metrics(self, service: str, address: str) -> TargetMetrics:
         # get first: one line per request, and a TargetMetrics is not free to build.
@@ -161,6 +212,12 @@ def _responses(metrics: TargetMetrics, status: int, seconds: float, times: int) 
     latency.counts[bisect_left(LATENCY_BUCKETS, seconds)] += times
     latency.count += times
     latency.sum += seconds * times
+
+
+def _unescape(text: str) -> str:
+    """A field as it was before nginx escaped it (its bytes are UTF-8 again)."""
+    raw = _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+    return raw.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
 
 
 def _split(value: str) -> list[str]:

@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from zerodown.dataplane.accesslog import LogSocket, LogTarget
+from zerodown.dataplane.accesslog import LogSocket, LogTarget, RefusalLog
 from zerodown.dataplane.base import ManagedDataPlane
 from zerodown.dataplane.nginx import process
 from zerodown.dataplane.nginx.accesslog import AccessCounters, Try
@@ -79,7 +79,8 @@ class NginxDataPlane(ManagedDataPlane):
         self._master: int | None = None
         self._binary = ""
         self._lock = asyncio.Lock()
-        self._counters = AccessCounters()
+        self._refusals = RefusalLog(log)
+        self._counters = AccessCounters(on_refusal=self._refusals)
         self._health = ActiveHealth(self._health_changed)
         self._holds = HoldServers(self.paths.prefix)
         # A second past nginx's own deadline: a quitting worker ends itself first.
@@ -412,6 +413,7 @@ class NginxDataPlane(ManagedDataPlane):
         self._log_socket.close()
         self._log_file.close()
         self._stream_file.close()
+        self._refusals.flush()
 
     def _catch_up_log(self) -> None:
         """Count what the log file holds now, so stats() lag only nginx's buffers."""

@@ -18,7 +18,9 @@
   least recently used keys when full.
 
 Each refusal sets `$zd_refused`, `$zd_rule` and `$zd_svc`, which the access
-log carries (render.LOG_FORMAT) to the driver's counters.
+log carries (render.LOG_FORMAT) to the driver's counters, with
+`$zd_refused_client`: the client of a refused request, empty for any other
+(so the log's lines still repeat: accesslog.py counts distinct lines).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def realip(trusted: Sequence[str]) -> list[str]:
 def guard_http(services: Sequence[ServiceSpec]) -> list[str]:
     """http-level lines: the log's variables, and each guarded service's maps and zone."""
     lines = [f"geo ${name} {{ default ''; }}" for name in LOG_VARIABLES]
+    lines.append("map $zd_refused $zd_refused_client { default $remote_addr; '' ''; }")
     lines.append('geo $zd_dollar { default "$"; }')  # a literal $ in a script (no escape exists)
     for spec in services:
         guard = _guard(spec)

@@ -73,14 +73,17 @@ WEIGHT_SCALE = 100
 LOG_FORMAT = (
     '{"k":"%(key)s","svc":"$proxy_host","addr":"$upstream_addr","ustatus":"$upstream_status",'
     '"urt":"$upstream_response_time","rt":"$request_time","status":"$status",'
-    '"msec":"$msec","zr":"$zd_refused","rule":"$zd_rule","zsvc":"$zd_svc"}'
+    '"msec":"$msec","zr":"$zd_refused","rule":"$zd_rule","zsvc":"$zd_svc",'
+    '"zc":"$zd_refused_client","cache":"$upstream_cache_status"}'
 )
 # The same for the log file (logfile.py), tab-separated, in accesslog.FILE_FIELDS'
-# order: no per-request value but the upstream time (ms), so lines repeat.
+# order: no per-request value but the upstream time (ms), so lines repeat
+# (the refusal's rule and client are set on a refused request only).
 FILE_LOG_FORMAT = "\t".join(
     [
         *("%(key)s", "$proxy_host", "$upstream_addr", "$upstream_status"),
         *("$upstream_response_time", "$status", "$zd_refused", "$zd_svc"),
+        *("$zd_rule", "$zd_refused_client", "$upstream_cache_status"),
     ]
 )
 _BALANCE = {

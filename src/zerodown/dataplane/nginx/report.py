@@ -10,7 +10,8 @@ checks had every target of their pool out (accesslog.AccessCounters.in_panic);
 nginx's own fallback to the `backup # panic` servers (max_fails) shows the
 same address in the log as the primary, so it cannot be told apart.
 `connections` comes from stub_status on the control socket (all workers,
-old ones still finishing included).
+old ones still finishing included). Refusals and cache hits and misses are
+the log's too.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def _service(
         "canary": _pool(spec.name, spec.canary, counters, unhealthy),
     }
     refused = counters.refused.get(spec.name, {})
+    # Every request of a service counts a hit or a miss; only a cached one has either.
+    hits, misses = counters.cache.get(spec.name, (0, 0)) if spec.cache is not None else (0, 0)
     return ServiceStats(
         pools=pools,
         canary_weight=spec.split.canary_weight,
@@ -64,6 +67,8 @@ def _service(
         denied=refused.get("denied", 0),
         blocked=refused.get("blocked", 0),
         rate_limited=refused.get("rate_limited", 0),
+        cache_hits=hits,
+        cache_misses=misses,
     )
 
 
