@@ -47,7 +47,12 @@ def verify(
     ] = None,
     url: Annotated[
         str | None,
-        typer.Option(help="Where to send the load. Default: the proxy's first listener."),
+        typer.Option(
+            # No "[proxy.tls]" here: the help's markup would take it for a tag and drop it.
+            help="Where to send the load. Default: the proxy's first listener; with "
+            "proxy.tls.redirect_http on, its first TLS listener, over https without "
+            "checking the certificate's name or chain (a --url https is checked)."
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option(min=1, help="Keep-alive connections sending requests at once.")
@@ -119,6 +124,7 @@ def verify(
         spec = LoadSpec(
             where.url,
             headers=where.headers,
+            check_cert=where.check_cert,
             post_path=where.prefix + POST_PATH,
             long_path=where.prefix + LONG_PATH,
             concurrency=concurrency,
@@ -131,11 +137,13 @@ def verify(
         typer.echo(
             f"zerodown verify: {_plan(spec, deploy_to, strategy, command)}{logins}", err=True
         )
+        if not where.check_cert:
+            typer.echo(f"zerodown verify: {_unchecked(where.url)}", err=True)
         during = _during(config, deploy_to, strategy, command)
         users = None
         if sessions:
             paths = SessionSpec(sessions, where.prefix + "/login", where.prefix + "/me")
-            users = UserGroup.of(paths, where.url, where.headers)
+            users = UserGroup.of(paths, where.url, where.headers, where.check_cert)
         report, outcome = uvloop.run(run_verify(spec, during, users=users))
     report = _told(report, outcome, command)
     report.write(str(out))
@@ -187,23 +195,46 @@ class _Where:
     url: str
     headers: dict[str, str]
     prefix: str  # the service's path prefix: the load's POSTs and slow GETs go under it
+    check_cert: bool = True  # https: check the certificate's name and chain
 
 
 def _where(config: Path, loaded: Config, deploy_to: tuple[str, str] | None) -> _Where:
-    """The deployed service's route through the proxy's first listener (host header and
-    path prefix from the routing table in force); without --deploy, the proxy's `/`."""
-    base = _proxy_url(loaded.proxy.listen[0])
+    """The deployed service's route through the proxy's edge (host header and
+    path prefix from the routing table in force); without --deploy, the edge's `/`."""
+    base, check_cert = _edge(loaded)
     if deploy_to is None:
-        return _Where(base, {}, "")
+        return _Where(base, {}, "", check_cert)
     services = connect(config).routing().get("services", [])
     spec = next((s for s in services if s.get("name") == deploy_to[0]), None)
     if spec is None:
-        return _Where(base, {}, "")  # the deploy will say the service is unknown
+        return _Where(base, {}, "", check_cert)  # the deploy will say the service is unknown
     path = str(spec.get("path") or "/")
     host = str(spec.get("host") or "*")
     # "*.example.com" matches any one name under it; "*" any host at all.
     headers = {} if host == "*" else {"Host": host.replace("*", "verify", 1)}
-    return _Where(base.rstrip("/") + path, headers, path.rstrip("/"))
+    return _Where(base.rstrip("/") + path, headers, path.rstrip("/"), check_cert)
+
+
+def _edge(loaded: Config) -> tuple[str, bool]:
+    """Where clients reach the apps, and whether to check its certificate.
+
+    The proxy's first listener; but with `[proxy.tls] redirect_http` every
+    plain listener answers 308 (an answer, not a failure, to the load), so the
+    load would measure redirects: then the first TLS listener. Its certificate
+    is the user's, for the site's names, and verify reaches it at 127.0.0.1
+    (often with a CA this host does not trust): it is not checked."""
+    tls = loaded.proxy.tls
+    if tls is not None and tls.redirect_http:
+        return _proxy_url(tls.listen[0], "https"), False
+    return _proxy_url(loaded.proxy.listen[0]), True
+
+
+def _unchecked(url: str) -> str:
+    """The one line saying the load goes over TLS, certificate not checked."""
+    return (
+        f"[proxy.tls] redirect_http is on, so the load goes over TLS to {url}; "
+        "certificate not checked (its name and chain): what is measured is the proxy and the app"
+    )
 
 
 def _check_verify_args(
@@ -249,11 +280,11 @@ def _told(report: Report, outcome: Any, command: list[str]) -> Report:
     return report
 
 
-def _proxy_url(listen: str) -> str:
+def _proxy_url(listen: str, scheme: str = "http") -> str:
     host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
-    return f"http://{host}:{port}/"
+    return f"{scheme}://{host}:{port}/"
 
 
 def _during(

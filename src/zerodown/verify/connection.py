@@ -51,6 +51,19 @@ class BadResponse(Exception):
     """The server sent something that is not a valid HTTP/1.x response."""
 
 
+def tls_context(check_cert: bool = True) -> ssl.SSLContext:
+    """The client side of https. `check_cert=False` skips the certificate's name
+    and chain: verify's load to the proxy's own TLS listener at 127.0.0.1, whose
+    certificate names the site (and may be signed by a CA this host does not
+    know); what is measured is the proxy and the app, not the certificate."""
+    context = ssl.create_default_context()
+    if not check_cert:
+        context.check_hostname = False  # before verify_mode: ssl refuses the other order
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])  # the only protocol this client speaks
+    return context
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -83,11 +96,21 @@ class Connection(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, host: str, port: int, tls: ssl.SSLContext | None, keep_body: int = 0
+        cls,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        keep_body: int = 0,
+        server_name: str | None = None,
     ) -> Connection:
+        """Connect (and shake hands, with `tls`); `server_name` is the TLS SNI
+        name (default: `host`), the name a browser would send for the Host."""
         loop = asyncio.get_running_loop()
+        sni = server_name if tls is not None else None
         try:
-            _, protocol = await loop.create_connection(lambda: cls(keep_body), host, port, ssl=tls)
+            _, protocol = await loop.create_connection(
+                lambda: cls(keep_body), host, port, ssl=tls, server_hostname=sni
+            )
         except OSError as exc:  # refused, unreachable, TLS handshake failed, ...
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         return protocol

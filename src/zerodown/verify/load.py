@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from zerodown.verify.connection import (
     Connection,
     ConnectionClosed,
     Response,
+    tls_context,
 )
 
 FailureKind = Literal["connect", "reset", "5xx", "timeout", "protocol"]
@@ -73,6 +73,9 @@ class LoadSpec:
     long_path: str = LONG_PATH
     timeout: float = REQUEST_TIMEOUT
     headers: Mapping[str, str] = field(default_factory=dict)  # added to every request
+    # https: check the certificate's name and chain. `zerodown verify` turns it
+    # off for the proxy's own TLS listener (cli/verify.py), not for a --url.
+    check_cert: bool = True
 
     def __post_init__(self) -> None:
         _check(self.concurrency >= 1, "concurrency", "must be at least 1")
@@ -162,6 +165,19 @@ class Target:
         return cls(parts.hostname, port, parts.scheme == "https", path, parts.netloc)
 
 
+def host_header(headers: Mapping[str, str], target: Target) -> str:
+    """The Host a request carries: one in `headers` replaces the URL's, since the
+    proxy routes by it (a service on host "api.example.com" is reached at
+    127.0.0.1 all the same)."""
+    return next((v for k, v in headers.items() if k.lower() == "host"), target.authority)
+
+
+def server_name(headers: Mapping[str, str], target: Target) -> str:
+    """The TLS SNI name for that Host, as a browser sends it: the Host without
+    its port (the proxy picks the certificate for it)."""
+    return urlsplit(f"//{host_header(headers, target)}").hostname or target.host
+
+
 class Mix:
     """Which kind of request comes next: nginx's smooth weighted round robin over
     the kinds' shares, so any stretch of requests holds each kind in proportion
@@ -204,10 +220,7 @@ class Pacer:
 
 def build_requests(spec: LoadSpec, target: Target) -> dict[RequestKind, bytes]:
     """The bytes of each kind of request, built once: every request of a kind is the same."""
-    # A Host in `headers` replaces the URL's: the proxy routes by it (a
-    # service on host "api.example.com" is reached at 127.0.0.1 all the same).
-    host = next((v for k, v in spec.headers.items() if k.lower() == "host"), target.authority)
-    lines = [f"Host: {host}", f"User-Agent: {USER_AGENT}"]
+    lines = [f"Host: {host_header(spec.headers, target)}", f"User-Agent: {USER_AGENT}"]
     lines += [f"{name}: {value}" for name, value in spec.headers.items() if name.lower() != "host"]
     head = "".join(f"{line}\r\n" for line in lines)
     post = f"Content-Type: application/json\r\nContent-Length: {len(POST_BODY)}\r\n"
@@ -224,7 +237,8 @@ class _Run:
     def __init__(self, spec: LoadSpec, target: Target) -> None:
         self.spec = spec
         self.target = target
-        self.tls = ssl.create_default_context() if target.tls else None
+        self.tls = tls_context(spec.check_cert) if target.tls else None
+        self.server_name = server_name(spec.headers, target)
         self.requests = build_requests(spec, target)
         self.mix = Mix(spec.post_ratio, spec.long_ratio)
         self.origin = clock()
@@ -323,7 +337,9 @@ class _Worker:
             self.run.reconnects += 1
         self.connecting = True
         target = self.run.target
-        self.conn = await Connection.open(target.host, target.port, self.run.tls)
+        self.conn = await Connection.open(
+            target.host, target.port, self.run.tls, server_name=self.run.server_name
+        )
         self.connecting = False
         return self.conn
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,8 +23,9 @@ from zerodown.verify.connection import (
     Connection,
     ConnectionClosed,
     Response,
+    tls_context,
 )
-from zerodown.verify.load import USER_AGENT, Target, clock
+from zerodown.verify.load import USER_AGENT, Target, clock, host_header, server_name
 from zerodown.verify.sessions import Check, UserRun
 
 CHECK_INTERVAL = 0.2  # seconds between one user's GET /me
@@ -75,20 +77,26 @@ class VirtualUser:
     """One logged-in user: its connection, its cookies, what it saw."""
 
     def __init__(
-        self, name: str, target: Target, headers: Mapping[str, str], spec: SessionSpec
+        self,
+        name: str,
+        target: Target,
+        headers: Mapping[str, str],
+        spec: SessionSpec,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.target = target
         self.spec = spec
+        self.tls = tls  # https: the same as the load's (verify/load.py)
+        self.server_name = server_name(headers, target)
         self.jar: dict[str, str] = {}
         self.checks: list[Check] = []
         self.logged_in = False
         self.login_reason = ""
         self._conn: Connection | None = None
-        host = next((v for k, v in headers.items() if k.lower() == "host"), target.authority)
         extra = [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
         self._head = "".join(f"{line}\r\n" for line in [f"User-Agent: {USER_AGENT}", *extra])
-        self._head = f"Host: {host}\r\n" + self._head
+        self._head = f"Host: {host_header(headers, target)}\r\n" + self._head
 
     def run(self) -> UserRun:
         return UserRun(self.name, self.logged_in, tuple(self.checks), self.login_reason)
@@ -161,7 +169,9 @@ class VirtualUser:
                     raise
         self.close()
         target = self.target
-        self._conn = await Connection.open(target.host, target.port, None, keep_body=KEPT_BODY)
+        self._conn = await Connection.open(
+            target.host, target.port, self.tls, keep_body=KEPT_BODY, server_name=self.server_name
+        )
         return await self._conn.send(request)
 
 
@@ -188,11 +198,13 @@ async def log_in(users: list[VirtualUser]) -> None:
     await asyncio.gather(*(one(user) for user in users))
 
 
-def make_users(spec: SessionSpec, url: str, headers: Mapping[str, str]) -> list[VirtualUser]:
+def make_users(
+    spec: SessionSpec, url: str, headers: Mapping[str, str], check_cert: bool = True
+) -> list[VirtualUser]:
+    """The users of `url` (http or https; `check_cert` as the load's LoadSpec has it)."""
     target = Target.parse(url)
-    if target.tls:
-        raise ConfigError("--sessions needs an http:// URL", key="verify.sessions")
-    return [VirtualUser(f"verify-{i + 1}", target, headers, spec) for i in range(spec.users)]
+    tls = tls_context(check_cert) if target.tls else None  # one context for all: it is shared
+    return [VirtualUser(f"verify-{i + 1}", target, headers, spec, tls) for i in range(spec.users)]
 
 
 class UserGroup:
@@ -204,8 +216,10 @@ class UserGroup:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def of(cls, spec: SessionSpec, url: str, headers: Mapping[str, str]) -> UserGroup:
-        return cls(make_users(spec, url, headers))
+    def of(
+        cls, spec: SessionSpec, url: str, headers: Mapping[str, str], check_cert: bool = True
+    ) -> UserGroup:
+        return cls(make_users(spec, url, headers, check_cert))
 
     async def log_in(self) -> None:
         await log_in(self.users)
