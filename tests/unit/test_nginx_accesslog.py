@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from harness import service
+from zerodown.analysis.judge import Sample
 from zerodown.dataplane.nginx.accesslog import AccessCounters, Try, parse_line, tries
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.routing import RoutingTable, Split
@@ -46,16 +47,16 @@ def test_an_internal_redirect_separates_groups_with_a_colon() -> None:
     ]
 
 
-def test_counters_count_tries_retries_failures_and_latency() -> None:
+def test_counters_count_tries_retries_responses_and_latency() -> None:
     counters = AccessCounters()
     counters.feed(datagram(A, "200", "0.004"))
     counters.feed(datagram(f"{A}, {B}", "502, 200", "0.000, 0.030"))
     counters.feed(datagram(f"{B}, {A}", "504, 500", "1.000, 0.002", status="500"))
     a, b = counters.metrics("web", A).snapshot(), counters.metrics("web", B).snapshot()
-    assert (a.requests, a.retries, a.failures["connect"]) == (3, 1, 1)
+    assert (a.requests, a.retries, a.failures["connect"]) == (3, 1, 0)
     assert a.responses["2xx"] == 1
     assert a.responses["5xx"] == 1
-    assert (b.requests, b.retries, b.failures["timeout"]) == (2, 1, 1)
+    assert (b.requests, b.retries, b.failures["timeout"]) == (2, 1, 0)
     assert b.responses["2xx"] == 1
     assert b.latency.count == 1
     assert b.latency.buckets["0.025"] == 0
@@ -119,8 +120,42 @@ def test_file_lines_count_as_many_times_as_they_repeat() -> None:
     assert (counters.lines, counters.foreign) == (502, 4)  # the key, or not 8 fields
     assert {(t.address, t.status) for t in seen} == {(A, 200), (A, 502), (B, 200)}
     a, b = counters.metrics("web", A).snapshot(), counters.metrics("web", B).snapshot()
-    assert (a.requests, a.retries, a.failures["connect"], a.responses["2xx"]) == (501, 1, 1, 500)
+    assert (a.requests, a.retries, a.failures["connect"], a.responses["2xx"]) == (501, 1, 0, 500)
     assert (a.latency.count, a.latency.buckets["0.0025"]) == (500, 500)
     assert (b.requests, b.responses["2xx"], b.latency.count) == (1, 1, 1)
     assert counters.rejected == {"404": 1}
     assert counters.refused == {}
+
+
+def test_a_try_retried_elsewhere_counts_once_as_a_retry_not_a_failure() -> None:
+    # As the embedded proxy counts it (proxy/retrying.py: retry() on the
+    # failed target when another is tried next; fail() only for the try the
+    # client's error came from) and HAProxy (wretr + wredis; econ only for a
+    # connect that failed for good): one error for the judge, not two.
+    retried = [(f"{A}, {B}", "502, 200", "0.000, 0.004"), (f"{A}, {B}", "504, 200", "1.000, 0.004")]
+    by_json = AccessCounters()
+    for addr, ustatus, urt in retried:
+        by_json.feed(datagram(addr, ustatus, urt))
+    by_file = AccessCounters(key="5eed")
+    by_file.feed_lines(b"".join(file_line(*fields) for fields in retried))
+    for form, counters in (("JSON", by_json), ("file", by_file)):
+        a, b = counters.metrics("web", A).snapshot(), counters.metrics("web", B).snapshot()
+        said = f"{form} lines: the tries A failed and B answered"
+        assert (a.requests, a.retries) == (2, 2), said
+        assert a.failures == dict.fromkeys(a.failures, 0), f"{said}: a retry is no failure too"
+        assert (sum(a.responses.values()), a.latency.count) == (0, 0), said
+        assert (b.requests, b.retries, b.responses["2xx"], b.latency.count) == (2, 0, 2, 2), said
+        assert sum(b.failures.values()) == 0, said
+        assert Sample.from_pool(a).errors == 2, f"{said}: one error per retried try for the judge"
+        assert Sample.from_pool(b).errors == 0, said
+
+
+def test_a_last_try_that_failed_too_is_the_client_s_answer() -> None:
+    # Every target refused: nginx answers 502 and logs it for the last try,
+    # which the log cannot tell from the app's own 502 (no connect time).
+    counters = AccessCounters()
+    counters.feed(datagram(f"{A}, {B}", "502, 502", "0.000, 0.000", status="502"))
+    counters.feed(datagram(A, "", "", status="499"))  # the client left before any status
+    a, b = counters.metrics("web", A).snapshot(), counters.metrics("web", B).snapshot()
+    assert (a.requests, a.retries, a.failures["other"], sum(a.responses.values())) == (2, 1, 1, 0)
+    assert (b.requests, b.retries, b.responses["5xx"], sum(b.failures.values())) == (1, 0, 1, 0)

@@ -13,14 +13,25 @@ collections.Counter groups them in C and each distinct line is parsed once
 and counted n times: well under a microsecond per request on the
 controller, which shares a core with nginx (measured: bench/logcost.py).
 
-Its upstream
-variables list every try in order, comma-separated ("a, b"), and a ":"
-where an internal redirect moved to another upstream group. A try that was
-followed by another failed in a way `proxy_next_upstream` retries (error
-or timeout): it counts as a try, a retry and a failure on its target; the
-last try counts its response. Requests that never reached a target
-(`$upstream_addr` "-" or empty: a 404 or 503 of nginx itself) count as
-rejected by status, except answers from the cache.
+Its upstream variables list every try in order, comma-separated ("a, b"),
+and a ":" where an internal redirect moved to another upstream group. Each
+try counts once on its target, as on the other data planes:
+
+- a try followed by another failed in a way `proxy_next_upstream` retries
+  (error or timeout; nginx logs 502 or 504 for it): a try and a retry, not
+  a failure. The embedded proxy counts it so (proxy/retrying.py: retry()
+  on the target when another is tried next, fail() only on the one whose
+  error the client got), and HAProxy (`wretr` + `wredis`; `econ` only for
+  a connect that failed for good: haproxy/stats.py). The judge counts a
+  retry as an error (analysis/judge.py), so a refused connect that another
+  target answered is one error on its target, not two;
+- the last try: its response (nginx's own 502 or 504 when it failed too:
+  the log does not tell them from the app's); without a status (the client
+  left first) a failure, "other".
+
+Requests that never reached a target (`$upstream_addr` "-" or empty: a 404
+or 503 of nginx itself) count as rejected by status, except answers from
+the cache.
 
 Per service, the requests its rules refused (by kind; each to `on_refusal`
 with its rule and client, for the driver's log) and its cache hits
@@ -192,16 +203,14 @@ class AccessCounters:
         metrics.requests += times
         if (one.service, one.address) in self.in_panic:
             metrics.panics += times
-        if one.last and one.status is not None:
-            _responses(metrics, one.status, one.seconds, times)
-            return
-        # Not the last try: nginx moved on because this one failed. 504 is
-        # nginx's mark for a timeout; anything else is a connection error.
-        # The last try without a status: e.g. the client left before an answer.
-        kind = "other" if one.last else "timeout" if one.status == 504 else "connect"
         if not one.last:
+            # nginx moved on because this try failed: a retry, and only that,
+            # as the embedded proxy and HAProxy count it (see the docstring).
             metrics.retries += times
-        metrics.failures[kind] = metrics.failures.get(kind, 0) + times
+        elif one.status is not None:
+            _responses(metrics, one.status, one.seconds, times)
+        else:  # the last try without a status: e.g. the client left before an answer
+            metrics.failures["other"] = metrics.failures.get("other", 0) + times
 
 
 def _responses(metrics: TargetMetrics, status: int, seconds: float, times: int) -> None:
