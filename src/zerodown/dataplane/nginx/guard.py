@@ -10,7 +10,7 @@
   inside a denied one is rendered as denied (deny wins, as embedded). A
   geo rather than `allow`/`deny` directives so the 403 names the rule.
 - block: a `map` per kind (method, `$uri`: decoded, no query; User-Agent).
-- rate_limit: `limit_req` with `burst = requests + burst - 1` and `nodelay`,
+- rate_limit: `limit_req` with `burst = requests + burst - 1` (none at 0) and `nodelay`,
   nginx's leaky bucket that is exactly the token bucket of embedded; its
   429 goes to a named location adding Retry-After. nginx's rate is whole
   requests per second or per minute: another rate is rounded to the
@@ -82,8 +82,10 @@ def guard_location(spec: ServiceSpec) -> list[str]:
     lines = [_refusal_if(spec.name, kind, variable) for kind, variable in checks]
     limit = guard.rate_limit
     if limit is not None:
+        # nginx refuses `burst=0` (one request at once): no burst is that.
+        burst = f" burst={limit.capacity - 1}" if limit.capacity > 1 else ""
         lines += [
-            f"limit_req zone=zd_rl_{v} burst={limit.capacity - 1} nodelay;",
+            f"limit_req zone=zd_rl_{v}{burst} nodelay;",
             "limit_req_status 429;",
             f"error_page 429 @zd_rl_{v};",
         ]
