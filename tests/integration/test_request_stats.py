@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -28,12 +29,13 @@ from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.runtime import command
 from zerodown.dataplane.haproxy.settings import HaproxySettings
 from zerodown.dataplane.request_stats import RequestStats
-from zerodown.guardspec import BlockSpec, GuardSpec
+from zerodown.guardspec import BlockSpec, GuardSpec, RateLimitSpec
 from zerodown.routing import RoutingTable, ServiceSpec, Split
 from zerodown.stats import ServiceStats, Stats
 
 RULES = GuardSpec(block=BlockSpec(paths=(r"\.php$",)))
 BLOCKED = "/x.php"
+LOGGERS = {"nginx": "zerodown.dataplane.nginx.driver", "haproxy": "zerodown.dataplane.haproxy"}
 WAIT = 3.0  # seconds: nginx flushes its log buffer every 250 ms, HAProxy's ring at once
 
 
@@ -126,10 +128,15 @@ def test_nginx_counts_a_service_only_while_it_has_a_canary_and_refusals_always(
 
 @contextlib.asynccontextmanager
 async def haproxy(
-    tmp_path: Path, spec: ServiceSpec, mode: RequestStats | None = None
+    tmp_path: Path,
+    spec: ServiceSpec,
+    mode: RequestStats | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[HaproxyDataPlane, int]]:
     """A started driver in front of `spec`; mode None: the settings' default."""
-    settings = HaproxySettings(state_dir=tmp_path / "haproxy", stop_timeout=2.0)
+    settings = HaproxySettings(
+        state_dir=tmp_path / "haproxy", stop_timeout=2.0, trusted_proxies=trusted_proxies
+    )
     if mode is not None:
         settings = dataclasses.replace(settings, request_stats=mode)
     plane = HaproxyDataPlane(settings, RoutingTable(services=(spec,)))
@@ -237,5 +244,59 @@ def test_always_reports_every_request_without_a_canary(kind: str, tmp_path: Path
                 assert requests_of(web) == {a.address: 7}
                 if kind == "haproxy":
                     assert histogram_total(web) == 7
+
+    run(main())
+
+
+# -- every kind of refusal, not counted --------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_every_kind_of_refusal_counts_while_the_service_is_not_counted(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # deny from 10.9/16, block *.php, and 1 request at once then 1 per 10 s per address.
+    rules = GuardSpec(
+        deny=("10.9.0.0/16",),
+        block=BlockSpec(paths=(r"\.php$",)),
+        rate_limit=RateLimitSpec(requests=1, per=10),
+    )
+    trusted = ("127.0.0.0/8",)
+
+    async def main() -> None:
+        async with backends("a") as (a,):
+            plain = service(a.address, guard=rules)
+            async with contextlib.AsyncExitStack() as stack:
+                if kind == "nginx":
+                    driver = await stack.enter_async_context(
+                        nginx(tmp_path, plain, request_stats="canary", trusted_proxies=trusted)
+                    )
+                    port, stats = nginx_port(driver), driver.stats
+                else:
+                    plane, port = await stack.enter_async_context(
+                        haproxy(tmp_path, plain, trusted_proxies=trusted)
+                    )
+                    stats = plane.stats
+                denied = {"X-Forwarded-For": "10.9.0.5"}
+                said = [
+                    (await request(port, headers=denied)).status,
+                    (await request(port)).status,
+                    (await request(port)).status,
+                    (await request(port, path=BLOCKED)).status,  # the sentinel, last
+                ]
+                assert said == [403, 200, 429, 403]
+                web = (await blocked_seen(stats, 1)).services["web"]
+                assert (web.denied, web.rate_limited) == (1, 1), (
+                    "a refusal of the service's rules was not counted while the service is "
+                    "not counted: see how the proxy logs it (guard.py, _refusals_only)"
+                )
+                assert len(a.requests) == 1
+        logged = sorted(r.getMessage() for r in caplog.records if r.name == LOGGERS[kind])
+        assert logged == [
+            "web: blocked a request from 127.0.0.1: block.paths \\.php$",
+            "web: denied a request from 10.9.0.5: deny 10.9.0.0/16",
+            "web: rate_limited a request from 127.0.0.1: rate_limit (1 at once, 0.1/s per address)",
+        ]
 
     run(main())
