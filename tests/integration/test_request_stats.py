@@ -35,7 +35,11 @@ from zerodown.stats import ServiceStats, Stats
 
 RULES = GuardSpec(block=BlockSpec(paths=(r"\.php$",)))
 BLOCKED = "/x.php"
-LOGGERS = {"nginx": "zerodown.dataplane.nginx.driver", "haproxy": "zerodown.dataplane.haproxy"}
+LOGGERS = {
+    "nginx": "zerodown.dataplane.nginx.driver",
+    "nginx-udp": "zerodown.dataplane.nginx.driver",  # its log as datagrams, not a file
+    "haproxy": "zerodown.dataplane.haproxy",
+}
 WAIT = 3.0  # seconds: nginx flushes its log buffer every 250 ms, HAProxy's ring at once
 
 
@@ -251,7 +255,7 @@ def test_always_reports_every_request_without_a_canary(kind: str, tmp_path: Path
 # -- every kind of refusal, not counted --------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+@pytest.mark.parametrize("kind", ["nginx", "nginx-udp", "haproxy"])
 def test_every_kind_of_refusal_counts_while_the_service_is_not_counted(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -268,9 +272,16 @@ def test_every_kind_of_refusal_counts_while_the_service_is_not_counted(
         async with backends("a") as (a,):
             plain = service(a.address, guard=rules)
             async with contextlib.AsyncExitStack() as stack:
-                if kind == "nginx":
+                if kind.startswith("nginx"):
+                    transport = "udp" if kind == "nginx-udp" else "file"
                     driver = await stack.enter_async_context(
-                        nginx(tmp_path, plain, request_stats="canary", trusted_proxies=trusted)
+                        nginx(
+                            tmp_path,
+                            plain,
+                            request_stats="canary",
+                            trusted_proxies=trusted,
+                            log_transport=transport,
+                        )
                     )
                     port, stats = nginx_port(driver), driver.stats
                 else:
