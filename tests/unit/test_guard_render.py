@@ -112,3 +112,11 @@ def test_nginx_limit_req_burst_and_its_429_location() -> None:
     http = guard_http([spec(rate_limit=limit)])
     assert any("map $http_x_api_key $zd_rk_web_1_" in line for line in http)
     assert any(line.endswith("rate=10r/s;") for line in http)
+
+
+def test_nginx_limit_req_of_one_request_at_once_has_no_burst() -> None:
+    """nginx refuses `burst=0`; no burst is the same bucket."""
+    (first, *_) = guard_location(spec(rate_limit=RateLimitSpec(requests=1, per=1)))
+    assert first.startswith("limit_req zone=zd_rl_web_1_")
+    assert first.endswith(" nodelay;")
+    assert "burst" not in first
