@@ -62,6 +62,8 @@ def test_an_old_four_word_line_still_counts_its_latency_and_nothing_else() -> No
 
 
 def test_stats_report_cache_counts_for_a_cached_service_only() -> None:
+    """Refusals from the log; cache hits and misses from show stat's
+    cache_lookups and cache_hits (kept whether or not a request is logged)."""
     log, _ = logged()
     log.feed_lines(
         b"ab12 be_web t_a:1 3 0 -\nab12 be_web <NOSRV> -1 1 -\n"
@@ -70,7 +72,9 @@ def test_stats_report_cache_counts_for_a_cached_service_only() -> None:
     pool = PoolSpec(targets=(TargetSpec(address="a:1"),))
     web = ServiceSpec(name="web", stable=pool, cache=CacheSpec())
     api = ServiceSpec(name="api", host="api.example", stable=pool)
-    stats = build_stats(RoutingTable(services=(web, api)), [], 0, log.servers, log.backends)
+    cache = {"be_web": (2, 1), "be_api": (5, 0)}  # backend -> (lookups, hits)
+    table = RoutingTable(services=(web, api))
+    stats = build_stats(table, [], 0, log.servers, log.backends, cache)
     counted = {
         name: (s.cache_hits, s.cache_misses, s.rate_limited) for name, s in stats.services.items()
     }
