@@ -189,14 +189,18 @@ def test_everything_lives_under_state_dir_and_the_generation_is_served() -> None
 def test_request_ids_forwarded_for_and_shutdown_bound() -> None:
     text = conf(service(A), worker_shutdown_timeout=45.0)
     assert "worker_shutdown_timeout 45000ms;" in text
-    assert "proxy_set_header X-Forwarded-For $zd_forwarded_for;" in text
-    assert "proxy_set_header X-Request-ID $zd_request_id;" in text
-    assert "add_header X-Request-ID $zd_request_id always;" in text
-    assert (
-        "geo $realip_remote_addr $zd_trusted { default 0; }" in text
-    )  # nobody is trusted by default
+    # Nobody is trusted by default: nginx's own variables, no map on the way.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in text
+    assert "proxy_set_header X-Forwarded-Host $http_host;" in text
+    assert "proxy_set_header X-Request-ID $request_id;" in text
+    assert "add_header X-Request-ID $request_id always;" in text
+    assert "geo $realip_remote_addr $zd_trusted { default 0; }" in text  # for refusals, sticky
     trusted = conf(service(A), trusted_proxies=("10.0.0.0/8", "::1/128"))
     assert "geo $realip_remote_addr $zd_trusted { default 0; 10.0.0.0/8 1; ::1/128 1; }" in trusted
+    assert "proxy_set_header X-Forwarded-For $zd_forwarded_for;" in trusted
+    assert "proxy_set_header X-Forwarded-Host $zd_forwarded_host;" in trusted
+    assert "proxy_set_header X-Request-ID $zd_request_id;" in trusted
+    assert "add_header X-Request-ID $zd_request_id always;" in trusted
 
 
 def test_extra_http_is_appended_verbatim() -> None:
