@@ -14,6 +14,7 @@ import pytest
 from harness import (
     DEADLINE,
     Backend,
+    KeepAliveClient,
     Request,
     backends,
     ok,
@@ -114,6 +115,29 @@ def test_canary_weight_splits_and_added_server_needs_no_reload(tmp_path: Path) -
                 ]
                 assert len(counted) == 1
                 assert counted[0].endswith(f" {float(seen['canary'])}"), counted
+            finally:
+                await plane.stop(2.0)
+
+    run(main())
+
+
+def test_servers_added_at_runtime_keep_idle_connections_for_reuse(tmp_path: Path) -> None:
+    """A runtime `add server` gets no idle pool by default: a client whose
+    requests take turns between two servers cost each a connection a request."""
+
+    async def main() -> None:
+        async with backends("old", "a", "b") as (old, a, b):
+            plane = driver(tmp_path, service(old.address))
+            port = reserved_port()
+            await plane.start([f"127.0.0.1:{port}"])
+            try:
+                await plane.apply(RoutingTable(services=(service(a.address, b.address),)))
+                async with KeepAliveClient(port) as client:
+                    answered = [await client.request() for _ in range(40)]
+                by = Counter(r.header("x-backend") for r in answered)
+                assert by == {"a": 20, "b": 20}
+                # One connection each, two at most if a check's timing makes a second.
+                assert max(a.connections, b.connections) <= 2, (a.connections, b.connections)
             finally:
                 await plane.stop(2.0)
 

@@ -25,7 +25,8 @@ def test_adding_a_canary_adds_a_server_sets_it_ready_and_enables_its_check() -> 
     assert step.reload is None
     assert step.commands == (
         "add server be_web/t_h:2 h:2 weight 256 check inter 1000ms rise 2 fall 3 "
-        "observe layer7 error-limit 5 on-error mark-down",
+        # A runtime server has no idle connection pool unless told (render.IDLE_POOL).
+        "observe layer7 error-limit 5 on-error mark-down pool-max-conn -1 pool-purge-delay 5s",
         "set server be_web/t_h:2 state ready",
         "enable health be_web/t_h:2",
     )
@@ -117,7 +118,7 @@ def test_a_server_added_to_a_sticky_backend_gets_its_dynamic_cookie() -> None:
         table("h:1", sticky=sticky, health=None), table("h:1", "h:2", sticky=sticky, health=None)
     )
     assert step.commands == (
-        "add server be_web/t_h:2 h:2 weight 256",
+        "add server be_web/t_h:2 h:2 weight 256 pool-max-conn -1 pool-purge-delay 5s",
         "set server be_web/t_h:2 state ready",
         "enable dynamic-cookie backend be_web",
     )

@@ -86,7 +86,8 @@ def test_backend_carries_balance_checks_retries_and_passive_health() -> None:
         "timeout check 2000ms",
         "http-check expect rstatus ^(200)$",
         "server t_127.0.0.1:9001 127.0.0.1:9001 weight 256 check inter 1000ms rise 2 fall 3 "
-        "observe layer7 error-limit 5 on-error mark-down slowstart 2000ms",
+        "observe layer7 error-limit 5 on-error mark-down slowstart 2000ms "
+        "pool-max-conn -1 pool-purge-delay 5s",
     ]
 
 

@@ -369,6 +369,16 @@ def _balance(spec: ServiceSpec) -> list[str]:
     return [f"balance {_HASH_KEY[kind].format(name)}", "hash-type consistent"]
 
 
+# A server from a runtime `add server` inherits no defaults: HAProxy 2.6
+# gives it no idle connection pool (pool-max-conn 0, purge delay 0), where a
+# server from the config file has an unbounded one purged every 5 s. Without
+# it a keep-alive client whose requests take turns between servers costs the
+# app a new connection per request: through a deploy of zerodown's demo app
+# (uvicorn, 2 instances, wrk -c200), 12k req/s with a 242 ms p99, against 34k
+# and 10 ms with it. Said on every line, so both kinds of server are alike.
+IDLE_POOL: Final = "pool-max-conn -1 pool-purge-delay 5s"
+
+
 def server_line(spec: ServiceSpec, server: Server) -> str:
     """`<name> <address> <keywords>`: the same words in the config and in a
     runtime `add server` (management.txt lists which keywords it takes)."""
@@ -384,6 +394,8 @@ def server_line(spec: ServiceSpec, server: Server) -> str:
             words.append(f"observe {layer} error-limit {limit} on-error mark-down")
     if spec.slow_start > 0:
         words.append(f"slowstart {_ms(spec.slow_start)}")
+    if spec.mode == "http":
+        words.append(IDLE_POOL)
     if server.state == "maint":
         words.append("disabled")
     return " ".join(words)
