@@ -74,7 +74,7 @@ NEVER_NOMINATED: Final = (
 # What these would become in a CGI/WSGI environ (HTTP_X_FORWARDED_FOR), where
 # "X-Forwarded_For" lands on the same key: a client must not reach them by
 # spelling a dash as an underscore (nginx drops such names by default).
-_ENVIRON_SPOOFABLE: Final = frozenset(
+ENVIRON_SPOOFABLE: Final = frozenset(
     name.replace(b"-", b"_") for name in HOP_BY_HOP | NEVER_NOMINATED | {b"expect"}
 )
 # RFC 9110 §9.2.2. A retry may repeat these; never the others once sent.
@@ -302,7 +302,7 @@ def upstream_head(
     for (name, value), key in zip(head.headers, head.lower_names(), strict=True):
         if key in drop or key == b"expect":
             continue  # the proxy answers 100-continue itself
-        if b"_" in key and key.replace(b"-", b"_") in _ENVIRON_SPOOFABLE:
+        if b"_" in key and key.replace(b"-", b"_") in ENVIRON_SPOOFABLE:
             continue
         if key in FORWARDED_HEADERS:
             if key == b"x-forwarded-for":

@@ -18,6 +18,7 @@ from zerodown.dataplane.haproxy.cache import cache_backend, cache_sections
 from zerodown.dataplane.haproxy.counted import silence_rule
 from zerodown.dataplane.haproxy.guard import guard_lines
 from zerodown.dataplane.haproxy.hold import hold_rules
+from zerodown.dataplane.haproxy.identity import identity_rules
 from zerodown.dataplane.haproxy.latency import LOG_FORMAT as LATENCY_LOG_FORMAT
 from zerodown.dataplane.haproxy.servers import Server, backend_name, servers
 from zerodown.dataplane.haproxy.settings import HaproxySettings
@@ -247,6 +248,7 @@ def _forwarded(settings: HaproxySettings, proto: str) -> list[str]:
         # Every request gets its own id: the response reads it again from
         # %[unique-id] (computed once per stream), no variable needed.
         return [
+            *identity_rules(trusted=False),
             "http-request del-header X-Forwarded-For",
             f"http-request set-header X-Forwarded-Proto {proto}",
             "http-request set-header X-Forwarded-Host %[req.hdr(host)]",
@@ -258,6 +260,7 @@ def _forwarded(settings: HaproxySettings, proto: str) -> list[str]:
         # Read by a sticky backend, to add Secure to its cookie (_sticky).
         "http-request set-var(txn.https) bool(1) if trusted "
         "{ req.hdr(x-forwarded-proto) -i https }",
+        *identity_rules(trusted=True),
         "http-request del-header X-Forwarded-For unless trusted",
         f"http-request set-header X-Forwarded-Proto {proto} unless trusted",
         "http-request set-header X-Forwarded-Host %[req.hdr(host)] unless trusted",

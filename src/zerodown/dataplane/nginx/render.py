@@ -45,6 +45,7 @@ from zerodown.dataplane.nginx.sticky import (
 from zerodown.dataplane.nginx.stream import load_stream, stream_block
 from zerodown.dataplane.nginx.streamlog import STREAM_LOG
 from zerodown.dataplane.request_stats import counted
+from zerodown.proxy.http import CLIENT_IDENTITY_HEADERS
 from zerodown.proxy.router import prefix_matches
 from zerodown.proxy.sticky import key_bytes
 from zerodown.routing import RoutingTable, ServiceSpec, TargetSpec, parse_address
@@ -277,6 +278,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
         *_identity_headers(settings),
+        *_client_identity(settings),
         # Safe retries only: a connect error or a timeout before any answer,
         # and (nginx's default, kept: no `non_idempotent`) never a POST or
         # PATCH once it was sent, since the app may have acted on it.
@@ -303,6 +305,25 @@ def _identity_headers(settings: NginxSettings) -> list[str]:
         f"proxy_set_header X-Request-ID {rid};",
         f"add_header X-Request-ID {rid} always;",
     ]
+
+
+def _client_identity(settings: NginxSettings) -> list[str]:
+    """X-Real-IP, Forwarded and the other fields apps believe about the
+    client (proxy/http.CLIENT_IDENTITY_HEADERS) pass only from a trusted
+    proxy, as on the embedded data plane. An empty proxy_set_header value
+    drops the field at no cost per request (nginx skips it when it builds the
+    request); a trusted proxy's goes through a map of $zd_trusted. Spellings
+    with an underscore for a dash nginx drops already (underscores_in_headers
+    off, its default)."""
+    names = sorted(name.decode() for name in CLIENT_IDENTITY_HEADERS)
+    if not settings.trusted_proxies:
+        return [f'proxy_set_header {name} "";' for name in names]
+    lines = []
+    for name in names:
+        snake = name.replace("-", "_")
+        lines.append(f"map $zd_trusted $zd_keep_{snake} {{ 1 $http_{snake}; default ''; }}")
+        lines.append(f"proxy_set_header {name} $zd_keep_{snake};")
+    return lines
 
 
 def _trusted_or(incoming: str, ours: str, name: str) -> list[str]:

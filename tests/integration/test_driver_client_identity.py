@@ -1,0 +1,99 @@
+"""Client-identity fields through a real HAProxy and a real nginx, as the
+embedded proxy treats them (test_proxy_security.py): X-Real-IP, Forwarded,
+True-Client-IP and the like pass only from `trusted_proxies`, and the
+spellings with an underscore for a dash (X_Forwarded_For lands on a WSGI
+app's HTTP_X_FORWARDED_FOR) pass from nobody.
+
+127.0.0.1 is the trusted proxy; 127.0.0.2 (loopback too, on Linux) is a
+client that is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+
+from harness import Request, backends, reserved_port, run, service
+from nginx_harness import nginx, port_of
+from proxy_protocol_harness import BALANCER, STRANGER, send, status
+from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
+from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.routing import RoutingTable
+
+TRUSTED = (f"{BALANCER}/32",)
+CLAIMS = {
+    "X-Real-IP": "6.6.6.6",
+    "Forwarded": "for=6.6.6.6;proto=https",
+    "True-Client-IP": "6.6.6.6",
+    "X-Forwarded-Port": "443",
+}
+SPELLINGS = {"X_Forwarded_For": "6.6.6.6", "X-Forwarded_Proto": "https", "X_Real_IP": "6.6.6.6"}
+Plane = Callable[[Path, str, tuple[str, ...]], AbstractAsyncContextManager[int]]
+
+
+@contextlib.asynccontextmanager
+async def haproxy(tmp_path: Path, address: str, trusted: tuple[str, ...]) -> AsyncIterator[int]:
+    settings = HaproxySettings(
+        state_dir=tmp_path / "state", stop_timeout=2.0, trusted_proxies=trusted
+    )
+    plane = HaproxyDataPlane(settings, RoutingTable(services=(service(address),)))
+    port = reserved_port()
+    await plane.start([f"127.0.0.1:{port}"])
+    try:
+        yield port
+    finally:
+        await plane.stop(2.0)
+
+
+@contextlib.asynccontextmanager
+async def nginx_plane(tmp_path: Path, address: str, trusted: tuple[str, ...]) -> AsyncIterator[int]:
+    async with nginx(tmp_path, service(address), trusted_proxies=trusted) as plane:
+        yield port_of(plane)
+
+
+PLANES = [pytest.param(haproxy, id="haproxy"), pytest.param(nginx_plane, id="nginx")]
+
+
+def get(headers: dict[str, str]) -> bytes:
+    lines = ["GET / HTTP/1.1", "Host: example.test", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def seen(request: Request, names: dict[str, str]) -> dict[str, str | None]:
+    return {name: request.header(name) for name in names}
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_no_client_names_itself_without_trusted_proxies(tmp_path: Path, plane: Plane) -> None:
+    async def main() -> None:
+        async with backends("a") as (a,), plane(tmp_path, a.address, ()) as port:
+            assert status(await send(port, get(CLAIMS | SPELLINGS), source=STRANGER)) == 200
+            (sent,) = a.requests
+            assert seen(sent, CLAIMS | SPELLINGS) == dict.fromkeys(CLAIMS | SPELLINGS)
+            assert sent.all("x-forwarded-for") == [STRANGER]
+            assert sent.header("x-forwarded-proto") == "http"
+
+    run(main())
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_trusted_proxy_names_the_client_and_a_stranger_does_not(
+    tmp_path: Path, plane: Plane
+) -> None:
+    async def main() -> None:
+        async with backends("a") as (a,), plane(tmp_path, a.address, TRUSTED) as port:
+            for source in (BALANCER, STRANGER):
+                assert status(await send(port, get(CLAIMS | SPELLINGS), source=source)) == 200
+            from_balancer, from_stranger = a.requests
+            assert seen(from_balancer, CLAIMS) == CLAIMS
+            assert seen(from_stranger, CLAIMS) == dict.fromkeys(CLAIMS)
+            # An underscore spelling passes from nobody, a trusted proxy included.
+            for sent in (from_balancer, from_stranger):
+                assert seen(sent, SPELLINGS) == dict.fromkeys(SPELLINGS)
+
+    run(main())
