@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import Request, backends, reserved_port, run, service
+from haproxy_harness import haproxy
+from haproxy_harness import port_of as haproxy_port
+from harness import Request, backends, run, service
 from nginx_harness import nginx, port_of
 from proxy_protocol_harness import BALANCER, STRANGER, send, status
-from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
-from zerodown.dataplane.haproxy.settings import HaproxySettings
-from zerodown.routing import RoutingTable
 
 TRUSTED = (f"{BALANCER}/32",)
 CLAIMS = {
@@ -36,17 +35,11 @@ Plane = Callable[[Path, str, tuple[str, ...]], AbstractAsyncContextManager[int]]
 
 
 @contextlib.asynccontextmanager
-async def haproxy(tmp_path: Path, address: str, trusted: tuple[str, ...]) -> AsyncIterator[int]:
-    settings = HaproxySettings(
-        state_dir=tmp_path / "state", stop_timeout=2.0, trusted_proxies=trusted
-    )
-    plane = HaproxyDataPlane(settings, RoutingTable(services=(service(address),)))
-    port = reserved_port()
-    await plane.start([f"127.0.0.1:{port}"])
-    try:
-        yield port
-    finally:
-        await plane.stop(2.0)
+async def haproxy_plane(
+    tmp_path: Path, address: str, trusted: tuple[str, ...]
+) -> AsyncIterator[int]:
+    async with haproxy(tmp_path, service(address), trusted_proxies=trusted) as plane:
+        yield haproxy_port(plane)
 
 
 @contextlib.asynccontextmanager
@@ -55,7 +48,7 @@ async def nginx_plane(tmp_path: Path, address: str, trusted: tuple[str, ...]) ->
         yield port_of(plane)
 
 
-PLANES = [pytest.param(haproxy, id="haproxy"), pytest.param(nginx_plane, id="nginx")]
+PLANES = [pytest.param(haproxy_plane, id="haproxy"), pytest.param(nginx_plane, id="nginx")]
 
 
 def get(headers: dict[str, str]) -> bytes:

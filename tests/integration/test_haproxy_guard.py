@@ -13,11 +13,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from harness import Backend, backends, request, reserved_port, run, service
-from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
-from zerodown.dataplane.haproxy.settings import HaproxySettings
+from haproxy_harness import haproxy as driven
+from haproxy_harness import port_of
+from harness import Backend, backends, request, run, service
 from zerodown.guardspec import BlockSpec, GuardSpec, RateLimitSpec
-from zerodown.routing import RoutingTable
 
 RULES: dict[str, Any] = {
     "allow": ("10.0.0.0/8",),
@@ -30,17 +29,9 @@ RULES: dict[str, Any] = {
 async def haproxy(
     tmp_path: Path, backend: Backend, trusted: tuple[str, ...] = (), **guard: Any
 ) -> AsyncIterator[int]:
-    settings = HaproxySettings(
-        state_dir=tmp_path / "state", stop_timeout=2.0, trusted_proxies=trusted
-    )
-    table = RoutingTable(services=(service(backend.address, guard=GuardSpec(**guard)),))
-    plane = HaproxyDataPlane(settings, table)
-    port = reserved_port()
-    await plane.start([f"127.0.0.1:{port}"])
-    try:
-        yield port
-    finally:
-        await plane.stop(2.0)
+    web = service(backend.address, guard=GuardSpec(**guard))
+    async with driven(tmp_path, web, trusted_proxies=trusted) as plane:
+        yield port_of(plane)
 
 
 def test_allow_deny_and_block_behind_a_trusted_proxy(tmp_path: Path) -> None:

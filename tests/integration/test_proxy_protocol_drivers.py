@@ -17,6 +17,8 @@ import pytest
 import trustme
 
 from certs import client_context, write_cert
+from haproxy_harness import haproxy as driven
+from haproxy_harness import port_of as haproxy_port
 from harness import backends, reserved_port, run, service
 from nginx_harness import nginx, port_of
 from proxy_protocol_harness import BALANCER, GET, STRANGER, send, status, tls_get, v1, v2
@@ -36,16 +38,9 @@ TRUSTED = (f"{BALANCER}/32",)
 
 @contextlib.asynccontextmanager
 async def haproxy(tmp_path: Path, address: str) -> AsyncIterator[int]:
-    settings = HaproxySettings(
-        state_dir=tmp_path / "state", stop_timeout=2.0, trusted_proxies=TRUSTED, proxy_protocol=True
-    )
-    plane = HaproxyDataPlane(settings, RoutingTable(services=(service(address, guard=GUARD),)))
-    port = reserved_port()
-    await plane.start([f"127.0.0.1:{port}"])
-    try:
-        yield port
-    finally:
-        await plane.stop(2.0)
+    web = service(address, guard=GUARD)
+    async with driven(tmp_path, web, trusted_proxies=TRUSTED, proxy_protocol=True) as plane:
+        yield haproxy_port(plane)
 
 
 def test_haproxy_takes_the_client_from_a_trusted_header_only(tmp_path: Path) -> None:
