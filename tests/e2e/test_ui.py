@@ -297,3 +297,26 @@ def test_the_page_computes_quantiles_as_the_data_plane_does(browser: webdriver.C
                 )
                 want = quantile(counts, q) if sum(counts) else None
                 assert got == pytest.approx(want), (counts, q)
+
+
+def test_a_service_the_proxy_does_not_count_says_so_instead_of_a_chart(
+    browser: webdriver.Chrome,
+) -> None:
+    """/v1/stats' not_counted (nginx with request_stats "canary" and no
+    canary): counters that stand still would chart as 0 requests/s."""
+    script = (
+        "const [notCounted, done] = arguments;"
+        "import('/ui/views.js').then((m) => {"
+        "  const card = { parts: { charts: document.createElement('div') } };"
+        "  m.renderCharts(new Map([['web', card]]), new Map(), new Set(notCounted));"
+        "  const charts = card.parts.charts;"
+        "  done([charts.querySelectorAll('[data-chart]').length,"
+        "        charts.querySelector('[data-role=not-counted]')?.textContent ?? null]);"
+        "});"
+    )
+    with fake_admin(FakeControl()) as port:
+        browser.get(f"http://127.0.0.1:{port}/ui")
+        assert browser.execute_async_script(script, []) == [4, None]
+        charts, note = browser.execute_async_script(script, ["web"])
+    assert charts == 0
+    assert 'request_stats = "always"' in note

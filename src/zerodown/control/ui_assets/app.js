@@ -19,6 +19,7 @@ const state = {
   lastDeploy: new Map(), // name -> the latest DeployView seen (kept after it finished)
   events: new Map(), // name -> recent EventViews
   rates: { previous: null, history: new Map() }, // rates.js: the last totals, chart points
+  notCounted: new Set(), // services a driven proxy does not report request by request
   cards: new Map(), // name -> the card's elements
   lastEventId: 0,
   latestDeploy: new Map(), // name -> the highest deploy id its events named
@@ -132,8 +133,10 @@ async function refreshStatus() {
 async function refreshStats() {
   if (state.locked) return;
   try {
-    addSample(state.rates, await api("GET", "/v1/stats"), Date.now() / 1000);
-    renderCharts(state.cards, state.rates.history);
+    const stats = await api("GET", "/v1/stats");
+    addSample(state.rates, stats, Date.now() / 1000);
+    state.notCounted = new Set(stats.not_counted || []);
+    renderCharts(state.cards, state.rates.history, state.notCounted);
   } catch (error) {
     if (error instanceof Unauthorized) return showLogin(error.message);
     showError(error);
@@ -153,7 +156,7 @@ function render() {
     }
     fillCard(card, view, state);
   }
-  renderCharts(state.cards, state.rates.history);
+  renderCharts(state.cards, state.rates.history, state.notCounted);
 }
 
 // -- actions -------------------------------------------------------------------------

@@ -172,9 +172,19 @@ const CHARTS = [
   ["p99", "p99", ms],
 ];
 
-// `cards` and `history`: per service name.
-export function renderCharts(cards, history) {
+// A service nginx does not report request by request (/v1/stats' not_counted):
+// its counters stand still, and a chart of them would say 0 requests/s.
+const NOT_COUNTED =
+  "Not charted: nginx reports this service's requests to zerodown only while it has a canary " +
+  '([proxy.nginx] request_stats = "canary"). Set request_stats = "always" to chart it.';
+
+// `cards` and `history`: per service name; `notCounted`: names.
+export function renderCharts(cards, history, notCounted = new Set()) {
   for (const [name, card] of cards) {
+    if (notCounted.has(name)) {
+      card.parts.charts.replaceChildren(el("p", { class: "muted", "data-role": "not-counted", text: NOT_COUNTED }));
+      continue;
+    }
     const points = history.get(name) || [];
     const versions = [...new Set(points.flatMap((p) => Object.keys(p.versions)))].sort();
     card.parts.charts.replaceChildren(...CHARTS.map(([key, title, format]) =>
