@@ -41,8 +41,8 @@ def test_haproxy_binds_tls_with_h2_and_redirects_plain_http() -> None:
         "http-request redirect location https://%[var(txn.host)]:8443%[capture.req.uri] code 308"
     )
     assert text.count(redirect) == 1  # on the plain frontend only
-    assert text.count("http-request set-header X-Forwarded-Proto https") == 1
-    assert text.count("http-request set-header X-Forwarded-Proto http") == 1
+    assert text.count("http-request add-header X-Forwarded-Proto https") == 1
+    assert text.count("http-request add-header X-Forwarded-Proto http") == 1
 
 
 def test_haproxy_without_tls_renders_no_tls() -> None:
