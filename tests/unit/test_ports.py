@@ -48,6 +48,13 @@ def test_held_ports_are_skipped_when_the_cursor_wraps() -> None:
     assert [ports.take(), ports.take()] == [101, 103]
 
 
+def test_the_cursor_can_start_anywhere_in_the_range_and_wraps() -> None:
+    ports = PortAllocator(100, 104, probe=Busy(), start=103)
+    assert [ports.take() for _ in range(5)] == [103, 104, 100, 101, 102]
+    with pytest.raises(ValueError, match="start 99 is outside the port range 100-104"):
+        PortAllocator(100, 104, start=99)
+
+
 def test_busy_ports_are_skipped_and_asked_about_on_our_host() -> None:
     probe = Busy(100, 102)
     ports = PortAllocator(100, 104, host="10.0.0.1", probe=probe)

@@ -8,7 +8,11 @@ by asking the probe.
 A rotating cursor spreads picks over the range: the port of an instance that
 just stopped is the last to come round again, so anything that still knows
 its address (a late health check, a pooled keep-alive connection, a routing
-table not yet applied) never meets a different release there.
+table not yet applied) never meets a different release there. The runtime
+starts its cursor at a random port of the range: two daemons on one host
+(staging beside production, test runs side by side) would otherwise both
+pick the range's first free port in the moment before either instance binds
+it, and one deploy would fail on a port held by the other.
 
 Allocators that share a `claimed` set never hand out each other's ports:
 the daemon runs one runtime per service, often over the same range, and an
@@ -83,14 +87,17 @@ class PortAllocator:
         host: str = "127.0.0.1",
         probe: Probe = can_listen,
         claimed: set[int] | None = None,
+        start: int | None = None,
     ) -> None:
         if not 1 <= first <= last <= 65535:
             raise ValueError(f"port range {first}-{last} must be within 1-65535, low end first")
+        if start is not None and not first <= start <= last:
+            raise ValueError(f"start {start} is outside the port range {first}-{last}")
         self.first = first
         self.last = last
         self.host = host
         self._probe = probe
-        self._cursor = first  # where the next search begins
+        self._cursor = first if start is None else start  # where the next search begins
         self._held: set[int] = set()  # ours
         self._claimed = set() if claimed is None else claimed  # ours and our peers'
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import re
 import secrets
 import signal
@@ -104,7 +105,13 @@ class ProcessRuntime(Runtime):
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
-        self.ports = PortAllocator(*port_range, host=host, probe=probe, claimed=_CLAIMED_PORTS)
+        self.ports = PortAllocator(
+            *port_range,
+            host=host,
+            probe=probe,
+            claimed=_CLAIMED_PORTS,
+            start=random.randint(*port_range),  # apart from another daemon's (ports.py)
+        )
         overlap = ephemeral_overlap(*port_range)
         if overlap is not None:
             log.warning(
