@@ -341,7 +341,7 @@ def test_ports_skip_what_is_busy_and_what_our_instances_hold(
             [two] = await runtime.start(python(IDLE), 1)
             with pytest.raises(NoFreePort, match="2 held by instances, the other 1 busy"):
                 await runtime.start(python(IDLE), 1)
-        assert (one.port, two.port) == (first + 1, first + 2)
+        assert {one.port, two.port} == {first + 1, first + 2}  # the cursor starts anywhere
         for instance in (one, two):
             await runtime.stop(instance, 0)
 
