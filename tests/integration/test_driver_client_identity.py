@@ -31,6 +31,8 @@ CLAIMS = {
     "X-Forwarded-Port": "443",
 }
 SPELLINGS = {"X_Forwarded_For": "6.6.6.6", "X-Forwarded_Proto": "https", "X_Real_IP": "6.6.6.6"}
+# Fields the proxy sets itself: a client's own is replaced, never passed beside ours.
+OURS = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.test", "X-Request-ID": "mine"}
 Plane = Callable[[Path, str, tuple[str, ...]], AbstractAsyncContextManager[int]]
 
 
@@ -65,11 +67,15 @@ def seen(request: Request, names: dict[str, str]) -> dict[str, str | None]:
 def test_no_client_names_itself_without_trusted_proxies(tmp_path: Path, plane: Plane) -> None:
     async def main() -> None:
         async with backends("a") as (a,), plane(tmp_path, a.address, ()) as port:
-            assert status(await send(port, get(CLAIMS | SPELLINGS), source=STRANGER)) == 200
+            sent_by_client = CLAIMS | SPELLINGS | OURS | {"X-Forwarded-For": "6.6.6.6"}
+            assert status(await send(port, get(sent_by_client), source=STRANGER)) == 200
             (sent,) = a.requests
             assert seen(sent, CLAIMS | SPELLINGS) == dict.fromkeys(CLAIMS | SPELLINGS)
             assert sent.all("x-forwarded-for") == [STRANGER]
-            assert sent.header("x-forwarded-proto") == "http"
+            assert sent.all("x-forwarded-proto") == ["http"]
+            assert sent.all("x-forwarded-host") == ["example.test"]
+            (request_id,) = sent.all("x-request-id")
+            assert request_id != "mine"
 
     run(main())
 

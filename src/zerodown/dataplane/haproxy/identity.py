@@ -31,8 +31,7 @@ def identity_rules(trusted: bool) -> list[str]:
     X-Request-ID, so that ours are added, not set (a set-header is a delete
     and an add: 1.3k instructions a request for X-Forwarded-Proto alone)."""
     if not trusted:
-        ours = _names(name.decode() for name in FORWARDED_HEADERS)
-        either = _either(ours, untrusted_identity(), spoofed_spellings())
+        either = _whole(_names(FORWARDED_HEADERS), _names(CLIENT_IDENTITY_HEADERS), _spellings())
         return [f"http-request del-header {either} -m reg"]
     return [
         f"http-request del-header {spoofed_spellings()} -m reg",
@@ -42,24 +41,25 @@ def identity_rules(trusted: bool) -> list[str]:
 
 def untrusted_identity() -> str:
     """The regex of the names only a trusted proxy may send."""
-    return _names(name.decode() for name in CLIENT_IDENTITY_HEADERS)
+    return _whole(_names(CLIENT_IDENTITY_HEADERS))
 
 
 def spoofed_spellings() -> str:
     """The regex of the names that, with an underscore for a dash, reach a
     field the proxy sets or frames by (at least one underscore: the dashed
     spelling itself is handled by the rules that set it)."""
+    return _whole(_spellings())
+
+
+def _names(names: Iterable[bytes]) -> str:
+    return "|".join(sorted(name.decode() for name in names))  # [a-z-]: nothing to escape
+
+
+def _spellings() -> str:
     dashed = sorted(name.decode() for name in ENVIRON_SPOOFABLE if b"_" in name)
-    alternatives = "|".join(name.replace("_", "[-_]") for name in dashed)
-    return f"(?i)^(?=[^_]*_)(?:{alternatives})$"
+    return "(?=[^_]*_)(?:" + "|".join(name.replace("_", "[-_]") for name in dashed) + ")"
 
 
-def _names(names: Iterable[str]) -> str:
-    alternatives = "|".join(sorted(names))  # [a-z-]: nothing to escape
-    return f"(?i)^(?:{alternatives})$"
-
-
-def _either(*regexes: str) -> str:
-    """One regex matching what any of these `(?i)^...$` ones match."""
-    bodies = "|".join(regex.removeprefix("(?i)^").removesuffix("$") for regex in regexes)
-    return f"(?i)^(?:{bodies})$"
+def _whole(*alternatives: str) -> str:
+    """A regex matching a whole name, caselessly, that any of these match."""
+    return "(?i)^(?:" + "|".join(alternatives) + ")$"
