@@ -77,6 +77,13 @@ else
         case "$path" in /*) mkdir -p "$(dirname "$path")" ;; esac
     done
     grep -oE 'temp_path [^;]+' "$WORK/proxy.conf" | awk '{print $2}' | xargs -r mkdir -p
+    # upstreams = "lua": the balancer's module and the table, where the driver puts them.
+    table=$(sed -n 's/^# \(\/.*upstreams.txt\), which it loads:$/\1/p' "$WORK/proxy.conf")
+    if [ -n "$table" ]; then
+        sed -n '/which it loads:$/,$p' "$WORK/proxy.conf" | tail -n +2 | sed 's/^# //' >"$table"
+        mkdir -p "$(dirname "$table")/lua"
+        cp ../src/zerodown/dataplane/nginx/zerodown_upstreams.lua "$(dirname "$table")/lua/"
+    fi
     argv=(nginx -p "$WORK" -c "$WORK/proxy.conf" -e "$WORK/error.log")
 fi
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \

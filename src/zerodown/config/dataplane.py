@@ -35,3 +35,8 @@ class NginxConfig(Table):
     # Each request logged to zerodown (its per-target counts): only while its
     # service has a canary, or always (dataplane/request_stats.py).
     request_stats: RequestStats = "canary"
+    # How deploy steps reach nginx (dataplane/nginx/upstreams.py): "lua", a
+    # table in shared memory with no reload, so no idle keep-alive client
+    # connection is closed under a request; "reload", a new configuration
+    # each step; "auto", lua when nginx's Lua module is installed.
+    upstreams: Literal["auto", "lua", "reload"] = "auto"

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import logging
 from pathlib import Path
+from typing import Literal
 
 from zerodown.config import Config
 from zerodown.config.dataplane import DataPlaneName
@@ -15,10 +16,17 @@ from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.render import render as render_haproxy
 from zerodown.dataplane.haproxy.settings import HaproxySettings
+from zerodown.dataplane.nginx import upstreams
 from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
-from zerodown.dataplane.nginx.settings import DEFAULT_WORKER_SHUTDOWN_TIMEOUT, NginxSettings
+from zerodown.dataplane.nginx.render import table as upstreams_table
+from zerodown.dataplane.nginx.settings import (
+    DEFAULT_WORKER_SHUTDOWN_TIMEOUT,
+    NginxSettings,
+    Paths,
+)
 from zerodown.dataplane.nginx.tls import NginxTls
+from zerodown.dataplane.nginx.upstreams import UpstreamMode
 from zerodown.dataplane.sticky_key import sticky_key
 from zerodown.errors import ConfigError
 from zerodown.proxy import tls
@@ -100,7 +108,15 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=_nginx_tls(config),
         request_stats=proxy.nginx.request_stats,
+        upstreams=_nginx_upstreams(proxy.nginx.upstreams),
     )
+
+
+def _nginx_upstreams(wanted: Literal["auto", "lua", "reload"]) -> UpstreamMode:
+    """ "auto": the Lua balancer when nginx's Lua module is installed here."""
+    if wanted != "auto":
+        return wanted
+    return "reload" if upstreams.lua_missing() else "lua"
 
 
 def _nginx_tls(config: Config) -> NginxTls | None:
@@ -124,5 +140,10 @@ def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
         return render_haproxy(config.routing_table(), listen, haproxy_settings(config, state_dir))
     if proxy == "nginx":
         settings = nginx_settings(config, state_dir)
-        return render_nginx(config.routing_table().services, listen, settings, generation=0)
+        services = config.routing_table().services
+        text = render_nginx(services, listen, settings, generation=0)
+        if settings.upstreams == "lua":  # the targets are in the table it loads
+            table = upstreams_table(services, settings).rstrip("\n").replace("\n", "\n# ")
+            text += f"\n# {Paths(settings.state_dir).upstreams}, which it loads:\n# {table}\n"
+        return text
     raise ValueError(f"no driver renders {proxy!r}")

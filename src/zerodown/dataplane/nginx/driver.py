@@ -39,13 +39,14 @@ from typing import Final
 
 from zerodown.dataplane.accesslog import LogSocket, LogTarget, RefusalLog
 from zerodown.dataplane.base import ManagedDataPlane
-from zerodown.dataplane.nginx import process
+from zerodown.dataplane.nginx import process, upstreams
 from zerodown.dataplane.nginx.accesslog import AccessCounters, Try
 from zerodown.dataplane.nginx.health import ActiveHealth
 from zerodown.dataplane.nginx.hold import HoldServers
 from zerodown.dataplane.nginx.logfile import LogFile
 from zerodown.dataplane.nginx.orphans import Orphans
-from zerodown.dataplane.nginx.render import in_panic, render
+from zerodown.dataplane.nginx.render import in_panic, render, uses_lua
+from zerodown.dataplane.nginx.render import table as upstreams_table
 from zerodown.dataplane.nginx.report import build_stats
 from zerodown.dataplane.nginx.settings import NginxSettings, Paths
 from zerodown.dataplane.nginx.streamlog import STREAM_LOG, StreamCounters
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
 WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
+REPORT_POLL: Final = 0.02  # seconds between reads of the workers' reports (upstreams.py)
 
 
 class NginxDataPlane(ManagedDataPlane):
@@ -95,6 +97,10 @@ class NginxDataPlane(ManagedDataPlane):
         )
         self._stream_file.master = lambda: self._master
         self._log = LogTarget(f"unix:{self.paths.access_socket}")
+        # With upstreams = "lua": the configuration nginx runs, and the table
+        # its workers route by (a change of the table alone reloads nothing).
+        self._live_conf: str | None = None
+        self._live_table = ""
         self._rerender: asyncio.Task[None] | None = None
         self._health_dirty = False
         self._watch: asyncio.Task[None] | None = None
@@ -114,6 +120,8 @@ class NginxDataPlane(ManagedDataPlane):
         self._listen = [str(a) for a in listen]
         self._binary = process.find_binary(self.settings.binary)
         self.paths.temp.mkdir(parents=True, exist_ok=True)
+        if self.settings.upstreams == "lua":
+            _install_lua(self.paths)
         self.paths.cache.mkdir(exist_ok=True)  # nginx makes each service's directory in it
         saved = self._saved()
         self._open_log(saved)
@@ -154,6 +162,9 @@ class NginxDataPlane(ManagedDataPlane):
         )
         if "table" in saved:
             self._table = self._wanted = RoutingTable.model_validate(saved["table"])
+        with contextlib.suppress(OSError):
+            self._live_conf = self.paths.conf.read_text()
+            self._live_table = self.paths.upstreams.read_text()
         # What the last driver's checks had taken out stays out until our own
         # checks (which start optimistic, every target up) re-render.
         out = {(str(k[0]), str(k[1])) for k in _list(saved.get("unhealthy")) if len(k) == 2}
@@ -230,9 +241,13 @@ class NginxDataPlane(ManagedDataPlane):
         """Make the last table asked for, with today's health, the live config."""
         async with self._lock:
             wanted = self._wanted  # whoever asked: applies waiting here coalesce
-            if self._rendered != (wanted, self._unhealthy(wanted)):
+            unhealthy = self._unhealthy(wanted)
+            if self._rendered != (wanted, unhealthy):
                 try:
-                    await self._reload(wanted)
+                    if self._same_config(wanted, unhealthy):
+                        await self._load(wanted, unhealthy)
+                    else:
+                        await self._reload(wanted)
                 except DataPlaneError:
                     # Nobody gets this table; health re-renders go on with the live one.
                     if self._wanted is wanted:
@@ -255,8 +270,34 @@ class NginxDataPlane(ManagedDataPlane):
         if self._generation == generation:  # no reload: already out; wait on old workers
             before = {p for p in before if process.shutting_down(p)}
         left = max(0.0, timeout - (time.monotonic() - started))
-        completed = await process.wait_gone(before, left)
+        if uses_lua(spec, self.settings):
+            completed = await self._wait_idle(address, before, left)
+        else:
+            completed = await process.wait_gone(before, left)
         return DrainResult(service, address, completed, 0, time.monotonic() - started)
+
+    async def _wait_idle(self, address: str, old: set[int], timeout: float) -> bool:
+        """A drain under zerodown_upstreams.lua: the workers before the last
+        reload are gone, and every worker routes by a table without
+        `address` and has no request there in flight."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        key = upstreams.target_key(address)
+        version: int | None = None
+        while True:
+            reports = await process.reports(self.paths)
+            if reports is not None:
+                version = reports.version if version is None else version
+                live = self._serving_workers()
+                if (
+                    reports.caught_up(live, version)
+                    and reports.in_flight(key, live) == 0
+                    and not any(process.alive(p) for p in old)
+                ):
+                    return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(REPORT_POLL)
 
     async def stats(self) -> Stats:
         self._catch_up_log()
@@ -276,6 +317,54 @@ class NginxDataPlane(ManagedDataPlane):
             async with self._lock:
                 await self._reload(self._table)
 
+    def _same_config(self, table: RoutingTable, unhealthy: frozenset[tuple[str, str]]) -> bool:
+        """Whether `table` changes only what zerodown_upstreams.lua routes by:
+        then it is loaded as a table, with no reload (upstreams.py)."""
+        if self.settings.upstreams != "lua" or self._live_conf is None:
+            return False
+        if self._master is None or not process.alive(self._master):
+            return False  # nginx must start again: from the files
+        self._sticky_key(table)
+        text = render(
+            table.services, self._listen, self.settings, self._generation, unhealthy, self._log
+        )
+        return text == self._live_conf
+
+    async def _load(self, table: RoutingTable, unhealthy: frozenset[tuple[str, str]]) -> None:
+        """Make `table` live with no reload: the file first (what nginx loads
+        when it starts or reloads), then the workers, confirmed by their reports."""
+        text = upstreams_table(table.services, self.settings, unhealthy)
+        _write_atomic(self.paths.upstreams, text)
+        try:
+            version = await process.load_table(self.paths, text, self._timeout)
+        except DataPlaneError:
+            _write_atomic(self.paths.upstreams, self._live_table)  # what nginx routes by
+            raise
+        self._live_table = text
+        await self._caught_up(version)
+        self._holds.update(table)
+        self._table, self._rendered = table, (table, unhealthy)
+        self._counters.in_panic = in_panic(table, unhealthy)
+        self._save()
+
+    async def _caught_up(self, version: int) -> None:
+        """Wait until every serving worker routes by table `version`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            reports = await process.reports(self.paths)
+            if reports is not None and reports.caught_up(self._serving_workers(), version):
+                return
+            if loop.time() > deadline:
+                raise DataPlaneError(
+                    f"nginx's workers did not take upstreams table {version} within "
+                    f"{self._timeout}s: {self._error_tail()}"
+                )
+            await asyncio.sleep(REPORT_POLL)
+
+    def _serving_workers(self) -> set[int]:
+        return {p for p in self._workers() if not process.shutting_down(p)}
+
     async def _reload(self, table: RoutingTable) -> None:
         """Render, test, swap in and make live `table`; the old config serves on failure."""
         unhealthy = self._unhealthy(table)
@@ -284,10 +373,15 @@ class NginxDataPlane(ManagedDataPlane):
         await self._holds.listen(table)  # before nginx is told to send there
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         _write_private(self.paths.pending, text)
+        lua_table = upstreams_table(table.services, self.settings, unhealthy)
+        if self.settings.upstreams == "lua":  # `nginx -t` loads it too: tested with the rest
+            _write_atomic(self.paths.upstreams, lua_table)
         try:
             await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)
         except DataPlaneError:
             self.paths.pending.unlink(missing_ok=True)
+            if self.settings.upstreams == "lua":
+                _write_atomic(self.paths.upstreams, self._live_table)
             self._holds.update(self._table)
             raise
         os.replace(self.paths.pending, self.paths.conf)  # atomic: nginx never reads half a file
@@ -305,6 +399,7 @@ class NginxDataPlane(ManagedDataPlane):
             raise
         self._holds.update(table)  # held requests go to the targets nginx now routes to
         self._generation, self._table, self._rendered = generation, table, (table, unhealthy)
+        self._live_conf, self._live_table = text, lua_table
         self._counters.in_panic = in_panic(table, unhealthy)
         self._save()
 
@@ -456,6 +551,33 @@ def _int(value: object) -> int:
 
 def _list(value: object) -> list[list[object]]:
     return [v for v in value if isinstance(v, list)] if isinstance(value, list) else []
+
+
+def _install_lua(paths: Paths) -> None:
+    """zerodown_upstreams.lua where nginx's workers read it; a clear error
+    when the Lua module is missing."""
+    missing = upstreams.lua_missing()
+    if missing:
+        raise DataPlaneError(
+            f'[proxy.nginx] upstreams = "lua" needs nginx\'s Lua module, and '
+            f"{', '.join(str(p) for p in missing)} is missing: install {upstreams.LUA_PACKAGES} "
+            f'(Debian and Ubuntu), or set upstreams = "reload"'
+        )
+    paths.lua.mkdir(parents=True, exist_ok=True)
+    target = paths.lua / upstreams.SOURCE.name
+    source = upstreams.SOURCE.read_text()
+    with contextlib.suppress(OSError):
+        if target.read_text() == source:
+            return
+    _write_atomic(target, source, mode=0o644)
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    side = path.with_name(path.name + ".tmp")
+    fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.replace(side, path)
 
 
 def _write_private(path: Path, text: str) -> None:

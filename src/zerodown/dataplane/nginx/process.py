@@ -18,6 +18,7 @@ from pathlib import Path
 from zerodown.dataplane import binaries
 from zerodown.dataplane.nginx.render import CONTROL_PATH, STATUS_PATH
 from zerodown.dataplane.nginx.settings import Paths
+from zerodown.dataplane.nginx.upstreams import LOAD_PATH, REPORTS_PATH, Reports, parse_reports
 from zerodown.errors import DataPlaneError
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "find_binary",
     "group",
     "launch",
+    "load_table",
     "master_pid",
     "probe_generation",
     "recorded_pid",
+    "reports",
     "shutting_down",
     "test_config",
     "wait_gone",
@@ -173,19 +176,55 @@ async def client_connections(paths: Paths) -> int | None:
     return max(0, int(active) - 1) if active.isdigit() else None  # - this probe
 
 
+async def load_table(paths: Paths, text: str, timeout: float) -> int:
+    """POST a table to the workers (upstreams.py); the version it became."""
+    answer = await _control(paths, LOAD_PATH, text.encode(), timeout)
+    if answer is None:
+        raise DataPlaneError(
+            f"nginx did not answer on {paths.control_socket} within {timeout}s: "
+            "the table was not loaded (it keeps routing by the one before)"
+        )
+    status, body = answer
+    if status != 200 or not body.isdigit():
+        reason = body.decode(errors="replace") or f"status {status}"
+        raise DataPlaneError(f"nginx refused the upstreams table: {reason}")
+    return int(body)
+
+
+async def reports(paths: Paths) -> Reports | None:
+    """The workers' versions and requests in flight; None if nginx does not answer."""
+    body = await _control_get(paths, REPORTS_PATH)
+    return None if body is None else parse_reports(body)
+
+
 async def _control_get(paths: Paths, path: str, timeout: float = 0.5) -> bytes | None:
     """GET `path` on the control socket; the body, or None if nginx does not answer."""
+    answer = await _control(paths, path, None, timeout)
+    return None if answer is None else answer[1]
+
+
+async def _control(
+    paths: Paths, path: str, body: bytes | None, timeout: float
+) -> tuple[int, bytes] | None:
+    """GET `path` (POST `body` to it) on the control socket: (status, body),
+    or None if nginx does not answer."""
+    head = f"GET {path} HTTP/1.0\r\nHost: zerodown\r\n"
+    if body is not None:
+        head = f"POST {path} HTTP/1.0\r\nHost: zerodown\r\nContent-Length: {len(body)}\r\n"
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(paths.control_socket))
             try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: zerodown\r\n\r\n".encode("ascii"))
+                writer.write(head.encode("ascii") + b"\r\n" + (body or b""))
                 data = await reader.read(-1)
             finally:
                 writer.close()
     except (OSError, TimeoutError):
         return None
-    return data.partition(b"\r\n\r\n")[2].strip()
+    status_line, _, rest = data.partition(b"\r\n")
+    words = status_line.split()
+    status = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+    return status, rest.partition(b"\r\n\r\n")[2].strip()
 
 
 def _one_line(path: Path) -> str:

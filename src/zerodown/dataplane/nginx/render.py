@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from zerodown.dataplane.accesslog import LogTarget
-from zerodown.dataplane.nginx import proxy_protocol
+from zerodown.dataplane.nginx import proxy_protocol, upstreams
 from zerodown.dataplane.nginx import tls as nginx_tls
 from zerodown.dataplane.nginx.cache import cache_http, cache_location
 from zerodown.dataplane.nginx.guard import guard_http, guard_location, guard_named, realip
@@ -60,6 +60,7 @@ __all__ = [
     "in_panic",
     "render",
     "server_weights",
+    "table",
     "unsupported",
     "upstream_name",
 ]
@@ -130,15 +131,17 @@ def render(
         log = LogTarget(f"{'file' if settings.log_transport == 'file' else 'unix'}:{where}")
     tcp = [s for s in services if s.mode == "tcp"]
     services = [s for s in services if s.mode == "http"]  # tcp ones: stream.py
+    lua = settings.upstreams == "lua"
     http = [
         *_http_common(settings, paths, log),
+        *(upstreams.http_lines(paths.lua, paths.upstreams) if lua else []),
         *guard_http(services),
         *cache_http(services, paths.cache),
-        *(_upstream(s, unhealthy, settings.keepalive, paths) for s in services),
+        *(_upstream(s, unhealthy, settings, paths) for s in services),
         *_sticky(services, unhealthy, settings),
         *_servers(services, listen, unhealthy, settings, log),
         *nginx_tls.redirect_block(listen, settings.tls),
-        _control_server(paths, generation),
+        _control_server(paths, generation, lua),
     ]
     http = _proxied(settings, http)  # the server blocks' TCP listeners, when asked
     if settings.extra_http.strip():
@@ -146,8 +149,41 @@ def render(
     main = _main(settings, paths)
     stream_log = (paths.access_log.with_name(STREAM_LOG), log.key)  # streamlog.py
     stream = stream_block(tcp, _tcp_weights(tcp, unhealthy), log=stream_log)
-    main = [main[0], *load_stream(tcp), *main[1:]]  # load_module: before any block
+    modules = [*load_stream(tcp), *(upstreams.main_lines() if lua else [])]
+    main = [main[0], *modules, *main[1:]]  # load_module: before any block
     return "\n".join([*main, "http {", _indent(http), "}", *stream, ""])
+
+
+def table(
+    services: Sequence[ServiceSpec],
+    settings: NginxSettings,
+    unhealthy: frozenset[tuple[str, str]] = frozenset(),
+) -> str:
+    """The table zerodown_upstreams.lua routes by (upstreams.py): every HTTP
+    service whose upstream it carries, with the weights its `server` lines
+    would have had."""
+    carried = [s for s in services if uses_lua(s, settings)]
+    weights = {}
+    for service in carried:
+        down = frozenset(a for s, a in unhealthy if s == service.name)
+        servers = server_weights(service, down)
+        weights[service.name] = [(s.address, s.weight) for s in servers if s.weight]
+    logged = settings.request_stats == "canary"  # "always": every line is logged anyway
+    count = frozenset(s.name for s in carried if logged and counted(s, settings.request_stats))
+    return upstreams.table_text(carried, weights, count)
+
+
+def uses_lua(service: ServiceSpec, settings: NginxSettings) -> bool:
+    """Whether the Lua balancer picks this service's targets. Not a tcp
+    service (stream), nor a held one (hold.py), nor a sticky one: its cookie
+    routes to per-target upstreams, whose requests the Lua balancer would
+    not see begin, so could not count in flight."""
+    return (
+        settings.upstreams == "lua"
+        and service.mode == "http"
+        and not holds(service)
+        and service.sticky is None
+    )
 
 
 def _tcp_weights(
@@ -367,7 +403,10 @@ def _trusted(cidrs: Sequence[str], peer: str) -> str:
 
 
 def _upstream(
-    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], keepalive: int, paths: Paths
+    service: ServiceSpec,
+    unhealthy: frozenset[tuple[str, str]],
+    settings: NginxSettings,
+    paths: Paths,
 ) -> str:
     if holds(service):
         return _hold_upstream(service, paths)
@@ -375,18 +414,21 @@ def _upstream(
     servers = server_weights(service, down)
     if not any(s.weight for s in servers):
         return f"# {service.name}: no target takes traffic (503)"
+    name, keepalive = upstream_name(service.name), settings.keepalive
+    if uses_lua(service, settings):  # its targets are in the table, not here
+        return upstreams.upstream_block(name, service.name, keepalive, KEEPALIVE_REQUESTS)
     passive = service.passive
     fails = f"max_fails={passive.consecutive_errors}" if passive else "max_fails=0"
     # fail_timeout takes whole seconds only.
     timeout = f" fail_timeout={math.ceil(passive.base_ejection_time)}s" if passive else ""
-    lines = [f"zone {upstream_name(service.name)} 64k;", _balance(service)]
+    lines = [f"zone {name} 64k;", _balance(service)]
     for s in servers:
         state = f"weight={s.weight} {fails}{timeout}" if s.weight else "down"
         lines.append(f"server {_upstream_address(s.address)} {state};  # {s.pool}")
     lines += _panic_backups(service, servers)
     lines += [f"keepalive {keepalive};", f"keepalive_requests {KEEPALIVE_REQUESTS};"]
     body = _indent(line for line in lines if line)
-    return f"upstream {upstream_name(service.name)} {{\n{body}\n}}"
+    return f"upstream {name} {{\n{body}\n}}"
 
 
 def _hold_upstream(service: ServiceSpec, paths: Paths) -> str:
@@ -446,13 +488,25 @@ def _servers(
         body = [*listens, f"server_name {'_' if host == '*' else host};"]
         body += nginx_tls.certificate_lines(host, tls)
         for s in sorted(routed, key=lambda s: s.path):
-            quiet = None if counted(s, settings.request_stats) else _refusals_only(log)
-            body.append(_location(s, unhealthy, quiet))
+            lua = uses_lua(s, settings)
+            body.append(_location(s, unhealthy, _quiet(s, settings, log, lua), lua))
         body += guard_named(routed)
         if not any(s.path == "/" for s in routed):
             body.append("location / { return 404; }")
         blocks.append(f"server {{\n{_indent(body)}\n}}")
     return blocks
+
+
+def _quiet(service: ServiceSpec, settings: NginxSettings, log: LogTarget, lua: bool) -> str | None:
+    """The access_log of a location whose requests are not all counted
+    (request_stats.py); None where every request is logged. Under the Lua
+    balancer the table says which are (upstreams.py), so that a canary
+    starting or ending changes no text, and reloads nothing."""
+    if settings.request_stats == "always":
+        return None
+    if lua:
+        return _access_log_line(log, upstreams.COUNTED_LOG)
+    return None if counted(service, settings.request_stats) else _refusals_only(log)
 
 
 def _routes_for(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[ServiceSpec]:
@@ -480,10 +534,14 @@ def _covering_wildcards(host: str, hosts: dict[str, list[ServiceSpec]]) -> list[
 
 
 def _location(
-    service: ServiceSpec, unhealthy: frozenset[tuple[str, str]], quiet: str | None = None
+    service: ServiceSpec,
+    unhealthy: frozenset[tuple[str, str]],
+    quiet: str | None = None,
+    lua: bool = False,
 ) -> str:
     """The service's location(s); `quiet`, the access_log that logs only
-    refusals, when its requests are not counted now."""
+    refusals, when its requests are not counted now; `lua`, when
+    zerodown_upstreams.lua picks its targets and must hear each request end."""
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
     body = [quiet] if quiet else []
@@ -508,6 +566,7 @@ def _location(
             f"proxy_next_upstream_tries {service.tries};",
             f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
             *_proxy_pass(service),
+            *([upstreams.LOG_LINE] if lua else []),
         ]
         body += _cache(service)
     block = _indent(body)
@@ -549,17 +608,17 @@ def _cache(service: ServiceSpec) -> list[str]:
     return lines
 
 
-def _control_server(paths: Paths, generation: int) -> str:
+def _control_server(paths: Paths, generation: int, lua: bool = False) -> str:
     # Served by the workers of this configuration only: the driver knows a
     # reload is live when this answers the generation it rendered.
-    return (
-        "server {\n"
-        f"    listen unix:{paths.control_socket};\n"
-        "    access_log off;\n"
-        f'    location = {CONTROL_PATH} {{ return 200 "{generation}"; }}\n'
-        f"    location = {STATUS_PATH} {{ stub_status; }}\n"
-        "}"
-    )
+    body = [
+        f"listen unix:{paths.control_socket};",
+        "access_log off;",
+        f'location = {CONTROL_PATH} {{ return 200 "{generation}"; }}',
+        f"location = {STATUS_PATH} {{ stub_status; }}",
+        *(upstreams.control_locations() if lua else []),
+    ]
+    return f"server {{\n{_indent(body)}\n}}"
 
 
 def _upstream_address(address: str) -> str:

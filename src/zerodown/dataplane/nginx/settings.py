@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from zerodown.dataplane.nginx.tls import NginxTls
+from zerodown.dataplane.nginx.upstreams import UpstreamMode
 from zerodown.dataplane.request_stats import RequestStats
 
 DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Final = 60.0  # above the default drain_timeout (30s)
@@ -70,6 +71,11 @@ class NginxSettings:
     tls: NginxTls | None = None  # [proxy.tls]: listeners among `listen`, certificates
     # Which requests the proxy reports to zerodown (dataplane/request_stats.py).
     request_stats: RequestStats = "canary"
+    # How a deploy step reaches nginx: "lua", a new table in shared memory
+    # read by balancer_by_lua, with no reload (upstreams.py); "reload", a
+    # whole new configuration. [proxy.nginx] upstreams = "auto" picks "lua"
+    # when the module is installed.
+    upstreams: UpstreamMode = "reload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,14 @@ class Paths:
     @property
     def access_socket(self) -> Path:
         return self.prefix / "access.sock"
+
+    @property
+    def upstreams(self) -> Path:
+        return self.prefix / "upstreams.txt"  # the table init_by_lua loads (upstreams.py)
+
+    @property
+    def lua(self) -> Path:
+        return self.prefix / "lua"  # zerodown_upstreams.lua, copied where nginx reads it
 
     @property
     def control_socket(self) -> Path:
