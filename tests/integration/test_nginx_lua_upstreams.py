@@ -84,7 +84,8 @@ def test_deploy_steps_load_a_table_and_never_reload(tmp_path: Path) -> None:
             nothing = await request(port)
         assert after == before  # the same workers, no new configuration
         assert seen[0] == {b"a": 20, b"b": 20}
-        assert seen[1][b"c"] == 20 and seen[1][b"a"] + seen[1][b"b"] == 20
+        assert seen[1][b"c"] == 20
+        assert seen[1][b"a"] + seen[1][b"b"] == 20
         assert seen[2] == {b"b": 20, b"c": 20}
         assert seen[3] == {b"c": 40}
         assert nothing.status == 503
@@ -150,8 +151,10 @@ def test_a_drain_waits_for_the_request_in_flight_the_workers_report(tmp_path: Pa
                 quick = await plane.drain("web", b.address, timeout=5.0)
                 after = workers_and_generation(plane)
             await a.stop()
-        assert result.completed and result.seconds >= 0.4
-        assert quick.completed and quick.seconds < 0.5  # nothing in flight at b
+        assert result.completed
+        assert result.seconds >= 0.4
+        assert quick.completed
+        assert quick.seconds < 0.5
         assert after == before
 
     run(main())
@@ -247,14 +250,9 @@ def test_every_balancer_routes_by_the_table(tmp_path: Path, balance: BalanceName
             async with lua(tmp_path, spec, workers=1) as plane:
                 port = port_of(plane)
                 spread = Counter(
-                    [
-                        (await request(port, headers={"X-User": f"u{i}"})).body
-                        for i in range(40)
-                    ]
+                    [(await request(port, headers={"X-User": f"u{i}"})).body for i in range(40)]
                 )
-                same = {
-                    (await request(port, headers={"X-User": "alice"})).body for _ in range(8)
-                }
+                same = {(await request(port, headers={"X-User": "alice"})).body for _ in range(8)}
         if balance in ("ip_hash",):
             assert len(spread) == 1  # one client address: one target
         else:
@@ -270,7 +268,7 @@ def test_a_malformed_table_is_refused_and_the_last_one_routes(tmp_path: Path) ->
         async with backends("a") as (a,), lua(tmp_path, service(a.address)) as plane:
             with pytest.raises(DataPlaneError, match="refused the upstreams table: malformed line"):
                 await process.load_table(
-                    plane.paths, "zerodown-upstreams 1\npeer web 1.2.3.4 x 1\n", 1.0
+                    plane.paths, "zerodown-upstreams 1\ngeneration 1\npeer web 1.2.3.4 x 1\n", 1.0
                 )
             with pytest.raises(DataPlaneError, match="not a zerodown upstreams table"):
                 await process.load_table(plane.paths, "hello\n", 1.0)
@@ -309,7 +307,8 @@ def test_nginx_outlives_its_driver_and_a_new_one_loads_tables_into_it(tmp_path: 
             second = NginxDataPlane(settings)
             await second.start(listen)
             try:
-                assert second.adopted and second.pids == pids
+                assert second.adopted
+                assert second.pids == pids
                 await second.apply(RoutingTable(services=(service(b.address),)))
                 assert second.pids == pids  # a table: no reload, no new workers
                 assert (await request(port_of(second))).body == b"b"

@@ -32,8 +32,9 @@ def test_the_table_carries_weights_balancer_and_passive_limits() -> None:
         passive=PassiveHealthSpec(consecutive_errors=4, base_ejection_time=2.5),
     )  # fmt: skip
     api = service("[::1]:9004", name="api", balance="hash", hash_key="header:X-User-Id")
-    assert table((web, api), LUA).splitlines() == [
+    assert table((web, api), LUA, 7).splitlines() == [
         "zerodown-upstreams 1",
+        "generation 7",
         "service api hash 5 10 http_x_user_id 0",  # harness: passive 5 in 10s
         "peer api [::1] 9004 1",
         "service web least_conn 4 2.5 - 1",  # counted: it has a canary
@@ -45,15 +46,15 @@ def test_the_table_carries_weights_balancer_and_passive_limits() -> None:
 
 def test_targets_out_by_health_leave_the_table_and_all_out_routes_to_all() -> None:
     web = service(A, B)
-    assert "9002" not in table((web,), LUA, frozenset({("web", B)}))
-    everyone = table((web,), LUA, frozenset({("web", A), ("web", B)}))
+    assert "9002" not in table((web,), LUA, 7, frozenset({("web", B)}))
+    everyone = table((web,), LUA, 7, frozenset({("web", A), ("web", B)}))
     assert "peer web 127.0.0.1 9001 1" in everyone  # panic: a busy app is not a dead app
     assert "peer web 127.0.0.1 9002 1" in everyone
 
 
 def test_ip_hash_hashes_the_client_address_and_path_hash_the_uri() -> None:
     lines = table(
-        (service(A, name="a", balance="ip_hash"), service(B, name="b", balance="hash")), LUA
+        (service(A, name="a", balance="ip_hash"), service(B, name="b", balance="hash")), LUA, 7
     ).splitlines()
     assert "service a hash 5 10 remote_addr 0" in lines
     assert "service b hash 5 10 uri 0" in lines
@@ -68,7 +69,8 @@ def test_a_deploy_step_leaves_the_configuration_text_as_it_was() -> None:
     assert conf(canary) == before
     assert conf(switched) == before
     assert conf(service(A, B), unhealthy=frozenset({("web", A)})) == before
-    assert A not in before and "weight=" not in before
+    assert A not in before
+    assert "weight=" not in before
     assert "balancer_by_lua_block { zerodown_upstreams.balance('web') }" in before
     assert "log_by_lua_block { zerodown_upstreams.done() }" in before
     assert before.index("load_module /usr/lib/nginx/modules/ndk_http_module.so;") < before.index(
@@ -80,12 +82,14 @@ def test_a_deploy_step_leaves_the_configuration_text_as_it_was() -> None:
 def test_what_the_table_cannot_carry_still_changes_the_text() -> None:
     before = conf(service(A))
     nothing = conf(service())
-    assert "return 503;" in nothing and nothing != before  # nginx answers it, not the table
+    assert "return 503;" in nothing
+    assert nothing != before
     sticky = service(A, sticky=StickySpec(cookie="zd"))
     assert conf(sticky) != conf(service(B, sticky=StickySpec(cookie="zd")))
     assert "balancer_by_lua" not in conf(sticky)  # per-target upstreams, as with reloads
     held = service(hold=HoldSpec(timeout=5.0))  # recreate's gap: no target
-    assert "balancer_by_lua" not in conf(held) and conf(held) != before
+    assert "balancer_by_lua" not in conf(held)
+    assert conf(held) != before
 
 
 def test_reports_give_each_worker_s_version_and_requests_in_flight() -> None:

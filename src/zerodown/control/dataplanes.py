@@ -143,7 +143,7 @@ def rendered(proxy: DataPlaneName, config: Config, state_dir: Path) -> str:
         services = config.routing_table().services
         text = render_nginx(services, listen, settings, generation=0)
         if settings.upstreams == "lua":  # the targets are in the table it loads
-            table = upstreams_table(services, settings).rstrip("\n").replace("\n", "\n# ")
+            table = upstreams_table(services, settings, 0).rstrip("\n").replace("\n", "\n# ")
             text += f"\n# {Paths(settings.state_dir).upstreams}, which it loads:\n# {table}\n"
         return text
     raise ValueError(f"no driver renders {proxy!r}")

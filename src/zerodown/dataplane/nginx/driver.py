@@ -333,7 +333,7 @@ class NginxDataPlane(ManagedDataPlane):
     async def _load(self, table: RoutingTable, unhealthy: frozenset[tuple[str, str]]) -> None:
         """Make `table` live with no reload: the file first (what nginx loads
         when it starts or reloads), then the workers, confirmed by their reports."""
-        text = upstreams_table(table.services, self.settings, unhealthy)
+        text = upstreams_table(table.services, self.settings, self._generation, unhealthy)
         _write_atomic(self.paths.upstreams, text)
         try:
             version = await process.load_table(self.paths, text, self._timeout)
@@ -373,7 +373,7 @@ class NginxDataPlane(ManagedDataPlane):
         await self._holds.listen(table)  # before nginx is told to send there
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         _write_private(self.paths.pending, text)
-        lua_table = upstreams_table(table.services, self.settings, unhealthy)
+        lua_table = upstreams_table(table.services, self.settings, generation, unhealthy)
         if self.settings.upstreams == "lua":  # `nginx -t` loads it too: tested with the rest
             _write_atomic(self.paths.upstreams, lua_table)
         try:

@@ -134,7 +134,7 @@ def render(
     lua = settings.upstreams == "lua"
     http = [
         *_http_common(settings, paths, log),
-        *(upstreams.http_lines(paths.lua, paths.upstreams) if lua else []),
+        *(upstreams.http_lines(paths.lua, paths.upstreams, generation) if lua else []),
         *guard_http(services),
         *cache_http(services, paths.cache),
         *(_upstream(s, unhealthy, settings, paths) for s in services),
@@ -157,11 +157,12 @@ def render(
 def table(
     services: Sequence[ServiceSpec],
     settings: NginxSettings,
+    generation: int,
     unhealthy: frozenset[tuple[str, str]] = frozenset(),
 ) -> str:
     """The table zerodown_upstreams.lua routes by (upstreams.py): every HTTP
     service whose upstream it carries, with the weights its `server` lines
-    would have had."""
+    would have had, for the configuration of `generation`."""
     carried = [s for s in services if uses_lua(s, settings)]
     weights = {}
     for service in carried:
@@ -170,7 +171,7 @@ def table(
         weights[service.name] = [(s.address, s.weight) for s in servers if s.weight]
     logged = settings.request_stats == "canary"  # "always": every line is logged anyway
     count = frozenset(s.name for s in carried if logged and counted(s, settings.request_stats))
-    return upstreams.table_text(carried, weights, count)
+    return upstreams.table_text(carried, weights, generation, count)
 
 
 def uses_lua(service: ServiceSpec, settings: NginxSettings) -> bool:

@@ -81,7 +81,7 @@ def main_lines(modules: Sequence[Path] = LUA_MODULES) -> list[str]:
     return [f"load_module {module};" for module in modules]
 
 
-def http_lines(lua_dir: Path, table: Path) -> list[str]:
+def http_lines(lua_dir: Path, table: Path, generation: int) -> list[str]:
     """The shared dict, and the table loaded whenever nginx reads its config:
     by the master (as root, it may read the driver's owner-only file).
     $zd_count: set by the balancer for a service the table says is counted;
@@ -92,7 +92,8 @@ def http_lines(lua_dir: Path, table: Path) -> list[str]:
         f'lua_package_path "{lua_dir}/?.lua;;";',
         f"lua_shared_dict {DICT} {DICT_SIZE};",
         f"init_by_lua_block {{ {MODULE} = require('{MODULE}'); assert({MODULE}.load('{table}')) }}",
-        f"init_worker_by_lua_block {{ {MODULE}.init_worker() }}",
+        # A worker routes only by tables for its own configuration (the Lua's adopt).
+        f"init_worker_by_lua_block {{ {MODULE}.init_worker({generation}) }}",
     ]
 
 
@@ -129,14 +130,16 @@ def control_locations() -> list[str]:
 def table_text(
     services: Sequence[ServiceSpec],
     weights: dict[str, list[tuple[str, int]]],
+    generation: int,
     counted: frozenset[str] = frozenset(),
 ) -> str:
     """The table: per HTTP service its balancer, passive limits, hash key and
     whether its requests are logged to zerodown now (`counted`: request_stats
     "canary" while it has a canary, so that starting one reloads nothing),
     then each target that takes new requests with its weight (`weights`:
-    render.server_weights, the split and health already in them)."""
-    lines = [HEADER]
+    render.server_weights, the split and health already in them), for the
+    configuration of `generation`."""
+    lines = [HEADER, f"generation {generation}"]
     for service in sorted(services, key=lambda s: s.name):
         passive = service.passive
         fails = passive.consecutive_errors if passive else 0

@@ -40,6 +40,7 @@ local REPORT_TTL = 2    -- a dead worker's report is gone this long after its la
 local RING_POINTS = 160 -- hash: points on the ring per target at the mean weight
 
 local version = -1
+local generation = nil  -- of the configuration this worker serves (init_worker)
 local services = {}
 local busy = {}       -- "host:port" -> this worker's requests in flight there
 local failures = {}   -- "host:port" -> { count, out_until }
@@ -58,11 +59,16 @@ local function ring(peers, total)
     return points
 end
 
--- Text -> { name -> service }; nil and the reason when a line is malformed.
+-- Text -> { name -> service }, and the generation of the configuration it
+-- goes with; nil and the reason when a line is malformed.
 local function parse(text)
     local lines = text:gmatch("[^\n]+")
     if lines() ~= HEADER then
         return nil, "not a zerodown upstreams table (first line is not '" .. HEADER .. "')"
+    end
+    local gen = tonumber((lines() or ""):match("^generation (%d+)$"))
+    if gen == nil then
+        return nil, "no 'generation N' line after the first"
     end
     local out = {}
     for line in lines do
@@ -88,7 +94,7 @@ local function parse(text)
             s.ring = ring(s.peers, s.total)
         end
     end
-    return out
+    return out, gen
 end
 
 -- Check a table, store it and bump the version: the new version, or nil and
@@ -120,11 +126,14 @@ function M.load(path)
     return v
 end
 
+-- A table for another configuration is not this worker's: on a reload the
+-- master loads the next one while the old workers finish their requests, by
+-- the table that goes with their own configuration.
 local function adopt()
     local v = shared:get("version")
     if v ~= nil and v ~= version then
-        local parsed = parse(shared:get("table") or "")
-        if parsed then
+        local parsed, gen = parse(shared:get("table") or "")
+        if parsed and gen == generation then
             services, version = parsed, v
         end
     end
@@ -146,7 +155,8 @@ local function report(premature)
     shared:set("busy:" .. ngx.worker.pid(), table.concat(parts, " "), REPORT_TTL)
 end
 
-function M.init_worker()
+function M.init_worker(gen)
+    generation = gen
     report(false)
     local ok, err = ngx.timer.every(REPORT, report)
     if not ok then
