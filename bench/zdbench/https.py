@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from zdbench import procfs
-from zdbench.model import DRIVEN, PROXY_ORDER, Variant, ratio
+from zdbench.model import DRIVEN, PROXY_ORDER, SAME_AS, Variant, ratio
 from zdbench.procs import RUN_SLACK, StartError, Supervisor
 from zdbench.servers import (
     HAPROXY,
@@ -40,7 +40,7 @@ from zdbench.servers import (
 from zdbench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command
 
 # In the matrix's order: each driver's row beside the plain proxy it drives.
-VARIANTS = tuple(Variant(proxy, 1) for proxy in PROXY_ORDER)
+VARIANTS = tuple(Variant(proxy, 1) for proxy in PROXY_ORDER if proxy not in SAME_AS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,28 @@ SHARED = "shared"
 OWN_CORE = "own_core"
 MODES = (SHARED, OWN_CORE)
 # Within one row group: each driver's row beside the plain proxy it drives.
-PROXY_ORDER = {"zerodown": 0, "nginx": 1, "zerodown-nginx": 2, "haproxy": 3, "zerodown-haproxy": 4}
+PROXY_ORDER = {
+    "zerodown": 0,
+    "nginx": 1,
+    "zerodown-nginx": 2,
+    "zerodown-nginx-reload": 3,
+    "haproxy": 4,
+    "zerodown-haproxy": 5,
+}
 PROXIES = tuple(PROXY_ORDER)
 # zerodown driving nginx or HAProxy ([proxy] dataplane): the same program under
 # test, off the data path, with the plain proxy's own rows to compare with.
-DRIVEN = {"zerodown-nginx": "nginx", "zerodown-haproxy": "haproxy"}
+DRIVEN = {
+    "zerodown-nginx": "nginx",
+    "zerodown-nginx-reload": "nginx",
+    "zerodown-haproxy": "haproxy",
+}
+# A variant's lines in zerodown's [proxy] table beyond `dataplane`: nginx's
+# upstreams are the Lua balancer by default (reload-free deploy steps, when
+# the module is installed) or, here, a new configuration per step.
+EXTRA = {"zerodown-nginx-reload": 'nginx = { upstreams = "reload" }'}
+# Where the deploy steps' mechanism makes no difference (the HTTPS and TCP rows).
+SAME_AS = {"zerodown-nginx-reload": "zerodown-nginx"}
 MODE_TITLES = {
     SHARED: "shared (nothing pinned)",
     OWN_CORE: "own core (proxy on CPU 0; wrk and backends on CPU 1)",
@@ -50,6 +67,8 @@ class Variant:
     def label(self) -> str:
         unit = "thread" if "haproxy" in self.proxy else "worker"
         name = f"zerodown ({self.dataplane})" if self.proxy in DRIVEN else self.proxy
+        if self.proxy in EXTRA:
+            name = f"zerodown ({self.dataplane}, {self.proxy.rpartition('-')[2]})"
         return f"{name} {self.workers} {unit}{'s' if self.workers > 1 else ''}"
 
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zdbench import procfs
-from zdbench.model import Variant
+from zdbench.model import EXTRA, Variant
 from zdbench.procs import StartError, Supervisor, tail
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -93,9 +93,8 @@ def start_proxy(
         conf = work / "zerodown.toml"
         addresses = ", ".join(f'"127.0.0.1:{p}"' for p in (upstreams or ports.backends))
         # zerodown-nginx / zerodown-haproxy: the same config, the proxy it drives as its data plane.
-        extra = "\n".join(
-            line for line in (f'dataplane = "{variant.dataplane}"', zerodown_extra) if line
-        )
+        lines = (f'dataplane = "{variant.dataplane}"', EXTRA.get(variant.proxy, ""), zerodown_extra)
+        extra = "\n".join(line for line in lines if line)
         conf.write_text(
             render("zerodown.toml", **values, admin=ports.admin, upstreams=addresses, extra=extra)
         )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zdbench import procfs
-from zdbench.model import DRIVEN, PROXY_ORDER, Variant
+from zdbench.model import DRIVEN, PROXY_ORDER, SAME_AS, Variant
 from zdbench.procs import RUN_SLACK, StartError, Supervisor, tail
 from zdbench.servers import (
     HAPROXY,
@@ -52,7 +52,7 @@ from zdbench.tcpstats import (
     split,
 )
 
-VARIANTS = tuple(Variant(proxy, 1) for proxy in PROXY_ORDER)
+VARIANTS = tuple(Variant(proxy, 1) for proxy in PROXY_ORDER if proxy not in SAME_AS)
 CLIENTS = 2  # load processes at once, as wrk's two threads
 BULK_CONNS = 4
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
