@@ -9,6 +9,7 @@ from pathlib import Path
 from harness import service
 from zerodown.dataplane.nginx.render import render, table
 from zerodown.dataplane.nginx.settings import NginxSettings
+from zerodown.dataplane.nginx.sockets import open_to
 from zerodown.dataplane.nginx.upstreams import lua_missing, parse_reports
 from zerodown.routing import (
     HoldSpec,
@@ -72,7 +73,6 @@ def test_a_deploy_step_leaves_the_configuration_text_as_it_was() -> None:
     assert A not in before
     assert "weight=" not in before
     assert "balancer_by_lua_block { zerodown_upstreams.balance('web') }" in before
-    assert "log_by_lua_block { zerodown_upstreams.done() }" in before
     assert before.index("load_module /usr/lib/nginx/modules/ndk_http_module.so;") < before.index(
         "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
     )
@@ -92,17 +92,40 @@ def test_what_the_table_cannot_carry_still_changes_the_text() -> None:
     assert conf(held) != before
 
 
-def test_reports_give_each_worker_s_version_and_requests_in_flight() -> None:
-    reports = parse_reports(
-        b"version 9\n101 9 127.0.0.1:9001=2 [::1]:9004=1\n102 8\n103 9 127.0.0.1:9001=1\njunk\n"
-    )
+def test_reports_give_each_worker_s_version() -> None:
+    reports = parse_reports(b"version 9\n101 9\n102 8\n103 9\njunk\n104 x\n")
     assert reports.version == 9
+    assert reports.workers == {101: 9, 102: 8, 103: 9}
     assert reports.caught_up({101, 103}, 9)
     assert not reports.caught_up({101, 102}, 9)
-    assert not reports.caught_up({101, 104}, 9)  # no report yet from 104
-    assert reports.in_flight("127.0.0.1:9001", {101, 103}) == 3
-    assert reports.in_flight("127.0.0.1:9001", {101}) == 2  # 103 is not serving
-    assert reports.in_flight("[::1]:9004", {101, 102, 103}) == 1
+    assert not reports.caught_up({101, 105}, 9)  # no report yet from 105
+
+
+def test_only_balancers_that_weigh_requests_in_flight_hear_each_request_end() -> None:
+    hook = "log_by_lua_block { zerodown_upstreams.done() }"
+    assert hook not in conf(service(A, B))  # round robin: the balancer alone
+    assert hook not in conf(service(A, B, balance="hash"))
+    assert hook in conf(service(A, B, balance="least_conn"))
+    assert hook in conf(service(A, B, balance="random_two"))
+    assert "keepalive_timeout 1s;" in conf(service(A, B))  # a drain's end: sockets.py
+
+
+def test_open_connections_to_a_target_are_read_from_the_kernel_s_table() -> None:
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid ..."
+    rows = [
+        # 127.0.0.1:40000 -> 127.0.0.1:9001, ESTABLISHED, inode 11
+        "0: 0100007F:9C40 0100007F:2329 01 00000000:00000000 00:00000000 00000000 1000 0 11 1",
+        "1: 0100007F:9C41 0100007F:2329 02 00000000:00000000 00:00000000 00000000 1000 0 12 1",
+        "2: 0100007F:9C42 0100007F:2329 06 00000000:00000000 00:00000000 00000000 1000 0 0 1",
+        "3: 0100007F:9C43 0100007F:232A 01 00000000:00000000 00:00000000 00000000 1000 0 14 1",
+        "4: 0100007F:9C44 0100007F:2329 08 00000000:00000000 00:00000000 00000000 1000 0 15 1",
+        "5: 0100007F:9C45 0100007F:2329 01 00000000:00000000 00:00000000 00000000 1000 0 16 1",
+    ]
+    # TIME_WAIT (06) is the kernel's, :9002 another target, inode 16 our own.
+    assert open_to([header, *rows], A, frozenset({16})) == 3
+    loopback6 = "00000000000000000000000001000000"
+    v6 = f"0: {loopback6}:9C40 {loopback6}:2329 01 0 0 0 0 0 21 1"
+    assert open_to([v6], "[::1]:9001", frozenset()) == 1
 
 
 def test_lua_missing_names_what_is_not_installed(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from typing import Final
 
 from zerodown.dataplane.accesslog import LogSocket, LogTarget, RefusalLog
 from zerodown.dataplane.base import ManagedDataPlane
-from zerodown.dataplane.nginx import process, upstreams
+from zerodown.dataplane.nginx import process, sockets, upstreams
 from zerodown.dataplane.nginx.accesslog import AccessCounters, Try
 from zerodown.dataplane.nginx.health import ActiveHealth
 from zerodown.dataplane.nginx.hold import HoldServers
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
 WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
 REPORT_POLL: Final = 0.02  # seconds between reads of the workers' reports (upstreams.py)
+DRAIN_POLL: Final = 0.05  # seconds between counts of a draining target's connections
 
 
 class NginxDataPlane(ManagedDataPlane):
@@ -278,26 +279,16 @@ class NginxDataPlane(ManagedDataPlane):
 
     async def _wait_idle(self, address: str, old: set[int], timeout: float) -> bool:
         """A drain under zerodown_upstreams.lua: the workers before the last
-        reload are gone, and every worker routes by a table without
-        `address` and has no request there in flight."""
+        reload are gone, and no connection to `address` is open any more
+        (sockets.py: a request in flight holds one; an idle one closes
+        within upstreams.IDLE_TIMEOUT)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        key = upstreams.target_key(address)
-        version: int | None = None
-        while True:
-            reports = await process.reports(self.paths)
-            if reports is not None:
-                version = reports.version if version is None else version
-                live = self._serving_workers()
-                if (
-                    reports.caught_up(live, version)
-                    and reports.in_flight(key, live) == 0
-                    and not any(process.alive(p) for p in old)
-                ):
-                    return True
+        while not (sockets.count_open(address) == 0 and not any(process.alive(p) for p in old)):
             if loop.time() > deadline:
                 return False
-            await asyncio.sleep(REPORT_POLL)
+            await asyncio.sleep(DRAIN_POLL)
+        return True
 
     async def stats(self) -> Stats:
         self._catch_up_log()

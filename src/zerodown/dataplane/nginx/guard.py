@@ -58,7 +58,7 @@ def realip(trusted: Sequence[str]) -> list[str]:
 
 def guard_http(services: Sequence[ServiceSpec]) -> list[str]:
     """http-level lines: the log's variables, and each guarded service's maps and zone."""
-    lines = [f"geo ${name} {{ default ''; }}" for name in LOG_VARIABLES]
+    lines = [f"geo ${name} {{ default ''; }}" for name in (*LOG_VARIABLES, "zd_count")]
     lines.append("map $zd_refused $zd_refused_client { default $remote_addr; '' ''; }")
     lines.append('geo $zd_dollar { default "$"; }')  # a literal $ in a script (no escape exists)
     for spec in services:
@@ -217,6 +217,9 @@ def _marks(service: str, kind: str, rule_script: str) -> list[str]:
         f"set $zd_refused {kind};",
         f'set $zd_rule "{rule_script}";',
         f"set $zd_svc {_quoted(service)};",
+        # A refusal is always logged: where the Lua balancer decides which
+        # requests are (upstreams.COUNTED_LOG), this says so at no cost.
+        "set $zd_count 1;",
     ]
 
 

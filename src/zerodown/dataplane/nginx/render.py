@@ -542,7 +542,8 @@ def _location(
 ) -> str:
     """The service's location(s); `quiet`, the access_log that logs only
     refusals, when its requests are not counted now; `lua`, when
-    zerodown_upstreams.lua picks its targets and must hear each request end."""
+    zerodown_upstreams.lua picks its targets (and, for a balancer that
+    weighs requests in flight, must hear each request end)."""
     down = frozenset(a for s, a in unhealthy if s == service.name)
     stem = service.path.rstrip("/")
     body = [quiet] if quiet else []
@@ -567,7 +568,7 @@ def _location(
             f"proxy_next_upstream_tries {service.tries};",
             f"proxy_next_upstream_timeout {_seconds(service.retry_timeout)};",
             *_proxy_pass(service),
-            *([upstreams.LOG_LINE] if lua else []),
+            *([upstreams.LOG_LINE] if lua and upstreams.counts_busy(service) else []),
         ]
         body += _cache(service)
     block = _indent(body)

@@ -35,12 +35,12 @@ __all__ = [
     "Reports",
     "UpstreamMode",
     "control_locations",
+    "counts_busy",
     "http_lines",
     "lua_missing",
     "main_lines",
     "parse_reports",
     "table_text",
-    "target_key",
     "upstream_block",
 ]
 
@@ -69,6 +69,14 @@ _BALANCE: Final = {
     "hash": "hash",
 }
 _HASH_KEYS: Final = {"path": "uri", "ip": "remote_addr"}
+# The balancers that weigh requests in flight, which the Lua counts only with
+# a log_by_lua hook at each request's end (3,800 instructions a request).
+_COUNTS_BUSY: Final = frozenset({"least_conn", "least_time", "random_two"})
+# How long a worker keeps an idle connection to a target: a drain ends when
+# no connection to the target is open (sockets.py), so at most this long
+# after its last answer. nginx's default is 60s; under load no connection
+# idles this long, and below it a reconnect costs a loopback handshake.
+IDLE_TIMEOUT: Final = "1s"
 
 
 def lua_missing(needed: Sequence[Path] | None = None) -> list[Path]:
@@ -84,11 +92,9 @@ def main_lines(modules: Sequence[Path] = LUA_MODULES) -> list[str]:
 def http_lines(lua_dir: Path, table: Path, generation: int) -> list[str]:
     """The shared dict, and the table loaded whenever nginx reads its config:
     by the master (as root, it may read the driver's owner-only file).
-    $zd_count: set by the balancer for a service the table says is counted;
-    with a refusal ($zd_refused, guard.py) it decides the access log line."""
+    $zd_count (guard.py's geo): set by the balancer for a service the table
+    says is counted, and by each refusal; it decides the access log line."""
     return [
-        "geo $zd_count { default ''; }",
-        "map $zd_refused$zd_count $zd_log { '' ''; default 1; }",
         f'lua_package_path "{lua_dir}/?.lua;;";',
         f"lua_shared_dict {DICT} {DICT_SIZE};",
         f"init_by_lua_block {{ {MODULE} = require('{MODULE}'); assert({MODULE}.load('{table}')) }}",
@@ -106,13 +112,19 @@ def upstream_block(name: str, service: str, keepalive: int, keepalive_requests: 
         # After the balancer: the pool keeps connections to whatever it picked.
         f"keepalive {keepalive};",
         f"keepalive_requests {keepalive_requests};",
+        f"keepalive_timeout {IDLE_TIMEOUT};",
     ]
     body = "\n".join(f"    {line}" for line in lines)
     return f"upstream {name} {{\n{body}\n}}"
 
 
-COUNTED_LOG: Final = "if=$zd_log"  # the access_log condition of a Lua service (render.py)
+COUNTED_LOG: Final = "if=$zd_count"  # the access_log condition of a Lua service (render.py)
 LOG_LINE: Final = f"log_by_lua_block {{ {MODULE}.done() }}"
+
+
+def counts_busy(service: ServiceSpec) -> bool:
+    """Whether the service's balancer needs LOG_LINE in its location."""
+    return service.balance in _COUNTS_BUSY
 
 
 def control_locations() -> list[str]:
@@ -170,40 +182,24 @@ def _hash_key(service: ServiceSpec) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reports:
-    """What the workers say: the table's version, and per worker (pid) the
-    version it routes by and its requests in flight per target."""
+    """What the workers say: the table's version, and the version each
+    worker (by pid) routes by (a dead one's lingers REPORT_TTL)."""
 
     version: int
-    workers: dict[int, tuple[int, dict[str, int]]]
+    workers: dict[int, int]
 
     def caught_up(self, pids: set[int], version: int) -> bool:
         """Every worker in `pids` routes by `version` or later."""
-        return all(pid in self.workers and self.workers[pid][0] >= version for pid in pids)
-
-    def in_flight(self, address: str, pids: set[int]) -> int:
-        """Requests at `address` in the workers `pids` (a dead one's report
-        lingers a moment: upstreams.lua's REPORT_TTL)."""
-        return sum(self.workers[p][1].get(address, 0) for p in pids if p in self.workers)
+        return all(self.workers.get(pid, -1) >= version for pid in pids)
 
 
 def parse_reports(body: bytes) -> Reports:
-    """`version N`, then `PID VERSION [ADDR=N ...]` per worker; junk lines are skipped."""
+    """`version N`, then `PID VERSION` per worker; junk lines are skipped."""
     version, workers = 0, {}
     for line in body.decode(errors="replace").splitlines():
         words = line.split()
         if len(words) == 2 and words[0] == "version" and words[1].isdigit():
             version = int(words[1])
-        elif len(words) >= 2 and words[0].isdigit() and words[1].lstrip("-").isdigit():
-            busy = {}
-            for word in words[2:]:
-                address, _, count = word.rpartition("=")
-                if address and count.isdigit():
-                    busy[address] = int(count)
-            workers[int(words[0])] = (int(words[1]), busy)
+        elif len(words) == 2 and words[0].isdigit() and words[1].lstrip("-").isdigit():
+            workers[int(words[0])] = int(words[1])
     return Reports(version, workers)
-
-
-def target_key(address: str) -> str:
-    """A target as the workers report it ($upstream_addr's spelling)."""
-    host, port = parse_address(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -10,12 +10,13 @@
 -- table in its body (the driver writes the file first, so a reload or a
 -- restart of nginx finds the same table).
 -- A load bumps "version". Each worker adopts a new version from a timer (every
--- REPORT seconds), never per request, and reports the version it routes by
--- with its requests in flight per target; the driver reads the reports back
--- (GET /zerodown/upstreams/busy) to confirm a load and to see a drain end.
+-- REPORT seconds), never per request, and reports the version it routes by;
+-- the driver reads the reports back (GET /zerodown/upstreams/busy) to
+-- confirm a load. (A drain's end it reads from the kernel: sockets.py.)
 --
 -- Per worker, as nginx's own balancers without a zone: round-robin state,
--- requests in flight (least_conn, random two, the drain) and passive failures
+-- requests in flight (least_conn and random two only: counting them takes a
+-- log_by_lua hook, which costs more than the balancer) and passive failures
 -- (max_fails in fail_timeout). When every target is out by passive failures
 -- the service routes to all of them anyway: a busy app is not a dead app.
 
@@ -42,8 +43,9 @@ local RING_POINTS = 160 -- hash: points on the ring per target at the mean weigh
 local version = -1
 local generation = nil  -- of the configuration this worker serves (init_worker)
 local services = {}
-local busy = {}       -- "host:port" -> this worker's requests in flight there
-local failures = {}   -- "host:port" -> { count, out_until }
+local busy = {}       -- "host:port" -> requests in flight there (least_conn, random_two)
+local failures = {}   -- "host:port" -> { count, out_until, first failure's time }
+local COUNTS_BUSY = { least_conn = true, random_two = true }
 
 -- The table ---------------------------------------------------------------
 
@@ -77,6 +79,7 @@ local function parse(text)
             out[name] = {
                 balance = a, max_fails = tonumber(b), fail_timeout = tonumber(c),
                 key = d ~= "-" and d or nil, count = e == "1", peers = {}, total = 0,
+                busy = COUNTS_BUSY[a] or false,
             }
         elseif kind == "peer" and out[name] and tonumber(b) and tonumber(c) and d == "" then
             local s, weight = out[name], tonumber(c)
@@ -144,15 +147,7 @@ local function report(premature)
         return
     end
     adopt()
-    local parts = { tostring(version) }
-    for addr, n in pairs(busy) do
-        if n > 0 then
-            parts[#parts + 1] = addr .. "=" .. n
-        else
-            busy[addr] = nil
-        end
-    end
-    shared:set("busy:" .. ngx.worker.pid(), table.concat(parts, " "), REPORT_TTL)
+    shared:set("busy:" .. ngx.worker.pid(), tostring(version), REPORT_TTL)
 end
 
 function M.init_worker(gen)
@@ -275,12 +270,18 @@ local function failed_try(s)
             busy[last] = n - 1
         end
         if s.max_fails > 0 then
-            local f = failures[last] or { 0, 0 }
+            -- As nginx's max_fails: this many failures within fail_timeout of
+            -- the first puts the target out for fail_timeout.
+            local t = now()
+            local f = failures[last]
+            if f == nil or t - f[3] > s.fail_timeout then
+                f = { 0, 0, t }
+                failures[last] = f
+            end
             f[1] = f[1] + 1
             if f[1] >= s.max_fails then
-                f[1], f[2] = 0, now() + s.fail_timeout
+                f[1], f[2], f[3] = 0, t + s.fail_timeout, t
             end
-            failures[last] = f
         end
     end
     return tried
@@ -305,13 +306,15 @@ function M.balance(name)
             var.zd_count = "1"  -- request_stats: its access log line goes to zerodown
         end
     end
-    local t = now()
+    local t = next(failures) and now() or 0  -- no failure yet: no clock to read
     local pick = PICK[s.balance] or round_robin
     local p = pick(s, t, tried) or pick(s, math.huge, tried)  -- all failed: route anyway
     if p == nil then
         return ngx.exit(502)  -- every target was tried
     end
-    busy[p.addr] = (busy[p.addr] or 0) + 1
+    if s.busy then
+        busy[p.addr] = (busy[p.addr] or 0) + 1
+    end
     local ok, err = set_current_peer(p.host, p.port)
     if not ok then
         ngx.log(ngx.ERR, "zerodown upstreams: ", p.addr, ": ", err)
@@ -319,7 +322,8 @@ function M.balance(name)
     end
 end
 
--- Log phase: the request is over; its last try's target has one less in flight.
+-- Log phase of least_conn and random_two services: the request is over; its
+-- last try's target has one less in flight.
 function M.done()
     local tried = var.upstream_addr
     if tried == nil then
@@ -327,11 +331,8 @@ function M.done()
     end
     local last = tried:match("([^%s,]+)$")
     local n = last and busy[last]
-    if n then
+    if n and n > 0 then
         busy[last] = n - 1
-        if failures[last] and (ngx.status or 0) < 500 then
-            failures[last] = nil  -- it answered: its count starts again
-        end
     end
 end
 
