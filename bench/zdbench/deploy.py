@@ -98,7 +98,9 @@ def write_config(work: Path, ports: Ports, mark: str, dataplane: str = "embedded
             port=ports.front,
             admin=ports.admin,
             workers=WORKERS,
-            dataplane=dataplane,
+            dataplane=dataplane.removesuffix("-reload"),
+            # nginx-reload: each step a new configuration and a reload.
+            extra='nginx = { upstreams = "reload" }' if dataplane == "nginx-reload" else "",
             instances=INSTANCES,
             command=json.dumps(command),  # a JSON string is a TOML basic string
             mark_env=MARK_ENV,

@@ -12,7 +12,7 @@ BENCH_IDLE_CONNS=10000  idle keep-alive connections (0: skip)
 BENCH_STREAM_MB=1024    size of the streamed upload and download (0: skip)
 BENCH_DEPLOY_CONNS=200  wrk connections during the deploys under load (0: skip)
 BENCH_DEPLOY_SETTLE=5   seconds of that load before and after each deploy (quick: 2)
-BENCH_DEPLOY_DATAPLANES=embedded,haproxy,nginx  the data planes the deploys run through
+BENCH_DEPLOY_DATAPLANES=embedded,haproxy,nginx  the deploys' data planes (nginx-reload too)
 BENCH_STEPS=...         the steps to run (default: all), e.g. https,tcp
 BENCH_OUT=bench/results where the JSON and markdown go
 """
@@ -26,6 +26,9 @@ from zdbench.model import MODES, OWN_CORE, PROXIES, Variant
 
 ALL_VARIANTS = tuple(Variant(p, w) for p in PROXIES for w in (1, 2))
 DATAPLANES = ("embedded", "haproxy", "nginx")
+# Also allowed in BENCH_DEPLOY_DATAPLANES: nginx taking each step by a reload
+# (`upstreams = "reload"`), to set beside its default, the Lua balancer's table.
+DEPLOY_DATAPLANES = (*DATAPLANES, "nginx-reload")
 STEPS = ("matrix", "bursts", "idle", "stream", "deploy", "https", "tcp")
 ENV_KEYS = (
     "BENCH_QUICK",
@@ -131,9 +134,10 @@ def plan_from_env(env: Mapping[str, str]) -> Plan:
         raise ValueError(f"BENCH_PROXIES: {exc}") from None
     dataplanes = _list(env, "BENCH_DEPLOY_DATAPLANES", ",".join(DATAPLANES))
     for dataplane in dataplanes:
-        if dataplane not in DATAPLANES:
+        if dataplane not in DEPLOY_DATAPLANES:
             raise ValueError(
-                f"BENCH_DEPLOY_DATAPLANES: {dataplane!r} is not one of {', '.join(DATAPLANES)}"
+                f"BENCH_DEPLOY_DATAPLANES: {dataplane!r} is not one of "
+                f"{', '.join(DEPLOY_DATAPLANES)}"
             )
     steps = _list(env, "BENCH_STEPS", ",".join(STEPS))
     for step in steps:

@@ -88,7 +88,11 @@ def free_port() -> int:
 
 
 def through(dataplane: str) -> dict[str, str]:
-    """The `[proxy]` keys (for make_cluster's `proxy`) that pick `dataplane`."""
+    """The `[proxy]` keys (for make_cluster's `proxy`) that pick `dataplane`;
+    "nginx-reload": nginx with a new configuration per deploy step, instead
+    of its default here (the Lua balancer's table, installed by make test)."""
+    if dataplane == "nginx-reload":
+        return {"dataplane": toml_str("nginx"), "nginx": '{ upstreams = "reload" }'}
     return {"dataplane": toml_str(dataplane)}
 
 

@@ -58,9 +58,13 @@ def versions(first: int, last: int) -> list[str]:
 # (embedded: in the proxy; HAProxy: a Lua wait; nginx: the driver's socket).
 STRATEGIES = ("rolling", "blue_green", "canary", "recreate")
 STRATEGIES_BY_DATAPLANE = [
-    (strategy, dataplane)
-    for dataplane in ("embedded", "haproxy", "nginx")
-    for strategy in STRATEGIES
+    *(
+        (strategy, dataplane)
+        for dataplane in ("embedded", "haproxy", "nginx")
+        for strategy in STRATEGIES
+    ),
+    # nginx's other way to take a deploy step: a reload each (the canary has the most).
+    ("canary", "nginx-reload"),
 ]
 
 

@@ -328,3 +328,35 @@ def test_without_the_lua_module_start_names_the_packages(
     with pytest.raises(DataPlaneError, match="install libnginx-mod-http-lua lua-resty-core"):
         run(plane.start([f"127.0.0.1:{reserved_port()}"]))
     assert not os.path.exists(tmp_path / "nginx.pid")
+
+
+def test_a_table_the_workers_do_not_take_fails_the_step_and_the_last_one_serves(
+    tmp_path: Path,
+) -> None:
+    """Workers that answer nothing (stopped): the step fails within the
+    reload timeout, naming it; the file nginx would start from is the last
+    table again; once they run, they route by that one."""
+
+    async def main() -> None:
+        async with (
+            backends("a", "b") as (a, b),
+            lua(tmp_path, service(a.address), reload_timeout=1.0) as plane,
+        ):
+            live = plane.paths.upstreams.read_text()
+            workers = plane.pids[1:]
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(DataPlaneError, match=r"did not answer on .* within 1\.5s"):
+                    await plane.apply(RoutingTable(services=(service(b.address),)))
+            finally:
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+            assert plane.paths.upstreams.read_text() == live
+            assert plane.routing().services[0].stable.targets[0].address == a.address
+            # The resumed workers read the late POST, and refuse it: expired.
+            await asyncio.sleep(0.2)
+            bodies = {(await request(port_of(plane))).body for _ in range(4)}
+        assert bodies == {b"a"}
+
+    run(main())

@@ -92,6 +92,13 @@ def test_what_the_table_cannot_carry_still_changes_the_text() -> None:
     assert conf(held) != before
 
 
+def test_a_target_named_by_host_name_keeps_its_service_on_server_lines() -> None:
+    named = conf(service("app.internal:8080"))
+    assert "server app.internal:8080" in named
+    assert "balancer_by_lua" not in named
+    assert "app.internal" not in table((service("app.internal:8080"),), LUA, 7)
+
+
 def test_reports_give_each_worker_s_version() -> None:
     reports = parse_reports(b"version 9\n101 9\n102 8\n103 9\njunk\n104 x\n")
     assert reports.version == 9

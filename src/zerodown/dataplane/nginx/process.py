@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 from zerodown.dataplane import binaries
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 POLL = 0.01  # seconds between looks at another process's state
+ANSWER_MARGIN = 0.5  # seconds a table's answer may take past the table's expiry
 
 
 def find_binary(binary: str) -> str:
@@ -177,11 +179,17 @@ async def client_connections(paths: Paths) -> int | None:
 
 
 async def load_table(paths: Paths, text: str, timeout: float) -> int:
-    """POST a table to the workers (upstreams.py); the version it became."""
-    answer = await _control(paths, LOAD_PATH, text.encode(), timeout)
+    """POST a table to the workers (upstreams.py); the version it became.
+
+    Past `timeout` the workers refuse it (X-Zerodown-Expires), so one that
+    reads it late never loads a table this call reported as not loaded; the
+    answer gets a moment more to arrive.
+    """
+    expires = {"X-Zerodown-Expires": f"{time.time() + timeout:.3f}"}
+    answer = await _control(paths, LOAD_PATH, text.encode(), timeout + ANSWER_MARGIN, expires)
     if answer is None:
         raise DataPlaneError(
-            f"nginx did not answer on {paths.control_socket} within {timeout}s: "
+            f"nginx did not answer on {paths.control_socket} within {timeout + ANSWER_MARGIN:g}s: "
             "the table was not loaded (it keeps routing by the one before)"
         )
     status, body = answer
@@ -204,13 +212,18 @@ async def _control_get(paths: Paths, path: str, timeout: float = 0.5) -> bytes |
 
 
 async def _control(
-    paths: Paths, path: str, body: bytes | None, timeout: float
+    paths: Paths,
+    path: str,
+    body: bytes | None,
+    timeout: float,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes] | None:
     """GET `path` (POST `body` to it) on the control socket: (status, body),
     or None if nginx does not answer."""
     head = f"GET {path} HTTP/1.0\r\nHost: zerodown\r\n"
     if body is not None:
         head = f"POST {path} HTTP/1.0\r\nHost: zerodown\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(paths.control_socket))

@@ -176,14 +176,18 @@ def table(
 
 def uses_lua(service: ServiceSpec, settings: NginxSettings) -> bool:
     """Whether the Lua balancer picks this service's targets. Not a tcp
-    service (stream), nor a held one (hold.py), nor a sticky one: its cookie
-    routes to per-target upstreams, whose requests the Lua balancer would
-    not see begin, so could not count in flight."""
+    service (stream), nor a held one (hold.py), nor a sticky one (its cookie
+    routes to per-target upstreams), nor one with a target named by host
+    name: the balancer takes addresses only, where nginx resolves a name in
+    a `server` line when it loads the configuration."""
     return (
         settings.upstreams == "lua"
         and service.mode == "http"
         and not holds(service)
         and service.sticky is None
+        and all(
+            upstreams.is_ip(t.address) for t in (*service.stable.targets, *service.canary.targets)
+        )
     )
 
 

@@ -22,6 +22,7 @@ reads the workers' reports back; the driver does the I/O.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "control_locations",
     "counts_busy",
     "http_lines",
+    "is_ip",
     "lua_missing",
     "main_lines",
     "parse_reports",
@@ -120,6 +122,15 @@ def upstream_block(name: str, service: str, keepalive: int, keepalive_requests: 
 
 COUNTED_LOG: Final = "if=$zd_count"  # the access_log condition of a Lua service (render.py)
 LOG_LINE: Final = f"log_by_lua_block {{ {MODULE}.done() }}"
+
+
+def is_ip(address: str) -> bool:
+    """host:port with an IP address for host."""
+    try:
+        ipaddress.ip_address(parse_address(address)[0])
+    except ValueError:
+        return False
+    return True
 
 
 def counts_busy(service: ServiceSpec) -> bool:

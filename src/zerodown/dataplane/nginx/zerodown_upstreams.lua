@@ -338,8 +338,17 @@ end
 
 -- Control socket -----------------------------------------------------------
 
--- POST /zerodown/upstreams/load: the body is the new table.
+-- POST /zerodown/upstreams/load: the body is the new table. X-Zerodown-Expires
+-- (Unix time) is when the driver gives up waiting for the answer: a request
+-- read later (workers stopped, then resumed) must not load a table the driver
+-- no longer stands behind.
 function M.serve_load()
+    local expires = tonumber(var.http_x_zerodown_expires or "")
+    if expires and now() > expires then
+        ngx.status = 409
+        ngx.say("expired: the driver stopped waiting at ", expires, ", now ", now())
+        return
+    end
     ngx.req.read_body()
     local text = ngx.req.get_body_data()
     if text == nil then
