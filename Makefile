@@ -61,6 +61,6 @@ demo: venv
 	$(BIN)/zerodown demo
 
 # Not part of `make test`: zerodown against nginx and HAProxy (see bench/README.md).
-# About 23 minutes on 2 cores; BENCH_QUICK=1 for a 5 minute smoke run.
+# About 35 minutes on 2 cores; BENCH_QUICK=1 for a 9 minute smoke run.
 bench: venv check-system
 	$(BIN)/python bench/run.py

@@ -449,9 +449,10 @@ def test_bytes_format() -> None:
 def test_default_and_quick_plans() -> None:
     full = plan_from_env({})
     assert (full.duration_s, full.warmup_s, full.reps, full.conns) == (10, 2, 2, (50, 200, 1000))
-    assert len(full.variants) == 10  # zerodown on each data plane, nginx, HAProxy; 1 and 2
+    # zerodown on each data plane (nginx by its table and by reloads), nginx, HAProxy; 1 and 2
+    assert len(full.variants) == 12
     assert full.deploy_dataplanes == ("embedded", "haproxy", "nginx")
-    assert full.estimate_s() < 32 * 60  # the HTTPS and TCP rows add about 7 min
+    assert full.estimate_s() < 36 * 60  # the HTTPS and TCP rows add about 7 min
     quick = plan_from_env({"BENCH_QUICK": "1"})
     assert (quick.duration_s, quick.reps) == (3, 1)
     assert quick.estimate_s() < 9 * 60  # deploys add about 20 s a data plane, HTTPS and TCP 3 min
@@ -460,7 +461,7 @@ def test_default_and_quick_plans() -> None:
 def test_own_core_runs_only_one_worker_variants() -> None:
     plan = plan_from_env({})
     assert {v.workers for v in plan.variants_for(OWN_CORE)} == {1}
-    assert len(plan.variants_for(SHARED)) == 10
+    assert len(plan.variants_for(SHARED)) == 12
 
 
 def test_settings_from_the_environment() -> None:
