@@ -4,6 +4,7 @@
 # renders for it (`zerodown render`), same backends, same client.
 #
 #   bench/callgrind_proxy.sh haproxy|nginx plain|zerodown [REQUESTS] [CONNS]   # defaults 3000 and 10
+#   UPSTREAMS=reload bench/callgrind_proxy.sh nginx zerodown   # `server` lines, not the Lua balancer
 #
 # Load-independent, as bench/callgrind.sh: the proxy alone runs under
 # valgrind (nginx with one process: master_process off), with instrumentation
@@ -42,10 +43,11 @@ wait_port() {  # port, the proxy's pid
 fill() {  # template -> stdout, @{name} replaced
     sed -e "s#@{dir}#$WORK#g; s/@{port}/$FRONT/g; s/@{workers}/1/g; s/@{admin}/$(free_port)/g" \
         -e "s/@{backend1}/$B1/g; s/@{backend2}/$B2/g; s/@{user}/${USER_LINE}/g" \
-        -e "s/@{upstreams}/\"127.0.0.1:$B1\", \"127.0.0.1:$B2\"/g; s/@{extra}/dataplane = \"$PROXY\"/g" "$1"
+        -e "s/@{upstreams}/\"127.0.0.1:$B1\", \"127.0.0.1:$B2\"/g; s/@{extra}/dataplane = \"$PROXY\"$EXTRA/g" "$1"
 }
 
 B1=$(free_port); B2=$(free_port); FRONT=$(free_port)
+EXTRA=$([ -n "${UPSTREAMS:-}" ] && echo "\\nnginx = { upstreams = \\\"$UPSTREAMS\\\" }" || echo "")
 USER_LINE=$([ "$(id -u)" = 0 ] && echo "user root;" || echo "")
 for port in "$B1" "$B2"; do
     "$PYTHON" callgrind_load.py backend "$port" >"$WORK/backend-$port.log" 2>&1 &
