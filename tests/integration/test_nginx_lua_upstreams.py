@@ -28,15 +28,18 @@ from harness import (
     until,
 )
 from nginx_harness import nginx, port_of
+from zerodown.cachespec import CacheSpec
 from zerodown.dataplane.nginx import NginxDataPlane, NginxSettings, process
 from zerodown.errors import DataPlaneError
 from zerodown.routing import (
     BalanceName,
     HealthSpec,
     PassiveHealthSpec,
+    PoolSpec,
     RoutingTable,
     ServiceSpec,
     Split,
+    TargetSpec,
     with_target_state,
 )
 
@@ -360,3 +363,37 @@ def test_a_table_the_workers_do_not_take_fails_the_step_and_the_last_one_serves(
         assert bodies == {b"a"}
 
     run(main())
+
+
+def test_a_cached_service_s_steps_within_a_release_are_tables_too(tmp_path: Path) -> None:
+    """A cache runs nginx's cache manager and loader beside the workers:
+    they route nothing, report no table, and a load waits for none of them.
+    (A step that changes the releases taking traffic changes the cache key
+    in the text, cachespec.generation_tag: that one reloads.)"""
+
+    def release(*addresses: str) -> ServiceSpec:
+        targets = tuple(TargetSpec(address=a, version="v1") for a in addresses)
+        return service(cache=CacheSpec()).model_copy(update={"stable": PoolSpec(targets=targets)})
+
+    async def main() -> None:
+        async with backends("a", "b") as (a, b), lua(tmp_path, release(a.address)) as plane:
+            helpers = set(plane.pids[1:]) - process.serving_workers(plane.pids[0])
+            before = workers_and_generation(plane)
+            await plane.apply(RoutingTable(services=(release(a.address, b.address),)))
+            await plane.drain("web", a.address, timeout=5.0)
+            after = workers_and_generation(plane)
+            bodies = {(await request(port_of(plane), path=f"/fresh{i}")).body for i in range(4)}
+        assert helpers  # the cache manager (and loader) are there
+        assert after == before
+        assert bodies == {b"b"}
+
+    run(main())
+
+
+def test_auto_takes_the_lua_balancer_only_from_a_binary_that_loads_it(tmp_path: Path) -> None:
+    assert process.lua_works("nginx")  # make test installs the module for this nginx
+    assert not process.lua_works(str(tmp_path / "no-nginx"))
+    fake = tmp_path / "nginx"
+    fake.write_text("#!/bin/sh\necho 'nginx: module is not binary compatible' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    assert not process.lua_works(str(fake))

@@ -4,13 +4,14 @@ tests feed the same text to a real nginx)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from harness import service
 from zerodown.dataplane.nginx.render import render, table
 from zerodown.dataplane.nginx.settings import NginxSettings
 from zerodown.dataplane.nginx.sockets import open_to
-from zerodown.dataplane.nginx.upstreams import lua_missing, parse_reports
+from zerodown.dataplane.nginx.upstreams import SOURCE, lua_missing, parse_reports
 from zerodown.routing import (
     HoldSpec,
     PassiveHealthSpec,
@@ -97,6 +98,23 @@ def test_a_target_named_by_host_name_keeps_its_service_on_server_lines() -> None
     assert "server app.internal:8080" in named
     assert "balancer_by_lua" not in named
     assert "app.internal" not in table((service("app.internal:8080"),), LUA, 7)
+
+
+def test_ipv6_targets_are_written_as_nginx_writes_them() -> None:
+    """The balancer matches its tries against $upstream_addr's spelling."""
+    spelled = table((service("[0:0::1]:9001", "[2001:DB8::1]:9002"),), LUA, 7).splitlines()
+    assert spelled[-2:] == ["peer web [::1] 9001 1", "peer web [2001:db8::1] 9002 1"]
+    assert "balancer_by_lua" not in conf(service("[fe80::1%eth0]:9001"))  # a zone: server line
+
+
+def test_the_module_s_digest_is_in_the_text_so_a_new_module_reloads() -> None:
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    assert f"# zerodown_upstreams.lua {digest}" in conf(service(A))
+
+
+def test_a_target_on_the_unspecified_address_is_counted_on_the_loopback() -> None:
+    row = "0: 0100007F:9C40 0100007F:2329 01 00000000:00000000 00:00000000 00000000 1000 0 11 1"
+    assert open_to([row], "0.0.0.0:9001", frozenset()) == 1
 
 
 def test_reports_give_each_worker_s_version() -> None:

@@ -16,7 +16,7 @@ from zerodown.dataplane.detached import DetachedDataPlane
 from zerodown.dataplane.haproxy.driver import HaproxyDataPlane
 from zerodown.dataplane.haproxy.render import render as render_haproxy
 from zerodown.dataplane.haproxy.settings import HaproxySettings
-from zerodown.dataplane.nginx import upstreams
+from zerodown.dataplane.nginx import process as nginx_process
 from zerodown.dataplane.nginx.driver import NginxDataPlane
 from zerodown.dataplane.nginx.render import render as render_nginx
 from zerodown.dataplane.nginx.render import table as upstreams_table
@@ -108,15 +108,15 @@ def nginx_settings(config: Config, state_dir: Path) -> NginxSettings:
         sticky_key=sticky_key(state_dir) if _any_sticky(config) else "",
         tls=_nginx_tls(config),
         request_stats=proxy.nginx.request_stats,
-        upstreams=_nginx_upstreams(proxy.nginx.upstreams),
+        upstreams=_nginx_upstreams(proxy.nginx.upstreams, proxy.nginx.binary),
     )
 
 
-def _nginx_upstreams(wanted: Literal["auto", "lua", "reload"]) -> UpstreamMode:
-    """ "auto": the Lua balancer when nginx's Lua module is installed here."""
+def _nginx_upstreams(wanted: Literal["auto", "lua", "reload"], binary: str) -> UpstreamMode:
+    """ "auto": the Lua balancer when the nginx binary loads its module."""
     if wanted != "auto":
         return wanted
-    return "reload" if upstreams.lua_missing() else "lua"
+    return "lua" if nginx_process.lua_works(binary) else "reload"
 
 
 def _nginx_tls(config: Config) -> NginxTls | None:

@@ -1,8 +1,12 @@
 """NginxDataPlane: zerodown's routing table carried by a real nginx.
 
-Every change is render -> write to a side file -> `nginx -t` it -> rename
-over the live file -> SIGHUP -> wait until the control location answers the
-new generation (so the new workers serve it before apply returns).
+A change whose configuration text is the live one's (upstreams = "lua":
+targets, weights, drains, health verdicts; upstreams.py) is a table: write
+it beside the config, POST it to the control socket, wait until every
+worker reports routing by it. Any other change is render -> write to a
+side file -> `nginx -t` it -> rename over the live file -> SIGHUP -> wait
+until the control location answers the new generation (so the new workers
+serve it before apply returns).
 Concurrent applies coalesce: whoever holds the lock next renders the last
 table asked for, and the ones it covered return without a reload.
 
@@ -12,13 +16,15 @@ addresses the last driver saved beside it (state.json), instead of
 starting a second one on the same ports.
 
 Drain: nginx cannot say how many requests a target has open (the access
-log sees a request only when it ends). But after the reload that marks a
-target down, no new request can reach it, and the requests it still has
-all live in the workers of the configurations before: those workers exit
-exactly when their last request ends (or at worker_shutdown_timeout). So a
-drain is complete when the workers that existed before its reload are gone.
-That may wait on other targets' long requests as well -- never shorter than
-the truth, bounded by the drain's timeout.
+log sees a request only when it ends). By reload: after the reload that
+marks a target down, no new request can reach it, and the requests it
+still has all live in the workers of the configurations before: those
+workers exit exactly when their last request ends (or at
+worker_shutdown_timeout). So a drain is complete when the workers that
+existed before its reload are gone. That may wait on other targets' long
+requests as well -- never shorter than the truth, bounded by the drain's
+timeout. By table: once the workers route by a table without the target,
+the drain is complete when no connection to it is open (sockets.py).
 """
 
 from __future__ import annotations
@@ -284,11 +290,15 @@ class NginxDataPlane(ManagedDataPlane):
         within upstreams.IDLE_TIMEOUT)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not (sockets.count_open(address) == 0 and not any(process.alive(p) for p in old)):
+        while True:
+            # The old workers first; the kernel's table off the loop: on a
+            # busy host it is long.
+            gone = not any(process.alive(p) for p in old)
+            if gone and await asyncio.to_thread(sockets.count_open, address) == 0:
+                return True
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(DRAIN_POLL)
-        return True
 
     async def stats(self) -> Stats:
         self._catch_up_log()
@@ -332,7 +342,13 @@ class NginxDataPlane(ManagedDataPlane):
             _write_atomic(self.paths.upstreams, self._live_table)  # what nginx routes by
             raise
         self._live_table = text
-        await self._caught_up(version)
+        try:
+            await self._caught_up(version)
+        except DataPlaneError:
+            # Stored, so workers may route by it yet: what is live is not
+            # known now, and the next apply of any table must load it.
+            self._rendered = None
+            raise
         self._holds.update(table)
         self._table, self._rendered = table, (table, unhealthy)
         self._counters.in_panic = in_panic(table, unhealthy)
@@ -354,7 +370,7 @@ class NginxDataPlane(ManagedDataPlane):
             await asyncio.sleep(REPORT_POLL)
 
     def _serving_workers(self) -> set[int]:
-        return {p for p in self._workers() if not process.shutting_down(p)}
+        return process.serving_workers(self._master) if self._master is not None else set()
 
     async def _reload(self, table: RoutingTable) -> None:
         """Render, test, swap in and make live `table`; the old config serves on failure."""
@@ -365,7 +381,7 @@ class NginxDataPlane(ManagedDataPlane):
         text = render(table.services, self._listen, self.settings, generation, unhealthy, self._log)
         _write_private(self.paths.pending, text)
         lua_table = upstreams_table(table.services, self.settings, generation, unhealthy)
-        if self.settings.upstreams == "lua":  # `nginx -t` loads it too: tested with the rest
+        if self.settings.upstreams == "lua":  # the master loads it at the SIGHUP (not `-t`)
             _write_atomic(self.paths.upstreams, lua_table)
         try:
             await process.test_config(self._binary, self.paths, self.paths.pending, self._timeout)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from zerodown.dataplane import binaries
+from zerodown.dataplane.nginx import upstreams
 from zerodown.dataplane.nginx.render import CONTROL_PATH, STATUS_PATH
 from zerodown.dataplane.nginx.settings import Paths
 from zerodown.dataplane.nginx.upstreams import LOAD_PATH, REPORTS_PATH, Reports, parse_reports
@@ -29,10 +33,12 @@ __all__ = [
     "group",
     "launch",
     "load_table",
+    "lua_works",
     "master_pid",
     "probe_generation",
     "recorded_pid",
     "reports",
+    "serving_workers",
     "shutting_down",
     "test_config",
     "wait_gone",
@@ -41,6 +47,7 @@ __all__ = [
 
 POLL = 0.01  # seconds between looks at another process's state
 ANSWER_MARGIN = 0.5  # seconds a table's answer may take past the table's expiry
+PROBE_TIMEOUT = 10.0  # seconds for `nginx -t` of lua_works's probe
 
 
 def find_binary(binary: str) -> str:
@@ -51,6 +58,44 @@ def command(binary: str, paths: Paths, conf: Path, *extra: str) -> list[str]:
     # -p: relative paths resolve under state_dir; -e: errors before the
     # config's own error_log is read go there too, not to /var/log/nginx.
     return [binary, "-p", f"{paths.prefix}/", "-c", str(conf), "-e", str(paths.error_log), *extra]
+
+
+@functools.cache
+def lua_works(binary: str) -> bool:
+    """Whether `binary` loads the Lua module upstreams = "lua" needs, by
+    `nginx -t` of a configuration that loads it: Debian's module is built
+    for Debian's nginx, and nginx refuses one built for another."""
+    if upstreams.lua_missing():
+        return False
+    try:
+        path = find_binary(binary)
+    except DataPlaneError:
+        return False
+    with tempfile.TemporaryDirectory(prefix="zerodown-lua-") as tmp:
+        paths = Paths(Path(tmp))
+        conf = paths.prefix / "probe.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    *upstreams.main_lines(),
+                    f"pid {paths.pid};",
+                    f"error_log {paths.error_log};",
+                    "events {}",
+                    f"http {{ lua_shared_dict {upstreams.DICT} 16k; }}",
+                    "",
+                ]
+            )
+        )
+        try:
+            done = subprocess.run(
+                command(path, paths, conf, "-t", "-q"),
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return done.returncode == 0
 
 
 async def test_config(binary: str, paths: Paths, conf: Path, timeout: float) -> None:
@@ -121,6 +166,21 @@ def group(leader: int) -> set[int]:
     return {
         pid for pid, (_, pgrp) in _parents_and_groups().items() if pgrp == leader and _is_nginx(pid)
     }
+
+
+def serving_workers(master: int) -> set[int]:
+    """The master's worker processes that take requests now: not those
+    shutting down, nor the cache manager and loader, which run no worker's
+    init (so report no table to the driver: upstreams.py)."""
+    serving = set()
+    for pid in workers(master):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"worker process" in title and b"shutting down" not in title:
+            serving.add(pid)
+    return serving
 
 
 def shutting_down(pid: int) -> bool:

@@ -1,7 +1,10 @@
 """RoutingTable + settings -> nginx.conf text. Pure: no files, no processes.
 
-Open-source nginx has no runtime API, so every change is a whole new
-configuration and a reload. What this module decides:
+Open-source nginx has no runtime API. With `upstreams = "reload"` every
+change is a whole new configuration and a reload; with "lua" an HTTP
+service's targets and weights are a table its `balancer_by_lua` upstream
+reads (upstreams.py, `table` here), and the text stays the same through a
+deploy step. What this module decides:
 
 - One `upstream` per service holding the stable *and* the canary targets,
   with weights that carry the split (`server_weights`), rather than
@@ -506,10 +509,11 @@ def _quiet(service: ServiceSpec, settings: NginxSettings, log: LogTarget, lua: b
     """The access_log of a location whose requests are not all counted
     (request_stats.py); None where every request is logged. Under the Lua
     balancer the table says which are (upstreams.py), so that a canary
-    starting or ending changes no text, and reloads nothing."""
+    starting or ending changes no text, and reloads nothing; but not for a
+    cached service, whose hits nginx answers without the balancer."""
     if settings.request_stats == "always":
         return None
-    if lua:
+    if lua and service.cache is None:
         return _access_log_line(log, upstreams.COUNTED_LOG)
     return None if counted(service, settings.request_stats) else _refusals_only(log)
 

@@ -37,7 +37,10 @@ _OPEN: Final = frozenset({"01", "02", "08"})  # ESTABLISHED, SYN_SENT, CLOSE_WAI
 def _kernel_hex(address: str) -> str:
     """host:port as /proc/net/tcp{,6} spells a remote address."""
     host, port = parse_address(address)
-    raw = ipaddress.ip_address(host).packed
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:  # a connect to 0.0.0.0 or :: reaches the loopback
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    raw = ip.packed
     # Each 32-bit word in the host's byte order.
     step = -1 if sys.byteorder == "little" else 1
     words = [raw[i : i + 4][::step].hex().upper() for i in range(0, len(raw), 4)]

@@ -13,8 +13,12 @@ control socket: the configuration text is the same, so nothing reloads.
 What still changes the text and so still reloads: a service or route
 added or changed, a service going to or from "no target takes traffic"
 (its location answers 503 itself), recreate's hold, sticky services' per
-target upstreams, tcp services (stream upstreams; a stream reload closes
-nothing idle), TLS files.
+target upstreams, targets named by host name (nginx resolves them), tcp
+services (stream upstreams; a stream reload closes nothing idle), TLS
+files, and for a cached service a change of the releases taking traffic
+(its cache key names them: cachespec.generation_tag) and, under
+request_stats = "canary", its canary starting or ending (nginx answers
+its cache hits without the balancer, so the text says what it logs).
 
 This module renders the table, the http-level and per-service lines, and
 reads the workers' reports back; the driver does the I/O.
@@ -22,6 +26,8 @@ reads the workers' reports back; the driver does the I/O.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +59,7 @@ MODULE: Final = "zerodown_upstreams"  # the Lua module, and the global init_by_l
 DICT: Final = "zerodown_upstreams"
 DICT_SIZE: Final = "4m"  # the table (~60 bytes a target) and one report per worker
 LOAD_PATH: Final = "/zerodown/upstreams/load"
-REPORTS_PATH: Final = "/zerodown/upstreams/busy"
+REPORTS_PATH: Final = "/zerodown/upstreams/workers"
 # Debian's dynamic modules: the Lua module links against the devel kit.
 LUA_MODULES: Final = (
     Path("/usr/lib/nginx/modules/ndk_http_module.so"),
@@ -97,6 +103,9 @@ def http_lines(lua_dir: Path, table: Path, generation: int) -> list[str]:
     $zd_count (guard.py's geo): set by the balancer for a service the table
     says is counted, and by each refusal; it decides the access log line."""
     return [
+        # The module's own version in the text: a changed module is a reload,
+        # even for an nginx adopted from a driver that ran the old one.
+        f"# {SOURCE.name} {_source_digest()}",
         f'lua_package_path "{lua_dir}/?.lua;;";',
         f"lua_shared_dict {DICT} {DICT_SIZE};",
         f"init_by_lua_block {{ {MODULE} = require('{MODULE}'); assert({MODULE}.load('{table}')) }}",
@@ -125,12 +134,18 @@ LOG_LINE: Final = f"log_by_lua_block {{ {MODULE}.done() }}"
 
 
 def is_ip(address: str) -> bool:
-    """host:port with an IP address for host."""
+    """host:port with an IP address for host, and no IPv6 zone (fe80::1%eth0),
+    which the balancer cannot take."""
     try:
-        ipaddress.ip_address(parse_address(address)[0])
+        ip = ipaddress.ip_address(parse_address(address)[0])
     except ValueError:
         return False
-    return True
+    return not (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id)
+
+
+@functools.cache
+def _source_digest() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
 def counts_busy(service: ServiceSpec) -> bool:
@@ -146,7 +161,7 @@ def control_locations() -> list[str]:
         "    client_body_buffer_size 4m;  # in memory: the worker reads no file",
         f"    content_by_lua_block {{ {MODULE}.serve_load() }}",
         "}",
-        f"location = {REPORTS_PATH} {{ content_by_lua_block {{ {MODULE}.serve_busy() }} }}",
+        f"location = {REPORTS_PATH} {{ content_by_lua_block {{ {MODULE}.serve_workers() }} }}",
     ]
 
 
@@ -172,9 +187,7 @@ def table_text(
             f"service {service.name} {_BALANCE[service.balance]} {fails} {timeout:g} {key} {count}"
         )
         for address, weight in weights.get(service.name, []):
-            host, port = parse_address(address)
-            host = f"[{host}]" if ":" in host else host
-            lines.append(f"peer {service.name} {host} {port} {weight}")
+            lines.append(f"peer {service.name} {_peer(address)} {weight}")
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +202,14 @@ def _hash_key(service: ServiceSpec) -> str:
         return _HASH_KEYS[kind]
     prefix = "http" if kind == "header" else kind
     return f"{prefix}_{name.lower().replace('-', '_')}"
+
+
+def _peer(address: str) -> str:
+    """ "host port", the host as nginx writes it in $upstream_addr (IPv6
+    compressed, in brackets), which the balancer matches tries against."""
+    host, port = parse_address(address)
+    ip = ipaddress.ip_address(host)
+    return f"[{ip.compressed}] {port}" if ip.version == 6 else f"{ip} {port}"
 
 
 @dataclass(frozen=True, slots=True)

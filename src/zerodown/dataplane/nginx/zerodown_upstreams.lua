@@ -9,10 +9,15 @@
 -- configuration (start, reload); POST /zerodown/upstreams/load stores the
 -- table in its body (the driver writes the file first, so a reload or a
 -- restart of nginx finds the same table).
--- A load bumps "version". Each worker adopts a new version from a timer (every
--- REPORT seconds), never per request, and reports the version it routes by;
--- the driver reads the reports back (GET /zerodown/upstreams/busy) to
--- confirm a load. (A drain's end it reads from the kernel: sockets.py.)
+-- A table is for one configuration (its "generation" line) and is kept under
+-- it, so the workers of each configuration route by their own: on a reload
+-- the master loads the next one while the old workers finish their requests,
+-- and a worker respawned after a reload that failed still finds its table.
+-- Each load bumps "version"; each worker adopts its generation's latest from
+-- a timer (every REPORT seconds), never per request, and reports the version
+-- it routes by; the driver reads the reports back (GET
+-- /zerodown/upstreams/workers) to confirm a load. (A drain's end it reads
+-- from the kernel: sockets.py.)
 --
 -- Per worker, as nginx's own balancers without a zone: round-robin state,
 -- requests in flight (least_conn and random two only: counting them takes a
@@ -44,7 +49,9 @@ local version = -1
 local generation = nil  -- of the configuration this worker serves (init_worker)
 local services = {}
 local busy = {}       -- "host:port" -> requests in flight there (least_conn, random_two)
-local failures = {}   -- "host:port" -> { count, out_until, first failure's time }
+-- service -> "host:port" -> { count, out_until, first failure's time }: kept
+-- across tables, so a new weight does not forgive a failing target.
+local failures = {}
 local COUNTS_BUSY = { least_conn = true, random_two = true }
 
 -- The table ---------------------------------------------------------------
@@ -76,10 +83,11 @@ local function parse(text)
     for line in lines do
         local kind, name, a, b, c, d, e = line:match("^(%S+) (%S+) (%S+) (%S+) (%S+) ?(%S*) ?(%S*)$")
         if kind == "service" and tonumber(b) and tonumber(c) and (e == "0" or e == "1") then
+            failures[name] = failures[name] or {}
             out[name] = {
                 balance = a, max_fails = tonumber(b), fail_timeout = tonumber(c),
                 key = d ~= "-" and d or nil, count = e == "1", peers = {}, total = 0,
-                busy = COUNTS_BUSY[a] or false,
+                busy = COUNTS_BUSY[a] or false, failures = failures[name],
             }
         elseif kind == "peer" and out[name] and tonumber(b) and tonumber(c) and d == "" then
             local s, weight = out[name], tonumber(c)
@@ -100,18 +108,22 @@ local function parse(text)
     return out, gen
 end
 
--- Check a table, store it and bump the version: the new version, or nil and
--- why (the table in use stays).
+-- Check a table, store it under its generation and bump the version: the
+-- new version, or nil and why (the table in use stays).
 local function store(text)
-    local parsed, why = parse(text)
+    local parsed, gen = parse(text)
     if not parsed then
-        return nil, why
+        return nil, gen
     end
-    local ok, err = shared:set("table", text)
-    if not ok then
+    local v, err = shared:incr("version", 1, 0)
+    if not v then
         return nil, "shared dict: " .. tostring(err)
     end
-    return shared:incr("version", 1, 0)
+    local ok, set_err = shared:set("table:" .. gen, v .. "\n" .. text)
+    if not ok then
+        return nil, "shared dict: " .. tostring(set_err)
+    end
+    return v
 end
 
 -- init_by_lua, in the master: the table file the driver wrote last.
@@ -129,14 +141,13 @@ function M.load(path)
     return v
 end
 
--- A table for another configuration is not this worker's: on a reload the
--- master loads the next one while the old workers finish their requests, by
--- the table that goes with their own configuration.
 local function adopt()
-    local v = shared:get("version")
+    local stored = shared:get("table:" .. tostring(generation))
+    local v, text = (stored or ""):match("^(%d+)\n(.*)$")
+    v = tonumber(v)
     if v ~= nil and v ~= version then
-        local parsed, gen = parse(shared:get("table") or "")
-        if parsed and gen == generation then
+        local parsed = parse(text)
+        if parsed then
             services, version = parsed, v
         end
     end
@@ -147,11 +158,12 @@ local function report(premature)
         return
     end
     adopt()
-    shared:set("busy:" .. ngx.worker.pid(), tostring(version), REPORT_TTL)
+    shared:set("worker:" .. ngx.worker.pid(), tostring(version), REPORT_TTL)
 end
 
 function M.init_worker(gen)
     generation = gen
+    math.randomseed(ngx.now() * 1000 + ngx.worker.pid())  -- workers draw apart
     report(false)
     local ok, err = ngx.timer.every(REPORT, report)
     if not ok then
@@ -161,18 +173,18 @@ end
 
 -- Picking a target ---------------------------------------------------------
 
-local function usable(p, t, tried)
+local function usable(s, p, t, tried)
     if tried and tried[p.addr] then
         return false
     end
-    local f = failures[p.addr]
+    local f = s.failures[p.addr]
     return f == nil or f[2] <= t
 end
 
 local function round_robin(s, t, tried)
     local best, total = nil, 0
     for _, p in ipairs(s.peers) do
-        if usable(p, t, tried) then
+        if usable(s, p, t, tried) then
             p.current = p.current + p.weight
             total = total + p.weight
             if best == nil or p.current > best.current then
@@ -195,7 +207,7 @@ local function least_conn(s, t, tried)
     local start = random(#peers)  -- ties fall to a random one, not the first
     for i = 0, #peers - 1 do
         local p = peers[(start + i - 1) % #peers + 1]
-        if usable(p, t, tried) then
+        if usable(s, p, t, tried) then
             local l = load_of(p)
             if least == nil or l < least then
                 best, least = p, l
@@ -208,7 +220,7 @@ end
 local function weighted_random(s, t, tried, other)
     local total, chosen = 0, nil
     for _, p in ipairs(s.peers) do
-        if p ~= other and usable(p, t, tried) then
+        if p ~= other and usable(s, p, t, tried) then
             total = total + p.weight
             if random() * total < p.weight then
                 chosen = p  -- reservoir sampling by weight
@@ -241,7 +253,7 @@ local function hashed(s, t, tried)
     end
     for i = 0, #points - 1 do
         local p = points[(lo + i - 1) % #points + 1][2]
-        if usable(p, t, tried) then
+        if usable(s, p, t, tried) then
             return p
         end
     end
@@ -257,6 +269,8 @@ local PICK = {
 
 -- The targets this request tried so far ($upstream_addr: "a:1, b:2, -"), on
 -- a retry only: the last one failed, in a way proxy_next_upstream retries.
+-- (A failure no retry follows -- the last try, or tries = 1 -- is not seen
+-- here: counting it would take a hook at every request's end.)
 local function failed_try(s)
     local tried, last = {}, nil
     for addr in (var.upstream_addr or ""):gmatch("[^%s,:][^%s,]*") do
@@ -273,10 +287,10 @@ local function failed_try(s)
             -- As nginx's max_fails: this many failures within fail_timeout of
             -- the first puts the target out for fail_timeout.
             local t = now()
-            local f = failures[last]
+            local f = s.failures[last]
             if f == nil or t - f[3] > s.fail_timeout then
                 f = { 0, 0, t }
-                failures[last] = f
+                s.failures[last] = f
             end
             f[1] = f[1] + 1
             if f[1] >= s.max_fails then
@@ -306,12 +320,11 @@ function M.balance(name)
             var.zd_count = "1"  -- request_stats: its access log line goes to zerodown
         end
     end
-    local t = next(failures) and now() or 0  -- no failure yet: no clock to read
+    local t = next(s.failures) and now() or 0  -- no failure yet: no clock to read
     local pick = PICK[s.balance] or round_robin
-    local p = pick(s, t, tried) or pick(s, math.huge, tried)  -- all failed: route anyway
-    if p == nil then
-        return ngx.exit(502)  -- every target was tried
-    end
+    -- All out by passive failures: route anyway; all tried (the table
+    -- changed between tries): any one again.
+    local p = pick(s, t, tried) or pick(s, math.huge, tried) or pick(s, math.huge, nil)
     if s.busy then
         busy[p.addr] = (busy[p.addr] or 0) + 1
     end
@@ -356,6 +369,12 @@ function M.serve_load()
         ngx.say("no table in the request body")
         return
     end
+    ngx.update_time()  -- the body may have taken a while
+    if expires and now() > expires then
+        ngx.status = 409
+        ngx.say("expired: the driver stopped waiting at ", expires, ", now ", now())
+        return
+    end
     local v, err = store(text)
     if not v then
         ngx.status = 422
@@ -365,14 +384,14 @@ function M.serve_load()
     ngx.say(v)
 end
 
--- GET /zerodown/upstreams/busy: "version N", then each worker's report.
-function M.serve_busy()
+-- GET /zerodown/upstreams/workers: "version N", then "PID VERSION" per worker.
+function M.serve_workers()
     ngx.say("version ", shared:get("version") or 0)
     for _, key in ipairs(shared:get_keys(0)) do
-        if key:sub(1, 5) == "busy:" then
+        if key:sub(1, 7) == "worker:" then
             local line = shared:get(key)
             if line then
-                ngx.say(key:sub(6), " ", line)
+                ngx.say(key:sub(8), " ", line)
             end
         end
     end
