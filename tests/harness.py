@@ -289,6 +289,10 @@ class Backend:
                 w.transport.abort()
             self._server = None
 
+    async def restart(self) -> None:
+        """Serve again on the same port, after stop()."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)

@@ -32,11 +32,6 @@ from zerodown.routing import HealthSpec, RoutingTable
 FAST_CHECKS = HealthSpec(path="/health", interval=0.05, timeout=0.5, rise=1, fall=1)
 
 
-async def restart(backend: Backend) -> None:
-    """Serve again on the same port (a stopped harness Backend, back up)."""
-    backend._server = await asyncio.start_server(backend._serve, "127.0.0.1", backend.port)
-
-
 def test_reloads_under_continuous_load_fail_no_request(tmp_path: Path) -> None:
     async def main() -> None:
         async with backends("a", "b") as (a, b), nginx(tmp_path, service(a.address)) as plane:
@@ -102,7 +97,7 @@ def test_a_dead_backend_is_taken_out_by_checks_and_comes_back(tmp_path: Path) ->
                 bodies = [(await request(port)).body for _ in range(6)]
                 stats = await plane.stats()
                 assert stats.services["web"].pools["stable"].targets[a.address].health == "down"
-                await restart(a)
+                await a.restart()
                 await until(lambda: not plane.out_by_health, "a back in")
                 back = [(await request(port)).body for _ in range(6)]
         assert bodies == [b"b"] * 6

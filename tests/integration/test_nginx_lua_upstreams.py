@@ -54,11 +54,6 @@ def lua(
     return nginx(state_dir, *services, upstreams="lua", **settings)
 
 
-async def restart(backend: Backend) -> None:
-    """Serve again on the same port (a stopped harness Backend, back up)."""
-    backend._server = await asyncio.start_server(backend._serve, "127.0.0.1", backend.port)
-
-
 def workers_and_generation(plane: NginxDataPlane) -> tuple[list[int], int]:
     return plane.pids, plane._generation
 
@@ -192,7 +187,7 @@ def test_health_verdicts_change_the_table_and_all_out_routes_to_all(tmp_path: Pa
                 await until(lambda: bool(plane.out_by_health), "a taken out")
                 out = [(await request(port)).body for _ in range(6)]
                 conf = plane.paths.upstreams.read_text()
-                await restart(a)
+                await a.restart()
                 await until(lambda: not plane.out_by_health, "a back")
                 back = Counter([(await request(port)).body for _ in range(6)])
                 after = workers_and_generation(plane)
