@@ -475,9 +475,7 @@ class NginxDataPlane(ManagedDataPlane):
             "log": self._log.server,
             "log_key": self._log.key,
         }
-        side = self.paths.state.with_suffix(".tmp")
-        _write_private(side, json.dumps(state))
-        os.replace(side, self.paths.state)
+        _write_atomic(self.paths.state, json.dumps(state))
 
     def _saved(self) -> dict[str, object]:
         try:
@@ -580,16 +578,16 @@ def _install_lua(paths: Paths) -> None:
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Written beside, then renamed over: a reader never sees half of it."""
     side = path.with_name(path.name + ".tmp")
-    fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
+    _write_private(side, text, mode)
     os.replace(side, path)
 
 
-def _write_private(path: Path, text: str) -> None:
-    # Owner-only: both files hold the access-log key, which keeps other
-    # local users from forging the counts the canary judge decides on.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    # Owner-only by default: the config and state hold the access-log key,
+    # which keeps other local users from forging the counts the canary
+    # judge decides on (the Lua module, which nginx's workers read, is 0o644).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as file:
         file.write(text)
