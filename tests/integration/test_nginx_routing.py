@@ -4,6 +4,8 @@ config when a new one fails `nginx -t`, and coalesces concurrent applies."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from collections import Counter
 from dataclasses import replace
@@ -52,13 +54,45 @@ def test_routes_by_host_then_longest_path_prefix(tmp_path: Path) -> None:
         assert web.requests[0].header("X-Forwarded-For") == "127.0.0.1"
         generated = web.requests[0].header("X-Request-ID")
         assert generated is not None
-        assert len(generated) == 32  # nginx's $request_id
+        # prefix-generation-connection-request (render.request_id)
+        assert re.fullmatch(r"[0-9a-f]{8}-\d+-\d+-1", generated), generated
+        ids = [r.header("X-Request-ID") for r in (*web.requests, *api.requests, *admin.requests)]
+        assert len(set(ids)) == len(ids) == 5
         # From a client that is not a trusted proxy, identity headers are replaced.
         assert web.requests[2].header("X-Forwarded-For") == "127.0.0.1"
         replaced = web.requests[2].header("X-Request-ID")
         assert replaced != "abc"
         assert sent.header("X-Request-ID") == replaced
         assert [r.header("X-Forwarded-Host") for r in web.requests] == ["example.test"] * 3
+
+    run(main())
+
+
+def test_request_ids_are_unique_on_a_connection_and_across_a_reload(tmp_path: Path) -> None:
+    """render.request_id: prefix (kept in state.json, so that an adopting
+    driver renders the same text: test_nginx_lua_upstreams), generation, the
+    connection's serial, the request's number on it."""
+
+    async def ids(port: int, count: int) -> list[str]:
+        async with KeepAliveClient(port) as client:
+            return [str((await client.request()).header("X-Request-ID")) for _ in range(count)]
+
+    async def main() -> None:
+        async with (
+            backends("old", "new") as (old, new),
+            nginx(tmp_path, service(old.address)) as plane,
+        ):
+            first = await ids(port_of(plane), 3)
+            await plane.apply(RoutingTable(services=(service(new.address),)))  # a reload
+            second = await ids(port_of(plane), 2)
+            saved = json.loads(plane.paths.state.read_text())
+        parts = [i.split("-") for i in (*first, *second)]
+        assert len({*first, *second}) == 5
+        assert {p[0] for p in parts} == {saved["request_id_prefix"]}
+        assert re.fullmatch("[0-9a-f]{8}", parts[0][0])
+        assert [p[3] for p in parts] == ["1", "2", "3", "1", "2"]
+        assert len({p[2] for p in parts[:3]}) == 1  # one connection
+        assert int(parts[3][1]) == int(parts[0][1]) + 1  # the reload's generation
 
     run(main())
 

@@ -192,8 +192,16 @@ def test_request_ids_forwarded_for_and_shutdown_bound() -> None:
     # Nobody is trusted by default: nginx's own variables, no map on the way.
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in text
     assert "proxy_set_header X-Forwarded-Host $http_host;" in text
-    assert "proxy_set_header X-Request-ID $request_id;" in text
-    assert "add_header X-Request-ID $request_id always;" in text
+    # Our own id, not $request_id (RAND_bytes per request): the generation,
+    # the connection's serial and the request's number on it.
+    ours = '"7-${connection}-${connection_requests}"'
+    assert f"proxy_set_header X-Request-ID {ours};" in text
+    assert f"add_header X-Request-ID {ours} always;" in text
+    assert "$request_id" not in text
+    prefixed = conf(service(A), request_id_prefix="0a1b2c3d")
+    assert 'proxy_set_header X-Request-ID "0a1b2c3d-7-${connection}-${connection_requests}";' in (
+        prefixed
+    )
     assert "geo $realip_remote_addr $zd_trusted { default 0; }" in text  # for refusals, sticky
     trusted = conf(service(A), trusted_proxies=("10.0.0.0/8", "::1/128"))
     assert "geo $realip_remote_addr $zd_trusted { default 0; 10.0.0.0/8 1; ::1/128 1; }" in trusted
@@ -201,6 +209,7 @@ def test_request_ids_forwarded_for_and_shutdown_bound() -> None:
     assert "proxy_set_header X-Forwarded-Host $zd_forwarded_host;" in trusted
     assert "proxy_set_header X-Request-ID $zd_request_id;" in trusted
     assert "add_header X-Request-ID $zd_request_id always;" in trusted
+    assert f"map $zd_trusted $zd_request_id {{ default {ours}; 1 $zd_request_id_in; }}" in trusted
 
 
 def test_extra_http_is_appended_verbatim() -> None:

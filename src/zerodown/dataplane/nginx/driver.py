@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import pwd
+import secrets
 import signal
 import socket
 import time
@@ -70,6 +71,7 @@ ERROR_LOG_TAIL: Final = 5  # lines of nginx's error log quoted in a failure
 WATCH_INTERVAL: Final = 0.5  # seconds between looks at whether the master still runs
 REPORT_POLL: Final = 0.02  # seconds between reads of the workers' reports (upstreams.py)
 DRAIN_POLL: Final = 0.05  # seconds between counts of a draining target's connections
+REQUEST_ID_PREFIX_BYTES: Final = 4  # 8 hex digits lead this host's X-Request-IDs
 
 
 class NginxDataPlane(ManagedDataPlane):
@@ -131,6 +133,7 @@ class NginxDataPlane(ManagedDataPlane):
             _install_lua(self.paths)
         self.paths.cache.mkdir(exist_ok=True)  # nginx makes each service's directory in it
         saved = self._saved()
+        self._keep_request_id_prefix(saved)
         self._open_log(saved)
         try:
             self._master = process.master_pid(self.paths)
@@ -410,6 +413,13 @@ class NginxDataPlane(ManagedDataPlane):
         self._counters.in_panic = in_panic(table, unhealthy)
         self._save()
 
+    def _keep_request_id_prefix(self, saved: dict[str, object]) -> None:
+        """The last driver's prefix (an adopted nginx's text names it), else a new one."""
+        prefix = saved.get("request_id_prefix")
+        if not isinstance(prefix, str) or not _is_hex(prefix, REQUEST_ID_PREFIX_BYTES):
+            prefix = secrets.token_hex(REQUEST_ID_PREFIX_BYTES)
+        self.settings = replace(self.settings, request_id_prefix=prefix)
+
     def _sticky_key(self, table: RoutingTable) -> None:
         """The key of sticky cookies, from state_dir when the config gave none
         (made once there: cookies outlive a restart of nginx and of us)."""
@@ -474,6 +484,7 @@ class NginxDataPlane(ManagedDataPlane):
             "unhealthy": sorted(self.out_by_health),
             "log": self._log.server,
             "log_key": self._log.key,
+            "request_id_prefix": self.settings.request_id_prefix,
         }
         _write_atomic(self.paths.state, json.dumps(state))
 
@@ -548,6 +559,13 @@ def _with_user(settings: NginxSettings) -> NginxSettings:
     while not owner.exists():
         owner = owner.parent
     return replace(settings, user=pwd.getpwuid(owner.stat().st_uid).pw_name)
+
+
+def _is_hex(text: str, size: int) -> bool:
+    try:
+        return len(bytes.fromhex(text)) == size
+    except ValueError:
+        return False
 
 
 def _int(value: object) -> int:

@@ -20,8 +20,8 @@ deploy step. What this module decides:
 - "A busy app is not a dead app": when health has every routable target of
   a pool down, the pool routes to all of them anyway (panic), as the
   embedded proxy does; a 502 for everyone is never better than a try.
-- Every location answers with X-Request-ID (the client's, or nginx's
-  `$request_id`) and logs one JSON line per request to the driver's socket.
+- Every location answers with X-Request-ID (a trusted proxy's, or ours:
+  `request_id`) and logs one JSON line per request to the driver's socket.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def render(
     services = [s for s in services if s.mode == "http"]  # tcp ones: stream.py
     lua = settings.upstreams == "lua"
     http = [
-        *_http_common(settings, paths, log),
+        *_http_common(settings, paths, log, request_id(settings, generation)),
         *(upstreams.http_lines(paths.lua, paths.upstreams, generation) if lua else []),
         *guard_http(services),
         *cache_http(services, paths.cache),
@@ -295,7 +295,23 @@ def _refusals_only(log: LogTarget) -> str:
     return _access_log_line(log, "if=$zd_refused")
 
 
-def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[str]:
+def request_id(settings: NginxSettings, generation: int) -> str:
+    """The X-Request-ID nginx gives a request (quoted, for a directive).
+
+    Not nginx's $request_id: that draws 16 bytes from OpenSSL's RAND_bytes
+    for every request, 5-6k instructions under OpenSSL 3, a fifth of what a
+    proxied request costs nginx (bench/README.md). Unique without it:
+    $connection is a serial number the workers of one configuration share,
+    $connection_requests the request's number on that connection (per stream
+    on HTTP/2), the generation changes with every start and reload (each
+    starts the serial again), and the prefix tells this zerodown's ids from
+    another host's. Predictable, as the embedded proxy's are: an id names a
+    request, it guards nothing."""
+    prefix = f"{settings.request_id_prefix}-" if settings.request_id_prefix else ""
+    return f'"{prefix}{generation}-${{connection}}-${{connection_requests}}"'
+
+
+def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget, rid: str) -> list[str]:
     temp = paths.temp
     return [
         *(f"{kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy")),
@@ -311,7 +327,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         *_client_lines(settings),
         # Exact-match maps, no regex: an untrusted request costs one hash
         # lookup each (a regex map ran PCRE on every request).
-        *_trusted_or("$http_x_request_id", "$request_id", "zd_request_id"),
+        *_trusted_or("$http_x_request_id", rid, "zd_request_id"),
         *_trusted_or("$http_x_forwarded_host", "$http_host", "zd_forwarded_host"),
         # Upgrade for WebSockets; otherwise an empty Connection keeps the
         # upstream connection alive for `keepalive`.
@@ -321,7 +337,7 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
         "proxy_set_header Connection $zd_connection;",
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header X-Forwarded-Proto $scheme;",
-        *_identity_headers(settings),
+        *_identity_headers(settings, rid),
         *_client_identity(settings),
         # Safe retries only: a connect error or a timeout before any answer,
         # and (nginx's default, kept: no `non_idempotent`) never a POST or
@@ -331,18 +347,20 @@ def _http_common(settings: NginxSettings, paths: Paths, log: LogTarget) -> list[
     ]
 
 
-def _identity_headers(settings: NginxSettings) -> list[str]:
+def _identity_headers(settings: NginxSettings, ours: str) -> list[str]:
     """X-Forwarded-For, -Host and X-Request-ID to the app, and the id back.
 
     With no trusted proxy nobody's own are kept, so the hot path reads
     nginx's variables straight (no geo, no map, no address parsed per
     request); the $zd_ maps stay defined for the refusal answers (guard.py).
+    `ours` is request_id's: evaluated once for the app and once for the
+    client, which is cheaper than a map that would cache it.
     """
     if settings.trusted_proxies:
         forwarded_for, host, rid = "$zd_forwarded_for", "$zd_forwarded_host", "$zd_request_id"
     else:
         peer = "$remote_addr"  # no realip without trusted proxies: the peer itself
-        forwarded_for, host, rid = peer, "$http_host", "$request_id"
+        forwarded_for, host, rid = peer, "$http_host", ours
     return [
         f"proxy_set_header X-Forwarded-For {forwarded_for};",
         f"proxy_set_header X-Forwarded-Host {host};",

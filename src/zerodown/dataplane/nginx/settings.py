@@ -68,6 +68,10 @@ class NginxSettings:
     extra_http: str = ""
     # Signs the tokens of sticky cookies (hex, from state_dir; proxy/sticky.py).
     sticky_key: str = ""
+    # Leads every X-Request-ID this nginx makes (render.request_id): random
+    # hex, made once and kept in the driver's state.json, so that ids from
+    # two hosts never meet in one log. "" renders none (`zerodown render`).
+    request_id_prefix: str = ""
     tls: NginxTls | None = None  # [proxy.tls]: listeners among `listen`, certificates
     # Which requests the proxy reports to zerodown (dataplane/request_stats.py).
     request_stats: RequestStats = "canary"
