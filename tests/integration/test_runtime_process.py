@@ -157,7 +157,17 @@ async def listening(*instances: Instance) -> None:
 
 
 def listens(instance: Instance) -> Callable[[], bool]:
-    return lambda: not can_listen(instance.host, instance.port)
+    """Accepts a connection: a port that only cannot be bound may be an app
+    between bind() and listen(), which refuses the request that follows."""
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((instance.host, instance.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    return accepts
 
 
 async def logged(path: Path, text: str) -> None:
