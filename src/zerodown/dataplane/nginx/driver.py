@@ -416,7 +416,7 @@ class NginxDataPlane(ManagedDataPlane):
     def _keep_request_id_prefix(self, saved: dict[str, object]) -> None:
         """The last driver's prefix (an adopted nginx's text names it), else a new one."""
         prefix = saved.get("request_id_prefix")
-        if not isinstance(prefix, str) or not _is_hex(prefix, REQUEST_ID_PREFIX_BYTES):
+        if not isinstance(prefix, str) or not prefix.isalnum():  # as the log keys (logfile.py)
             prefix = secrets.token_hex(REQUEST_ID_PREFIX_BYTES)
         self.settings = replace(self.settings, request_id_prefix=prefix)
 
@@ -559,13 +559,6 @@ def _with_user(settings: NginxSettings) -> NginxSettings:
     while not owner.exists():
         owner = owner.parent
     return replace(settings, user=pwd.getpwuid(owner.stat().st_uid).pw_name)
-
-
-def _is_hex(text: str, size: int) -> bool:
-    try:
-        return len(bytes.fromhex(text)) == size
-    except ValueError:
-        return False
 
 
 def _int(value: object) -> int:
